@@ -1,0 +1,129 @@
+// validate.h: argument checks shared by both backends, so that they accept and refuse the same calls.
+#pragma once
+#include <cstdint>
+
+#include "codes.h"
+#include "half.h"
+#include "status.h"
+
+namespace qlora {
+
+inline qlora_status check_alignment(const void* p, uint64_t align, const char* fn, const char* what) {
+  if (((uintptr_t)p) % align != 0)
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: %s is not aligned to %llu bytes", fn, what,
+                (unsigned long long)align);
+  return QLORA_OK;
+}
+
+inline qlora_status check_quantize_4bit(const void* x, int32_t x_dtype, uint64_t n, int32_t quant_type,
+                                        uint64_t blocksize, const uint8_t* packed, const float* absmax) {
+  const char* fn = "quantize to 4 bits";
+  QLORA_CHECK_PTR(x, fn);
+  QLORA_CHECK_PTR(packed, fn);
+  QLORA_CHECK_PTR(absmax, fn);
+  QLORA_CHECK_FLOAT_DTYPE(x_dtype, fn);
+  if (n == 0) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: n is 0", fn);
+  if (!quant4_table(quant_type))
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: quant type %d is not nf4 (0), fp4 (1) or int4 (2)", fn, quant_type);
+  if (!valid_blocksize(blocksize))
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: blocksize %llu is not a power of two in 32..4096", fn,
+                (unsigned long long)blocksize);
+  qlora_status s = check_alignment(x, dtype_size(x_dtype), fn, "x");
+  if (s == QLORA_OK) s = check_alignment(absmax, 4, fn, "absmax");
+  return s;
+}
+
+inline qlora_status check_dequantize_4bit(const uint8_t* packed, const float* absmax, uint64_t n,
+                                          int32_t quant_type, uint64_t blocksize, const void* out,
+                                          int32_t out_dtype) {
+  const char* fn = "dequantize 4-bit values";
+  QLORA_CHECK_PTR(packed, fn);
+  QLORA_CHECK_PTR(absmax, fn);
+  QLORA_CHECK_PTR(out, fn);
+  QLORA_CHECK_FLOAT_DTYPE(out_dtype, fn);
+  if (n == 0) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: n is 0", fn);
+  if (!quant4_table(quant_type))
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: quant type %d is not nf4 (0), fp4 (1) or int4 (2)", fn, quant_type);
+  if (!valid_blocksize(blocksize))
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: blocksize %llu is not a power of two in 32..4096", fn,
+                (unsigned long long)blocksize);
+  qlora_status s = check_alignment(out, dtype_size(out_dtype), fn, "out");
+  if (s == QLORA_OK) s = check_alignment(absmax, 4, fn, "absmax");
+  return s;
+}
+
+inline qlora_status check_double_quantize(const float* absmax, uint64_t n, uint64_t nested_blocksize,
+                                          const uint8_t* codes, const float* nested_absmax,
+                                          const float* offset_out) {
+  const char* fn = "double-quantize constants";
+  QLORA_CHECK_PTR(absmax, fn);
+  QLORA_CHECK_PTR(codes, fn);
+  QLORA_CHECK_PTR(nested_absmax, fn);
+  QLORA_CHECK_PTR(offset_out, fn);
+  if (n == 0) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: n is 0", fn);
+  if (!valid_blocksize(nested_blocksize))
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: nested blocksize %llu is not a power of two in 32..4096",
+                fn, (unsigned long long)nested_blocksize);
+  qlora_status s = check_alignment(absmax, 4, fn, "absmax");
+  if (s == QLORA_OK) s = check_alignment(nested_absmax, 4, fn, "nested_absmax");
+  return s;
+}
+
+inline qlora_status check_double_dequantize(const uint8_t* codes, const float* nested_absmax, float offset,
+                                            uint64_t n, uint64_t nested_blocksize, const float* absmax) {
+  const char* fn = "double-dequantize constants";
+  QLORA_CHECK_PTR(codes, fn);
+  QLORA_CHECK_PTR(nested_absmax, fn);
+  QLORA_CHECK_PTR(absmax, fn);
+  if (n == 0) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: n is 0", fn);
+  if (!(offset - offset == 0.0f)) return fail(QLORA_ERR_NON_FINITE, "Cannot %s: offset is not finite", fn);
+  if (!valid_blocksize(nested_blocksize))
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: nested blocksize %llu is not a power of two in 32..4096",
+                fn, (unsigned long long)nested_blocksize);
+  qlora_status s = check_alignment(absmax, 4, fn, "absmax");
+  if (s == QLORA_OK) s = check_alignment(nested_absmax, 4, fn, "nested_absmax");
+  return s;
+}
+
+inline qlora_status check_cast(const void* src, int32_t src_dtype, const void* dst, int32_t dst_dtype) {
+  const char* fn = "cast";
+  QLORA_CHECK_PTR(src, fn);
+  QLORA_CHECK_PTR(dst, fn);
+  QLORA_CHECK_FLOAT_DTYPE(src_dtype, fn);
+  QLORA_CHECK_FLOAT_DTYPE(dst_dtype, fn);
+  qlora_status s = check_alignment(src, dtype_size(src_dtype), fn, "src");
+  if (s == QLORA_OK) s = check_alignment(dst, dtype_size(dst_dtype), fn, "dst");
+  return s;
+}
+
+inline qlora_status check_fill_normal(const void* p, int32_t dtype, float std) {
+  const char* fn = "fill with normal values";
+  QLORA_CHECK_PTR(p, fn);
+  QLORA_CHECK_FLOAT_DTYPE(dtype, fn);
+  if (!(std >= 0.0f) || std - std != 0.0f)
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: std must be finite and >= 0", fn);
+  return check_alignment(p, dtype_size(dtype), fn, "the buffer");
+}
+
+inline qlora_status check_malloc(void** out, uint64_t bytes, int32_t category) {
+  QLORA_CHECK_PTR(out, "allocate");
+  if (bytes == 0) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot allocate: size is 0 bytes");
+  if (category < 0 || category >= QLORA_NUM_CATEGORIES)
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot allocate: category %d is not in 0..%d", category,
+                QLORA_NUM_CATEGORIES - 1);
+  if (bytes > (1ull << 46))
+    return fail(QLORA_ERR_OUT_OF_MEMORY, "Cannot allocate %llu bytes of %s: larger than any device",
+                (unsigned long long)bytes, category_name(category));
+  return QLORA_OK;
+}
+
+// Counter-based normal generator shared by both backends: value i of (seed) is a Box-Muller pair
+// drawn from splitmix64 of (seed, i / 2), cosine for even i and sine for odd i.
+QLORA_HD uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+}  // namespace qlora

@@ -1,0 +1,99 @@
+// cpu/memory.cpp: the CPU backend's "device": aligned host memory counted by the ledger.
+#include <omp.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "../common/ledger.h"
+#include "../common/status.h"
+#include "../common/validate.h"
+#include "cpu.h"
+
+namespace qlora {
+
+void backend_device_memory(uint64_t* free_bytes, uint64_t* total_bytes) {
+  *free_bytes = 0;
+  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  *total_bytes = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
+}
+
+void parallel_copy(void* dst, const void* src, uint64_t bytes) {
+  const uint64_t chunk = 1ull << 22;  // 4 MiB per task
+  if (bytes < 2 * chunk) {
+    memcpy(dst, src, bytes);
+    return;
+  }
+  int64_t chunks = (int64_t)((bytes + chunk - 1) / chunk);
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < chunks; c++) {
+    uint64_t off = (uint64_t)c * chunk;
+    uint64_t len = bytes - off < chunk ? bytes - off : chunk;
+    memcpy((char*)dst + off, (const char*)src + off, len);
+  }
+}
+
+}  // namespace qlora
+
+extern "C" {
+
+QLORA_API const char* qlora_backend_name(void) { return "cpu"; }
+
+QLORA_API qlora_status qlora_init(void) { return QLORA_OK; }
+
+QLORA_API qlora_status qlora_device_name(char* buf, uint64_t buf_len) {
+  QLORA_CHECK_PTR(buf, "describe the device");
+  if (buf_len == 0) return qlora::fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot describe the device: buf_len is 0");
+  uint64_t free_b, total_b;
+  qlora::backend_device_memory(&free_b, &total_b);
+  char mem[32];
+  snprintf(buf, buf_len, "CPU (%d OpenMP threads, %s RAM)", omp_get_max_threads(),
+           qlora::format_bytes(total_b, mem, sizeof mem));
+  return QLORA_OK;
+}
+
+QLORA_API qlora_status qlora_synchronize(void) { return QLORA_OK; }
+
+QLORA_API qlora_status qlora_malloc(void** out, uint64_t bytes, int32_t category) {
+  qlora_status s = qlora::check_malloc(out, bytes, category);
+  if (s != QLORA_OK) return s;
+  *out = nullptr;
+  s = qlora::ledger_reserve(bytes, category);
+  if (s != QLORA_OK) return s;
+  void* p = nullptr;
+  if (posix_memalign(&p, 256, bytes) != 0 || p == nullptr) {
+    qlora::ledger_unreserve(bytes, category);
+    return qlora::ledger_oom(bytes, category, "the host allocator refused");
+  }
+  qlora::ledger_register(p, bytes, category);
+  *out = p;
+  return QLORA_OK;
+}
+
+QLORA_API qlora_status qlora_free(void* dptr) {
+  if (dptr == nullptr) return QLORA_OK;
+  if (!qlora::ledger_unregister(dptr))
+    return qlora::fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot free %p: not a live allocation of this library", dptr);
+  free(dptr);
+  return QLORA_OK;
+}
+
+QLORA_API qlora_status qlora_memcpy(void* dst, const void* src, uint64_t bytes, int32_t kind) {
+  QLORA_CHECK_PTR(dst, "copy memory");
+  QLORA_CHECK_PTR(src, "copy memory");
+  if (kind < QLORA_HOST_TO_DEVICE || kind > QLORA_DEVICE_TO_DEVICE)
+    return qlora::fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot copy memory: kind %d is not 0, 1 or 2", kind);
+  if (bytes) qlora::parallel_copy(dst, src, bytes);
+  return QLORA_OK;
+}
+
+QLORA_API qlora_status qlora_memset(void* dptr, int32_t value, uint64_t bytes) {
+  QLORA_CHECK_PTR(dptr, "set memory");
+  if (value < 0 || value > 255)
+    return qlora::fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot set memory: value %d is not a byte", value);
+  if (bytes) memset(dptr, value, bytes);
+  return QLORA_OK;
+}
+
+}  // extern "C"

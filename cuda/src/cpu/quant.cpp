@@ -1,0 +1,267 @@
+// cpu/quant.cpp: blockwise 4-bit quantization (NF4, FP4, Int4) and double quantization of the
+// constants, on the CPU. gpu/quant.cu mirrors this file; both follow the same arithmetic so that
+// their results agree bit for bit.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "../common/codes.h"
+#include "../common/half.h"
+#include "../common/status.h"
+#include "../common/validate.h"
+#include "cpu.h"
+
+// GCC 12 warns inside its own AVX-512 headers (_mm512_undefined_*); the warning is not about this code.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#define QLORA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
+namespace qlora {
+namespace {
+
+constexpr uint64_t kMaxBlock = 4096;
+
+// Loads x[0..len) as f32 and returns max |x| as float bits (integer order = float order for
+// non-negative floats); a result >= 0x7f800000 means NaN or Inf is present.
+QLORA_CLONES uint32_t load_block(const void* x, int32_t dtype, uint64_t len, float* out) {
+  uint32_t amax = 0;
+  if (dtype == QLORA_F32) {
+    const uint32_t* u = (const uint32_t*)x;
+    for (uint64_t j = 0; j < len; j++) {
+      uint32_t a = u[j] & 0x7fffffffu;
+      amax = a > amax ? a : amax;
+    }
+    memcpy(out, x, len * 4);
+  } else if (dtype == QLORA_BF16) {
+    const uint16_t* h = (const uint16_t*)x;
+    for (uint64_t j = 0; j < len; j++) {
+      uint32_t u = (uint32_t)h[j] << 16;
+      uint32_t a = u & 0x7fffffffu;
+      amax = a > amax ? a : amax;
+      out[j] = bits_float(u);
+    }
+  } else {
+    const uint16_t* h = (const uint16_t*)x;
+    for (uint64_t j = 0; j < len; j++) {
+      float v = f16_to_float(h[j]);
+      uint32_t a = float_bits(v) & 0x7fffffffu;
+      amax = a > amax ? a : amax;
+      out[j] = v;
+    }
+  }
+  return amax;
+}
+
+// code[j] = number of thresholds below x[j] * inv (monotone types: NF4, Int4).
+QLORA_CLONES void codes_monotone(const float* x, uint64_t len, float inv, const float* threshold,
+                                 uint8_t* code) {
+  for (uint64_t j = 0; j < len; j++) code[j] = 0;
+  for (int k = 0; k < 15; k++) {
+    float t = threshold[k];
+    for (uint64_t j = 0; j < len; j++) code[j] += (uint8_t)(x[j] * inv > t);
+  }
+}
+
+// Sign-magnitude types (FP4): magnitude index from |x| * inv, then its code, plus 8 when x < 0.
+QLORA_CLONES void codes_sign_magnitude(const float* x, uint64_t len, float inv, const Quant4Table& t,
+                                       uint8_t* code) {
+  for (uint64_t j = 0; j < len; j++) code[j] = 0;
+  for (int k = 0; k < t.num_thresholds; k++) {
+    float th = t.threshold[k];
+    for (uint64_t j = 0; j < len; j++) code[j] += (uint8_t)(std::fabs(x[j] * inv) > th);
+  }
+  for (uint64_t j = 0; j < len; j++) {
+    code[j] = (uint8_t)(t.magnitude_code[code[j]] | (x[j] < 0.0f ? 8 : 0));
+  }
+}
+
+// Quantizes one block of len values (len even, or odd for the very last block).
+void quantize_block(const void* x, int32_t dtype, uint64_t len, const Quant4Table& t, uint8_t* packed,
+                    float* absmax, bool* bad) {
+  alignas(64) float xs[kMaxBlock];
+  alignas(64) uint8_t code[kMaxBlock + 1];
+  uint32_t amax_bits = load_block(x, dtype, len, xs);
+  if (amax_bits >= 0x7f800000u) {
+    *bad = true;
+    return;
+  }
+  float amax = bits_float(amax_bits);
+  float inv = amax > 0.0f ? 1.0f / amax : 0.0f;  // an all-zero block quantizes to the zero code
+  if (t.sign_magnitude) codes_sign_magnitude(xs, len, inv, t, code);
+  else codes_monotone(xs, len, inv, t.threshold, code);
+  code[len] = 0;  // pads an odd tail: its low nibble is 0
+  for (uint64_t j = 0; j < len; j += 2) packed[j / 2] = (uint8_t)((code[j] << 4) | code[j + 1]);
+  *absmax = amax;
+}
+
+// Dequantizes nbytes packed bytes (2 * nbytes values) of one block with scale amax.
+__attribute__((target("avx512f,avx512bw"))) void dequantize_block_avx512(const uint8_t* packed,
+                                                                         uint64_t nbytes, float amax,
+                                                                         const float* table, void* out,
+                                                                         int32_t dtype) {
+  const __m512 codes = _mm512_loadu_ps(table);
+  const __m512 scale = _mm512_set1_ps(amax);
+  const __m128i low4 = _mm_set1_epi8(0x0f);
+  uint64_t i = 0;
+  for (; i + 16 <= nbytes; i += 16) {
+    __m128i b = _mm_loadu_si128((const __m128i*)(packed + i));
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
+    __m128i lo = _mm_and_si128(b, low4);
+    __m128i idx[2] = {_mm_unpacklo_epi8(hi, lo), _mm_unpackhi_epi8(hi, lo)};
+    for (int h = 0; h < 2; h++) {
+      __m512 v = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(idx[h]), codes), scale);
+      uint64_t o = 2 * i + 16 * (uint64_t)h;
+      if (dtype == QLORA_F32) {
+        _mm512_storeu_ps((float*)out + o, v);
+      } else {  // bf16, round to nearest even (values are finite)
+        __m512i u = _mm512_castps_si512(v);
+        __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+        u = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+        _mm256_storeu_si256((__m256i*)((uint16_t*)out + o), _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
+      }
+    }
+  }
+  for (; i < nbytes; i++) {
+    store_float(out, dtype, 2 * i, table[packed[i] >> 4] * amax);
+    store_float(out, dtype, 2 * i + 1, table[packed[i] & 15] * amax);
+  }
+}
+
+void dequantize_block_scalar(const uint8_t* packed, uint64_t nbytes, float amax, const float* table, void* out,
+                             int32_t dtype) {
+  for (uint64_t i = 0; i < nbytes; i++) {
+    store_float(out, dtype, 2 * i, table[packed[i] >> 4] * amax);
+    store_float(out, dtype, 2 * i + 1, table[packed[i] & 15] * amax);
+  }
+}
+
+bool has_avx512() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return yes;
+}
+
+// Mean of n floats in the fixed order of codes.h (chunks of kMeanChunk in double, then in order).
+float fixed_order_mean(const float* x, uint64_t n) {
+  uint64_t chunks = (n + kMeanChunk - 1) / kMeanChunk;
+  double* partial = new double[chunks];
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t c = 0; c < (int64_t)chunks; c++) {
+    uint64_t begin = (uint64_t)c * kMeanChunk, end = std::min(n, begin + kMeanChunk);
+    double s = 0.0;
+    for (uint64_t i = begin; i < end; i++) s += (double)x[i];
+    partial[c] = s;
+  }
+  double total = 0.0;
+  for (uint64_t c = 0; c < chunks; c++) total += partial[c];
+  delete[] partial;
+  return (float)(total / (double)n);
+}
+
+// Index of the first NaN or Inf in a float buffer of any float dtype.
+uint64_t first_non_finite(const void* x, int32_t dtype, uint64_t n) {
+  for (uint64_t i = 0; i < n; i++) {
+    float v = load_float(x, dtype, i);
+    if (!(v - v == 0.0f)) return i;
+  }
+  return n;
+}
+
+}  // namespace
+}  // namespace qlora
+
+using namespace qlora;
+
+extern "C" {
+
+QLORA_API qlora_status qlora_quantize_4bit(const void* x, int32_t x_dtype, uint64_t n, int32_t quant_type,
+                                           uint64_t blocksize, uint8_t* packed, float* absmax) {
+  qlora_status s = check_quantize_4bit(x, x_dtype, n, quant_type, blocksize, packed, absmax);
+  if (s != QLORA_OK) return s;
+  const Quant4Table& t = *quant4_table(quant_type);
+  const uint64_t esize = dtype_size(x_dtype);
+  const int64_t blocks = (int64_t)((n + blocksize - 1) / blocksize);
+  bool any_bad = false;
+#pragma omp parallel for schedule(static) reduction(|| : any_bad) if (n >= kParallelMin)
+  for (int64_t b = 0; b < blocks; b++) {
+    uint64_t start = (uint64_t)b * blocksize;
+    uint64_t len = std::min(blocksize, n - start);
+    bool bad = false;
+    quantize_block((const char*)x + start * esize, x_dtype, len, t, packed + start / 2, absmax + b, &bad);
+    any_bad = any_bad || bad;
+  }
+  if (any_bad) {
+    uint64_t i = first_non_finite(x, x_dtype, n);
+    return fail(QLORA_ERR_NON_FINITE, "Cannot quantize to 4 bits: x[%llu] is %s (NaN or Inf)",
+                (unsigned long long)i, std::isnan(load_float(x, x_dtype, i)) ? "NaN" : "Inf");
+  }
+  return QLORA_OK;
+}
+
+QLORA_API qlora_status qlora_dequantize_4bit(const uint8_t* packed, const float* absmax, uint64_t n,
+                                             int32_t quant_type, uint64_t blocksize, void* out,
+                                             int32_t out_dtype) {
+  qlora_status s = check_dequantize_4bit(packed, absmax, n, quant_type, blocksize, out, out_dtype);
+  if (s != QLORA_OK) return s;
+  const float* table = quant4_table(quant_type)->code;
+  const uint64_t esize = dtype_size(out_dtype);
+  const bool simd = has_avx512() && out_dtype != QLORA_F16;
+  // Whole pairs go through the block kernels; an odd final value is written on its own.
+  const uint64_t pairs = n / 2;
+  const uint64_t pairs_per_block = blocksize / 2;
+  const int64_t blocks = (int64_t)((pairs + pairs_per_block - 1) / pairs_per_block);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t b = 0; b < blocks; b++) {
+    uint64_t first = (uint64_t)b * pairs_per_block;
+    uint64_t nbytes = std::min(pairs_per_block, pairs - first);
+    void* o = (char*)out + 2 * first * esize;
+    if (simd) dequantize_block_avx512(packed + first, nbytes, absmax[b], table, o, out_dtype);
+    else dequantize_block_scalar(packed + first, nbytes, absmax[b], table, o, out_dtype);
+  }
+  if (n % 2) store_float(out, out_dtype, n - 1, table[packed[n / 2] >> 4] * absmax[(n - 1) / blocksize]);
+  return QLORA_OK;
+}
+
+QLORA_API qlora_status qlora_double_quantize(const float* absmax, uint64_t n, uint64_t nested_blocksize,
+                                             uint8_t* codes, float* nested_absmax, float* offset_out) {
+  qlora_status s = check_double_quantize(absmax, n, nested_blocksize, codes, nested_absmax, offset_out);
+  if (s != QLORA_OK) return s;
+  uint64_t bad = first_non_finite(absmax, QLORA_F32, n);
+  if (bad < n)
+    return fail(QLORA_ERR_NON_FINITE, "Cannot double-quantize constants: absmax[%llu] is not finite",
+                (unsigned long long)bad);
+  const float offset = fixed_order_mean(absmax, n);
+  const DynamicMap& map = dynamic_map();
+  const int64_t blocks = (int64_t)((n + nested_blocksize - 1) / nested_blocksize);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t b = 0; b < blocks; b++) {
+    uint64_t start = (uint64_t)b * nested_blocksize, end = std::min(n, start + nested_blocksize);
+    float amax = 0.0f;
+    for (uint64_t i = start; i < end; i++) amax = std::max(amax, std::fabs(absmax[i] - offset));
+    float inv = amax > 0.0f ? 1.0f / amax : 0.0f;
+    for (uint64_t i = start; i < end; i++) {
+      float v = (absmax[i] - offset) * inv;
+      codes[i] = (uint8_t)(std::lower_bound(map.midpoint, map.midpoint + 255, v) - map.midpoint);
+    }
+    nested_absmax[b] = amax;
+  }
+  *offset_out = offset;
+  return QLORA_OK;
+}
+
+QLORA_API qlora_status qlora_double_dequantize(const uint8_t* codes, const float* nested_absmax, float offset,
+                                               uint64_t n, uint64_t nested_blocksize, float* absmax) {
+  qlora_status s = check_double_dequantize(codes, nested_absmax, offset, n, nested_blocksize, absmax);
+  if (s != QLORA_OK) return s;
+  const float* map = dynamic_map().code;
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < (int64_t)n; i++) {
+    float scaled = map[codes[i]] * nested_absmax[(uint64_t)i / nested_blocksize];
+    absmax[i] = scaled + offset;
+  }
+  return QLORA_OK;
+}
+
+}  // extern "C"

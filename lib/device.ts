@@ -1,0 +1,211 @@
+/**
+ * A device is one opened backend of the native library (CPU or CUDA) with its memory ledger and
+ * budget. Tensors live on a device; every byte they hold is counted by its ledger.
+ *
+ * @module
+ */
+
+import { InvalidArgumentError, OutOfMemoryError } from "./errors.ts";
+import { type Backend, lastError, loadLibrary, type NativeLibrary, nativeError, openLibrary } from "./ffi/library.ts";
+import { Status } from "./ffi/symbols.ts";
+import { type Category, categoryCode, formatBytes, LedgerSnapshot, parseBytes } from "./memory.ts";
+
+/** A backend of the native library with its ledger. */
+export class Device {
+  /** The opened native library (for lib/ modules; not a user API). */
+  readonly native: NativeLibrary;
+  /** "cpu" or "cuda". */
+  readonly backend: Backend;
+  /** Description of the hardware, e.g. "CPU (2 OpenMP threads, 23.44 GiB RAM)". */
+  readonly name: string;
+
+  /** Wraps an opened library; use {@linkcode getDevice} instead. */
+  constructor(native: NativeLibrary) {
+    this.native = native;
+    this.backend = native.backend;
+    const buf = new Uint8Array(256);
+    this.check(native.symbols.qlora_device_name(buf, BigInt(buf.length)));
+    this.name = new TextDecoder().decode(buf.subarray(0, buf.indexOf(0)));
+  }
+
+  /**
+   * The ledger now: bytes per category, current and peak, budget, driver figures.
+   *
+   * @example
+   * ```ts
+   * import { getDevice } from "./device.ts";
+   * const snap = getDevice("cpu").memory();
+   * console.assert(snap.totalCurrent >= 0);
+   * ```
+   */
+  memory(): LedgerSnapshot {
+    const words = new BigUint64Array(23);
+    this.check(this.native.symbols.qlora_memory_stats(words));
+    return LedgerSnapshot.fromWords(this.backend, words);
+  }
+
+  /**
+   * Sets every peak to the current value.
+   *
+   * @example
+   * ```ts
+   * import { getDevice } from "./device.ts";
+   * const dev = getDevice("cpu");
+   * dev.resetPeak();
+   * console.assert(dev.memory().totalPeak === dev.memory().totalCurrent);
+   * ```
+   */
+  resetPeak(): void {
+    this.check(this.native.symbols.qlora_reset_peak());
+  }
+
+  /**
+   * Limits total device memory to `bytes` (a number, or text such as "6GiB"); 0 removes the limit.
+   * An allocation past it throws {@linkcode OutOfMemoryError}; live allocations are never revoked.
+   *
+   * @example
+   * ```ts
+   * import { getDevice } from "./device.ts";
+   * const dev = getDevice("cpu");
+   * dev.setMemoryBudget("6GiB");
+   * console.assert(dev.memory().budget === 6 * 2 ** 30);
+   * dev.setMemoryBudget(0);
+   * ```
+   */
+  setMemoryBudget(bytes: number | string): void {
+    const b = parseBytes(bytes);
+    if (!Number.isSafeInteger(b) || b < 0) {
+      throw new InvalidArgumentError(`Cannot set the memory budget: ${bytes} is not a byte count >= 0`);
+    }
+    this.check(this.native.symbols.qlora_set_memory_budget(BigInt(b)));
+  }
+
+  /** Waits for all queued native work. */
+  synchronize(): void {
+    this.check(this.native.symbols.qlora_synchronize());
+  }
+
+  /**
+   * Allocates device memory under a category (for lib/ modules; users make tensors instead).
+   * Throws {@linkcode OutOfMemoryError} with the request, the budget and the ledger.
+   */
+  allocate(bytes: number, category: Category): Deno.PointerObject {
+    const cat = categoryCode(category);
+    if (!Number.isSafeInteger(bytes) || bytes <= 0) {
+      throw new InvalidArgumentError(`Cannot allocate: ${bytes} is not a positive byte count`);
+    }
+    const out = new BigUint64Array(1);
+    const status = this.native.symbols.qlora_malloc(out, BigInt(bytes), cat);
+    if (status === Status.OUT_OF_MEMORY) {
+      const message = lastError(this.native);
+      const snap = this.memory();
+      throw new OutOfMemoryError(message, {
+        requested: bytes,
+        category,
+        budget: snap.budget,
+        current: { ...snap.current },
+        totalCurrent: snap.totalCurrent,
+      });
+    }
+    this.check(status);
+    const ptr = Deno.UnsafePointer.create(out[0]);
+    if (ptr === null) throw new OutOfMemoryError(`Cannot allocate ${formatBytes(bytes)}: null pointer`, {
+      requested: bytes,
+      category,
+      budget: 0,
+      current: {},
+      totalCurrent: 0,
+    });
+    return ptr;
+  }
+
+  /** Frees memory from {@linkcode Device.allocate}. */
+  free(ptr: Deno.PointerObject): void {
+    this.check(this.native.symbols.qlora_free(ptr));
+  }
+
+  /** Throws the typed error of a native status (for lib/ modules). */
+  check(status: number): void {
+    if (status !== Status.OK) throw nativeError(status, lastError(this.native));
+  }
+
+  /** "cpu: CPU (2 OpenMP threads, ...)" */
+  toString(): string {
+    return `${this.backend}: ${this.name}`;
+  }
+}
+
+const devices = new Map<string, Device>();
+
+/**
+ * The device of a backend, opened once and shared. Without an argument: `QLORA_BACKEND`
+ * (cpu, cuda, or auto = CUDA where usable, else CPU).
+ *
+ * @example
+ * ```ts
+ * import { getDevice } from "./device.ts";
+ * const cpu = getDevice("cpu");
+ * console.assert(cpu === getDevice("cpu"));
+ * ```
+ */
+export function getDevice(backend?: Backend | "auto"): Device {
+  const key = backend ?? "default";
+  let dev = devices.get(key);
+  if (!dev) {
+    const lib = backend === "cpu" || backend === "cuda" ? openLibrary(backend) : loadLibrary(backend);
+    // One Device per library file, whatever name it was asked by.
+    dev = devices.get(lib.backend);
+    if (dev) lib.close();
+    else {
+      dev = new Device(lib);
+      devices.set(lib.backend, dev);
+    }
+    devices.set(key, dev);
+  }
+  return dev;
+}
+
+/**
+ * Whether a backend can be opened here (the library is built and, for CUDA, a GPU is usable).
+ *
+ * @example
+ * ```ts
+ * import { backendAvailable } from "./device.ts";
+ * console.assert(backendAvailable("cpu"));
+ * ```
+ */
+export function backendAvailable(backend: Backend): boolean {
+  try {
+    getDevice(backend);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Sets the memory budget of the default device (see {@linkcode Device.setMemoryBudget}).
+ *
+ * @example
+ * ```ts
+ * import { setMemoryBudget } from "./device.ts";
+ * setMemoryBudget("6GiB");
+ * setMemoryBudget(0);
+ * ```
+ */
+export function setMemoryBudget(bytes: number | string, device: Device = getDevice()): void {
+  device.setMemoryBudget(bytes);
+}
+
+/**
+ * The ledger of the default device (see {@linkcode Device.memory}).
+ *
+ * @example
+ * ```ts
+ * import { memory } from "./device.ts";
+ * console.assert(memory().liveAllocations >= 0);
+ * ```
+ */
+export function memory(device: Device = getDevice()): LedgerSnapshot {
+  return device.memory();
+}

@@ -1,0 +1,164 @@
+/**
+ * Loads the native library (`build/libqlora_<backend>.so`) through `Deno.dlopen`, checks its ABI
+ * version, and turns native status codes into typed errors.
+ *
+ * Backend choice: `QLORA_BACKEND=cpu|cuda|auto` (default `auto`: CUDA where the CUDA library is
+ * built and a GPU is usable, else CPU, saying why once on stderr).
+ *
+ * @module
+ */
+
+import { BackendError, InvalidArgumentError, NonFiniteError, QloraError } from "../errors.ts";
+import { ABI_VERSION, type QloraSymbols, Status, symbols } from "./symbols.ts";
+
+/** A backend of the native library. */
+export type Backend = "cpu" | "cuda";
+
+/** An opened native library: its symbols and what it is. */
+export interface NativeLibrary {
+  /** Which backend this library implements. */
+  readonly backend: Backend;
+  /** The typed symbols. */
+  readonly symbols: QloraSymbols;
+  /** Absolute path of the shared library file. */
+  readonly path: string;
+  /** Closes the library (only after every tensor on it is disposed). */
+  close(): void;
+}
+
+/**
+ * Path of the shared library of a backend, resolved from this module (not the working directory).
+ *
+ * @example
+ * ```ts
+ * import { libraryPath } from "./library.ts";
+ * console.assert(libraryPath("cpu").endsWith("build/libqlora_cpu.so"));
+ * ```
+ */
+export function libraryPath(backend: Backend): string {
+  const ext = Deno.build.os === "darwin" ? "dylib" : Deno.build.os === "windows" ? "dll" : "so";
+  return new URL(`../../build/libqlora_${backend}.${ext}`, import.meta.url).pathname;
+}
+
+function readCString(ptr: Deno.PointerValue): string {
+  return ptr === null ? "" : Deno.UnsafePointerView.getCString(ptr);
+}
+
+/**
+ * Opens the library of one backend and runs `qlora_init`. Throws {@linkcode BackendError} when the file
+ * is missing (run `./deno task build`), the ABI version differs, or the backend has no usable device.
+ *
+ * @example
+ * ```ts
+ * import { openLibrary } from "./library.ts";
+ * const lib = openLibrary("cpu");
+ * console.assert(lib.backend === "cpu");
+ * ```
+ */
+export function openLibrary(backend: Backend): NativeLibrary {
+  const path = libraryPath(backend);
+  try {
+    Deno.statSync(path);
+  } catch {
+    throw new BackendError(`Cannot load the ${backend} backend: ${path} does not exist (run: ./deno task build)`);
+  }
+  let dl: Deno.DynamicLibrary<typeof symbols>;
+  try {
+    dl = Deno.dlopen(path, symbols);
+  } catch (e) {
+    throw new BackendError(`Cannot load the ${backend} backend from ${path}: ${(e as Error).message}`, {
+      cause: e,
+    });
+  }
+  const version = dl.symbols.qlora_abi_version();
+  if (version !== ABI_VERSION) {
+    dl.close();
+    throw new BackendError(
+      `Cannot load the ${backend} backend: ABI version ${version}, expected ${ABI_VERSION} (rebuild: ./deno task build)`,
+    );
+  }
+  const status = dl.symbols.qlora_init();
+  if (status !== Status.OK) {
+    const message = readCString(dl.symbols.qlora_last_error());
+    dl.close();
+    throw new BackendError(message || `Cannot initialise the ${backend} backend (status ${status})`);
+  }
+  return { backend, symbols: dl.symbols, path, close: () => dl.close() };
+}
+
+let autoNoticeShown = false;
+
+/**
+ * Resolves `QLORA_BACKEND` (or the given choice) to an opened library. `auto` tries CUDA, then falls
+ * back to the CPU, printing the reason once.
+ *
+ * @example
+ * ```ts
+ * import { loadLibrary } from "./library.ts";
+ * const lib = loadLibrary("cpu");
+ * console.assert(lib.backend === "cpu");
+ * ```
+ */
+export function loadLibrary(choice?: Backend | "auto"): NativeLibrary {
+  const wanted = choice ?? readBackendEnv();
+  if (wanted === "cpu" || wanted === "cuda") return openLibrary(wanted);
+  let reason: string;
+  try {
+    return openLibrary("cuda");
+  } catch (e) {
+    reason = (e as Error).message;
+  }
+  if (!autoNoticeShown) {
+    autoNoticeShown = true;
+    console.error(`qlora: using the CPU backend (${reason})`);
+  }
+  return openLibrary("cpu");
+}
+
+function readBackendEnv(): Backend | "auto" {
+  let value: string | undefined;
+  try {
+    value = Deno.env.get("QLORA_BACKEND");
+  } catch {
+    value = undefined; // no --allow-env: use the default
+  }
+  if (value === undefined || value === "") return "auto";
+  if (value === "cpu" || value === "cuda" || value === "auto") return value;
+  throw new InvalidArgumentError(`Cannot choose a backend: QLORA_BACKEND=${value}, expected cpu, cuda or auto`);
+}
+
+/**
+ * Error thrown for a failed native call: the class follows the status code, the message is the
+ * library's `qlora_last_error()`.
+ *
+ * @example
+ * ```ts
+ * import { nativeError } from "./library.ts";
+ * console.assert(nativeError(1, "Cannot x: y").name === "InvalidArgumentError");
+ * ```
+ */
+export function nativeError(status: number, message: string): QloraError {
+  switch (status) {
+    case Status.INVALID_ARGUMENT:
+      return new InvalidArgumentError(message);
+    case Status.NON_FINITE:
+      return new NonFiniteError(message);
+    case Status.NO_DEVICE:
+      return new BackendError(message);
+    default:
+      return new QloraError(message);
+  }
+}
+
+/**
+ * Reads the last native error message of this thread.
+ *
+ * @example
+ * ```ts
+ * import { lastError, loadLibrary } from "./library.ts";
+ * console.assert(typeof lastError(loadLibrary("cpu")) === "string");
+ * ```
+ */
+export function lastError(lib: NativeLibrary): string {
+  return readCString(lib.symbols.qlora_last_error());
+}

@@ -1,0 +1,201 @@
+/**
+ * The memory ledger: every byte of device memory, by category, current and peak. The figures come
+ * from the native library, which counts each allocation it makes: they are the real bytes allocated.
+ *
+ * @module
+ */
+
+import { InvalidArgumentError } from "./errors.ts";
+
+/** What an allocation is for; the ledger keeps current and peak bytes per category. */
+export type Category =
+  | "weights"
+  | "quantized_weights"
+  | "quant_constants"
+  | "adapters"
+  | "gradients"
+  | "optimizer_states"
+  | "activations"
+  | "workspace";
+
+/** Every category, in native code order (`qlora_category`). */
+export const CATEGORIES: readonly Category[] = [
+  "weights",
+  "quantized_weights",
+  "quant_constants",
+  "adapters",
+  "gradients",
+  "optimizer_states",
+  "activations",
+  "workspace",
+];
+
+/**
+ * The native code of a category; throws on an unknown name.
+ *
+ * @example
+ * ```ts
+ * import { categoryCode } from "./memory.ts";
+ * console.assert(categoryCode("gradients") === 4);
+ * ```
+ */
+export function categoryCode(category: Category): number {
+  const code = CATEGORIES.indexOf(category);
+  if (code < 0) {
+    throw new InvalidArgumentError(
+      `Cannot use category ${JSON.stringify(category)}: expected one of ${CATEGORIES.join(", ")}`,
+    );
+  }
+  return code;
+}
+
+/**
+ * Formats a byte count with binary units ("1.50 GiB").
+ *
+ * @example
+ * ```ts
+ * import { formatBytes } from "./memory.ts";
+ * console.assert(formatBytes(1536 * 1024 * 1024) === "1.50 GiB");
+ * ```
+ */
+export function formatBytes(bytes: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = bytes;
+  let u = 0;
+  while (Math.abs(v) >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${bytes} B` : `${v.toFixed(2)} ${units[u]}`;
+}
+
+/**
+ * Parses "6GiB", "512 MiB", "6GB", "1e9" or a plain number of bytes.
+ *
+ * @example
+ * ```ts
+ * import { parseBytes } from "./memory.ts";
+ * console.assert(parseBytes("6GiB") === 6 * 2 ** 30);
+ * console.assert(parseBytes("6GB") === 6e9);
+ * ```
+ */
+export function parseBytes(text: string | number): number {
+  if (typeof text === "number") return text;
+  const m = /^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([KMGT]i?B|B)?\s*$/i.exec(text);
+  if (!m) throw new InvalidArgumentError(`Cannot parse a byte size: ${JSON.stringify(text)} (try 6GiB or 512MiB)`);
+  const value = Number(m[1]);
+  const unit = (m[2] ?? "B").toUpperCase();
+  const powers: Record<string, number> = {
+    B: 1,
+    KB: 1e3,
+    MB: 1e6,
+    GB: 1e9,
+    TB: 1e12,
+    KIB: 2 ** 10,
+    MIB: 2 ** 20,
+    GIB: 2 ** 30,
+    TIB: 2 ** 40,
+  };
+  return Math.round(value * powers[unit]);
+}
+
+/** A snapshot of the ledger of one device. */
+export class LedgerSnapshot {
+  /** Backend the figures belong to. */
+  readonly backend: string;
+  /** Bytes live now, per category. */
+  readonly current: Readonly<Record<Category, number>>;
+  /** Highest bytes per category since the last peak reset. */
+  readonly peak: Readonly<Record<Category, number>>;
+  /** Sum of `current`. */
+  readonly totalCurrent: number;
+  /** Highest total since the last peak reset (not the sum of the per-category peaks). */
+  readonly totalPeak: number;
+  /** Memory budget in bytes, 0 = unlimited. */
+  readonly budget: number;
+  /** Allocations not yet freed. */
+  readonly liveAllocations: number;
+  /** CUDA: the driver's free bytes; CPU: 0 (not measured). */
+  readonly deviceFree: number;
+  /** CUDA: the driver's total bytes; CPU: physical RAM. */
+  readonly deviceTotal: number;
+
+  /**
+   * Builds a snapshot from the native `qlora_ledger_snapshot` words.
+   *
+   * @example
+   * ```ts
+   * import { LedgerSnapshot } from "./memory.ts";
+   * const s = LedgerSnapshot.fromWords("cpu", new BigUint64Array(23));
+   * console.assert(s.totalCurrent === 0);
+   * ```
+   */
+  static fromWords(backend: string, w: BigUint64Array): LedgerSnapshot {
+    const n = CATEGORIES.length;
+    const current = {} as Record<Category, number>;
+    const peak = {} as Record<Category, number>;
+    CATEGORIES.forEach((c, i) => {
+      current[c] = Number(w[i]);
+      peak[c] = Number(w[n + i]);
+    });
+    return new LedgerSnapshot(backend, current, peak, {
+      totalCurrent: Number(w[2 * n]),
+      totalPeak: Number(w[2 * n + 1]),
+      budget: Number(w[2 * n + 2]),
+      liveAllocations: Number(w[2 * n + 3]),
+      deviceFree: Number(w[2 * n + 4]),
+      deviceTotal: Number(w[2 * n + 5]),
+    });
+  }
+
+  /** Creates a snapshot from its figures. */
+  constructor(
+    backend: string,
+    current: Record<Category, number>,
+    peak: Record<Category, number>,
+    totals: {
+      totalCurrent: number;
+      totalPeak: number;
+      budget: number;
+      liveAllocations: number;
+      deviceFree: number;
+      deviceTotal: number;
+    },
+  ) {
+    this.backend = backend;
+    this.current = current;
+    this.peak = peak;
+    this.totalCurrent = totals.totalCurrent;
+    this.totalPeak = totals.totalPeak;
+    this.budget = totals.budget;
+    this.liveAllocations = totals.liveAllocations;
+    this.deviceFree = totals.deviceFree;
+    this.deviceTotal = totals.deviceTotal;
+  }
+
+  /** One line per non-empty category, then the totals. */
+  toString(): string {
+    const rows = CATEGORIES.filter((c) => this.current[c] || this.peak[c]).map((c) =>
+      `${c.padEnd(18)} ${formatBytes(this.current[c]).padStart(11)}  peak ${formatBytes(this.peak[c]).padStart(11)}`
+    );
+    rows.push(
+      `${"total".padEnd(18)} ${formatBytes(this.totalCurrent).padStart(11)}  peak ${
+        formatBytes(this.totalPeak).padStart(11)
+      }` + (this.budget ? `  budget ${formatBytes(this.budget)}` : ""),
+    );
+    return rows.join("\n");
+  }
+
+  /** Rendering in a Jupyter notebook (Deno kernel): an HTML table and plain text. */
+  [Symbol.for("Jupyter.display")](): Record<string, string> {
+    const cell = (s: string) => `<td style="text-align:right">${s}</td>`;
+    const rows = CATEGORIES.map((c) =>
+      `<tr><td>${c}</td>${cell(formatBytes(this.current[c]))}${cell(formatBytes(this.peak[c]))}</tr>`
+    ).join("");
+    const html = `<table><thead><tr><th>${this.backend} ledger</th><th>current</th><th>peak</th></tr></thead>` +
+      `<tbody>${rows}<tr><th>total</th>${cell(formatBytes(this.totalCurrent))}${
+        cell(formatBytes(this.totalPeak))
+      }</tr></tbody></table>`;
+    return { "text/plain": this.toString(), "text/html": html };
+  }
+}

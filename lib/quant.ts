@@ -1,0 +1,513 @@
+/**
+ * Blockwise 4-bit quantization (NF4, FP4 and a symmetric Int4 baseline) with optional double
+ * quantization of the constants, as in QLoRA and bitsandbytes.
+ *
+ * A tensor of n values becomes `packed` (u8, (n+1)/2 bytes: two codes per byte, the first value in
+ * the high nibble) plus one f32 absmax per block of `blocksize` values (4 + 32/64 = 4.5 bits per
+ * parameter at blocksize 64). Double quantization stores those constants as 8-bit codes of
+ * (absmax - mean) with one f32 scale per 256 of them: 4 + 8/64 + 32/(64*256) = 4.127 bits.
+ *
+ * @module
+ */
+
+import type { Device } from "./device.ts";
+import { assertFloatDType, dtypeCode, type FloatDType } from "./dtype.ts";
+import { InvalidArgumentError } from "./errors.ts";
+import type { Category } from "./memory.ts";
+import { Tensor } from "./tensor.ts";
+
+/** The 4-bit data types. */
+export type QuantType = "nf4" | "fp4" | "int4";
+
+/** Every 4-bit type, in native code order (`qlora_quant_type`). */
+export const QUANT_TYPES: readonly QuantType[] = ["nf4", "fp4", "int4"];
+
+/** How to quantize. */
+export interface QuantizeOptions {
+  /** 4-bit data type (default "nf4"). */
+  quantType?: QuantType;
+  /** Values per absmax constant: a power of two from 32 to 4096 (default 64). */
+  blocksize?: number;
+  /** Quantize the constants to 8 bits too (default true). */
+  doubleQuant?: boolean;
+  /** Constants per 8-bit block in double quantization (default 256). */
+  nestedBlocksize?: number;
+}
+
+/** The double-quantized constants of a {@linkcode QuantizedTensor}. */
+export interface NestedConstants {
+  /** One u8 code of the dynamic map per block (category quant_constants). */
+  readonly codes: Tensor;
+  /** One f32 scale per `blocksize` codes (category quant_constants). */
+  readonly absmax: Tensor;
+  /** The mean subtracted from the constants before quantizing them. */
+  readonly offset: number;
+  /** Codes per nested block (256 by default). */
+  readonly blocksize: number;
+}
+
+const CHUNK = 1 << 22; // values per native call in the async variants (a multiple of every blocksize)
+
+function quantTypeCode(quantType: QuantType): number {
+  const code = QUANT_TYPES.indexOf(quantType);
+  if (code < 0) {
+    throw new InvalidArgumentError(
+      `Cannot quantize: quant type ${JSON.stringify(quantType)} is not one of ${QUANT_TYPES.join(", ")}`,
+    );
+  }
+  return code;
+}
+
+function checkBlocksize(blocksize: number, what: string): void {
+  if (!Number.isInteger(blocksize) || blocksize < 32 || blocksize > 4096 || (blocksize & (blocksize - 1)) !== 0) {
+    throw new InvalidArgumentError(`Cannot quantize: ${what} ${blocksize} is not a power of two from 32 to 4096`);
+  }
+}
+
+const ptrAt = (t: Tensor, byteOffset: number) => Deno.UnsafePointer.offset(t.ptr, byteOffset);
+
+/** A tensor stored in 4 bits per value plus its quantization constants. */
+export class QuantizedTensor implements Disposable {
+  /** Shape of the original tensor. */
+  readonly shape: readonly number[];
+  /** Float dtype of the original tensor (the default dequantization dtype). */
+  readonly dtype: FloatDType;
+  /** Number of values. */
+  readonly numel: number;
+  /** 4-bit data type. */
+  readonly quantType: QuantType;
+  /** Values per absmax constant. */
+  readonly blocksize: number;
+  /** Packed codes, u8 [(numel + 1) / 2], category quantized_weights. */
+  readonly packed: Tensor;
+  /** f32 absmax per block (category quant_constants), or null when double-quantized. */
+  readonly absmax: Tensor | null;
+  /** The double-quantized constants, or null. */
+  readonly nested: NestedConstants | null;
+
+  /** Assembles a quantized tensor from its parts (they become owned by it). */
+  constructor(parts: {
+    shape: readonly number[];
+    dtype: FloatDType;
+    quantType: QuantType;
+    blocksize: number;
+    packed: Tensor;
+    absmax?: Tensor | null;
+    nested?: NestedConstants | null;
+  }) {
+    quantTypeCode(parts.quantType);
+    checkBlocksize(parts.blocksize, "blocksize");
+    this.shape = Object.freeze([...parts.shape]);
+    this.numel = this.shape.reduce((a, b) => a * b, 1);
+    this.dtype = parts.dtype;
+    this.quantType = parts.quantType;
+    this.blocksize = parts.blocksize;
+    this.packed = parts.packed;
+    this.absmax = parts.absmax ?? null;
+    this.nested = parts.nested ?? null;
+    const blocks = this.blocks;
+    const problems: string[] = [];
+    if (this.packed.dtype !== "u8" || this.packed.numel !== Math.ceil(this.numel / 2)) {
+      problems.push(`packed must be u8[${Math.ceil(this.numel / 2)}]`);
+    }
+    if ((this.absmax === null) === (this.nested === null)) problems.push("give exactly one of absmax and nested");
+    if (this.absmax && (this.absmax.dtype !== "f32" || this.absmax.numel !== blocks)) {
+      problems.push(`absmax must be f32[${blocks}]`);
+    }
+    if (this.nested) {
+      checkBlocksize(this.nested.blocksize, "nested blocksize");
+      const nb = Math.ceil(blocks / this.nested.blocksize);
+      if (this.nested.codes.dtype !== "u8" || this.nested.codes.numel !== blocks) {
+        problems.push(`nested codes must be u8[${blocks}]`);
+      }
+      if (this.nested.absmax.dtype !== "f32" || this.nested.absmax.numel !== nb) {
+        problems.push(`nested absmax must be f32[${nb}]`);
+      }
+      if (!Number.isFinite(this.nested.offset)) problems.push("nested offset must be finite");
+    }
+    if (problems.length) {
+      throw new InvalidArgumentError(`Cannot assemble a quantized tensor: ${problems.join("; ")}`);
+    }
+  }
+
+  /** The device holding the parts. */
+  get device(): Device {
+    return this.packed.device;
+  }
+
+  /** Number of quantization blocks (absmax constants). */
+  get blocks(): number {
+    return Math.ceil(this.numel / this.blocksize);
+  }
+
+  /** Bytes of the packed codes and of the constants. */
+  get bytes(): { packed: number; constants: number; total: number } {
+    const constants = this.nested
+      ? this.nested.codes.byteLength + this.nested.absmax.byteLength + 4 // + the f32 offset
+      : this.absmax!.byteLength;
+    return { packed: this.packed.byteLength, constants, total: this.packed.byteLength + constants };
+  }
+
+  /**
+   * Storage per value, codes and constants together: 4.5 at blocksize 64, 4.127 with double
+   * quantization (4 + 8/64 + 32/(64*256)).
+   */
+  get bitsPerParameter(): number {
+    return (this.bytes.total * 8) / this.numel;
+  }
+
+  /**
+   * The f32 absmax constants (double-dequantized when nested) in a new tensor.
+   *
+   * @example
+   * ```ts
+   * import { quantize, Tensor } from "../mod.ts";
+   * using w = Tensor.randn([256, 64]);
+   * using q = quantize(w);
+   * using c = q.constants();
+   * console.assert(c.numel === 256);
+   * ```
+   */
+  constants(options: { category?: Category } = {}): Tensor {
+    if (this.absmax) return this.absmax.clone({ category: options.category ?? "workspace" });
+    const n = this.nested!;
+    const out = Tensor.empty([this.blocks], {
+      category: options.category ?? "workspace",
+      device: this.device,
+    });
+    const status = this.device.native.symbols.qlora_double_dequantize(
+      n.codes.ptr,
+      n.absmax.ptr,
+      n.offset,
+      BigInt(this.blocks),
+      BigInt(n.blocksize),
+      out.ptr,
+    );
+    if (status !== 0) {
+      out.dispose();
+      this.device.check(status);
+    }
+    return out;
+  }
+
+  /**
+   * Restores the values as a float tensor (default: the original dtype).
+   *
+   * @example
+   * ```ts
+   * import { quantize, Tensor } from "../mod.ts";
+   * using w = Tensor.randn([64, 64], { seed: 3 });
+   * using q = quantize(w, { quantType: "nf4" });
+   * using r = q.dequantize({ dtype: "f32" });
+   * console.assert(r.shape[0] === 64);
+   * ```
+   */
+  dequantize(options: { dtype?: FloatDType; category?: Category } = {}): Tensor {
+    const out = this.#dequantizeTarget(options);
+    try {
+      using constants = this.nested ? this.constants() : null;
+      this.#dequantizeRange(out, constants ?? this.absmax!, 0, this.numel);
+    } catch (e) {
+      out.dispose();
+      throw e;
+    }
+    return out;
+  }
+
+  /**
+   * Like {@linkcode QuantizedTensor.dequantize}, in chunks of 4M values that yield to the event loop,
+   * so that a notebook kernel stays responsive on large tensors.
+   *
+   * @example
+   * ```ts
+   * import { quantize, Tensor } from "../mod.ts";
+   * using w = Tensor.randn([128, 64]);
+   * using q = quantize(w);
+   * using r = await q.dequantizeAsync();
+   * console.assert(r.numel === w.numel);
+   * ```
+   */
+  async dequantizeAsync(options: { dtype?: FloatDType; category?: Category } = {}): Promise<Tensor> {
+    const out = this.#dequantizeTarget(options);
+    try {
+      using constants = this.nested ? this.constants() : null;
+      for (let start = 0; start < this.numel; start += CHUNK) {
+        this.#dequantizeRange(out, constants ?? this.absmax!, start, Math.min(CHUNK, this.numel - start));
+        await yieldToEventLoop();
+      }
+    } catch (e) {
+      out.dispose();
+      throw e;
+    }
+    return out;
+  }
+
+  #dequantizeTarget(options: { dtype?: FloatDType; category?: Category }): Tensor {
+    const dtype = options.dtype ?? this.dtype;
+    assertFloatDType(dtype, "dequantize");
+    return Tensor.empty(this.shape, { dtype, category: options.category ?? "activations", device: this.device });
+  }
+
+  #dequantizeRange(out: Tensor, absmax: Tensor, start: number, count: number): void {
+    const esize = out.byteLength / out.numel;
+    this.device.check(
+      this.device.native.symbols.qlora_dequantize_4bit(
+        ptrAt(this.packed, start / 2),
+        ptrAt(absmax, (start / this.blocksize) * 4),
+        BigInt(count),
+        quantTypeCode(this.quantType),
+        BigInt(this.blocksize),
+        ptrAt(out, start * esize),
+        dtypeCode(out.dtype),
+      ),
+    );
+  }
+
+  /** Frees every part. */
+  dispose(): void {
+    this.packed.dispose();
+    this.absmax?.dispose();
+    this.nested?.codes.dispose();
+    this.nested?.absmax.dispose();
+  }
+
+  /** Same as {@linkcode QuantizedTensor.dispose}, for `using`. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  /** "QuantizedTensor(nf4[4096, 4096], blocksize 64, double-quant, 4.127 bits)" */
+  toString(): string {
+    return `QuantizedTensor(${this.quantType}[${this.shape.join(", ")}], blocksize ${this.blocksize}${
+      this.nested ? ", double-quant" : ""
+    }, ${this.bitsPerParameter.toFixed(3)} bits)`;
+  }
+}
+
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, 0));
+}
+
+interface Plan {
+  quantType: QuantType;
+  blocksize: number;
+  doubleQuant: boolean;
+  nestedBlocksize: number;
+}
+
+function plan(x: Tensor, options: QuantizeOptions): Plan {
+  assertFloatDType(x.dtype, "quantize");
+  const p = {
+    quantType: options.quantType ?? "nf4",
+    blocksize: options.blocksize ?? 64,
+    doubleQuant: options.doubleQuant ?? true,
+    nestedBlocksize: options.nestedBlocksize ?? 256,
+  };
+  quantTypeCode(p.quantType);
+  checkBlocksize(p.blocksize, "blocksize");
+  checkBlocksize(p.nestedBlocksize, "nested blocksize");
+  x.ptr; // throws if disposed
+  return p;
+}
+
+function quantizeRange(x: Tensor, p: Plan, packed: Tensor, absmax: Tensor, start: number, count: number): void {
+  const esize = x.byteLength / x.numel;
+  x.device.check(
+    x.device.native.symbols.qlora_quantize_4bit(
+      ptrAt(x, start * esize),
+      dtypeCode(x.dtype),
+      BigInt(count),
+      quantTypeCode(p.quantType),
+      BigInt(p.blocksize),
+      ptrAt(packed, start / 2),
+      ptrAt(absmax, (start / p.blocksize) * 4),
+    ),
+  );
+}
+
+function finish(x: Tensor, p: Plan, packed: Tensor, absmax: Tensor): QuantizedTensor {
+  const base = { shape: x.shape, dtype: x.dtype as FloatDType, quantType: p.quantType, blocksize: p.blocksize, packed };
+  if (!p.doubleQuant) return new QuantizedTensor({ ...base, absmax });
+  const blocks = absmax.numel;
+  const codes = Tensor.empty([blocks], { dtype: "u8", category: "quant_constants", device: x.device });
+  let nestedAbsmax: Tensor | undefined;
+  try {
+    nestedAbsmax = Tensor.empty([Math.ceil(blocks / p.nestedBlocksize)], {
+      category: "quant_constants",
+      device: x.device,
+    });
+    const offset = new Float32Array(1);
+    x.device.check(
+      x.device.native.symbols.qlora_double_quantize(
+        absmax.ptr,
+        BigInt(blocks),
+        BigInt(p.nestedBlocksize),
+        codes.ptr,
+        nestedAbsmax.ptr,
+        offset,
+      ),
+    );
+    absmax.dispose();
+    return new QuantizedTensor({
+      ...base,
+      nested: { codes, absmax: nestedAbsmax, offset: offset[0], blocksize: p.nestedBlocksize },
+    });
+  } catch (e) {
+    codes.dispose();
+    nestedAbsmax?.dispose();
+    throw e;
+  }
+}
+
+function allocateOutputs(x: Tensor, p: Plan): { packed: Tensor; absmax: Tensor } {
+  const packed = Tensor.empty([Math.ceil(x.numel / 2)], {
+    dtype: "u8",
+    category: "quantized_weights",
+    device: x.device,
+  });
+  try {
+    const absmax = Tensor.empty([Math.ceil(x.numel / p.blocksize)], {
+      category: "quant_constants",
+      device: x.device,
+    });
+    return { packed, absmax };
+  } catch (e) {
+    packed.dispose();
+    throw e;
+  }
+}
+
+/**
+ * Quantizes a float tensor to 4 bits (default NF4, blocksize 64, double quantization on). The input
+ * is left as it is; NaN or Inf in it throws {@linkcode NonFiniteError}.
+ *
+ * @example
+ * ```ts
+ * import { quantize, Tensor } from "../mod.ts";
+ * using w = Tensor.randn([4096, 64], { std: 0.02, dtype: "bf16" });
+ * using q = quantize(w);
+ * console.assert(Math.abs(q.bitsPerParameter - 4.127) < 0.001);
+ * ```
+ */
+export function quantize(x: Tensor, options: QuantizeOptions = {}): QuantizedTensor {
+  const p = plan(x, options);
+  const { packed, absmax } = allocateOutputs(x, p);
+  try {
+    quantizeRange(x, p, packed, absmax, 0, x.numel);
+    return finish(x, p, packed, absmax);
+  } catch (e) {
+    packed.dispose();
+    absmax.dispose();
+    throw e;
+  }
+}
+
+/**
+ * Like {@linkcode quantize}, in chunks of 4M values that yield to the event loop between native
+ * calls (for notebooks and progress bars). `onProgress` gets the fraction done.
+ *
+ * @example
+ * ```ts
+ * import { quantizeAsync, Tensor } from "../mod.ts";
+ * using w = Tensor.randn([256, 256]);
+ * using q = await quantizeAsync(w, { quantType: "fp4" });
+ * console.assert(q.quantType === "fp4");
+ * ```
+ */
+export async function quantizeAsync(
+  x: Tensor,
+  options: QuantizeOptions & { onProgress?: (fraction: number) => void } = {},
+): Promise<QuantizedTensor> {
+  const p = plan(x, options);
+  const { packed, absmax } = allocateOutputs(x, p);
+  try {
+    for (let start = 0; start < x.numel; start += CHUNK) {
+      const count = Math.min(CHUNK, x.numel - start);
+      quantizeRange(x, p, packed, absmax, start, count);
+      options.onProgress?.((start + count) / x.numel);
+      await yieldToEventLoop();
+    }
+    return finish(x, p, packed, absmax);
+  } catch (e) {
+    packed.dispose();
+    absmax.dispose();
+    throw e;
+  }
+}
+
+/**
+ * The 16 code values of a 4-bit type, indexed by code (a file's `quant_map`).
+ *
+ * @example
+ * ```ts
+ * import { getDevice, quantMap } from "../mod.ts";
+ * const nf4 = quantMap("nf4", getDevice("cpu"));
+ * console.assert(nf4[7] === 0 && nf4[15] === 1);
+ * ```
+ */
+export function quantMap(quantType: QuantType, device: Device): Float32Array {
+  const out = new Float32Array(16);
+  device.check(device.native.symbols.qlora_quant_map(quantTypeCode(quantType), out));
+  return out;
+}
+
+/**
+ * The 256 sorted values of the signed 8-bit dynamic map used by double quantization.
+ *
+ * @example
+ * ```ts
+ * import { dynamicMap, getDevice } from "../mod.ts";
+ * const map = dynamicMap(getDevice("cpu"));
+ * console.assert(map.length === 256 && map[255] === 1);
+ * ```
+ */
+export function dynamicMap(device: Device): Float32Array {
+  const out = new Float32Array(256);
+  device.check(device.native.symbols.qlora_dynamic_map(out));
+  return out;
+}
+
+/** Error figures of a quantization round trip. */
+export interface QuantizationError {
+  /** Mean absolute error. */
+  meanAbsolute: number;
+  /** Root mean square error. */
+  rms: number;
+  /** RMS error divided by the RMS of the original (0 for an all-zero original with no error). */
+  relativeRms: number;
+  /** Largest absolute error. */
+  maxAbsolute: number;
+}
+
+/**
+ * Compares original and restored values.
+ *
+ * @example
+ * ```ts
+ * import { quantizationError } from "../mod.ts";
+ * const e = quantizationError(new Float32Array([1, -1]), new Float32Array([1, -0.5]));
+ * console.assert(e.meanAbsolute === 0.25 && e.maxAbsolute === 0.5);
+ * ```
+ */
+export function quantizationError(original: Float32Array, restored: Float32Array): QuantizationError {
+  if (original.length !== restored.length || original.length === 0) {
+    throw new InvalidArgumentError(
+      `Cannot compare ${original.length} original values with ${restored.length} restored values`,
+    );
+  }
+  let abs = 0, sq = 0, ref = 0, max = 0;
+  for (let i = 0; i < original.length; i++) {
+    const d = Math.abs(original[i] - restored[i]);
+    abs += d;
+    sq += d * d;
+    ref += original[i] * original[i];
+    if (d > max) max = d;
+  }
+  const n = original.length;
+  return {
+    meanAbsolute: abs / n,
+    rms: Math.sqrt(sq / n),
+    relativeRms: ref > 0 ? Math.sqrt(sq / ref) : (sq > 0 ? Infinity : 0),
+    maxAbsolute: max,
+  };
+}

@@ -1,0 +1,24 @@
+/**
+ * qlora-lab: see and measure why fine-tuning large language models runs out of memory, and how LoRA
+ * and QLoRA fix it. A native library (CPU and CUDA backends behind one C ABI) loaded through
+ * `Deno.dlopen`, with a memory ledger that counts every byte by category.
+ *
+ * @example
+ * ```ts
+ * import { getDevice, quantize, Tensor } from "./mod.ts";
+ * const device = getDevice();
+ * using w = Tensor.randn([4096, 256], { std: 0.02, dtype: "bf16", category: "weights" });
+ * using q = quantize(w, { quantType: "nf4", doubleQuant: true });
+ * console.log(q.toString(), device.memory().current.quantized_weights);
+ * ```
+ *
+ * @module
+ */
+
+export * from "./lib/errors.ts";
+export * from "./lib/dtype.ts";
+export * from "./lib/memory.ts";
+export { type Backend, libraryPath } from "./lib/ffi/library.ts";
+export { backendAvailable, Device, getDevice, memory, setMemoryBudget } from "./lib/device.ts";
+export { type RandnOptions, shapeSize, Tensor, type TensorOptions } from "./lib/tensor.ts";
+export * from "./lib/quant.ts";
