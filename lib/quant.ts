@@ -205,13 +205,37 @@ export class QuantizedTensor implements Disposable {
   dequantize(options: { dtype?: FloatDType; category?: Category } = {}): Tensor {
     const out = this.#dequantizeTarget(options);
     try {
-      using constants = this.nested ? this.constants() : null;
-      this.#dequantizeRange(out, constants ?? this.absmax!, 0, this.numel);
+      this.dequantizeInto(out);
     } catch (e) {
       out.dispose();
       throw e;
     }
     return out;
+  }
+
+  /**
+   * Restores the values into an existing float tensor of the same size (a reused workspace: nothing
+   * is allocated but, with double quantization, the f32 constants for the duration of the call).
+   *
+   * @example
+   * ```ts
+   * import { quantize, Tensor } from "../mod.ts";
+   * using w = Tensor.randn([64, 64]);
+   * using q = quantize(w);
+   * using out = Tensor.empty([64, 64], { dtype: "bf16", category: "workspace" });
+   * q.dequantizeInto(out);
+   * ```
+   */
+  dequantizeInto(out: Tensor): void {
+    assertFloatDType(out.dtype, "dequantize");
+    if (out.numel !== this.numel || out.device !== this.device) {
+      throw new InvalidArgumentError(
+        `Cannot dequantize ${this.numel} values into a tensor of ${out.numel} values` +
+          (out.device !== this.device ? " on another device" : ""),
+      );
+    }
+    using constants = this.nested ? this.constants() : null;
+    this.#dequantizeRange(out, constants ?? this.absmax!, 0, this.numel);
   }
 
   /**

@@ -1,0 +1,59 @@
+// NF4 quantize and dequantize of 64M values against a plain device copy of the same bytes, measured in
+// the same run: `./deno task bench`. Deno prints each group's ratio to its baseline ("copy"), which is
+// the figure to read: absolute times depend on the machine and its load.
+import { getDevice, quantize, Tensor } from "../mod.ts";
+
+const N = 64 << 20;
+const device = getDevice();
+const x = Tensor.randn([N], { std: 0.02, device, category: "weights" });
+const xb = x.cast("bf16");
+const q = quantize(x, { doubleQuant: false });
+const qdq = quantize(x);
+const outF32 = Tensor.empty([N], { device });
+const outBf16 = Tensor.empty([N], { dtype: "bf16", device });
+const copySrc = Tensor.empty([N], { device });
+const copySrc16 = Tensor.empty([N], { dtype: "bf16", device });
+const s = device.native.symbols;
+const n = BigInt(N);
+
+function dequantizeInto(out: Tensor, dtype: number, absmax: Tensor): void {
+  device.check(s.qlora_dequantize_4bit(q.packed.ptr, absmax.ptr, n, 0, 64n, out.ptr, dtype));
+  device.synchronize();
+}
+function copy(dst: Tensor, src: Tensor): void {
+  device.check(s.qlora_memcpy(dst.ptr, src.ptr, BigInt(dst.byteLength), 2));
+  device.synchronize();
+}
+
+const label = `${device.backend}, 64M values`;
+
+Deno.bench({ name: "copy 256 MiB (f32 output bytes)", group: "dequantize f32", baseline: true, fn: () => copy(outF32, copySrc) });
+Deno.bench({ name: `NF4 dequantize -> f32 (${label})`, group: "dequantize f32", fn: () => dequantizeInto(outF32, 0, q.absmax!) });
+Deno.bench({ name: "copy 128 MiB (bf16 output bytes)", group: "dequantize bf16", baseline: true, fn: () => copy(outBf16, copySrc16) });
+Deno.bench({ name: `NF4 dequantize -> bf16 (${label})`, group: "dequantize bf16", fn: () => dequantizeInto(outBf16, 1, q.absmax!) });
+Deno.bench({
+  name: `NF4 + double quant dequantize -> bf16 (${label})`,
+  group: "dequantize bf16",
+  fn: () => {
+    qdq.dequantizeInto(outBf16);
+    device.synchronize();
+  },
+});
+Deno.bench({ name: "copy 256 MiB (f32 input bytes)", group: "quantize f32", baseline: true, fn: () => copy(copySrc, x) });
+Deno.bench({
+  name: `NF4 quantize f32 (${label})`,
+  group: "quantize f32",
+  fn: () => {
+    using r = quantize(x, { doubleQuant: false });
+    device.synchronize();
+  },
+});
+Deno.bench({ name: "copy 128 MiB (bf16 input bytes)", group: "quantize bf16", baseline: true, fn: () => copy(copySrc16, xb) });
+Deno.bench({
+  name: `NF4 + double quant quantize bf16 (${label})`,
+  group: "quantize bf16",
+  fn: () => {
+    using r = quantize(xb);
+    device.synchronize();
+  },
+});

@@ -1,0 +1,115 @@
+/**
+ * Small helpers shared by the command-line scripts: flag parsing with clear errors, a progress bar on
+ * stderr, and a failure path that prints "error: ..." and exits 1.
+ *
+ * @module
+ */
+
+/** A flag's kind: a boolean switch, or one that takes a value. */
+export type FlagSpec = Record<string, "boolean" | "string">;
+
+/** Parsed command line: positional arguments and flags. */
+export interface ParsedArgs {
+  /** Arguments that are not flags. */
+  positional: string[];
+  /** Flags by name (without dashes). */
+  flags: Record<string, string | boolean>;
+}
+
+/** Thrown for a bad command line; scripts print it with the usage. */
+export class UsageError extends Error {}
+
+/**
+ * Parses `--name value`, `--name=value` and boolean `--name`; unknown flags are an error.
+ *
+ * @example
+ * ```ts
+ * import { parseArgs } from "./_cli.ts";
+ * const a = parseArgs(["in", "--blocksize", "64", "--no-double-quant"], {
+ *   blocksize: "string",
+ *   "no-double-quant": "boolean",
+ * });
+ * console.assert(a.flags.blocksize === "64" && a.positional[0] === "in");
+ * ```
+ */
+export function parseArgs(argv: string[], spec: FlagSpec): ParsedArgs {
+  const positional: string[] = [];
+  const flags: Record<string, string | boolean> = {};
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (!arg.startsWith("--")) {
+      positional.push(arg);
+      continue;
+    }
+    const eq = arg.indexOf("=");
+    const name = arg.slice(2, eq < 0 ? undefined : eq);
+    const kind = spec[name];
+    if (!kind) throw new UsageError(`unknown flag --${name}`);
+    if (kind === "boolean") {
+      if (eq >= 0) throw new UsageError(`--${name} takes no value`);
+      flags[name] = true;
+    } else {
+      const value = eq >= 0 ? arg.slice(eq + 1) : argv[++i];
+      if (value === undefined || value === "") throw new UsageError(`--${name} needs a value`);
+      flags[name] = value;
+    }
+  }
+  return { positional, flags };
+}
+
+/**
+ * A one-line progress bar on stderr, drawn only when stderr is a terminal.
+ *
+ * @example
+ * ```ts
+ * import { ProgressBar } from "./_cli.ts";
+ * const bar = new ProgressBar("quantize");
+ * bar.update(0.5);
+ * bar.done();
+ * ```
+ */
+export class ProgressBar {
+  #label: string;
+  #tty: boolean;
+  #last = -1;
+  /** Creates a bar with a label. */
+  constructor(label: string) {
+    this.#label = label;
+    this.#tty = Deno.stderr.isTerminal();
+  }
+  /** Draws the fraction done (0..1). */
+  update(fraction: number): void {
+    if (!this.#tty) return;
+    const pct = Math.floor(fraction * 100);
+    if (pct === this.#last) return;
+    this.#last = pct;
+    const width = 30;
+    const filled = Math.round((pct / 100) * width);
+    const line = `\r${this.#label} [${"#".repeat(filled)}${" ".repeat(width - filled)}] ${pct}%`;
+    Deno.stderr.writeSync(new TextEncoder().encode(line));
+  }
+  /** Clears the bar. */
+  done(): void {
+    if (this.#tty && this.#last >= 0) Deno.stderr.writeSync(new TextEncoder().encode("\r\x1b[K"));
+  }
+}
+
+/**
+ * Runs a script's main function: errors print "error: message" (plus the usage for a
+ * {@linkcode UsageError}) and exit with status 1 instead of a stack trace.
+ *
+ * @example
+ * ```ts
+ * import { runMain } from "./_cli.ts";
+ * await runMain(async () => {}, "usage: nothing");
+ * ```
+ */
+export async function runMain(main: () => Promise<void>, usage: string): Promise<void> {
+  try {
+    await main();
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    if (e instanceof UsageError) console.error(usage);
+    Deno.exit(1);
+  }
+}

@@ -1,0 +1,152 @@
+import { assert, assertEquals, assertStringIncludes } from "@std/assert";
+import { dynamicMap, getDevice, readSafetensors, SafetensorsReader, writeSafetensors } from "../mod.ts";
+import { f32ToBf16 } from "../lib/dtype.ts";
+import { normalValues, referenceDoubleQuantize, referenceQuantize } from "./_reference.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+
+async function run(script: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const cmd = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${ROOT}scripts/${script}`, ...args],
+    env: { QLORA_BACKEND: "cpu" },
+    stdout: "piped",
+    stderr: "piped",
+  });
+  const out = await cmd.output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+const bytes = (a: Float32Array | Uint16Array) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+
+async function makeInput(dir: string): Promise<{ path: string; w: Float32Array; v: Float32Array }> {
+  const w = normalValues(256 * 130, 1, 0.02); // 2-D f32: quantized
+  const v = normalValues(64 * 33, 2, 0.5); // 2-D bf16: quantized (last block partial)
+  const path = `${dir}/in.safetensors`;
+  await writeSafetensors(path, [
+    { name: "model.layers.0.mlp.up_proj.weight", dtype: "F32", shape: [256, 130], data: bytes(w) },
+    { name: "model.layers.0.self_attn.q_proj.weight", dtype: "BF16", shape: [33, 64], data: bytes(f32ToBf16(v)) },
+    { name: "model.norm.weight", dtype: "F32", shape: [130], data: bytes(new Float32Array(130).fill(1)) },
+    { name: "lm_head.weight", dtype: "F32", shape: [10, 64], data: bytes(normalValues(640, 3)) },
+    { name: "step", dtype: "I64", shape: [1], data: new Uint8Array(8).fill(7) },
+  ], { format: "pt" });
+  return { path, w, v };
+}
+
+Deno.test("quantize CLI: bitsandbytes layout, codes bit for bit, others copied", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const { path, w } = await makeInput(dir);
+    const out = `${dir}/out.safetensors`;
+    const r = await run("quantize.ts", [path, out, "--skip", "lm_head"]);
+    assertEquals(r.code, 0, r.stderr);
+    assertStringIncludes(r.stdout, "quantized   model.layers.0.mlp.up_proj.weight");
+    assertStringIncludes(r.stdout, "copied      lm_head.weight");
+    assertStringIncludes(r.stdout, "total: 5 tensors");
+    const file = await readSafetensors(out);
+    const name = "model.layers.0.mlp.up_proj.weight";
+    const n = 256 * 130, blocks = Math.ceil(n / 64);
+    const get = (k: string) => {
+      const t = file.get(k);
+      assert(t, `${k} is missing`);
+      return t;
+    };
+    assertEquals(get(name).info.dtype, "U8");
+    assertEquals(get(name).info.shape, [n / 2, 1]);
+    const want = referenceQuantize(w, "nf4", 64);
+    assertEquals(get(name).data, want.packed, "packed codes match the definition bit for bit");
+    const dq = referenceDoubleQuantize(want.absmax, dynamicMap(getDevice("cpu")), 256);
+    assertEquals(get(`${name}.absmax`).info.dtype, "U8");
+    assertEquals(get(`${name}.absmax`).data, dq.codes);
+    assertEquals(get(`${name}.nested_absmax`).info.shape, [Math.ceil(blocks / 256)]);
+    assertEquals(new Float32Array(get(`${name}.nested_absmax`).data.slice().buffer), dq.nested);
+    assertEquals(get(`${name}.quant_map`).info.shape, [16]);
+    assertEquals(get(`${name}.nested_quant_map`).info.shape, [256]);
+    const state = JSON.parse(new TextDecoder().decode(get(`${name}.quant_state.bitsandbytes__nf4`).data));
+    assertEquals(state, {
+      quant_type: "nf4",
+      blocksize: 64,
+      dtype: "float32",
+      shape: [256, 130],
+      nested_blocksize: 256,
+      nested_dtype: "float32",
+      nested_offset: dq.offset,
+    });
+    const q = JSON.parse(
+      new TextDecoder().decode(get("model.layers.0.self_attn.q_proj.weight.quant_state.bitsandbytes__nf4").data),
+    );
+    assertEquals(q.dtype, "bfloat16");
+    assertEquals(get("lm_head.weight").info.dtype, "F32", "--skip copies unchanged");
+    assertEquals(get("model.norm.weight").info.shape, [130], "1-D tensors are copied");
+    assertEquals(get("step").data, new Uint8Array(8).fill(7));
+    using reader = await SafetensorsReader.open(out);
+    assertEquals(reader.metadata.format, "pt");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("dequantize CLI restores weights close to the originals, in the recorded dtype", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const { path, w } = await makeInput(dir);
+    for (const [flags, key] of [[[], "nf4"], [["--quant-type", "fp4", "--no-double-quant", "--blocksize", "128"], "fp4"]]) {
+      const q = `${dir}/q.safetensors`, d = `${dir}/d.safetensors`;
+      assertEquals((await run("quantize.ts", [path, q, ...(flags as string[])])).code, 0);
+      const r = await run("dequantize.ts", [q, d]);
+      assertEquals(r.code, 0, r.stderr);
+      const file = await readSafetensors(d);
+      assertEquals([...file.keys()].sort(), [
+        "lm_head.weight",
+        "model.layers.0.mlp.up_proj.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.norm.weight",
+        "step",
+      ]);
+      const up = file.get("model.layers.0.mlp.up_proj.weight")!;
+      assertEquals(up.info.dtype, "F32");
+      const restored = new Float32Array(up.data.slice().buffer);
+      let sq = 0, ref = 0;
+      for (let i = 0; i < w.length; i++) {
+        sq += (w[i] - restored[i]) ** 2;
+        ref += w[i] ** 2;
+      }
+      assert(Math.sqrt(sq / ref) < (key === "nf4" ? 0.1 : 0.13), `${key}: relative RMS ${Math.sqrt(sq / ref)}`);
+      assertEquals(file.get("model.layers.0.self_attn.q_proj.weight")!.info.dtype, "BF16");
+      const r16 = await run("dequantize.ts", [q, `${dir}/h.safetensors`, "--dtype", "f16"]);
+      assertEquals(r16.code, 0, r16.stderr);
+      assertEquals((await readSafetensors(`${dir}/h.safetensors`)).get("model.norm.weight")!.info.dtype, "F32");
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("CLI: bad arguments and files give a clear error, a non-zero exit, and no output file", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const { path } = await makeInput(dir);
+    const out = `${dir}/out.safetensors`;
+    const cases: [string, string[], string][] = [
+      ["quantize.ts", [path], "expected IN and OUT"],
+      ["quantize.ts", [path, out, "--quant-type", "int3"], "--quant-type"],
+      ["quantize.ts", [path, out, "--blocksize", "100"], "--blocksize"],
+      ["quantize.ts", [path, out, "--frobnicate"], "unknown flag"],
+      ["quantize.ts", [path, out, "--skip", "("], "--skip"],
+      ["quantize.ts", [`${dir}/missing.safetensors`, out], "error:"],
+      ["dequantize.ts", [path, out, "--dtype", "f64"], "--dtype"],
+    ];
+    const garbage = `${dir}/garbage.safetensors`;
+    await Deno.writeFile(garbage, new Uint8Array([255, 255, 255, 255, 0, 0, 0, 0, 1, 2, 3]));
+    cases.push(["quantize.ts", [garbage, out], "error: Cannot read"]);
+    for (const [script, args, message] of cases) {
+      const r = await run(script, args);
+      assertEquals(r.code, 1, `${script} ${args.join(" ")}`);
+      assertStringIncludes(r.stderr, message);
+    }
+    const left = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+    assertEquals(left, ["garbage.safetensors", "in.safetensors"], "no output and no temporary file left");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -1,0 +1,116 @@
+import { assert, assertEquals, assertStringIncludes, assertThrows } from "@std/assert";
+import { BackendError, getDevice, InvalidArgumentError } from "../mod.ts";
+import { loadLibrary, openLibrary } from "../lib/ffi/library.ts";
+import { ABI_VERSION, Status, symbols } from "../lib/ffi/symbols.ts";
+
+const HEADER = new URL("../cuda/include/qlora.h", import.meta.url);
+
+/** Maps a C parameter or result type of the header to the FFI types it may be declared as. */
+function ffiTypesOf(cType: string): string[] {
+  const t = cType.replace(/\bconst\b/g, "").replace(/\s+/g, " ").trim();
+  if (t.endsWith("*")) return ["pointer", "buffer"];
+  const scalars: Record<string, string> = {
+    uint64_t: "u64",
+    int32_t: "i32",
+    uint32_t: "u32",
+    float: "f32",
+    qlora_status: "i32",
+    void: "void",
+  };
+  return scalars[t] ? [scalars[t]] : [`unknown C type ${t}`];
+}
+
+Deno.test("symbols.ts matches every function of qlora.h, in order, with matching types", async () => {
+  const header = await Deno.readTextFile(HEADER);
+  const decls = [...header.matchAll(/QLORA_API\s+([\w\s*]+?)\s*\b(qlora_\w+)\s*\(([^)]*)\)\s*;/g)];
+  const names = decls.map((d) => d[2]);
+  assertEquals(names, Object.keys(symbols), "the header and the symbol table list the same functions");
+  for (const [, ret, name, params] of decls) {
+    const entry = symbols[name as keyof typeof symbols];
+    const cParams = params.trim() === "void" ? [] : params.split(",").map((p) => p.trim().replace(/\s*\w+$/, ""));
+    assertEquals(entry.parameters.length, cParams.length, `${name}: parameter count`);
+    cParams.forEach((c, i) => {
+      const allowed = ffiTypesOf(c);
+      assert(allowed.includes(entry.parameters[i]), `${name} parameter ${i}: C ${c} vs FFI ${entry.parameters[i]}`);
+    });
+    assert(ffiTypesOf(ret).includes(entry.result), `${name} result: C ${ret} vs FFI ${entry.result}`);
+  }
+  const version = /#define QLORA_ABI_VERSION (\d+)/.exec(header);
+  assertEquals(Number(version?.[1]), ABI_VERSION);
+});
+
+Deno.test("the CPU library exports every symbol and reports its ABI version", () => {
+  const lib = openLibrary("cpu");
+  assertEquals(lib.symbols.qlora_abi_version(), ABI_VERSION);
+  assertEquals(Deno.UnsafePointerView.getCString(lib.symbols.qlora_backend_name()!), "cpu");
+  lib.close();
+});
+
+Deno.test("bad arguments at the C boundary return errors with messages, never a crash", () => {
+  const dev = getDevice("cpu");
+  const s = dev.native.symbols;
+  const last = () => Deno.UnsafePointerView.getCString(s.qlora_last_error()!);
+  const out = new BigUint64Array(1);
+  const buf = new Float32Array(64);
+  const p = Deno.UnsafePointer.of(buf);
+
+  assertEquals(s.qlora_malloc(out, 0n, 0), Status.INVALID_ARGUMENT);
+  assertStringIncludes(last(), "0 bytes");
+  assertEquals(s.qlora_malloc(out, 16n, 99), Status.INVALID_ARGUMENT);
+  assertStringIncludes(last(), "category 99");
+  assertEquals(s.qlora_malloc(out, 1n << 60n, 0), Status.OUT_OF_MEMORY);
+  assertEquals(s.qlora_free(p), Status.INVALID_ARGUMENT, "freeing memory the library does not own");
+  assertStringIncludes(last(), "not a live allocation");
+  assertEquals(s.qlora_free(null), Status.OK);
+  assertEquals(s.qlora_memcpy(null, p, 4n, 0), Status.INVALID_ARGUMENT);
+  assertEquals(s.qlora_memcpy(p, p, 4n, 7), Status.INVALID_ARGUMENT);
+  assertEquals(s.qlora_memset(p, 300, 4n), Status.INVALID_ARGUMENT);
+  assertEquals(s.qlora_memory_stats(null as unknown as BufferSource), Status.INVALID_ARGUMENT);
+
+  const packed = Deno.UnsafePointer.of(new Uint8Array(32));
+  const absmax = Deno.UnsafePointer.of(new Float32Array(1));
+  assertEquals(s.qlora_quantize_4bit(null, 0, 64n, 0, 64n, packed, absmax), Status.INVALID_ARGUMENT);
+  assertStringIncludes(last(), "x is null");
+  assertEquals(s.qlora_quantize_4bit(p, 3, 64n, 0, 64n, packed, absmax), Status.INVALID_ARGUMENT);
+  assertStringIncludes(last(), "f32, bf16 or f16");
+  assertEquals(s.qlora_quantize_4bit(p, 0, 64n, 7, 64n, packed, absmax), Status.INVALID_ARGUMENT);
+  assertStringIncludes(last(), "quant type 7");
+  assertEquals(s.qlora_quantize_4bit(p, 0, 64n, 0, 100n, packed, absmax), Status.INVALID_ARGUMENT);
+  assertStringIncludes(last(), "blocksize 100");
+  assertEquals(s.qlora_quantize_4bit(p, 0, 0n, 0, 64n, packed, absmax), Status.INVALID_ARGUMENT);
+  const misaligned = Deno.UnsafePointer.offset(p, 1);
+  assertEquals(s.qlora_quantize_4bit(misaligned, 0, 32n, 0, 64n, packed, absmax), Status.INVALID_ARGUMENT);
+  assertStringIncludes(last(), "aligned");
+  assertEquals(s.qlora_dequantize_4bit(packed, absmax, 64n, 0, 64n, p, 4), Status.INVALID_ARGUMENT);
+  assertEquals(s.qlora_double_quantize(absmax, 1n, 256n, packed, absmax, null as unknown as BufferSource), Status.INVALID_ARGUMENT);
+  assertEquals(s.qlora_double_dequantize(packed, absmax, NaN, 1n, 256n, p), Status.NON_FINITE);
+  assertEquals(s.qlora_cast(p, 0, p, 3, 4n), Status.INVALID_ARGUMENT);
+  assertEquals(s.qlora_fill_normal(p, 0, 4n, 0, -1, 0n), Status.INVALID_ARGUMENT);
+  assertEquals(s.qlora_quant_map(5, new Float32Array(16)), Status.INVALID_ARGUMENT);
+  // The error is per thread and stays until the next failure; successful calls do not clear it.
+  assertEquals(s.qlora_quant_map(0, new Float32Array(16)), Status.OK);
+  assertStringIncludes(last(), "quant type 5");
+});
+
+Deno.test("backend selection: explicit cpu, and a clear error for a bad QLORA_BACKEND", () => {
+  assertEquals(loadLibrary("cpu").backend, "cpu");
+  const old = Deno.env.get("QLORA_BACKEND");
+  Deno.env.set("QLORA_BACKEND", "tpu");
+  try {
+    assertThrows(() => loadLibrary(), InvalidArgumentError, "QLORA_BACKEND=tpu");
+  } finally {
+    if (old === undefined) Deno.env.delete("QLORA_BACKEND");
+    else Deno.env.set("QLORA_BACKEND", old);
+  }
+});
+
+Deno.test("the CUDA backend fails to open with a reason where no GPU is usable", () => {
+  try {
+    const lib = openLibrary("cuda");
+    console.log(`CUDA backend opened: a GPU is usable here (${lib.path}); nothing to check`);
+  } catch (e) {
+    assert(e instanceof BackendError, String(e));
+    assert(e.message.length > 10, e.message);
+    console.log(`CUDA backend unavailable, as expected without a GPU: ${e.message}`);
+  }
+});
