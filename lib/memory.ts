@@ -7,6 +7,19 @@
 
 import { InvalidArgumentError } from "./errors.ts";
 
+/**
+ * The key under which Deno's Jupyter kernel looks for a rich display method: an object with a
+ * `[JUPYTER_DISPLAY]()` method returning a MIME bundle renders as that bundle when it is a cell's value.
+ *
+ * @example
+ * ```ts
+ * import { JUPYTER_DISPLAY } from "./memory.ts";
+ * const card = { [JUPYTER_DISPLAY]: () => ({ "text/plain": "hello" }) };
+ * console.assert(card[JUPYTER_DISPLAY]()["text/plain"] === "hello");
+ * ```
+ */
+export const JUPYTER_DISPLAY: unique symbol = Symbol.for("Jupyter.display") as typeof JUPYTER_DISPLAY;
+
 /** What an allocation is for; the ledger keeps current and peak bytes per category. */
 export type Category =
   | "weights"
@@ -187,7 +200,7 @@ export class LedgerSnapshot {
   }
 
   /** Rendering in a Jupyter notebook (Deno kernel): an HTML table and plain text. */
-  [Symbol.for("Jupyter.display")](): Record<string, string> {
+  [JUPYTER_DISPLAY](): Record<string, string> {
     const cell = (s: string) => `<td style="text-align:right">${s}</td>`;
     const rows = CATEGORIES.map((c) =>
       `<tr><td>${c}</td>${cell(formatBytes(this.current[c]))}${cell(formatBytes(this.peak[c]))}</tr>`

@@ -52,7 +52,7 @@ Deno.test("bad arguments at the C boundary return errors with messages, never a 
   const last = () => Deno.UnsafePointerView.getCString(s.qlora_last_error()!);
   const out = new BigUint64Array(1);
   const buf = new Float32Array(64);
-  const p = Deno.UnsafePointer.of(buf);
+  const p = Deno.UnsafePointer.of(buf)!;
 
   assertEquals(s.qlora_malloc(out, 0n, 0), Status.INVALID_ARGUMENT);
   assertStringIncludes(last(), "0 bytes");

@@ -5,6 +5,7 @@ import {
   formatBytes,
   getDevice,
   InvalidArgumentError,
+  JUPYTER_DISPLAY,
   OutOfMemoryError,
   parseBytes,
   quantize,
@@ -126,7 +127,7 @@ Deno.test("tensor: from/to host, clone, cast and randn", () => {
 
 Deno.test("ledger snapshot renders in Jupyter and as text", () => {
   const snap = device.memory();
-  const bundle = snap[Symbol.for("Jupyter.display")]();
+  const bundle = snap[JUPYTER_DISPLAY]();
   assert(bundle["text/html"].includes("<table>"));
   assert(snap.toString().includes("total"));
 });
