@@ -1,0 +1,59 @@
+// gpu.cuh: helpers shared by the CUDA backend's files (the mirror of cpu/cpu.h). memory.cu owns the
+// device state (initialised once, on first use: device 0 and one stream); quant.cu and ops.cu call
+// gpu_ready() before touching the device and queue all their work on gpu_stream().
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "qlora.h"
+
+namespace qlora {
+
+// Initialises the device once. QLORA_OK, or QLORA_ERR_NO_DEVICE with the reason (driver, GPU,
+// compute capability) as this thread's last error.
+qlora_status gpu_ready();
+
+// The backend's one stream: every kernel and copy runs on it, in order.
+cudaStream_t gpu_stream();
+
+// QLORA_OK for cudaSuccess. Otherwise sets "Cannot <what>: CUDA error <name> (<string>)" and returns
+// QLORA_ERR_INTERNAL, or QLORA_ERR_OUT_OF_MEMORY through the ledger for cudaErrorMemoryAllocation
+// (bytes and category name the request). The runtime's last error is cleared, so that a handled
+// failure is not reported again by the next launch check.
+qlora_status cuda_status(cudaError_t e, const char* what, uint64_t bytes = 0,
+                         int32_t category = QLORA_CAT_WORKSPACE);
+
+// Checks the kernel launch just made (bad configuration, no kernel image for this GPU, ...).
+inline qlora_status launch_status(const char* what) { return cuda_status(cudaGetLastError(), what); }
+
+// Launch sizes: every kernel uses kThreads threads per block and loops grid-stride, so the grid is
+// capped at kMaxGrid blocks (already more threads than any GPU runs at once).
+constexpr unsigned kThreads = 256;
+constexpr uint64_t kMaxGrid = 1ull << 20;
+
+inline unsigned grid_for(uint64_t items, unsigned items_per_block = kThreads) {
+  uint64_t blocks = (items + items_per_block - 1) / items_per_block;
+  if (blocks == 0) blocks = 1;
+  return (unsigned)(blocks < kMaxGrid ? blocks : kMaxGrid);
+}
+
+// log2 of a power of two (block sizes), so that kernels shift instead of dividing 64-bit integers.
+inline uint32_t log2_pow2(uint64_t v) { return (uint32_t)__builtin_ctzll(v); }
+
+// Index of this thread in the grid, and the grid's thread count (grid-stride loops).
+__device__ __forceinline__ uint64_t global_thread() {
+  return (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ uint64_t grid_threads() { return (uint64_t)gridDim.x * blockDim.x; }
+
+// Max over the 32 lanes of a warp; every lane gets the result. All lanes must call it.
+__device__ __forceinline__ uint32_t warp_max_u32(uint32_t v) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    uint32_t other = __shfl_xor_sync(0xffffffffu, v, offset);
+    v = other > v ? other : v;
+  }
+  return v;
+}
+
+}  // namespace qlora
