@@ -3,7 +3,8 @@
  * version, and turns native status codes into typed errors.
  *
  * Backend choice: `QLORA_BACKEND=cpu|cuda|auto` (default `auto`: CUDA where the CUDA library is
- * built and a GPU is usable, else CPU, saying why once on stderr).
+ * built and a GPU is usable, else CPU, saying why once on stderr). `QLORA_DEBUG=1` logs every native
+ * call with its arguments, status and duration.
  *
  * @module
  */
@@ -83,7 +84,42 @@ export function openLibrary(backend: Backend): NativeLibrary {
     dl.close();
     throw new BackendError(message || `Cannot initialise the ${backend} backend (status ${status})`);
   }
-  return { backend, symbols: dl.symbols, path, close: () => dl.close() };
+  const traced = envFlag("QLORA_DEBUG") ? traceSymbols(backend, dl.symbols) : dl.symbols;
+  return { backend, symbols: traced, path, close: () => dl.close() };
+}
+
+function envFlag(name: string): boolean {
+  try {
+    const v = Deno.env.get(name);
+    return v !== undefined && v !== "" && v !== "0";
+  } catch {
+    return false; // no --allow-env
+  }
+}
+
+function describeArg(a: unknown): string {
+  if (a === null) return "null";
+  if (typeof a === "object" && ArrayBuffer.isView(a)) return `${a.constructor.name}(${a.byteLength} B)`;
+  if (typeof a === "object") return `0x${Deno.UnsafePointer.value(a as Deno.PointerObject).toString(16)}`;
+  return String(a);
+}
+
+/**
+ * `QLORA_DEBUG=1`: wraps every native symbol so that each call is logged to stderr with its arguments,
+ * its status and its duration.
+ */
+function traceSymbols(backend: Backend, symbols: QloraSymbols): QloraSymbols {
+  const traced: Record<string, unknown> = {};
+  for (const [name, fn] of Object.entries(symbols)) {
+    traced[name] = (...args: unknown[]) => {
+      const t0 = performance.now();
+      const result = (fn as (...a: unknown[]) => unknown)(...args);
+      const ms = (performance.now() - t0).toFixed(3);
+      console.error(`qlora[${backend}] ${name}(${args.map(describeArg).join(", ")}) -> ${describeArg(result)} in ${ms} ms`);
+      return result;
+    };
+  }
+  return traced as QloraSymbols;
 }
 
 let autoNoticeShown = false;
