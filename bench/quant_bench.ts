@@ -27,10 +27,28 @@ function copy(dst: Tensor, src: Tensor): void {
 
 const label = `${device.backend}, 64M values`;
 
-Deno.bench({ name: "copy 256 MiB (f32 output bytes)", group: "dequantize f32", baseline: true, fn: () => copy(outF32, copySrc) });
-Deno.bench({ name: `NF4 dequantize -> f32 (${label})`, group: "dequantize f32", fn: () => dequantizeInto(outF32, 0, q.absmax!) });
-Deno.bench({ name: "copy 128 MiB (bf16 output bytes)", group: "dequantize bf16", baseline: true, fn: () => copy(outBf16, copySrc16) });
-Deno.bench({ name: `NF4 dequantize -> bf16 (${label})`, group: "dequantize bf16", fn: () => dequantizeInto(outBf16, 1, q.absmax!) });
+Deno.bench({
+  name: "copy 256 MiB (f32 output bytes)",
+  group: "dequantize f32",
+  baseline: true,
+  fn: () => copy(outF32, copySrc),
+});
+Deno.bench({
+  name: `NF4 dequantize -> f32 (${label})`,
+  group: "dequantize f32",
+  fn: () => dequantizeInto(outF32, 0, q.absmax!),
+});
+Deno.bench({
+  name: "copy 128 MiB (bf16 output bytes)",
+  group: "dequantize bf16",
+  baseline: true,
+  fn: () => copy(outBf16, copySrc16),
+});
+Deno.bench({
+  name: `NF4 dequantize -> bf16 (${label})`,
+  group: "dequantize bf16",
+  fn: () => dequantizeInto(outBf16, 1, q.absmax!),
+});
 Deno.bench({
   name: `NF4 + double quant dequantize -> bf16 (${label})`,
   group: "dequantize bf16",
@@ -39,21 +57,31 @@ Deno.bench({
     device.synchronize();
   },
 });
-Deno.bench({ name: "copy 256 MiB (f32 input bytes)", group: "quantize f32", baseline: true, fn: () => copy(copySrc, x) });
+Deno.bench({
+  name: "copy 256 MiB (f32 input bytes)",
+  group: "quantize f32",
+  baseline: true,
+  fn: () => copy(copySrc, x),
+});
 Deno.bench({
   name: `NF4 quantize f32 (${label})`,
   group: "quantize f32",
   fn: () => {
-    using r = quantize(x, { doubleQuant: false });
+    using _r = quantize(x, { doubleQuant: false });
     device.synchronize();
   },
 });
-Deno.bench({ name: "copy 128 MiB (bf16 input bytes)", group: "quantize bf16", baseline: true, fn: () => copy(copySrc16, xb) });
+Deno.bench({
+  name: "copy 128 MiB (bf16 input bytes)",
+  group: "quantize bf16",
+  baseline: true,
+  fn: () => copy(copySrc16, xb),
+});
 Deno.bench({
   name: `NF4 + double quant quantize bf16 (${label})`,
   group: "quantize bf16",
   fn: () => {
-    using r = quantize(xb);
+    using _r = quantize(xb);
     device.synchronize();
   },
 });

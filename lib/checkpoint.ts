@@ -17,8 +17,15 @@
 import type { Device } from "./device.ts";
 import { type FloatDType, toFloat32 } from "./dtype.ts";
 import { InvalidArgumentError, SafetensorsError } from "./errors.ts";
-import { dynamicMap, quantizationError, QuantizedTensor, quantizeAsync, type QuantType, quantMap } from "./quant.ts";
-import { SafetensorsReader, type SafetensorsDtype, SafetensorsWriter } from "./safetensors.ts";
+import {
+  dynamicMap,
+  quantizationError,
+  quantizeAsync,
+  QuantizedTensor,
+  quantMap,
+  type QuantType,
+} from "./quant.ts";
+import { type SafetensorsDtype, SafetensorsReader, SafetensorsWriter } from "./safetensors.ts";
 import { Tensor } from "./tensor.ts";
 
 /** Options of {@linkcode quantizeCheckpoint}. */
@@ -55,7 +62,11 @@ export interface TensorReport {
   relativeRms: number;
 }
 
-const SAFETENSORS_TO_DTYPE: Partial<Record<SafetensorsDtype, FloatDType>> = { F32: "f32", BF16: "bf16", F16: "f16" };
+const SAFETENSORS_TO_DTYPE: Partial<Record<SafetensorsDtype, FloatDType>> = {
+  F32: "f32",
+  BF16: "bf16",
+  F16: "f16",
+};
 const DTYPE_TO_SAFETENSORS: Record<FloatDType, SafetensorsDtype> = { f32: "F32", bf16: "BF16", f16: "F16" };
 const TORCH_NAMES: Record<FloatDType, string> = { f32: "float32", bf16: "bfloat16", f16: "float16" };
 
@@ -91,7 +102,12 @@ async function quantizeOne(
 ): Promise<{ entries: Entry[]; report: TensorReport }> {
   const raw = viewAs(bytes, dtype);
   using x = Tensor.from(raw, { shape, dtype, category: "weights", device });
-  using q = await quantizeAsync(x, { quantType: o.quantType, blocksize: o.blocksize, doubleQuant: o.doubleQuant, onProgress });
+  using q = await quantizeAsync(x, {
+    quantType: o.quantType,
+    blocksize: o.blocksize,
+    doubleQuant: o.doubleQuant,
+    onProgress,
+  });
   using restored = await q.dequantizeAsync({ dtype: "f32", category: "workspace" });
   const err = quantizationError(toFloat32(raw, dtype), restored.toFloat32());
   const state: Record<string, unknown> = {
@@ -109,20 +125,39 @@ async function quantizeOne(
     const absmax = q.absmax!.toArray() as Float32Array;
     entries.push({ name: `${name}.absmax`, dtype: "F32", shape: [absmax.length], data: bytesOf(absmax) });
   }
-  entries.push({ name: `${name}.quant_map`, dtype: "F32", shape: [16], data: bytesOf(quantMap(o.quantType, device)) });
+  entries.push({
+    name: `${name}.quant_map`,
+    dtype: "F32",
+    shape: [16],
+    data: bytesOf(quantMap(o.quantType, device)),
+  });
   if (q.nested) {
     const nested = q.nested.absmax.toArray() as Float32Array;
-    entries.push({ name: `${name}.nested_absmax`, dtype: "F32", shape: [nested.length], data: bytesOf(nested) });
+    entries.push({
+      name: `${name}.nested_absmax`,
+      dtype: "F32",
+      shape: [nested.length],
+      data: bytesOf(nested),
+    });
     entries.push({
       name: `${name}.nested_quant_map`,
       dtype: "F32",
       shape: [256],
       data: bytesOf(dynamicMap(device)),
     });
-    Object.assign(state, { nested_blocksize: q.nested.blocksize, nested_dtype: "float32", nested_offset: q.nested.offset });
+    Object.assign(state, {
+      nested_blocksize: q.nested.blocksize,
+      nested_dtype: "float32",
+      nested_offset: q.nested.offset,
+    });
   }
   const json = new TextEncoder().encode(JSON.stringify(state));
-  entries.push({ name: `${name}.quant_state.bitsandbytes__${o.quantType}`, dtype: "U8", shape: [json.length], data: json });
+  entries.push({
+    name: `${name}.quant_state.bitsandbytes__${o.quantType}`,
+    dtype: "U8",
+    shape: [json.length],
+    data: json,
+  });
   const bytesAfter = entries.reduce((s, e) => s + (e.data as Uint8Array).byteLength, 0);
   return {
     entries,
@@ -161,23 +196,21 @@ async function writeAtomically(
   const dir = out.includes("/") ? out.slice(0, out.lastIndexOf("/")) || "/" : ".";
   const tmp = await Deno.makeTempFile({ dir, prefix: ".qlora-tmp-", suffix: ".safetensors" });
   try {
-    const writer = await SafetensorsWriter.create(
+    // On an error, `await using` only closes the file: the error is the one that happened.
+    await using writer = await SafetensorsWriter.create(
       tmp,
       entries.map(({ name, dtype, shape }) => ({ name, dtype, shape })),
       metadata,
     );
-    try {
-      for (const e of entries) {
-        const bytes = e.data === null
-          ? await streamFrom.read(e.name)
-          : typeof e.data === "function"
-          ? await e.data()
-          : e.data;
-        await writer.write(e.name, bytes);
-      }
-    } finally {
-      await writer.close();
+    for (const e of entries) {
+      const bytes = e.data === null
+        ? await streamFrom.read(e.name)
+        : typeof e.data === "function"
+        ? await e.data()
+        : e.data;
+      await writer.write(e.name, bytes);
     }
+    await writer.close();
     await Deno.rename(tmp, out);
   } catch (e) {
     await Deno.remove(tmp).catch(() => {});
@@ -208,9 +241,15 @@ export async function quantizeCheckpoint(
   output: string,
   options: QuantizeCheckpointOptions = {},
 ): Promise<TensorReport[]> {
-  const o = { quantType: options.quantType ?? "nf4", blocksize: options.blocksize ?? 64, doubleQuant: options.doubleQuant ?? true };
+  const o = {
+    quantType: options.quantType ?? "nf4",
+    blocksize: options.blocksize ?? 64,
+    doubleQuant: options.doubleQuant ?? true,
+  };
   if (o.quantType !== "nf4" && o.quantType !== "fp4") {
-    throw new InvalidArgumentError(`Cannot quantize a checkpoint: quant type ${o.quantType} has no bitsandbytes layout (nf4 or fp4)`);
+    throw new InvalidArgumentError(
+      `Cannot quantize a checkpoint: quant type ${o.quantType} has no bitsandbytes layout (nf4 or fp4)`,
+    );
   }
   using reader = await SafetensorsReader.open(input);
   const total = reader.tensors.reduce((s, t) => s + t.byteLength, 0) || 1;
@@ -219,11 +258,19 @@ export async function quantizeCheckpoint(
   const reports: TensorReport[] = [];
   for (const t of reader.tensors) {
     const dtype = SAFETENSORS_TO_DTYPE[t.dtype];
-    const eligible = dtype !== undefined && t.shape.length === 2 && t.byteLength > 0 && !options.skip?.test(t.name);
+    const eligible = dtype !== undefined && t.shape.length === 2 && t.byteLength > 0 &&
+      !options.skip?.test(t.name);
     let report: TensorReport;
     if (eligible) {
-      const r = await quantizeOne(device, t.name, dtype, [...t.shape], await reader.read(t.name), o, (f) =>
-        options.onProgress?.((done + f * t.byteLength) / total));
+      const r = await quantizeOne(
+        device,
+        t.name,
+        dtype,
+        [...t.shape],
+        await reader.read(t.name),
+        o,
+        (f) => options.onProgress?.((done + f * t.byteLength) / total),
+      );
       entries.push(...r.entries);
       report = r.report;
     } else {
@@ -253,7 +300,12 @@ interface QuantGroup {
 const STATE_KEY = /^(.*)\.quant_state\.bitsandbytes__(nf4|fp4)$/;
 const TORCH_TO_DTYPE: Record<string, FloatDType> = { float32: "f32", bfloat16: "bf16", float16: "f16" };
 
-function parseGroup(reader: SafetensorsReader, name: string, quantType: "nf4" | "fp4", json: Uint8Array): QuantGroup {
+function parseGroup(
+  reader: SafetensorsReader,
+  name: string,
+  quantType: "nf4" | "fp4",
+  json: Uint8Array,
+): QuantGroup {
   const bad = (why: string) => new SafetensorsError(`Cannot dequantize ${name}: ${why}`);
   let s: Record<string, unknown>;
   try {
@@ -281,7 +333,9 @@ function parseGroup(reader: SafetensorsReader, name: string, quantType: "nf4" | 
 
 async function readF32(reader: SafetensorsReader, key: string): Promise<Float32Array> {
   const info = reader.info(key);
-  if (info.dtype !== "F32") throw new SafetensorsError(`Cannot dequantize: ${key} is ${info.dtype}, expected F32`);
+  if (info.dtype !== "F32") {
+    throw new SafetensorsError(`Cannot dequantize: ${key} is ${info.dtype}, expected F32`);
+  }
   return viewAs(await reader.read(key), "f32") as Float32Array;
 }
 
@@ -295,12 +349,19 @@ async function loadGroup(device: Device, reader: SafetensorsReader, g: QuantGrou
     const codes = await reader.read(`${g.name}.absmax`);
     const scales = await readF32(reader, `${g.name}.nested_absmax`);
     const map = await readF32(reader, `${g.name}.nested_quant_map`);
-    if (codes.length !== blocks || map.length !== 256 || scales.length !== Math.ceil(blocks / g.nested.blocksize)) {
-      throw new SafetensorsError(`Cannot dequantize ${g.name}: constants do not match its shape and blocksizes`);
+    if (
+      codes.length !== blocks || map.length !== 256 ||
+      scales.length !== Math.ceil(blocks / g.nested.blocksize)
+    ) {
+      throw new SafetensorsError(
+        `Cannot dequantize ${g.name}: constants do not match its shape and blocksizes`,
+      );
     }
     absmax = new Float32Array(blocks);
     for (let i = 0; i < blocks; i++) {
-      absmax[i] = Math.fround(Math.fround(map[codes[i]] * scales[Math.floor(i / g.nested.blocksize)]) + g.nested.offset);
+      absmax[i] = Math.fround(
+        Math.fround(map[codes[i]] * scales[Math.floor(i / g.nested.blocksize)]) + g.nested.offset,
+      );
     }
   } else {
     absmax = await readF32(reader, `${g.name}.absmax`);
@@ -311,7 +372,13 @@ async function loadGroup(device: Device, reader: SafetensorsReader, g: QuantGrou
     absmax: Tensor.from(absmax, { category: "quant_constants", device }),
   };
   try {
-    return new QuantizedTensor({ shape: g.shape, dtype: g.dtype, quantType: g.quantType, blocksize: g.blocksize, ...parts });
+    return new QuantizedTensor({
+      shape: g.shape,
+      dtype: g.dtype,
+      quantType: g.quantType,
+      blocksize: g.blocksize,
+      ...parts,
+    });
   } catch (e) {
     parts.packed.dispose();
     parts.absmax.dispose();
@@ -385,4 +452,3 @@ export async function dequantizeCheckpoint(
   await writeAtomically(output, entries, reader.metadata, reader);
   return reports;
 }
-

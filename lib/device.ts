@@ -6,7 +6,14 @@
  */
 
 import { InvalidArgumentError, OutOfMemoryError } from "./errors.ts";
-import { type Backend, lastError, loadLibrary, type NativeLibrary, nativeError, openLibrary } from "./ffi/library.ts";
+import {
+  type Backend,
+  lastError,
+  loadLibrary,
+  nativeError,
+  type NativeLibrary,
+  openLibrary,
+} from "./ffi/library.ts";
 import { Status } from "./ffi/symbols.ts";
 import { type Category, categoryCode, formatBytes, LedgerSnapshot, parseBytes } from "./memory.ts";
 
@@ -109,13 +116,15 @@ export class Device {
     }
     this.check(status);
     const ptr = Deno.UnsafePointer.create(out[0]);
-    if (ptr === null) throw new OutOfMemoryError(`Cannot allocate ${formatBytes(bytes)}: null pointer`, {
-      requested: bytes,
-      category,
-      budget: 0,
-      current: {},
-      totalCurrent: 0,
-    });
+    if (ptr === null) {
+      throw new OutOfMemoryError(`Cannot allocate ${formatBytes(bytes)}: null pointer`, {
+        requested: bytes,
+        category,
+        budget: 0,
+        current: {},
+        totalCurrent: 0,
+      });
+    }
     return ptr;
   }
 

@@ -43,7 +43,9 @@ export function dtypeSize(dtype: DType): number {
 export function dtypeCode(dtype: DType): number {
   const code = DTYPES.indexOf(dtype);
   if (code < 0) {
-    throw new InvalidArgumentError(`Cannot use dtype ${JSON.stringify(dtype)}: expected one of ${DTYPES.join(", ")}`);
+    throw new InvalidArgumentError(
+      `Cannot use dtype ${JSON.stringify(dtype)}: expected one of ${DTYPES.join(", ")}`,
+    );
   }
   return code;
 }
@@ -59,7 +61,9 @@ export function dtypeCode(dtype: DType): number {
  */
 export function assertFloatDType(dtype: string, what: string): asserts dtype is FloatDType {
   if (dtype !== "f32" && dtype !== "bf16" && dtype !== "f16") {
-    throw new InvalidArgumentError(`Cannot ${what}: dtype must be f32, bf16 or f16, got ${JSON.stringify(dtype)}`);
+    throw new InvalidArgumentError(
+      `Cannot ${what}: dtype must be f32, bf16 or f16, got ${JSON.stringify(dtype)}`,
+    );
   }
 }
 

@@ -95,7 +95,9 @@ export function formatBytes(bytes: number): string {
 export function parseBytes(text: string | number): number {
   if (typeof text === "number") return text;
   const m = /^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([KMGT]i?B|B)?\s*$/i.exec(text);
-  if (!m) throw new InvalidArgumentError(`Cannot parse a byte size: ${JSON.stringify(text)} (try 6GiB or 512MiB)`);
+  if (!m) {
+    throw new InvalidArgumentError(`Cannot parse a byte size: ${JSON.stringify(text)} (try 6GiB or 512MiB)`);
+  }
   const value = Number(m[1]);
   const unit = (m[2] ?? "B").toUpperCase();
   const powers: Record<string, number> = {
@@ -189,7 +191,9 @@ export class LedgerSnapshot {
   /** One line per non-empty category, then the totals. */
   toString(): string {
     const rows = CATEGORIES.filter((c) => this.current[c] || this.peak[c]).map((c) =>
-      `${c.padEnd(18)} ${formatBytes(this.current[c]).padStart(11)}  peak ${formatBytes(this.peak[c]).padStart(11)}`
+      `${c.padEnd(18)} ${formatBytes(this.current[c]).padStart(11)}  peak ${
+        formatBytes(this.peak[c]).padStart(11)
+      }`
     );
     rows.push(
       `${"total".padEnd(18)} ${formatBytes(this.totalCurrent).padStart(11)}  peak ${
@@ -205,7 +209,8 @@ export class LedgerSnapshot {
     const rows = CATEGORIES.map((c) =>
       `<tr><td>${c}</td>${cell(formatBytes(this.current[c]))}${cell(formatBytes(this.peak[c]))}</tr>`
     ).join("");
-    const html = `<table><thead><tr><th>${this.backend} ledger</th><th>current</th><th>peak</th></tr></thead>` +
+    const html =
+      `<table><thead><tr><th>${this.backend} ledger</th><th>current</th><th>peak</th></tr></thead>` +
       `<tbody>${rows}<tr><th>total</th>${cell(formatBytes(this.totalCurrent))}${
         cell(formatBytes(this.totalPeak))
       }</tr></tbody></table>`;

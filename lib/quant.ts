@@ -59,8 +59,12 @@ function quantTypeCode(quantType: QuantType): number {
 }
 
 function checkBlocksize(blocksize: number, what: string): void {
-  if (!Number.isInteger(blocksize) || blocksize < 32 || blocksize > 4096 || (blocksize & (blocksize - 1)) !== 0) {
-    throw new InvalidArgumentError(`Cannot quantize: ${what} ${blocksize} is not a power of two from 32 to 4096`);
+  if (
+    !Number.isInteger(blocksize) || blocksize < 32 || blocksize > 4096 || (blocksize & (blocksize - 1)) !== 0
+  ) {
+    throw new InvalidArgumentError(
+      `Cannot quantize: ${what} ${blocksize} is not a power of two from 32 to 4096`,
+    );
   }
 }
 
@@ -110,7 +114,9 @@ export class QuantizedTensor implements Disposable {
     if (this.packed.dtype !== "u8" || this.packed.numel !== Math.ceil(this.numel / 2)) {
       problems.push(`packed must be u8[${Math.ceil(this.numel / 2)}]`);
     }
-    if ((this.absmax === null) === (this.nested === null)) problems.push("give exactly one of absmax and nested");
+    if ((this.absmax === null) === (this.nested === null)) {
+      problems.push("give exactly one of absmax and nested");
+    }
     if (this.absmax && (this.absmax.dtype !== "f32" || this.absmax.numel !== blocks)) {
       problems.push(`absmax must be f32[${blocks}]`);
     }
@@ -269,7 +275,11 @@ export class QuantizedTensor implements Disposable {
   #dequantizeTarget(options: { dtype?: FloatDType; category?: Category }): Tensor {
     const dtype = options.dtype ?? this.dtype;
     assertFloatDType(dtype, "dequantize");
-    return Tensor.empty(this.shape, { dtype, category: options.category ?? "activations", device: this.device });
+    return Tensor.empty(this.shape, {
+      dtype,
+      category: options.category ?? "activations",
+      device: this.device,
+    });
   }
 
   #dequantizeRange(out: Tensor, absmax: Tensor, start: number, count: number): void {
@@ -334,7 +344,14 @@ function plan(x: Tensor, options: QuantizeOptions): Plan {
   return p;
 }
 
-function quantizeRange(x: Tensor, p: Plan, packed: Tensor, absmax: Tensor, start: number, count: number): void {
+function quantizeRange(
+  x: Tensor,
+  p: Plan,
+  packed: Tensor,
+  absmax: Tensor,
+  start: number,
+  count: number,
+): void {
   const esize = x.byteLength / x.numel;
   x.device.check(
     x.device.native.symbols.qlora_quantize_4bit(
@@ -350,7 +367,13 @@ function quantizeRange(x: Tensor, p: Plan, packed: Tensor, absmax: Tensor, start
 }
 
 function finish(x: Tensor, p: Plan, packed: Tensor, absmax: Tensor): QuantizedTensor {
-  const base = { shape: x.shape, dtype: x.dtype as FloatDType, quantType: p.quantType, blocksize: p.blocksize, packed };
+  const base = {
+    shape: x.shape,
+    dtype: x.dtype as FloatDType,
+    quantType: p.quantType,
+    blocksize: p.blocksize,
+    packed,
+  };
   if (!p.doubleQuant) return new QuantizedTensor({ ...base, absmax });
   const blocks = absmax.numel;
   const codes = Tensor.empty([blocks], { dtype: "u8", category: "quant_constants", device: x.device });

@@ -68,11 +68,15 @@ export function shapeSize(shape: readonly number[]): number {
   let n = 1;
   for (const d of shape) {
     if (!Number.isSafeInteger(d) || d <= 0) {
-      throw new InvalidArgumentError(`Cannot use shape [${shape.join(", ")}]: dimensions must be positive integers`);
+      throw new InvalidArgumentError(
+        `Cannot use shape [${shape.join(", ")}]: dimensions must be positive integers`,
+      );
     }
     n *= d;
   }
-  if (!Number.isSafeInteger(n)) throw new InvalidArgumentError(`Cannot use shape [${shape.join(", ")}]: too large`);
+  if (!Number.isSafeInteger(n)) {
+    throw new InvalidArgumentError(`Cannot use shape [${shape.join(", ")}]: too large`);
+  }
   return n;
 }
 
@@ -176,7 +180,9 @@ export class Tensor implements Disposable {
     assertFloatDType(dtype, "fill a tensor with normal values");
     const seed = options.seed ?? 0;
     if (!Number.isSafeInteger(seed) || seed < 0) {
-      throw new InvalidArgumentError(`Cannot fill a tensor with normal values: seed ${seed} is not an integer >= 0`);
+      throw new InvalidArgumentError(
+        `Cannot fill a tensor with normal values: seed ${seed} is not an integer >= 0`,
+      );
     }
     const t = new Tensor(shape, { ...options, dtype });
     t.device.check(
@@ -195,7 +201,9 @@ export class Tensor implements Disposable {
   /** The device pointer; throws {@linkcode DisposedError} after dispose. */
   get ptr(): Deno.PointerObject {
     if (this.#ptr === null) {
-      throw new DisposedError(`Cannot use a ${this.dtype} tensor of shape [${this.shape.join(", ")}]: it was disposed`);
+      throw new DisposedError(
+        `Cannot use a ${this.dtype} tensor of shape [${this.shape.join(", ")}]: it was disposed`,
+      );
     }
     return this.#ptr;
   }
@@ -298,7 +306,11 @@ export class Tensor implements Disposable {
   cast(dtype: FloatDType, options: { category?: Category } = {}): Tensor {
     assertFloatDType(this.dtype, "cast a tensor");
     assertFloatDType(dtype, "cast a tensor");
-    const out = new Tensor(this.shape, { dtype, category: options.category ?? this.category, device: this.device });
+    const out = new Tensor(this.shape, {
+      dtype,
+      category: options.category ?? this.category,
+      device: this.device,
+    });
     const status = this.device.native.symbols.qlora_cast(
       this.ptr,
       dtypeCode(this.dtype),
@@ -361,14 +373,18 @@ function toRaw(data: ArrayLike<number>, dtype: DType | undefined): { array: Host
   if (data instanceof Int32Array) return check(data, dtype ?? "i32", ["i32"]);
   if (data instanceof Uint16Array) {
     if (dtype !== "bf16" && dtype !== "f16") {
-      throw new InvalidArgumentError("Cannot make a tensor from a Uint16Array: give dtype bf16 or f16 (raw bits)");
+      throw new InvalidArgumentError(
+        "Cannot make a tensor from a Uint16Array: give dtype bf16 or f16 (raw bits)",
+      );
     }
     return { array: data, dtype };
   }
   const values = data instanceof Float32Array ? data : Float32Array.from(data);
   const d = dtype ?? "f32";
   if (d === "u8" || d === "i32") {
-    throw new InvalidArgumentError(`Cannot make a ${d} tensor from numbers: pass a ${d === "u8" ? "Uint8" : "Int32"}Array`);
+    throw new InvalidArgumentError(
+      `Cannot make a ${d} tensor from numbers: pass a ${d === "u8" ? "Uint8" : "Int32"}Array`,
+    );
   }
   return { array: d === "f32" && data instanceof Float32Array ? data : fromFloat32(values, d), dtype: d };
 }

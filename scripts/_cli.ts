@@ -101,10 +101,10 @@ export class ProgressBar {
  * @example
  * ```ts
  * import { runMain } from "./_cli.ts";
- * await runMain(async () => {}, "usage: nothing");
+ * await runMain(() => {}, "usage: nothing");
  * ```
  */
-export async function runMain(main: () => Promise<void>, usage: string): Promise<void> {
+export async function runMain(main: () => Promise<void> | void, usage: string): Promise<void> {
   try {
     await main();
   } catch (e) {

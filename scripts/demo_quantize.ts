@@ -25,7 +25,7 @@ const BLOCK_SHAPES: [string, number, number][] = [
 ];
 const EMBED_PARAMS = 2 * 32000 * 4096;
 
-await runMain(async () => {
+await runMain(() => {
   const { flags } = parseArgs(Deno.args, { backend: "string" });
   const device = getDevice((flags.backend as "cpu" | "cuda" | "auto" | undefined) ?? "auto");
   console.log(`qlora-lab quantization demo on ${device}\n`);
@@ -35,12 +35,24 @@ await runMain(async () => {
     ["NF4 + double quant", { quantType: "nf4", doubleQuant: true }],
     ["FP4 + double quant", { quantType: "fp4", doubleQuant: true }],
   ];
-  const rows: string[][] = [["weight", "shape", "bf16", ...variants.map(([v]) => v), "rel. RMS error (NF4+DQ)"]];
+  const rows: string[][] = [[
+    "weight",
+    "shape",
+    "bf16",
+    ...variants.map(([v]) => v),
+    "rel. RMS error (NF4+DQ)",
+  ]];
   const blockBytes = { bf16: 0, variants: variants.map(() => 0), params: 0 };
   let seed = 1;
   const t0 = performance.now();
   for (const [name, rows_, cols] of BLOCK_SHAPES) {
-    using w = Tensor.randn([rows_, cols], { std: 0.02, dtype: "bf16", category: "weights", seed: seed++, device });
+    using w = Tensor.randn([rows_, cols], {
+      std: 0.02,
+      dtype: "bf16",
+      category: "weights",
+      seed: seed++,
+      device,
+    });
     const row = [name, `${rows_}x${cols}`, formatBytes(w.byteLength)];
     let err = 0;
     for (const [i, [, opts]] of variants.entries()) {
@@ -60,21 +72,27 @@ await runMain(async () => {
   const seconds = (performance.now() - t0) / 1000;
   printTable(rows);
   const snap = device.memory();
-  console.log(`\nLedger peaks during the run: ${
-    (["weights", "quantized_weights", "quant_constants", "activations", "workspace"] as const)
-      .map((c) => `${c} ${formatBytes(snap.peak[c])}`).join(", ")
-  }`);
+  console.log(
+    `\nLedger peaks during the run: ${
+      (["weights", "quantized_weights", "quant_constants", "activations", "workspace"] as const)
+        .map((c) => `${c} ${formatBytes(snap.peak[c])}`).join(", ")
+    }`,
+  );
   console.log(`(measured in ${seconds.toFixed(1)} s; live allocations now: ${snap.liveAllocations})\n`);
 
   const linear = LAYERS * blockBytes.params;
   const nf4dq = LAYERS * blockBytes.variants[1] + EMBED_PARAMS * 2;
   console.log("Scaled to the whole LLaMA-2-7B (32 blocks, embeddings and LM head kept in bf16):");
   console.log(`  bf16 weights:            ${formatBytes(LAYERS * blockBytes.bf16 + EMBED_PARAMS * 2)}`);
-  console.log(`  NF4 base (no DQ):        ${formatBytes(LAYERS * blockBytes.variants[0] + EMBED_PARAMS * 2)}`);
+  console.log(
+    `  NF4 base (no DQ):        ${formatBytes(LAYERS * blockBytes.variants[0] + EMBED_PARAMS * 2)}`,
+  );
   console.log(`  NF4 base + double quant: ${formatBytes(nf4dq)}`);
   const saved = LAYERS * (blockBytes.variants[0] - blockBytes.variants[1]);
   console.log(
-    `  double quantization saves ${formatBytes(saved)} here, ${((saved * 8) / linear).toFixed(3)} bits per parameter` +
+    `  double quantization saves ${formatBytes(saved)} here, ${
+      ((saved * 8) / linear).toFixed(3)
+    } bits per parameter` +
       ` (${((saved / linear) * 65e9 / 2 ** 30).toFixed(2)} GiB per 65B parameters)`,
   );
 }, "usage: ./deno task demo [--backend cpu|cuda|auto]");

@@ -26,7 +26,9 @@ export function formatTotal(reports: TensorReport[]): string {
   const before = reports.reduce((s, r) => s + r.bytesBefore, 0);
   const after = reports.reduce((s, r) => s + r.bytesAfter, 0);
   const ratio = after > 0 ? (before / after).toFixed(2) : "n/a";
-  return `total: ${reports.length} tensors, ${formatBytes(before)} -> ${formatBytes(after)} (${ratio}x smaller)`;
+  return `total: ${reports.length} tensors, ${formatBytes(before)} -> ${
+    formatBytes(after)
+  } (${ratio}x smaller)`;
 }
 
 if (import.meta.main) {

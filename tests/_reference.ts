@@ -30,9 +30,10 @@ export const NF4 = [
 export const FP4 = [0, 0.0625, 8, 12, 4, 6, 2, 3].map((v) => Math.fround(v / 12));
 
 /** bitsandbytes' FP4 decision thresholds on |x| (sorted magnitudes 0, 1/192, 1/6, 1/4, 1/3, 1/2, 2/3, 1). */
-export const FP4_THRESHOLDS = [0.00260417, 0.0859375, 0.20833333, 0.29166667, 0.4166667, 0.583333, 0.8333333].map(
-  Math.fround,
-);
+export const FP4_THRESHOLDS = [0.00260417, 0.0859375, 0.20833333, 0.29166667, 0.4166667, 0.583333, 0.8333333]
+  .map(
+    Math.fround,
+  );
 const FP4_SORTED_CODES = [0, 1, 6, 7, 4, 5, 2, 3];
 
 /** Int4 code values: (i - 8) / 7. */

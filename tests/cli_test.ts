@@ -5,7 +5,10 @@ import { normalValues, referenceDoubleQuantize, referenceQuantize } from "./_ref
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
-async function run(script: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+async function run(
+  script: string,
+  args: string[],
+): Promise<{ code: number; stdout: string; stderr: string }> {
   const cmd = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", `${ROOT}scripts/${script}`, ...args],
     env: { QLORA_BACKEND: "cpu" },
@@ -25,7 +28,12 @@ async function makeInput(dir: string): Promise<{ path: string; w: Float32Array; 
   const path = `${dir}/in.safetensors`;
   await writeSafetensors(path, [
     { name: "model.layers.0.mlp.up_proj.weight", dtype: "F32", shape: [256, 130], data: bytes(w) },
-    { name: "model.layers.0.self_attn.q_proj.weight", dtype: "BF16", shape: [33, 64], data: bytes(f32ToBf16(v)) },
+    {
+      name: "model.layers.0.self_attn.q_proj.weight",
+      dtype: "BF16",
+      shape: [33, 64],
+      data: bytes(f32ToBf16(v)),
+    },
     { name: "model.norm.weight", dtype: "F32", shape: [130], data: bytes(new Float32Array(130).fill(1)) },
     { name: "lm_head.weight", dtype: "F32", shape: [10, 64], data: bytes(normalValues(640, 3)) },
     { name: "step", dtype: "I64", shape: [1], data: new Uint8Array(8).fill(7) },
@@ -73,7 +81,9 @@ Deno.test("quantize CLI: bitsandbytes layout, codes bit for bit, others copied",
       nested_offset: dq.offset,
     });
     const q = JSON.parse(
-      new TextDecoder().decode(get("model.layers.0.self_attn.q_proj.weight.quant_state.bitsandbytes__nf4").data),
+      new TextDecoder().decode(
+        get("model.layers.0.self_attn.q_proj.weight.quant_state.bitsandbytes__nf4").data,
+      ),
     );
     assertEquals(q.dtype, "bfloat16");
     assertEquals(get("lm_head.weight").info.dtype, "F32", "--skip copies unchanged");
@@ -90,7 +100,12 @@ Deno.test("dequantize CLI restores weights close to the originals, in the record
   const dir = await Deno.makeTempDir();
   try {
     const { path, w } = await makeInput(dir);
-    for (const [flags, key] of [[[], "nf4"], [["--quant-type", "fp4", "--no-double-quant", "--blocksize", "128"], "fp4"]]) {
+    for (
+      const [flags, key] of [[[], "nf4"], [
+        ["--quant-type", "fp4", "--no-double-quant", "--blocksize", "128"],
+        "fp4",
+      ]]
+    ) {
       const q = `${dir}/q.safetensors`, d = `${dir}/d.safetensors`;
       assertEquals((await run("quantize.ts", [path, q, ...(flags as string[])])).code, 0);
       const r = await run("dequantize.ts", [q, d]);
@@ -111,11 +126,17 @@ Deno.test("dequantize CLI restores weights close to the originals, in the record
         sq += (w[i] - restored[i]) ** 2;
         ref += w[i] ** 2;
       }
-      assert(Math.sqrt(sq / ref) < (key === "nf4" ? 0.1 : 0.13), `${key}: relative RMS ${Math.sqrt(sq / ref)}`);
+      assert(
+        Math.sqrt(sq / ref) < (key === "nf4" ? 0.1 : 0.13),
+        `${key}: relative RMS ${Math.sqrt(sq / ref)}`,
+      );
       assertEquals(file.get("model.layers.0.self_attn.q_proj.weight")!.info.dtype, "BF16");
       const r16 = await run("dequantize.ts", [q, `${dir}/h.safetensors`, "--dtype", "f16"]);
       assertEquals(r16.code, 0, r16.stderr);
-      assertEquals((await readSafetensors(`${dir}/h.safetensors`)).get("model.norm.weight")!.info.dtype, "F32");
+      assertEquals(
+        (await readSafetensors(`${dir}/h.safetensors`)).get("model.norm.weight")!.info.dtype,
+        "F32",
+      );
     }
   } finally {
     await Deno.remove(dir, { recursive: true });

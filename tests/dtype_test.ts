@@ -18,8 +18,27 @@ Deno.test("f16 -> f32: native cast equals the TypeScript conversion for all 6553
 
 Deno.test("f32 -> bf16 and f16: round to nearest even, the same in native code and TypeScript", () => {
   const edge = [
-    0, -0, 1, -1, 65504, 65520, 65519.99, 1e-8, 6.0e-8, 2.98e-8, 5.96e-8, 3.4e38, -3.4e38, 1.00390625, 1.01171875,
-    Infinity, -Infinity, 6.1035e-5, 6.0976e-5, 1 + 2 ** -11, 1 + 3 * 2 ** -11,
+    0,
+    -0,
+    1,
+    -1,
+    65504,
+    65520,
+    65519.99,
+    1e-8,
+    6.0e-8,
+    2.98e-8,
+    5.96e-8,
+    3.4e38,
+    -3.4e38,
+    1.00390625,
+    1.01171875,
+    Infinity,
+    -Infinity,
+    6.1035e-5,
+    6.0976e-5,
+    1 + 2 ** -11,
+    1 + 3 * 2 ** -11,
   ];
   const x = new Float32Array([...edge, ...normalValues(20000, 4, 100), ...normalValues(20000, 5, 1e-5)]);
   using t = Tensor.from(x, { device });

@@ -27,11 +27,16 @@ Deno.test("symbols.ts matches every function of qlora.h, in order, with matching
   assertEquals(names, Object.keys(symbols), "the header and the symbol table list the same functions");
   for (const [, ret, name, params] of decls) {
     const entry = symbols[name as keyof typeof symbols];
-    const cParams = params.trim() === "void" ? [] : params.split(",").map((p) => p.trim().replace(/\s*\w+$/, ""));
+    const cParams = params.trim() === "void"
+      ? []
+      : params.split(",").map((p) => p.trim().replace(/\s*\w+$/, ""));
     assertEquals(entry.parameters.length, cParams.length, `${name}: parameter count`);
     cParams.forEach((c, i) => {
       const allowed = ffiTypesOf(c);
-      assert(allowed.includes(entry.parameters[i]), `${name} parameter ${i}: C ${c} vs FFI ${entry.parameters[i]}`);
+      assert(
+        allowed.includes(entry.parameters[i]),
+        `${name} parameter ${i}: C ${c} vs FFI ${entry.parameters[i]}`,
+      );
     });
     assert(ffiTypesOf(ret).includes(entry.result), `${name} result: C ${ret} vs FFI ${entry.result}`);
   }
@@ -82,7 +87,10 @@ Deno.test("bad arguments at the C boundary return errors with messages, never a 
   assertEquals(s.qlora_quantize_4bit(misaligned, 0, 32n, 0, 64n, packed, absmax), Status.INVALID_ARGUMENT);
   assertStringIncludes(last(), "aligned");
   assertEquals(s.qlora_dequantize_4bit(packed, absmax, 64n, 0, 64n, p, 4), Status.INVALID_ARGUMENT);
-  assertEquals(s.qlora_double_quantize(absmax, 1n, 256n, packed, absmax, null as unknown as BufferSource), Status.INVALID_ARGUMENT);
+  assertEquals(
+    s.qlora_double_quantize(absmax, 1n, 256n, packed, absmax, null as unknown as BufferSource),
+    Status.INVALID_ARGUMENT,
+  );
   assertEquals(s.qlora_double_dequantize(packed, absmax, NaN, 1n, 256n, p), Status.NON_FINITE);
   assertEquals(s.qlora_cast(p, 0, p, 3, 4n), Status.INVALID_ARGUMENT);
   assertEquals(s.qlora_fill_normal(p, 0, 4n, 0, -1, 0n), Status.INVALID_ARGUMENT);

@@ -65,7 +65,9 @@ Deno.test("budget: an allocation past it is an OutOfMemoryError naming request, 
     assertEquals(e.details.category, "activations");
     assertEquals(e.details.budget, inUse + (2 << 20));
     assertGreater(e.details.current.weights, 0);
-    for (const part of ["4.00 MiB", "activations", "budget", "weights"]) assert(e.message.includes(part), e.message);
+    for (const part of ["4.00 MiB", "activations", "budget", "weights"]) {
+      assert(e.message.includes(part), e.message);
+    }
     assertEquals(device.memory().totalCurrent, inUse + (1 << 20), "the failed request left nothing behind");
   } finally {
     device.setMemoryBudget(0);
@@ -98,7 +100,11 @@ Deno.test("tensor: shapes, dtypes and host copies are checked", () => {
   assertThrows(() => Tensor.empty([2, 0], { device }), InvalidArgumentError, "positive");
   assertThrows(() => Tensor.empty([2.5], { device }), InvalidArgumentError);
   assertThrows(() => Tensor.empty([4], { dtype: "f64" as "f32", device }), InvalidArgumentError, "f64");
-  assertThrows(() => Tensor.empty([4], { category: "cache" as "weights", device }), InvalidArgumentError, "cache");
+  assertThrows(
+    () => Tensor.empty([4], { category: "cache" as "weights", device }),
+    InvalidArgumentError,
+    "cache",
+  );
   assertThrows(() => Tensor.from([1, 2, 3], { shape: [2, 2], device }), InvalidArgumentError, "3 values");
   assertThrows(() => Tensor.from(new Uint16Array(2), { device }), InvalidArgumentError, "bf16 or f16");
   using t = Tensor.empty([4], { device });

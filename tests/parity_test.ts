@@ -12,7 +12,8 @@ try {
 }
 if (cudaReason) console.log(`parity tests skipped: the CUDA backend is not usable here (${cudaReason})`);
 
-const test = (name: string, fn: () => void) => Deno.test({ name: `parity: ${name}`, ignore: cudaReason !== "", fn });
+const test = (name: string, fn: () => void) =>
+  Deno.test({ name: `parity: ${name}`, ignore: cudaReason !== "", fn });
 
 test("4-bit codes, constants and dequantized values are bit for bit the same", () => {
   const cpu = getDevice("cpu"), cuda = getDevice("cuda");
@@ -60,6 +61,8 @@ test("normal fill agrees to float rounding", () => {
   using b = Tensor.randn([1 << 16], { seed: 9, device: getDevice("cuda") });
   const x = a.toFloat32(), y = b.toFloat32();
   for (let i = 0; i < x.length; i++) {
-    if (Math.abs(x[i] - y[i]) > 1e-5 * (1 + Math.abs(x[i]))) throw new Error(`randn[${i}]: ${x[i]} vs ${y[i]}`);
+    if (Math.abs(x[i] - y[i]) > 1e-5 * (1 + Math.abs(x[i]))) {
+      throw new Error(`randn[${i}]: ${x[i]} vs ${y[i]}`);
+    }
   }
 });

@@ -61,7 +61,9 @@ export function openLibrary(backend: Backend): NativeLibrary {
   try {
     Deno.statSync(path);
   } catch {
-    throw new BackendError(`Cannot load the ${backend} backend: ${path} does not exist (run: ./deno task build)`);
+    throw new BackendError(
+      `Cannot load the ${backend} backend: ${path} does not exist (run: ./deno task build)`,
+    );
   }
   let dl: Deno.DynamicLibrary<typeof symbols>;
   try {
@@ -115,7 +117,11 @@ function traceSymbols(backend: Backend, symbols: QloraSymbols): QloraSymbols {
       const t0 = performance.now();
       const result = (fn as (...a: unknown[]) => unknown)(...args);
       const ms = (performance.now() - t0).toFixed(3);
-      console.error(`qlora[${backend}] ${name}(${args.map(describeArg).join(", ")}) -> ${describeArg(result)} in ${ms} ms`);
+      console.error(
+        `qlora[${backend}] ${name}(${args.map(describeArg).join(", ")}) -> ${
+          describeArg(result)
+        } in ${ms} ms`,
+      );
       return result;
     };
   }
@@ -160,7 +166,9 @@ function readBackendEnv(): Backend | "auto" {
   }
   if (value === undefined || value === "") return "auto";
   if (value === "cpu" || value === "cuda" || value === "auto") return value;
-  throw new InvalidArgumentError(`Cannot choose a backend: QLORA_BACKEND=${value}, expected cpu, cuda or auto`);
+  throw new InvalidArgumentError(
+    `Cannot choose a backend: QLORA_BACKEND=${value}, expected cpu, cuda or auto`,
+  );
 }
 
 /**

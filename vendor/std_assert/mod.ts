@@ -31,8 +31,10 @@ function suffix(msg?: string): string {
 }
 
 /**
- * Deep equality as `assertEquals` uses it: primitives by `Object.is` (so NaN equals NaN), arrays, typed
- * arrays, plain objects, Map, Set, Date, RegExp and ArrayBuffer structurally.
+ * Deep equality as `assertEquals` uses it: primitives by `Object.is` except that 0 equals -0 (so NaN
+ * equals NaN); arrays, typed arrays (element by element), DataView and ArrayBuffer (byte by byte), plain
+ * objects and class instances (same prototype, same own keys), Map (keys and values), Set, Date, RegExp
+ * and Error (name and message) structurally. Cycles are handled.
  *
  * @example
  * ```ts
@@ -52,6 +54,16 @@ export function equal(a: unknown, b: unknown): boolean {
     if (x instanceof Date) return x.getTime() === (y as Date).getTime();
     if (x instanceof RegExp) return String(x) === String(y);
     if (x instanceof ArrayBuffer) return eq(new Uint8Array(x), new Uint8Array(y as ArrayBuffer));
+    if (x instanceof DataView) {
+      const yv = y as DataView;
+      return eq(
+        new Uint8Array(x.buffer, x.byteOffset, x.byteLength),
+        new Uint8Array(yv.buffer, yv.byteOffset, yv.byteLength),
+      );
+    }
+    if (x instanceof Error && (x.name !== (y as Error).name || x.message !== (y as Error).message)) {
+      return false;
+    }
     if (ArrayBuffer.isView(x)) {
       const xa = x as unknown as ArrayLike<unknown>, ya = y as unknown as ArrayLike<unknown>;
       if (xa.length !== ya.length) return false;
@@ -61,7 +73,14 @@ export function equal(a: unknown, b: unknown): boolean {
     if (x instanceof Map) {
       const ym = y as Map<unknown, unknown>;
       if (x.size !== ym.size) return false;
-      for (const [k, v] of x) if (!ym.has(k) || !eq(v, ym.get(k))) return false;
+      outer: for (const [k, v] of x) {
+        if (ym.has(k)) {
+          if (eq(v, ym.get(k))) continue;
+          return false;
+        }
+        for (const [yk, yv] of ym) if (eq(k, yk) && eq(v, yv)) continue outer;
+        return false;
+      }
       return true;
     }
     if (x instanceof Set) {
@@ -98,6 +117,9 @@ export function assert(expr: unknown, msg = ""): asserts expr {
   if (!expr) throw new AssertionError(msg || "Expected expression to be truthy");
 }
 
+/** The values that are falsy in JavaScript. */
+export type Falsy = false | 0 | 0n | "" | null | undefined;
+
 /**
  * Asserts that a value is falsy.
  *
@@ -107,7 +129,7 @@ export function assert(expr: unknown, msg = ""): asserts expr {
  * assertFalse(0);
  * ```
  */
-export function assertFalse(expr: unknown, msg = ""): void {
+export function assertFalse(expr: unknown, msg = ""): asserts expr is Falsy {
   if (expr) throw new AssertionError(msg || "Expected expression to be falsy");
 }
 
@@ -127,11 +149,15 @@ export function assertEquals<T>(actual: T, expected: T, msg?: string): void {
     const a = actual as unknown as ArrayLike<number>, e = expected as unknown as ArrayLike<number>;
     if (a.length !== e.length) detail = `\nlengths differ: ${a.length} vs ${e.length}`;
     else {
-      const i = Array.from({ length: a.length }, (_, k) => k).find((k) => !Object.is(a[k], e[k]) && a[k] !== e[k]);
+      const i = Array.from({ length: a.length }, (_, k) => k).find((k) =>
+        !Object.is(a[k], e[k]) && a[k] !== e[k]
+      );
       detail = `\nfirst difference at [${i}]: ${a[i!]} vs ${e[i!]}`;
     }
   }
-  throw new AssertionError(`Values are not equal${suffix(msg)}\n  actual:   ${show(actual)}\n  expected: ${show(expected)}${detail}`);
+  throw new AssertionError(
+    `Values are not equal${suffix(msg)}\n  actual:   ${show(actual)}\n  expected: ${show(expected)}${detail}`,
+  );
 }
 
 /**
@@ -160,26 +186,33 @@ export function assertNotEquals<T>(actual: T, expected: T, msg?: string): void {
  */
 export function assertStrictEquals<T>(actual: unknown, expected: T, msg?: string): asserts actual is T {
   if (Object.is(actual, expected)) return;
-  throw new AssertionError(`Values are not strictly equal${suffix(msg)}\n  actual:   ${show(actual)}\n  expected: ${show(expected)}`);
+  throw new AssertionError(
+    `Values are not strictly equal${suffix(msg)}\n  actual:   ${show(actual)}\n  expected: ${show(expected)}`,
+  );
 }
 
 /**
- * Asserts `|actual - expected| <= tolerance` (default tolerance 1e-7 relative to |expected|, as std).
+ * Asserts `|actual - expected| <= tolerance`. As in `@std/assert@1`, the default tolerance is relative:
+ * `|expected| * 1e-7` (one hundred-thousandth of a percent), or 1e-7 when `expected` is not finite. Pass
+ * an explicit tolerance for an absolute bound (needed when `expected` is 0).
  *
  * @example
  * ```ts
- * import { assertAlmostEquals } from "./mod.ts";
+ * import { assertAlmostEquals, assertThrows } from "./mod.ts";
  * assertAlmostEquals(0.1 + 0.2, 0.3);
  * assertAlmostEquals(1.05, 1, 0.1);
+ * assertThrows(() => assertAlmostEquals(1e-8, 0));
  * ```
  */
 export function assertAlmostEquals(actual: number, expected: number, tolerance?: number, msg?: string): void {
   if (Object.is(actual, expected)) return;
-  const tol = tolerance ?? Math.abs(expected) * 1e-7;
+  const tol = tolerance ?? (Number.isFinite(expected) ? Math.abs(expected) * 1e-7 : 1e-7);
   const delta = Math.abs(expected - actual);
   if (delta <= tol) return;
   throw new AssertionError(
-    `Expected actual: "${actual}" to be close to "${expected}": delta "${delta}" is greater than "${tol}"${suffix(msg)}`,
+    `Expected actual: "${actual}" to be close to "${expected}": delta "${delta}" is greater than "${tol}"${
+      suffix(msg)
+    }`,
   );
 }
 
@@ -198,8 +231,9 @@ export function assertExists<T>(actual: T, msg?: string): asserts actual is NonN
   }
 }
 
+/** Any class, as the type of the expected class in {@linkcode assertInstanceOf} and {@linkcode assertThrows}. */
 // deno-lint-ignore no-explicit-any
-type Constructor<T = unknown> = abstract new (...args: any[]) => T;
+export type AnyConstructor<T = unknown> = abstract new (...args: any[]) => T;
 
 /**
  * Asserts `actual instanceof expectedType`.
@@ -210,14 +244,16 @@ type Constructor<T = unknown> = abstract new (...args: any[]) => T;
  * assertInstanceOf(new Date(), Date);
  * ```
  */
-export function assertInstanceOf<T extends Constructor>(
+export function assertInstanceOf<T extends AnyConstructor>(
   actual: unknown,
   expectedType: T,
   msg?: string,
 ): asserts actual is InstanceType<T> {
   if (actual instanceof expectedType) return;
   const got = actual === null || actual === undefined ? String(actual) : (actual as object).constructor?.name;
-  throw new AssertionError(`Expected object to be an instance of "${expectedType.name}" but was "${got}"${suffix(msg)}`);
+  throw new AssertionError(
+    `Expected object to be an instance of "${expectedType.name}" but was "${got}"${suffix(msg)}`,
+  );
 }
 
 /**
@@ -260,7 +296,9 @@ export function assertStringIncludes(actual: string, expected: string, msg?: str
 export function assertArrayIncludes<T>(actual: ArrayLike<T>, expected: ArrayLike<T>, msg?: string): void {
   const missing = Array.from(expected).filter((e) => !Array.from(actual).some((a) => equal(a, e)));
   if (missing.length === 0) return;
-  throw new AssertionError(`Expected actual: ${show(actual)} to include: ${show(expected)}, missing: ${show(missing)}${suffix(msg)}`);
+  throw new AssertionError(
+    `Expected actual: ${show(actual)} to include: ${show(expected)}, missing: ${show(missing)}${suffix(msg)}`,
+  );
 }
 
 function compare(ok: boolean, actual: unknown, op: string, expected: unknown, msg?: string): void {
@@ -321,7 +359,7 @@ export function assertLessOrEqual<T>(actual: T, expected: T, msg?: string): void
 
 function checkError<E extends Error>(
   e: unknown,
-  ErrorClass?: Constructor<E>,
+  ErrorClass?: AnyConstructor<E>,
   msgIncludes?: string,
   msg?: string,
 ): E {
@@ -354,15 +392,16 @@ function checkError<E extends Error>(
  * ```
  */
 export function assertThrows(fn: () => unknown, msg?: string): unknown;
+/** Asserts that `fn` throws an instance of `ErrorClass` whose message includes `msgIncludes`; returns it. */
 export function assertThrows<E extends Error = Error>(
   fn: () => unknown,
-  ErrorClass: Constructor<E>,
+  ErrorClass: AnyConstructor<E>,
   msgIncludes?: string,
   msg?: string,
 ): E;
 export function assertThrows<E extends Error = Error>(
   fn: () => unknown,
-  classOrMsg?: Constructor<E> | string,
+  classOrMsg?: AnyConstructor<E> | string,
   msgIncludes?: string,
   msg?: string,
 ): E | unknown {
@@ -387,15 +426,16 @@ export function assertThrows<E extends Error = Error>(
  * ```
  */
 export function assertRejects(fn: () => PromiseLike<unknown>, msg?: string): Promise<unknown>;
+/** Asserts that `fn` rejects with an instance of `ErrorClass` whose message includes `msgIncludes`; returns it. */
 export function assertRejects<E extends Error = Error>(
   fn: () => PromiseLike<unknown>,
-  ErrorClass: Constructor<E>,
+  ErrorClass: AnyConstructor<E>,
   msgIncludes?: string,
   msg?: string,
 ): Promise<E>;
 export async function assertRejects<E extends Error = Error>(
   fn: () => PromiseLike<unknown>,
-  classOrMsg?: Constructor<E> | string,
+  classOrMsg?: AnyConstructor<E> | string,
   msgIncludes?: string,
   msg?: string,
 ): Promise<E | unknown> {
@@ -414,8 +454,8 @@ export async function assertRejects<E extends Error = Error>(
  *
  * @example
  * ```ts
- * import { fail } from "./mod.ts";
- * try { fail("no"); } catch { /* expected *\/ }
+ * import { assertThrows, fail } from "./mod.ts";
+ * assertThrows(() => fail("no"), Error, "Failed assertion: no");
  * ```
  */
 export function fail(msg?: string): never {
@@ -427,10 +467,10 @@ export function fail(msg?: string): never {
  *
  * @example
  * ```ts
- * import { unreachable } from "./mod.ts";
- * try { unreachable(); } catch { /* expected *\/ }
+ * import { assertThrows, unreachable } from "./mod.ts";
+ * assertThrows(() => unreachable(), Error, "Unreachable");
  * ```
  */
 export function unreachable(msg?: string): never {
-  throw new AssertionError(msg ?? "unreachable");
+  throw new AssertionError(`Unreachable${suffix(msg)}`);
 }

@@ -1,0 +1,455 @@
+import { assert, assertEquals, assertRejects, assertStringIncludes, assertThrows } from "@std/assert";
+import { SafetensorsError } from "../lib/errors.ts";
+import {
+  bytesPerElement,
+  parseSafetensorsHeader,
+  readSafetensors,
+  type SafetensorsDtype,
+  SafetensorsReader,
+  SafetensorsWriter,
+  writeSafetensors,
+} from "../lib/safetensors.ts";
+
+const encode = (s: string) => new TextEncoder().encode(s);
+
+/** Runs `fn` with a fresh temporary directory, removed afterwards. */
+async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "safetensors_test_" });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** Deterministic bytes 0..255 starting at `seed`. */
+function pattern(length: number, seed: number): Uint8Array {
+  return Uint8Array.from({ length }, (_, i) => (seed + i * 7) & 255);
+}
+
+/** A file built by hand: 8-byte LE length (or `length` if given), the header bytes, the data. */
+function rawFile(
+  header: string | Uint8Array,
+  data: Uint8Array = new Uint8Array(0),
+  length?: bigint,
+): Uint8Array {
+  const h = typeof header === "string" ? encode(header) : header;
+  const out = new Uint8Array(8 + h.length + data.length);
+  new DataView(out.buffer).setBigUint64(0, length ?? BigInt(h.length), true);
+  out.set(h, 8);
+  out.set(data, 8 + h.length);
+  return out;
+}
+
+function le64(n: number): number[] {
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigUint64(0, BigInt(n), true);
+  return [...b];
+}
+
+Deno.test("bytesPerElement covers every dtype and refuses unknown ones", () => {
+  assertEquals(
+    (["F32", "F16", "BF16", "U8", "I32", "I64"] as const).map(bytesPerElement),
+    [4, 2, 2, 1, 4, 8],
+  );
+  assertThrows(() => bytesPerElement("F64" as SafetensorsDtype), SafetensorsError, "F64");
+});
+
+Deno.test("round trip of every dtype, an empty tensor and a 0-d tensor, in the order given", async () => {
+  await withDir(async (dir) => {
+    const dtypes: SafetensorsDtype[] = ["F32", "F16", "BF16", "U8", "I32", "I64"];
+    const tensors = dtypes.map((dtype, i) => ({
+      name: `t.${dtype.toLowerCase()}`,
+      dtype,
+      shape: [3, 2],
+      data: pattern(6 * bytesPerElement(dtype), i * 31),
+    }));
+    tensors.push({ name: "empty", dtype: "F32", shape: [0, 4], data: new Uint8Array(0) });
+    tensors.push({ name: "scalar", dtype: "I64", shape: [], data: pattern(8, 99) });
+    tensors.push({ name: "after.scalar", dtype: "BF16", shape: [1, 1, 1], data: pattern(2, 5) });
+    const path = `${dir}/all.safetensors`;
+    await writeSafetensors(path, tensors);
+    const file = await readSafetensors(path);
+    assertEquals([...file.keys()], tensors.map((t) => t.name));
+    let offset = 0;
+    for (const t of tensors) {
+      const got = file.get(t.name)!;
+      assertEquals(got.info, {
+        name: t.name,
+        dtype: t.dtype,
+        shape: t.shape,
+        byteLength: t.data.length,
+        dataOffset: offset,
+      });
+      assertEquals(got.data, t.data, t.name);
+      offset += t.data.length;
+    }
+    using reader = await SafetensorsReader.open(path);
+    assertEquals(reader.metadata, {});
+    assertEquals(await reader.read("empty"), new Uint8Array(0));
+    assertEquals(reader.fileSize, (await Deno.stat(path)).size);
+  });
+});
+
+Deno.test("metadata round trip, including non-ASCII text; absent metadata reads as {}", async () => {
+  await withDir(async (dir) => {
+    const metadata = { format: "pt", note: "poids quantifiés ✓", empty: "" };
+    await writeSafetensors(`${dir}/m.safetensors`, [{
+      name: "x",
+      dtype: "U8",
+      shape: [1],
+      data: pattern(1, 0),
+    }], metadata);
+    using reader = await SafetensorsReader.open(`${dir}/m.safetensors`);
+    assertEquals(reader.metadata, metadata);
+    await writeSafetensors(`${dir}/none.safetensors`, []);
+    using none = await SafetensorsReader.open(`${dir}/none.safetensors`);
+    assertEquals(none.metadata, {});
+    assertEquals(none.tensors, []);
+  });
+});
+
+Deno.test("the header is padded with spaces so that the data starts at a multiple of 8", async () => {
+  await withDir(async (dir) => {
+    for (let len = 1; len <= 9; len++) {
+      const path = `${dir}/p${len}.safetensors`;
+      await writeSafetensors(path, [{
+        name: "n".repeat(len),
+        dtype: "U8",
+        shape: [3],
+        data: pattern(3, len),
+      }]);
+      const bytes = await Deno.readFile(path);
+      const n = Number(new DataView(bytes.buffer).getBigUint64(0, true));
+      assertEquals((8 + n) % 8, 0, `name length ${len}`);
+      const text = new TextDecoder().decode(bytes.subarray(8, 8 + n));
+      assertEquals(text, text.trimEnd() + " ".repeat(n - text.trimEnd().length));
+      assert(n - text.trimEnd().length < 8, "at most 7 bytes of padding");
+      assertEquals(bytes.subarray(8 + n), pattern(3, len));
+      assertEquals(parseSafetensorsHeader(bytes.subarray(8, 8 + n), bytes.length).dataStart, 8 + n);
+    }
+  });
+});
+
+Deno.test("a tiny file matches a hand-built byte layout, and a hand-built file reads back", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/tiny.safetensors`;
+    await writeSafetensors(path, [{ name: "a", dtype: "U8", shape: [2], data: new Uint8Array([1, 2]) }]);
+    const json = '{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}'; // 53 bytes, padded to 56
+    const expected = [...le64(56), ...encode(json), 0x20, 0x20, 0x20, 1, 2];
+    assertEquals([...await Deno.readFile(path)], expected);
+
+    // The other way: a file written by hand (as the reference implementation would) with metadata.
+    const header = '{"__metadata__":{"format":"pt"},"w":{"dtype":"F32","shape":[1,2],"data_offsets":[0,8]},' +
+      '"b":{"dtype":"I32","shape":[],"data_offsets":[8,12]}}';
+    const data = new Uint8Array([...new Uint8Array(new Float32Array([1.5, -2]).buffer), 7, 0, 0, 0]);
+    await Deno.writeFile(`${dir}/hand.safetensors`, rawFile(header, data));
+    const file = await readSafetensors(`${dir}/hand.safetensors`);
+    assertEquals(new Float32Array(file.get("w")!.data.buffer), new Float32Array([1.5, -2]));
+    assertEquals(file.get("b")!.info.shape, []);
+    assertEquals(new Int32Array(file.get("b")!.data.buffer)[0], 7);
+  });
+});
+
+Deno.test("streaming writer: chunked writes, empty tensors skipped or written, size as announced", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/stream.safetensors`;
+    const big = pattern(1000, 3), small = pattern(12, 200);
+    const writer = await SafetensorsWriter.create(path, [
+      { name: "big", dtype: "I32", shape: [10, 25] },
+      { name: "none", dtype: "F16", shape: [0] },
+      { name: "small", dtype: "F16", shape: [6] },
+      { name: "tail", dtype: "U8", shape: [0] },
+    ], { step: "3" });
+    for (let i = 0; i < big.length; i += 7) await writer.write("big", big.subarray(i, i + 7));
+    await writer.write("big", new Uint8Array(0));
+    for (const b of small) await writer.write("small", new Uint8Array([b])); // "none" needs no call
+    await writer.write("tail", new Uint8Array(0));
+    await writer.close();
+    await writer.close(); // idempotent
+    assertEquals((await Deno.stat(path)).size, writer.fileSize);
+    const file = await readSafetensors(path);
+    assertEquals(file.get("big")!.data, big);
+    assertEquals(file.get("small")!.data, small);
+    assertEquals(file.get("none")!.info.byteLength, 0);
+  });
+});
+
+Deno.test("writer errors: too many or too few bytes, wrong order, unknown or repeated tensors", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/w.safetensors`;
+    const entries = [
+      { name: "a", dtype: "U8" as const, shape: [4] },
+      { name: "b", dtype: "U8" as const, shape: [2] },
+    ];
+    let w = await SafetensorsWriter.create(path, entries);
+    await assertRejects(
+      () => w.write("a", new Uint8Array(5)),
+      SafetensorsError,
+      "would get 5 bytes, its shape holds 4",
+    );
+    await w.write("a", new Uint8Array(3));
+    await assertRejects(() => w.write("a", new Uint8Array(2)), SafetensorsError, "would get 5 bytes");
+    await assertRejects(
+      () => w.write("b", new Uint8Array(2)),
+      SafetensorsError,
+      'expected bytes of "a" (3 of 4)',
+    );
+    await assertRejects(() => w.write("c", new Uint8Array(1)), SafetensorsError, "is not in the file");
+    await w.write("a", new Uint8Array(1));
+    await w.write("b", new Uint8Array(1));
+    await assertRejects(() => w.write("a", new Uint8Array(0)), SafetensorsError, "already written");
+    await assertRejects(
+      () => w.close(),
+      SafetensorsError,
+      `Cannot write ${path}: tensor "b" got 1 of 2 bytes`,
+    );
+    await assertRejects(() => w.write("b", new Uint8Array(1)), SafetensorsError, "closed");
+
+    w = await SafetensorsWriter.create(path, entries);
+    await assertRejects(() => w.write("b", new Uint8Array(2)), SafetensorsError, "comes later");
+    await assertRejects(() => w.close(), SafetensorsError, `tensor "a" got 0 of 4 bytes`);
+
+    // `await using` releases the file without a second error on an error path.
+    await assertRejects(async () => {
+      await using w2 = await SafetensorsWriter.create(path, entries);
+      await w2.write("a", new Uint8Array(4));
+      throw new RangeError("producer failed");
+    }, RangeError);
+
+    const bad: [Parameters<typeof SafetensorsWriter.create>[1], string][] = [
+      [[...entries, { name: "a", dtype: "F32", shape: [1] }], `tensor "a" appears twice`],
+      [[{ name: "", dtype: "U8", shape: [1] }], "non-empty"],
+      [[{ name: "__metadata__", dtype: "U8", shape: [1] }], "__metadata__"],
+      [[{ name: "x", dtype: "F64" as SafetensorsDtype, shape: [1] }], `dtype "F64"`],
+      [[{ name: "x", dtype: "U8", shape: [-1] }], "shape [-1]"],
+      [[{ name: "x", dtype: "U8", shape: [1.5] }], "shape [1.5]"],
+      [[{ name: "x", dtype: "I64", shape: [2 ** 30, 2 ** 30] }], "too large"],
+    ];
+    for (const [list, message] of bad) {
+      await assertRejects(() => SafetensorsWriter.create(path, list), SafetensorsError, message);
+    }
+    await assertRejects(
+      () => SafetensorsWriter.create(path, entries, { n: 3 as unknown as string }),
+      SafetensorsError,
+      `metadata "n" must be a string`,
+    );
+    await assertRejects(
+      () => writeSafetensors(path, [{ name: "x", dtype: "F32", shape: [2], data: new Uint8Array(7) }]),
+      SafetensorsError,
+      `tensor "x" has 7 bytes of data, F32 [2] needs 8`,
+    );
+    await assertRejects(
+      () => SafetensorsWriter.create(`${dir}/no/such/dir/x.safetensors`, []),
+      SafetensorsError,
+    );
+  });
+});
+
+Deno.test("every malformed file is a SafetensorsError naming the file, never a crash", async () => {
+  await withDir(async (dir) => {
+    const t = (body: string) => `{"t":${body}}`;
+    const ok = '{"dtype":"F32","shape":[2],"data_offsets":[0,8]}';
+    const eight = new Uint8Array(8);
+    const cases: [string, Uint8Array, string][] = [
+      ["empty file", new Uint8Array(0), "fewer than the 8"],
+      ["shorter than 8 bytes", new Uint8Array(5), "fewer than the 8"],
+      ["header length past the end", rawFile("{}", eight, 1000n), "header length 1000 is past the end"],
+      ["header length 2^64-1", rawFile("{}", eight, 2n ** 64n - 1n), "past the end"],
+      ["invalid UTF-8", rawFile(new Uint8Array([0x7b, 0xff, 0xfe, 0x7d])), "not valid UTF-8"],
+      ["invalid JSON", rawFile("{not json"), "not valid JSON"],
+      ["empty header", rawFile(""), "not valid JSON"],
+      ["header is an array", rawFile("[1,2]"), "must be a JSON object"],
+      ["header is null", rawFile("null"), "must be a JSON object"],
+      ["header is a number", rawFile("3"), "must be a JSON object"],
+      ["entry is not an object", rawFile(t("3")), `tensor "t" must be an object`],
+      ["entry is an array", rawFile(t("[]")), `tensor "t" must be an object`],
+      ["missing dtype", rawFile(t('{"shape":[2],"data_offsets":[0,8]}'), eight), "dtype undefined"],
+      ["missing shape", rawFile(t('{"dtype":"F32","data_offsets":[0,8]}'), eight), "shape undefined"],
+      ["missing data_offsets", rawFile(t('{"dtype":"F32","shape":[2]}'), eight), "data_offsets undefined"],
+      ["unknown dtype", rawFile(t('{"dtype":"F64","shape":[1],"data_offsets":[0,8]}'), eight), `dtype "F64"`],
+      ["shape not an array", rawFile(t('{"dtype":"U8","shape":2,"data_offsets":[0,2]}')), "shape 2"],
+      ["negative dimension", rawFile(t('{"dtype":"U8","shape":[-2],"data_offsets":[0,0]}')), "shape [-2]"],
+      [
+        "fractional dimension",
+        rawFile(t('{"dtype":"U8","shape":[1.5],"data_offsets":[0,0]}')),
+        "shape [1.5]",
+      ],
+      ["string dimension", rawFile(t('{"dtype":"U8","shape":["2"],"data_offsets":[0,2]}')), `shape ["2"]`],
+      [
+        "unsafe dimension",
+        rawFile(t('{"dtype":"U8","shape":[9007199254740993],"data_offsets":[0,0]}')),
+        "shape",
+      ],
+      ["one offset", rawFile(t('{"dtype":"U8","shape":[0],"data_offsets":[0]}')), "data_offsets [0]"],
+      ["three offsets", rawFile(t('{"dtype":"U8","shape":[0],"data_offsets":[0,0,0]}')), "data_offsets"],
+      ["negative offset", rawFile(t('{"dtype":"U8","shape":[0],"data_offsets":[-1,-1]}')), "data_offsets"],
+      [
+        "begin after end",
+        rawFile(t('{"dtype":"U8","shape":[0],"data_offsets":[4,0]}'), eight),
+        "data_offsets [4,0]",
+      ],
+      [
+        "string offset",
+        rawFile(t('{"dtype":"U8","shape":[8],"data_offsets":[0,"8"]}'), eight),
+        "data_offsets",
+      ],
+      [
+        "fractional offset",
+        rawFile(t('{"dtype":"U8","shape":[0],"data_offsets":[0.5,0.5]}'), eight),
+        "data_offsets",
+      ],
+      [
+        "truncated data",
+        rawFile(t(ok), new Uint8Array(7)),
+        "ends at byte 8 of the data section, which has only 7",
+      ],
+      [
+        "huge end offset",
+        rawFile(t('{"dtype":"U8","shape":[8],"data_offsets":[0,1e300]}'), eight),
+        "data_offsets",
+      ],
+      [
+        "byte count too small",
+        rawFile(t('{"dtype":"F32","shape":[2],"data_offsets":[0,4]}'), eight),
+        "needs 8",
+      ],
+      [
+        "byte count too large",
+        rawFile(t('{"dtype":"F32","shape":[1],"data_offsets":[0,8]}'), eight),
+        "needs 4",
+      ],
+      [
+        "shape larger than the file",
+        rawFile(t('{"dtype":"I64","shape":[1000000,1000000,1000000],"data_offsets":[0,8]}'), eight),
+        "more than the file holds",
+      ],
+      [
+        "overlapping tensors",
+        rawFile(
+          '{"a":{"dtype":"U8","shape":[6],"data_offsets":[0,6]},"b":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}}',
+          eight,
+        ),
+        `tensors "a" [0, 6) and "b" [4, 8) overlap`,
+      ],
+      [
+        "the same range twice",
+        rawFile(
+          '{"a":{"dtype":"U8","shape":[8],"data_offsets":[0,8]},"b":{"dtype":"I64","shape":[],"data_offsets":[0,8]}}',
+          eight,
+        ),
+        "overlap",
+      ],
+      [
+        "metadata value not a string",
+        rawFile('{"__metadata__":{"format":1}}'),
+        "__metadata__.format must be a string",
+      ],
+      ["metadata not an object", rawFile('{"__metadata__":["pt"]}'), "__metadata__ must be an object"],
+      ["empty tensor name", rawFile('{"":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}'), "empty name"],
+    ];
+    for (const [what, bytes, message] of cases) {
+      const path = `${dir}/bad.safetensors`;
+      await Deno.writeFile(path, bytes);
+      const e = await assertRejects(() => SafetensorsReader.open(path), SafetensorsError, message, what);
+      assertStringIncludes(e.message, `Cannot read ${path}: `, what);
+      await assertRejects(() => readSafetensors(path), SafetensorsError, message, what);
+    }
+    await assertRejects(
+      () => SafetensorsReader.open(`${dir}/missing.safetensors`),
+      SafetensorsError,
+      "Cannot read",
+    );
+    await assertRejects(() => SafetensorsReader.open(dir), SafetensorsError, "Cannot read");
+  });
+});
+
+Deno.test("an absurd header length is refused before anything is allocated (sparse 101 MB file)", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/huge_header.safetensors`;
+    await Deno.writeFile(path, rawFile("", new Uint8Array(0), 100_000_001n));
+    await Deno.truncate(path, 8 + 100_000_001);
+    await assertRejects(
+      () => SafetensorsReader.open(path),
+      SafetensorsError,
+      "exceeds the limit of 100000000 bytes",
+    );
+  });
+});
+
+Deno.test("parseSafetensorsHeader is pure and checks the header against the file size", () => {
+  const json = encode('{"w":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}');
+  const h = parseSafetensorsHeader(json, 8 + json.length + 4, "x.safetensors");
+  assertEquals(h.tensors, [{ name: "w", dtype: "U8", shape: [4], byteLength: 4, dataOffset: 0 }]);
+  assertThrows(
+    () => parseSafetensorsHeader(json, 8 + json.length + 3, "x.safetensors"),
+    SafetensorsError,
+    "x.safetensors",
+  );
+  assertThrows(() => parseSafetensorsHeader(json, json.length), SafetensorsError, "shorter than");
+  // Tensors are listed in data order even when JSON key order differs (integer-like keys come first).
+  const mixed = encode(
+    '{"b":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"7":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}',
+  );
+  assertEquals(parseSafetensorsHeader(mixed, 8 + mixed.length + 2).tensors.map((t) => t.name), ["b", "7"]);
+});
+
+Deno.test("reading one tensor reads exactly its bytes at its offset, and never the whole file", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/several.safetensors`;
+    const tensors = [
+      { name: "first", dtype: "U8" as const, shape: [5], data: pattern(5, 1) },
+      { name: "second", dtype: "F32" as const, shape: [3, 3], data: pattern(36, 50) },
+      { name: "third", dtype: "I64" as const, shape: [2], data: pattern(16, 150) },
+    ];
+    await writeSafetensors(path, tensors);
+    using reader = await SafetensorsReader.open(path);
+    assertEquals(reader.info("second").dataOffset, 5);
+    assertEquals(reader.info("third").dataOffset, 41);
+    // Overwrite everything but "second" through another handle: reading "second" must not notice.
+    const whole = await Deno.readFile(path);
+    const dataStart = whole.length - 57;
+    const scribbled = whole.slice();
+    scribbled.fill(0xee, dataStart);
+    scribbled.set(pattern(36, 50), dataStart + 5);
+    await Deno.writeFile(path, scribbled);
+    assertEquals(await reader.read("second"), pattern(36, 50));
+    assertEquals(await reader.read("third"), new Uint8Array(16).fill(0xee));
+    // Concurrent reads on one reader do not interleave their seeks.
+    const all = await Promise.all([reader.read("third"), reader.read("second"), reader.read("first")]);
+    assertEquals(all[1], pattern(36, 50));
+    const pool = new Uint8Array(40);
+    await reader.readInto("second", pool.subarray(2, 38));
+    assertEquals(pool.subarray(2, 38), pattern(36, 50));
+    await assertRejects(
+      () => reader.readInto("second", new Uint8Array(35)),
+      SafetensorsError,
+      "destination has 35",
+    );
+    assertThrows(() => reader.info("fourth"), SafetensorsError, `no tensor named "fourth"`);
+    await assertRejects(() => reader.read("fourth"), SafetensorsError, "fourth");
+
+    // A 256 MiB (sparse) tensor: opening and reading a small neighbour touch only the header and its bytes.
+    const bigPath = `${dir}/big.safetensors`;
+    const header = '{"small":{"dtype":"U8","shape":[8],"data_offsets":[0,8]},' +
+      `"big":{"dtype":"F32","shape":[${2 ** 26}],"data_offsets":[8,${8 + 2 ** 28}]}}`;
+    await Deno.writeFile(bigPath, rawFile(header, pattern(8, 9)));
+    await Deno.truncate(bigPath, 8 + encode(header).length + 8 + 2 ** 28);
+    using big = await SafetensorsReader.open(bigPath);
+    assertEquals(big.info("big").byteLength, 2 ** 28);
+    assertEquals(await big.read("small"), pattern(8, 9));
+  });
+});
+
+Deno.test("a closed reader refuses to read; close is idempotent; a file truncated after open is reported", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/c.safetensors`;
+    await writeSafetensors(path, [{ name: "x", dtype: "U8", shape: [4], data: pattern(4, 0) }]);
+    const reader = await SafetensorsReader.open(path);
+    await Deno.truncate(path, reader.fileSize - 2);
+    await assertRejects(() => reader.read("x"), SafetensorsError, `file ended inside tensor "x"`);
+    reader.close();
+    reader.close();
+    await assertRejects(() => reader.read("x"), SafetensorsError, "closed");
+  });
+});
