@@ -63,8 +63,24 @@ Deno.bench({
   baseline: true,
   fn: () => copy(copySrc, x),
 });
+const packedOut = Tensor.empty([N / 2], { dtype: "u8", device });
+const absmaxOut = Tensor.empty([N / 64], { device });
+function quantizeInto(src: Tensor, dtype: number): void {
+  device.check(s.qlora_quantize_4bit(src.ptr, dtype, n, 0, 64n, packedOut.ptr, absmaxOut.ptr));
+  device.synchronize();
+}
 Deno.bench({
-  name: `NF4 quantize f32 (${label})`,
+  name: `NF4 quantize f32 into reused buffers (${label})`,
+  group: "quantize f32",
+  fn: () => quantizeInto(x, 0),
+});
+Deno.bench({
+  name: `NF4 quantize bf16 into reused buffers (${label})`,
+  group: "quantize bf16",
+  fn: () => quantizeInto(xb, 1),
+});
+Deno.bench({
+  name: `NF4 quantize f32, new tensors (${label})`,
   group: "quantize f32",
   fn: () => {
     using _r = quantize(x, { doubleQuant: false });
@@ -78,7 +94,7 @@ Deno.bench({
   fn: () => copy(copySrc16, xb),
 });
 Deno.bench({
-  name: `NF4 + double quant quantize bf16 (${label})`,
+  name: `NF4 + double quant quantize bf16, new tensors (${label})`,
   group: "quantize bf16",
   fn: () => {
     using _r = quantize(xb);
