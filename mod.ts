@@ -22,5 +22,7 @@ export { type Backend, libraryPath } from "./lib/ffi/library.ts";
 export { backendAvailable, Device, getDevice, memory, setMemoryBudget } from "./lib/device.ts";
 export { type RandnOptions, shapeSize, Tensor, type TensorOptions } from "./lib/tensor.ts";
 export * from "./lib/quant.ts";
+export * from "./lib/ops.ts";
+export * from "./lib/lora.ts";
 export * from "./lib/safetensors.ts";
 export * from "./lib/checkpoint.ts";

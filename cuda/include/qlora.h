@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 /* Bumped on any change of a signature, enum value or struct layout below. */
-#define QLORA_ABI_VERSION 1
+#define QLORA_ABI_VERSION 2
 
 typedef enum qlora_status {
   QLORA_OK = 0,
@@ -161,6 +161,45 @@ QLORA_API qlora_status qlora_double_quantize(const float* absmax, uint64_t n, ui
 QLORA_API qlora_status qlora_double_dequantize(const uint8_t* codes, const float* nested_absmax,
                                                float offset, uint64_t n, uint64_t nested_blocksize,
                                                float* absmax);
+
+/* ---- elementwise, for layers -------------------------------------------------------------- */
+
+/* y[i] = alpha * x[i] + beta * y[i] for n values; x and y of one float dtype (f32, bf16, f16),
+ * computed in f32. beta = 0 ignores the old y (even NaN). */
+QLORA_API qlora_status qlora_axpby(float alpha, const void* x, float beta, void* y, int32_t dtype, uint64_t n);
+/* Inverted dropout: y[i] = keep(seed, i) ? x[i] / (1 - p) : 0, p in [0, 1). The mask is a function of
+ * (seed, i) only, so the backward pass is the same call on dy with the same seed. x == y is allowed. */
+QLORA_API qlora_status qlora_dropout(const void* x, void* y, int32_t dtype, uint64_t n, float p, uint64_t seed);
+/* Fills n values (f32, bf16, f16) uniformly in [low, high) from the counter-based generator. */
+QLORA_API qlora_status qlora_fill_uniform(void* dptr, int32_t dtype, uint64_t n, float low, float high,
+                                          uint64_t seed);
+
+/* ---- GEMM --------------------------------------------------------------------------------- */
+
+/* Row-major, contiguous, batched: for each b < batch,
+ *   C_b = alpha * op(A_b) @ op(B_b) + beta * C_b,   op(A) is m x k, op(B) is k x n, C is m x n.
+ * A is stored m x k (trans_a = 0) or k x m (trans_a = 1); B is stored k x n or n x k (trans_b = 1).
+ * A and B share ab_dtype (f32 or bf16); C is f32 or bf16; products accumulate in f32. stride_* are
+ * elements between consecutive matrices of a batch (0 = the same matrix for every b). beta = 0
+ * ignores the old C. */
+QLORA_API qlora_status qlora_gemm(int32_t trans_a, int32_t trans_b, uint64_t m, uint64_t n, uint64_t k,
+                                  float alpha, const void* a, const void* b, int32_t ab_dtype, float beta,
+                                  void* c, int32_t c_dtype, uint64_t batch, uint64_t stride_a,
+                                  uint64_t stride_b, uint64_t stride_c);
+/* Bytes of device workspace qlora_gemm_4bit needs for this shape (the caller allocates it, under the
+ * workspace category, so that the ledger sees it). */
+QLORA_API qlora_status qlora_gemm_4bit_workspace(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k,
+                                                 uint64_t* bytes_out);
+/* C = alpha * X @ op(dequant(W)) + beta * C without a 16-bit copy of the whole W on the CPU (tiles
+ * dequantized into the workspace), with a reused workspace or a fused GEMV on CUDA. X is m x k; W
+ * (packed 4-bit codes + f32 absmax per block, as qlora_quantize_4bit makes them) is stored n x k
+ * (trans_w = 1: the forward pass of a linear layer, C = X W^T) or k x n (trans_w = 0: the input
+ * gradient, dX = dY W). X and C are f32 or bf16; products accumulate in f32. */
+QLORA_API qlora_status qlora_gemm_4bit(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k, float alpha,
+                                       const void* x, int32_t x_dtype, const uint8_t* packed,
+                                       const float* absmax, int32_t quant_type, uint64_t blocksize,
+                                       float beta, void* c, int32_t c_dtype, void* workspace,
+                                       uint64_t workspace_bytes);
 
 #ifdef __cplusplus
 }

@@ -55,6 +55,54 @@ export const symbols = {
     parameters: ["pointer", "pointer", "f32", "u64", "u64", "pointer"],
     result: "i32",
   },
+  // elementwise, for layers
+  qlora_axpby: { parameters: ["f32", "pointer", "f32", "pointer", "i32", "u64"], result: "i32" },
+  qlora_dropout: { parameters: ["pointer", "pointer", "i32", "u64", "f32", "u64"], result: "i32" },
+  qlora_fill_uniform: { parameters: ["pointer", "i32", "u64", "f32", "f32", "u64"], result: "i32" },
+  // GEMM
+  qlora_gemm: {
+    parameters: [
+      "i32",
+      "i32",
+      "u64",
+      "u64",
+      "u64",
+      "f32",
+      "pointer",
+      "pointer",
+      "i32",
+      "f32",
+      "pointer",
+      "i32",
+      "u64",
+      "u64",
+      "u64",
+      "u64",
+    ],
+    result: "i32",
+  },
+  qlora_gemm_4bit_workspace: { parameters: ["i32", "u64", "u64", "u64", "buffer"], result: "i32" },
+  qlora_gemm_4bit: {
+    parameters: [
+      "i32",
+      "u64",
+      "u64",
+      "u64",
+      "f32",
+      "pointer",
+      "i32",
+      "pointer",
+      "pointer",
+      "i32",
+      "u64",
+      "f32",
+      "pointer",
+      "i32",
+      "pointer",
+      "u64",
+    ],
+    result: "i32",
+  },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The loaded library's symbols. */
@@ -72,4 +120,4 @@ export const Status = {
 } as const;
 
 /** The ABI version this TypeScript layer was written for (`QLORA_ABI_VERSION`). */
-export const ABI_VERSION = 1;
+export const ABI_VERSION = 2;

@@ -117,6 +117,94 @@ inline qlora_status check_malloc(void** out, uint64_t bytes, int32_t category) {
   return QLORA_OK;
 }
 
+inline qlora_status check_axpby(const void* x, const void* y, int32_t dtype) {
+  const char* fn = "compute alpha * x + beta * y";
+  QLORA_CHECK_PTR(x, fn);
+  QLORA_CHECK_PTR(y, fn);
+  QLORA_CHECK_FLOAT_DTYPE(dtype, fn);
+  qlora_status s = check_alignment(x, dtype_size(dtype), fn, "x");
+  if (s == QLORA_OK) s = check_alignment(y, dtype_size(dtype), fn, "y");
+  return s;
+}
+
+inline qlora_status check_dropout(const void* x, const void* y, int32_t dtype, float p) {
+  const char* fn = "apply dropout";
+  QLORA_CHECK_PTR(x, fn);
+  QLORA_CHECK_PTR(y, fn);
+  QLORA_CHECK_FLOAT_DTYPE(dtype, fn);
+  qlora_status s = check_alignment(x, dtype_size(dtype), fn, "x");
+  if (s == QLORA_OK) s = check_alignment(y, dtype_size(dtype), fn, "y");
+  if (s != QLORA_OK) return s;
+  if (!(p >= 0.0f && p < 1.0f))
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: p = %g is not in [0, 1)", fn, (double)p);
+  return QLORA_OK;
+}
+
+inline qlora_status check_fill_uniform(const void* ptr, int32_t dtype, float low, float high) {
+  const char* fn = "fill with uniform values";
+  QLORA_CHECK_PTR(ptr, fn);
+  QLORA_CHECK_FLOAT_DTYPE(dtype, fn);
+  if (!(low - low == 0.0f) || !(high - high == 0.0f) || !(low <= high))
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: need finite low <= high, got [%g, %g)", fn, (double)low,
+                (double)high);
+  return check_alignment(ptr, dtype_size(dtype), fn, "the buffer");
+}
+
+inline qlora_status check_gemm_dims(const char* fn, uint64_t m, uint64_t n, uint64_t k) {
+  if (m == 0 || n == 0 || k == 0)
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: m, n and k must be > 0, got %llu, %llu, %llu", fn,
+                (unsigned long long)m, (unsigned long long)n, (unsigned long long)k);
+  const uint64_t limit = 1ull << 31;  // each dimension fits an int for the BLAS libraries below us
+  if (m >= limit || n >= limit || k >= limit)
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: dimensions must be below 2^31", fn);
+  return QLORA_OK;
+}
+
+inline qlora_status check_gemm(int32_t trans_a, int32_t trans_b, uint64_t m, uint64_t n, uint64_t k, const void* a,
+                               const void* b, int32_t ab_dtype, const void* c, int32_t c_dtype, uint64_t batch) {
+  const char* fn = "multiply matrices";
+  QLORA_CHECK_PTR(a, fn);
+  QLORA_CHECK_PTR(b, fn);
+  QLORA_CHECK_PTR(c, fn);
+  if ((trans_a != 0 && trans_a != 1) || (trans_b != 0 && trans_b != 1))
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: trans_a and trans_b must be 0 or 1", fn);
+  if (ab_dtype != QLORA_F32 && ab_dtype != QLORA_BF16)
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: A and B must be f32 or bf16, got %s", fn, dtype_name(ab_dtype));
+  if (c_dtype != QLORA_F32 && c_dtype != QLORA_BF16)
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: C must be f32 or bf16, got %s", fn, dtype_name(c_dtype));
+  if (batch == 0) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: batch is 0", fn);
+  qlora_status s = check_gemm_dims(fn, m, n, k);
+  if (s == QLORA_OK) s = check_alignment(a, dtype_size(ab_dtype), fn, "A");
+  if (s == QLORA_OK) s = check_alignment(b, dtype_size(ab_dtype), fn, "B");
+  if (s == QLORA_OK) s = check_alignment(c, dtype_size(c_dtype), fn, "C");
+  return s;
+}
+
+inline qlora_status check_gemm_4bit(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k, const void* x,
+                                    int32_t x_dtype, const uint8_t* packed, const float* absmax, int32_t quant_type,
+                                    uint64_t blocksize, const void* c, int32_t c_dtype) {
+  const char* fn = "multiply by a 4-bit matrix";
+  QLORA_CHECK_PTR(x, fn);
+  QLORA_CHECK_PTR(packed, fn);
+  QLORA_CHECK_PTR(absmax, fn);
+  QLORA_CHECK_PTR(c, fn);
+  if (trans_w != 0 && trans_w != 1) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: trans_w must be 0 or 1", fn);
+  if ((x_dtype != QLORA_F32 && x_dtype != QLORA_BF16) || (c_dtype != QLORA_F32 && c_dtype != QLORA_BF16))
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: X and C must be f32 or bf16, got %s and %s", fn,
+                dtype_name(x_dtype), dtype_name(c_dtype));
+  if (!quant4_table(quant_type))
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: quant type %d is not nf4 (0), fp4 (1) or int4 (2)", fn,
+                quant_type);
+  if (!valid_blocksize(blocksize))
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: blocksize %llu is not a power of two in 32..4096", fn,
+                (unsigned long long)blocksize);
+  qlora_status s = check_gemm_dims(fn, m, n, k);
+  if (s == QLORA_OK) s = check_alignment(x, dtype_size(x_dtype), fn, "X");
+  if (s == QLORA_OK) s = check_alignment(c, dtype_size(c_dtype), fn, "C");
+  if (s == QLORA_OK) s = check_alignment(absmax, 4, fn, "absmax");
+  return s;
+}
+
 // Counter-based normal generator shared by both backends: value i of (seed) is a Box-Muller pair
 // drawn from splitmix64 of (seed, i / 2), cosine for even i and sine for odd i.
 QLORA_HD uint64_t splitmix64(uint64_t x) {
@@ -125,5 +213,14 @@ QLORA_HD uint64_t splitmix64(uint64_t x) {
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
   return x ^ (x >> 31);
 }
+
+// The random word of (seed, i) used by uniform fills and dropout (both backends).
+QLORA_HD uint64_t random_word(uint64_t seed, uint64_t i) { return splitmix64(splitmix64(seed) ^ splitmix64(i)); }
+
+// A float in [0, 1) from the top 24 bits of a random word: exact on both backends.
+QLORA_HD float unit_float(uint64_t r) { return (float)(r >> 40) * 5.9604644775390625e-8f; }
+
+// Dropout keeps value i when its uniform is >= p. Both backends compute the same mask.
+QLORA_HD bool dropout_keep(uint64_t seed, uint64_t i, float p) { return unit_float(random_word(seed, i)) >= p; }
 
 }  // namespace qlora

@@ -48,7 +48,7 @@ QLORA_API qlora_status qlora_device_name(char* buf, uint64_t buf_len) {
   uint64_t free_b, total_b;
   qlora::backend_device_memory(&free_b, &total_b);
   char mem[32];
-  snprintf(buf, buf_len, "CPU (%d OpenMP threads, %s RAM)", omp_get_max_threads(),
+  snprintf(buf, buf_len, "CPU (%d OpenMP threads, %s RAM, GEMM: oneDNN)", omp_get_max_threads(),
            qlora::format_bytes(total_b, mem, sizeof mem));
   return QLORA_OK;
 }

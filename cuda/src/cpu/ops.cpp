@@ -46,4 +46,41 @@ QLORA_API qlora_status qlora_fill_normal(void* dptr, int32_t dtype, uint64_t n, 
   return QLORA_OK;
 }
 
+QLORA_API qlora_status qlora_fill_uniform(void* dptr, int32_t dtype, uint64_t n, float low, float high,
+                                          uint64_t seed) {
+  qlora_status s = check_fill_uniform(dptr, dtype, low, high);
+  if (s != QLORA_OK) return s;
+  const float width = high - low;
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < (int64_t)n; i++) {
+    float scaled = width * unit_float(random_word(seed, (uint64_t)i));
+    store_float(dptr, dtype, (uint64_t)i, low + scaled);
+  }
+  return QLORA_OK;
+}
+
+QLORA_API qlora_status qlora_axpby(float alpha, const void* x, float beta, void* y, int32_t dtype, uint64_t n) {
+  qlora_status s = check_axpby(x, y, dtype);
+  if (s != QLORA_OK) return s;
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < (int64_t)n; i++) {
+    float ax = alpha * load_float(x, dtype, (uint64_t)i);
+    float v = beta == 0.0f ? ax : ax + beta * load_float(y, dtype, (uint64_t)i);
+    store_float(y, dtype, (uint64_t)i, v);
+  }
+  return QLORA_OK;
+}
+
+QLORA_API qlora_status qlora_dropout(const void* x, void* y, int32_t dtype, uint64_t n, float p, uint64_t seed) {
+  qlora_status s = check_dropout(x, y, dtype, p);
+  if (s != QLORA_OK) return s;
+  const float scale = 1.0f / (1.0f - p);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t i = 0; i < (int64_t)n; i++) {
+    bool keep = dropout_keep(seed, (uint64_t)i, p);
+    store_float(y, dtype, (uint64_t)i, keep ? load_float(x, dtype, (uint64_t)i) * scale : 0.0f);
+  }
+  return QLORA_OK;
+}
+
 }  // extern "C"

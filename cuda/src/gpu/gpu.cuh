@@ -1,5 +1,5 @@
 // gpu.cuh: helpers shared by the CUDA backend's files (the mirror of cpu/cpu.h). memory.cu owns the
-// device state (initialised once, on first use: device 0 and one stream); quant.cu and ops.cu call
+// device state (initialised once, on first use: device 0 and one stream); quant.cu, ops.cu and gemm.cu call
 // gpu_ready() before touching the device and queue all their work on gpu_stream().
 #pragma once
 #include <cuda_runtime.h>
@@ -26,6 +26,11 @@ qlora_status cuda_status(cudaError_t e, const char* what, uint64_t bytes = 0,
 
 // Checks the kernel launch just made (bad configuration, no kernel image for this GPU, ...).
 inline qlora_status launch_status(const char* what) { return cuda_status(cudaGetLastError(), what); }
+
+// Which path qlora_gemm takes in this process, for descriptions and logs: "cuBLAS (libcublas.so.13)"
+// when cuBLAS could be loaded at run time, else "built-in kernels (why)". Decided on the first call
+// (gemm.cu); call it only after gpu_ready() succeeded. QLORA_GEMM=builtin forces the built-in kernels.
+const char* gpu_gemm_library();
 
 // Launch sizes: every kernel uses kThreads threads per block and loops grid-stride, so the grid is
 // capped at kMaxGrid blocks (already more threads than any GPU runs at once).

@@ -118,8 +118,8 @@ QLORA_API qlora_status qlora_device_name(char* buf, uint64_t buf_len) {
   if (s == QLORA_OK) s = cuda_status(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0), "describe the device");
   if (s != QLORA_OK) return s;
   char mem[32];
-  snprintf(buf, buf_len, "%s (%s, %d SMs, compute capability %d.%d)", prop.name,
-           format_bytes((uint64_t)prop.totalGlobalMem, mem, sizeof mem), sms, major, minor);
+  snprintf(buf, buf_len, "%s (%s, %d SMs, compute capability %d.%d, GEMM: %s)", prop.name,
+           format_bytes((uint64_t)prop.totalGlobalMem, mem, sizeof mem), sms, major, minor, gpu_gemm_library());
   return QLORA_OK;
 }
 

@@ -1,4 +1,7 @@
-// gpu/ops.cu: elementwise ops (dtype casts, seeded normal fill) on the GPU. Mirrors cpu/ops.cpp.
+// gpu/ops.cu: elementwise ops (dtype casts, seeded normal and uniform fills, axpby, dropout) on the GPU.
+// Mirrors cpu/ops.cpp: the same formulas, each product and sum rounded on its own (__fmul_rn, __fadd_rn:
+// nvcc would otherwise contract a * b + c into an FMA), so that uniform fills, axpby and dropout agree
+// with the CPU bit for bit.
 #include "../common/half.h"
 #include "../common/status.h"
 #include "../common/validate.h"
@@ -33,6 +36,32 @@ __global__ void fill_normal_kernel(void* out, int32_t dtype, uint64_t n, float m
   }
 }
 
+// One thread per value: low + width * u, u in [0, 1) from the shared counter-based generator. width =
+// high - low is computed once on the host, as the CPU does.
+__global__ void fill_uniform_kernel(void* out, int32_t dtype, uint64_t n, float low, float width, uint64_t seed) {
+  for (uint64_t i = global_thread(); i < n; i += grid_threads())
+    store_float(out, dtype, i, __fadd_rn(low, __fmul_rn(width, unit_float(random_word(seed, i)))));
+}
+
+// One thread per value: y = alpha * x + beta * y in f32; beta = 0 never reads y (NaN there is ignored).
+__global__ void axpby_kernel(float alpha, const void* x, float beta, void* y, int32_t dtype, uint64_t n) {
+  for (uint64_t i = global_thread(); i < n; i += grid_threads()) {
+    float ax = __fmul_rn(alpha, load_float(x, dtype, i));
+    float v = beta == 0.0f ? ax : __fadd_rn(ax, __fmul_rn(beta, load_float(y, dtype, i)));
+    store_float(y, dtype, i, v);
+  }
+}
+
+// One thread per value: y = keep(seed, i) ? x * scale : 0, scale = 1 / (1 - p) from the host. Each
+// thread reads x[i] before writing y[i], so x == y is safe.
+__global__ void dropout_kernel(const void* x, void* y, int32_t dtype, uint64_t n, float p, float scale,
+                               uint64_t seed) {
+  for (uint64_t i = global_thread(); i < n; i += grid_threads()) {
+    bool keep = dropout_keep(seed, i, p);
+    store_float(y, dtype, i, keep ? __fmul_rn(load_float(x, dtype, i), scale) : 0.0f);
+  }
+}
+
 }  // namespace
 }  // namespace qlora
 
@@ -60,6 +89,33 @@ QLORA_API qlora_status qlora_fill_normal(void* dptr, int32_t dtype, uint64_t n, 
   fill_normal_kernel<<<grid_for((n + 1) / 2), kThreads, 0, gpu_stream()>>>(dptr, dtype, n, mean, std,
                                                                            splitmix64(seed));
   return launch_status("fill with normal values");
+}
+
+QLORA_API qlora_status qlora_fill_uniform(void* dptr, int32_t dtype, uint64_t n, float low, float high,
+                                          uint64_t seed) {
+  qlora_status s = check_fill_uniform(dptr, dtype, low, high);
+  if (s != QLORA_OK) return s;
+  if ((s = gpu_ready()) != QLORA_OK || n == 0) return s;
+  const float width = high - low;  // rounded once, on the host, as on the CPU
+  fill_uniform_kernel<<<grid_for(n), kThreads, 0, gpu_stream()>>>(dptr, dtype, n, low, width, seed);
+  return launch_status("fill with uniform values");
+}
+
+QLORA_API qlora_status qlora_axpby(float alpha, const void* x, float beta, void* y, int32_t dtype, uint64_t n) {
+  qlora_status s = check_axpby(x, y, dtype);
+  if (s != QLORA_OK) return s;
+  if ((s = gpu_ready()) != QLORA_OK || n == 0) return s;
+  axpby_kernel<<<grid_for(n), kThreads, 0, gpu_stream()>>>(alpha, x, beta, y, dtype, n);
+  return launch_status("compute alpha * x + beta * y");
+}
+
+QLORA_API qlora_status qlora_dropout(const void* x, void* y, int32_t dtype, uint64_t n, float p, uint64_t seed) {
+  qlora_status s = check_dropout(x, y, dtype, p);
+  if (s != QLORA_OK) return s;
+  if ((s = gpu_ready()) != QLORA_OK || n == 0) return s;
+  const float scale = 1.0f / (1.0f - p);  // on the host, as on the CPU
+  dropout_kernel<<<grid_for(n), kThreads, 0, gpu_stream()>>>(x, y, dtype, n, p, scale, seed);
+  return launch_status("apply dropout");
 }
 
 }  // extern "C"
