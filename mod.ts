@@ -19,10 +19,23 @@ export * from "./lib/errors.ts";
 export * from "./lib/dtype.ts";
 export * from "./lib/memory.ts";
 export { type Backend, libraryPath } from "./lib/ffi/library.ts";
-export { backendAvailable, Device, getDevice, memory, setMemoryBudget } from "./lib/device.ts";
+export {
+  backendAvailable,
+  Device,
+  getDevice,
+  memory,
+  type PressureHandler,
+  setMemoryBudget,
+} from "./lib/device.ts";
 export { type RandnOptions, shapeSize, Tensor, type TensorOptions } from "./lib/tensor.ts";
 export * from "./lib/quant.ts";
 export * from "./lib/ops.ts";
 export * from "./lib/lora.ts";
+export * from "./lib/optim.ts";
+export * from "./lib/model_ops.ts";
+export * from "./lib/model.ts";
+export * from "./lib/trainer.ts";
 export * from "./lib/safetensors.ts";
 export * from "./lib/checkpoint.ts";
+export * from "./lib/plot.ts";
+export * from "./lib/data.ts";

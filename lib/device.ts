@@ -17,6 +17,9 @@ import {
 import { Status } from "./ffi/symbols.ts";
 import { type Category, categoryCode, formatBytes, LedgerSnapshot, parseBytes } from "./memory.ts";
 
+/** Frees device memory on request (see {@linkcode Device.onMemoryPressure}); returns the bytes freed. */
+export type PressureHandler = (bytesNeeded: number) => number;
+
 /** A backend of the native library with its ledger. */
 export class Device {
   /** The opened native library (for lib/ modules; not a user API). */
@@ -46,7 +49,7 @@ export class Device {
    * ```
    */
   memory(): LedgerSnapshot {
-    const words = new BigUint64Array(23);
+    const words = new BigUint64Array(25);
     this.check(this.native.symbols.qlora_memory_stats(words));
     return LedgerSnapshot.fromWords(this.backend, words);
   }
@@ -92,9 +95,31 @@ export class Device {
     this.check(this.native.symbols.qlora_synchronize());
   }
 
+  #pressureHandlers: PressureHandler[] = [];
+
   /**
-   * Allocates device memory under a category (for lib/ modules; users make tensors instead).
-   * Throws {@linkcode OutOfMemoryError} with the request, the budget and the ledger.
+   * Registers a handler called when an allocation would fail for lack of memory: it frees what it can
+   * (a paged optimizer moves state pages to host RAM) and returns the bytes it freed; the allocation is
+   * then tried again. Returns a function that removes the handler.
+   *
+   * @example
+   * ```ts
+   * import { getDevice } from "./device.ts";
+   * const remove = getDevice("cpu").onMemoryPressure(() => 0);
+   * remove();
+   * ```
+   */
+  onMemoryPressure(handler: PressureHandler): () => void {
+    this.#pressureHandlers.push(handler);
+    return () => {
+      this.#pressureHandlers = this.#pressureHandlers.filter((h) => h !== handler);
+    };
+  }
+
+  /**
+   * Allocates device memory under a category (for lib/ modules; users make tensors instead). Under
+   * memory pressure, the handlers of {@linkcode Device.onMemoryPressure} may free memory first; then
+   * failure throws {@linkcode OutOfMemoryError} with the request, the budget and the ledger.
    */
   allocate(bytes: number, category: Category): Deno.PointerObject {
     const cat = categoryCode(category);
@@ -102,7 +127,11 @@ export class Device {
       throw new InvalidArgumentError(`Cannot allocate: ${bytes} is not a positive byte count`);
     }
     const out = new BigUint64Array(1);
-    const status = this.native.symbols.qlora_malloc(out, BigInt(bytes), cat);
+    let status = this.native.symbols.qlora_malloc(out, BigInt(bytes), cat);
+    for (const handler of [...this.#pressureHandlers]) {
+      if (status !== Status.OUT_OF_MEMORY) break;
+      if (handler(bytes) > 0) status = this.native.symbols.qlora_malloc(out, BigInt(bytes), cat);
+    }
     if (status === Status.OUT_OF_MEMORY) {
       const message = lastError(this.native);
       const snap = this.memory();

@@ -24,6 +24,19 @@ import { Tensor } from "./tensor.ts";
 /** Compute dtypes of the layers. */
 export type ComputeDType = "f32" | "bf16";
 
+/**
+ * A trainable tensor and its gradient, as optimizers see it. The gradient is null until the first
+ * backward pass.
+ */
+export interface Trainable {
+  /** A name for reports ("weight", "lora_A", ...). */
+  readonly name: string;
+  /** The values the optimizer updates. */
+  readonly value: Tensor;
+  /** The gradient of the loss with respect to `value`, same shape. */
+  readonly grad: Tensor | null;
+}
+
 function checkFeatures(inFeatures: number, outFeatures: number, what: string): void {
   for (const [name, v] of [["inFeatures", inFeatures], ["outFeatures", outFeatures]] as const) {
     if (!Number.isSafeInteger(v) || v <= 0) {
@@ -72,6 +85,8 @@ export interface LinearOptions {
   std?: number;
   /** Seed of the initial weight (default 0). */
   seed?: number;
+  /** Whether the weight is trained (default true). A frozen layer's backward gives dx only. */
+  trainable?: boolean;
 }
 
 /**
@@ -97,6 +112,8 @@ export class Linear implements Disposable {
   readonly dtype: ComputeDType;
   /** The weight, [out, in], category weights. */
   readonly weight: Tensor;
+  /** Whether backward computes dW. */
+  readonly trainable: boolean;
   #grad: Tensor | null = null;
   #overwriteGrad = true;
   #input: Tensor | null = null;
@@ -109,6 +126,7 @@ export class Linear implements Disposable {
     this.inFeatures = inFeatures;
     this.outFeatures = outFeatures;
     this.dtype = dtype;
+    this.trainable = options.trainable ?? true;
     this.weight = Tensor.randn([outFeatures, inFeatures], {
       dtype,
       std: options.std ?? 0.02,
@@ -128,9 +146,22 @@ export class Linear implements Disposable {
     return this.inFeatures * this.outFeatures;
   }
 
-  /** Trainable weights: all of them. */
+  /** Trainable weights: all of them, or none when frozen. */
   get trainableParameters(): number {
-    return this.parameters;
+    return this.trainable ? this.parameters : 0;
+  }
+
+  /** What an optimizer trains: the weight. */
+  trainables(): Trainable[] {
+    if (!this.trainable) return [];
+    const grad = () => this.#grad;
+    return [{
+      name: "weight",
+      value: this.weight,
+      get grad() {
+        return grad();
+      },
+    }];
   }
 
   /** `y = x Wᵀ`; keeps a reference to x for backward (keep x alive until then). */
@@ -145,13 +176,15 @@ export class Linear implements Disposable {
     const x = this.#input;
     if (!x) throw new InvalidArgumentError("Cannot run a linear layer backward: call forward first");
     checkGrad(dy, x.shape[0], this.outFeatures, this.dtype, "a linear layer");
-    this.#grad ??= Tensor.empty(this.weight.shape, {
-      dtype: this.dtype,
-      category: "gradients",
-      device: this.weight.device,
-    });
-    matmul(dy, x, { transA: true, beta: this.#overwriteGrad ? 0 : 1, out: this.#grad });
-    this.#overwriteGrad = false;
+    if (this.trainable) {
+      this.#grad ??= Tensor.empty(this.weight.shape, {
+        dtype: this.dtype,
+        category: "gradients",
+        device: this.weight.device,
+      });
+      matmul(dy, x, { transA: true, beta: this.#overwriteGrad ? 0 : 1, out: this.#grad });
+      this.#overwriteGrad = false;
+    }
     this.#input = null;
     return matmul(dy, this.weight);
   }
@@ -366,6 +399,27 @@ export class LoRALinear implements Disposable {
   /** Adapter weights: rank · (in + out). The base is frozen. */
   get trainableParameters(): number {
     return this.rank * (this.inFeatures + this.outFeatures);
+  }
+
+  /** What an optimizer trains: A and B (the base is frozen). */
+  trainables(): Trainable[] {
+    const gradA = () => this.#gradA, gradB = () => this.#gradB;
+    return [
+      {
+        name: "lora_A",
+        value: this.loraA,
+        get grad() {
+          return gradA();
+        },
+      },
+      {
+        name: "lora_B",
+        value: this.loraB,
+        get grad() {
+          return gradB();
+        },
+      },
+    ];
   }
 
   /** Whether {@linkcode LoRALinear.merge} is in effect. */

@@ -134,6 +134,10 @@ export class LedgerSnapshot {
   readonly deviceFree: number;
   /** CUDA: the driver's total bytes; CPU: physical RAM. */
   readonly deviceTotal: number;
+  /** Host pool (paged-out data): bytes live now. Not part of the device total or the budget. */
+  readonly hostCurrent: number;
+  /** Host pool: highest bytes since the last peak reset. */
+  readonly hostPeak: number;
 
   /**
    * Builds a snapshot from the native `qlora_ledger_snapshot` words.
@@ -141,7 +145,7 @@ export class LedgerSnapshot {
    * @example
    * ```ts
    * import { LedgerSnapshot } from "./memory.ts";
-   * const s = LedgerSnapshot.fromWords("cpu", new BigUint64Array(23));
+   * const s = LedgerSnapshot.fromWords("cpu", new BigUint64Array(25));
    * console.assert(s.totalCurrent === 0);
    * ```
    */
@@ -160,6 +164,8 @@ export class LedgerSnapshot {
       liveAllocations: Number(w[2 * n + 3]),
       deviceFree: Number(w[2 * n + 4]),
       deviceTotal: Number(w[2 * n + 5]),
+      hostCurrent: Number(w[2 * n + 7]),
+      hostPeak: Number(w[2 * n + 8]),
     });
   }
 
@@ -175,6 +181,8 @@ export class LedgerSnapshot {
       liveAllocations: number;
       deviceFree: number;
       deviceTotal: number;
+      hostCurrent?: number;
+      hostPeak?: number;
     },
   ) {
     this.backend = backend;
@@ -186,6 +194,8 @@ export class LedgerSnapshot {
     this.liveAllocations = totals.liveAllocations;
     this.deviceFree = totals.deviceFree;
     this.deviceTotal = totals.deviceTotal;
+    this.hostCurrent = totals.hostCurrent ?? 0;
+    this.hostPeak = totals.hostPeak ?? 0;
   }
 
   /** One line per non-empty category, then the totals. */
@@ -200,6 +210,13 @@ export class LedgerSnapshot {
         formatBytes(this.totalPeak).padStart(11)
       }` + (this.budget ? `  budget ${formatBytes(this.budget)}` : ""),
     );
+    if (this.hostCurrent || this.hostPeak) {
+      rows.push(
+        `${"host pool".padEnd(18)} ${formatBytes(this.hostCurrent).padStart(11)}  peak ${
+          formatBytes(this.hostPeak).padStart(11)
+        }`,
+      );
+    }
     return rows.join("\n");
   }
 

@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 /* Bumped on any change of a signature, enum value or struct layout below. */
-#define QLORA_ABI_VERSION 2
+#define QLORA_ABI_VERSION 3
 
 typedef enum qlora_status {
   QLORA_OK = 0,
@@ -76,7 +76,7 @@ typedef enum qlora_copy_kind {
   QLORA_DEVICE_TO_DEVICE = 2
 } qlora_copy_kind;
 
-/* Ledger snapshot. Fixed layout: 23 uint64_t, read as an array by foreign callers. */
+/* Ledger snapshot. Fixed layout: 25 uint64_t, read as an array by foreign callers. */
 typedef struct qlora_ledger_snapshot {
   uint64_t current[QLORA_NUM_CATEGORIES]; /* bytes live now, per category */
   uint64_t peak[QLORA_NUM_CATEGORIES];    /* highest current[c] since the last peak reset */
@@ -87,6 +87,8 @@ typedef struct qlora_ledger_snapshot {
   uint64_t device_free;                   /* CUDA: driver's free bytes; CPU: 0 (not measured) */
   uint64_t device_total;                  /* CUDA: driver's total bytes; CPU: physical RAM */
   uint64_t alignment;                     /* every allocation is aligned to this many bytes */
+  uint64_t host_current;                  /* host pool (qlora_host_malloc): bytes live now */
+  uint64_t host_peak;                     /* host pool: highest host_current since the last peak reset */
 } qlora_ledger_snapshot;
 
 /* ---- library ---------------------------------------------------------------------------- */
@@ -121,6 +123,12 @@ QLORA_API qlora_status qlora_memory_stats(qlora_ledger_snapshot* out);
 QLORA_API qlora_status qlora_reset_peak(void);
 /* Limits the ledger's total to bytes (0 = unlimited). Live allocations are never revoked. */
 QLORA_API qlora_status qlora_set_memory_budget(uint64_t bytes);
+
+/* Allocates bytes of host memory for paged-out data (CUDA: pinned, for fast asynchronous copies; CPU:
+ * aligned). Counted in the host pool of the ledger, apart from device memory and the budget. */
+QLORA_API qlora_status qlora_host_malloc(void** out, uint64_t bytes);
+/* Frees a pointer from qlora_host_malloc (unknown pointers are an error; NULL is a no-op). */
+QLORA_API qlora_status qlora_host_free(void* hptr);
 
 /* ---- elementwise ------------------------------------------------------------------------ */
 
@@ -200,6 +208,86 @@ QLORA_API qlora_status qlora_gemm_4bit(int32_t trans_w, uint64_t m, uint64_t n, 
                                        const float* absmax, int32_t quant_type, uint64_t blocksize,
                                        float beta, void* c, int32_t c_dtype, void* workspace,
                                        uint64_t workspace_bytes);
+
+/* ---- optimizers --------------------------------------------------------------------------- */
+
+/* One contiguous piece of a parameter and its state: a whole tensor, or the part of it whose
+ * optimizer state lies in one page (paged optimizers). Fixed layout, 56 bytes. */
+typedef struct qlora_adamw_segment {
+  void* param;          /* n values of param_dtype (f32 or bf16), device */
+  const void* grad;     /* n values of grad_dtype (f32 or bf16), device */
+  float* m;             /* n f32: first moment, device */
+  float* v;             /* n f32: second moment, device */
+  float* master;        /* n f32 master weights for a bf16 param, or NULL to update param directly */
+  uint64_t n;
+  int32_t param_dtype;
+  int32_t grad_dtype;
+} qlora_adamw_segment;
+
+/* One fused AdamW step (decoupled weight decay, as torch.optim.AdamW) over every segment, in f32, each
+ * operation rounded on its own:
+ *   g = grad * grad_scale                       (grad_scale: clipping by global norm, 1 = none)
+ *   w = master ? master : param
+ *   w = w * (1 - lr * weight_decay)
+ *   m = beta1 * m + (1 - beta1) * g
+ *   v = beta2 * v + (1 - beta2) * g * g
+ *   w = w - (lr / bias_correction1) * m / (sqrt(v) / sqrt(bias_correction2) + eps)
+ *   master ? (master = w, param = round(w)) : (param = round(w))
+ * with bias_correction1 = 1 - beta1^step and bias_correction2 = 1 - beta2^step given by the caller.
+ * segments is a host array of count descriptors. */
+QLORA_API qlora_status qlora_adamw_step(const qlora_adamw_segment* segments, uint64_t count, float lr, float beta1,
+                                        float beta2, float eps, float weight_decay, float bias_correction1,
+                                        float bias_correction2, float grad_scale);
+/* *out (host) = sum of x[i]^2 in double, in the fixed order of the mean (chunks of 4096): the
+ * squared norm for clipping by global norm. NaN/Inf give a non-finite sum, not an error. */
+QLORA_API qlora_status qlora_sum_squares(const void* x, int32_t dtype, uint64_t n, double* out);
+
+/* ---- the ops of a LLaMA-style model (forward and backward side by side) ---------------------
+ * Activations are row-major [rows, dim] with rows = batch * seq, in f32 or bf16 (dtype), computed in
+ * f32. A backward function writes the input gradients (overwriting) and ADDS weight gradients into
+ * their buffers (accumulation over micro-batches); a NULL weight-gradient pointer skips it (frozen). */
+
+/* out[r, :] = table[tokens[r], :]. Tokens outside [0, vocab) are an error. */
+QLORA_API qlora_status qlora_embedding_forward(const int32_t* tokens, uint64_t rows, const void* table,
+                                               uint64_t vocab, uint64_t dim, void* out, int32_t dtype);
+/* dtable[tokens[r], :] += dout[r, :]. */
+QLORA_API qlora_status qlora_embedding_backward(const int32_t* tokens, uint64_t rows, const void* dout,
+                                                uint64_t vocab, uint64_t dim, void* dtable, int32_t dtype);
+/* out = x * rstd * weight with rstd[r] = 1 / sqrt(mean(x[r, :]^2) + eps), saved (f32) for backward. */
+QLORA_API qlora_status qlora_rmsnorm_forward(const void* x, const void* weight, uint64_t rows, uint64_t dim,
+                                             float eps, void* out, float* rstd, int32_t dtype);
+/* dx from dout; dweight += sum over rows of dout * x * rstd (NULL: frozen weight). */
+QLORA_API qlora_status qlora_rmsnorm_backward(const void* dout, const void* x, const void* weight,
+                                              const float* rstd, uint64_t rows, uint64_t dim, void* dx,
+                                              void* dweight, int32_t dtype);
+/* Rotary embedding in place on x [batch, seq, heads, head_dim] (head_dim even): the pair (x[2i],
+ * x[2i+1]) at position t turns by t * theta^(-2i / head_dim); inverse = 1 turns back (the backward). */
+QLORA_API qlora_status qlora_rope(void* x, uint64_t batch, uint64_t seq, uint64_t heads, uint64_t head_dim,
+                                  float theta, int32_t inverse, int32_t dtype);
+/* Causal attention: q [batch, seq, heads, head_dim], k and v [batch, seq, kv_heads, head_dim] (heads a
+ * multiple of kv_heads: grouped-query attention; head_dim <= 128), out like q; scale 1/sqrt(head_dim). lse [batch,
+ * heads, seq] (f32) keeps each row's log-sum-exp so backward recomputes the probabilities. */
+QLORA_API qlora_status qlora_attention_forward(const void* q, const void* k, const void* v, uint64_t batch,
+                                               uint64_t seq, uint64_t heads, uint64_t kv_heads,
+                                               uint64_t head_dim, void* out, float* lse, int32_t dtype);
+/* dq, dk, dv (overwritten) from dout, the inputs, out and lse of the forward pass. */
+QLORA_API qlora_status qlora_attention_backward(const void* dout, const void* q, const void* k, const void* v,
+                                                const void* out, const float* lse, uint64_t batch,
+                                                uint64_t seq, uint64_t heads, uint64_t kv_heads,
+                                                uint64_t head_dim, void* dq, void* dk, void* dv,
+                                                int32_t dtype);
+/* SwiGLU: out = silu(gate) * up = gate / (1 + exp(-gate)) * up, n values. */
+QLORA_API qlora_status qlora_swiglu_forward(const void* gate, const void* up, uint64_t n, void* out,
+                                            int32_t dtype);
+/* dgate and dup (overwritten) from dout. */
+QLORA_API qlora_status qlora_swiglu_backward(const void* dout, const void* gate, const void* up, uint64_t n,
+                                             void* dgate, void* dup, int32_t dtype);
+/* Softmax cross-entropy per row: losses[r] (f32, device) = logsumexp(logits[r]) - logits[r, targets[r]],
+ * 0 where targets[r] = -1 (ignored). If dlogits is not NULL it gets (softmax - onehot) * grad_scale
+ * (0 on ignored rows); it may alias logits. Other targets outside [0, vocab) are an error. */
+QLORA_API qlora_status qlora_cross_entropy(const void* logits, const int32_t* targets, uint64_t rows,
+                                           uint64_t vocab, float* losses, void* dlogits, float grad_scale,
+                                           int32_t dtype);
 
 #ifdef __cplusplus
 }

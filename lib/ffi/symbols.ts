@@ -32,6 +32,8 @@ export const symbols = {
   qlora_memory_stats: { parameters: ["buffer"], result: "i32" },
   qlora_reset_peak: { parameters: [], result: "i32" },
   qlora_set_memory_budget: { parameters: ["u64"], result: "i32" },
+  qlora_host_malloc: { parameters: ["buffer", "u64"], result: "i32" },
+  qlora_host_free: { parameters: ["pointer"], result: "i32" },
   // elementwise
   qlora_cast: { parameters: ["pointer", "i32", "pointer", "i32", "u64"], result: "i32" },
   qlora_fill_normal: { parameters: ["pointer", "i32", "u64", "f32", "f32", "u64"], result: "i32" },
@@ -103,6 +105,75 @@ export const symbols = {
     ],
     result: "i32",
   },
+  // optimizers
+  qlora_adamw_step: {
+    parameters: ["buffer", "u64", "f32", "f32", "f32", "f32", "f32", "f32", "f32", "f32"],
+    result: "i32",
+  },
+  qlora_sum_squares: { parameters: ["pointer", "i32", "u64", "buffer"], result: "i32" },
+  // the ops of a LLaMA-style model
+  qlora_embedding_forward: {
+    parameters: ["pointer", "u64", "pointer", "u64", "u64", "pointer", "i32"],
+    result: "i32",
+  },
+  qlora_embedding_backward: {
+    parameters: ["pointer", "u64", "pointer", "u64", "u64", "pointer", "i32"],
+    result: "i32",
+  },
+  qlora_rmsnorm_forward: {
+    parameters: ["pointer", "pointer", "u64", "u64", "f32", "pointer", "pointer", "i32"],
+    result: "i32",
+  },
+  qlora_rmsnorm_backward: {
+    parameters: ["pointer", "pointer", "pointer", "pointer", "u64", "u64", "pointer", "pointer", "i32"],
+    result: "i32",
+  },
+  qlora_rope: { parameters: ["pointer", "u64", "u64", "u64", "u64", "f32", "i32", "i32"], result: "i32" },
+  qlora_attention_forward: {
+    parameters: [
+      "pointer",
+      "pointer",
+      "pointer",
+      "u64",
+      "u64",
+      "u64",
+      "u64",
+      "u64",
+      "pointer",
+      "pointer",
+      "i32",
+    ],
+    result: "i32",
+  },
+  qlora_attention_backward: {
+    parameters: [
+      "pointer",
+      "pointer",
+      "pointer",
+      "pointer",
+      "pointer",
+      "pointer",
+      "u64",
+      "u64",
+      "u64",
+      "u64",
+      "u64",
+      "pointer",
+      "pointer",
+      "pointer",
+      "i32",
+    ],
+    result: "i32",
+  },
+  qlora_swiglu_forward: { parameters: ["pointer", "pointer", "u64", "pointer", "i32"], result: "i32" },
+  qlora_swiglu_backward: {
+    parameters: ["pointer", "pointer", "pointer", "u64", "pointer", "pointer", "i32"],
+    result: "i32",
+  },
+  qlora_cross_entropy: {
+    parameters: ["pointer", "pointer", "u64", "u64", "pointer", "pointer", "f32", "i32"],
+    result: "i32",
+  },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The loaded library's symbols. */
@@ -120,4 +191,4 @@ export const Status = {
 } as const;
 
 /** The ABI version this TypeScript layer was written for (`QLORA_ABI_VERSION`). */
-export const ABI_VERSION = 2;
+export const ABI_VERSION = 3;

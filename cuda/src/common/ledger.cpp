@@ -1,4 +1,5 @@
-// ledger.cpp: current and peak bytes per category, the budget, and the live-pointer table.
+// ledger.cpp: current and peak bytes per category, the budget, the live-pointer table, and the host
+// pool (its own table and figures; the budget counts device memory only).
 #include "ledger.h"
 
 #include <cstdio>
@@ -25,6 +26,9 @@ struct Ledger {
   uint64_t total_peak = 0;
   uint64_t budget = 0;
   std::unordered_map<void*, Allocation> live;
+  uint64_t host_current = 0;
+  uint64_t host_peak = 0;
+  std::unordered_map<void*, uint64_t> host_live;  // host pool: pointer -> bytes
 };
 
 Ledger& ledger() {
@@ -101,6 +105,42 @@ bool ledger_unregister(void* ptr) {
   return true;
 }
 
+qlora_status ledger_check_host_request(void** out, uint64_t bytes) {
+  QLORA_CHECK_PTR(out, "allocate host memory");
+  if (bytes == 0) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot allocate host memory: size is 0 bytes");
+  if (bytes > (1ull << 46))
+    return fail(QLORA_ERR_OUT_OF_MEMORY, "Cannot allocate %llu bytes of host memory: larger than any host",
+                (unsigned long long)bytes);
+  return QLORA_OK;
+}
+
+void ledger_host_register(void* ptr, uint64_t bytes) {
+  Ledger& l = ledger();
+  std::lock_guard<std::mutex> lock(l.mutex);
+  l.host_live[ptr] = bytes;
+  l.host_current += bytes;
+  if (l.host_current > l.host_peak) l.host_peak = l.host_current;
+}
+
+bool ledger_host_unregister(void* ptr) {
+  Ledger& l = ledger();
+  std::lock_guard<std::mutex> lock(l.mutex);
+  auto it = l.host_live.find(ptr);
+  if (it == l.host_live.end()) return false;
+  l.host_current -= it->second;
+  l.host_live.erase(it);
+  return true;
+}
+
+qlora_status ledger_host_oom(uint64_t bytes, const char* why) {
+  Ledger& l = ledger();
+  std::lock_guard<std::mutex> lock(l.mutex);
+  char req[32], cur[32];
+  return fail(QLORA_ERR_OUT_OF_MEMORY, "Cannot allocate %s of host memory: %s (host pool in use %s in %llu allocations)",
+              format_bytes(bytes, req, sizeof req), why, format_bytes(l.host_current, cur, sizeof cur),
+              (unsigned long long)l.host_live.size());
+}
+
 void ledger_snapshot(qlora_ledger_snapshot* out) {
   Ledger& l = ledger();
   std::lock_guard<std::mutex> lock(l.mutex);
@@ -110,6 +150,8 @@ void ledger_snapshot(qlora_ledger_snapshot* out) {
   out->total_peak = l.total_peak;
   out->budget = l.budget;
   out->live_allocations = l.live.size();
+  out->host_current = l.host_current;
+  out->host_peak = l.host_peak;
 }
 
 }  // namespace qlora
@@ -130,6 +172,7 @@ QLORA_API qlora_status qlora_reset_peak(void) {
   std::lock_guard<std::mutex> lock(l.mutex);
   memcpy(l.peak, l.current, sizeof l.peak);
   l.total_peak = l.total_current;
+  l.host_peak = l.host_current;
   return QLORA_OK;
 }
 

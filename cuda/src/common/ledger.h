@@ -1,5 +1,6 @@
-// ledger.h: every byte of device memory, by category. Shared by both backends: a backend's
-// qlora_malloc reserves in the ledger, allocates, then registers the pointer; qlora_free reverses it.
+// ledger.h: every byte of device memory, by category, and the host pool. Shared by both backends: a
+// backend's qlora_malloc reserves in the ledger, allocates, then registers the pointer; qlora_free
+// reverses it. qlora_host_malloc registers in the host pool (its own table, outside the budget).
 #pragma once
 #include <cstdint>
 
@@ -18,6 +19,14 @@ void ledger_register(void* ptr, uint64_t bytes, int32_t category);
 bool ledger_unregister(void* ptr);
 // Sets an out-of-memory error that names the request, the budget and the ledger.
 qlora_status ledger_oom(uint64_t bytes, int32_t category, const char* why);
+// Checks a host-pool request (out not null, bytes > 0 and plausible); sets the error if not.
+qlora_status ledger_check_host_request(void** out, uint64_t bytes);
+// Records a live host-pool pointer of bytes (host_current, host_peak).
+void ledger_host_register(void* ptr, uint64_t bytes);
+// Forgets a live host-pool pointer and releases its bytes; false if ptr was never registered.
+bool ledger_host_unregister(void* ptr);
+// Sets an out-of-memory error for a host-pool request that the allocator refused.
+qlora_status ledger_host_oom(uint64_t bytes, const char* why);
 // Fills the ledger part of stats (not the device fields).
 void ledger_snapshot(qlora_ledger_snapshot* out);
 

@@ -223,4 +223,68 @@ QLORA_HD float unit_float(uint64_t r) { return (float)(r >> 40) * 5.960464477539
 // Dropout keeps value i when its uniform is >= p. Both backends compute the same mask.
 QLORA_HD bool dropout_keep(uint64_t seed, uint64_t i, float p) { return unit_float(random_word(seed, i)) >= p; }
 
+// qlora_adamw_step: the hyperparameters, then each segment (pointers, n, dtypes, alignment). A bf16
+// param may have an f32 master copy or not (pure bf16); an f32 param has no master.
+inline qlora_status check_adamw(const qlora_adamw_segment* segments, uint64_t count, float lr, float beta1,
+                                float beta2, float eps, float weight_decay, float bias_correction1,
+                                float bias_correction2, float grad_scale) {
+  const char* fn = "take an AdamW step";
+  const float values[8] = {lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2, grad_scale};
+  const char* names[8] = {"lr", "beta1", "beta2", "eps", "weight_decay", "bias_correction1", "bias_correction2",
+                          "grad_scale"};
+  for (int k = 0; k < 8; k++) {
+    if (!(values[k] - values[k] == 0.0f))
+      return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: %s = %g is not finite", fn, names[k], (double)values[k]);
+  }
+  if (!(beta1 >= 0.0f && beta1 < 1.0f) || !(beta2 >= 0.0f && beta2 < 1.0f))
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: beta1 = %g and beta2 = %g must be in [0, 1)", fn,
+                (double)beta1, (double)beta2);
+  if (!(eps > 0.0f)) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: eps = %g must be > 0", fn, (double)eps);
+  if (!(bias_correction1 > 0.0f && bias_correction1 <= 1.0f) || !(bias_correction2 > 0.0f && bias_correction2 <= 1.0f))
+    return fail(QLORA_ERR_INVALID_ARGUMENT,
+                "Cannot %s: bias corrections (1 - beta^step) must be in (0, 1], got %g and %g", fn,
+                (double)bias_correction1, (double)bias_correction2);
+  if (count > 0 && segments == nullptr)
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segments is null but count is %llu", fn,
+                (unsigned long long)count);
+  uint64_t total = 0;
+  for (uint64_t k = 0; k < count; k++) {
+    const qlora_adamw_segment& g = segments[k];
+    const unsigned long long i = (unsigned long long)k;
+    const char* missing = !g.param ? "param" : !g.grad ? "grad" : !g.m ? "m" : !g.v ? "v" : nullptr;
+    if (missing) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: %s is null", fn, i, missing);
+    if (g.n == 0) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: n is 0", fn, i);
+    if (g.n > (1ull << 44) || total + g.n > (1ull << 46))
+      return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: n = %llu is larger than any device", fn, i,
+                  (unsigned long long)g.n);
+    total += g.n;
+    if ((g.param_dtype != QLORA_F32 && g.param_dtype != QLORA_BF16) ||
+        (g.grad_dtype != QLORA_F32 && g.grad_dtype != QLORA_BF16))
+      return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: param and grad must be f32 or bf16, got %s and %s",
+                  fn, i, dtype_name(g.param_dtype), dtype_name(g.grad_dtype));
+    if (g.master && g.param_dtype != QLORA_BF16)
+      return fail(QLORA_ERR_INVALID_ARGUMENT,
+                  "Cannot %s: segment %llu: a master copy is for a bf16 param, this param is %s", fn, i,
+                  dtype_name(g.param_dtype));
+    const void* ptrs[5] = {g.param, g.grad, g.m, g.v, g.master};
+    const uint64_t aligns[5] = {dtype_size(g.param_dtype), dtype_size(g.grad_dtype), 4, 4, 4};
+    const char* what[5] = {"param", "grad", "m", "v", "master"};
+    for (int p = 0; p < 5; p++) {
+      if (ptrs[p] == nullptr || ((uintptr_t)ptrs[p]) % aligns[p] == 0) continue;
+      return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: %s is not aligned to %llu bytes", fn, i,
+                  what[p], (unsigned long long)aligns[p]);
+    }
+  }
+  return QLORA_OK;
+}
+
+// qlora_sum_squares: x of a float dtype, aligned; out (host) not null. n = 0 is allowed (sum 0).
+inline qlora_status check_sum_squares(const void* x, int32_t dtype, const double* out) {
+  const char* fn = "sum squares";
+  QLORA_CHECK_PTR(x, fn);
+  QLORA_CHECK_PTR(out, fn);
+  QLORA_CHECK_FLOAT_DTYPE(dtype, fn);
+  return check_alignment(x, dtype_size(dtype), fn, "x");
+}
+
 }  // namespace qlora

@@ -1,4 +1,5 @@
-// cpu/memory.cpp: the CPU backend's "device": aligned host memory counted by the ledger.
+// cpu/memory.cpp: the CPU backend's "device": aligned host memory counted by the ledger, and the host
+// pool (aligned host memory too, counted apart).
 #include <omp.h>
 #include <unistd.h>
 
@@ -76,6 +77,27 @@ QLORA_API qlora_status qlora_free(void* dptr) {
   if (!qlora::ledger_unregister(dptr))
     return qlora::fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot free %p: not a live allocation of this library", dptr);
   free(dptr);
+  return QLORA_OK;
+}
+
+QLORA_API qlora_status qlora_host_malloc(void** out, uint64_t bytes) {
+  qlora_status s = qlora::ledger_check_host_request(out, bytes);
+  if (s != QLORA_OK) return s;
+  *out = nullptr;
+  void* p = nullptr;
+  if (posix_memalign(&p, 256, bytes) != 0 || p == nullptr)
+    return qlora::ledger_host_oom(bytes, "the host allocator refused");
+  qlora::ledger_host_register(p, bytes);
+  *out = p;
+  return QLORA_OK;
+}
+
+QLORA_API qlora_status qlora_host_free(void* hptr) {
+  if (hptr == nullptr) return QLORA_OK;
+  if (!qlora::ledger_host_unregister(hptr))
+    return qlora::fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot free host memory %p: not a live qlora_host_malloc allocation",
+                       hptr);
+  free(hptr);
   return QLORA_OK;
 }
 

@@ -1,5 +1,5 @@
 // gpu/memory.cu: the CUDA backend's device state (lazy init, one stream), device memory counted by
-// the ledger, copies and memset. Mirrors cpu/memory.cpp function for function.
+// the ledger, the pinned host pool, copies and memset. Mirrors cpu/memory.cpp function for function.
 #include <cstdio>
 #include <cstring>
 #include <mutex>
@@ -158,6 +158,41 @@ QLORA_API qlora_status qlora_free(void* dptr) {
   return cuda_status(cudaFree(dptr), "free device memory");
 }
 
+QLORA_API qlora_status qlora_host_malloc(void** out, uint64_t bytes) {
+  qlora_status s = ledger_check_host_request(out, bytes);
+  if (s != QLORA_OK) return s;
+  *out = nullptr;
+  if ((s = gpu_ready()) != QLORA_OK) return s;
+  void* p = nullptr;
+  // Pinned (page-locked): copies to and from it are DMA transfers that can run asynchronously.
+  cudaError_t e = cudaHostAlloc(&p, bytes, cudaHostAllocDefault);
+  if (e != cudaSuccess) {
+    cudaGetLastError();  // handled here: must not resurface at the next launch check
+    char why[256];
+    snprintf(why, sizeof why, "the CUDA driver refused to pin it (%s: %s)", cudaGetErrorName(e),
+             cudaGetErrorString(e));
+    if (e == cudaErrorMemoryAllocation) return ledger_host_oom(bytes, why);
+    return fail(QLORA_ERR_INTERNAL, "Cannot allocate host memory: CUDA error %s (%s)", cudaGetErrorName(e),
+                cudaGetErrorString(e));
+  }
+  ledger_host_register(p, bytes);
+  *out = p;
+  return QLORA_OK;
+}
+
+QLORA_API qlora_status qlora_host_free(void* hptr) {
+  if (hptr == nullptr) return QLORA_OK;
+  if (!ledger_host_unregister(hptr))
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot free host memory %p: not a live qlora_host_malloc allocation",
+                hptr);
+  qlora_status s = gpu_ready();  // a registered pointer means the device was ready when it was allocated
+  if (s != QLORA_OK) return s;
+  // Copies still queued may read or write the memory: let them finish first.
+  s = cuda_status(cudaStreamSynchronize(gpu_stream()), "free host memory");
+  if (s != QLORA_OK) return s;
+  return cuda_status(cudaFreeHost(hptr), "free host memory");
+}
+
 QLORA_API qlora_status qlora_memcpy(void* dst, const void* src, uint64_t bytes, int32_t kind) {
   QLORA_CHECK_PTR(dst, "copy memory");
   QLORA_CHECK_PTR(src, "copy memory");
@@ -167,7 +202,8 @@ QLORA_API qlora_status qlora_memcpy(void* dst, const void* src, uint64_t bytes, 
   if (s != QLORA_OK || bytes == 0) return s;
   const cudaMemcpyKind kinds[3] = {cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice};
   s = cuda_status(cudaMemcpyAsync(dst, src, bytes, kinds[kind], gpu_stream()), "copy memory");
-  // Host buffers are the caller's (pageable): a copy from or to one is complete on return.
+  // Host buffers are the caller's (pageable) or the host pool's (pinned): either way a copy from or to
+  // one is complete on return.
   if (s == QLORA_OK && kind != QLORA_DEVICE_TO_DEVICE)
     s = cuda_status(cudaStreamSynchronize(gpu_stream()), "copy memory");
   return s;

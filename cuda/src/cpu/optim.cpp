@@ -1,0 +1,271 @@
+// cpu/optim.cpp: the fused AdamW step over many segments and the fixed-order sum of squares (global
+// norm for clipping), on the CPU. gpu/optim.cu mirrors this file: the same operations in the same
+// order, each rounded on its own (this file is compiled with -ffp-contract=off), so that both backends
+// agree bit for bit.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <new>
+#include <vector>
+
+#include "../common/codes.h"
+#include "../common/half.h"
+#include "../common/status.h"
+#include "../common/validate.h"
+#include "cpu.h"
+
+// GCC 12 warns inside its own AVX-512 headers (_mm512_undefined_*); the warning is not about this code.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace qlora {
+namespace {
+
+// The step's scalars, each rounded to float once on the host (gpu/optim.cu computes them the same way).
+struct AdamWConstants {
+  float grad_scale;
+  float decay;       // 1 - lr * weight_decay
+  float beta1, one_minus_beta1;
+  float beta2, one_minus_beta2;
+  float step_size;   // lr / bias_correction1
+  float sqrt_bc2;    // sqrt(bias_correction2)
+  float eps;
+};
+
+AdamWConstants adamw_constants(float lr, float beta1, float beta2, float eps, float weight_decay,
+                               float bias_correction1, float bias_correction2, float grad_scale) {
+  AdamWConstants c;
+  c.grad_scale = grad_scale;
+  float lr_wd = lr * weight_decay;
+  c.decay = 1.0f - lr_wd;
+  c.beta1 = beta1;
+  c.one_minus_beta1 = 1.0f - beta1;
+  c.beta2 = beta2;
+  c.one_minus_beta2 = 1.0f - beta2;
+  c.step_size = lr / bias_correction1;
+  c.sqrt_bc2 = std::sqrt(bias_correction2);
+  c.eps = eps;
+  return c;
+}
+
+// Elements [begin, end) of one segment, the header's formula step for step, one value at a time: the
+// reference, the path of CPUs without AVX-512, and the tail of the AVX-512 loop. The dtype combination
+// is a template argument, so that the loop has no branch on it.
+template <bool kParamBf16, bool kGradBf16, bool kMaster>
+void adamw_range(const qlora_adamw_segment& seg, uint64_t begin, uint64_t end, const AdamWConstants& c) {
+  float* p32 = (float*)seg.param;
+  uint16_t* p16 = (uint16_t*)seg.param;
+  const float* g32 = (const float*)seg.grad;
+  const uint16_t* g16 = (const uint16_t*)seg.grad;
+  float* m = seg.m;
+  float* v = seg.v;
+  float* master = seg.master;
+  for (uint64_t i = begin; i < end; i++) {
+    float grad = kGradBf16 ? bf16_to_float(g16[i]) : g32[i];
+    float g = grad * c.grad_scale;
+    float w = kMaster ? master[i] : kParamBf16 ? bf16_to_float(p16[i]) : p32[i];
+    w = w * c.decay;
+    float mi = c.beta1 * m[i] + c.one_minus_beta1 * g;
+    float vi = c.beta2 * v[i] + c.one_minus_beta2 * g * g;
+    float denom = std::sqrt(vi) / c.sqrt_bc2 + c.eps;
+    w = w - c.step_size * mi / denom;
+    m[i] = mi;
+    v[i] = vi;
+    if (kMaster) master[i] = w;
+    if (kParamBf16) p16[i] = float_to_bf16(w);
+    else p32[i] = w;
+  }
+}
+
+// The same loop, 16 values per iteration with AVX-512 (IEEE operations, each rounded on its own, so
+// the bits equal the scalar loop's); the last (end - begin) mod 16 values go through the scalar loop.
+// Written with intrinsics because GCC vectorizes sqrtf only under -fno-math-errno.
+__attribute__((target("avx512f"))) inline __m512 load16_bf16(const uint16_t* p) {
+  __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+}
+
+// half.h's float_to_bf16 on 16 lanes: round to nearest even, NaN kept quiet.
+__attribute__((target("avx512f"))) inline void store16_bf16(uint16_t* p, __m512 w) {
+  const __m512i u = _mm512_castps_si512(w);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb);
+  r = _mm512_srli_epi32(r, 16);
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                _mm512_set1_epi32(0x7f800000));
+  r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+  _mm256_storeu_si256((__m256i*)p, _mm512_cvtepi32_epi16(r));
+}
+
+template <bool kParamBf16, bool kGradBf16, bool kMaster>
+__attribute__((target("avx512f"))) void adamw_range_avx512(const qlora_adamw_segment& seg, uint64_t begin,
+                                                           uint64_t end, const AdamWConstants& c) {
+  float* p32 = (float*)seg.param;
+  uint16_t* p16 = (uint16_t*)seg.param;
+  const float* g32 = (const float*)seg.grad;
+  const uint16_t* g16 = (const uint16_t*)seg.grad;
+  float* m = seg.m;
+  float* v = seg.v;
+  float* master = seg.master;
+  const __m512 grad_scale = _mm512_set1_ps(c.grad_scale), decay = _mm512_set1_ps(c.decay);
+  const __m512 beta1 = _mm512_set1_ps(c.beta1), omb1 = _mm512_set1_ps(c.one_minus_beta1);
+  const __m512 beta2 = _mm512_set1_ps(c.beta2), omb2 = _mm512_set1_ps(c.one_minus_beta2);
+  const __m512 step_size = _mm512_set1_ps(c.step_size), sqrt_bc2 = _mm512_set1_ps(c.sqrt_bc2);
+  const __m512 eps = _mm512_set1_ps(c.eps);
+  uint64_t i = begin;
+  for (; i + 16 <= end; i += 16) {
+    __m512 grad = kGradBf16 ? load16_bf16(g16 + i) : _mm512_loadu_ps(g32 + i);
+    __m512 g = _mm512_mul_ps(grad, grad_scale);
+    __m512 w = kMaster ? _mm512_loadu_ps(master + i) : kParamBf16 ? load16_bf16(p16 + i) : _mm512_loadu_ps(p32 + i);
+    w = _mm512_mul_ps(w, decay);
+    __m512 mi = _mm512_add_ps(_mm512_mul_ps(beta1, _mm512_loadu_ps(m + i)), _mm512_mul_ps(omb1, g));
+    __m512 vi = _mm512_add_ps(_mm512_mul_ps(beta2, _mm512_loadu_ps(v + i)), _mm512_mul_ps(_mm512_mul_ps(omb2, g), g));
+    __m512 denom = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(vi), sqrt_bc2), eps);
+    w = _mm512_sub_ps(w, _mm512_div_ps(_mm512_mul_ps(step_size, mi), denom));
+    _mm512_storeu_ps(m + i, mi);
+    _mm512_storeu_ps(v + i, vi);
+    if (kMaster) _mm512_storeu_ps(master + i, w);
+    if (kParamBf16) store16_bf16(p16 + i, w);
+    else _mm512_storeu_ps(p32 + i, w);
+  }
+  adamw_range<kParamBf16, kGradBf16, kMaster>(seg, i, end, c);
+}
+
+// One piece of work for a thread: elements [begin, end) of segment seg.
+struct Chunk {
+  const qlora_adamw_segment* seg;
+  uint64_t begin, end;
+};
+
+// The loop of a chunk's dtype combination (6 of them: an f32 param has no master, see check_adamw).
+template <bool kAvx512>
+void adamw_chunk(const Chunk& ch, const AdamWConstants& c) {
+  const qlora_adamw_segment& s = *ch.seg;
+  const bool param_bf16 = s.param_dtype == QLORA_BF16, grad_bf16 = s.grad_dtype == QLORA_BF16;
+#define QLORA_ADAMW_RANGE(P, G, M)                                     \
+  return kAvx512 ? adamw_range_avx512<P, G, M>(s, ch.begin, ch.end, c) \
+                 : adamw_range<P, G, M>(s, ch.begin, ch.end, c)
+  if (!param_bf16) {
+    if (grad_bf16) QLORA_ADAMW_RANGE(false, true, false);
+    QLORA_ADAMW_RANGE(false, false, false);
+  }
+  if (s.master) {
+    if (grad_bf16) QLORA_ADAMW_RANGE(true, true, true);
+    QLORA_ADAMW_RANGE(true, false, true);
+  }
+  if (grad_bf16) QLORA_ADAMW_RANGE(true, true, false);
+  QLORA_ADAMW_RANGE(true, false, false);
+#undef QLORA_ADAMW_RANGE
+}
+
+// Elements per chunk: 64 Ki values (about 2 MiB of traffic), many chunks per thread for balance.
+constexpr uint64_t kAdamWChunk = 1ull << 16;
+
+// Sum of x[begin, end)^2 in double, value by value (the fixed order of codes.h). Squares of floats
+// are exact in double, so only the additions round.
+template <int32_t kDtype>
+double chunk_sum_squares(const void* x, uint64_t begin, uint64_t end) {
+  double s = 0.0;
+  for (uint64_t i = begin; i < end; i++) {
+    double v = (double)load_float(x, kDtype, i);
+    s += v * v;
+  }
+  return s;
+}
+
+// The same sums for kInterleave whole chunks side by side: each chunk still adds its values one by
+// one in order (the same bits), but the independent chains hide the latency of the additions.
+constexpr uint64_t kInterleave = 8;
+template <int32_t kDtype>
+void interleaved_sum_squares(const void* x, uint64_t first_chunk, double* partial) {
+  double s[kInterleave] = {};
+  const uint64_t base = first_chunk * kMeanChunk;
+  for (uint64_t i = 0; i < kMeanChunk; i++) {
+    for (uint64_t k = 0; k < kInterleave; k++) {
+      double v = (double)load_float(x, kDtype, base + k * kMeanChunk + i);
+      s[k] += v * v;
+    }
+  }
+  for (uint64_t k = 0; k < kInterleave; k++) partial[first_chunk + k] = s[k];
+}
+
+template <int32_t kDtype>
+void sum_squares_chunks(const void* x, uint64_t n, double* partial) {
+  const uint64_t chunks = (n + kMeanChunk - 1) / kMeanChunk;
+  const uint64_t groups = (n / kMeanChunk) / kInterleave;  // groups of whole chunks
+  const uint64_t rest = chunks - groups * kInterleave;      // chunks summed one at a time
+  const int64_t tasks = (int64_t)(groups + rest);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t t = 0; t < tasks; t++) {
+    if ((uint64_t)t < groups) {
+      interleaved_sum_squares<kDtype>(x, (uint64_t)t * kInterleave, partial);
+    } else {
+      uint64_t c = groups * kInterleave + ((uint64_t)t - groups);
+      uint64_t begin = c * kMeanChunk, end = std::min(n, begin + kMeanChunk);
+      partial[c] = chunk_sum_squares<kDtype>(x, begin, end);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace qlora
+
+using namespace qlora;
+
+extern "C" {
+
+QLORA_API qlora_status qlora_adamw_step(const qlora_adamw_segment* segments, uint64_t count, float lr, float beta1,
+                                        float beta2, float eps, float weight_decay, float bias_correction1,
+                                        float bias_correction2, float grad_scale) {
+  qlora_status s = check_adamw(segments, count, lr, beta1, beta2, eps, weight_decay, bias_correction1,
+                               bias_correction2, grad_scale);
+  if (s != QLORA_OK) return s;
+  const AdamWConstants c =
+      adamw_constants(lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2, grad_scale);
+  // Every segment cut into chunks: one parallel loop over all of them (one fused step, not a call per tensor).
+  std::vector<Chunk> chunks;
+  uint64_t total = 0;
+  try {
+    for (uint64_t k = 0; k < count; k++) {
+      total += segments[k].n;
+      for (uint64_t b = 0; b < segments[k].n; b += kAdamWChunk)
+        chunks.push_back(Chunk{&segments[k], b, std::min(segments[k].n, b + kAdamWChunk)});
+    }
+  } catch (const std::bad_alloc&) {
+    return fail(QLORA_ERR_OUT_OF_MEMORY, "Cannot take an AdamW step: no host memory for the list of chunks");
+  }
+  const int64_t num = (int64_t)chunks.size();
+  static const bool avx512 = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") != 0;
+  }();
+#pragma omp parallel for schedule(static) if (total >= kParallelMin)
+  for (int64_t k = 0; k < num; k++) {
+    if (avx512) adamw_chunk<true>(chunks[(size_t)k], c);
+    else adamw_chunk<false>(chunks[(size_t)k], c);
+  }
+  return QLORA_OK;
+}
+
+QLORA_API qlora_status qlora_sum_squares(const void* x, int32_t dtype, uint64_t n, double* out) {
+  qlora_status s = check_sum_squares(x, dtype, out);
+  if (s != QLORA_OK) return s;
+  const uint64_t chunks = (n + kMeanChunk - 1) / kMeanChunk;
+  std::vector<double> partial;
+  try {
+    partial.resize(chunks);
+  } catch (const std::bad_alloc&) {
+    return fail(QLORA_ERR_OUT_OF_MEMORY, "Cannot sum squares: no host memory for %llu chunk sums",
+                (unsigned long long)chunks);
+  }
+  if (dtype == QLORA_F32) sum_squares_chunks<QLORA_F32>(x, n, partial.data());
+  else if (dtype == QLORA_BF16) sum_squares_chunks<QLORA_BF16>(x, n, partial.data());
+  else sum_squares_chunks<QLORA_F16>(x, n, partial.data());
+  double total = 0.0;
+  for (uint64_t c = 0; c < chunks; c++) total += partial[c];
+  *out = total;
+  return QLORA_OK;
+}
+
+}  // extern "C"

@@ -1,0 +1,199 @@
+// gpu/optim.cu: the fused AdamW step over many segments and the fixed-order sum of squares (global
+// norm for clipping), on the GPU. Mirrors cpu/optim.cpp: the same operations in the same order, each
+// rounded on its own (__fmul_rn, __fadd_rn, __fsub_rn, __fdiv_rn, __fsqrt_rn: nvcc would otherwise
+// contract a * b + c into an FMA and approximate sqrt and division), so that both backends agree bit
+// for bit.
+#include <cmath>
+#include <new>
+#include <vector>
+
+#include "../common/codes.h"
+#include "../common/half.h"
+#include "../common/status.h"
+#include "../common/validate.h"
+#include "gpu.cuh"
+
+namespace qlora {
+namespace {
+
+// ---- AdamW ---------------------------------------------------------------------------------
+
+// The step's scalars, each rounded to float once on the host, as cpu/optim.cpp computes them.
+struct AdamWConstants {
+  float grad_scale;
+  float decay;  // 1 - lr * weight_decay
+  float beta1, one_minus_beta1;
+  float beta2, one_minus_beta2;
+  float step_size;  // lr / bias_correction1
+  float sqrt_bc2;   // sqrt(bias_correction2)
+  float eps;
+};
+
+AdamWConstants adamw_constants(float lr, float beta1, float beta2, float eps, float weight_decay,
+                               float bias_correction1, float bias_correction2, float grad_scale) {
+  AdamWConstants c;
+  c.grad_scale = grad_scale;
+  float lr_wd = lr * weight_decay;
+  c.decay = 1.0f - lr_wd;
+  c.beta1 = beta1;
+  c.one_minus_beta1 = 1.0f - beta1;
+  c.beta2 = beta2;
+  c.one_minus_beta2 = 1.0f - beta2;
+  c.step_size = lr / bias_correction1;
+  c.sqrt_bc2 = std::sqrt(bias_correction2);
+  c.eps = eps;
+  return c;
+}
+
+// A segment as the kernel sees it: where its values start in the concatenation of all segments. The
+// array on the device has count + 1 entries; the last one only gives begin = total.
+struct SegmentDesc {
+  void* param;
+  const void* grad;
+  float* m;
+  float* v;
+  float* master;
+  uint64_t begin;
+  int32_t param_dtype;
+  int32_t grad_dtype;
+};
+
+// One thread per value of all segments together (grid-stride): the thread finds its segment by binary
+// search over the segments' starts (once, then only when it crosses into a later segment), then
+// applies the header's formula step for step, as cpu/optim.cpp's adamw_range.
+__global__ void adamw_kernel(const SegmentDesc* segs, uint64_t count, uint64_t total, AdamWConstants c) {
+  uint64_t k = 0, next = 0;
+  SegmentDesc d = segs[0];
+  for (uint64_t i = global_thread(); i < total; i += grid_threads()) {
+    if (i >= next) {
+      uint64_t lo = k, hi = count;  // segs[lo].begin <= i < segs[hi].begin
+      while (hi - lo > 1) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        if (segs[mid].begin <= i) lo = mid;
+        else hi = mid;
+      }
+      k = lo;
+      d = segs[k];
+      next = segs[k + 1].begin;
+    }
+    const uint64_t j = i - d.begin;
+    float grad = d.grad_dtype == 1 ? bf16_to_float(((const uint16_t*)d.grad)[j]) : ((const float*)d.grad)[j];
+    float g = __fmul_rn(grad, c.grad_scale);
+    float w = d.master ? d.master[j]
+                       : d.param_dtype == 1 ? bf16_to_float(((const uint16_t*)d.param)[j]) : ((const float*)d.param)[j];
+    w = __fmul_rn(w, c.decay);
+    float mi = __fadd_rn(__fmul_rn(c.beta1, d.m[j]), __fmul_rn(c.one_minus_beta1, g));
+    float vi = __fadd_rn(__fmul_rn(c.beta2, d.v[j]), __fmul_rn(__fmul_rn(c.one_minus_beta2, g), g));
+    float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), c.sqrt_bc2), c.eps);
+    w = __fsub_rn(w, __fdiv_rn(__fmul_rn(c.step_size, mi), denom));
+    d.m[j] = mi;
+    d.v[j] = vi;
+    if (d.master) d.master[j] = w;
+    if (d.param_dtype == 1) ((uint16_t*)d.param)[j] = float_to_bf16(w);
+    else ((float*)d.param)[j] = w;
+  }
+}
+
+// ---- sum of squares ------------------------------------------------------------------------
+
+// The fixed order of codes.h, step 1: the sum of squares of each chunk of kMeanChunk values in double,
+// value by value, one thread per chunk (squares of floats are exact in double; only sums round).
+__global__ void chunk_sum_squares_kernel(const void* x, int32_t dtype, uint64_t n, double* partial) {
+  const uint64_t chunks = (n + kMeanChunk - 1) / kMeanChunk;
+  for (uint64_t c = global_thread(); c < chunks; c += grid_threads()) {
+    const uint64_t begin = c * kMeanChunk, end = min(n, begin + kMeanChunk);
+    double sum = 0.0;
+    for (uint64_t i = begin; i < end; i++) {
+      double v = (double)load_float(x, dtype, i);
+      sum = __dadd_rn(sum, __dmul_rn(v, v));
+    }
+    partial[c] = sum;
+  }
+}
+
+// Step 2, one thread: the chunk sums added in order.
+__global__ void total_kernel(const double* partial, uint64_t chunks, double* out) {
+  double total = 0.0;
+  for (uint64_t c = 0; c < chunks; c++) total = __dadd_rn(total, partial[c]);
+  *out = total;
+}
+
+}  // namespace
+}  // namespace qlora
+
+using namespace qlora;
+
+extern "C" {
+
+QLORA_API qlora_status qlora_adamw_step(const qlora_adamw_segment* segments, uint64_t count, float lr, float beta1,
+                                        float beta2, float eps, float weight_decay, float bias_correction1,
+                                        float bias_correction2, float grad_scale) {
+  qlora_status s = check_adamw(segments, count, lr, beta1, beta2, eps, weight_decay, bias_correction1,
+                               bias_correction2, grad_scale);
+  if (s != QLORA_OK) return s;
+  if ((s = gpu_ready()) != QLORA_OK || count == 0) return s;
+  const char* what = "take an AdamW step";
+  const AdamWConstants c =
+      adamw_constants(lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2, grad_scale);
+  std::vector<SegmentDesc> descs;
+  try {
+    descs.resize(count + 1);
+  } catch (const std::bad_alloc&) {
+    return fail(QLORA_ERR_OUT_OF_MEMORY, "Cannot %s: no host memory for %llu segment descriptors", what,
+                (unsigned long long)count);
+  }
+  uint64_t total = 0;
+  for (uint64_t k = 0; k < count; k++) {
+    const qlora_adamw_segment& g = segments[k];
+    descs[k] = SegmentDesc{g.param, g.grad, g.m, g.v, g.master, total, g.param_dtype, g.grad_dtype};
+    total += g.n;
+  }
+  descs[count] = SegmentDesc{nullptr, nullptr, nullptr, nullptr, nullptr, total, 0, 0};
+  // The descriptors go to stream-ordered scratch (a few bytes per segment, not counted by the ledger).
+  // The copy from pageable memory has read descs by the time cudaMemcpyAsync returns.
+  const uint64_t bytes = (count + 1) * sizeof(SegmentDesc);
+  SegmentDesc* dev = nullptr;
+  s = cuda_status(cudaMallocAsync((void**)&dev, bytes, gpu_stream()), what, bytes, QLORA_CAT_WORKSPACE);
+  if (s != QLORA_OK) return s;
+  s = cuda_status(cudaMemcpyAsync(dev, descs.data(), bytes, cudaMemcpyHostToDevice, gpu_stream()), what);
+  if (s == QLORA_OK) {
+    adamw_kernel<<<grid_for(total), kThreads, 0, gpu_stream()>>>(dev, count, total, c);
+    s = launch_status(what);
+  }
+  qlora_status freed = cuda_status(cudaFreeAsync(dev, gpu_stream()), what);
+  return s != QLORA_OK ? s : freed;
+}
+
+QLORA_API qlora_status qlora_sum_squares(const void* x, int32_t dtype, uint64_t n, double* out) {
+  qlora_status s = check_sum_squares(x, dtype, out);
+  if (s != QLORA_OK) return s;
+  if ((s = gpu_ready()) != QLORA_OK) return s;
+  if (n == 0) {
+    *out = 0.0;
+    return QLORA_OK;
+  }
+  const char* what = "sum squares";
+  const uint64_t chunks = (n + kMeanChunk - 1) / kMeanChunk;
+  // Chunk sums and the total: n / 512 bytes of stream-ordered scratch, not counted by the ledger.
+  const uint64_t bytes = (chunks + 1) * sizeof(double);
+  double* partial = nullptr;
+  s = cuda_status(cudaMallocAsync((void**)&partial, bytes, gpu_stream()), what, bytes, QLORA_CAT_WORKSPACE);
+  if (s != QLORA_OK) return s;
+  double* total = partial + chunks;
+  chunk_sum_squares_kernel<<<grid_for(chunks), kThreads, 0, gpu_stream()>>>(x, dtype, n, partial);
+  s = launch_status(what);
+  if (s == QLORA_OK) {
+    total_kernel<<<1, 1, 0, gpu_stream()>>>(partial, chunks, total);
+    s = launch_status(what);
+  }
+  double host = 0.0;
+  if (s == QLORA_OK) s = cuda_status(cudaMemcpyAsync(&host, total, sizeof host, cudaMemcpyDeviceToHost, gpu_stream()), what);
+  qlora_status freed = cuda_status(cudaFreeAsync(partial, gpu_stream()), what);
+  if (s == QLORA_OK) s = freed;
+  if (s == QLORA_OK) s = cuda_status(cudaStreamSynchronize(gpu_stream()), what);
+  if (s != QLORA_OK) return s;
+  *out = host;
+  return QLORA_OK;
+}
+
+}  // extern "C"

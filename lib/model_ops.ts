@@ -1,0 +1,416 @@
+/**
+ * The ops of a LLaMA-style model, forward and backward side by side (llm.c style), as thin typed wrappers
+ * of the native functions. Activations are 2-D `[rows, dim]` tensors with rows = batch * seq, f32 or
+ * bf16. Backward functions return (or overwrite) input gradients and ADD into weight gradients.
+ *
+ * @module
+ */
+
+import { dtypeCode } from "./dtype.ts";
+import { InvalidArgumentError } from "./errors.ts";
+import type { Category } from "./memory.ts";
+import { Tensor } from "./tensor.ts";
+
+type Act = "f32" | "bf16";
+
+function actDtype(t: Tensor, what: string): Act {
+  if (t.dtype !== "f32" && t.dtype !== "bf16") {
+    throw new InvalidArgumentError(`Cannot ${what}: activations must be f32 or bf16, got ${t.dtype}`);
+  }
+  return t.dtype;
+}
+
+function same(a: Tensor, b: Tensor, what: string, names: string): void {
+  if (a.dtype !== b.dtype || a.numel !== b.numel || a.device !== b.device) {
+    throw new InvalidArgumentError(
+      `Cannot ${what}: ${names} must match (${a.dtype}[${a.shape.join(", ")}] vs ${b.dtype}[${
+        b.shape.join(", ")
+      }])`,
+    );
+  }
+}
+
+const n = (v: number) => BigInt(v);
+const like = (t: Tensor, category: Category = "activations") =>
+  Tensor.empty(t.shape, { dtype: t.dtype, category, device: t.device });
+
+/**
+ * `out[r] = table[tokens[r]]`: tokens is an i32 tensor of `rows` ids, table `[vocab, dim]`.
+ *
+ * @example
+ * ```ts
+ * import { embeddingForward, Tensor } from "../mod.ts";
+ * using table = Tensor.from([0, 1, 10, 11], { shape: [2, 2] });
+ * using tokens = Tensor.from(new Int32Array([1, 0]));
+ * using out = embeddingForward(tokens, table);
+ * console.assert(out.toFloat32()[0] === 10);
+ * ```
+ */
+export function embeddingForward(tokens: Tensor, table: Tensor): Tensor {
+  const what = "look up embeddings";
+  if (tokens.dtype !== "i32") throw new InvalidArgumentError(`Cannot ${what}: tokens must be i32`);
+  if (table.shape.length !== 2) throw new InvalidArgumentError(`Cannot ${what}: the table must be 2-D`);
+  const dtype = actDtype(table, what);
+  const [vocab, dim] = table.shape;
+  const out = Tensor.empty([tokens.numel, dim], { dtype, device: table.device });
+  try {
+    table.device.check(
+      table.device.native.symbols.qlora_embedding_forward(
+        tokens.ptr,
+        n(tokens.numel),
+        table.ptr,
+        n(vocab),
+        n(dim),
+        out.ptr,
+        dtypeCode(dtype),
+      ),
+    );
+  } catch (e) {
+    out.dispose();
+    throw e;
+  }
+  return out;
+}
+
+/** `dtable[tokens[r]] += dout[r]`. */
+export function embeddingBackward(tokens: Tensor, dout: Tensor, dtable: Tensor): void {
+  const what = "back-propagate embeddings";
+  const dtype = actDtype(dtable, what);
+  const [vocab, dim] = dtable.shape;
+  if (dout.dtype !== dtype || dout.numel !== tokens.numel * dim) {
+    throw new InvalidArgumentError(`Cannot ${what}: dout must be ${dtype}[${tokens.numel}, ${dim}]`);
+  }
+  dtable.device.check(
+    dtable.device.native.symbols.qlora_embedding_backward(
+      tokens.ptr,
+      n(tokens.numel),
+      dout.ptr,
+      n(vocab),
+      n(dim),
+      dtable.ptr,
+      dtypeCode(dtype),
+    ),
+  );
+}
+
+/** Output of {@linkcode rmsnormForward}: the normalised rows and the saved 1/rms per row. */
+export interface RmsnormResult {
+  /** Normalised and scaled rows. */
+  out: Tensor;
+  /** f32 [rows]: 1 / sqrt(mean(x²) + eps), kept for backward. */
+  rstd: Tensor;
+}
+
+/**
+ * RMSNorm: `out = x / rms(x) * weight` per row of x `[rows, dim]`.
+ *
+ * @example
+ * ```ts
+ * import { rmsnormForward, Tensor } from "../mod.ts";
+ * using x = Tensor.from([3, 4], { shape: [1, 2] });
+ * using w = Tensor.from([1, 1]);
+ * const { out, rstd } = rmsnormForward(x, w, 1e-6);
+ * console.assert(Math.abs(out.toFloat32()[1] - 4 / Math.sqrt(12.5)) < 1e-4);
+ * out.dispose();
+ * rstd.dispose();
+ * ```
+ */
+export function rmsnormForward(x: Tensor, weight: Tensor, eps = 1e-5): RmsnormResult {
+  const what = "normalise";
+  const dtype = actDtype(x, what);
+  const [rows, dim] = x.shape;
+  if (x.shape.length !== 2 || weight.numel !== dim || weight.dtype !== dtype) {
+    throw new InvalidArgumentError(`Cannot ${what}: x must be [rows, ${weight.numel}] and weight ${dtype}`);
+  }
+  const out = like(x);
+  const rstd = Tensor.empty([rows], { category: "activations", device: x.device });
+  try {
+    x.device.check(
+      x.device.native.symbols.qlora_rmsnorm_forward(
+        x.ptr,
+        weight.ptr,
+        n(rows),
+        n(dim),
+        eps,
+        out.ptr,
+        rstd.ptr,
+        dtypeCode(dtype),
+      ),
+    );
+  } catch (e) {
+    out.dispose();
+    rstd.dispose();
+    throw e;
+  }
+  return { out, rstd };
+}
+
+/** dx of RMSNorm (a new tensor); adds the weight gradient into `dweight` unless it is null (frozen). */
+export function rmsnormBackward(
+  dout: Tensor,
+  x: Tensor,
+  weight: Tensor,
+  rstd: Tensor,
+  dweight: Tensor | null,
+): Tensor {
+  const what = "back-propagate a norm";
+  same(dout, x, what, "dout and x");
+  const [rows, dim] = x.shape;
+  const dx = like(x);
+  try {
+    x.device.check(
+      x.device.native.symbols.qlora_rmsnorm_backward(
+        dout.ptr,
+        x.ptr,
+        weight.ptr,
+        rstd.ptr,
+        n(rows),
+        n(dim),
+        dx.ptr,
+        dweight?.ptr ?? null,
+        dtypeCode(x.dtype),
+      ),
+    );
+  } catch (e) {
+    dx.dispose();
+    throw e;
+  }
+  return dx;
+}
+
+/** Shape of attention inputs: x is `[batch * seq, heads * headDim]`. */
+export interface HeadShape {
+  /** Sequences in the batch. */
+  batch: number;
+  /** Tokens per sequence. */
+  seq: number;
+  /** Heads of this tensor (query heads, or key/value heads). */
+  heads: number;
+  /** Features per head (even). */
+  headDim: number;
+}
+
+/**
+ * Rotary position embedding in place (`inverse` turns back: the backward pass).
+ *
+ * @example
+ * ```ts
+ * import { rope, Tensor } from "../mod.ts";
+ * using q = Tensor.randn([4, 8]);
+ * const before = q.toFloat32();
+ * rope(q, { batch: 1, seq: 4, heads: 2, headDim: 4 }, 10000, false);
+ * rope(q, { batch: 1, seq: 4, heads: 2, headDim: 4 }, 10000, true);
+ * console.assert(Math.abs(q.toFloat32()[7] - before[7]) < 1e-5);
+ * ```
+ */
+export function rope(x: Tensor, s: HeadShape, theta: number, inverse: boolean): void {
+  const dtype = actDtype(x, "rotate");
+  if (x.numel !== s.batch * s.seq * s.heads * s.headDim) {
+    throw new InvalidArgumentError(`Cannot rotate: ${x.numel} values is not ${JSON.stringify(s)}`);
+  }
+  x.device.check(
+    x.device.native.symbols.qlora_rope(
+      x.ptr,
+      n(s.batch),
+      n(s.seq),
+      n(s.heads),
+      n(s.headDim),
+      theta,
+      inverse ? 1 : 0,
+      dtypeCode(dtype),
+    ),
+  );
+}
+
+/** Output of {@linkcode attentionForward}. */
+export interface AttentionResult {
+  /** Attention output, like q. */
+  out: Tensor;
+  /** f32 [batch, heads, seq] log-sum-exp of each row, kept for backward. */
+  lse: Tensor;
+}
+
+/** Causal (grouped-query) attention. q `[batch*seq, heads*headDim]`, k and v `[batch*seq, kvHeads*headDim]`. */
+export function attentionForward(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  s: HeadShape & { kvHeads: number },
+): AttentionResult {
+  const what = "attend";
+  const dtype = actDtype(q, what);
+  same(k, v, what, "k and v");
+  if (
+    q.numel !== s.batch * s.seq * s.heads * s.headDim || k.numel !== s.batch * s.seq * s.kvHeads * s.headDim
+  ) {
+    throw new InvalidArgumentError(`Cannot ${what}: q, k, v do not match ${JSON.stringify(s)}`);
+  }
+  const out = like(q);
+  const lse = Tensor.empty([s.batch * s.heads * s.seq], { category: "activations", device: q.device });
+  try {
+    q.device.check(
+      q.device.native.symbols.qlora_attention_forward(
+        q.ptr,
+        k.ptr,
+        v.ptr,
+        n(s.batch),
+        n(s.seq),
+        n(s.heads),
+        n(s.kvHeads),
+        n(s.headDim),
+        out.ptr,
+        lse.ptr,
+        dtypeCode(dtype),
+      ),
+    );
+  } catch (e) {
+    out.dispose();
+    lse.dispose();
+    throw e;
+  }
+  return { out, lse };
+}
+
+/** dq, dk, dv of attention (new tensors). */
+export function attentionBackward(
+  dout: Tensor,
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  fwd: AttentionResult,
+  s: HeadShape & { kvHeads: number },
+): { dq: Tensor; dk: Tensor; dv: Tensor } {
+  same(dout, q, "back-propagate attention", "dout and q");
+  const dq = like(q), dk = like(k), dv = like(v);
+  try {
+    q.device.check(
+      q.device.native.symbols.qlora_attention_backward(
+        dout.ptr,
+        q.ptr,
+        k.ptr,
+        v.ptr,
+        fwd.out.ptr,
+        fwd.lse.ptr,
+        n(s.batch),
+        n(s.seq),
+        n(s.heads),
+        n(s.kvHeads),
+        n(s.headDim),
+        dq.ptr,
+        dk.ptr,
+        dv.ptr,
+        dtypeCode(q.dtype),
+      ),
+    );
+  } catch (e) {
+    for (const t of [dq, dk, dv]) t.dispose();
+    throw e;
+  }
+  return { dq, dk, dv };
+}
+
+/**
+ * SwiGLU: `silu(gate) * up`.
+ *
+ * @example
+ * ```ts
+ * import { swigluForward, Tensor } from "../mod.ts";
+ * using g = Tensor.from([0]);
+ * using u = Tensor.from([5]);
+ * using out = swigluForward(g, u);
+ * console.assert(out.toFloat32()[0] === 0);
+ * ```
+ */
+export function swigluForward(gate: Tensor, up: Tensor): Tensor {
+  const dtype = actDtype(gate, "apply SwiGLU");
+  same(gate, up, "apply SwiGLU", "gate and up");
+  const out = like(gate);
+  try {
+    gate.device.check(
+      gate.device.native.symbols.qlora_swiglu_forward(
+        gate.ptr,
+        up.ptr,
+        n(gate.numel),
+        out.ptr,
+        dtypeCode(dtype),
+      ),
+    );
+  } catch (e) {
+    out.dispose();
+    throw e;
+  }
+  return out;
+}
+
+/** dgate and dup of SwiGLU (new tensors). */
+export function swigluBackward(dout: Tensor, gate: Tensor, up: Tensor): { dgate: Tensor; dup: Tensor } {
+  same(dout, gate, "back-propagate SwiGLU", "dout and gate");
+  const dgate = like(gate), dup = like(up);
+  try {
+    gate.device.check(
+      gate.device.native.symbols.qlora_swiglu_backward(
+        dout.ptr,
+        gate.ptr,
+        up.ptr,
+        n(gate.numel),
+        dgate.ptr,
+        dup.ptr,
+        dtypeCode(gate.dtype),
+      ),
+    );
+  } catch (e) {
+    dgate.dispose();
+    dup.dispose();
+    throw e;
+  }
+  return { dgate, dup };
+}
+
+/**
+ * Softmax cross-entropy of logits `[rows, vocab]` against i32 targets (-1 = ignored). Returns the mean
+ * loss over counted rows; with `backward`, writes `(softmax - onehot) / counted` over the logits in place.
+ *
+ * @example
+ * ```ts
+ * import { crossEntropy, Tensor } from "../mod.ts";
+ * using logits = Tensor.from([0, 0], { shape: [1, 2] });
+ * using targets = Tensor.from(new Int32Array([1]));
+ * console.assert(Math.abs(crossEntropy(logits, targets, false).loss - Math.LN2) < 1e-6);
+ * ```
+ */
+export function crossEntropy(
+  logits: Tensor,
+  targets: Tensor,
+  backward: boolean,
+): { loss: number; counted: number } {
+  const what = "compute the cross-entropy";
+  const dtype = actDtype(logits, what);
+  if (targets.dtype !== "i32" || logits.shape.length !== 2 || targets.numel !== logits.shape[0]) {
+    throw new InvalidArgumentError(`Cannot ${what}: targets must be i32[${logits.shape[0]}]`);
+  }
+  const [rows, vocab] = logits.shape;
+  const host = targets.toArray() as Int32Array;
+  const counted = host.reduce((c, t) => c + (t === -1 ? 0 : 1), 0);
+  using losses = Tensor.empty([rows], { category: "workspace", device: logits.device });
+  logits.device.check(
+    logits.device.native.symbols.qlora_cross_entropy(
+      logits.ptr,
+      targets.ptr,
+      n(rows),
+      n(vocab),
+      losses.ptr,
+      backward ? logits.ptr : null,
+      counted ? 1 / counted : 0,
+      dtypeCode(dtype),
+    ),
+  );
+  const l = losses.toFloat32();
+  let sum = 0;
+  for (const v of l) sum += v;
+  return { loss: counted ? sum / counted : 0, counted };
+}
+
+/** Sets a tensor to zero. */
+export function zero(t: Tensor): void {
+  t.device.check(t.device.native.symbols.qlora_memset(t.ptr, 0, BigInt(t.byteLength)));
+}

@@ -1,0 +1,536 @@
+/**
+ * AdamW, and a paged AdamW whose states move to host RAM under device-memory pressure.
+ *
+ * Adam keeps two f32 states per parameter (8 bytes); with bf16 parameters a full fine-tuning run also
+ * keeps an f32 master copy (4 more bytes, counted with the states as ZeRO does): the precision policy
+ * is explicit (`masterWeights`) and visible in the ledger under optimizer_states. One fused native call
+ * updates every tensor of the group.
+ *
+ * The paged variant keeps the states in pages (2 MiB by default). While the budget has room they stay in
+ * device memory; when another allocation needs the room (an activation spike), the least recently used
+ * pages are copied to the host pool and their device memory freed; `step()` brings them back before the
+ * update that needs them. Every page moved is counted.
+ *
+ * @module
+ */
+
+import type { Device } from "./device.ts";
+import { dtypeCode } from "./dtype.ts";
+import { InvalidArgumentError } from "./errors.ts";
+import type { Trainable } from "./lora.ts";
+import { Tensor } from "./tensor.ts";
+
+/** Options of {@linkcode AdamW} and {@linkcode PagedAdamW}. */
+export interface AdamWOptions {
+  /** Learning rate (default 1e-3); may be changed between steps through `lr`. */
+  lr?: number;
+  /** beta1 and beta2 (default [0.9, 0.999]). */
+  betas?: [number, number];
+  /** Added to the denominator (default 1e-8). */
+  eps?: number;
+  /** Decoupled weight decay (default 0.01, as torch.optim.AdamW). */
+  weightDecay?: number;
+  /** Clip gradients to this global L2 norm before the update (default: no clipping). */
+  maxGradNorm?: number;
+  /** Keep an f32 master copy of bf16 parameters (default true: mixed precision). false: update bf16 directly. */
+  masterWeights?: boolean;
+}
+
+/** What one step did. */
+export interface StepResult {
+  /** Global L2 norm of the gradients before clipping. */
+  gradNorm: number;
+  /** The factor the gradients were scaled by (1 when not clipped). */
+  clipScale: number;
+}
+
+const SEGMENT_BYTES = 56;
+
+/** Fills one `qlora_adamw_segment` (see qlora.h) at index i of a descriptor buffer. */
+function writeSegment(
+  view: DataView,
+  i: number,
+  param: Deno.PointerObject,
+  grad: Deno.PointerObject,
+  m: Deno.PointerObject,
+  v: Deno.PointerObject,
+  master: Deno.PointerObject | null,
+  n: number,
+  paramDtype: number,
+  gradDtype: number,
+): void {
+  const o = i * SEGMENT_BYTES;
+  view.setBigUint64(o, Deno.UnsafePointer.value(param), true);
+  view.setBigUint64(o + 8, Deno.UnsafePointer.value(grad), true);
+  view.setBigUint64(o + 16, Deno.UnsafePointer.value(m), true);
+  view.setBigUint64(o + 24, Deno.UnsafePointer.value(v), true);
+  view.setBigUint64(o + 32, master ? Deno.UnsafePointer.value(master) : 0n, true);
+  view.setBigUint64(o + 40, BigInt(n), true);
+  view.setInt32(o + 48, paramDtype, true);
+  view.setInt32(o + 52, gradDtype, true);
+}
+
+interface Hyper {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  maxGradNorm: number | undefined;
+  masterWeights: boolean;
+}
+
+function hyper(options: AdamWOptions): Hyper {
+  const h = {
+    lr: options.lr ?? 1e-3,
+    beta1: options.betas?.[0] ?? 0.9,
+    beta2: options.betas?.[1] ?? 0.999,
+    eps: options.eps ?? 1e-8,
+    weightDecay: options.weightDecay ?? 0.01,
+    maxGradNorm: options.maxGradNorm,
+    masterWeights: options.masterWeights ?? true,
+  };
+  const bad = (what: string) => new InvalidArgumentError(`Cannot create an optimizer: ${what}`);
+  if (!(h.lr >= 0) || !Number.isFinite(h.lr)) throw bad(`lr ${h.lr} must be finite and >= 0`);
+  if (!(h.beta1 >= 0 && h.beta1 < 1) || !(h.beta2 >= 0 && h.beta2 < 1)) throw bad("betas must be in [0, 1)");
+  if (!(h.eps > 0) || !Number.isFinite(h.eps)) throw bad(`eps ${h.eps} must be finite and > 0`);
+  if (!(h.weightDecay >= 0) || !Number.isFinite(h.weightDecay)) {
+    throw bad("weightDecay must be finite and >= 0");
+  }
+  if (h.maxGradNorm !== undefined && !(h.maxGradNorm > 0)) throw bad("maxGradNorm must be > 0");
+  return h;
+}
+
+function checkTrainables(params: Trainable[]): Device {
+  if (params.length === 0) throw new InvalidArgumentError("Cannot create an optimizer: no parameters");
+  const device = params[0].value.device;
+  for (const p of params) {
+    if (p.value.dtype !== "f32" && p.value.dtype !== "bf16") {
+      throw new InvalidArgumentError(
+        `Cannot optimize ${p.name}: dtype must be f32 or bf16, got ${p.value.dtype}`,
+      );
+    }
+    if (p.value.device !== device) {
+      throw new InvalidArgumentError(`Cannot optimize ${p.name}: on another device`);
+    }
+  }
+  return device;
+}
+
+function gradOf(p: Trainable): Tensor {
+  const g = p.grad;
+  if (!g) throw new InvalidArgumentError(`Cannot step: ${p.name} has no gradient (run backward first)`);
+  if (g.numel !== p.value.numel || (g.dtype !== "f32" && g.dtype !== "bf16")) {
+    throw new InvalidArgumentError(
+      `Cannot step: the gradient of ${p.name} is ${g.dtype}[${g.numel}], expected f32 or bf16 [${p.value.numel}]`,
+    );
+  }
+  return g;
+}
+
+/** Shared by both optimizers: hyperparameters, step count, clipping, master weights, zeroing. */
+abstract class OptimizerBase implements Disposable {
+  /** The tensors trained. */
+  readonly params: readonly Trainable[];
+  /** The device of the parameters. */
+  readonly device: Device;
+  /** Learning rate of the next step (a schedule may change it). */
+  lr: number;
+  /** Steps taken. */
+  stepCount = 0;
+  protected readonly h: Hyper;
+  /** f32 master copies of bf16 parameters (null for f32 ones, or when masterWeights is false). */
+  protected readonly masters: (Tensor | null)[];
+
+  constructor(params: Trainable[], options: AdamWOptions) {
+    this.device = checkTrainables(params);
+    this.h = hyper(options);
+    this.lr = this.h.lr;
+    this.params = [...params];
+    this.masters = [];
+    try {
+      for (const p of params) {
+        this.masters.push(
+          p.value.dtype === "bf16" && this.h.masterWeights
+            ? p.value.cast("f32", { category: "optimizer_states" })
+            : null,
+        );
+      }
+    } catch (e) {
+      for (const m of this.masters) m?.dispose();
+      throw e;
+    }
+  }
+
+  /** "bf16 parameters with f32 master weights and f32 Adam states: 12 bytes per parameter". */
+  get policy(): string {
+    const dtypes = [...new Set(this.params.map((p) => p.value.dtype))].join("/");
+    const masters = this.masters.some((m) => m !== null);
+    const perParam = 8 + (masters ? 4 : 0);
+    return `${dtypes} parameters${
+      masters ? " with f32 master weights" : ""
+    } and f32 Adam states: ${perParam} bytes of optimizer state per ${masters ? "bf16 " : ""}parameter`;
+  }
+
+  /** Number of parameters trained. */
+  get parameterCount(): number {
+    return this.params.reduce((s, p) => s + p.value.numel, 0);
+  }
+
+  /** Sets every gradient to zero (memset on the device). */
+  zeroGrad(): void {
+    for (const p of this.params) {
+      const g = p.grad;
+      if (g) this.device.check(this.device.native.symbols.qlora_memset(g.ptr, 0, BigInt(g.byteLength)));
+    }
+  }
+
+  /** Global L2 norm of the gradients and the clipping factor. */
+  protected clip(): StepResult {
+    let total = 0;
+    const out = new Float64Array(1);
+    for (const p of this.params) {
+      const g = gradOf(p);
+      this.device.check(
+        this.device.native.symbols.qlora_sum_squares(g.ptr, dtypeCode(g.dtype), BigInt(g.numel), out),
+      );
+      total += out[0];
+    }
+    const gradNorm = Math.sqrt(total);
+    const max = this.h.maxGradNorm;
+    const clipScale = max !== undefined && gradNorm > max ? max / (gradNorm + 1e-6) : 1;
+    return { gradNorm, clipScale };
+  }
+
+  /** Runs one fused native AdamW step over the described segments. */
+  protected fused(view: DataView, count: number, clipScale: number): void {
+    const t = this.stepCount;
+    const s = this.device.native.symbols;
+    this.device.check(
+      s.qlora_adamw_step(
+        new Uint8Array(view.buffer, view.byteOffset, count * SEGMENT_BYTES),
+        BigInt(count),
+        this.lr,
+        this.h.beta1,
+        this.h.beta2,
+        this.h.eps,
+        this.h.weightDecay,
+        1 - Math.pow(this.h.beta1, t),
+        1 - Math.pow(this.h.beta2, t),
+        clipScale,
+      ),
+    );
+  }
+
+  /** Frees the states. */
+  abstract dispose(): void;
+
+  /** Same as dispose(). */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+/**
+ * AdamW with decoupled weight decay (as torch.optim.AdamW), f32 states, optional clipping by global norm,
+ * one fused native call per step.
+ *
+ * @example
+ * ```ts
+ * import { AdamW, Linear, Tensor } from "../mod.ts";
+ * using layer = new Linear(16, 8);
+ * using opt = new AdamW(layer.trainables(), { lr: 1e-2 });
+ * using x = Tensor.randn([4, 16]);
+ * using y = layer.forward(x);
+ * layer.backward(y).dispose();
+ * opt.step();
+ * console.assert(opt.stepCount === 1);
+ * ```
+ */
+export class AdamW extends OptimizerBase {
+  readonly #m: Tensor[] = [];
+  readonly #v: Tensor[] = [];
+
+  /** Allocates m and v (zeros, f32, category optimizer_states) and master copies of bf16 parameters. */
+  constructor(params: Trainable[], options: AdamWOptions = {}) {
+    super(params, options);
+    try {
+      for (const p of this.params) {
+        this.#m.push(Tensor.zeros(p.value.shape, { category: "optimizer_states", device: this.device }));
+        this.#v.push(Tensor.zeros(p.value.shape, { category: "optimizer_states", device: this.device }));
+      }
+    } catch (e) {
+      this.dispose();
+      throw e;
+    }
+  }
+
+  /** One update of every parameter from its gradient. */
+  step(): StepResult {
+    const result = this.clip();
+    this.stepCount++;
+    const view = new DataView(new ArrayBuffer(this.params.length * SEGMENT_BYTES));
+    this.params.forEach((p, i) => {
+      const g = gradOf(p);
+      const master = this.masters[i];
+      writeSegment(
+        view,
+        i,
+        p.value.ptr,
+        g.ptr,
+        this.#m[i].ptr,
+        this.#v[i].ptr,
+        master?.ptr ?? null,
+        p.value.numel,
+        dtypeCode(p.value.dtype),
+        dtypeCode(g.dtype),
+      );
+    });
+    this.fused(view, this.params.length, result.clipScale);
+    return result;
+  }
+
+  /** Frees m, v and master copies. */
+  dispose(): void {
+    for (const t of [...this.#m, ...this.#v]) t.dispose();
+    for (const m of this.masters) m?.dispose();
+  }
+}
+
+/** Statistics of a {@linkcode PagedAdamW}. */
+export interface PagingStats {
+  /** State pages in all. */
+  pages: number;
+  /** Pages in device memory now. */
+  resident: number;
+  /** Pages in the host pool now. */
+  evicted: number;
+  /** Pages brought back to the device. */
+  pageIns: number;
+  /** Pages moved to the host. */
+  pageOuts: number;
+  /** Bytes copied host -> device. */
+  bytesIn: number;
+  /** Bytes copied device -> host. */
+  bytesOut: number;
+  /** Milliseconds spent paging in. */
+  msIn: number;
+  /** Milliseconds spent paging out. */
+  msOut: number;
+}
+
+/** One page of optimizer state: device memory while resident, a host buffer once evicted. */
+interface Page {
+  bytes: number;
+  device: Deno.PointerObject | null;
+  host: Deno.PointerObject | null;
+  lastUsed: number;
+  pinned: boolean;
+}
+
+/** A piece of a parameter whose m and v each lie in one page. */
+interface Segment {
+  param: number;
+  offset: number;
+  n: number;
+  m: Page;
+  v: Page;
+}
+
+/**
+ * AdamW whose states live in pages that move to host RAM when a device allocation needs the room, and
+ * come back before the update that needs them. The update is the same arithmetic as {@linkcode AdamW}:
+ * results are identical.
+ *
+ * @example
+ * ```ts
+ * import { Linear, PagedAdamW, Tensor } from "../mod.ts";
+ * using layer = new Linear(64, 64);
+ * using opt = new PagedAdamW(layer.trainables(), { pageSize: 4096 });
+ * using x = Tensor.randn([2, 64]);
+ * using y = layer.forward(x);
+ * layer.backward(y).dispose();
+ * opt.step();
+ * console.assert(opt.stats().pages === 8);
+ * ```
+ */
+export class PagedAdamW extends OptimizerBase {
+  /** Bytes per page. */
+  readonly pageSize: number;
+  readonly #segments: Segment[] = [];
+  readonly #pages: Page[] = [];
+  #clock = 0;
+  #removeHandler: () => void;
+  #stats = { pageIns: 0, pageOuts: 0, bytesIn: 0, bytesOut: 0, msIn: 0, msOut: 0 };
+  #disposed = false;
+
+  /** Allocates the state pages (zeros) and master copies; registers for memory pressure on the device. */
+  constructor(params: Trainable[], options: AdamWOptions & { pageSize?: number } = {}) {
+    super(params, options);
+    const pageSize = options.pageSize ?? 2 << 20;
+    if (!Number.isSafeInteger(pageSize) || pageSize < 256 || pageSize % 256 !== 0) {
+      throw new InvalidArgumentError(
+        `Cannot create a paged optimizer: pageSize ${pageSize} must be a multiple of 256`,
+      );
+    }
+    this.pageSize = pageSize;
+    this.#removeHandler = this.device.onMemoryPressure((needed) => this.#evict(needed));
+    try {
+      const perPage = pageSize / 4;
+      this.params.forEach((p, i) => {
+        for (let offset = 0; offset < p.value.numel; offset += perPage) {
+          const n = Math.min(perPage, p.value.numel - offset);
+          this.#segments.push({ param: i, offset, n, m: this.#newPage(n * 4), v: this.#newPage(n * 4) });
+        }
+      });
+    } catch (e) {
+      this.dispose();
+      throw e;
+    }
+  }
+
+  /** A zeroed page: on the device if it fits, else straight into the host pool. */
+  #newPage(bytes: number): Page {
+    const page: Page = { bytes, device: null, host: null, lastUsed: 0, pinned: true };
+    this.#pages.push(page);
+    const s = this.device.native.symbols;
+    try {
+      page.device = this.device.allocate(bytes, "optimizer_states");
+      this.device.check(s.qlora_memset(page.device, 0, BigInt(bytes)));
+    } catch {
+      page.host = this.#hostAlloc(bytes);
+      const zeros = new Uint8Array(bytes);
+      this.device.check(s.qlora_memcpy(page.host, Deno.UnsafePointer.of(zeros), BigInt(bytes), 0));
+    }
+    page.pinned = false;
+    return page;
+  }
+
+  #hostAlloc(bytes: number): Deno.PointerObject {
+    const out = new BigUint64Array(1);
+    this.device.check(this.device.native.symbols.qlora_host_malloc(out, BigInt(bytes)));
+    return Deno.UnsafePointer.create(out[0])!;
+  }
+
+  /** Moves least recently used, unpinned resident pages to the host until `needed` bytes are freed. */
+  #evict(needed: number): number {
+    if (this.#disposed) return 0;
+    const s = this.device.native.symbols;
+    const candidates = this.#pages.filter((p) => p.device && !p.pinned).sort((a, b) =>
+      a.lastUsed - b.lastUsed
+    );
+    let freed = 0;
+    const t0 = performance.now();
+    for (const page of candidates) {
+      if (freed >= needed) break;
+      page.host ??= this.#hostAlloc(page.bytes);
+      this.device.check(s.qlora_memcpy(page.host, page.device!, BigInt(page.bytes), 1));
+      this.device.free(page.device!);
+      page.device = null;
+      freed += page.bytes;
+      this.#stats.pageOuts++;
+      this.#stats.bytesOut += page.bytes;
+    }
+    this.#stats.msOut += performance.now() - t0;
+    return freed;
+  }
+
+  /** Brings a page back to the device (evicting others if needed); false when it cannot fit now. */
+  #pageIn(page: Page): boolean {
+    page.lastUsed = ++this.#clock;
+    if (page.device) {
+      page.pinned = true;
+      return true;
+    }
+    page.pinned = true; // our own pressure handler must not pick it while we make room for it
+    let ptr: Deno.PointerObject;
+    const t0 = performance.now();
+    try {
+      ptr = this.device.allocate(page.bytes, "optimizer_states");
+    } catch {
+      page.pinned = false;
+      return false;
+    }
+    this.device.check(this.device.native.symbols.qlora_memcpy(ptr, page.host!, BigInt(page.bytes), 0));
+    page.device = ptr;
+    this.#stats.pageIns++;
+    this.#stats.bytesIn += page.bytes;
+    this.#stats.msIn += performance.now() - t0;
+    return true;
+  }
+
+  /**
+   * One update of every parameter. Pages come back to the device first; if they cannot all fit at once,
+   * the update runs in as few fused calls as the budget allows.
+   */
+  step(): StepResult {
+    const result = this.clip();
+    this.stepCount++;
+    const view = new DataView(new ArrayBuffer(this.#segments.length * SEGMENT_BYTES));
+    let batch: Segment[] = [];
+    const flush = () => {
+      if (batch.length === 0) return;
+      batch.forEach((seg, i) => this.#describe(view, i, seg));
+      this.fused(view, batch.length, result.clipScale);
+      for (const seg of batch) seg.m.pinned = seg.v.pinned = false;
+      batch = [];
+    };
+    for (const seg of this.#segments) {
+      if (!(this.#pageIn(seg.m) && this.#pageIn(seg.v))) {
+        seg.m.pinned = seg.v.pinned = false;
+        flush(); // frees the pins of the batch so far: its pages become evictable
+        if (!(this.#pageIn(seg.m) && this.#pageIn(seg.v))) {
+          throw new InvalidArgumentError(
+            `Cannot step: even one state page pair (${2 * seg.m.bytes} bytes) does not fit the device budget`,
+          );
+        }
+      }
+      batch.push(seg);
+    }
+    flush();
+    return result;
+  }
+
+  #describe(view: DataView, i: number, seg: Segment): void {
+    const p = this.params[seg.param];
+    const g = gradOf(p);
+    const master = this.masters[seg.param];
+    const pe = p.value.byteLength / p.value.numel, ge = g.byteLength / g.numel;
+    writeSegment(
+      view,
+      i,
+      Deno.UnsafePointer.offset(p.value.ptr, seg.offset * pe)!,
+      Deno.UnsafePointer.offset(g.ptr, seg.offset * ge)!,
+      seg.m.device!,
+      seg.v.device!,
+      master ? Deno.UnsafePointer.offset(master.ptr, seg.offset * 4) : null,
+      seg.n,
+      dtypeCode(p.value.dtype),
+      dtypeCode(g.dtype),
+    );
+  }
+
+  /** Pages, where they are, and what moving them cost so far. */
+  stats(): PagingStats {
+    const resident = this.#pages.filter((p) => p.device).length;
+    return { pages: this.#pages.length, resident, evicted: this.#pages.length - resident, ...this.#stats };
+  }
+
+  /** Moves every unpinned page to the host now (for demonstrations and tests); returns bytes moved. */
+  evictAll(): number {
+    return this.#evict(Number.MAX_SAFE_INTEGER);
+  }
+
+  /** Frees pages (device and host) and master copies, and stops listening for memory pressure. */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.#removeHandler?.();
+    for (const page of this.#pages) {
+      if (page.device) this.device.free(page.device);
+      if (page.host) this.device.check(this.device.native.symbols.qlora_host_free(page.host));
+      page.device = page.host = null;
+    }
+    for (const m of this.masters) m?.dispose();
+  }
+}

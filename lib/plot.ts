@@ -1,0 +1,401 @@
+/**
+ * Charts for notebooks: plotly figures that render in Deno's Jupyter kernel, in VS Code, in JupyterLab
+ * and in nbconvert's HTML export, offline. A {@linkcode Figure} is a cell's value like any other: its
+ * `[JUPYTER_DISPLAY]()` method returns a MIME bundle with the plotly JSON
+ * (`application/vnd.plotly.v1+json`, for front ends with a plotly renderer), a `text/html` rendering (a
+ * div, plus plotly.js itself inlined from the npm package `plotly.js-dist-min` the first time a figure is
+ * shown in a kernel session) and `text/plain` (a one-line summary).
+ *
+ * plotly.js (4.8 MB) is loaded only when a figure is first rendered to HTML, so importing `mod.ts` does
+ * not read it; Deno fetches the package from the npm registry once, then works from its cache.
+ *
+ * @example
+ * ```ts
+ * import { barChart } from "../mod.ts";
+ * const fig = barChart(["full", "LoRA r=8"], { trainable: [16_777_216, 65_536] }, { yTitle: "parameters" });
+ * console.assert(fig.data.length === 1 && fig.toString().includes("bar"));
+ * ```
+ *
+ * @module
+ */
+
+import { InvalidArgumentError } from "./errors.ts";
+import { JUPYTER_DISPLAY } from "./memory.ts";
+
+/** One plotly trace (`{ type: "bar", x, y, name }`, ...): see https://plotly.com/javascript/reference/. */
+export type PlotlyTrace = Record<string, unknown>;
+
+/** A plotly layout (`{ title, xaxis, yaxis, ... }`). */
+export type PlotlyLayout = Record<string, unknown>;
+
+/** The MIME type of plotly figures in Jupyter. */
+export const PLOTLY_MIME = "application/vnd.plotly.v1+json";
+
+/** Options shared by the chart helpers. */
+export interface ChartOptions {
+  /** Figure title. */
+  title?: string;
+  /** X axis title. */
+  xTitle?: string;
+  /** Y axis title. */
+  yTitle?: string;
+  /** Logarithmic x axis. */
+  logX?: boolean;
+  /** Logarithmic y axis. */
+  logY?: boolean;
+  /** Height in pixels (default 420). */
+  height?: number;
+  /** Extra layout fields, merged over the ones the helper sets. */
+  layout?: PlotlyLayout;
+}
+
+let plotlySource: string | null = null;
+let plotlyIncluded = false;
+
+/**
+ * The source of plotly.js (minified), from the npm package `plotly.js-dist-min`, read once.
+ *
+ * @example
+ * ```ts
+ * import { plotlyJs } from "../mod.ts";
+ * console.assert((await plotlyJs()).includes("window.Plotly"));
+ * ```
+ */
+export async function plotlyJs(): Promise<string> {
+  if (plotlySource === null) {
+    const mod = await import("plotly.js-dist-min/plotly.min.js", { with: { type: "text" } });
+    plotlySource = mod.default as string;
+  }
+  return plotlySource;
+}
+
+/**
+ * Makes the next figure rendered to HTML carry plotly.js again. Figures inline plotly.js once per kernel
+ * session (the first one shown); call this after clearing a notebook's outputs without restarting it.
+ *
+ * @example
+ * ```ts
+ * import { resetPlotlyInclusion } from "../mod.ts";
+ * resetPlotlyInclusion();
+ * ```
+ */
+export function resetPlotlyInclusion(): void {
+  plotlyIncluded = false;
+}
+
+const escapeHtml = (s: string) =>
+  s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
+
+// JSON inside <script>: "</script>" or "<!--" in a string must not end or confuse the element.
+const scriptJson = (value: unknown) =>
+  JSON.stringify(value).replace(/</g, "\\u003c").replace(/\u2028/g, "\\u2028").replace(/\u2029/g, "\\u2029");
+
+function titleText(layout: PlotlyLayout): string | undefined {
+  const t = layout.title;
+  if (typeof t === "string") return t;
+  if (t && typeof t === "object" && typeof (t as { text?: unknown }).text === "string") {
+    return (t as { text: string }).text;
+  }
+  return undefined;
+}
+
+/** A plotly figure: traces, layout and config, rendered by Jupyter front ends through its MIME bundle. */
+export class Figure {
+  /** The traces. */
+  readonly data: PlotlyTrace[];
+  /** The layout. */
+  readonly layout: PlotlyLayout;
+  /** plotly config (`{ responsive: true, displaylogo: false }` by default). */
+  readonly config: Record<string, unknown>;
+
+  /** A figure from plotly traces and layout. */
+  constructor(data: PlotlyTrace[], layout: PlotlyLayout = {}, config: Record<string, unknown> = {}) {
+    if (!Array.isArray(data)) {
+      throw new InvalidArgumentError("Cannot create a figure: data must be an array of plotly traces");
+    }
+    this.data = data;
+    this.layout = layout;
+    this.config = { responsive: true, displaylogo: false, ...config };
+  }
+
+  /** `{ data, layout }`: the plotly JSON of the figure. */
+  toJSON(): { data: PlotlyTrace[]; layout: PlotlyLayout } {
+    return { data: this.data, layout: this.layout };
+  }
+
+  /** One line: the title and each trace's type, name and number of points. */
+  toString(): string {
+    const traces = this.data.map((t) => {
+      const n = Array.isArray(t.y) ? t.y.length : Array.isArray(t.x) ? t.x.length : 0;
+      return `${t.type ?? "scatter"}${t.name !== undefined ? ` "${t.name}"` : ""} (${n} points)`;
+    });
+    const title = titleText(this.layout);
+    return `Figure${title ? ` "${title}"` : ""}: ${traces.join(", ") || "no traces"}`;
+  }
+
+  /**
+   * An HTML rendering: a div and the script that draws into it. With `includePlotlyJs`, plotly.js
+   * itself is inlined first (4.8 MB); without it, the script waits for `window.Plotly`.
+   *
+   * @example
+   * ```ts
+   * import { plot } from "../mod.ts";
+   * const html = await plot([{ type: "bar", x: ["a"], y: [1] }]).toHTML({ includePlotlyJs: false });
+   * console.assert(html.includes("Plotly.newPlot") && !html.includes("window.Plotly = Plotly"));
+   * ```
+   */
+  async toHTML(options: { includePlotlyJs?: boolean } = {}): Promise<string> {
+    const id = `qlora-plot-${crypto.randomUUID()}`;
+    const height = typeof this.layout.height === "number" ? this.layout.height : 420;
+    const lib = options.includePlotlyJs
+      ? `<script type="text/javascript">${await plotlyJs()}</script>\n`
+      : "";
+    const draw = `(function () {
+  var fig = ${scriptJson({ data: this.data, layout: this.layout, config: this.config })};
+  var tries = 0;
+  function draw() {
+    var el = document.getElementById(${JSON.stringify(id)});
+    if (window.Plotly && el) { window.Plotly.newPlot(el, fig.data, fig.layout, fig.config); return; }
+    if (++tries < 200) { setTimeout(draw, 50); return; }
+    if (el) el.textContent = "plotly.js is not loaded on this page: re-run the notebook from the top";
+  }
+  draw();
+})();`;
+    return `${lib}<div id="${id}" class="qlora-plot" style="width:100%;height:${height}px" title="${
+      escapeHtml(this.toString())
+    }"></div>\n<script type="text/javascript">${draw}</script>`;
+  }
+
+  /**
+   * The MIME bundle Jupyter shows: plotly JSON, HTML (plotly.js inlined with the first figure of the
+   * kernel session) and plain text.
+   *
+   * @example
+   * ```ts
+   * import { JUPYTER_DISPLAY, PLOTLY_MIME, plot } from "../mod.ts";
+   * const bundle = await plot([{ type: "scatter", x: [1, 2], y: [3, 4] }])[JUPYTER_DISPLAY]();
+   * console.assert(PLOTLY_MIME in bundle && "text/html" in bundle && "text/plain" in bundle);
+   * ```
+   */
+  async [JUPYTER_DISPLAY](): Promise<Record<string, unknown>> {
+    const include = !plotlyIncluded;
+    const html = await this.toHTML({ includePlotlyJs: include });
+    plotlyIncluded = true;
+    return {
+      [PLOTLY_MIME]: { data: this.data, layout: this.layout, config: this.config },
+      "text/html": html,
+      "text/plain": this.toString(),
+    };
+  }
+}
+
+/**
+ * A figure from plotly traces and layout, shown when it is a cell's value.
+ *
+ * @example
+ * ```ts
+ * import { plot } from "../mod.ts";
+ * const fig = plot([{ type: "scatter", mode: "lines", x: [1, 2, 3], y: [1, 4, 9], name: "x²" }], {
+ *   title: "squares",
+ * });
+ * console.assert(fig.toString() === 'Figure "squares": scatter "x²" (3 points)');
+ * ```
+ */
+export function plot(
+  data: PlotlyTrace[],
+  layout: PlotlyLayout = {},
+  config: Record<string, unknown> = {},
+): Figure {
+  return new Figure(data, layout, config);
+}
+
+function baseLayout(options: ChartOptions, extra: PlotlyLayout = {}): PlotlyLayout {
+  return {
+    ...(options.title ? { title: { text: options.title } } : {}),
+    xaxis: { title: { text: options.xTitle ?? "" }, ...(options.logX ? { type: "log" } : {}) },
+    yaxis: { title: { text: options.yTitle ?? "" }, ...(options.logY ? { type: "log" } : {}) },
+    height: options.height ?? 420,
+    margin: { t: options.title ? 60 : 30, r: 20, b: 60, l: 70 },
+    template: { layout: { font: { family: "sans-serif" } } },
+    ...extra,
+    ...options.layout,
+  };
+}
+
+function checkSeries(x: ArrayLike<unknown>, series: Record<string, ArrayLike<number>>, what: string): void {
+  const names = Object.keys(series);
+  if (names.length === 0) throw new InvalidArgumentError(`Cannot draw ${what}: no series given`);
+  for (const name of names) {
+    if (series[name].length !== x.length) {
+      throw new InvalidArgumentError(
+        `Cannot draw ${what}: series "${name}" has ${series[name].length} values for ${x.length} x values`,
+      );
+    }
+  }
+}
+
+/**
+ * Grouped bars: one bar per category and series.
+ *
+ * @example
+ * ```ts
+ * import { barChart } from "../mod.ts";
+ * const fig = barChart(["7B", "65B"], { "f32 absmax": [3.5, 32.5], "double quant": [0.9, 8.1] }, {
+ *   yTitle: "GB of constants",
+ * });
+ * console.assert(fig.data.length === 2 && fig.layout.barmode === "group");
+ * ```
+ */
+export function barChart(
+  categories: readonly (string | number)[],
+  series: Record<string, ArrayLike<number>>,
+  options: ChartOptions & { stacked?: boolean } = {},
+): Figure {
+  checkSeries(categories, series, "a bar chart");
+  const data = Object.entries(series).map(([name, y]) => ({
+    type: "bar",
+    name,
+    x: [...categories],
+    y: Array.from(y),
+  }));
+  return new Figure(
+    data,
+    baseLayout(options, { barmode: options.stacked ? "stack" : "group", showlegend: data.length > 1 }),
+  );
+}
+
+/**
+ * Lines over a shared x axis, one per series (with markers when there are few points).
+ *
+ * @example
+ * ```ts
+ * import { lineChart } from "../mod.ts";
+ * const ranks = [1, 2, 4, 8];
+ * const fig = lineChart(ranks, { trainable: ranks.map((r) => r * 8192) }, { logX: true });
+ * console.assert(fig.data[0].mode === "lines+markers");
+ * ```
+ */
+export function lineChart(
+  x: ArrayLike<number>,
+  series: Record<string, ArrayLike<number>>,
+  options: ChartOptions = {},
+): Figure {
+  checkSeries(x, series, "a line chart");
+  const xs = Array.from(x);
+  const data = Object.entries(series).map(([name, y]) => ({
+    type: "scatter",
+    mode: xs.length <= 40 ? "lines+markers" : "lines",
+    name,
+    x: xs,
+    y: Array.from(y),
+  }));
+  return new Figure(data, baseLayout(options, { showlegend: data.length > 1 }));
+}
+
+/** Bin counts of a histogram, computed in TypeScript (a figure carries the bins, not every sample). */
+export interface Histogram {
+  /** Bin centres. */
+  centers: number[];
+  /** Bin width. */
+  width: number;
+  /** Fraction of the samples per unit of x (integrates to 1 over the bins, samples outside excluded). */
+  density: number[];
+  /** Samples per bin. */
+  counts: number[];
+}
+
+/**
+ * Counts samples in `bins` equal bins over [min, max] (default: the samples' range).
+ *
+ * @example
+ * ```ts
+ * import { histogram } from "../mod.ts";
+ * const h = histogram(new Float32Array([0, 0.1, 0.9, 1]), { bins: 2 });
+ * console.assert(h.counts[0] === 2 && h.counts[1] === 2 && h.width === 0.5);
+ * ```
+ */
+export function histogram(
+  samples: ArrayLike<number>,
+  options: { bins?: number; min?: number; max?: number } = {},
+): Histogram {
+  const bins = options.bins ?? 100;
+  if (!Number.isInteger(bins) || bins < 1) {
+    throw new InvalidArgumentError(
+      `Cannot compute a histogram: bins must be a positive integer, got ${bins}`,
+    );
+  }
+  let min = options.min, max = options.max;
+  if (min === undefined || max === undefined) {
+    let lo = Infinity, hi = -Infinity;
+    for (let i = 0; i < samples.length; i++) {
+      const v = samples[i];
+      if (v < lo) lo = v;
+      if (v > hi) hi = v;
+    }
+    min ??= lo;
+    max ??= hi;
+  }
+  if (!(Number.isFinite(min) && Number.isFinite(max) && max > min)) {
+    throw new InvalidArgumentError(`Cannot compute a histogram over [${min}, ${max}]`);
+  }
+  const width = (max - min) / bins;
+  const counts = new Array<number>(bins).fill(0);
+  for (let i = 0; i < samples.length; i++) {
+    const v = samples[i];
+    if (!(v >= min && v <= max)) continue;
+    counts[Math.min(bins - 1, Math.floor((v - min) / width))]++;
+  }
+  const total = samples.length * width;
+  return {
+    centers: counts.map((_, i) => min + (i + 0.5) * width),
+    width,
+    counts,
+    density: counts.map((c) => c / total),
+  };
+}
+
+/**
+ * Overlaid histograms (as densities) of one or more sample sets over common bins.
+ *
+ * @example
+ * ```ts
+ * import { histogramChart } from "../mod.ts";
+ * const fig = histogramChart({ a: [0, 1, 1, 2] }, { bins: 4 });
+ * console.assert(fig.data[0].type === "bar" && (fig.data[0].y as number[]).length === 4);
+ * ```
+ */
+export function histogramChart(
+  series: Record<string, ArrayLike<number>>,
+  options: ChartOptions & { bins?: number; min?: number; max?: number } = {},
+): Figure {
+  const names = Object.keys(series);
+  if (names.length === 0) throw new InvalidArgumentError("Cannot draw a histogram: no series given");
+  let lo = options.min ?? Infinity, hi = options.max ?? -Infinity;
+  if (options.min === undefined || options.max === undefined) {
+    for (const s of Object.values(series)) {
+      for (let i = 0; i < s.length; i++) {
+        if (options.min === undefined && s[i] < lo) lo = s[i];
+        if (options.max === undefined && s[i] > hi) hi = s[i];
+      }
+    }
+  }
+  const data = names.map((name) => {
+    const h = histogram(series[name], { bins: options.bins, min: lo, max: hi });
+    return {
+      type: "bar",
+      name,
+      x: h.centers,
+      y: h.density,
+      width: h.width,
+      opacity: names.length > 1 ? 0.6 : 1,
+    };
+  });
+  return new Figure(
+    data,
+    baseLayout({ yTitle: "density", ...options }, {
+      barmode: "overlay",
+      bargap: 0,
+      showlegend: names.length > 1,
+    }),
+  );
+}

