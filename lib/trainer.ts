@@ -88,6 +88,11 @@ export interface TrainerOptions {
   weightDecay?: number;
   /** "adamw" or "paged" (default: paged for QLoRA, as the paper; adamw otherwise). */
   optimizer?: "adamw" | "paged";
+  /**
+   * bf16 parameters: keep f32 master weights (true, default: mixed precision) or update the bf16 weights
+   * directly (false: the 16-bit weights, 16-bit gradients, f32 Adam policy of the seed document).
+   */
+  masterWeights?: boolean;
   /** Evaluate every this many steps (default: at the end only). */
   evalEvery?: number;
   /** Validation batches per evaluation (default 4). */
@@ -195,6 +200,7 @@ export class Trainer implements Disposable {
       gradAccumulation: options.gradAccumulation ?? 1,
       weightDecay: options.weightDecay ?? (full ? 0.01 : 0),
       optimizer: options.optimizer ?? (model.mode === "qlora" ? "paged" : "adamw"),
+      masterWeights: options.masterWeights ?? true,
       evalBatches: options.evalBatches ?? 4,
     };
     this.model = model;
@@ -204,6 +210,7 @@ export class Trainer implements Disposable {
       lr: this.#o.lr,
       weightDecay: this.#o.weightDecay,
       maxGradNorm: this.#o.maxGradNorm,
+      masterWeights: this.#o.masterWeights,
     });
   }
 

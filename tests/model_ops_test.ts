@@ -1,0 +1,215 @@
+// Every op of the model, forward against a float64 reference and backward against central differences
+// of a scalar loss L = Σ g ⊙ f(x) (so dL/df = g), f32, small shapes.
+import { assert, assertAlmostEquals, assertEquals, assertThrows } from "@std/assert";
+import {
+  attentionBackward,
+  attentionForward,
+  crossEntropy,
+  embeddingBackward,
+  embeddingForward,
+  getDevice,
+  InvalidArgumentError,
+  rmsnormBackward,
+  rmsnormForward,
+  rope,
+  swigluBackward,
+  swigluForward,
+  Tensor,
+} from "../mod.ts";
+import { normalValues } from "./_reference.ts";
+
+const device = getDevice();
+const dot = (a: Float32Array, b: Float32Array) => a.reduce((s, v, i) => s + v * b[i], 0);
+
+/** Checks analytic dL/dx[i] against (L(x + e) - L(x - e)) / 2e at a few indices. */
+function checkGrad(
+  x: Tensor,
+  analytic: Float32Array,
+  loss: () => number,
+  what: string,
+  indices?: number[],
+): void {
+  const v = x.toFloat32();
+  const picks = indices ?? [0, Math.floor(v.length / 3), Math.floor((2 * v.length) / 3), v.length - 1];
+  for (const i of picks) {
+    const orig = v[i];
+    const eps = 1e-2;
+    v[i] = orig + eps;
+    x.copyFrom(v);
+    const up = loss();
+    v[i] = orig - eps;
+    x.copyFrom(v);
+    const down = loss();
+    v[i] = orig;
+    x.copyFrom(v);
+    const want = (up - down) / (2 * eps);
+    assertAlmostEquals(analytic[i], want, 2e-3 + 1e-2 * Math.abs(want), `${what}[${i}]`);
+  }
+}
+
+Deno.test("rmsnorm: forward matches the definition; dx and dweight match finite differences", () => {
+  const [rows, dim] = [3, 10];
+  using x = Tensor.from(normalValues(rows * dim, 1), { shape: [rows, dim], device });
+  using w = Tensor.from(normalValues(dim, 2), { device });
+  const g = normalValues(rows * dim, 3);
+  using gt = Tensor.from(g, { shape: [rows, dim], device });
+  const f = rmsnormForward(x, w, 1e-5);
+  const xv = x.toFloat32(), wv = w.toFloat32(), out = f.out.toFloat32();
+  for (let r = 0; r < rows; r++) {
+    let ms = 0;
+    for (let j = 0; j < dim; j++) ms += xv[r * dim + j] ** 2 / dim;
+    for (let j = 0; j < dim; j++) {
+      assertAlmostEquals(out[r * dim + j], (xv[r * dim + j] / Math.sqrt(ms + 1e-5)) * wv[j], 1e-5);
+    }
+  }
+  using dw = Tensor.zeros([dim], { device });
+  using dx = rmsnormBackward(gt, x, w, f.rstd, dw);
+  f.out.dispose(), f.rstd.dispose();
+  const loss = () => {
+    const r = rmsnormForward(x, w, 1e-5);
+    const l = dot(r.out.toFloat32(), g);
+    r.out.dispose(), r.rstd.dispose();
+    return l;
+  };
+  checkGrad(x, dx.toFloat32(), loss, "dx");
+  checkGrad(w, dw.toFloat32(), loss, "dweight");
+});
+
+Deno.test("embedding: rows looked up; dtable accumulates per token", () => {
+  const [vocab, dim] = [7, 4];
+  using table = Tensor.from(normalValues(vocab * dim, 4), { shape: [vocab, dim], device });
+  using tokens = Tensor.from(new Int32Array([3, 0, 3, 6]), { device });
+  using out = embeddingForward(tokens, table);
+  const t = table.toFloat32(), o = out.toFloat32();
+  assertEquals([...o.subarray(0, 4)], [...t.subarray(12, 16)]);
+  const g = normalValues(4 * dim, 5);
+  using gt = Tensor.from(g, { shape: [4, dim], device });
+  using dtable = Tensor.zeros([vocab, dim], { device });
+  embeddingBackward(tokens, gt, dtable);
+  const d = dtable.toFloat32();
+  for (let j = 0; j < dim; j++) {
+    assertAlmostEquals(d[3 * dim + j], g[j] + g[2 * dim + j], 1e-6, "token 3 appears twice");
+    assertEquals(d[1 * dim + j], 0, "token 1 does not appear");
+  }
+  using bad = Tensor.from(new Int32Array([7]), { device });
+  assertThrows(() => embeddingForward(bad, table).dispose(), InvalidArgumentError);
+});
+
+Deno.test("rope: the inverse undoes it, and norms of pairs are kept", () => {
+  const s = { batch: 2, seq: 5, heads: 3, headDim: 8 };
+  const n = s.batch * s.seq * s.heads * s.headDim;
+  using x = Tensor.from(normalValues(n, 6), { shape: [s.batch * s.seq, s.heads * s.headDim], device });
+  const before = x.toFloat32();
+  rope(x, s, 10000, false);
+  const turned = x.toFloat32();
+  for (let i = 0; i < n; i += 2) {
+    assertAlmostEquals(Math.hypot(turned[i], turned[i + 1]), Math.hypot(before[i], before[i + 1]), 1e-5);
+  }
+  // position 0 does not turn; position 1, pair 0 turns by exactly 1 radian
+  assertAlmostEquals(turned[0], before[0], 1e-6);
+  const i1 = s.heads * s.headDim; // batch 0, position 1, head 0, pair 0
+  assertAlmostEquals(turned[i1], before[i1] * Math.cos(1) - before[i1 + 1] * Math.sin(1), 1e-5);
+  rope(x, s, 10000, true);
+  const back = x.toFloat32();
+  for (let i = 0; i < n; i++) assertAlmostEquals(back[i], before[i], 1e-5);
+});
+
+Deno.test("attention (grouped-query, causal): forward matches a float64 reference; dq, dk, dv match finite differences", () => {
+  const s = { batch: 2, seq: 5, heads: 4, kvHeads: 2, headDim: 4 };
+  const rows = s.batch * s.seq;
+  using q = Tensor.from(normalValues(rows * s.heads * s.headDim, 7), {
+    shape: [rows, s.heads * s.headDim],
+    device,
+  });
+  using k = Tensor.from(normalValues(rows * s.kvHeads * s.headDim, 8), {
+    shape: [rows, s.kvHeads * s.headDim],
+    device,
+  });
+  using v = Tensor.from(normalValues(rows * s.kvHeads * s.headDim, 9), {
+    shape: [rows, s.kvHeads * s.headDim],
+    device,
+  });
+  const f = attentionForward(q, k, v, s);
+  const qv = q.toFloat32(), kv = k.toFloat32(), vv = v.toFloat32(), out = f.out.toFloat32();
+  const scale = 1 / Math.sqrt(s.headDim);
+  for (let b = 0; b < s.batch; b++) {
+    for (let h = 0; h < s.heads; h++) {
+      const kh = Math.floor(h / (s.heads / s.kvHeads));
+      for (let t = 0; t < s.seq; t++) {
+        const qi = ((b * s.seq + t) * s.heads + h) * s.headDim;
+        const scores = [];
+        for (let u = 0; u <= t; u++) {
+          const ki = ((b * s.seq + u) * s.kvHeads + kh) * s.headDim;
+          let d = 0;
+          for (let j = 0; j < s.headDim; j++) d += qv[qi + j] * kv[ki + j];
+          scores.push(d * scale);
+        }
+        const m = Math.max(...scores);
+        const e = scores.map((x) => Math.exp(x - m));
+        const z = e.reduce((a, c) => a + c, 0);
+        for (let j = 0; j < s.headDim; j++) {
+          let want = 0;
+          for (let u = 0; u <= t; u++) {
+            want += (e[u] / z) * vv[((b * s.seq + u) * s.kvHeads + kh) * s.headDim + j];
+          }
+          assertAlmostEquals(out[qi + j], want, 1e-5, `out b${b} h${h} t${t}`);
+        }
+      }
+    }
+  }
+  const g = normalValues(rows * s.heads * s.headDim, 10);
+  using gt = Tensor.from(g, { shape: [rows, s.heads * s.headDim], device });
+  const { dq, dk, dv } = attentionBackward(gt, q, k, v, f, s);
+  f.out.dispose(), f.lse.dispose();
+  const loss = () => {
+    const r = attentionForward(q, k, v, s);
+    const l = dot(r.out.toFloat32(), g);
+    r.out.dispose(), r.lse.dispose();
+    return l;
+  };
+  checkGrad(q, dq.toFloat32(), loss, "dq");
+  checkGrad(k, dk.toFloat32(), loss, "dk");
+  checkGrad(v, dv.toFloat32(), loss, "dv");
+  dq.dispose(), dk.dispose(), dv.dispose();
+});
+
+Deno.test("swiglu: silu(gate) * up and its gradients", () => {
+  const n = 50;
+  using gate = Tensor.from(normalValues(n, 11, 2), { device });
+  using up = Tensor.from(normalValues(n, 12), { device });
+  using out = swigluForward(gate, up);
+  const gv = gate.toFloat32(), uv = up.toFloat32(), o = out.toFloat32();
+  for (let i = 0; i < n; i++) assertAlmostEquals(o[i], (gv[i] / (1 + Math.exp(-gv[i]))) * uv[i], 1e-5);
+  const g = normalValues(n, 13);
+  using gt = Tensor.from(g, { device });
+  const { dgate, dup } = swigluBackward(gt, gate, up);
+  const loss = () => {
+    using r = swigluForward(gate, up);
+    return dot(r.toFloat32(), g);
+  };
+  checkGrad(gate, dgate.toFloat32(), loss, "dgate");
+  checkGrad(up, dup.toFloat32(), loss, "dup");
+  dgate.dispose(), dup.dispose();
+});
+
+Deno.test("cross-entropy: mean over counted rows, ignored rows, gradient = (softmax - onehot) / counted", () => {
+  const [rows, vocab] = [4, 6];
+  const logits = normalValues(rows * vocab, 14, 2);
+  using lt = Tensor.from(logits, { shape: [rows, vocab], device });
+  using targets = Tensor.from(new Int32Array([2, -1, 5, 0]), { device });
+  const { loss, counted } = crossEntropy(lt, targets, true);
+  assertEquals(counted, 3);
+  let want = 0;
+  for (const [r, t] of [[0, 2], [2, 5], [3, 0]]) {
+    const row = logits.subarray(r * vocab, (r + 1) * vocab);
+    const m = Math.max(...row);
+    want += Math.log(row.reduce((s, x) => s + Math.exp(x - m), 0)) + m - row[t];
+  }
+  assertAlmostEquals(loss, want / 3, 1e-5);
+  const d = lt.toFloat32();
+  assert(d.subarray(vocab, 2 * vocab).every((x) => x === 0), "an ignored row has no gradient");
+  using fresh = Tensor.from(logits, { shape: [rows, vocab], device });
+  checkGrad(fresh, d, () => crossEntropy(fresh, targets, false).loss, "dlogits", [0, 2, 13, 17, 23]);
+  using bad = Tensor.from(new Int32Array([2, 6, 0, 0]), { device });
+  assertThrows(() => crossEntropy(fresh, bad, false), InvalidArgumentError, "targets");
+});
