@@ -260,7 +260,9 @@ async function runNotebooks(names: string[]): Promise<void> {
   }
 }
 
-const [command, ...rest] = Deno.args;
-if (command === "install") await installKernel();
-else if (command === "run") await runNotebooks(rest);
-else fail("usage: notebooks.ts install | run [NAME.ipynb...]");
+if (import.meta.main) {
+  const [command, ...rest] = Deno.args;
+  if (command === "install") await installKernel();
+  else if (command === "run") await runNotebooks(rest);
+  else fail("usage: notebooks.ts install | run [NAME.ipynb...]");
+}
