@@ -11,6 +11,10 @@ after the cell's `idle` status. nbclient stops listening to a cell at `idle`, so
 or, worse, silently missing from the HTML. Here each cell keeps collecting its own messages (matched by
 parent message id) until the channel has been quiet for `--grace` seconds after `idle`.
 
+Deno 2.9's kernel now and then publishes an IOPub message whose HMAC signature jupyter_client refuses
+("Invalid Signature"); the cells never see it. Such a notebook is run again, once, with a fresh kernel, and
+the run says so; a cell error is never retried.
+
 Exit status: 0 when every cell ran, 1 on a cell error (the error is printed), 2 on bad arguments.
 """
 
@@ -47,6 +51,21 @@ class LateOutputClient(NotebookClient):
                 pass
 
 
+def execute(nb, path, args):
+    """Runs `nb` (read from `path`) in place with a fresh kernel; returns the seconds it took."""
+    client = LateOutputClient(
+        nb,
+        kernel_name=args.kernel,
+        timeout=args.timeout,
+        startup_timeout=120,
+        resources={"metadata": {"path": os.path.dirname(os.path.abspath(path))}},
+    )
+    client.grace_s = args.grace
+    t0 = time.monotonic()
+    client.execute()
+    return time.monotonic() - t0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("notebook")
@@ -56,25 +75,24 @@ def main() -> int:
     parser.add_argument("--grace", type=float, default=0.5, help="quiet seconds after a cell's idle status")
     args = parser.parse_args()
 
-    nb = nbformat.read(args.notebook, as_version=4)
-    client = LateOutputClient(
-        nb,
-        kernel_name=args.kernel,
-        timeout=args.timeout,
-        startup_timeout=120,
-        resources={"metadata": {"path": os.path.dirname(os.path.abspath(args.notebook))}},
-    )
-    client.grace_s = args.grace
     stem = os.path.splitext(os.path.basename(args.notebook))[0]
     os.makedirs(args.out_dir, exist_ok=True)
-    t0 = time.monotonic()
-    try:
-        client.execute()
-    except CellExecutionError as e:
-        print(str(e), file=sys.stderr)
-        nbformat.write(nb, os.path.join(args.out_dir, f"{stem}.failed.ipynb"))
-        return 1
-    seconds = time.monotonic() - t0
+    for attempt in (1, 2):
+        nb = nbformat.read(args.notebook, as_version=4)
+        try:
+            seconds = execute(nb, args.notebook, args)
+            break
+        except CellExecutionError as e:
+            print(str(e), file=sys.stderr)
+            nbformat.write(nb, os.path.join(args.out_dir, f"{stem}.failed.ipynb"))
+            return 1
+        except ValueError as e:
+            # A message from the kernel that jupyter_client refuses (seen rarely with Deno 2.9's kernel:
+            # "Invalid Signature" on an IOPub message). Not a cell error: the cells never see it. Run the
+            # notebook again, once, with a fresh kernel, and say so; a second failure fails the run.
+            if attempt == 2 or "Signature" not in str(e):
+                raise
+            print(f"kernel protocol error ({e}); running {stem} again with a fresh kernel", file=sys.stderr)
     nb.metadata.setdefault("qlora_lab", {})["run_seconds"] = round(seconds, 2)
     nbformat.write(nb, os.path.join(args.out_dir, f"{stem}.ipynb"))
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
