@@ -39,3 +39,4 @@ export * from "./lib/safetensors.ts";
 export * from "./lib/checkpoint.ts";
 export * from "./lib/plot.ts";
 export * from "./lib/data.ts";
+export * from "./lib/estimate.ts";

@@ -1,0 +1,148 @@
+import { assert, assertEquals, assertMatch, assertStringIncludes } from "@std/assert";
+import { CATEGORIES } from "../mod.ts";
+import { MODE_COLUMNS, SEED_ROWS, type Table, toMarkdown } from "../scripts/_report.ts";
+import { extrapolate, type Measurement, type TableResult } from "../scripts/table.ts";
+
+const SCRIPT = new URL("../scripts/table.ts", import.meta.url).pathname;
+const ROOT = new URL("..", import.meta.url).pathname;
+
+/** Runs `deno task table` quickly: the tiny model only, a few steps, a base pretrained for 2 steps. */
+async function table(args: string[]): Promise<{ stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      SCRIPT,
+      "--model",
+      "tiny",
+      "--steps",
+      "2",
+      "--seq",
+      "32",
+      "--batch",
+      "2",
+      "--base",
+      "none",
+      "--pretrain-steps",
+      "2",
+      ...args,
+    ],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stdout = new TextDecoder().decode(out.stdout), stderr = new TextDecoder().decode(out.stderr);
+  assertEquals(out.code, 0, stderr);
+  return { stdout, stderr };
+}
+
+function checkComparison(t: Table): void {
+  assertEquals(t.headers, ["", ...MODE_COLUMNS]);
+  assertEquals(t.rows.slice(0, SEED_ROWS.length).map((r) => r[0]), [...SEED_ROWS]);
+  const labels = t.rows.map((r) => r[0]);
+  for (
+    const want of [
+      "Memory: base weights",
+      "Memory: quant constants",
+      "Memory: adapters",
+      "Memory: gradients",
+      "Memory: optimizer states",
+      "Memory: activations (peak)",
+      "Memory: peak",
+      "Training tokens/s",
+      "Inference tokens/s",
+      "Validation loss",
+    ]
+  ) {
+    assert(labels.some((l) => l.startsWith(want)), `no row "${want}" in ${labels.join(", ")}`);
+  }
+  for (const row of t.rows) {
+    assertEquals(row.length, 4, `row ${row[0]}`);
+    for (const cell of row) assert(cell.trim().length > 0, `an empty cell in row ${row[0]}`);
+  }
+}
+
+Deno.test("table: a smoke run prints both tables as JSON and writes an offline report", async () => {
+  const out = await Deno.makeTempDir();
+  try {
+    const { stdout, stderr } = await table(["--json", "--out", out]);
+    assertStringIncludes(stderr, "tiny qlora: fine-tuning on SOTU"); // progress goes to stderr
+    const r = JSON.parse(stdout) as TableResult;
+    assertEquals(r.shape, null);
+    assertEquals(r.tiny.runs.map((x) => x.mode), ["full", "lora", "qlora"]);
+    checkComparison(r.comparison);
+    // Measured, not copied: trainable share and precisions come from the models.
+    const [full, lora, qlora] = r.comparison.rows[0].slice(1);
+    assertStringIncludes(full, "(100.00%)");
+    assert(!lora.includes("100.00%") && lora === qlora, `${lora} / ${qlora}`);
+    assertMatch(r.comparison.rows[1][3], /^nf4, 4\.1\d\d bits\/param \(double-quant\)/);
+    assertStringIncludes(r.comparison.rows[2][1], "no adapters");
+    for (const run of r.tiny.runs) {
+      assertEquals(run.history.length, 2);
+      assert(run.totalPeak > 0 && run.trainTokensPerSecond > 0 && Number.isFinite(run.lossAfter));
+      for (const c of CATEGORIES) assert(run.bytes[c] >= 0);
+    }
+    // The claims table: every claim gets a measurement and a verdict.
+    assertEquals(r.claims.headers, ["Claim", "Source", "Claimed", "Measured", "Verdict"]);
+    assert(r.claims.rows.length >= 12);
+    for (const row of r.claims.rows) assertMatch(row[4], /^(holds|does not hold, because .+)/);
+    const claims = r.claims.rows.map((row) => row[0]).join("\n");
+    for (
+      const want of ["~56 GB", "14 GB", "28 GB", "~15 GB", "~4.5 GB", "6 GB RTX 3060", "65,536", "99.6%"]
+    ) {
+      assertStringIncludes(claims, want);
+    }
+    assertStringIncludes(claims, "0.37 GB per 65B");
+    assertStringIncludes(claims, "0.5 to 0.127");
+    // Constants are measured on a real-size weight: the paper's 0.5 -> 0.127 bits holds exactly.
+    assertEquals(r.claims.rows.at(-1)![4], "holds");
+    const html = await Deno.readTextFile(`${out}/report.html`);
+    assert(html.length > 1_000_000, "plotly.js is inlined");
+    assert(!/<script[^>]+src=/.test(html), "the report must not load scripts from elsewhere");
+    assertEquals(html.match(/class="qlora-plot"/g)?.length, 3); // tiny memory, memory vs size, loss curves
+    assertStringIncludes(html, "Claims checked");
+    assertStringIncludes(html, "Memory Bottleneck Solved");
+    assertEquals(JSON.parse(await Deno.readTextFile(`${out}/table.json`)).comparison, r.comparison);
+    // The markdown rendering: title, header, separator, one line per row, then the notes.
+    const md = toMarkdown(r.comparison).split("\n");
+    assertEquals(md[2], "|  | Full Fine-Tuning | LoRA | QLoRA |");
+    assertEquals(md.filter((l) => l.startsWith("| ")).length, 2 + r.comparison.rows.length);
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
+
+Deno.test("table: a budget too small for full fine-tuning says it does not fit", async () => {
+  const out = await Deno.makeTempDir();
+  try {
+    // At 2x32 tokens the tiny model peaks near 17 MB in full mode, 7 MB with LoRA, 5 MB with QLoRA.
+    const { stdout } = await table(["--budget", "10MB", "--out", out]);
+    assertStringIncludes(stdout, "## Full fine-tuning vs LoRA vs QLoRA, measured");
+    assertStringIncludes(stdout, "## Claims checked");
+    const peak = stdout.split("\n").find((l) => l.startsWith("| Memory: peak"))!;
+    const [full, lora, qlora] = peak.split(" | ").slice(1);
+    assertStringIncludes(full, "does not fit");
+    assert(!lora.includes("does not fit") && !qlora.includes("does not fit"), peak);
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
+
+Deno.test("table: extrapolation by layer count is linear in bytes, counts and seconds", () => {
+  const m = (layers: number, w: number, s: number): Measurement => ({
+    layers,
+    bytes: Object.fromEntries(CATEGORIES.map((c) => [c, c === "weights" ? w : 0])) as Measurement["bytes"],
+    totalPeak: w,
+    parameters: w / 2,
+    trainable: w / 2,
+    buildSeconds: s,
+    stepSeconds: s,
+    inferSeconds: s,
+    tokens: 64,
+  });
+  const x = extrapolate(m(1, 100 + 10, 1.5), m(2, 100 + 20, 2), 32);
+  assertEquals([x.layers, x.bytes.weights, x.totalPeak, x.parameters], [32, 420, 420, 210]);
+  assertEquals(x.stepSeconds, 17);
+  // A noisy, non-increasing pair of timings scales in proportion instead.
+  assertEquals(extrapolate(m(1, 110, 2), m(2, 120, 1.5), 32).stepSeconds, 24);
+});
