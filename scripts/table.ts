@@ -557,6 +557,17 @@ async function runShape(
   return { name, config, seq, batch, partialLayers: N, cells };
 }
 
+/** Whether `path` exists (a file or anything else); other errors than "not found" propagate. */
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}
+
 async function tinyBase(
   o: TableOptions,
   config: LlamaConfig,
@@ -564,18 +575,14 @@ async function tinyBase(
 ): Promise<{ weights?: WeightSource; base: string }> {
   const log = o.log!;
   let save = Boolean(o.base); // only where there is no file: another config's base is not overwritten
-  if (o.base) {
-    try {
-      const loaded = await loadWeights(o.base);
-      save = false;
-      if (JSON.stringify(loaded.config) === JSON.stringify(config)) {
-        log(`tiny: loaded the pretrained base from ${o.base}`);
-        return { weights: loaded.weights, base: `loaded from ${o.base}` };
-      }
-      log(`tiny: ${o.base} has another config; pretraining a new base`);
-    } catch (e) {
-      if (!(e instanceof Deno.errors.NotFound)) throw e;
+  if (o.base && await exists(o.base)) {
+    const loaded = await loadWeights(o.base);
+    save = false;
+    if (JSON.stringify(loaded.config) === JSON.stringify(config)) {
+      log(`tiny: loaded the pretrained base from ${o.base}`);
+      return { weights: loaded.weights, base: `loaded from ${o.base}` };
     }
+    log(`tiny: ${o.base} has another config; pretraining a new base`);
   }
   const docs = await loadDocuments("brown");
   const brown = TextDataset.fromDocuments(docs, { tokenizer, seed: 0 });

@@ -7,7 +7,7 @@ const SCRIPT = new URL("../scripts/table.ts", import.meta.url).pathname;
 const ROOT = new URL("..", import.meta.url).pathname;
 
 /** Runs `deno task table` quickly: the tiny model only, a few steps, a base pretrained for 2 steps. */
-async function table(args: string[]): Promise<{ stdout: string; stderr: string }> {
+async function table(args: string[], base = "none"): Promise<{ stdout: string; stderr: string }> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -22,7 +22,7 @@ async function table(args: string[]): Promise<{ stdout: string; stderr: string }
       "--batch",
       "2",
       "--base",
-      "none",
+      base,
       "--pretrain-steps",
       "2",
       ...args,
@@ -125,6 +125,20 @@ Deno.test("table: a budget too small for full fine-tuning says it does not fit",
     assert(!lora.includes("does not fit") && !qlora.includes("does not fit"), peak);
   } finally {
     await Deno.remove(out, { recursive: true });
+  }
+});
+
+Deno.test("table: a missing base is pretrained and saved, then loaded by the next run", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const base = `${dir}/sub/tiny-base.safetensors`;
+    const first = await table(["--json", "--out", dir], base);
+    assertStringIncludes(first.stderr, "pretraining the base on Brown");
+    assert((await Deno.stat(base)).isFile, "the pretrained base was not saved");
+    const second = await table(["--json", "--out", dir], base);
+    assertStringIncludes(second.stderr, `loaded the pretrained base from ${base}`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });
 
