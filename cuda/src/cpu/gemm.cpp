@@ -428,6 +428,8 @@ void gemv_4bit_rows(const Quant4& w, uint64_t n, uint64_t k, float alpha, const 
   }
 }
 
+}  // namespace
+
 qlora_status library_error(const char* fn) {
   try {
     throw;
@@ -442,7 +444,12 @@ qlora_status library_error(const char* fn) {
   }
 }
 
-}  // namespace
+void gemm_strided(int32_t trans_a, int32_t trans_b, uint64_t m, uint64_t n, uint64_t k, float alpha, const void* a,
+                  uint64_t lda, const void* b, uint64_t ldb, float beta, void* c, uint64_t ldc, int32_t ab_dtype,
+                  int32_t c_dtype) {
+  gemm_2d(Operands{trans_a, trans_b, m, n, k, lda, ldb, ldc, alpha, beta, ab_dtype, c_dtype}, a, b, c);
+}
+
 }  // namespace qlora
 
 using namespace qlora;

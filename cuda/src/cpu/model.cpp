@@ -1,9 +1,12 @@
 // cpu/model.cpp: the ops of a LLaMA-style model, each forward beside its backward (qlora.h).
-// gpu/model.cu mirrors this file; both validate with common/validate_model.h and share its math.
-// Values are loaded as f32 (load_float), computed in f32 and stored in the caller's dtype. Every
-// loop that writes a shared buffer runs in a fixed order, so results are the same on every run.
+// gpu/model.cu implements the same functions; both validate with common/validate_model.h and share its
+// math (the GPU's attention works row by row; this one runs on GEMMs, and exp runs 16 lanes wide where
+// the CPU has AVX-512). Values are loaded as f32 (load_float), computed in f32 and stored in the caller's
+// dtype. Every loop that writes a shared buffer runs in a fixed order, so results are the same on every run.
+#include <immintrin.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <new>
@@ -12,6 +15,10 @@
 #include "../common/status.h"
 #include "../common/validate_model.h"
 #include "cpu.h"
+
+// GCC 12 warns inside its own AVX-512 headers (_mm512_undefined_*); the warning is not about this code.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 using namespace qlora;
 
@@ -45,176 +52,392 @@ qlora_status check_tokens(const int32_t* tokens, uint64_t rows, uint64_t vocab, 
   return QLORA_OK;
 }
 
-// ---- attention, specialised on the dtype so that the inner loops load without a branch ---------------
+// ---- 16 lanes at a time (AVX-512, chosen at run time) ----------------------------------------------
+// Softmax, cross-entropy and SwiGLU spend their time in exp: glibc's expf is scalar. These helpers
+// load, store and exponentiate 16 floats at once; exp_avx512 has a relative error below 2e-7 against
+// expf (tests/model_ops_test.ts checks every op that uses it against float64).
+
+bool has_avx512_bw() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return yes;
+}
+
+// exp(x) = 2^n * e^f with n = round(x / ln 2), f = x - n ln 2 in [-ln2/2, ln2/2] (Cody-Waite split of
+// ln 2), e^f by its Taylor polynomial of degree 6, 2^n applied by scalef. x below -87.3 gives ~1e-38.
+__attribute__((target("avx512f"))) inline __m512 exp_avx512(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 f = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  f = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), f);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+template <int32_t DT>
+__attribute__((target("avx512f,avx512bw"))) inline __m512 load16(const void* p, uint64_t i) {
+  if (DT == QLORA_F32) return _mm512_loadu_ps((const float*)p + i);
+  const __m256i h = _mm256_loadu_si256((const __m256i*)((const uint16_t*)p + i));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// Stores 16 values as elements i .. i + 16 of a DT buffer: f32, or bf16 rounded to nearest even with
+// NaN made quiet, bit for bit what float_to_bf16 gives.
+template <int32_t DT>
+__attribute__((target("avx512f,avx512bw"))) inline void store16(void* p, uint64_t i, __m512 x) {
+  if (DT == QLORA_F32) {
+    _mm512_storeu_ps((float*)p + i, x);
+    return;
+  }
+  const __m512i u = _mm512_castps_si512(x);
+  const __m512i bias = _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)),
+                                        _mm512_set1_epi32(0x7fff));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, bias), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+  _mm256_storeu_si256((__m256i*)((uint16_t*)p + i), _mm512_cvtepi32_epi16(r));
+}
+
+// ---- attention on GEMMs --------------------------------------------------------------------------
 // Layouts: q, out, dq [batch, seq, heads, hd]; k, v, dk, dv [batch, seq, kv_heads, hd]; lse [batch, heads, seq].
+// Each (batch, head) slice is a strided [seq, hd] matrix (leading dimension heads * hd, or kv_heads * hd),
+// so the products (gemm_strided: oneDNN) read the tensors in place. Query rows go in blocks of
+// kQueryBlock: the rows i0 .. i0 + n of a block attend to keys 0 .. i0 + n (causal), so a block's scores
+// are n x (i0 + n), no product reads keys that no row of the block can see, and the scratch holds a few
+// blocks of scores, never the seq x seq matrix. Probabilities and score gradients are rounded to the
+// tensors' dtype before the products that consume them (as a bf16 attention on a GPU does); everything
+// else is f32. The loops run in a fixed order, so results are the same on every run.
+
+constexpr uint64_t kQueryBlock = 128;
 
 struct AttnShape {
   uint64_t batch, seq, heads, kv_heads, hd;
   uint64_t group() const { return heads / kv_heads; }  // query heads per kv head
+  uint64_t ldq() const { return heads * hd; }          // row stride of q, out, dq
+  uint64_t ldk() const { return kv_heads * hd; }       // row stride of k, v, dk, dv
   uint64_t q_at(uint64_t b, uint64_t t, uint64_t h) const { return ((b * seq + t) * heads + h) * hd; }
   uint64_t kv_at(uint64_t b, uint64_t t, uint64_t g) const { return ((b * seq + t) * kv_heads + g) * hd; }
   uint64_t lse_at(uint64_t b, uint64_t h, uint64_t t) const { return (b * heads + h) * seq + t; }
 };
 
-// a[a0 .. a0 + n) . b in 8 interleaved partial sums (vectorizes; fixed order, so deterministic).
+// Element i of a tensor of dtype DT, as an address.
 template <int32_t DT>
-float dot(const void* a, uint64_t a0, const float* b, uint64_t n) {
-  float lane[8] = {};
-  uint64_t d = 0;
-  for (; d + 8 <= n; d += 8)
-    for (uint64_t l = 0; l < 8; l++) lane[l] += load_float(a, DT, a0 + d + l) * b[d + l];
-  float s = 0.0f;
-  for (; d < n; d++) s += load_float(a, DT, a0 + d) * b[d];
-  for (uint64_t l = 0; l < 8; l++) s += lane[l];
-  return s;
+const void* elem(const void* base, uint64_t i) {
+  return (const char*)base + i * (DT == QLORA_F32 ? 4 : 2);
+}
+template <int32_t DT>
+void* elem(void* base, uint64_t i) {
+  return (char*)base + i * (DT == QLORA_F32 ? 4 : 2);
 }
 
-// One row per (b, h, i): scores s_j = q_i . k_j * scale for j <= i, p = softmax(s), out_i = sum_j p_j v_j,
-// lse_i = max + log(sum exp(s - max)). Scratch per thread: seq scores, hd for q_i, hd for the output.
+// Scratch of one call: scores and their gradient (f32), their dtype-rounded copies for the products,
+// per-row deltas, and f32 accumulators for dk and dv of one kv head (backward only).
+struct AttnScratch {
+  float *s = nullptr, *ds = nullptr, *delta = nullptr, *dk = nullptr, *dv = nullptr;
+  void *p = nullptr, *dsr = nullptr;
+  static uint64_t floats(const AttnShape& a, bool backward) {
+    const uint64_t block = kQueryBlock * a.seq;
+    return backward ? 4 * block + kQueryBlock + 2 * a.seq * a.hd : 2 * block;
+  }
+  AttnScratch(float* base, const AttnShape& a, bool backward) {
+    const uint64_t block = kQueryBlock * a.seq;
+    s = base;
+    p = base + block;  // room for f32 even when it holds bf16
+    if (!backward) return;
+    ds = base + 2 * block;
+    dsr = base + 3 * block;
+    delta = base + 4 * block;
+    dk = delta + kQueryBlock;
+    dv = dk + a.seq * a.hd;
+  }
+};
+
+// One row of the forward's softmax: s[0 .. valid) holds scores (overwritten with exp(s - max)); p gets
+// the probabilities at o .. o + valid and zeros up to o + kv. Returns lse = max + log(sum).
 template <int32_t DT>
-void attention_forward_rows(const void* q, const void* k, const void* v, const AttnShape& a, void* out, float* lse,
-                            float* scratch) {
-  const float scale = 1.0f / sqrtf((float)a.hd);
-  const int64_t total = (int64_t)(a.batch * a.heads * a.seq);
-  const uint64_t per_thread = a.seq + 2 * a.hd;
-#pragma omp parallel for schedule(dynamic, 8) if ((uint64_t)total * a.seq * a.hd >= kParallelMin)
-  for (int64_t row = 0; row < total; row++) {
-    const uint64_t i = (uint64_t)row % a.seq, h = ((uint64_t)row / a.seq) % a.heads;
-    const uint64_t b = (uint64_t)row / (a.seq * a.heads), g = h / a.group();
-    float* s = scratch + (uint64_t)omp_get_thread_num() * per_thread;
-    float* qi = s + a.seq;
-    float* acc = qi + a.hd;
-    const uint64_t qo = a.q_at(b, i, h);
-    for (uint64_t d = 0; d < a.hd; d++) qi[d] = load_float(q, DT, qo + d);
-    float m = -INFINITY;
-    for (uint64_t j = 0; j <= i; j++) {
-      s[j] = dot<DT>(k, a.kv_at(b, j, g), qi, a.hd) * scale;
-      m = fmaxf(m, s[j]);
-    }
-    float sum = 0.0f;
-    for (uint64_t j = 0; j <= i; j++) {
-      s[j] = expf(s[j] - m);
-      sum += s[j];
-    }
-    for (uint64_t d = 0; d < a.hd; d++) acc[d] = 0.0f;
-    for (uint64_t j = 0; j <= i; j++) {
-      const uint64_t vo = a.kv_at(b, j, g);
-      for (uint64_t d = 0; d < a.hd; d++) acc[d] += s[j] * load_float(v, DT, vo + d);
-    }
-    const float inv = 1.0f / sum;
-    for (uint64_t d = 0; d < a.hd; d++) store_float(out, DT, qo + d, acc[d] * inv);
-    lse[a.lse_at(b, h, i)] = m + logf(sum);
+float softmax_row_scalar(float* s, uint64_t valid, uint64_t kv, void* p, uint64_t o) {
+  float m = -INFINITY, sum = 0.0f;
+  for (uint64_t j = 0; j < valid; j++) m = fmaxf(m, s[j]);
+  for (uint64_t j = 0; j < valid; j++) sum += s[j] = expf(s[j] - m);
+  const float inv = 1.0f / sum;
+  for (uint64_t j = 0; j < valid; j++) store_float(p, DT, o + j, s[j] * inv);
+  for (uint64_t j = valid; j < kv; j++) store_float(p, DT, o + j, 0.0f);
+  return m + logf(sum);
+}
+
+template <int32_t DT>
+__attribute__((target("avx512f,avx512bw"))) float softmax_row_avx512(float* s, uint64_t valid, uint64_t kv, void* p,
+                                                                     uint64_t o) {
+  const uint64_t vec = valid / 16 * 16;
+  __m512 mv = _mm512_set1_ps(-INFINITY);
+  for (uint64_t j = 0; j < vec; j += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(s + j));
+  float m = _mm512_reduce_max_ps(mv);
+  for (uint64_t j = vec; j < valid; j++) m = fmaxf(m, s[j]);
+  const __m512 mm = _mm512_set1_ps(m);
+  __m512 sv = _mm512_setzero_ps();
+  for (uint64_t j = 0; j < vec; j += 16) {
+    const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(s + j), mm));
+    _mm512_storeu_ps(s + j, e);
+    sv = _mm512_add_ps(sv, e);
+  }
+  float sum = _mm512_reduce_add_ps(sv);
+  for (uint64_t j = vec; j < valid; j++) sum += s[j] = expf(s[j] - m);
+  const float inv = 1.0f / sum;
+  const __m512 iv = _mm512_set1_ps(inv);
+  for (uint64_t j = 0; j < vec; j += 16) store16<DT>(p, o + j, _mm512_mul_ps(_mm512_loadu_ps(s + j), iv));
+  for (uint64_t j = vec; j < valid; j++) store_float(p, DT, o + j, s[j] * inv);
+  for (uint64_t j = valid; j < kv; j++) store_float(p, DT, o + j, 0.0f);
+  return m + logf(sum);
+}
+
+// One row of the backward: p_j = exp(s_j - lse), ds_j = p_j (dp_j - delta) for j < valid, zeros up to kv,
+// stored in DT at o + j.
+template <int32_t DT>
+void softmax_grad_row_scalar(const float* s, const float* dp, float lse, float delta, uint64_t valid, uint64_t kv,
+                             void* p, void* ds, uint64_t o) {
+  for (uint64_t j = 0; j < valid; j++) {
+    const float pj = expf(s[j] - lse);
+    store_float(p, DT, o + j, pj);
+    store_float(ds, DT, o + j, pj * (dp[j] - delta));
+  }
+  for (uint64_t j = valid; j < kv; j++) {
+    store_float(p, DT, o + j, 0.0f);
+    store_float(ds, DT, o + j, 0.0f);
   }
 }
 
-// Backward in three passes, each writing only its own rows (no races, fixed order):
-//  1. delta_i = dout_i . out_i                                       per (b, h, i)
-//  2. dq_i = scale * sum_{j<=i} dS_ij k_j                            per (b, h, block of kBlock rows i)
-//  3. dk_j = scale * sum_{h in group, i>=j} dS_ij q_i,
-//     dv_j = sum_{h in group, i>=j} p_ij dout_i                      per (b, kv head, block of kBlock rows j)
-// with p_ij = exp(q_i . k_j * scale - lse_i), dP_ij = dout_i . v_j, dS_ij = p_ij (dP_ij - delta_i).
-// A block keeps its kBlock rows in f32 scratch, so each row it streams past (k_j, v_j in pass 2; q_i,
-// dout_i in pass 3) is loaded once per block instead of once per row. Scratch: delta [batch, heads,
-// seq], then per thread kScratchRows * hd floats.
-constexpr uint64_t kBlock = 16;
-constexpr uint64_t kScratchRows = 4 * kBlock + 2;
-
 template <int32_t DT>
-void attention_backward_rows(const void* dout, const void* q, const void* k, const void* v, const void* out,
-                             const float* lse, const AttnShape& a, void* dq, void* dk, void* dv, float* delta,
-                             float* scratch) {
+__attribute__((target("avx512f,avx512bw"))) void softmax_grad_row_avx512(const float* s, const float* dp, float lse,
+                                                                         float delta, uint64_t valid, uint64_t kv,
+                                                                         void* p, void* ds, uint64_t o) {
+  const uint64_t vec = valid / 16 * 16;
+  const __m512 lv = _mm512_set1_ps(lse), dv = _mm512_set1_ps(delta);
+  for (uint64_t j = 0; j < vec; j += 16) {
+    const __m512 pj = exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(s + j), lv));
+    store16<DT>(p, o + j, pj);
+    store16<DT>(ds, o + j, _mm512_mul_ps(pj, _mm512_sub_ps(_mm512_loadu_ps(dp + j), dv)));
+  }
+  softmax_grad_row_scalar<DT>(s + vec, dp + vec, lse, delta, valid - vec, kv - vec, p, ds, o + vec);
+}
+
+// Forward, per (b, h) and block of query rows i0 .. i0 + n (keys 0 .. kv = i0 + n):
+//   S = scale * Q_blk K^T                      [n, kv] f32
+//   P = softmax over j <= i of each row, 0 for j > i; lse_i = max + log(sum exp(S - max))
+//   O_blk = P V                                [n, hd]
+template <int32_t DT>
+void attention_forward_blocks(const void* q, const void* k, const void* v, const AttnShape& a, void* out,
+                              float* lse, AttnScratch& w) {
   const float scale = 1.0f / sqrtf((float)a.hd);
-  const uint64_t hd = a.hd, blocks = (a.seq + kBlock - 1) / kBlock;
-  const int64_t qrows = (int64_t)(a.batch * a.heads * a.seq);
-  const bool par = (uint64_t)qrows * a.seq * hd >= kParallelMin;
-
-#pragma omp parallel for schedule(static) if (par)
-  for (int64_t row = 0; row < qrows; row++) {
-    const uint64_t i = (uint64_t)row % a.seq, h = ((uint64_t)row / a.seq) % a.heads;
-    const uint64_t b = (uint64_t)row / (a.seq * a.heads);
-    const uint64_t o = a.q_at(b, i, h);
-    float s = 0.0f;
-    for (uint64_t d = 0; d < hd; d++) s += load_float(dout, DT, o + d) * load_float(out, DT, o + d);
-    delta[a.lse_at(b, h, i)] = s;
-  }
-
-  // Pass 2: query rows i0 .. i0 + n of head h.
-  const int64_t qtasks = (int64_t)(a.batch * a.heads * blocks);
-#pragma omp parallel for schedule(dynamic, 1) if (par)
-  for (int64_t task = 0; task < qtasks; task++) {
-    const uint64_t i0 = ((uint64_t)task % blocks) * kBlock, h = ((uint64_t)task / blocks) % a.heads;
-    const uint64_t b = (uint64_t)task / (blocks * a.heads), g = h / a.group();
-    const uint64_t n = a.seq - i0 < kBlock ? a.seq - i0 : kBlock;
-    float* qb = scratch + (uint64_t)omp_get_thread_num() * kScratchRows * hd;  // [n, hd] each
-    float* dob = qb + kBlock * hd;
-    float* acc = dob + kBlock * hd;
-    float* kj = acc + kBlock * hd;
-    float* vj = kj + hd;
-    for (uint64_t r = 0; r < n; r++)
-      for (uint64_t d = 0; d < hd; d++) {
-        qb[r * hd + d] = load_float(q, DT, a.q_at(b, i0 + r, h) + d);
-        dob[r * hd + d] = load_float(dout, DT, a.q_at(b, i0 + r, h) + d);
-        acc[r * hd + d] = 0.0f;
-      }
-    for (uint64_t j = 0; j < i0 + n; j++) {
-      const uint64_t kvo = a.kv_at(b, j, g);
-      for (uint64_t d = 0; d < hd; d++) {
-        kj[d] = load_float(k, DT, kvo + d);
-        vj[d] = load_float(v, DT, kvo + d);
-      }
-      for (uint64_t r = (j > i0 ? j - i0 : 0); r < n; r++) {  // causal: i = i0 + r >= j
-        const uint64_t li = a.lse_at(b, h, i0 + r);
-        const float p = expf(dot<QLORA_F32>(qb, r * hd, kj, hd) * scale - lse[li]);
-        const float ds = p * (dot<QLORA_F32>(dob, r * hd, vj, hd) - delta[li]);
-        for (uint64_t d = 0; d < hd; d++) acc[r * hd + d] += ds * kj[d];
-      }
-    }
-    for (uint64_t r = 0; r < n; r++)
-      for (uint64_t d = 0; d < hd; d++) store_float(dq, DT, a.q_at(b, i0 + r, h) + d, acc[r * hd + d] * scale);
-  }
-
-  // Pass 3: key rows j0 .. j0 + n of kv head g, summed over the query heads of its group.
-  const int64_t kvtasks = (int64_t)(a.batch * a.kv_heads * blocks);
-#pragma omp parallel for schedule(dynamic, 1) if (par)
-  for (int64_t task = 0; task < kvtasks; task++) {
-    const uint64_t j0 = ((uint64_t)task % blocks) * kBlock, g = ((uint64_t)task / blocks) % a.kv_heads;
-    const uint64_t b = (uint64_t)task / (blocks * a.kv_heads);
-    const uint64_t n = a.seq - j0 < kBlock ? a.seq - j0 : kBlock;
-    float* kb = scratch + (uint64_t)omp_get_thread_num() * kScratchRows * hd;  // [n, hd] each
-    float* vb = kb + kBlock * hd;
-    float* dkb = vb + kBlock * hd;
-    float* dvb = dkb + kBlock * hd;
-    float* qi = dvb + kBlock * hd;
-    float* doi = qi + hd;
-    for (uint64_t r = 0; r < n; r++)
-      for (uint64_t d = 0; d < hd; d++) {
-        kb[r * hd + d] = load_float(k, DT, a.kv_at(b, j0 + r, g) + d);
-        vb[r * hd + d] = load_float(v, DT, a.kv_at(b, j0 + r, g) + d);
-        dkb[r * hd + d] = 0.0f;
-        dvb[r * hd + d] = 0.0f;
-      }
-    for (uint64_t h = g * a.group(); h < (g + 1) * a.group(); h++)
-      for (uint64_t i = j0; i < a.seq; i++) {
-        const uint64_t o = a.q_at(b, i, h), li = a.lse_at(b, h, i);
-        for (uint64_t d = 0; d < hd; d++) {
-          qi[d] = load_float(q, DT, o + d);
-          doi[d] = load_float(dout, DT, o + d);
+  const bool simd = has_avx512_bw();
+  for (uint64_t b = 0; b < a.batch; b++)
+    for (uint64_t h = 0; h < a.heads; h++) {
+      const uint64_t g = h / a.group();
+      for (uint64_t i0 = 0; i0 < a.seq; i0 += kQueryBlock) {
+        const uint64_t n = a.seq - i0 < kQueryBlock ? a.seq - i0 : kQueryBlock, kv = i0 + n;
+        gemm_strided(0, 1, n, kv, a.hd, scale, elem<DT>(q, a.q_at(b, i0, h)), a.ldq(), elem<DT>(k, a.kv_at(b, 0, g)),
+                     a.ldk(), 0.0f, w.s, kv, DT, QLORA_F32);
+#pragma omp parallel for schedule(static) if (n * kv >= kParallelMin)
+        for (int64_t rr = 0; rr < (int64_t)n; rr++) {
+          const uint64_t r = (uint64_t)rr, i = i0 + r;  // row i sees keys 0 .. i
+          float* srow = w.s + r * kv;
+          lse[a.lse_at(b, h, i)] = simd ? softmax_row_avx512<DT>(srow, i + 1, kv, w.p, r * kv)
+                                        : softmax_row_scalar<DT>(srow, i + 1, kv, w.p, r * kv);
         }
-        const uint64_t rn = i - j0 + 1 < n ? i - j0 + 1 : n;  // causal: j = j0 + r <= i
-        for (uint64_t r = 0; r < rn; r++) {
-          const float p = expf(dot<QLORA_F32>(kb, r * hd, qi, hd) * scale - lse[li]);
-          const float ds = p * (dot<QLORA_F32>(vb, r * hd, doi, hd) - delta[li]);
-          for (uint64_t d = 0; d < hd; d++) {
-            dkb[r * hd + d] += ds * qi[d];
-            dvb[r * hd + d] += p * doi[d];
+        gemm_strided(0, 0, n, a.hd, kv, 1.0f, w.p, kv, elem<DT>(v, a.kv_at(b, 0, g)), a.ldk(), 0.0f,
+                     elem<DT>(out, a.q_at(b, i0, h)), a.ldq(), DT, DT);
+      }
+    }
+}
+
+// Backward, per (b, kv head g); for each query head h of its group and block of query rows:
+//   delta_i = dO_i . O_i
+//   P = exp(scale * Q_blk K^T - lse) (j <= i, else 0)   dP = dO_blk V^T   dS = P * (dP - delta)
+//   dV += P^T dO_blk      dQ_blk = scale * dS K      dK += scale * dS^T Q_blk
+// dK and dV of the kv head accumulate in f32 over the heads of its group, then are stored once.
+template <int32_t DT>
+void attention_backward_blocks(const void* dout, const void* q, const void* k, const void* v, const void* out,
+                               const float* lse, const AttnShape& a, void* dq, void* dk, void* dv,
+                               AttnScratch& w) {
+  const float scale = 1.0f / sqrtf((float)a.hd);
+  const bool simd = has_avx512_bw();
+  const uint64_t hd = a.hd;
+  for (uint64_t b = 0; b < a.batch; b++)
+    for (uint64_t g = 0; g < a.kv_heads; g++) {
+      std::fill(w.dk, w.dk + a.seq * hd, 0.0f);
+      std::fill(w.dv, w.dv + a.seq * hd, 0.0f);
+      for (uint64_t h = g * a.group(); h < (g + 1) * a.group(); h++)
+        for (uint64_t i0 = 0; i0 < a.seq; i0 += kQueryBlock) {
+          const uint64_t n = a.seq - i0 < kQueryBlock ? a.seq - i0 : kQueryBlock, kv = i0 + n;
+          const void* qb = elem<DT>(q, a.q_at(b, i0, h));
+          const void* dob = elem<DT>(dout, a.q_at(b, i0, h));
+          const void* k0 = elem<DT>(k, a.kv_at(b, 0, g));
+          for (uint64_t r = 0; r < n; r++) {
+            const uint64_t o = a.q_at(b, i0 + r, h);
+            float d = 0.0f;
+            for (uint64_t c = 0; c < hd; c++) d += load_float(dout, DT, o + c) * load_float(out, DT, o + c);
+            w.delta[r] = d;
           }
+          gemm_strided(0, 1, n, kv, hd, scale, qb, a.ldq(), k0, a.ldk(), 0.0f, w.s, kv, DT, QLORA_F32);
+          gemm_strided(0, 1, n, kv, hd, 1.0f, dob, a.ldq(), elem<DT>(v, a.kv_at(b, 0, g)), a.ldk(), 0.0f, w.ds, kv,
+                       DT, QLORA_F32);
+#pragma omp parallel for schedule(static) if (n * kv >= kParallelMin)
+          for (int64_t rr = 0; rr < (int64_t)n; rr++) {
+            const uint64_t r = (uint64_t)rr, i = i0 + r, o = r * kv;
+            const float l = lse[a.lse_at(b, h, i)];
+            if (simd) softmax_grad_row_avx512<DT>(w.s + o, w.ds + o, l, w.delta[r], i + 1, kv, w.p, w.dsr, o);
+            else softmax_grad_row_scalar<DT>(w.s + o, w.ds + o, l, w.delta[r], i + 1, kv, w.p, w.dsr, o);
+          }
+          gemm_strided(1, 0, kv, hd, n, 1.0f, w.p, kv, dob, a.ldq(), 1.0f, w.dv, hd, DT, QLORA_F32);
+          gemm_strided(0, 0, n, hd, kv, scale, w.dsr, kv, k0, a.ldk(), 0.0f, elem<DT>(dq, a.q_at(b, i0, h)), a.ldq(),
+                       DT, DT);
+          gemm_strided(1, 0, kv, hd, n, scale, w.dsr, kv, qb, a.ldq(), 1.0f, w.dk, hd, DT, QLORA_F32);
         }
-      }
-    for (uint64_t r = 0; r < n; r++)
-      for (uint64_t d = 0; d < hd; d++) {
-        store_float(dk, DT, a.kv_at(b, j0 + r, g) + d, dkb[r * hd + d] * scale);
-        store_float(dv, DT, a.kv_at(b, j0 + r, g) + d, dvb[r * hd + d]);
-      }
+      for (uint64_t t = 0; t < a.seq; t++)
+        for (uint64_t c = 0; c < hd; c++) {
+          store_float(dk, DT, a.kv_at(b, t, g) + c, w.dk[t * hd + c]);
+          store_float(dv, DT, a.kv_at(b, t, g) + c, w.dv[t * hd + c]);
+        }
+    }
+}
+
+// ---- cross-entropy rows ----------------------------------------------------------------------------
+// One row: lse = max + log(sum exp(x - max)); with grad, grad_j = (exp(x_j - lse) - [j == t]) * scale.
+// The exponentials go to an f32 row buffer (vocab floats, per thread) in the sum pass and are reused
+// for the gradient, so each logit is exponentiated once. With AVX-512 the passes run 16 lanes wide;
+// the tail and CPUs without AVX-512 use the scalar loop.
+
+template <int32_t DT>
+float ce_row_scalar(const void* logits, uint64_t o, uint64_t vocab, float* buf, float* sum_out) {
+  float m = -INFINITY;
+  for (uint64_t j = 0; j < vocab; j++) m = fmaxf(m, load_float(logits, DT, o + j));
+  float sum = 0.0f;
+  for (uint64_t j = 0; j < vocab; j++) sum += buf[j] = expf(load_float(logits, DT, o + j) - m);
+  *sum_out = sum;
+  return m;
+}
+
+template <int32_t DT>
+__attribute__((target("avx512f,avx512bw"))) float ce_row_avx512(const void* logits, uint64_t o, uint64_t vocab,
+                                                                 float* buf, float* sum_out) {
+  const uint64_t vec = vocab / 16 * 16;
+  __m512 mv = _mm512_set1_ps(-INFINITY);
+  for (uint64_t j = 0; j < vec; j += 16) mv = _mm512_max_ps(mv, load16<DT>(logits, o + j));
+  float m = _mm512_reduce_max_ps(mv);
+  for (uint64_t j = vec; j < vocab; j++) m = fmaxf(m, load_float(logits, DT, o + j));
+  const __m512 mm = _mm512_set1_ps(m);
+  __m512 sv = _mm512_setzero_ps();
+  for (uint64_t j = 0; j < vec; j += 16) {
+    const __m512 e = exp_avx512(_mm512_sub_ps(load16<DT>(logits, o + j), mm));
+    _mm512_storeu_ps(buf + j, e);
+    sv = _mm512_add_ps(sv, e);
+  }
+  float sum = _mm512_reduce_add_ps(sv);
+  for (uint64_t j = vec; j < vocab; j++) sum += buf[j] = expf(load_float(logits, DT, o + j) - m);
+  *sum_out = sum;
+  return m;
+}
+
+// grad_j = buf_j * (scale / sum), minus scale at the target, stored in DT.
+template <int32_t DT>
+__attribute__((target("avx512f,avx512bw"))) void ce_grad_avx512(const float* buf, uint64_t vocab, float k,
+                                                                void* out, uint64_t o) {
+  const uint64_t vec = vocab / 16 * 16;
+  const __m512 kv = _mm512_set1_ps(k);
+  for (uint64_t j = 0; j < vec; j += 16) {
+    store16<DT>(out, o + j, _mm512_mul_ps(_mm512_loadu_ps(buf + j), kv));
+  }
+  for (uint64_t j = vec; j < vocab; j++) store_float(out, DT, o + j, buf[j] * k);
+}
+
+template <int32_t DT>
+void cross_entropy_rows(const void* logits, const int32_t* targets, uint64_t rows, uint64_t vocab, float* losses,
+                        void* dlogits, float grad_scale, float* scratch) {
+  const bool simd = has_avx512_bw();
+#pragma omp parallel for schedule(static) if (rows * vocab >= kParallelMin)
+  for (int64_t r = 0; r < (int64_t)rows; r++) {
+    const uint64_t o = (uint64_t)r * vocab;
+    const int32_t t = targets[r];
+    if (t < 0) {  // ignored row
+      losses[r] = 0.0f;
+      if (dlogits)
+        for (uint64_t j = 0; j < vocab; j++) store_float(dlogits, DT, o + j, 0.0f);
+      continue;
+    }
+    float* buf = scratch + (uint64_t)omp_get_thread_num() * vocab;
+    float sum;
+    const float m = simd ? ce_row_avx512<DT>(logits, o, vocab, buf, &sum) : ce_row_scalar<DT>(logits, o, vocab, buf, &sum);
+    losses[r] = m + logf(sum) - load_float(logits, DT, o + (uint64_t)t);  // read before dlogits (may alias)
+    if (!dlogits) continue;
+    const float k = grad_scale / sum;
+    if (simd) {
+      ce_grad_avx512<DT>(buf, vocab, k, dlogits, o);
+    } else {
+      for (uint64_t j = 0; j < vocab; j++) store_float(dlogits, DT, o + j, buf[j] * k);
+    }
+    store_float(dlogits, DT, o + (uint64_t)t, (buf[t] * k) - grad_scale);
+  }
+}
+
+// ---- SwiGLU, 16 lanes at a time ---------------------------------------------------------------------
+// The formulas of swiglu_value and swiglu_grad (common/validate_model.h) with exp_avx512 for expf;
+// elements [i0, i1), each loaded before it is stored (the outputs may alias the inputs).
+
+__attribute__((target("avx512f"))) inline __m512 sigmoid_avx512(__m512 g) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+}
+
+template <int32_t DT>
+__attribute__((target("avx512f,avx512bw"))) void swiglu_forward_avx512(const void* gate, const void* up, uint64_t i0,
+                                                                       uint64_t i1, void* out) {
+  uint64_t i = i0;
+  for (; i + 16 <= i1; i += 16) {
+    const __m512 g = load16<DT>(gate, i), u = load16<DT>(up, i);
+    store16<DT>(out, i, _mm512_mul_ps(_mm512_mul_ps(g, sigmoid_avx512(g)), u));
+  }
+  for (; i < i1; i++) store_float(out, DT, i, swiglu_value(load_float(gate, DT, i), load_float(up, DT, i)));
+}
+
+template <int32_t DT>
+__attribute__((target("avx512f,avx512bw"))) void swiglu_backward_avx512(const void* dout, const void* gate,
+                                                                        const void* up, uint64_t i0, uint64_t i1,
+                                                                        void* dgate, void* dup) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  uint64_t i = i0;
+  for (; i + 16 <= i1; i += 16) {
+    const __m512 d = load16<DT>(dout, i), g = load16<DT>(gate, i), u = load16<DT>(up, i);
+    const __m512 sig = sigmoid_avx512(g);
+    // dgate = dout * u * sig * (1 + g * (1 - sig)), dup = dout * g * sig
+    const __m512 dg = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(d, u), sig),
+                                    _mm512_add_ps(one, _mm512_mul_ps(g, _mm512_sub_ps(one, sig))));
+    const __m512 du = _mm512_mul_ps(_mm512_mul_ps(d, g), sig);
+    store16<DT>(dgate, i, dg);
+    store16<DT>(dup, i, du);
+  }
+  for (; i < i1; i++) {
+    float dg, du;
+    swiglu_grad(load_float(dout, DT, i), load_float(gate, DT, i), load_float(up, DT, i), dg, du);
+    store_float(dgate, DT, i, dg);
+    store_float(dup, DT, i, du);
+  }
+}
+
+// Elementwise work in chunks of kChunk elements (a multiple of 16) over the OpenMP threads.
+constexpr uint64_t kChunk = 1 << 14;
+
+template <typename F>
+void for_chunks(uint64_t n, F f) {
+  const int64_t chunks = (int64_t)((n + kChunk - 1) / kChunk);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t c = 0; c < chunks; c++) {
+    const uint64_t i0 = (uint64_t)c * kChunk, i1 = i0 + kChunk < n ? i0 + kChunk : n;
+    f(i0, i1);
   }
 }
 }  // namespace
@@ -374,14 +597,20 @@ QLORA_API qlora_status qlora_rope(void* x, uint64_t batch, uint64_t seq, uint64_
 QLORA_API qlora_status qlora_attention_forward(const void* q, const void* k, const void* v, uint64_t batch,
                                                uint64_t seq, uint64_t heads, uint64_t kv_heads,
                                                uint64_t head_dim, void* out, float* lse, int32_t dtype) {
+  const char* fn = "compute attention";
   qlora_status s = check_attention_forward(q, k, v, batch, seq, heads, kv_heads, head_dim, out, lse, dtype);
   if (s != QLORA_OK) return s;
   const AttnShape a{batch, seq, heads, kv_heads, head_dim};
-  const uint64_t n = (uint64_t)omp_get_max_threads() * (seq + 2 * head_dim);
+  const uint64_t n = AttnScratch::floats(a, false);
   Scratch<float> scratch(n);
-  if (!scratch.p) return out_of_scratch("compute attention", 4 * n);
-  if (dtype == QLORA_F32) attention_forward_rows<QLORA_F32>(q, k, v, a, out, lse, scratch.p);
-  else attention_forward_rows<QLORA_BF16>(q, k, v, a, out, lse, scratch.p);
+  if (!scratch.p) return out_of_scratch(fn, 4 * n);
+  AttnScratch w(scratch.p, a, false);
+  try {
+    if (dtype == QLORA_F32) attention_forward_blocks<QLORA_F32>(q, k, v, a, out, lse, w);
+    else attention_forward_blocks<QLORA_BF16>(q, k, v, a, out, lse, w);
+  } catch (...) {
+    return library_error(fn);
+  }
   return QLORA_OK;
 }
 
@@ -390,17 +619,21 @@ QLORA_API qlora_status qlora_attention_backward(const void* dout, const void* q,
                                                 uint64_t seq, uint64_t heads, uint64_t kv_heads,
                                                 uint64_t head_dim, void* dq, void* dk, void* dv,
                                                 int32_t dtype) {
+  const char* fn = "compute the attention gradient";
   qlora_status s = check_attention_backward(dout, q, k, v, out, lse, batch, seq, heads, kv_heads, head_dim, dq, dk,
                                             dv, dtype);
   if (s != QLORA_OK) return s;
   const AttnShape a{batch, seq, heads, kv_heads, head_dim};
-  const uint64_t nd = batch * heads * seq, n = nd + (uint64_t)omp_get_max_threads() * kScratchRows * head_dim;
+  const uint64_t n = AttnScratch::floats(a, true);
   Scratch<float> scratch(n);
-  if (!scratch.p) return out_of_scratch("compute the attention gradient", 4 * n);
-  if (dtype == QLORA_F32)
-    attention_backward_rows<QLORA_F32>(dout, q, k, v, out, lse, a, dq, dk, dv, scratch.p, scratch.p + nd);
-  else
-    attention_backward_rows<QLORA_BF16>(dout, q, k, v, out, lse, a, dq, dk, dv, scratch.p, scratch.p + nd);
+  if (!scratch.p) return out_of_scratch(fn, 4 * n);
+  AttnScratch w(scratch.p, a, true);
+  try {
+    if (dtype == QLORA_F32) attention_backward_blocks<QLORA_F32>(dout, q, k, v, out, lse, a, dq, dk, dv, w);
+    else attention_backward_blocks<QLORA_BF16>(dout, q, k, v, out, lse, a, dq, dk, dv, w);
+  } catch (...) {
+    return library_error(fn);
+  }
   return QLORA_OK;
 }
 
@@ -410,6 +643,13 @@ QLORA_API qlora_status qlora_swiglu_forward(const void* gate, const void* up, ui
                                             int32_t dtype) {
   qlora_status s = check_swiglu_forward(gate, up, n, out, dtype);
   if (s != QLORA_OK) return s;
+  if (has_avx512_bw()) {
+    for_chunks(n, [&](uint64_t i0, uint64_t i1) {
+      if (dtype == QLORA_F32) swiglu_forward_avx512<QLORA_F32>(gate, up, i0, i1, out);
+      else swiglu_forward_avx512<QLORA_BF16>(gate, up, i0, i1, out);
+    });
+    return QLORA_OK;
+  }
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (int64_t i = 0; i < (int64_t)n; i++)
     store_float(out, dtype, (uint64_t)i,
@@ -421,6 +661,13 @@ QLORA_API qlora_status qlora_swiglu_backward(const void* dout, const void* gate,
                                              void* dgate, void* dup, int32_t dtype) {
   qlora_status s = check_swiglu_backward(dout, gate, up, n, dgate, dup, dtype);
   if (s != QLORA_OK) return s;
+  if (has_avx512_bw()) {
+    for_chunks(n, [&](uint64_t i0, uint64_t i1) {
+      if (dtype == QLORA_F32) swiglu_backward_avx512<QLORA_F32>(dout, gate, up, i0, i1, dgate, dup);
+      else swiglu_backward_avx512<QLORA_BF16>(dout, gate, up, i0, i1, dgate, dup);
+    });
+    return QLORA_OK;
+  }
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (int64_t i = 0; i < (int64_t)n; i++) {
     float dg, du;
@@ -441,28 +688,13 @@ QLORA_API qlora_status qlora_cross_entropy(const void* logits, const int32_t* ta
   qlora_status s = check_cross_entropy(logits, targets, rows, vocab, losses, dlogits, grad_scale, dtype);
   if (s == QLORA_OK) s = check_tokens(targets, rows, vocab, fn, "targets", true);
   if (s != QLORA_OK) return s;
-#pragma omp parallel for schedule(static) if (rows * vocab >= kParallelMin)
-  for (int64_t r = 0; r < (int64_t)rows; r++) {
-    const uint64_t o = (uint64_t)r * vocab;
-    const int32_t t = targets[r];
-    if (t < 0) {  // ignored row
-      losses[r] = 0.0f;
-      if (dlogits)
-        for (uint64_t j = 0; j < vocab; j++) store_float(dlogits, dtype, o + j, 0.0f);
-      continue;
-    }
-    float m = -INFINITY;
-    for (uint64_t j = 0; j < vocab; j++) m = fmaxf(m, load_float(logits, dtype, o + j));
-    float sum = 0.0f;
-    for (uint64_t j = 0; j < vocab; j++) sum += expf(load_float(logits, dtype, o + j) - m);
-    const float lse = m + logf(sum);
-    losses[r] = lse - load_float(logits, dtype, o + (uint64_t)t);  // read before dlogits (may alias) is written
-    if (dlogits)
-      for (uint64_t j = 0; j < vocab; j++) {
-        const float p = expf(load_float(logits, dtype, o + j) - lse);
-        store_float(dlogits, dtype, o + j, (p - (j == (uint64_t)t ? 1.0f : 0.0f)) * grad_scale);
-      }
-  }
+  const uint64_t n = (uint64_t)omp_get_max_threads() * vocab;
+  Scratch<float> scratch(n);
+  if (!scratch.p) return out_of_scratch(fn, 4 * n);
+  if (dtype == QLORA_F32)
+    cross_entropy_rows<QLORA_F32>(logits, targets, rows, vocab, losses, dlogits, grad_scale, scratch.p);
+  else
+    cross_entropy_rows<QLORA_BF16>(logits, targets, rows, vocab, losses, dlogits, grad_scale, scratch.p);
   return QLORA_OK;
 }
 
