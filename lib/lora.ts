@@ -89,6 +89,16 @@ export interface LinearOptions {
   trainable?: boolean;
 }
 
+/** Options of a layer's backward. */
+export interface BackwardOptions {
+  /**
+   * Whether to compute dx (default true). False where nothing needs the gradient of the layer's input
+   * (the first block when the embeddings are frozen): backward then only adds the parameters'
+   * gradients, skips the products for dx, and returns null.
+   */
+  inputGrad?: boolean;
+}
+
 /**
  * A linear layer `y = x Wᵀ` whose weight is trained (full fine-tuning): backward accumulates dW.
  *
@@ -171,8 +181,10 @@ export class Linear implements Disposable {
     return matmul(x, this.weight, { transB: true });
   }
 
-  /** Accumulates `dW += dyᵀ x` and returns `dx = dy W`. */
-  backward(dy: Tensor): Tensor {
+  /** Accumulates `dW += dyᵀ x` and returns `dx = dy W` (null with `inputGrad: false`). */
+  backward(dy: Tensor, options?: BackwardOptions & { inputGrad?: true }): Tensor;
+  backward(dy: Tensor, options: BackwardOptions): Tensor | null;
+  backward(dy: Tensor, options: BackwardOptions = {}): Tensor | null {
     const x = this.#input;
     if (!x) throw new InvalidArgumentError("Cannot run a linear layer backward: call forward first");
     checkGrad(dy, x.shape[0], this.outFeatures, this.dtype, "a linear layer");
@@ -186,7 +198,7 @@ export class Linear implements Disposable {
       this.#overwriteGrad = false;
     }
     this.#input = null;
-    return matmul(dy, this.weight);
+    return options.inputGrad === false ? null : matmul(dy, this.weight);
   }
 
   /** The next backward overwrites the gradient instead of adding to it. */
@@ -457,8 +469,10 @@ export class LoRALinear implements Disposable {
     return y;
   }
 
-  /** Accumulates dA and dB and returns dx; W gets no gradient. */
-  backward(dy: Tensor): Tensor {
+  /** Accumulates dA and dB and returns dx (null with `inputGrad: false`); W gets no gradient. */
+  backward(dy: Tensor, options?: BackwardOptions & { inputGrad?: true }): Tensor;
+  backward(dy: Tensor, options: BackwardOptions): Tensor | null;
+  backward(dy: Tensor, options: BackwardOptions = {}): Tensor | null {
     const saved = this.#saved;
     if (this.#merged) {
       throw new InvalidArgumentError("Cannot run a LoRA layer backward while merged: unmerge() first");
@@ -479,6 +493,10 @@ export class LoRALinear implements Disposable {
       matmul(dh, dropped ?? x, { transA: true, beta, out: this.#gradA });
     }
     this.#overwriteGrad = false;
+    if (options.inputGrad === false) {
+      this.#dropSaved();
+      return null;
+    }
     // dx = dy W + dropout'(dh A)
     const dx = this.#baseTimes(dy, false);
     try {

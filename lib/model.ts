@@ -337,12 +337,19 @@ class Block {
     return out;
   }
 
-  /** From d(out) to d(x); adds weight gradients. Frees the saved activations. */
-  backward(dout: Tensor, keepInput: boolean): Tensor {
+  /**
+   * From d(out) to d(x); adds weight gradients. Frees the saved activations. With `inputGrad` false
+   * (nothing upstream trains: frozen embeddings, frozen norms) it stops at the q, k, v projections'
+   * parameter gradients and returns null.
+   */
+  backward(dout: Tensor, keepInput: boolean, inputGrad = true): Tensor | null {
     const s = this.saved;
     if (!s) throw new InvalidArgumentError("Cannot run a block backward: call forward first");
     const c = this.model.config, p = this.proj, hs = this.headShape;
     const train = this.model.mode === "full";
+    if (!inputGrad && train) {
+      throw new InvalidArgumentError("Cannot skip a block's input gradient in full mode: its norms train");
+    }
     // MLP
     const dact = p.down_proj.backward(dout);
     const { dgate, dup } = swigluBackward(dact, s.gate, s.up);
@@ -367,6 +374,16 @@ class Block {
     datt.dispose();
     rope(dq, hs, c.ropeTheta, true);
     rope(dk, { ...hs, heads: c.kvHeads }, c.ropeTheta, true);
+    if (!inputGrad) {
+      for (const [layer, d] of [[p.q_proj, dq], [p.k_proj, dk], [p.v_proj, dv]] as const) {
+        layer.backward(d, { inputGrad: false });
+        d.dispose();
+      }
+      dx2.dispose();
+      disposeSaved(s, keepInput);
+      this.saved = null;
+      return null;
+    }
     const dn1 = p.q_proj.backward(dq);
     for (const [layer, d] of [[p.k_proj, dk], [p.v_proj, dv]] as const) {
       const part = layer.backward(d);
@@ -665,7 +682,7 @@ export class LlamaModel implements Disposable {
     const p = this.#pending;
     if (!p) throw new InvalidArgumentError("Cannot run the model backward: call forward first");
     const full = this.mode === "full";
-    let d = this.#lmHead.backward(p.logits);
+    let d: Tensor | null = this.#lmHead.backward(p.logits);
     if (full) {
       this.#finalNormGrad ??= Tensor.zeros([this.config.dim], {
         dtype: this.dtype,
@@ -679,9 +696,11 @@ export class LlamaModel implements Disposable {
     for (let i = this.#blocks.length - 1; i >= 0; i--) {
       const block = this.#blocks[i];
       if (this.checkpointing) block.forward(p.inputs[i]).dispose(); // recompute this block's activations
-      const dx = block.backward(d, true);
+      // Frozen embeddings (lora, qlora): nothing needs the gradient of the first block's input.
+      const dx: Tensor | null = block.backward(d, true, full || i > 0);
       d.dispose();
       d = dx;
+      if (!d) break;
     }
     if (full) {
       this.#embedGrad ??= Tensor.zeros(this.#embed.shape, {
@@ -689,9 +708,9 @@ export class LlamaModel implements Disposable {
         category: "gradients",
         device: this.device,
       });
-      embeddingBackward(p.tokens, d, this.#embedGrad);
+      embeddingBackward(p.tokens, d!, this.#embedGrad);
     }
-    d.dispose();
+    d?.dispose();
     this.#release();
   }
 

@@ -247,6 +247,33 @@ for (const base of ["f32", "nf4"] as const) {
   }
 }
 
+Deno.test("backward with inputGrad: false gives null and the same parameter gradients, allocating no dx", () => {
+  const [m, inp, out] = [6, 64, 48];
+  using x = Tensor.randn([m, inp], { seed: 2, device });
+  using dy = Tensor.randn([m, out], { seed: 3, device });
+  using w = Tensor.randn([out, inp], { std: 0.05, seed: 4, device });
+  using linear = new Linear(inp, out, { seed: 1, device });
+  using lora = LoRALinear.fromWeight(w, { rank: 4, alpha: 8, dropout: 0.3, base: "f32", seed: 5 });
+  lora.loraB.copyFrom(normalValues(out * 4, 6, 0.1));
+  const grads = () => [linear.grad!, lora.gradA!, lora.gradB!].map((g) => g.toFloat32());
+  const run = (inputGrad: boolean) => {
+    linear.zeroGrad(), lora.zeroGrad();
+    using _a = linear.forward(x);
+    using _b = lora.forward(x, { dropoutSeed: 9 });
+    const before = device.memory().totalCurrent;
+    const dx = [linear.backward(dy, { inputGrad }), lora.backward(dy, { inputGrad })];
+    const grown = device.memory().totalCurrent - before;
+    for (const d of dx) d?.dispose();
+    return { dx, grown, grads: grads() };
+  };
+  run(true); // the first backward allocates the gradients
+  const full = run(true), skipped = run(false);
+  assert(full.dx.every((d) => d !== null), "dx by default");
+  assertEquals(skipped.dx, [null, null]);
+  for (let i = 0; i < full.grads.length; i++) assertEquals(skipped.grads[i], full.grads[i], `gradient ${i}`);
+  assertEquals(full.grown - skipped.grown, 2 * m * inp * 4, "the only difference in memory: the two f32 dx");
+});
+
 Deno.test("LoRALinear: a new layer computes its base exactly (B = 0), and A is Kaiming-uniform", () => {
   using w = Tensor.randn([32, 100], { std: 0.02, seed: 1, device });
   using layer = LoRALinear.fromWeight(w, { rank: 8, base: "f32" });
