@@ -225,13 +225,14 @@ async function writeAtomically(
  * @example
  * ```ts
  * import { getDevice, quantizeCheckpoint, writeSafetensors } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * const dir = await Deno.makeTempDir();
  * const w = new Float32Array(64 * 64).map((_, i) => Math.sin(i));
  * await writeSafetensors(`${dir}/in.safetensors`, [
  *   { name: "w", dtype: "F32", shape: [64, 64], data: new Uint8Array(w.buffer) },
  * ]);
  * const reports = await quantizeCheckpoint(getDevice("cpu"), `${dir}/in.safetensors`, `${dir}/out.safetensors`);
- * console.assert(reports[0].action === "quantized");
+ * assert(reports[0].action === "quantized");
  * await Deno.remove(dir, { recursive: true });
  * ```
  */
@@ -393,6 +394,7 @@ async function loadGroup(device: Device, reader: SafetensorsReader, g: QuantGrou
  * @example
  * ```ts
  * import { dequantizeCheckpoint, getDevice, quantizeCheckpoint, writeSafetensors } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * const dir = await Deno.makeTempDir();
  * const w = new Float32Array(64 * 64).map((_, i) => Math.cos(i));
  * await writeSafetensors(`${dir}/a.safetensors`, [
@@ -400,7 +402,7 @@ async function loadGroup(device: Device, reader: SafetensorsReader, g: QuantGrou
  * ]);
  * await quantizeCheckpoint(getDevice("cpu"), `${dir}/a.safetensors`, `${dir}/q.safetensors`);
  * const reports = await dequantizeCheckpoint(getDevice("cpu"), `${dir}/q.safetensors`, `${dir}/d.safetensors`);
- * console.assert(reports[0].action === "dequantized");
+ * assert(reports[0].action === "dequantized");
  * await Deno.remove(dir, { recursive: true });
  * ```
  */

@@ -19,10 +19,11 @@
  * @example
  * ```ts
  * import { ByteTokenizer, loadCorpus, TextDataset } from "./data.ts";
+ * import { assert } from "@std/assert";
  * const text = await loadCorpus("brown", { maxChars: 20_000 });
  * const data = TextDataset.fromText(text, { tokenizer: new ByteTokenizer(), validationFraction: 0.1 });
  * const batch = data.batches({ batchSize: 4, seqLen: 64, seed: 1 }).sample();
- * console.assert(batch.inputs.length === 4 * 64 && batch.targets[0] === batch.inputs[1]);
+ * assert(batch.inputs.length === 4 * 64 && batch.targets[0] === batch.inputs[1]);
  * ```
  *
  * @module
@@ -64,8 +65,9 @@ export interface CorpusDocument {
  * @example
  * ```ts
  * import { loadCorpus } from "./data.ts";
+ * import { assert } from "@std/assert";
  * const text = await loadCorpus("brown", { maxChars: 200 });
- * console.assert(text.startsWith("The Fulton County Grand Jury said Friday") && text.length === 200);
+ * assert(text.startsWith("The Fulton County Grand Jury said Friday") && text.length === 200);
  * ```
  */
 export async function loadCorpus(name: CorpusName, options: LoadCorpusOptions = {}): Promise<string> {
@@ -81,8 +83,9 @@ export async function loadCorpus(name: CorpusName, options: LoadCorpusOptions = 
  * @example
  * ```ts
  * import { loadDocuments } from "./data.ts";
+ * import { assert } from "@std/assert";
  * const docs = await loadDocuments("moby-dick", { maxChars: 5_000 });
- * console.assert(docs[0].id === "etymology" && docs[0].text.startsWith("ETYMOLOGY."));
+ * assert(docs[0].id === "etymology" && docs[0].text.startsWith("ETYMOLOGY."));
  * ```
  */
 export async function loadDocuments(
@@ -153,8 +156,9 @@ export async function loadDocuments(
  * @example
  * ```ts
  * import { stripBrownTags } from "./data.ts";
+ * import { assert } from "@std/assert";
  * const s = stripBrownTags("\tThe/at jury/nn said/vbd ``/`` no/at ''/'' ,/, it/pps did/dod ./.\n");
- * console.assert(s === 'The jury said "no", it did.');
+ * assert(s === 'The jury said "no", it did.');
  * ```
  */
 export function stripBrownTags(tagged: string): string {
@@ -276,11 +280,12 @@ const encoder = new TextEncoder();
  * @example
  * ```ts
  * import { ByteTokenizer } from "./data.ts";
+ * import { assert } from "@std/assert";
  * const tok = new ByteTokenizer({ padVocabTo: 64 });
  * const ids = tok.encode("héllo", { bos: true }); // [257, 104, 195, 169, 108, 108, 111]
- * console.assert(tok.vocabSize === 320 && ids.length === 7 && tok.decode(ids) === "héllo");
+ * assert(tok.vocabSize === 320 && ids.length === 7 && tok.decode(ids) === "héllo");
  * const again = ByteTokenizer.fromJSON(JSON.stringify(tok));
- * console.assert(again.vocabSize === 320);
+ * assert(again.vocabSize === 320);
  * ```
  */
 export class ByteTokenizer {
@@ -392,8 +397,9 @@ export class ByteTokenizer {
  * @example
  * ```ts
  * import { Xorshift128 } from "./data.ts";
+ * import { assert } from "@std/assert";
  * const a = new Xorshift128(42), b = new Xorshift128(42);
- * console.assert(a.nextUint32() === b.nextUint32() && a.nextInt(10) < 10 && a.nextFloat() < 1);
+ * assert(a.nextUint32() === b.nextUint32() && a.nextInt(10) < 10 && a.nextFloat() < 1);
  * ```
  */
 export class Xorshift128 {
@@ -518,14 +524,15 @@ export interface DocumentSplit {
  * @example
  * ```ts
  * import { TextDataset } from "./data.ts";
+ * import { assert } from "@std/assert";
  * const docs = ["first document.", "second one.", "third.", "fourth and last."];
  * const data = TextDataset.fromDocuments(docs, { validationFraction: 0.25, seed: 7 });
- * console.assert(data.split!.validation.length === 1 && data.split!.train.length === 3);
+ * assert(data.split!.validation.length === 1 && data.split!.train.length === 3);
  * const b = data.batches({ batchSize: 2, seqLen: 8, seed: 0 }).sample();
- * console.assert(b.inputs.length === 16 && b.inputs[1] === b.targets[0]);
+ * assert(b.inputs.length === 16 && b.inputs[1] === b.targets[0]);
  * let windows = 0;
  * for (const v of data.validationBatches({ batchSize: 4, seqLen: 4 })) windows += v.batchSize;
- * console.assert(windows === data.validationWindows(4));
+ * assert(windows === data.validationWindows(4));
  * ```
  */
 export class TextDataset {
@@ -649,10 +656,11 @@ export class TextDataset {
  * @example
  * ```ts
  * import { BatchSampler } from "./data.ts";
+ * import { assert } from "@std/assert";
  * const tokens = Int32Array.from({ length: 100 }, (_, i) => i);
  * const s = new BatchSampler(tokens, { batchSize: 3, seqLen: 5, seed: 1 });
  * const { inputs, targets } = s.sample();
- * console.assert(inputs.length === 15 && targets[0] === inputs[0] + 1);
+ * assert(inputs.length === 15 && targets[0] === inputs[0] + 1);
  * ```
  */
 export class BatchSampler {

@@ -20,7 +20,23 @@ import { type Category, categoryCode, formatBytes, LedgerSnapshot, parseBytes } 
 /** Frees device memory on request (see {@linkcode Device.onMemoryPressure}); returns the bytes freed. */
 export type PressureHandler = (bytesNeeded: number) => number;
 
-/** A backend of the native library with its ledger. */
+/**
+ * A backend of the native library with its ledger.
+ *
+ * @example
+ * ```ts
+ * import { getDevice, OutOfMemoryError, Tensor } from "../mod.ts";
+ * import { assert, assertThrows } from "@std/assert";
+ * const device = getDevice("cpu");
+ * assert(device.backend === "cpu" && device.toString().startsWith("cpu: "));
+ * device.setMemoryBudget(device.memory().totalCurrent + 1024);
+ * try {
+ *   assertThrows(() => Tensor.empty([1024], { device }), OutOfMemoryError); // 4 KiB > 1 KiB left
+ * } finally {
+ *   device.setMemoryBudget(0);
+ * }
+ * ```
+ */
 export class Device {
   /** The opened native library (for lib/ modules; not a user API). */
   readonly native: NativeLibrary;
@@ -44,8 +60,9 @@ export class Device {
    * @example
    * ```ts
    * import { getDevice } from "./device.ts";
+   * import { assert } from "@std/assert";
    * const snap = getDevice("cpu").memory();
-   * console.assert(snap.totalCurrent >= 0);
+   * assert(snap.totalCurrent >= 0);
    * ```
    */
   memory(): LedgerSnapshot {
@@ -60,9 +77,10 @@ export class Device {
    * @example
    * ```ts
    * import { getDevice } from "./device.ts";
+   * import { assert } from "@std/assert";
    * const dev = getDevice("cpu");
    * dev.resetPeak();
-   * console.assert(dev.memory().totalPeak === dev.memory().totalCurrent);
+   * assert(dev.memory().totalPeak === dev.memory().totalCurrent);
    * ```
    */
   resetPeak(): void {
@@ -76,9 +94,10 @@ export class Device {
    * @example
    * ```ts
    * import { getDevice } from "./device.ts";
+   * import { assert } from "@std/assert";
    * const dev = getDevice("cpu");
    * dev.setMemoryBudget("6GiB");
-   * console.assert(dev.memory().budget === 6 * 2 ** 30);
+   * assert(dev.memory().budget === 6 * 2 ** 30);
    * dev.setMemoryBudget(0);
    * ```
    */
@@ -182,8 +201,9 @@ const devices = new Map<string, Device>();
  * @example
  * ```ts
  * import { getDevice } from "./device.ts";
+ * import { assert } from "@std/assert";
  * const cpu = getDevice("cpu");
- * console.assert(cpu === getDevice("cpu"));
+ * assert(cpu === getDevice("cpu"));
  * ```
  */
 export function getDevice(backend?: Backend | "auto"): Device {
@@ -209,7 +229,8 @@ export function getDevice(backend?: Backend | "auto"): Device {
  * @example
  * ```ts
  * import { backendAvailable } from "./device.ts";
- * console.assert(backendAvailable("cpu"));
+ * import { assert } from "@std/assert";
+ * assert(backendAvailable("cpu"));
  * ```
  */
 export function backendAvailable(backend: Backend): boolean {
@@ -241,7 +262,8 @@ export function setMemoryBudget(bytes: number | string, device: Device = getDevi
  * @example
  * ```ts
  * import { memory } from "./device.ts";
- * console.assert(memory().liveAllocations >= 0);
+ * import { assert } from "@std/assert";
+ * assert(memory().liveAllocations >= 0);
  * ```
  */
 export function memory(device: Device = getDevice()): LedgerSnapshot {

@@ -24,7 +24,8 @@ const SIZES: Record<DType, number> = { f32: 4, bf16: 2, f16: 2, u8: 1, i32: 4 };
  * @example
  * ```ts
  * import { dtypeSize } from "./dtype.ts";
- * console.assert(dtypeSize("bf16") === 2);
+ * import { assert } from "@std/assert";
+ * assert(dtypeSize("bf16") === 2);
  * ```
  */
 export function dtypeSize(dtype: DType): number {
@@ -37,7 +38,8 @@ export function dtypeSize(dtype: DType): number {
  * @example
  * ```ts
  * import { dtypeCode } from "./dtype.ts";
- * console.assert(dtypeCode("f16") === 2);
+ * import { assert } from "@std/assert";
+ * assert(dtypeCode("f16") === 2);
  * ```
  */
 export function dtypeCode(dtype: DType): number {
@@ -76,7 +78,8 @@ export type HostArray = Float32Array | Uint16Array | Uint8Array | Int32Array;
  * @example
  * ```ts
  * import { hostArray } from "./dtype.ts";
- * console.assert(hostArray("bf16", 4) instanceof Uint16Array);
+ * import { assert } from "@std/assert";
+ * assert(hostArray("bf16", 4) instanceof Uint16Array);
  * ```
  */
 export function hostArray(dtype: DType, n: number): HostArray {
@@ -102,7 +105,8 @@ const u32 = new Uint32Array(f32.buffer);
  * @example
  * ```ts
  * import { bf16ToF32, f32ToBf16 } from "./dtype.ts";
- * console.assert(bf16ToF32(f32ToBf16(new Float32Array([1.5])))[0] === 1.5);
+ * import { assert } from "@std/assert";
+ * assert(bf16ToF32(f32ToBf16(new Float32Array([1.5])))[0] === 1.5);
  * ```
  */
 export function f32ToBf16(values: Float32Array): Uint16Array {
@@ -122,7 +126,8 @@ export function f32ToBf16(values: Float32Array): Uint16Array {
  * @example
  * ```ts
  * import { bf16ToF32 } from "./dtype.ts";
- * console.assert(bf16ToF32(new Uint16Array([0x3f80]))[0] === 1);
+ * import { assert } from "@std/assert";
+ * assert(bf16ToF32(new Uint16Array([0x3f80]))[0] === 1);
  * ```
  */
 export function bf16ToF32(bits: Uint16Array): Float32Array {
@@ -138,7 +143,8 @@ export function bf16ToF32(bits: Uint16Array): Float32Array {
  * @example
  * ```ts
  * import { f16ToF32 } from "./dtype.ts";
- * console.assert(f16ToF32(new Uint16Array([0x3c00]))[0] === 1);
+ * import { assert } from "@std/assert";
+ * assert(f16ToF32(new Uint16Array([0x3c00]))[0] === 1);
  * ```
  */
 export function f16ToF32(bits: Uint16Array): Float32Array {
@@ -161,7 +167,8 @@ export function f16ToF32(bits: Uint16Array): Float32Array {
  * @example
  * ```ts
  * import { f16ToF32, f32ToF16 } from "./dtype.ts";
- * console.assert(f16ToF32(f32ToF16(new Float32Array([0.5])))[0] === 0.5);
+ * import { assert } from "@std/assert";
+ * assert(f16ToF32(f32ToF16(new Float32Array([0.5])))[0] === 0.5);
  * ```
  */
 export function f32ToF16(values: Float32Array): Uint16Array {
@@ -203,7 +210,8 @@ export function f32ToF16(values: Float32Array): Uint16Array {
  * @example
  * ```ts
  * import { toFloat32 } from "./dtype.ts";
- * console.assert(toFloat32(new Uint16Array([0x4000]), "bf16")[0] === 2);
+ * import { assert } from "@std/assert";
+ * assert(toFloat32(new Uint16Array([0x4000]), "bf16")[0] === 2);
  * ```
  */
 export function toFloat32(raw: HostArray, dtype: FloatDType): Float32Array {
@@ -217,7 +225,8 @@ export function toFloat32(raw: HostArray, dtype: FloatDType): Float32Array {
  * @example
  * ```ts
  * import { fromFloat32 } from "./dtype.ts";
- * console.assert(fromFloat32(new Float32Array([2]), "bf16")[0] === 0x4000);
+ * import { assert } from "@std/assert";
+ * assert(fromFloat32(new Float32Array([2]), "bf16")[0] === 0x4000);
  * ```
  */
 export function fromFloat32(values: Float32Array, dtype: FloatDType): Float32Array | Uint16Array {

@@ -33,8 +33,9 @@ export class QloraError extends Error {
  * @example
  * ```ts
  * import { InvalidArgumentError } from "./errors.ts";
+ * import { assert } from "@std/assert";
  * const e = new InvalidArgumentError("Cannot quantize: blocksize 3 is not a power of two");
- * console.assert(e.name === "InvalidArgumentError");
+ * assert(e.name === "InvalidArgumentError");
  * ```
  */
 export class InvalidArgumentError extends QloraError {}
@@ -45,7 +46,8 @@ export class InvalidArgumentError extends QloraError {}
  * @example
  * ```ts
  * import { NonFiniteError } from "./errors.ts";
- * console.assert(new NonFiniteError("Cannot quantize: NaN at 3").name === "NonFiniteError");
+ * import { assert } from "@std/assert";
+ * assert(new NonFiniteError("Cannot quantize: NaN at 3").name === "NonFiniteError");
  * ```
  */
 export class NonFiniteError extends QloraError {}
@@ -57,7 +59,8 @@ export class NonFiniteError extends QloraError {}
  * @example
  * ```ts
  * import { BackendError } from "./errors.ts";
- * console.assert(new BackendError("Cannot load: missing").name === "BackendError");
+ * import { assert } from "@std/assert";
+ * assert(new BackendError("Cannot load: missing").name === "BackendError");
  * ```
  */
 export class BackendError extends QloraError {}
@@ -68,7 +71,8 @@ export class BackendError extends QloraError {}
  * @example
  * ```ts
  * import { DisposedError } from "./errors.ts";
- * console.assert(new DisposedError("Cannot read: disposed").name === "DisposedError");
+ * import { assert } from "@std/assert";
+ * assert(new DisposedError("Cannot read: disposed").name === "DisposedError");
  * ```
  */
 export class DisposedError extends QloraError {}
@@ -79,7 +83,8 @@ export class DisposedError extends QloraError {}
  * @example
  * ```ts
  * import { SafetensorsError } from "./errors.ts";
- * console.assert(new SafetensorsError("Cannot read x: truncated").name === "SafetensorsError");
+ * import { assert } from "@std/assert";
+ * assert(new SafetensorsError("Cannot read x: truncated").name === "SafetensorsError");
  * ```
  */
 export class SafetensorsError extends QloraError {}
@@ -108,10 +113,11 @@ export interface OutOfMemoryDetails {
  * @example
  * ```ts
  * import { OutOfMemoryError } from "./errors.ts";
+ * import { assert } from "@std/assert";
  * const e = new OutOfMemoryError("Cannot allocate 1 GiB", {
  *   requested: 2 ** 30, category: "activations", budget: 2 ** 29, current: {}, totalCurrent: 0,
  * });
- * console.assert(e.details.requested === 2 ** 30);
+ * assert(e.details.requested === 2 ** 30);
  * ```
  */
 export class OutOfMemoryError extends QloraError {

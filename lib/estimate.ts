@@ -19,7 +19,8 @@
  * @example
  * ```ts
  * import { countParameters, estimateMemory, LLAMA_CONFIGS } from "../mod.ts";
- * console.assert(countParameters(LLAMA_CONFIGS["7b"]).total === 6_738_415_616);
+ * import { assert } from "@std/assert";
+ * assert(countParameters(LLAMA_CONFIGS["7b"]).total === 6_738_415_616);
  * const e = estimateMemory(LLAMA_CONFIGS["7b"], { mode: "qlora", seq: 512, batch: 1 });
  * console.log((e.peak / 1e9).toFixed(2), "GB");
  * ```
@@ -58,7 +59,19 @@ export interface ParameterCounts {
   total: number;
 }
 
-/** `[out, in]` of each linear layer of a block. */
+/**
+ * `[out, in]` of each linear layer of a block.
+ *
+ * @example
+ * ```ts
+ * import { linearShapes, LLAMA_CONFIGS } from "../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * const shapes = linearShapes(LLAMA_CONFIGS["70b"]);
+ * assertEquals(shapes.q_proj, [8192, 8192]);
+ * assertEquals(shapes.k_proj, [1024, 8192]); // grouped-query attention: 8 KV heads of 128
+ * assertEquals(shapes.down_proj, [8192, 28672]);
+ * ```
+ */
 export function linearShapes(config: LlamaConfig): Record<TargetModule, [number, number]> {
   const hd = config.dim / config.heads;
   return {
@@ -78,8 +91,9 @@ export function linearShapes(config: LlamaConfig): Record<TargetModule, [number,
  * @example
  * ```ts
  * import { countParameters, LLAMA_CONFIGS } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * const p = countParameters(LLAMA_CONFIGS["7b"]);
- * console.assert(p.linearPerLayer === 202_375_168 && p.embedding === 131_072_000);
+ * assert(p.linearPerLayer === 202_375_168 && p.embedding === 131_072_000);
  * ```
  */
 export function countParameters(config: LlamaConfig): ParameterCounts {
@@ -98,7 +112,8 @@ export function countParameters(config: LlamaConfig): ParameterCounts {
  * @example
  * ```ts
  * import { adapterParameters, LLAMA_CONFIGS } from "../mod.ts";
- * console.assert(adapterParameters(LLAMA_CONFIGS["7b"], 8, ["q_proj"]) === 32 * 65_536);
+ * import { assert } from "@std/assert";
+ * assert(adapterParameters(LLAMA_CONFIGS["7b"], 8, ["q_proj"]) === 32 * 65_536);
  * ```
  */
 export function adapterParameters(
@@ -127,8 +142,9 @@ export interface QuantStorageOptions {
  * @example
  * ```ts
  * import { quantizedBytes } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * const b = quantizedBytes(4096 * 4096);
- * console.assert(b.packed === 8_388_608 && b.constants === 262_144 + 4 * 1024);
+ * assert(b.packed === 8_388_608 && b.constants === 262_144 + 4 * 1024);
  * ```
  */
 export function quantizedBytes(numel: number, options: QuantStorageOptions = {}): {
@@ -148,8 +164,9 @@ export function quantizedBytes(numel: number, options: QuantStorageOptions = {})
  * @example
  * ```ts
  * import { nf4BitsPerParameter } from "../mod.ts";
- * console.assert(Math.abs(nf4BitsPerParameter() - 4.127) < 1e-3);
- * console.assert(nf4BitsPerParameter({ doubleQuant: false }) === 4.5);
+ * import { assert } from "@std/assert";
+ * assert(Math.abs(nf4BitsPerParameter() - 4.127) < 1e-3);
+ * assert(nf4BitsPerParameter({ doubleQuant: false }) === 4.5);
  * ```
  */
 export function nf4BitsPerParameter(options: QuantStorageOptions = {}): number {
@@ -203,8 +220,9 @@ export interface MemoryEstimate {
  * @example
  * ```ts
  * import { estimateMemory, LLAMA_CONFIGS } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * const full = estimateMemory(LLAMA_CONFIGS["7b"], { mode: "full", seq: 64, batch: 1, masterWeights: false });
- * console.assert(full.bytes.optimizer_states === 8 * 6_738_415_616);
+ * assert(full.bytes.optimizer_states === 8 * 6_738_415_616);
  * ```
  */
 export function estimateMemory(config: LlamaConfig, options: EstimateOptions): MemoryEstimate {
@@ -281,7 +299,8 @@ export function estimateMemory(config: LlamaConfig, options: EstimateOptions): M
  * @example
  * ```ts
  * import { LLAMA_CONFIGS, maxSequenceWithin } from "../mod.ts";
- * console.assert(maxSequenceWithin(LLAMA_CONFIGS["7b"], { mode: "full", batch: 1 }, 6 * 2 ** 30) === 0);
+ * import { assert } from "@std/assert";
+ * assert(maxSequenceWithin(LLAMA_CONFIGS["7b"], { mode: "full", batch: 1 }, 6 * 2 ** 30) === 0);
  * ```
  */
 export function maxSequenceWithin(

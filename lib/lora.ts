@@ -105,12 +105,13 @@ export interface BackwardOptions {
  * @example
  * ```ts
  * import { Linear, Tensor } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * using layer = new Linear(64, 32);
  * using x = Tensor.randn([4, 64]);
  * using y = layer.forward(x);
  * using dy = Tensor.randn([4, 32]);
  * using dx = layer.backward(dy);
- * console.assert(layer.grad!.shape[1] === 64 && dx.shape[1] === 64);
+ * assert(layer.grad!.shape[1] === 64 && dx.shape[1] === 64);
  * ```
  */
 export class Linear implements Disposable {
@@ -254,14 +255,15 @@ export interface LoRAOptions {
  * @example
  * ```ts
  * import { LoRALinear, Tensor } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * using w = Tensor.randn([256, 128], { std: 0.02 });
  * using layer = LoRALinear.fromWeight(w, { rank: 8, alpha: 16, base: "nf4", computeDtype: "f32" });
- * console.assert(layer.trainableParameters === 8 * (128 + 256));
+ * assert(layer.trainableParameters === 8 * (128 + 256));
  * using x = Tensor.randn([4, 128]);
  * using y = layer.forward(x);
  * using dy = Tensor.randn([4, 256]);
  * using dx = layer.backward(dy);
- * console.assert(layer.gradA!.shape[0] === 8 && dx.shape[1] === 128);
+ * assert(layer.gradA!.shape[0] === 8 && dx.shape[1] === 128);
  * ```
  */
 export class LoRALinear implements Disposable {

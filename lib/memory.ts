@@ -14,8 +14,9 @@ import { InvalidArgumentError } from "./errors.ts";
  * @example
  * ```ts
  * import { JUPYTER_DISPLAY } from "./memory.ts";
+ * import { assert } from "@std/assert";
  * const card = { [JUPYTER_DISPLAY]: () => ({ "text/plain": "hello" }) };
- * console.assert(card[JUPYTER_DISPLAY]()["text/plain"] === "hello");
+ * assert(card[JUPYTER_DISPLAY]()["text/plain"] === "hello");
  * ```
  */
 export const JUPYTER_DISPLAY: unique symbol = Symbol.for("Jupyter.display") as typeof JUPYTER_DISPLAY;
@@ -49,7 +50,8 @@ export const CATEGORIES: readonly Category[] = [
  * @example
  * ```ts
  * import { categoryCode } from "./memory.ts";
- * console.assert(categoryCode("gradients") === 4);
+ * import { assert } from "@std/assert";
+ * assert(categoryCode("gradients") === 4);
  * ```
  */
 export function categoryCode(category: Category): number {
@@ -68,7 +70,8 @@ export function categoryCode(category: Category): number {
  * @example
  * ```ts
  * import { formatBytes } from "./memory.ts";
- * console.assert(formatBytes(1536 * 1024 * 1024) === "1.50 GiB");
+ * import { assert } from "@std/assert";
+ * assert(formatBytes(1536 * 1024 * 1024) === "1.50 GiB");
  * ```
  */
 export function formatBytes(bytes: number): string {
@@ -88,8 +91,9 @@ export function formatBytes(bytes: number): string {
  * @example
  * ```ts
  * import { parseBytes } from "./memory.ts";
- * console.assert(parseBytes("6GiB") === 6 * 2 ** 30);
- * console.assert(parseBytes("6GB") === 6e9);
+ * import { assert } from "@std/assert";
+ * assert(parseBytes("6GiB") === 6 * 2 ** 30);
+ * assert(parseBytes("6GB") === 6e9);
  * ```
  */
 export function parseBytes(text: string | number): number {
@@ -114,7 +118,21 @@ export function parseBytes(text: string | number): number {
   return Math.round(value * powers[unit]);
 }
 
-/** A snapshot of the ledger of one device. */
+/**
+ * A snapshot of the ledger of one device.
+ *
+ * @example
+ * ```ts
+ * import { getDevice, Tensor } from "../mod.ts";
+ * import { assert, assertEquals } from "@std/assert";
+ * const device = getDevice("cpu");
+ * const before = device.memory();
+ * using t = Tensor.zeros([256], { category: "gradients", device });
+ * const after = device.memory();
+ * assertEquals(after.current.gradients - before.current.gradients, t.byteLength); // 1024 bytes
+ * assert(after.toString().includes("gradients"));
+ * ```
+ */
 export class LedgerSnapshot {
   /** Backend the figures belong to. */
   readonly backend: string;
@@ -145,8 +163,9 @@ export class LedgerSnapshot {
    * @example
    * ```ts
    * import { LedgerSnapshot } from "./memory.ts";
+   * import { assert } from "@std/assert";
    * const s = LedgerSnapshot.fromWords("cpu", new BigUint64Array(25));
-   * console.assert(s.totalCurrent === 0);
+   * assert(s.totalCurrent === 0);
    * ```
    */
   static fromWords(backend: string, w: BigUint64Array): LedgerSnapshot {

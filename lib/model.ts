@@ -449,13 +449,14 @@ class Block {
  * @example
  * ```ts
  * import { LlamaModel, Tensor } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * using model = new LlamaModel({ vocabSize: 64, dim: 32, layers: 1, heads: 2, kvHeads: 2, hiddenDim: 64,
  *   maxSeq: 16, normEps: 1e-5, ropeTheta: 10000 }, { mode: "lora", rank: 4 });
  * using tokens = Tensor.from(new Int32Array(16).map((_, i) => i % 64), { shape: [2, 8] });
  * using targets = Tensor.from(new Int32Array(16).map((_, i) => (i + 1) % 64), { shape: [2, 8] });
  * const loss = model.forward(tokens, targets);
  * model.backward();
- * console.assert(loss > 0 && model.trainables().length === 14);
+ * assert(loss > 0 && model.trainables().length === 14);
  * ```
  */
 export class LlamaModel implements Disposable {
@@ -758,6 +759,24 @@ export class LlamaModel implements Disposable {
 /**
  * Saves a model's base weights (f32, Hugging Face names) to a safetensors file, with its config in the
  * metadata.
+ *
+ * @example
+ * ```ts
+ * import { LlamaModel, readSafetensors, saveWeights } from "../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * const config = { vocabSize: 64, dim: 32, layers: 1, heads: 2, kvHeads: 2, hiddenDim: 64, maxSeq: 16,
+ *   normEps: 1e-5, ropeTheta: 10000 };
+ * using model = new LlamaModel(config);
+ * const path = await Deno.makeTempFile({ suffix: ".safetensors" });
+ * try {
+ *   await saveWeights(model, path);
+ *   const file = await readSafetensors(path);
+ *   assertEquals(file.size, 12); // embedding, 2 norms + 7 linears of the block, final norm, LM head
+ *   assertEquals(file.get("model.layers.0.self_attn.q_proj.weight")!.info.shape, [32, 32]);
+ * } finally {
+ *   await Deno.remove(path);
+ * }
+ * ```
  */
 export async function saveWeights(model: LlamaModel, path: string): Promise<void> {
   const tensors = [...model.namedWeights()].map(([name, t]) => ({
@@ -772,6 +791,26 @@ export async function saveWeights(model: LlamaModel, path: string): Promise<void
 /**
  * Reads weights saved by {@linkcode saveWeights} (or any F32/BF16/F16 safetensors file with Hugging Face
  * LLaMA names) as a {@linkcode WeightSource}, with the config stored beside them when present.
+ *
+ * @example
+ * ```ts
+ * import { LlamaModel, loadWeights, saveWeights } from "../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * const config = { vocabSize: 64, dim: 32, layers: 1, heads: 2, kvHeads: 2, hiddenDim: 64, maxSeq: 16,
+ *   normEps: 1e-5, ropeTheta: 10000 };
+ * using trained = new LlamaModel(config, { seed: 1 });
+ * const path = await Deno.makeTempFile({ suffix: ".safetensors" });
+ * try {
+ *   await saveWeights(trained, path);
+ *   const loaded = await loadWeights(path);
+ *   assertEquals(loaded.config, config);
+ *   using copy = new LlamaModel(loaded.config!, { mode: "lora", rank: 4, weights: loaded.weights });
+ *   const name = "model.layers.0.mlp.down_proj.weight";
+ *   assertEquals(copy.namedWeights().get(name), trained.namedWeights().get(name));
+ * } finally {
+ *   await Deno.remove(path);
+ * }
+ * ```
  */
 export async function loadWeights(path: string): Promise<{ weights: WeightSource; config?: LlamaConfig }> {
   const file = await readSafetensors(path);

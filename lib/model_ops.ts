@@ -40,10 +40,11 @@ const like = (t: Tensor, category: Category = "activations") =>
  * @example
  * ```ts
  * import { embeddingForward, Tensor } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * using table = Tensor.from([0, 1, 10, 11], { shape: [2, 2] });
  * using tokens = Tensor.from(new Int32Array([1, 0]));
  * using out = embeddingForward(tokens, table);
- * console.assert(out.toFloat32()[0] === 10);
+ * assert(out.toFloat32()[0] === 10);
  * ```
  */
 export function embeddingForward(tokens: Tensor, table: Tensor): Tensor {
@@ -72,7 +73,20 @@ export function embeddingForward(tokens: Tensor, table: Tensor): Tensor {
   return out;
 }
 
-/** `dtable[tokens[r]] += dout[r]`. */
+/**
+ * `dtable[tokens[r]] += dout[r]`.
+ *
+ * @example
+ * ```ts
+ * import { embeddingBackward, Tensor } from "../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * using tokens = Tensor.from(new Int32Array([1, 1, 0]));
+ * using dout = Tensor.from([1, 2, 3, 4, 5, 6], { shape: [3, 2] });
+ * using dtable = Tensor.zeros([2, 2]);
+ * embeddingBackward(tokens, dout, dtable);
+ * assertEquals([...dtable.toFloat32()], [5, 6, 4, 6]); // row 1 gets rows 0 and 1 of dout
+ * ```
+ */
 export function embeddingBackward(tokens: Tensor, dout: Tensor, dtable: Tensor): void {
   const what = "back-propagate embeddings";
   const dtype = actDtype(dtable, what);
@@ -107,10 +121,11 @@ export interface RmsnormResult {
  * @example
  * ```ts
  * import { rmsnormForward, Tensor } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * using x = Tensor.from([3, 4], { shape: [1, 2] });
  * using w = Tensor.from([1, 1]);
  * const { out, rstd } = rmsnormForward(x, w, 1e-6);
- * console.assert(Math.abs(out.toFloat32()[1] - 4 / Math.sqrt(12.5)) < 1e-4);
+ * assert(Math.abs(out.toFloat32()[1] - 4 / Math.sqrt(12.5)) < 1e-4);
  * out.dispose();
  * rstd.dispose();
  * ```
@@ -145,7 +160,25 @@ export function rmsnormForward(x: Tensor, weight: Tensor, eps = 1e-5): RmsnormRe
   return { out, rstd };
 }
 
-/** dx of RMSNorm (a new tensor); adds the weight gradient into `dweight` unless it is null (frozen). */
+/**
+ * dx of RMSNorm (a new tensor); adds the weight gradient into `dweight` unless it is null (frozen).
+ *
+ * @example
+ * ```ts
+ * import { rmsnormBackward, rmsnormForward, Tensor } from "../mod.ts";
+ * import { assert } from "@std/assert";
+ * using x = Tensor.from([3, 4], { shape: [1, 2] });
+ * using w = Tensor.from([1, 1]);
+ * const fwd = rmsnormForward(x, w, 1e-6);
+ * using out = fwd.out, rstd = fwd.rstd;
+ * using dout = Tensor.from([1, 0], { shape: [1, 2] });
+ * using dweight = Tensor.zeros([2]);
+ * using dx = rmsnormBackward(dout, x, w, rstd, dweight);
+ * const [a, b] = dx.toFloat32();
+ * assert(Math.abs(3 * a + 4 * b) < 1e-5); // scaling x leaves the output unchanged: dx is orthogonal to x
+ * assert(Math.abs(dweight.toFloat32()[0] - out.toFloat32()[0]) < 1e-6); // dweight = dout * x / rms
+ * ```
+ */
 export function rmsnormBackward(
   dout: Tensor,
   x: Tensor,
@@ -196,11 +229,12 @@ export interface HeadShape {
  * @example
  * ```ts
  * import { rope, Tensor } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * using q = Tensor.randn([4, 8]);
  * const before = q.toFloat32();
  * rope(q, { batch: 1, seq: 4, heads: 2, headDim: 4 }, 10000, false);
  * rope(q, { batch: 1, seq: 4, heads: 2, headDim: 4 }, 10000, true);
- * console.assert(Math.abs(q.toFloat32()[7] - before[7]) < 1e-5);
+ * assert(Math.abs(q.toFloat32()[7] - before[7]) < 1e-5);
  * ```
  */
 export function rope(x: Tensor, s: HeadShape, theta: number, inverse: boolean): void {
@@ -230,7 +264,25 @@ export interface AttentionResult {
   lse: Tensor;
 }
 
-/** Causal (grouped-query) attention. q `[batch*seq, heads*headDim]`, k and v `[batch*seq, kvHeads*headDim]`. */
+/**
+ * Causal (grouped-query) attention. q `[batch*seq, heads*headDim]`, k and v `[batch*seq, kvHeads*headDim]`.
+ *
+ * @example
+ * ```ts
+ * import { attentionForward, Tensor } from "../mod.ts";
+ * import { assert } from "@std/assert";
+ * const s = { batch: 1, seq: 2, heads: 1, kvHeads: 1, headDim: 2 };
+ * using q = Tensor.randn([2, 2], { seed: 1 });
+ * using k = Tensor.randn([2, 2], { seed: 2 });
+ * using v = Tensor.from([1, 2, 3, 4], { shape: [2, 2] });
+ * const fwd = attentionForward(q, k, v, s);
+ * using out = fwd.out, lse = fwd.lse;
+ * const o = out.toFloat32();
+ * assert(Math.abs(o[0] - 1) < 1e-6 && Math.abs(o[1] - 2) < 1e-6); // causal: token 0 sees only itself
+ * assert(o[2] > 1 && o[2] < 3 && Math.abs(o[3] - o[2] - 1) < 1e-5); // token 1 mixes both values
+ * assert(lse.numel === 2);
+ * ```
+ */
 export function attentionForward(
   q: Tensor,
   k: Tensor,
@@ -271,7 +323,28 @@ export function attentionForward(
   return { out, lse };
 }
 
-/** dq, dk, dv of attention (new tensors). */
+/**
+ * dq, dk, dv of attention (new tensors).
+ *
+ * @example
+ * ```ts
+ * import { attentionBackward, attentionForward, Tensor } from "../mod.ts";
+ * import { assert } from "@std/assert";
+ * const s = { batch: 1, seq: 2, heads: 1, kvHeads: 1, headDim: 2 };
+ * using q = Tensor.randn([2, 2], { seed: 1 });
+ * using k = Tensor.randn([2, 2], { seed: 2 });
+ * using v = Tensor.randn([2, 2], { seed: 3 });
+ * const fwd = attentionForward(q, k, v, s);
+ * using out = fwd.out, lse = fwd.lse;
+ * using dout = Tensor.from([1, 1, 1, 1], { shape: [2, 2] });
+ * const g = attentionBackward(dout, q, k, v, { out, lse }, s);
+ * using dq = g.dq, dk = g.dk, dv = g.dv;
+ * const dvs = dv.toFloat32(), dqs = dq.toFloat32(), dks = dk.toFloat32();
+ * assert(Math.abs(dvs[0] + dvs[2] - 2) < 1e-5); // attention weights sum to 1: dv sums to dout
+ * assert(Math.abs(dqs[0]) < 1e-6 && Math.abs(dqs[1]) < 1e-6); // token 0 attends to one key only
+ * assert(Math.abs(dks[0] + dks[2]) < 1e-5); // softmax ignores a shift of the scores: dk sums to 0
+ * ```
+ */
 export function attentionBackward(
   dout: Tensor,
   q: Tensor,
@@ -315,10 +388,11 @@ export function attentionBackward(
  * @example
  * ```ts
  * import { swigluForward, Tensor } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * using g = Tensor.from([0]);
  * using u = Tensor.from([5]);
  * using out = swigluForward(g, u);
- * console.assert(out.toFloat32()[0] === 0);
+ * assert(out.toFloat32()[0] === 0);
  * ```
  */
 export function swigluForward(gate: Tensor, up: Tensor): Tensor {
@@ -342,7 +416,22 @@ export function swigluForward(gate: Tensor, up: Tensor): Tensor {
   return out;
 }
 
-/** dgate and dup of SwiGLU (new tensors). */
+/**
+ * dgate and dup of SwiGLU (new tensors).
+ *
+ * @example
+ * ```ts
+ * import { swigluBackward, Tensor } from "../mod.ts";
+ * import { assert } from "@std/assert";
+ * using g = Tensor.from([0]);
+ * using u = Tensor.from([4]);
+ * using dout = Tensor.from([1]);
+ * const grads = swigluBackward(dout, g, u);
+ * using dgate = grads.dgate, dup = grads.dup;
+ * assert(dup.toFloat32()[0] === 0); // silu(0) = 0
+ * assert(Math.abs(dgate.toFloat32()[0] - 2) < 1e-6); // silu'(0) * up = 0.5 * 4
+ * ```
+ */
 export function swigluBackward(dout: Tensor, gate: Tensor, up: Tensor): { dgate: Tensor; dup: Tensor } {
   same(dout, gate, "back-propagate SwiGLU", "dout and gate");
   const dgate = like(gate), dup = like(up);
@@ -373,9 +462,10 @@ export function swigluBackward(dout: Tensor, gate: Tensor, up: Tensor): { dgate:
  * @example
  * ```ts
  * import { crossEntropy, Tensor } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * using logits = Tensor.from([0, 0], { shape: [1, 2] });
  * using targets = Tensor.from(new Int32Array([1]));
- * console.assert(Math.abs(crossEntropy(logits, targets, false).loss - Math.LN2) < 1e-6);
+ * assert(Math.abs(crossEntropy(logits, targets, false).loss - Math.LN2) < 1e-6);
  * ```
  */
 export function crossEntropy(
@@ -410,7 +500,18 @@ export function crossEntropy(
   return { loss: counted ? sum / counted : 0, counted };
 }
 
-/** Sets a tensor to zero. */
+/**
+ * Sets a tensor to zero.
+ *
+ * @example
+ * ```ts
+ * import { Tensor, zero } from "../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * using t = Tensor.from([1.5, -2, 3], { dtype: "bf16" });
+ * zero(t);
+ * assertEquals([...t.toFloat32()], [0, 0, 0]);
+ * ```
+ */
 export function zero(t: Tensor): void {
   t.device.check(t.device.native.symbols.qlora_memset(t.ptr, 0, BigInt(t.byteLength)));
 }

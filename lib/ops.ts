@@ -82,10 +82,11 @@ function outputFor(
  * @example
  * ```ts
  * import { matmul, Tensor } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * using a = Tensor.from([1, 2, 3, 4], { shape: [2, 2] });
  * using b = Tensor.from([1, 0, 0, 1], { shape: [2, 2] });
  * using c = matmul(a, b, { transB: true });
- * console.assert(c.toFloat32()[3] === 4);
+ * assert(c.toFloat32()[3] === 4);
  * ```
  */
 export function matmul(a: Tensor, b: Tensor, options: MatmulOptions = {}): Tensor {
@@ -159,11 +160,12 @@ export interface Matmul4bitOptions {
  * @example
  * ```ts
  * import { matmul4bit, quantize, Tensor } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * using w = Tensor.randn([128, 64], { std: 0.02 });
  * using q = quantize(w);
  * using x = Tensor.randn([4, 64]);
  * using y = matmul4bit(x, q, { transW: true });
- * console.assert(y.shape[1] === 128);
+ * assert(y.shape[1] === 128);
  * ```
  */
 export function matmul4bit(x: Tensor, w: QuantizedTensor, options: Matmul4bitOptions): Tensor {
@@ -239,10 +241,11 @@ function sameElements(x: Tensor, y: Tensor, what: string): void {
  * @example
  * ```ts
  * import { axpby, Tensor } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * using x = Tensor.from([1, 2]);
  * using y = Tensor.from([10, 20]);
  * axpby(2, x, 1, y);
- * console.assert(y.toFloat32()[1] === 24);
+ * assert(y.toFloat32()[1] === 24);
  * ```
  */
 export function axpby(alpha: number, x: Tensor, beta: number, y: Tensor): void {
@@ -260,9 +263,10 @@ export function axpby(alpha: number, x: Tensor, beta: number, y: Tensor): void {
  * @example
  * ```ts
  * import { dropout, Tensor } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * using x = Tensor.from([1, 1, 1, 1]);
  * using y = dropout(x, 0.5, 7);
- * console.assert(y.toFloat32().every((v) => v === 0 || v === 2));
+ * assert(y.toFloat32().every((v) => v === 0 || v === 2));
  * ```
  */
 export function dropout(
@@ -290,9 +294,10 @@ export function dropout(
  * @example
  * ```ts
  * import { fillUniform, Tensor } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * using t = Tensor.empty([100]);
  * fillUniform(t, -1, 1, 3);
- * console.assert(t.toFloat32().every((v) => v >= -1 && v < 1));
+ * assert(t.toFloat32().every((v) => v >= -1 && v < 1));
  * ```
  */
 export function fillUniform(t: Tensor, low: number, high: number, seed: number): void {

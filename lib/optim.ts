@@ -238,13 +238,14 @@ abstract class OptimizerBase implements Disposable {
  * @example
  * ```ts
  * import { AdamW, Linear, Tensor } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * using layer = new Linear(16, 8);
  * using opt = new AdamW(layer.trainables(), { lr: 1e-2 });
  * using x = Tensor.randn([4, 16]);
  * using y = layer.forward(x);
  * layer.backward(y).dispose();
  * opt.step();
- * console.assert(opt.stepCount === 1);
+ * assert(opt.stepCount === 1);
  * ```
  */
 export class AdamW extends OptimizerBase {
@@ -345,13 +346,14 @@ interface Segment {
  * @example
  * ```ts
  * import { Linear, PagedAdamW, Tensor } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * using layer = new Linear(64, 64);
  * using opt = new PagedAdamW(layer.trainables(), { pageSize: 4096 });
  * using x = Tensor.randn([2, 64]);
  * using y = layer.forward(x);
  * layer.backward(y).dispose();
  * opt.step();
- * console.assert(opt.stats().pages === 8);
+ * assert(opt.stats().pages === 8);
  * ```
  */
 export class PagedAdamW extends OptimizerBase {

@@ -12,8 +12,9 @@
  * @example
  * ```ts
  * import { barChart } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * const fig = barChart(["full", "LoRA r=8"], { trainable: [16_777_216, 65_536] }, { yTitle: "parameters" });
- * console.assert(fig.data.length === 1 && fig.toString().includes("bar"));
+ * assert(fig.data.length === 1 && fig.toString().includes("bar"));
  * ```
  *
  * @module
@@ -58,7 +59,8 @@ let plotlyIncluded = false;
  * @example
  * ```ts
  * import { plotlyJs } from "../mod.ts";
- * console.assert((await plotlyJs()).includes("window.Plotly"));
+ * import { assert } from "@std/assert";
+ * assert((await plotlyJs()).includes("window.Plotly"));
  * ```
  */
 export async function plotlyJs(): Promise<string> {
@@ -99,7 +101,19 @@ function titleText(layout: PlotlyLayout): string | undefined {
   return undefined;
 }
 
-/** A plotly figure: traces, layout and config, rendered by Jupyter front ends through its MIME bundle. */
+/**
+ * A plotly figure: traces, layout and config, rendered by Jupyter front ends through its MIME bundle.
+ *
+ * @example
+ * ```ts
+ * import { Figure } from "../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * const fig = new Figure([{ type: "bar", name: "bytes", x: ["full", "qlora"], y: [16, 4] }], { title: "memory" });
+ * assertEquals(fig.toString(), 'Figure "memory": bar "bytes" (2 points)');
+ * assertEquals(fig.toJSON().data[0].y, [16, 4]);
+ * assertEquals(fig.config.displaylogo, false);
+ * ```
+ */
 export class Figure {
   /** The traces. */
   readonly data: PlotlyTrace[];
@@ -140,8 +154,9 @@ export class Figure {
    * @example
    * ```ts
    * import { plot } from "../mod.ts";
+   * import { assert } from "@std/assert";
    * const html = await plot([{ type: "bar", x: ["a"], y: [1] }]).toHTML({ includePlotlyJs: false });
-   * console.assert(html.includes("Plotly.newPlot") && !html.includes("window.Plotly = Plotly"));
+   * assert(html.includes("Plotly.newPlot") && !html.includes("window.Plotly = Plotly"));
    * ```
    */
   async toHTML(options: { includePlotlyJs?: boolean } = {}): Promise<string> {
@@ -173,8 +188,9 @@ export class Figure {
    * @example
    * ```ts
    * import { JUPYTER_DISPLAY, PLOTLY_MIME, plot } from "../mod.ts";
+   * import { assert } from "@std/assert";
    * const bundle = await plot([{ type: "scatter", x: [1, 2], y: [3, 4] }])[JUPYTER_DISPLAY]();
-   * console.assert(PLOTLY_MIME in bundle && "text/html" in bundle && "text/plain" in bundle);
+   * assert(PLOTLY_MIME in bundle && "text/html" in bundle && "text/plain" in bundle);
    * ```
    */
   async [JUPYTER_DISPLAY](): Promise<Record<string, unknown>> {
@@ -195,10 +211,11 @@ export class Figure {
  * @example
  * ```ts
  * import { plot } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * const fig = plot([{ type: "scatter", mode: "lines", x: [1, 2, 3], y: [1, 4, 9], name: "x²" }], {
  *   title: "squares",
  * });
- * console.assert(fig.toString() === 'Figure "squares": scatter "x²" (3 points)');
+ * assert(fig.toString() === 'Figure "squares": scatter "x²" (3 points)');
  * ```
  */
 export function plot(
@@ -240,10 +257,11 @@ function checkSeries(x: ArrayLike<unknown>, series: Record<string, ArrayLike<num
  * @example
  * ```ts
  * import { barChart } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * const fig = barChart(["7B", "65B"], { "f32 absmax": [3.5, 32.5], "double quant": [0.9, 8.1] }, {
  *   yTitle: "GB of constants",
  * });
- * console.assert(fig.data.length === 2 && fig.layout.barmode === "group");
+ * assert(fig.data.length === 2 && fig.layout.barmode === "group");
  * ```
  */
 export function barChart(
@@ -270,9 +288,10 @@ export function barChart(
  * @example
  * ```ts
  * import { lineChart } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * const ranks = [1, 2, 4, 8];
  * const fig = lineChart(ranks, { trainable: ranks.map((r) => r * 8192) }, { logX: true });
- * console.assert(fig.data[0].mode === "lines+markers");
+ * assert(fig.data[0].mode === "lines+markers");
  * ```
  */
 export function lineChart(
@@ -310,8 +329,9 @@ export interface Histogram {
  * @example
  * ```ts
  * import { histogram } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * const h = histogram(new Float32Array([0, 0.1, 0.9, 1]), { bins: 2 });
- * console.assert(h.counts[0] === 2 && h.counts[1] === 2 && h.width === 0.5);
+ * assert(h.counts[0] === 2 && h.counts[1] === 2 && h.width === 0.5);
  * ```
  */
 export function histogram(
@@ -360,8 +380,9 @@ export function histogram(
  * @example
  * ```ts
  * import { histogramChart } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * const fig = histogramChart({ a: [0, 1, 1, 2] }, { bins: 4 });
- * console.assert(fig.data[0].type === "bar" && (fig.data[0].y as number[]).length === 4);
+ * assert(fig.data[0].type === "bar" && (fig.data[0].y as number[]).length === 4);
  * ```
  */
 export function histogramChart(

@@ -70,7 +70,20 @@ function checkBlocksize(blocksize: number, what: string): void {
 
 const ptrAt = (t: Tensor, byteOffset: number) => Deno.UnsafePointer.offset(t.ptr, byteOffset);
 
-/** A tensor stored in 4 bits per value plus its quantization constants. */
+/**
+ * A tensor stored in 4 bits per value plus its quantization constants.
+ *
+ * @example
+ * ```ts
+ * import { QuantizedTensor, quantize, Tensor } from "../mod.ts";
+ * import { assert, assertEquals } from "@std/assert";
+ * using w = Tensor.randn([64, 64]);
+ * using q = quantize(w, { quantType: "nf4", blocksize: 64, doubleQuant: false });
+ * assert(q instanceof QuantizedTensor && q.nested === null);
+ * assertEquals(q.bytes, { packed: 2048, constants: 256, total: 2304 }); // 4096 codes of 4 bits, 64 f32 absmax
+ * assertEquals(q.bitsPerParameter, 4.5);
+ * ```
+ */
 export class QuantizedTensor implements Disposable {
   /** Shape of the original tensor. */
   readonly shape: readonly number[];
@@ -168,10 +181,11 @@ export class QuantizedTensor implements Disposable {
    * @example
    * ```ts
    * import { quantize, Tensor } from "../mod.ts";
+   * import { assert } from "@std/assert";
    * using w = Tensor.randn([256, 64]);
    * using q = quantize(w);
    * using c = q.constants();
-   * console.assert(c.numel === 256);
+   * assert(c.numel === 256);
    * ```
    */
   constants(options: { category?: Category } = {}): Tensor {
@@ -202,10 +216,11 @@ export class QuantizedTensor implements Disposable {
    * @example
    * ```ts
    * import { quantize, Tensor } from "../mod.ts";
+   * import { assert } from "@std/assert";
    * using w = Tensor.randn([64, 64], { seed: 3 });
    * using q = quantize(w, { quantType: "nf4" });
    * using r = q.dequantize({ dtype: "f32" });
-   * console.assert(r.shape[0] === 64);
+   * assert(r.shape[0] === 64);
    * ```
    */
   dequantize(options: { dtype?: FloatDType; category?: Category } = {}): Tensor {
@@ -251,10 +266,11 @@ export class QuantizedTensor implements Disposable {
    * @example
    * ```ts
    * import { quantize, Tensor } from "../mod.ts";
+   * import { assert } from "@std/assert";
    * using w = Tensor.randn([128, 64]);
    * using q = quantize(w);
    * using r = await q.dequantizeAsync();
-   * console.assert(r.numel === w.numel);
+   * assert(r.numel === w.numel);
    * ```
    */
   async dequantizeAsync(options: { dtype?: FloatDType; category?: Category } = {}): Promise<Tensor> {
@@ -431,9 +447,10 @@ function allocateOutputs(x: Tensor, p: Plan): { packed: Tensor; absmax: Tensor }
  * @example
  * ```ts
  * import { quantize, Tensor } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * using w = Tensor.randn([4096, 64], { std: 0.02, dtype: "bf16" });
  * using q = quantize(w);
- * console.assert(Math.abs(q.bitsPerParameter - 4.127) < 0.001);
+ * assert(Math.abs(q.bitsPerParameter - 4.127) < 0.001);
  * ```
  */
 export function quantize(x: Tensor, options: QuantizeOptions = {}): QuantizedTensor {
@@ -456,9 +473,10 @@ export function quantize(x: Tensor, options: QuantizeOptions = {}): QuantizedTen
  * @example
  * ```ts
  * import { quantizeAsync, Tensor } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * using w = Tensor.randn([256, 256]);
  * using q = await quantizeAsync(w, { quantType: "fp4" });
- * console.assert(q.quantType === "fp4");
+ * assert(q.quantType === "fp4");
  * ```
  */
 export async function quantizeAsync(
@@ -488,8 +506,9 @@ export async function quantizeAsync(
  * @example
  * ```ts
  * import { getDevice, quantMap } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * const nf4 = quantMap("nf4", getDevice("cpu"));
- * console.assert(nf4[7] === 0 && nf4[15] === 1);
+ * assert(nf4[7] === 0 && nf4[15] === 1);
  * ```
  */
 export function quantMap(quantType: QuantType, device: Device): Float32Array {
@@ -504,8 +523,9 @@ export function quantMap(quantType: QuantType, device: Device): Float32Array {
  * @example
  * ```ts
  * import { dynamicMap, getDevice } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * const map = dynamicMap(getDevice("cpu"));
- * console.assert(map.length === 256 && map[255] === 1);
+ * assert(map.length === 256 && map[255] === 1);
  * ```
  */
 export function dynamicMap(device: Device): Float32Array {
@@ -532,8 +552,9 @@ export interface QuantizationError {
  * @example
  * ```ts
  * import { quantizationError } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * const e = quantizationError(new Float32Array([1, -1]), new Float32Array([1, -0.5]));
- * console.assert(e.meanAbsolute === 0.25 && e.maxAbsolute === 0.5);
+ * assert(e.meanAbsolute === 0.25 && e.maxAbsolute === 0.5);
  * ```
  */
 export function quantizationError(original: Float32Array, restored: Float32Array): QuantizationError {

@@ -37,7 +37,8 @@ const METADATA_KEY = "__metadata__";
  * @example
  * ```ts
  * import { isSafetensorsDtype } from "./safetensors.ts";
- * console.assert(isSafetensorsDtype("BF16") && !isSafetensorsDtype("F64"));
+ * import { assert } from "@std/assert";
+ * assert(isSafetensorsDtype("BF16") && !isSafetensorsDtype("F64"));
  * ```
  */
 export function isSafetensorsDtype(value: unknown): value is SafetensorsDtype {
@@ -50,7 +51,8 @@ export function isSafetensorsDtype(value: unknown): value is SafetensorsDtype {
  * @example
  * ```ts
  * import { bytesPerElement } from "./safetensors.ts";
- * console.assert(bytesPerElement("BF16") === 2);
+ * import { assert } from "@std/assert";
+ * assert(bytesPerElement("BF16") === 2);
  * ```
  */
 export function bytesPerElement(dtype: SafetensorsDtype): number {
@@ -148,9 +150,10 @@ function byteSize(shape: unknown, bpe: number, limit: number): number {
  * @example
  * ```ts
  * import { parseSafetensorsHeader } from "./safetensors.ts";
+ * import { assert } from "@std/assert";
  * const json = new TextEncoder().encode('{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}');
  * const h = parseSafetensorsHeader(json, 8 + json.length + 8);
- * console.assert(h.tensors[0].byteLength === 8 && h.dataStart === 8 + json.length);
+ * assert(h.tensors[0].byteLength === 8 && h.dataStart === 8 + json.length);
  * ```
  */
 export function parseSafetensorsHeader(
@@ -259,11 +262,12 @@ async function writeFully(file: Deno.FsFile, src: Uint8Array): Promise<void> {
  * @example
  * ```ts
  * import { SafetensorsReader, writeSafetensors } from "./safetensors.ts";
+ * import { assert } from "@std/assert";
  * const path = await Deno.makeTempFile({ suffix: ".safetensors" });
  * await writeSafetensors(path, [{ name: "b", dtype: "U8", shape: [3], data: new Uint8Array([1, 2, 3]) }]);
  * using reader = await SafetensorsReader.open(path);
- * console.assert(reader.has("b") && reader.info("b").byteLength === 3);
- * console.assert((await reader.read("b"))[2] === 3);
+ * assert(reader.has("b") && reader.info("b").byteLength === 3);
+ * assert((await reader.read("b"))[2] === 3);
  * await Deno.remove(path);
  * ```
  */
@@ -300,10 +304,11 @@ export class SafetensorsReader implements Disposable {
    * @example
    * ```ts
    * import { SafetensorsReader, writeSafetensors } from "./safetensors.ts";
+   * import { assert } from "@std/assert";
    * const path = await Deno.makeTempFile();
    * await writeSafetensors(path, [{ name: "x", dtype: "F32", shape: [], data: new Uint8Array(4) }], { a: "b" });
    * using reader = await SafetensorsReader.open(path);
-   * console.assert(reader.tensors.length === 1 && reader.metadata.a === "b");
+   * assert(reader.tensors.length === 1 && reader.metadata.a === "b");
    * await Deno.remove(path);
    * ```
    */
@@ -346,10 +351,11 @@ export class SafetensorsReader implements Disposable {
    * @example
    * ```ts
    * import { SafetensorsReader, writeSafetensors } from "./safetensors.ts";
+   * import { assert } from "@std/assert";
    * const path = await Deno.makeTempFile();
    * await writeSafetensors(path, [{ name: "x", dtype: "U8", shape: [0], data: new Uint8Array(0) }]);
    * using reader = await SafetensorsReader.open(path);
-   * console.assert(reader.has("x") && !reader.has("y"));
+   * assert(reader.has("x") && !reader.has("y"));
    * await Deno.remove(path);
    * ```
    */
@@ -365,10 +371,11 @@ export class SafetensorsReader implements Disposable {
    * @example
    * ```ts
    * import { SafetensorsReader, writeSafetensors } from "./safetensors.ts";
+   * import { assert } from "@std/assert";
    * const path = await Deno.makeTempFile();
    * await writeSafetensors(path, [{ name: "x", dtype: "I32", shape: [2, 1], data: new Uint8Array(8) }]);
    * using reader = await SafetensorsReader.open(path);
-   * console.assert(reader.info("x").shape[0] === 2 && reader.info("x").dtype === "I32");
+   * assert(reader.info("x").shape[0] === 2 && reader.info("x").dtype === "I32");
    * await Deno.remove(path);
    * ```
    */
@@ -388,11 +395,12 @@ export class SafetensorsReader implements Disposable {
    * @example
    * ```ts
    * import { SafetensorsReader, writeSafetensors } from "./safetensors.ts";
+   * import { assert } from "@std/assert";
    * const path = await Deno.makeTempFile();
    * const w = new Float32Array([1.5, -2]);
    * await writeSafetensors(path, [{ name: "w", dtype: "F32", shape: [2], data: new Uint8Array(w.buffer) }]);
    * using reader = await SafetensorsReader.open(path);
-   * console.assert(new Float32Array((await reader.read("w")).buffer)[1] === -2);
+   * assert(new Float32Array((await reader.read("w")).buffer)[1] === -2);
    * await Deno.remove(path);
    * ```
    */
@@ -411,12 +419,13 @@ export class SafetensorsReader implements Disposable {
    * @example
    * ```ts
    * import { SafetensorsReader, writeSafetensors } from "./safetensors.ts";
+   * import { assert } from "@std/assert";
    * const path = await Deno.makeTempFile();
    * await writeSafetensors(path, [{ name: "b", dtype: "U8", shape: [2], data: new Uint8Array([7, 9]) }]);
    * using reader = await SafetensorsReader.open(path);
    * const pool = new Uint8Array(16);
    * await reader.readInto("b", pool.subarray(4, 6));
-   * console.assert(pool[5] === 9);
+   * assert(pool[5] === 9);
    * await Deno.remove(path);
    * ```
    */
@@ -490,6 +499,7 @@ interface Slot {
  * @example
  * ```ts
  * import { readSafetensors, SafetensorsWriter } from "./safetensors.ts";
+ * import { assert } from "@std/assert";
  * const path = await Deno.makeTempFile();
  * const writer = await SafetensorsWriter.create(path, [
  *   { name: "a", dtype: "U8", shape: [4] },
@@ -499,7 +509,7 @@ interface Slot {
  * await writer.write("a", new Uint8Array([3, 4]));
  * await writer.write("b", new Uint8Array(8));
  * await writer.close();
- * console.assert((await readSafetensors(path)).get("a")!.data[3] === 4);
+ * assert((await readSafetensors(path)).get("a")!.data[3] === 4);
  * await Deno.remove(path);
  * ```
  */
@@ -535,11 +545,12 @@ export class SafetensorsWriter implements AsyncDisposable {
    * @example
    * ```ts
    * import { SafetensorsWriter } from "./safetensors.ts";
+   * import { assert } from "@std/assert";
    * const path = await Deno.makeTempFile();
    * const writer = await SafetensorsWriter.create(path, [{ name: "w", dtype: "BF16", shape: [2] }], { format: "pt" });
    * await writer.write("w", new Uint8Array(4));
    * await writer.close();
-   * console.assert((await Deno.stat(path)).size === writer.fileSize);
+   * assert((await Deno.stat(path)).size === writer.fileSize);
    * await Deno.remove(path);
    * ```
    */
@@ -689,11 +700,12 @@ export class SafetensorsWriter implements AsyncDisposable {
    * @example
    * ```ts
    * import { SafetensorsWriter } from "./safetensors.ts";
+   * import { assert } from "@std/assert";
    * const path = await Deno.makeTempFile();
    * const writer = await SafetensorsWriter.create(path, [{ name: "x", dtype: "U8", shape: [2] }]);
    * await writer.write("x", new Uint8Array(1));
    * const error = await writer.close().catch((e) => e);
-   * console.assert(error instanceof Error && error.message.includes("1 of 2 bytes"));
+   * assert(error instanceof Error && error.message.includes("1 of 2 bytes"));
    * await Deno.remove(path);
    * ```
    */
@@ -771,10 +783,11 @@ export async function writeSafetensors(
  * @example
  * ```ts
  * import { readSafetensors, writeSafetensors } from "./safetensors.ts";
+ * import { assert } from "@std/assert";
  * const path = await Deno.makeTempFile();
  * await writeSafetensors(path, [{ name: "n", dtype: "I32", shape: [1], data: new Uint8Array([5, 0, 0, 0]) }]);
  * const file = await readSafetensors(path);
- * console.assert(new Int32Array(file.get("n")!.data.buffer)[0] === 5);
+ * assert(new Int32Array(file.get("n")!.data.buffer)[0] === 5);
  * await Deno.remove(path);
  * ```
  */

@@ -60,7 +60,8 @@ const leaks = new FinalizationRegistry<{ device: Device; ptr: Deno.PointerObject
  * @example
  * ```ts
  * import { shapeSize } from "./tensor.ts";
- * console.assert(shapeSize([4096, 11008]) === 45088768);
+ * import { assert } from "@std/assert";
+ * assert(shapeSize([4096, 11008]) === 45088768);
  * ```
  */
 export function shapeSize(shape: readonly number[]): number {
@@ -80,7 +81,20 @@ export function shapeSize(shape: readonly number[]): number {
   return n;
 }
 
-/** A typed buffer in device memory, counted by the ledger. */
+/**
+ * A typed buffer in device memory, counted by the ledger.
+ *
+ * @example
+ * ```ts
+ * import { DisposedError, Tensor } from "../mod.ts";
+ * import { assertEquals, assertThrows } from "@std/assert";
+ * const t = Tensor.from([1, 2, 3, 4, 5, 6], { shape: [2, 3], dtype: "bf16", category: "weights" });
+ * assertEquals([t.numel, t.byteLength, t.category], [6, 12, "weights"]);
+ * assertEquals([...t.toFloat32()], [1, 2, 3, 4, 5, 6]);
+ * t.dispose();
+ * assertThrows(() => t.toArray(), DisposedError);
+ * ```
+ */
 export class Tensor implements Disposable {
   /** The device holding the data. */
   readonly device: Device;
@@ -116,8 +130,9 @@ export class Tensor implements Disposable {
    * @example
    * ```ts
    * import { Tensor } from "./tensor.ts";
+   * import { assert } from "@std/assert";
    * using t = Tensor.empty([2, 3], { dtype: "bf16" });
-   * console.assert(t.byteLength === 12);
+   * assert(t.byteLength === 12);
    * ```
    */
   static empty(shape: readonly number[], options: TensorOptions = {}): Tensor {
@@ -130,8 +145,9 @@ export class Tensor implements Disposable {
    * @example
    * ```ts
    * import { Tensor } from "./tensor.ts";
+   * import { assert } from "@std/assert";
    * using t = Tensor.zeros([4]);
-   * console.assert(t.toFloat32().every((v) => v === 0));
+   * assert(t.toFloat32().every((v) => v === 0));
    * ```
    */
   static zeros(shape: readonly number[], options: TensorOptions = {}): Tensor {
@@ -148,8 +164,9 @@ export class Tensor implements Disposable {
    * @example
    * ```ts
    * import { Tensor } from "./tensor.ts";
+   * import { assert } from "@std/assert";
    * using t = Tensor.from([1, 2, 3, 4], { shape: [2, 2], dtype: "bf16" });
-   * console.assert(t.toFloat32()[3] === 4);
+   * assert(t.toFloat32()[3] === 4);
    * ```
    */
   static from(data: ArrayLike<number>, options: TensorOptions & { shape?: readonly number[] } = {}): Tensor {
@@ -171,8 +188,9 @@ export class Tensor implements Disposable {
    * @example
    * ```ts
    * import { Tensor } from "./tensor.ts";
+   * import { assert } from "@std/assert";
    * using t = Tensor.randn([1024], { std: 0.02, seed: 1 });
-   * console.assert(Math.abs(t.toFloat32()[0]) < 0.2);
+   * assert(Math.abs(t.toFloat32()[0]) < 0.2);
    * ```
    */
   static randn(shape: readonly number[], options: RandnOptions = {}): Tensor {
@@ -219,9 +237,10 @@ export class Tensor implements Disposable {
    * @example
    * ```ts
    * import { Tensor } from "./tensor.ts";
+   * import { assert } from "@std/assert";
    * using t = Tensor.empty([2]);
    * t.copyFrom(new Float32Array([5, 6]));
-   * console.assert(t.toFloat32()[1] === 6);
+   * assert(t.toFloat32()[1] === 6);
    * ```
    */
   copyFrom(src: HostArray | Tensor): void {
@@ -260,8 +279,9 @@ export class Tensor implements Disposable {
    * @example
    * ```ts
    * import { Tensor } from "./tensor.ts";
+   * import { assert } from "@std/assert";
    * using t = Tensor.from(new Uint8Array([7, 8]), { dtype: "u8" });
-   * console.assert(t.toArray()[0] === 7);
+   * assert(t.toArray()[0] === 7);
    * ```
    */
   toArray(): HostArray {
@@ -283,8 +303,9 @@ export class Tensor implements Disposable {
    * @example
    * ```ts
    * import { Tensor } from "./tensor.ts";
+   * import { assert } from "@std/assert";
    * using t = Tensor.from([0.5], { dtype: "f16" });
-   * console.assert(t.toFloat32()[0] === 0.5);
+   * assert(t.toFloat32()[0] === 0.5);
    * ```
    */
   toFloat32(): Float32Array {
@@ -298,9 +319,10 @@ export class Tensor implements Disposable {
    * @example
    * ```ts
    * import { Tensor } from "./tensor.ts";
+   * import { assert } from "@std/assert";
    * using a = Tensor.from([1.5, -2]);
    * using b = a.cast("bf16");
-   * console.assert(b.toFloat32()[1] === -2);
+   * assert(b.toFloat32()[1] === -2);
    * ```
    */
   cast(dtype: FloatDType, options: { category?: Category } = {}): Tensor {
@@ -331,9 +353,10 @@ export class Tensor implements Disposable {
    * @example
    * ```ts
    * import { Tensor } from "./tensor.ts";
+   * import { assert } from "@std/assert";
    * using a = Tensor.from([1, 2]);
    * using b = a.clone({ category: "weights" });
-   * console.assert(b.category === "weights" && b.toFloat32()[1] === 2);
+   * assert(b.category === "weights" && b.toFloat32()[1] === 2);
    * ```
    */
   clone(options: { category?: Category } = {}): Tensor {

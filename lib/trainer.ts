@@ -40,9 +40,10 @@ export interface BatchSource {
  * @example
  * ```ts
  * import { datasetSource, TextDataset } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * const ds = TextDataset.fromText("the quick brown fox jumps over the lazy dog. ".repeat(40));
  * const b = datasetSource(ds, 1).trainBatch(2, 8);
- * console.assert(b.inputs.length === 16 && b.targets[0] === b.inputs[1]);
+ * assert(b.inputs.length === 16 && b.targets[0] === b.inputs[1]);
  * ```
  */
 export function datasetSource(dataset: TextDataset, seed = 0): BatchSource {
@@ -154,7 +155,10 @@ export interface TrainResult {
  * @example
  * ```ts
  * import { learningRate } from "../mod.ts";
- * console.assert(learningRate(5, 100, 10, 1e-3, 0.1) === 5e-4);
+ * import { assert } from "@std/assert";
+ * assert(learningRate(0, 100, 10, 1e-3, 0.1) === 1e-3 / 11); // warm-up: (step + 1) / (warmup + 1) of the peak
+ * assert(learningRate(10, 100, 10, 1e-3, 0.1) === 1e-3); // warm-up done: the peak
+ * assert(Math.abs(learningRate(99, 100, 10, 1e-3, 0.1) - 1e-4) < 1e-15); // the last step: peak * minRatio
  * ```
  */
 export function learningRate(
@@ -170,7 +174,23 @@ export function learningRate(
   return peak * (minRatio + (1 - minRatio) * cosine);
 }
 
-/** Trains a model on a batch source. */
+/**
+ * Trains a model on a batch source.
+ *
+ * @example
+ * ```ts
+ * import { datasetSource, LlamaModel, LLAMA_CONFIGS, TextDataset, Trainer } from "../mod.ts";
+ * import { assert, assertEquals } from "@std/assert";
+ * const config = { ...LLAMA_CONFIGS.tiny, dim: 32, layers: 1, hiddenDim: 64 };
+ * using model = new LlamaModel(config, { mode: "lora", rank: 4 });
+ * const data = datasetSource(TextDataset.fromText("the quick brown fox jumps over the lazy dog.\n".repeat(20)));
+ * using trainer = new Trainer(model, data, { steps: 2, batchSize: 2, seq: 8, lr: 1e-3, evalBatches: 1 });
+ * const result = await trainer.train();
+ * assertEquals(result.history.map((h) => h.step), [1, 2]);
+ * assert(Math.abs(result.history[1].lr - 1e-4) < 1e-12); // cosine decay to minLrRatio * lr at the last step
+ * assert(Math.abs(result.evalPerplexity - Math.exp(result.evalLoss)) < 1e-6 * result.evalPerplexity);
+ * ```
+ */
 export class Trainer implements Disposable {
   /** The model. */
   readonly model: LlamaModel;
@@ -368,6 +388,33 @@ const MODULE_PATHS: Record<string, string> = {
  * [r, in] and `...lora_B.weight` [out, r], plus `adapter_config.json`); for full fine-tuning, every
  * trainable tensor in `model.safetensors`. Each file is written to a temporary file and renamed, so an
  * interrupted run leaves the previous checkpoint intact. Returns the files written.
+ *
+ * @example
+ * ```ts
+ * import { LlamaModel, readSafetensors, saveCheckpoint } from "../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * const config = { vocabSize: 64, dim: 32, layers: 1, heads: 2, kvHeads: 2, hiddenDim: 64, maxSeq: 16,
+ *   normEps: 1e-5, ropeTheta: 10000 };
+ * using model = new LlamaModel(config, { mode: "lora", rank: 4, targetModules: ["q_proj", "v_proj"] });
+ * const dir = await Deno.makeTempDir();
+ * try {
+ *   const files = await saveCheckpoint(model, dir, { step: 1, loss: 2.5 });
+ *   assertEquals(files.map((f) => f.slice(dir.length + 1)), [
+ *     "adapter_model.safetensors",
+ *     "adapter_config.json",
+ *     "trainer_state.json",
+ *   ]);
+ *   const adapters = await readSafetensors(`${dir}/adapter_model.safetensors`);
+ *   assertEquals(adapters.size, 4); // lora_A and lora_B of q_proj and v_proj
+ *   assertEquals(adapters.get("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight")!.info.shape, [
+ *     4,
+ *     32,
+ *   ]);
+ *   assertEquals(JSON.parse(await Deno.readTextFile(`${dir}/adapter_config.json`)).r, 4);
+ * } finally {
+ *   await Deno.remove(dir, { recursive: true });
+ * }
+ * ```
  */
 export async function saveCheckpoint(
   model: LlamaModel,
@@ -451,8 +498,9 @@ export async function saveCheckpoint(
  * @example
  * ```ts
  * import { TrainingProgress } from "../mod.ts";
+ * import { assert } from "@std/assert";
  * const progress = new TrainingProgress("lora");
- * console.assert(typeof progress.update === "function");
+ * assert(typeof progress.update === "function");
  * ```
  */
 export class TrainingProgress {

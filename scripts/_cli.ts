@@ -25,11 +25,12 @@ export class UsageError extends Error {}
  * @example
  * ```ts
  * import { parseArgs } from "./_cli.ts";
+ * import { assert } from "@std/assert";
  * const a = parseArgs(["in", "--blocksize", "64", "--no-double-quant"], {
  *   blocksize: "string",
  *   "no-double-quant": "boolean",
  * });
- * console.assert(a.flags.blocksize === "64" && a.positional[0] === "in");
+ * assert(a.flags.blocksize === "64" && a.positional[0] === "in");
  * ```
  */
 export function parseArgs(argv: string[], spec: FlagSpec): ParsedArgs {

@@ -33,7 +33,8 @@ export interface NativeLibrary {
  * @example
  * ```ts
  * import { libraryPath } from "./library.ts";
- * console.assert(libraryPath("cpu").endsWith("build/libqlora_cpu.so"));
+ * import { assert } from "@std/assert";
+ * assert(libraryPath("cpu").endsWith("build/libqlora_cpu.so"));
  * ```
  */
 export function libraryPath(backend: Backend): string {
@@ -52,8 +53,9 @@ function readCString(ptr: Deno.PointerValue): string {
  * @example
  * ```ts
  * import { openLibrary } from "./library.ts";
+ * import { assert } from "@std/assert";
  * const lib = openLibrary("cpu");
- * console.assert(lib.backend === "cpu");
+ * assert(lib.backend === "cpu");
  * ```
  */
 export function openLibrary(backend: Backend): NativeLibrary {
@@ -137,8 +139,9 @@ let autoNoticeShown = false;
  * @example
  * ```ts
  * import { loadLibrary } from "./library.ts";
+ * import { assert } from "@std/assert";
  * const lib = loadLibrary("cpu");
- * console.assert(lib.backend === "cpu");
+ * assert(lib.backend === "cpu");
  * ```
  */
 export function loadLibrary(choice?: Backend | "auto"): NativeLibrary {
@@ -178,7 +181,8 @@ function readBackendEnv(): Backend | "auto" {
  * @example
  * ```ts
  * import { nativeError } from "./library.ts";
- * console.assert(nativeError(1, "Cannot x: y").name === "InvalidArgumentError");
+ * import { assert } from "@std/assert";
+ * assert(nativeError(1, "Cannot x: y").name === "InvalidArgumentError");
  * ```
  */
 export function nativeError(status: number, message: string): QloraError {
@@ -200,7 +204,8 @@ export function nativeError(status: number, message: string): QloraError {
  * @example
  * ```ts
  * import { lastError, loadLibrary } from "./library.ts";
- * console.assert(typeof lastError(loadLibrary("cpu")) === "string");
+ * import { assert } from "@std/assert";
+ * assert(typeof lastError(loadLibrary("cpu")) === "string");
  * ```
  */
 export function lastError(lib: NativeLibrary): string {

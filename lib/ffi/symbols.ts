@@ -13,7 +13,8 @@
  * @example
  * ```ts
  * import { symbols } from "./symbols.ts";
- * console.assert(symbols.qlora_abi_version.result === "u32");
+ * import { assert } from "@std/assert";
+ * assert(symbols.qlora_abi_version.result === "u32");
  * ```
  */
 export const symbols = {
