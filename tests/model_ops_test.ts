@@ -236,30 +236,36 @@ function relativeError(got: Float32Array, want: Float64Array): number {
   return err / top;
 }
 
-Deno.test("attention at real sizes (several query blocks, one partial; GEMM path): f32 and bf16 against float64", () => {
-  const s = { batch: 1, seq: 300, heads: 4, kvHeads: 2, headDim: 64 };
-  const rows = s.batch * s.seq;
-  const qv = normalValues(rows * s.heads * s.headDim, 21);
-  const kv = normalValues(rows * s.kvHeads * s.headDim, 22);
-  const vv = normalValues(rows * s.kvHeads * s.headDim, 23);
-  const g = normalValues(rows * s.heads * s.headDim, 24);
-  const want = attentionReference(qv, kv, vv, g, s);
-  // Measured: f32 about 6e-7, bf16 about 5e-3 (probabilities and score gradients rounded to bf16).
-  for (const [dtype, tol] of [["f32", 1e-5], ["bf16", 1.5e-2]] as const) {
-    using q = Tensor.from(qv, { shape: [rows, s.heads * s.headDim], device }).cast(dtype);
-    using k = Tensor.from(kv, { shape: [rows, s.kvHeads * s.headDim], device }).cast(dtype);
-    using v = Tensor.from(vv, { shape: [rows, s.kvHeads * s.headDim], device }).cast(dtype);
-    using gt = Tensor.from(g, { shape: [rows, s.heads * s.headDim], device }).cast(dtype);
-    const f = attentionForward(q, k, v, s);
-    const { dq, dk, dv } = attentionBackward(gt, q, k, v, f, s);
-    const got = { out: f.out, dq, dk, dv };
-    for (const name of ["out", "dq", "dk", "dv"] as const) {
-      const e = relativeError(got[name].toFloat32(), want[name]);
-      assert(e < tol, `${dtype} ${name}: relative error ${e.toExponential(2)} > ${tol}`);
+for (
+  const s of [
+    { batch: 1, seq: 300, heads: 4, kvHeads: 2, headDim: 64 }, // heads on parallel threads
+    { batch: 1, seq: 300, heads: 1, kvHeads: 1, headDim: 64 }, // one head: the products use the threads
+  ]
+) {
+  Deno.test(`attention at real sizes (query blocks, one partial; GEMM path; ${s.heads} heads): f32 and bf16 against float64`, () => {
+    const rows = s.batch * s.seq;
+    const qv = normalValues(rows * s.heads * s.headDim, 21);
+    const kv = normalValues(rows * s.kvHeads * s.headDim, 22);
+    const vv = normalValues(rows * s.kvHeads * s.headDim, 23);
+    const g = normalValues(rows * s.heads * s.headDim, 24);
+    const want = attentionReference(qv, kv, vv, g, s);
+    // Measured: f32 about 6e-7, bf16 about 5e-3 (probabilities and score gradients rounded to bf16).
+    for (const [dtype, tol] of [["f32", 1e-5], ["bf16", 1.5e-2]] as const) {
+      using q = Tensor.from(qv, { shape: [rows, s.heads * s.headDim], device }).cast(dtype);
+      using k = Tensor.from(kv, { shape: [rows, s.kvHeads * s.headDim], device }).cast(dtype);
+      using v = Tensor.from(vv, { shape: [rows, s.kvHeads * s.headDim], device }).cast(dtype);
+      using gt = Tensor.from(g, { shape: [rows, s.heads * s.headDim], device }).cast(dtype);
+      const f = attentionForward(q, k, v, s);
+      const { dq, dk, dv } = attentionBackward(gt, q, k, v, f, s);
+      const got = { out: f.out, dq, dk, dv };
+      for (const name of ["out", "dq", "dk", "dv"] as const) {
+        const e = relativeError(got[name].toFloat32(), want[name]);
+        assert(e < tol, `${dtype} ${name}: relative error ${e.toExponential(2)} > ${tol}`);
+      }
+      f.out.dispose(), f.lse.dispose(), dq.dispose(), dk.dispose(), dv.dispose();
     }
-    f.out.dispose(), f.lse.dispose(), dq.dispose(), dk.dispose(), dv.dispose();
-  }
-});
+  });
+}
 
 Deno.test("swiglu: silu(gate) * up and its gradients", () => {
   const n = 50;

@@ -49,14 +49,13 @@ struct GemmKey {
 };
 
 struct Gemm {
-  dnnl::memory::desc a, b, c;
+  dnnl::memory::desc a, b, c, scratchpad;
   dnnl::matmul primitive;
 };
 
 struct Dnnl {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
-  dnnl::stream stream{engine};
-  std::mutex mutex;  // guards the cache and the stream
+  std::mutex mutex;  // guards the cache
   std::map<GemmKey, std::shared_ptr<Gemm>> cache;
 };
 
@@ -93,6 +92,7 @@ std::shared_ptr<Gemm> get_gemm(const GemmKey& key) {
   memcpy(&alpha, &key.alpha_bits, 4);
   memcpy(&beta, &key.beta_bits, 4);
   dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // per-thread scratchpads: see run_gemm
   if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
   if (beta != 0.0f) {
     dnnl::post_ops ops;
@@ -102,6 +102,7 @@ std::shared_ptr<Gemm> get_gemm(const GemmKey& key) {
   try {
     dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(g->a, g->b, g->c), attr, d.engine);
     g->primitive = dnnl::matmul(pd);
+    g->scratchpad = pd.scratchpad_desc();
   } catch (const dnnl::error& e) {
     if (e.status != dnnl_unimplemented) throw;
     g = nullptr;  // remembered, so that the next call goes straight to the loop
@@ -112,14 +113,21 @@ std::shared_ptr<Gemm> get_gemm(const GemmKey& key) {
   return g;
 }
 
+// A primitive may run on several threads at once, but a stream and oneDNN's own (library) scratchpad
+// may not be shared: each thread has its own stream and its own scratchpad buffer, grown as needed.
+// Called inside an OpenMP parallel region, oneDNN runs the product on the calling thread alone.
 void run_gemm(const Gemm& g, const void* a, const void* b, void* c) {
   Dnnl& d = dnnl_state();
+  thread_local dnnl::stream stream(d.engine);
+  thread_local std::vector<uint8_t> scratchpad;
+  if (scratchpad.size() < g.scratchpad.get_size()) scratchpad.resize(g.scratchpad.get_size());
   dnnl::memory am(g.a, d.engine, const_cast<void*>(a));
   dnnl::memory bm(g.b, d.engine, const_cast<void*>(b));
   dnnl::memory cm(g.c, d.engine, c);
-  std::lock_guard<std::mutex> lock(d.mutex);
-  g.primitive.execute(d.stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
-  d.stream.wait();
+  dnnl::memory sm(g.scratchpad, d.engine, scratchpad.data());
+  g.primitive.execute(stream,
+                      {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}, {DNNL_ARG_SCRATCHPAD, sm}});
+  stream.wait();
 }
 
 // ---- a plain loop for tiny products (and for what oneDNN refuses) -------------------------------

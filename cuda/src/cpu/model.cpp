@@ -7,6 +7,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
 #include <cmath>
 #include <cstring>
 #include <new>
@@ -226,83 +228,101 @@ __attribute__((target("avx512f,avx512bw"))) void softmax_grad_row_avx512(const f
   softmax_grad_row_scalar<DT>(s + vec, dp + vec, lse, delta, valid - vec, kv - vec, p, ds, o + vec);
 }
 
-// Forward, per (b, h) and block of query rows i0 .. i0 + n (keys 0 .. kv = i0 + n):
+// Runs f(task, scratch) for every task in [0, tasks) (a head, or a kv head, of one sequence). With at
+// least as many tasks as threads, each thread takes whole tasks with its own scratch and runs their
+// products on its own: one parallel region per call, not one per product, which matters when threads
+// sleep between regions (OMP_WAIT_POLICY=passive) and the products are small. With fewer tasks, they run
+// one after another and the products use every thread. The first exception is rethrown after the region.
+template <typename F>
+void for_each_head(uint64_t tasks, float* scratch, uint64_t per_thread, F f) {
+  const int threads = omp_get_max_threads();
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;
+#pragma omp parallel for schedule(dynamic, 1) if (threads > 1 && tasks >= (uint64_t)threads)
+  for (int64_t t = 0; t < (int64_t)tasks; t++) {
+    if (failed.load(std::memory_order_relaxed)) continue;
+    try {
+      f((uint64_t)t, scratch + (uint64_t)omp_get_thread_num() * per_thread);
+    } catch (...) {
+#pragma omp critical(qlora_attention_error)
+      if (!error) error = std::current_exception();
+      failed.store(true);
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+// Forward of head h of sequence b, per block of query rows i0 .. i0 + n (keys 0 .. kv = i0 + n):
 //   S = scale * Q_blk K^T                      [n, kv] f32
 //   P = softmax over j <= i of each row, 0 for j > i; lse_i = max + log(sum exp(S - max))
 //   O_blk = P V                                [n, hd]
 template <int32_t DT>
-void attention_forward_blocks(const void* q, const void* k, const void* v, const AttnShape& a, void* out,
-                              float* lse, AttnScratch& w) {
+void attention_forward_head(const void* q, const void* k, const void* v, const AttnShape& a, uint64_t b,
+                            uint64_t h, void* out, float* lse, AttnScratch& w) {
   const float scale = 1.0f / sqrtf((float)a.hd);
   const bool simd = has_avx512_bw();
-  for (uint64_t b = 0; b < a.batch; b++)
-    for (uint64_t h = 0; h < a.heads; h++) {
-      const uint64_t g = h / a.group();
-      for (uint64_t i0 = 0; i0 < a.seq; i0 += kQueryBlock) {
-        const uint64_t n = a.seq - i0 < kQueryBlock ? a.seq - i0 : kQueryBlock, kv = i0 + n;
-        gemm_strided(0, 1, n, kv, a.hd, scale, elem<DT>(q, a.q_at(b, i0, h)), a.ldq(), elem<DT>(k, a.kv_at(b, 0, g)),
-                     a.ldk(), 0.0f, w.s, kv, DT, QLORA_F32);
+  const uint64_t g = h / a.group();
+  for (uint64_t i0 = 0; i0 < a.seq; i0 += kQueryBlock) {
+    const uint64_t n = a.seq - i0 < kQueryBlock ? a.seq - i0 : kQueryBlock, kv = i0 + n;
+    gemm_strided(0, 1, n, kv, a.hd, scale, elem<DT>(q, a.q_at(b, i0, h)), a.ldq(), elem<DT>(k, a.kv_at(b, 0, g)),
+                 a.ldk(), 0.0f, w.s, kv, DT, QLORA_F32);
 #pragma omp parallel for schedule(static) if (n * kv >= kParallelMin)
-        for (int64_t rr = 0; rr < (int64_t)n; rr++) {
-          const uint64_t r = (uint64_t)rr, i = i0 + r;  // row i sees keys 0 .. i
-          float* srow = w.s + r * kv;
-          lse[a.lse_at(b, h, i)] = simd ? softmax_row_avx512<DT>(srow, i + 1, kv, w.p, r * kv)
-                                        : softmax_row_scalar<DT>(srow, i + 1, kv, w.p, r * kv);
-        }
-        gemm_strided(0, 0, n, a.hd, kv, 1.0f, w.p, kv, elem<DT>(v, a.kv_at(b, 0, g)), a.ldk(), 0.0f,
-                     elem<DT>(out, a.q_at(b, i0, h)), a.ldq(), DT, DT);
-      }
+    for (int64_t rr = 0; rr < (int64_t)n; rr++) {
+      const uint64_t r = (uint64_t)rr, i = i0 + r;  // row i sees keys 0 .. i
+      float* srow = w.s + r * kv;
+      lse[a.lse_at(b, h, i)] = simd ? softmax_row_avx512<DT>(srow, i + 1, kv, w.p, r * kv)
+                                    : softmax_row_scalar<DT>(srow, i + 1, kv, w.p, r * kv);
     }
+    gemm_strided(0, 0, n, a.hd, kv, 1.0f, w.p, kv, elem<DT>(v, a.kv_at(b, 0, g)), a.ldk(), 0.0f,
+                 elem<DT>(out, a.q_at(b, i0, h)), a.ldq(), DT, DT);
+  }
 }
 
-// Backward, per (b, kv head g); for each query head h of its group and block of query rows:
+// Backward of kv head g of sequence b; for each query head h of its group and block of query rows:
 //   delta_i = dO_i . O_i
 //   P = exp(scale * Q_blk K^T - lse) (j <= i, else 0)   dP = dO_blk V^T   dS = P * (dP - delta)
 //   dV += P^T dO_blk      dQ_blk = scale * dS K      dK += scale * dS^T Q_blk
 // dK and dV of the kv head accumulate in f32 over the heads of its group, then are stored once.
 template <int32_t DT>
-void attention_backward_blocks(const void* dout, const void* q, const void* k, const void* v, const void* out,
-                               const float* lse, const AttnShape& a, void* dq, void* dk, void* dv,
-                               AttnScratch& w) {
+void attention_backward_kv_head(const void* dout, const void* q, const void* k, const void* v, const void* out,
+                                const float* lse, const AttnShape& a, uint64_t b, uint64_t g, void* dq, void* dk,
+                                void* dv, AttnScratch& w) {
   const float scale = 1.0f / sqrtf((float)a.hd);
   const bool simd = has_avx512_bw();
   const uint64_t hd = a.hd;
-  for (uint64_t b = 0; b < a.batch; b++)
-    for (uint64_t g = 0; g < a.kv_heads; g++) {
-      std::fill(w.dk, w.dk + a.seq * hd, 0.0f);
-      std::fill(w.dv, w.dv + a.seq * hd, 0.0f);
-      for (uint64_t h = g * a.group(); h < (g + 1) * a.group(); h++)
-        for (uint64_t i0 = 0; i0 < a.seq; i0 += kQueryBlock) {
-          const uint64_t n = a.seq - i0 < kQueryBlock ? a.seq - i0 : kQueryBlock, kv = i0 + n;
-          const void* qb = elem<DT>(q, a.q_at(b, i0, h));
-          const void* dob = elem<DT>(dout, a.q_at(b, i0, h));
-          const void* k0 = elem<DT>(k, a.kv_at(b, 0, g));
-          for (uint64_t r = 0; r < n; r++) {
-            const uint64_t o = a.q_at(b, i0 + r, h);
-            float d = 0.0f;
-            for (uint64_t c = 0; c < hd; c++) d += load_float(dout, DT, o + c) * load_float(out, DT, o + c);
-            w.delta[r] = d;
-          }
-          gemm_strided(0, 1, n, kv, hd, scale, qb, a.ldq(), k0, a.ldk(), 0.0f, w.s, kv, DT, QLORA_F32);
-          gemm_strided(0, 1, n, kv, hd, 1.0f, dob, a.ldq(), elem<DT>(v, a.kv_at(b, 0, g)), a.ldk(), 0.0f, w.ds, kv,
-                       DT, QLORA_F32);
+  std::fill(w.dk, w.dk + a.seq * hd, 0.0f);
+  std::fill(w.dv, w.dv + a.seq * hd, 0.0f);
+  for (uint64_t h = g * a.group(); h < (g + 1) * a.group(); h++)
+    for (uint64_t i0 = 0; i0 < a.seq; i0 += kQueryBlock) {
+      const uint64_t n = a.seq - i0 < kQueryBlock ? a.seq - i0 : kQueryBlock, kv = i0 + n;
+      const void* qb = elem<DT>(q, a.q_at(b, i0, h));
+      const void* dob = elem<DT>(dout, a.q_at(b, i0, h));
+      const void* k0 = elem<DT>(k, a.kv_at(b, 0, g));
+      for (uint64_t r = 0; r < n; r++) {
+        const uint64_t o = a.q_at(b, i0 + r, h);
+        float d = 0.0f;
+        for (uint64_t c = 0; c < hd; c++) d += load_float(dout, DT, o + c) * load_float(out, DT, o + c);
+        w.delta[r] = d;
+      }
+      gemm_strided(0, 1, n, kv, hd, scale, qb, a.ldq(), k0, a.ldk(), 0.0f, w.s, kv, DT, QLORA_F32);
+      gemm_strided(0, 1, n, kv, hd, 1.0f, dob, a.ldq(), elem<DT>(v, a.kv_at(b, 0, g)), a.ldk(), 0.0f, w.ds, kv, DT,
+                   QLORA_F32);
 #pragma omp parallel for schedule(static) if (n * kv >= kParallelMin)
-          for (int64_t rr = 0; rr < (int64_t)n; rr++) {
-            const uint64_t r = (uint64_t)rr, i = i0 + r, o = r * kv;
-            const float l = lse[a.lse_at(b, h, i)];
-            if (simd) softmax_grad_row_avx512<DT>(w.s + o, w.ds + o, l, w.delta[r], i + 1, kv, w.p, w.dsr, o);
-            else softmax_grad_row_scalar<DT>(w.s + o, w.ds + o, l, w.delta[r], i + 1, kv, w.p, w.dsr, o);
-          }
-          gemm_strided(1, 0, kv, hd, n, 1.0f, w.p, kv, dob, a.ldq(), 1.0f, w.dv, hd, DT, QLORA_F32);
-          gemm_strided(0, 0, n, hd, kv, scale, w.dsr, kv, k0, a.ldk(), 0.0f, elem<DT>(dq, a.q_at(b, i0, h)), a.ldq(),
-                       DT, DT);
-          gemm_strided(1, 0, kv, hd, n, scale, w.dsr, kv, qb, a.ldq(), 1.0f, w.dk, hd, DT, QLORA_F32);
-        }
-      for (uint64_t t = 0; t < a.seq; t++)
-        for (uint64_t c = 0; c < hd; c++) {
-          store_float(dk, DT, a.kv_at(b, t, g) + c, w.dk[t * hd + c]);
-          store_float(dv, DT, a.kv_at(b, t, g) + c, w.dv[t * hd + c]);
-        }
+      for (int64_t rr = 0; rr < (int64_t)n; rr++) {
+        const uint64_t r = (uint64_t)rr, i = i0 + r, o = r * kv;
+        const float l = lse[a.lse_at(b, h, i)];
+        if (simd) softmax_grad_row_avx512<DT>(w.s + o, w.ds + o, l, w.delta[r], i + 1, kv, w.p, w.dsr, o);
+        else softmax_grad_row_scalar<DT>(w.s + o, w.ds + o, l, w.delta[r], i + 1, kv, w.p, w.dsr, o);
+      }
+      gemm_strided(1, 0, kv, hd, n, 1.0f, w.p, kv, dob, a.ldq(), 1.0f, w.dv, hd, DT, QLORA_F32);
+      gemm_strided(0, 0, n, hd, kv, scale, w.dsr, kv, k0, a.ldk(), 0.0f, elem<DT>(dq, a.q_at(b, i0, h)), a.ldq(), DT,
+                   DT);
+      gemm_strided(1, 0, kv, hd, n, scale, w.dsr, kv, qb, a.ldq(), 1.0f, w.dk, hd, DT, QLORA_F32);
+    }
+  for (uint64_t t = 0; t < a.seq; t++)
+    for (uint64_t c = 0; c < hd; c++) {
+      store_float(dk, DT, a.kv_at(b, t, g) + c, w.dk[t * hd + c]);
+      store_float(dv, DT, a.kv_at(b, t, g) + c, w.dv[t * hd + c]);
     }
 }
 
@@ -601,13 +621,16 @@ QLORA_API qlora_status qlora_attention_forward(const void* q, const void* k, con
   qlora_status s = check_attention_forward(q, k, v, batch, seq, heads, kv_heads, head_dim, out, lse, dtype);
   if (s != QLORA_OK) return s;
   const AttnShape a{batch, seq, heads, kv_heads, head_dim};
-  const uint64_t n = AttnScratch::floats(a, false);
+  const uint64_t per_thread = AttnScratch::floats(a, false), n = (uint64_t)omp_get_max_threads() * per_thread;
   Scratch<float> scratch(n);
   if (!scratch.p) return out_of_scratch(fn, 4 * n);
-  AttnScratch w(scratch.p, a, false);
   try {
-    if (dtype == QLORA_F32) attention_forward_blocks<QLORA_F32>(q, k, v, a, out, lse, w);
-    else attention_forward_blocks<QLORA_BF16>(q, k, v, a, out, lse, w);
+    for_each_head(batch * heads, scratch.p, per_thread, [&](uint64_t task, float* base) {
+      AttnScratch w(base, a, false);
+      const uint64_t b = task / heads, h = task % heads;
+      if (dtype == QLORA_F32) attention_forward_head<QLORA_F32>(q, k, v, a, b, h, out, lse, w);
+      else attention_forward_head<QLORA_BF16>(q, k, v, a, b, h, out, lse, w);
+    });
   } catch (...) {
     return library_error(fn);
   }
@@ -624,13 +647,16 @@ QLORA_API qlora_status qlora_attention_backward(const void* dout, const void* q,
                                             dv, dtype);
   if (s != QLORA_OK) return s;
   const AttnShape a{batch, seq, heads, kv_heads, head_dim};
-  const uint64_t n = AttnScratch::floats(a, true);
+  const uint64_t per_thread = AttnScratch::floats(a, true), n = (uint64_t)omp_get_max_threads() * per_thread;
   Scratch<float> scratch(n);
   if (!scratch.p) return out_of_scratch(fn, 4 * n);
-  AttnScratch w(scratch.p, a, true);
   try {
-    if (dtype == QLORA_F32) attention_backward_blocks<QLORA_F32>(dout, q, k, v, out, lse, a, dq, dk, dv, w);
-    else attention_backward_blocks<QLORA_BF16>(dout, q, k, v, out, lse, a, dq, dk, dv, w);
+    for_each_head(batch * kv_heads, scratch.p, per_thread, [&](uint64_t task, float* base) {
+      AttnScratch w(base, a, true);
+      const uint64_t b = task / kv_heads, g = task % kv_heads;
+      if (dtype == QLORA_F32) attention_backward_kv_head<QLORA_F32>(dout, q, k, v, out, lse, a, b, g, dq, dk, dv, w);
+      else attention_backward_kv_head<QLORA_BF16>(dout, q, k, v, out, lse, a, b, g, dq, dk, dv, w);
+    });
   } catch (...) {
     return library_error(fn);
   }
