@@ -1,6 +1,6 @@
 // AdamW against the memory traffic it needs, paged against unpaged AdamW when nothing is evicted, and
 // paging out and in against plain copies of the same bytes. `./deno task bench`; read the ratios.
-import { AdamW, getDevice, PagedAdamW, Tensor, type Trainable } from "../mod.ts";
+import { AdamW, AdamW8bit, getDevice, PagedAdamW, Tensor, type Trainable } from "../mod.ts";
 
 const device = getDevice();
 const N = 16 << 20; // 16M f32 parameters: 64 MiB each for p, g, m, v
@@ -9,9 +9,10 @@ const make = (seed: number): Trainable => ({
   value: Tensor.randn([N], { seed, device, category: "weights" }),
   grad: Tensor.randn([N], { seed: seed + 1, std: 0.01, device, category: "gradients" }),
 });
-const a = make(1), b = make(3);
+const a = make(1), b = make(3), c = make(5);
 const plain = new AdamW([a]);
 const paged = new PagedAdamW([b]);
+const eight = new AdamW8bit([c]);
 // AdamW reads p, g, m, v and writes p, m, v: 28 bytes per parameter. A copy of 14 bytes per parameter
 // moves the same 28 (read + write).
 const src = Tensor.empty([(14 * N) / 4], { device }), dst = Tensor.empty([(14 * N) / 4], { device });
@@ -40,6 +41,15 @@ Deno.bench({
   group: "AdamW, 16M f32 params",
   fn: () => {
     paged.step();
+    device.synchronize();
+  },
+});
+
+Deno.bench({
+  name: "AdamW8bit step (8-bit states: 18 bytes of traffic per parameter, not 28)",
+  group: "AdamW, 16M f32 params",
+  fn: () => {
+    eight.step();
     device.synchronize();
   },
 });

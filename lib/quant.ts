@@ -534,6 +534,24 @@ export function dynamicMap(device: Device): Float32Array {
   return out;
 }
 
+/**
+ * The 256 sorted values of the unsigned 8-bit dynamic map (in [0, 1]) that {@linkcode AdamW8bit} uses
+ * for its second moment.
+ *
+ * @example
+ * ```ts
+ * import { dynamicMapUnsigned, getDevice } from "../mod.ts";
+ * import { assert } from "@std/assert";
+ * const map = dynamicMapUnsigned(getDevice("cpu"));
+ * assert(map.length === 256 && map[0] === 0 && map[255] === 1 && map.every((x, i) => i === 0 || x > map[i - 1]));
+ * ```
+ */
+export function dynamicMapUnsigned(device: Device): Float32Array {
+  const out = new Float32Array(256);
+  device.check(device.native.symbols.qlora_dynamic_map_unsigned(out));
+  return out;
+}
+
 /** Error figures of a quantization round trip. */
 export interface QuantizationError {
   /** Mean absolute error. */

@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 /* Bumped on any change of a signature, enum value or struct layout below. */
-#define QLORA_ABI_VERSION 3
+#define QLORA_ABI_VERSION 4
 
 typedef enum qlora_status {
   QLORA_OK = 0,
@@ -238,6 +238,36 @@ typedef struct qlora_adamw_segment {
 QLORA_API qlora_status qlora_adamw_step(const qlora_adamw_segment* segments, uint64_t count, float lr, float beta1,
                                         float beta2, float eps, float weight_decay, float bias_correction1,
                                         float bias_correction2, float grad_scale);
+/* 8-bit AdamW (bitsandbytes' blockwise 8-bit Adam): the same update, with m and v kept in 8 bits per value
+ * in blocks of QLORA_ADAMW8_BLOCK values: m[i] = signed_map[m_codes[i]] * m_absmax[i / 256] and
+ * v[i] = unsigned_map[v_codes[i]] * v_absmax[i / 256] (qlora_dynamic_map, qlora_dynamic_map_unsigned):
+ * 2 bytes per parameter plus 8 per block instead of 8. Fixed layout, 72 bytes; blocks start at index 0 of
+ * each segment (the last may be partial). States start as codes of 0 with absmax 0. */
+#define QLORA_ADAMW8_BLOCK 256
+typedef struct qlora_adamw8_segment {
+  void* param;          /* n values of param_dtype (f32 or bf16), device */
+  const void* grad;     /* n values of grad_dtype (f32 or bf16), device */
+  uint8_t* m_codes;     /* n codes of the signed dynamic map, device */
+  uint8_t* v_codes;     /* n codes of the unsigned dynamic map, device */
+  float* m_absmax;      /* ceil(n / 256) f32, device */
+  float* v_absmax;      /* ceil(n / 256) f32, device */
+  float* master;        /* n f32 master weights for a bf16 param, or NULL */
+  uint64_t n;
+  int32_t param_dtype;
+  int32_t grad_dtype;
+} qlora_adamw8_segment;
+
+/* One fused 8-bit AdamW step over every segment: per block, m and v are decoded, updated and applied to
+ * the weights exactly as in qlora_adamw_step (with the decoded m and v in place of the f32 states), then
+ * encoded again: absmax = the largest |m| (largest v) of the block's new values, code = the nearest map
+ * value of m / absmax (v / absmax), a value on a midpoint going to the lower code; a block of zeros keeps
+ * absmax 0. */
+QLORA_API qlora_status qlora_adamw8_step(const qlora_adamw8_segment* segments, uint64_t count, float lr,
+                                         float beta1, float beta2, float eps, float weight_decay,
+                                         float bias_correction1, float bias_correction2, float grad_scale);
+/* The 256 sorted values of bitsandbytes' unsigned dynamic map (create_dynamic_map(signed=False)), the
+ * code of the 8-bit AdamW's v, into out[256] (host). */
+QLORA_API qlora_status qlora_dynamic_map_unsigned(float* out256);
 /* *out (host) = sum of x[i]^2 in double, in the fixed order of the mean (chunks of 4096): the
  * squared norm for clipping by global norm. NaN/Inf give a non-finite sum, not an error. */
 QLORA_API qlora_status qlora_sum_squares(const void* x, int32_t dtype, uint64_t n, double* out);

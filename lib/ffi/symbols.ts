@@ -111,6 +111,11 @@ export const symbols = {
     parameters: ["buffer", "u64", "f32", "f32", "f32", "f32", "f32", "f32", "f32", "f32"],
     result: "i32",
   },
+  qlora_adamw8_step: {
+    parameters: ["buffer", "u64", "f32", "f32", "f32", "f32", "f32", "f32", "f32", "f32"],
+    result: "i32",
+  },
+  qlora_dynamic_map_unsigned: { parameters: ["buffer"], result: "i32" },
   qlora_sum_squares: { parameters: ["pointer", "i32", "u64", "buffer"], result: "i32" },
   // the ops of a LLaMA-style model
   qlora_embedding_forward: {
@@ -192,4 +197,4 @@ export const Status = {
 } as const;
 
 /** The ABI version this TypeScript layer was written for (`QLORA_ABI_VERSION`). */
-export const ABI_VERSION = 3;
+export const ABI_VERSION = 4;

@@ -85,21 +85,22 @@ void linspace_f32(float start, float end, int steps, float* out) {
   }
 }
 
-DynamicMap make_dynamic_map() {
-  // create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8): for exponent i in 0..6,
-  // 2^i fraction means of linspace(0.1, 1, 2^i + 1), scaled by 10^(i-6), with both signs; then 0
-  // and 1. 2 * 127 + 2 = 256 values.
+DynamicMap make_dynamic_map(bool is_signed) {
+  // create_dynamic_map(signed, max_exponent_bits=7, total_bits=8): for exponent i in 0..6, the means of
+  // linspace(0.1, 1, 2^i + 1) (signed: 2^i means, with both signs) or of linspace(0.1, 1, 2^(i+1) + 1)
+  // (unsigned: 2^(i+1) means, the sign bit spent on the fraction), scaled by 10^(i-6); then 0 and 1.
+  // 2 * 127 + 2 = 254 + 2 = 256 values either way.
   float values[256];
   int n = 0;
   for (int i = 0; i < 7; i++) {
-    int items = (1 << i) + 1;
-    float bounds[65];
+    int items = (1 << (is_signed ? i : i + 1)) + 1;
+    float bounds[129];
     linspace_f32(0.1f, 1.0f, items, bounds);
     float scale = (float)std::pow(10.0, (double)(i - 6));
     for (int j = 0; j + 1 < items; j++) {
       float mean = (bounds[j] + bounds[j + 1]) / 2.0f;
       values[n++] = mean * scale;
-      values[n++] = -(mean * scale);
+      if (is_signed) values[n++] = -(mean * scale);
     }
   }
   values[n++] = 0.0f;
@@ -126,7 +127,12 @@ const Quant4Table* quant4_table(int32_t quant_type) {
 }
 
 const DynamicMap& dynamic_map() {
-  static const DynamicMap m = make_dynamic_map();
+  static const DynamicMap m = make_dynamic_map(true);
+  return m;
+}
+
+const DynamicMap& dynamic_map_unsigned() {
+  static const DynamicMap m = make_dynamic_map(false);
   return m;
 }
 
@@ -145,6 +151,12 @@ QLORA_API qlora_status qlora_quant_map(int32_t quant_type, float* out16) {
 QLORA_API qlora_status qlora_dynamic_map(float* out256) {
   QLORA_CHECK_PTR(out256, "read the dynamic map");
   memcpy(out256, qlora::dynamic_map().code, sizeof(float) * 256);
+  return QLORA_OK;
+}
+
+QLORA_API qlora_status qlora_dynamic_map_unsigned(float* out256) {
+  QLORA_CHECK_PTR(out256, "read the unsigned dynamic map");
+  memcpy(out256, qlora::dynamic_map_unsigned().code, sizeof(float) * 256);
   return QLORA_OK;
 }
 

@@ -28,6 +28,19 @@ struct DynamicMap {
 
 // bitsandbytes' signed dynamic map (create_dynamic_map(signed=True)), sorted.
 const DynamicMap& dynamic_map();
+// bitsandbytes' unsigned dynamic map (create_dynamic_map(signed=False)), sorted: values in [0, 1].
+const DynamicMap& dynamic_map_unsigned();
+
+// The code of x (in [-1, 1]) in a dynamic map: the number of midpoints below x (binary search).
+inline uint8_t dynamic_code(const DynamicMap& map, float x) {
+  int lo = 0, hi = 255;  // the answer lies in [lo, hi]
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (map.midpoint[mid] < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return (uint8_t)lo;
+}
 
 // Sum of n floats in double in a fixed order: chunks of kMeanChunk summed one by one, then the
 // chunk sums in order. Both backends follow this order, so the mean (the double-quant offset) agrees.

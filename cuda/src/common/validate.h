@@ -278,6 +278,55 @@ inline qlora_status check_adamw(const qlora_adamw_segment* segments, uint64_t co
   return QLORA_OK;
 }
 
+// qlora_adamw8_step: the scalars as for qlora_adamw_step; per segment, non-null param, grad, codes and
+// absmax, n > 0, f32/bf16 dtypes, a master only for bf16, aligned pointers.
+inline qlora_status check_adamw8(const qlora_adamw8_segment* segments, uint64_t count, float lr, float beta1,
+                                 float beta2, float eps, float weight_decay, float bias_correction1,
+                                 float bias_correction2, float grad_scale) {
+  qlora_status s = check_adamw(nullptr, 0, lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2,
+                               grad_scale);
+  if (s != QLORA_OK) return s;
+  const char* fn = "take an 8-bit AdamW step";
+  if (count > 0 && segments == nullptr)
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segments is null but count is %llu", fn,
+                (unsigned long long)count);
+  uint64_t total = 0;
+  for (uint64_t k = 0; k < count; k++) {
+    const qlora_adamw8_segment& g = segments[k];
+    const unsigned long long i = (unsigned long long)k;
+    const char* missing = !g.param      ? "param"
+                          : !g.grad     ? "grad"
+                          : !g.m_codes  ? "m_codes"
+                          : !g.v_codes  ? "v_codes"
+                          : !g.m_absmax ? "m_absmax"
+                          : !g.v_absmax ? "v_absmax"
+                                        : nullptr;
+    if (missing) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: %s is null", fn, i, missing);
+    if (g.n == 0) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: n is 0", fn, i);
+    if (g.n > (1ull << 44) || total + g.n > (1ull << 46))
+      return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: n = %llu is larger than any device", fn, i,
+                  (unsigned long long)g.n);
+    total += g.n;
+    if ((g.param_dtype != QLORA_F32 && g.param_dtype != QLORA_BF16) ||
+        (g.grad_dtype != QLORA_F32 && g.grad_dtype != QLORA_BF16))
+      return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: param and grad must be f32 or bf16, got %s and %s",
+                  fn, i, dtype_name(g.param_dtype), dtype_name(g.grad_dtype));
+    if (g.master && g.param_dtype != QLORA_BF16)
+      return fail(QLORA_ERR_INVALID_ARGUMENT,
+                  "Cannot %s: segment %llu: a master copy is for a bf16 param, this param is %s", fn, i,
+                  dtype_name(g.param_dtype));
+    const void* ptrs[5] = {g.param, g.grad, g.m_absmax, g.v_absmax, g.master};
+    const uint64_t aligns[5] = {dtype_size(g.param_dtype), dtype_size(g.grad_dtype), 4, 4, 4};
+    const char* what[5] = {"param", "grad", "m_absmax", "v_absmax", "master"};
+    for (int p = 0; p < 5; p++) {
+      if (ptrs[p] == nullptr || ((uintptr_t)ptrs[p]) % aligns[p] == 0) continue;
+      return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: %s is not aligned to %llu bytes", fn, i,
+                  what[p], (unsigned long long)aligns[p]);
+    }
+  }
+  return QLORA_OK;
+}
+
 // qlora_sum_squares: x of a float dtype, aligned; out (host) not null. n = 0 is allowed (sum 0).
 inline qlora_status check_sum_squares(const void* x, int32_t dtype, const double* out) {
   const char* fn = "sum squares";

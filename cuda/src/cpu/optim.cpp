@@ -162,6 +162,128 @@ void adamw_chunk(const Chunk& ch, const AdamWConstants& c) {
 // Elements per chunk: 64 Ki values (about 2 MiB of traffic), many chunks per thread for balance.
 constexpr uint64_t kAdamWChunk = 1ull << 16;
 
+// ---- 8-bit AdamW -----------------------------------------------------------------------------------
+
+// The code of x in a dynamic map without a binary search: floats are cut into 65536 buckets by the top
+// 16 bits of an order-preserving key of their bits; first[b] is the code of the smallest float of bucket
+// b, and the code of x is first[b] plus the midpoints of the bucket below x (almost always none or one).
+// Exactly codes.h's dynamic_code (the number of midpoints below x), a few operations instead of eight
+// dependent comparisons.
+struct CodeLookup {
+  const DynamicMap* map;
+  uint8_t first[65536];
+  static uint32_t key(float x) {
+    const uint32_t u = float_bits(x);
+    return (u & 0x80000000u) ? ~u : u | 0x80000000u;  // increasing with x
+  }
+  explicit CodeLookup(const DynamicMap& m) : map(&m) {
+    for (uint32_t b = 0; b < 65536; b++) {
+      const uint32_t k = b << 16;  // the smallest key of bucket b, back to a float
+      const float lowest = bits_float((k & 0x80000000u) ? k & 0x7fffffffu : ~k);
+      first[b] = lowest == lowest ? dynamic_code(m, lowest) : 0;  // NaN buckets: unused
+    }
+  }
+  uint8_t code(float x) const {
+    uint32_t c = first[key(x) >> 16];
+    while (c < 255 && map->midpoint[c] < x) c++;
+    return (uint8_t)c;
+  }
+};
+
+const CodeLookup& signed_lookup() {
+  static const CodeLookup* t = new CodeLookup(dynamic_map());
+  return *t;
+}
+const CodeLookup& unsigned_lookup() {
+  static const CodeLookup* t = new CodeLookup(dynamic_map_unsigned());
+  return *t;
+}
+
+// The decode-and-update half of a block for values [begin, begin + 16k), 16 at a time: the operations of
+// the scalar loop below, each rounded on its own, so the bits are the same. m_new and v_new get the new
+// states (indexed from block_begin), m_max and v_max their largest |m| and v so far. Returns where the
+// scalar loop takes over.
+__attribute__((target("avx512f"))) uint64_t adamw8_update_avx512(const qlora_adamw8_segment& seg, uint64_t begin,
+                                                                  uint64_t end, uint64_t block_begin,
+                                                                  const AdamWConstants& c, const float* scode,
+                                                                  const float* ucode, float m_scale, float v_scale,
+                                                                  float* m_new, float* v_new, float& m_max,
+                                                                  float& v_max) {
+  const __m512 grad_scale = _mm512_set1_ps(c.grad_scale), decay = _mm512_set1_ps(c.decay);
+  const __m512 beta1 = _mm512_set1_ps(c.beta1), omb1 = _mm512_set1_ps(c.one_minus_beta1);
+  const __m512 beta2 = _mm512_set1_ps(c.beta2), omb2 = _mm512_set1_ps(c.one_minus_beta2);
+  const __m512 step_size = _mm512_set1_ps(c.step_size), sqrt_bc2 = _mm512_set1_ps(c.sqrt_bc2);
+  const __m512 eps = _mm512_set1_ps(c.eps), ms = _mm512_set1_ps(m_scale), vs = _mm512_set1_ps(v_scale);
+  const bool param_bf16 = seg.param_dtype == QLORA_BF16, grad_bf16 = seg.grad_dtype == QLORA_BF16;
+  __m512 mmax = _mm512_setzero_ps(), vmax = _mm512_setzero_ps();
+  uint64_t i = begin;
+  for (; i + 16 <= end; i += 16) {
+    const __m512i mc = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(seg.m_codes + i)));
+    const __m512i vc = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(seg.v_codes + i)));
+    const __m512 m_old = _mm512_mul_ps(_mm512_i32gather_ps(mc, scode, 4), ms);
+    const __m512 v_old = _mm512_mul_ps(_mm512_i32gather_ps(vc, ucode, 4), vs);
+    const __m512 grad = grad_bf16 ? load16_bf16((const uint16_t*)seg.grad + i) : _mm512_loadu_ps((const float*)seg.grad + i);
+    const __m512 g = _mm512_mul_ps(grad, grad_scale);
+    __m512 w = seg.master ? _mm512_loadu_ps(seg.master + i)
+               : param_bf16 ? load16_bf16((const uint16_t*)seg.param + i)
+                            : _mm512_loadu_ps((const float*)seg.param + i);
+    w = _mm512_mul_ps(w, decay);
+    const __m512 mi = _mm512_add_ps(_mm512_mul_ps(beta1, m_old), _mm512_mul_ps(omb1, g));
+    const __m512 vi = _mm512_add_ps(_mm512_mul_ps(beta2, v_old), _mm512_mul_ps(_mm512_mul_ps(omb2, g), g));
+    const __m512 denom = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(vi), sqrt_bc2), eps);
+    w = _mm512_sub_ps(w, _mm512_div_ps(_mm512_mul_ps(step_size, mi), denom));
+    if (seg.master) _mm512_storeu_ps(seg.master + i, w);
+    if (param_bf16) store16_bf16((uint16_t*)seg.param + i, w);
+    else _mm512_storeu_ps((float*)seg.param + i, w);
+    _mm512_storeu_ps(m_new + (i - block_begin), mi);
+    _mm512_storeu_ps(v_new + (i - block_begin), vi);
+    mmax = _mm512_max_ps(mmax, _mm512_abs_ps(mi));
+    vmax = _mm512_max_ps(vmax, vi);
+  }
+  m_max = std::max(m_max, _mm512_reduce_max_ps(mmax));
+  v_max = std::max(v_max, _mm512_reduce_max_ps(vmax));
+  return i;
+}
+
+// One block of up to QLORA_ADAMW8_BLOCK values: decode m and v, the f32 update of adamw_range (same
+// operations, same order), then encode m and v with the block's new absmax.
+void adamw8_block(const qlora_adamw8_segment& seg, uint64_t block, const AdamWConstants& c, const DynamicMap& smap,
+                  const DynamicMap& umap, const CodeLookup& slook, const CodeLookup& ulook, bool avx512) {
+  const uint64_t begin = block * QLORA_ADAMW8_BLOCK;
+  const uint64_t end = std::min(seg.n, begin + QLORA_ADAMW8_BLOCK);
+  const bool param_bf16 = seg.param_dtype == QLORA_BF16;
+  float m_new[QLORA_ADAMW8_BLOCK], v_new[QLORA_ADAMW8_BLOCK];
+  const float m_scale = seg.m_absmax[block], v_scale = seg.v_absmax[block];
+  float m_max = 0.0f, v_max = 0.0f;
+  uint64_t first = begin;
+  if (avx512)
+    first = adamw8_update_avx512(seg, begin, end, begin, c, smap.code, umap.code, m_scale, v_scale, m_new, v_new,
+                                 m_max, v_max);
+  for (uint64_t i = first; i < end; i++) {
+    const float g = load_float(seg.grad, seg.grad_dtype, i) * c.grad_scale;
+    float w = seg.master ? seg.master[i] : load_float(seg.param, seg.param_dtype, i);
+    w = w * c.decay;
+    const float mi = c.beta1 * (smap.code[seg.m_codes[i]] * m_scale) + c.one_minus_beta1 * g;
+    const float vi = c.beta2 * (umap.code[seg.v_codes[i]] * v_scale) + c.one_minus_beta2 * g * g;
+    const float denom = std::sqrt(vi) / c.sqrt_bc2 + c.eps;
+    w = w - c.step_size * mi / denom;
+    if (seg.master) seg.master[i] = w;
+    if (param_bf16) ((uint16_t*)seg.param)[i] = float_to_bf16(w);
+    else ((float*)seg.param)[i] = w;
+    m_new[i - begin] = mi;
+    v_new[i - begin] = vi;
+    m_max = std::max(m_max, std::fabs(mi));
+    v_max = std::max(v_max, vi);
+  }
+  const float m_inv = m_max > 0.0f ? 1.0f / m_max : 0.0f, v_inv = v_max > 0.0f ? 1.0f / v_max : 0.0f;
+  for (uint64_t i = begin; i < end; i++) {
+    seg.m_codes[i] = slook.code(m_new[i - begin] * m_inv);
+    seg.v_codes[i] = ulook.code(v_new[i - begin] * v_inv);
+  }
+  seg.m_absmax[block] = m_max;
+  seg.v_absmax[block] = v_max;
+}
+
 // Sum of x[begin, end)^2 in double, value by value (the fixed order of codes.h). Squares of floats
 // are exact in double, so only the additions round.
 template <int32_t kDtype>
@@ -245,6 +367,38 @@ QLORA_API qlora_status qlora_adamw_step(const qlora_adamw_segment* segments, uin
     if (avx512) adamw_chunk<true>(chunks[(size_t)k], c);
     else adamw_chunk<false>(chunks[(size_t)k], c);
   }
+  return QLORA_OK;
+}
+
+QLORA_API qlora_status qlora_adamw8_step(const qlora_adamw8_segment* segments, uint64_t count, float lr,
+                                         float beta1, float beta2, float eps, float weight_decay,
+                                         float bias_correction1, float bias_correction2, float grad_scale) {
+  qlora_status s = check_adamw8(segments, count, lr, beta1, beta2, eps, weight_decay, bias_correction1,
+                                bias_correction2, grad_scale);
+  if (s != QLORA_OK) return s;
+  const AdamWConstants c =
+      adamw_constants(lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2, grad_scale);
+  std::vector<std::pair<const qlora_adamw8_segment*, uint64_t>> blocks;  // every block of every segment
+  uint64_t total = 0;
+  try {
+    for (uint64_t k = 0; k < count; k++) {
+      total += segments[k].n;
+      for (uint64_t b = 0; b * QLORA_ADAMW8_BLOCK < segments[k].n; b++) blocks.emplace_back(&segments[k], b);
+    }
+  } catch (const std::bad_alloc&) {
+    return fail(QLORA_ERR_OUT_OF_MEMORY, "Cannot take an 8-bit AdamW step: no host memory for the list of blocks");
+  }
+  const DynamicMap& smap = dynamic_map();
+  const DynamicMap& umap = dynamic_map_unsigned();
+  const CodeLookup& slook = signed_lookup();
+  const CodeLookup& ulook = unsigned_lookup();
+  static const bool avx512 = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") != 0;
+  }();
+#pragma omp parallel for schedule(static) if (total >= kParallelMin)
+  for (int64_t k = 0; k < (int64_t)blocks.size(); k++)
+    adamw8_block(*blocks[(size_t)k].first, blocks[(size_t)k].second, c, smap, umap, slook, ulook, avx512);
   return QLORA_OK;
 }
 

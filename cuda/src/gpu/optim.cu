@@ -4,6 +4,7 @@
 // contract a * b + c into an FMA and approximate sqrt and division), so that both backends agree bit
 // for bit.
 #include <cmath>
+#include <cstring>
 #include <new>
 #include <vector>
 
@@ -94,6 +95,82 @@ __global__ void adamw_kernel(const SegmentDesc* segs, uint64_t count, uint64_t t
   }
 }
 
+// ---- 8-bit AdamW ---------------------------------------------------------------------------
+
+// The two dynamic maps with their midpoints, copied to the device once per step and to shared memory
+// by every thread block.
+struct Adamw8Maps {
+  float s_code[256], s_mid[255];
+  float u_code[256], u_mid[255];
+};
+
+// codes.h's dynamic_code: the number of midpoints below x.
+__device__ uint8_t nearest_code(const float* mid, float x) {
+  int lo = 0, hi = 255;
+  while (lo < hi) {
+    const int m = (lo + hi) / 2;
+    if (mid[m] < x) lo = m + 1;
+    else hi = m;
+  }
+  return (uint8_t)lo;
+}
+
+// One thread block per block of QLORA_ADAMW8_BLOCK values, one thread per value: cpu/optim.cpp's
+// adamw8_block, the largest |m| and v of the block by a tree reduction in shared memory.
+__global__ void adamw8_kernel(qlora_adamw8_segment seg, const Adamw8Maps* maps, AdamWConstants c) {
+  __shared__ Adamw8Maps sm;
+  __shared__ float red_m[QLORA_ADAMW8_BLOCK], red_v[QLORA_ADAMW8_BLOCK];
+  const unsigned t = threadIdx.x;
+  sm.s_code[t] = maps->s_code[t];
+  sm.u_code[t] = maps->u_code[t];
+  if (t < 255) {
+    sm.s_mid[t] = maps->s_mid[t];
+    sm.u_mid[t] = maps->u_mid[t];
+  }
+  __syncthreads();
+  const uint64_t block = blockIdx.x, i = block * QLORA_ADAMW8_BLOCK + t;
+  const bool live = i < seg.n;
+  float mi = 0.0f, vi = 0.0f;
+  if (live) {
+    const float m_scale = seg.m_absmax[block], v_scale = seg.v_absmax[block];
+    const float grad = seg.grad_dtype == 1 ? bf16_to_float(((const uint16_t*)seg.grad)[i]) : ((const float*)seg.grad)[i];
+    const float g = __fmul_rn(grad, c.grad_scale);
+    float w = seg.master ? seg.master[i]
+                         : seg.param_dtype == 1 ? bf16_to_float(((const uint16_t*)seg.param)[i])
+                                                : ((const float*)seg.param)[i];
+    w = __fmul_rn(w, c.decay);
+    mi = __fadd_rn(__fmul_rn(c.beta1, __fmul_rn(sm.s_code[seg.m_codes[i]], m_scale)), __fmul_rn(c.one_minus_beta1, g));
+    vi = __fadd_rn(__fmul_rn(c.beta2, __fmul_rn(sm.u_code[seg.v_codes[i]], v_scale)),
+                   __fmul_rn(__fmul_rn(c.one_minus_beta2, g), g));
+    const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), c.sqrt_bc2), c.eps);
+    w = __fsub_rn(w, __fdiv_rn(__fmul_rn(c.step_size, mi), denom));
+    if (seg.master) seg.master[i] = w;
+    if (seg.param_dtype == 1) ((uint16_t*)seg.param)[i] = float_to_bf16(w);
+    else ((float*)seg.param)[i] = w;
+  }
+  red_m[t] = fabsf(mi);
+  red_v[t] = vi;
+  __syncthreads();
+  for (unsigned half = QLORA_ADAMW8_BLOCK / 2; half > 0; half >>= 1) {
+    if (t < half) {
+      red_m[t] = fmaxf(red_m[t], red_m[t + half]);
+      red_v[t] = fmaxf(red_v[t], red_v[t + half]);
+    }
+    __syncthreads();
+  }
+  const float m_max = red_m[0], v_max = red_v[0];
+  if (live) {
+    const float m_inv = m_max > 0.0f ? __fdiv_rn(1.0f, m_max) : 0.0f;
+    const float v_inv = v_max > 0.0f ? __fdiv_rn(1.0f, v_max) : 0.0f;
+    seg.m_codes[i] = nearest_code(sm.s_mid, __fmul_rn(mi, m_inv));
+    seg.v_codes[i] = nearest_code(sm.u_mid, __fmul_rn(vi, v_inv));
+  }
+  if (t == 0) {
+    seg.m_absmax[block] = m_max;
+    seg.v_absmax[block] = v_max;
+  }
+}
+
 // ---- sum of squares ------------------------------------------------------------------------
 
 // The fixed order of codes.h, step 1: the sum of squares of each chunk of kMeanChunk values in double,
@@ -158,6 +235,41 @@ QLORA_API qlora_status qlora_adamw_step(const qlora_adamw_segment* segments, uin
   s = cuda_status(cudaMemcpyAsync(dev, descs.data(), bytes, cudaMemcpyHostToDevice, gpu_stream()), what);
   if (s == QLORA_OK) {
     adamw_kernel<<<grid_for(total), kThreads, 0, gpu_stream()>>>(dev, count, total, c);
+    s = launch_status(what);
+  }
+  qlora_status freed = cuda_status(cudaFreeAsync(dev, gpu_stream()), what);
+  return s != QLORA_OK ? s : freed;
+}
+
+QLORA_API qlora_status qlora_adamw8_step(const qlora_adamw8_segment* segments, uint64_t count, float lr,
+                                         float beta1, float beta2, float eps, float weight_decay,
+                                         float bias_correction1, float bias_correction2, float grad_scale) {
+  qlora_status s = check_adamw8(segments, count, lr, beta1, beta2, eps, weight_decay, bias_correction1,
+                                bias_correction2, grad_scale);
+  if (s != QLORA_OK) return s;
+  if ((s = gpu_ready()) != QLORA_OK || count == 0) return s;
+  const char* what = "take an 8-bit AdamW step";
+  const AdamWConstants c =
+      adamw_constants(lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2, grad_scale);
+  Adamw8Maps maps;
+  memcpy(maps.s_code, dynamic_map().code, sizeof maps.s_code);
+  memcpy(maps.s_mid, dynamic_map().midpoint, sizeof maps.s_mid);
+  memcpy(maps.u_code, dynamic_map_unsigned().code, sizeof maps.u_code);
+  memcpy(maps.u_mid, dynamic_map_unsigned().midpoint, sizeof maps.u_mid);
+  // The maps go to stream-ordered scratch (4 KB, not counted by the ledger); the copy from pageable
+  // memory has read them by the time cudaMemcpyAsync returns.
+  Adamw8Maps* dev = nullptr;
+  s = cuda_status(cudaMallocAsync((void**)&dev, sizeof maps, gpu_stream()), what, sizeof maps, QLORA_CAT_WORKSPACE);
+  if (s != QLORA_OK) return s;
+  s = cuda_status(cudaMemcpyAsync(dev, &maps, sizeof maps, cudaMemcpyHostToDevice, gpu_stream()), what);
+  for (uint64_t k = 0; k < count && s == QLORA_OK; k++) {
+    const uint64_t blocks = (segments[k].n + QLORA_ADAMW8_BLOCK - 1) / QLORA_ADAMW8_BLOCK;
+    if (blocks > 0x7fffffffull) {  // the grid's x dimension
+      s = fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu has %llu values, more than one launch takes",
+               what, (unsigned long long)k, (unsigned long long)segments[k].n);
+      break;
+    }
+    adamw8_kernel<<<(unsigned)blocks, QLORA_ADAMW8_BLOCK, 0, gpu_stream()>>>(segments[k], dev, c);
     s = launch_status(what);
   }
   qlora_status freed = cuda_status(cudaFreeAsync(dev, gpu_stream()), what);
