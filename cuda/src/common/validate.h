@@ -223,12 +223,10 @@ QLORA_HD float unit_float(uint64_t r) { return (float)(r >> 40) * 5.960464477539
 // Dropout keeps value i when its uniform is >= p. Both backends compute the same mask.
 QLORA_HD bool dropout_keep(uint64_t seed, uint64_t i, float p) { return unit_float(random_word(seed, i)) >= p; }
 
-// qlora_adamw_step: the hyperparameters, then each segment (pointers, n, dtypes, alignment). A bf16
-// param may have an f32 master copy or not (pure bf16); an f32 param has no master.
-inline qlora_status check_adamw(const qlora_adamw_segment* segments, uint64_t count, float lr, float beta1,
-                                float beta2, float eps, float weight_decay, float bias_correction1,
-                                float bias_correction2, float grad_scale) {
-  const char* fn = "take an AdamW step";
+// The hyperparameters of both AdamW steps: finite, betas in [0, 1), eps > 0, bias corrections in (0, 1].
+inline qlora_status check_adamw_hyper(const char* fn, float lr, float beta1, float beta2, float eps,
+                                      float weight_decay, float bias_correction1, float bias_correction2,
+                                      float grad_scale) {
   const float values[8] = {lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2, grad_scale};
   const char* names[8] = {"lr", "beta1", "beta2", "eps", "weight_decay", "bias_correction1", "bias_correction2",
                           "grad_scale"};
@@ -244,87 +242,92 @@ inline qlora_status check_adamw(const qlora_adamw_segment* segments, uint64_t co
     return fail(QLORA_ERR_INVALID_ARGUMENT,
                 "Cannot %s: bias corrections (1 - beta^step) must be in (0, 1], got %g and %g", fn,
                 (double)bias_correction1, (double)bias_correction2);
-  if (count > 0 && segments == nullptr)
-    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segments is null but count is %llu", fn,
-                (unsigned long long)count);
-  uint64_t total = 0;
-  for (uint64_t k = 0; k < count; k++) {
-    const qlora_adamw_segment& g = segments[k];
-    const unsigned long long i = (unsigned long long)k;
-    const char* missing = !g.param ? "param" : !g.grad ? "grad" : !g.m ? "m" : !g.v ? "v" : nullptr;
-    if (missing) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: %s is null", fn, i, missing);
-    if (g.n == 0) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: n is 0", fn, i);
-    if (g.n > (1ull << 44) || total + g.n > (1ull << 46))
-      return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: n = %llu is larger than any device", fn, i,
-                  (unsigned long long)g.n);
-    total += g.n;
-    if ((g.param_dtype != QLORA_F32 && g.param_dtype != QLORA_BF16) ||
-        (g.grad_dtype != QLORA_F32 && g.grad_dtype != QLORA_BF16))
-      return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: param and grad must be f32 or bf16, got %s and %s",
-                  fn, i, dtype_name(g.param_dtype), dtype_name(g.grad_dtype));
-    if (g.master && g.param_dtype != QLORA_BF16)
-      return fail(QLORA_ERR_INVALID_ARGUMENT,
-                  "Cannot %s: segment %llu: a master copy is for a bf16 param, this param is %s", fn, i,
-                  dtype_name(g.param_dtype));
-    const void* ptrs[5] = {g.param, g.grad, g.m, g.v, g.master};
-    const uint64_t aligns[5] = {dtype_size(g.param_dtype), dtype_size(g.grad_dtype), 4, 4, 4};
-    const char* what[5] = {"param", "grad", "m", "v", "master"};
-    for (int p = 0; p < 5; p++) {
-      if (ptrs[p] == nullptr || ((uintptr_t)ptrs[p]) % aligns[p] == 0) continue;
-      return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: %s is not aligned to %llu bytes", fn, i,
-                  what[p], (unsigned long long)aligns[p]);
-    }
+  return QLORA_OK;
+}
+
+// A device pointer of a segment, its name in messages and the alignment it needs; only the master may be null.
+struct SegmentPointer {
+  const void* ptr;
+  const char* name;
+  uint64_t align;
+};
+
+// One segment of either AdamW (index k; total: the values of the segments before it, updated): the
+// pointers non-null (but the master, the last one) and aligned, n in range, param and grad f32 or bf16,
+// a master only for a bf16 param.
+inline qlora_status check_adamw_segment(const char* fn, uint64_t k, uint64_t n, uint64_t& total, int32_t param_dtype,
+                                        int32_t grad_dtype, const SegmentPointer* ptrs, int count) {
+  const unsigned long long i = (unsigned long long)k;
+  for (int p = 0; p + 1 < count; p++)
+    if (!ptrs[p].ptr) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: %s is null", fn, i, ptrs[p].name);
+  if (n == 0) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: n is 0", fn, i);
+  if (n > (1ull << 44) || total + n > (1ull << 46))
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: n = %llu is larger than any device", fn, i,
+                (unsigned long long)n);
+  total += n;
+  if ((param_dtype != QLORA_F32 && param_dtype != QLORA_BF16) || (grad_dtype != QLORA_F32 && grad_dtype != QLORA_BF16))
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: param and grad must be f32 or bf16, got %s and %s",
+                fn, i, dtype_name(param_dtype), dtype_name(grad_dtype));
+  if (ptrs[count - 1].ptr && param_dtype != QLORA_BF16)
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: a master copy is for a bf16 param, this param is %s",
+                fn, i, dtype_name(param_dtype));
+  for (int p = 0; p < count; p++) {
+    if (ptrs[p].ptr == nullptr || ((uintptr_t)ptrs[p].ptr) % ptrs[p].align == 0) continue;
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: %s is not aligned to %llu bytes", fn, i,
+                ptrs[p].name, (unsigned long long)ptrs[p].align);
   }
   return QLORA_OK;
 }
 
-// qlora_adamw8_step: the scalars as for qlora_adamw_step; per segment, non-null param, grad, codes and
-// absmax, n > 0, f32/bf16 dtypes, a master only for bf16, aligned pointers.
-inline qlora_status check_adamw8(const qlora_adamw8_segment* segments, uint64_t count, float lr, float beta1,
-                                 float beta2, float eps, float weight_decay, float bias_correction1,
-                                 float bias_correction2, float grad_scale) {
-  qlora_status s = check_adamw(nullptr, 0, lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2,
-                               grad_scale);
+// qlora_adamw_step: the hyperparameters, then each segment (pointers, n, dtypes, alignment). A bf16
+// param may have an f32 master copy or not (pure bf16); an f32 param has no master.
+inline qlora_status check_adamw(const qlora_adamw_segment* segments, uint64_t count, float lr, float beta1,
+                                float beta2, float eps, float weight_decay, float bias_correction1,
+                                float bias_correction2, float grad_scale) {
+  const char* fn = "take an AdamW step";
+  qlora_status s =
+      check_adamw_hyper(fn, lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2, grad_scale);
   if (s != QLORA_OK) return s;
-  const char* fn = "take an 8-bit AdamW step";
   if (count > 0 && segments == nullptr)
     return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segments is null but count is %llu", fn,
                 (unsigned long long)count);
   uint64_t total = 0;
-  for (uint64_t k = 0; k < count; k++) {
-    const qlora_adamw8_segment& g = segments[k];
-    const unsigned long long i = (unsigned long long)k;
-    const char* missing = !g.param      ? "param"
-                          : !g.grad     ? "grad"
-                          : !g.m_codes  ? "m_codes"
-                          : !g.v_codes  ? "v_codes"
-                          : !g.m_absmax ? "m_absmax"
-                          : !g.v_absmax ? "v_absmax"
-                                        : nullptr;
-    if (missing) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: %s is null", fn, i, missing);
-    if (g.n == 0) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: n is 0", fn, i);
-    if (g.n > (1ull << 44) || total + g.n > (1ull << 46))
-      return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: n = %llu is larger than any device", fn, i,
-                  (unsigned long long)g.n);
-    total += g.n;
-    if ((g.param_dtype != QLORA_F32 && g.param_dtype != QLORA_BF16) ||
-        (g.grad_dtype != QLORA_F32 && g.grad_dtype != QLORA_BF16))
-      return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: param and grad must be f32 or bf16, got %s and %s",
-                  fn, i, dtype_name(g.param_dtype), dtype_name(g.grad_dtype));
-    if (g.master && g.param_dtype != QLORA_BF16)
-      return fail(QLORA_ERR_INVALID_ARGUMENT,
-                  "Cannot %s: segment %llu: a master copy is for a bf16 param, this param is %s", fn, i,
-                  dtype_name(g.param_dtype));
-    const void* ptrs[5] = {g.param, g.grad, g.m_absmax, g.v_absmax, g.master};
-    const uint64_t aligns[5] = {dtype_size(g.param_dtype), dtype_size(g.grad_dtype), 4, 4, 4};
-    const char* what[5] = {"param", "grad", "m_absmax", "v_absmax", "master"};
-    for (int p = 0; p < 5; p++) {
-      if (ptrs[p] == nullptr || ((uintptr_t)ptrs[p]) % aligns[p] == 0) continue;
-      return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segment %llu: %s is not aligned to %llu bytes", fn, i,
-                  what[p], (unsigned long long)aligns[p]);
-    }
+  for (uint64_t k = 0; k < count && s == QLORA_OK; k++) {
+    const qlora_adamw_segment& g = segments[k];
+    const SegmentPointer ptrs[5] = {{g.param, "param", dtype_size(g.param_dtype)},
+                                    {g.grad, "grad", dtype_size(g.grad_dtype)},
+                                    {g.m, "m", 4},
+                                    {g.v, "v", 4},
+                                    {g.master, "master", 4}};
+    s = check_adamw_segment(fn, k, g.n, total, g.param_dtype, g.grad_dtype, ptrs, 5);
   }
-  return QLORA_OK;
+  return s;
+}
+
+// qlora_adamw8_step: the same checks, with the codes (any alignment) and block absmax in place of m and v.
+inline qlora_status check_adamw8(const qlora_adamw8_segment* segments, uint64_t count, float lr, float beta1,
+                                 float beta2, float eps, float weight_decay, float bias_correction1,
+                                 float bias_correction2, float grad_scale) {
+  const char* fn = "take an 8-bit AdamW step";
+  qlora_status s =
+      check_adamw_hyper(fn, lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2, grad_scale);
+  if (s != QLORA_OK) return s;
+  if (count > 0 && segments == nullptr)
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segments is null but count is %llu", fn,
+                (unsigned long long)count);
+  uint64_t total = 0;
+  for (uint64_t k = 0; k < count && s == QLORA_OK; k++) {
+    const qlora_adamw8_segment& g = segments[k];
+    const SegmentPointer ptrs[7] = {{g.param, "param", dtype_size(g.param_dtype)},
+                                    {g.grad, "grad", dtype_size(g.grad_dtype)},
+                                    {g.m_codes, "m_codes", 1},
+                                    {g.v_codes, "v_codes", 1},
+                                    {g.m_absmax, "m_absmax", 4},
+                                    {g.v_absmax, "v_absmax", 4},
+                                    {g.master, "master", 4}};
+    s = check_adamw_segment(fn, k, g.n, total, g.param_dtype, g.grad_dtype, ptrs, 7);
+  }
+  return s;
 }
 
 // qlora_sum_squares: x of a float dtype, aligned; out (host) not null. n = 0 is allowed (sum 0).

@@ -18,6 +18,7 @@
 
 // GCC 12 warns inside its own AVX-512 headers (_mm512_undefined_*); the warning is not about this code.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 namespace qlora {
 namespace {
