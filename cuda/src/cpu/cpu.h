@@ -6,6 +6,9 @@
 
 namespace qlora {
 
+// Whether this CPU has AVX-512 F and BW (checked once): the 16-lane paths of every file use it.
+bool has_avx512();
+
 // memcpy split over OpenMP threads for large copies.
 void parallel_copy(void* dst, const void* src, uint64_t bytes);
 

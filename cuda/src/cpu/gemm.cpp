@@ -197,11 +197,6 @@ void gemm_2d(const Operands& o, const void* a, const void* b, void* c) {
 
 // ---- 4-bit dequantization of ranges of the stored W ----------------------------------------
 
-bool has_avx512() {
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-  return yes;
-}
-
 // nbytes packed bytes (2 * nbytes values) of one block with scale amax, into out (f32 or bf16).
 __attribute__((target("avx512f,avx512bw"))) void dequantize_bytes_avx512(const uint8_t* packed, uint64_t nbytes,
                                                                          float amax, const float* table,

@@ -20,6 +20,11 @@ void backend_device_memory(uint64_t* free_bytes, uint64_t* total_bytes) {
   *total_bytes = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
 }
 
+bool has_avx512() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return yes;
+}
+
 void parallel_copy(void* dst, const void* src, uint64_t bytes) {
   const uint64_t chunk = 1ull << 22;  // 4 MiB per task
   if (bytes < 2 * chunk) {

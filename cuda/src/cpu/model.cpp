@@ -59,11 +59,6 @@ qlora_status check_tokens(const int32_t* tokens, uint64_t rows, uint64_t vocab, 
 // load, store and exponentiate 16 floats at once; exp_avx512 has a relative error below 2e-7 against
 // expf (tests/model_ops_test.ts checks every op that uses it against float64).
 
-bool has_avx512_bw() {
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-  return yes;
-}
-
 // exp(x) = 2^n * e^f with n = round(x / ln 2), f = x - n ln 2 in [-ln2/2, ln2/2] (Cody-Waite split of
 // ln 2), e^f by its Taylor polynomial of degree 6, 2^n applied by scalef. x below -87.3 gives ~1e-38.
 __attribute__((target("avx512f"))) inline __m512 exp_avx512(__m512 x) {
@@ -260,7 +255,7 @@ template <int32_t DT>
 void attention_forward_head(const void* q, const void* k, const void* v, const AttnShape& a, uint64_t b,
                             uint64_t h, void* out, float* lse, AttnScratch& w) {
   const float scale = 1.0f / sqrtf((float)a.hd);
-  const bool simd = has_avx512_bw();
+  const bool simd = has_avx512();
   const uint64_t g = h / a.group();
   for (uint64_t i0 = 0; i0 < a.seq; i0 += kQueryBlock) {
     const uint64_t n = a.seq - i0 < kQueryBlock ? a.seq - i0 : kQueryBlock, kv = i0 + n;
@@ -288,7 +283,7 @@ void attention_backward_kv_head(const void* dout, const void* q, const void* k, 
                                 const float* lse, const AttnShape& a, uint64_t b, uint64_t g, void* dq, void* dk,
                                 void* dv, AttnScratch& w) {
   const float scale = 1.0f / sqrtf((float)a.hd);
-  const bool simd = has_avx512_bw();
+  const bool simd = has_avx512();
   const uint64_t hd = a.hd;
   std::fill(w.dk, w.dk + a.seq * hd, 0.0f);
   std::fill(w.dv, w.dv + a.seq * hd, 0.0f);
@@ -378,7 +373,7 @@ __attribute__((target("avx512f,avx512bw"))) void ce_grad_avx512(const float* buf
 template <int32_t DT>
 void cross_entropy_rows(const void* logits, const int32_t* targets, uint64_t rows, uint64_t vocab, float* losses,
                         void* dlogits, float grad_scale, float* scratch) {
-  const bool simd = has_avx512_bw();
+  const bool simd = has_avx512();
 #pragma omp parallel for schedule(static) if (rows * vocab >= kParallelMin)
   for (int64_t r = 0; r < (int64_t)rows; r++) {
     const uint64_t o = (uint64_t)r * vocab;
@@ -669,7 +664,7 @@ QLORA_API qlora_status qlora_swiglu_forward(const void* gate, const void* up, ui
                                             int32_t dtype) {
   qlora_status s = check_swiglu_forward(gate, up, n, out, dtype);
   if (s != QLORA_OK) return s;
-  if (has_avx512_bw()) {
+  if (has_avx512()) {
     for_chunks(n, [&](uint64_t i0, uint64_t i1) {
       if (dtype == QLORA_F32) swiglu_forward_avx512<QLORA_F32>(gate, up, i0, i1, out);
       else swiglu_forward_avx512<QLORA_BF16>(gate, up, i0, i1, out);
@@ -687,7 +682,7 @@ QLORA_API qlora_status qlora_swiglu_backward(const void* dout, const void* gate,
                                              void* dgate, void* dup, int32_t dtype) {
   qlora_status s = check_swiglu_backward(dout, gate, up, n, dgate, dup, dtype);
   if (s != QLORA_OK) return s;
-  if (has_avx512_bw()) {
+  if (has_avx512()) {
     for_chunks(n, [&](uint64_t i0, uint64_t i1) {
       if (dtype == QLORA_F32) swiglu_backward_avx512<QLORA_F32>(dout, gate, up, i0, i1, dgate, dup);
       else swiglu_backward_avx512<QLORA_BF16>(dout, gate, up, i0, i1, dgate, dup);

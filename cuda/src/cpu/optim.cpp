@@ -10,6 +10,7 @@
 #include <new>
 #include <vector>
 
+#include "../common/adamw.h"
 #include "../common/codes.h"
 #include "../common/half.h"
 #include "../common/status.h"
@@ -22,33 +23,6 @@
 
 namespace qlora {
 namespace {
-
-// The step's scalars, each rounded to float once on the host (gpu/optim.cu computes them the same way).
-struct AdamWConstants {
-  float grad_scale;
-  float decay;       // 1 - lr * weight_decay
-  float beta1, one_minus_beta1;
-  float beta2, one_minus_beta2;
-  float step_size;   // lr / bias_correction1
-  float sqrt_bc2;    // sqrt(bias_correction2)
-  float eps;
-};
-
-AdamWConstants adamw_constants(float lr, float beta1, float beta2, float eps, float weight_decay,
-                               float bias_correction1, float bias_correction2, float grad_scale) {
-  AdamWConstants c;
-  c.grad_scale = grad_scale;
-  float lr_wd = lr * weight_decay;
-  c.decay = 1.0f - lr_wd;
-  c.beta1 = beta1;
-  c.one_minus_beta1 = 1.0f - beta1;
-  c.beta2 = beta2;
-  c.one_minus_beta2 = 1.0f - beta2;
-  c.step_size = lr / bias_correction1;
-  c.sqrt_bc2 = std::sqrt(bias_correction2);
-  c.eps = eps;
-  return c;
-}
 
 // Elements [begin, end) of one segment, the header's formula step for step, one value at a time: the
 // reference, the path of CPUs without AVX-512, and the tail of the AVX-512 loop. The dtype combination
@@ -359,10 +333,7 @@ QLORA_API qlora_status qlora_adamw_step(const qlora_adamw_segment* segments, uin
     return fail(QLORA_ERR_OUT_OF_MEMORY, "Cannot take an AdamW step: no host memory for the list of chunks");
   }
   const int64_t num = (int64_t)chunks.size();
-  static const bool avx512 = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") != 0;
-  }();
+  const bool avx512 = has_avx512();
 #pragma omp parallel for schedule(static) if (total >= kParallelMin)
   for (int64_t k = 0; k < num; k++) {
     if (avx512) adamw_chunk<true>(chunks[(size_t)k], c);
@@ -393,10 +364,7 @@ QLORA_API qlora_status qlora_adamw8_step(const qlora_adamw8_segment* segments, u
   const DynamicMap& umap = dynamic_map_unsigned();
   const CodeLookup& slook = signed_lookup();
   const CodeLookup& ulook = unsigned_lookup();
-  static const bool avx512 = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") != 0;
-  }();
+  const bool avx512 = has_avx512();
 #pragma omp parallel for schedule(static) if (total >= kParallelMin)
   for (int64_t k = 0; k < (int64_t)blocks.size(); k++)
     adamw8_block(*blocks[(size_t)k].first, blocks[(size_t)k].second, c, smap, umap, slook, ulook, avx512);

@@ -82,11 +82,6 @@ QLORA_CLONES void codes_sign_magnitude(const float* x, uint64_t len, float inv, 
   }
 }
 
-bool has_avx512() {
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-  return yes;
-}
-
 // AVX-512 version of the two code functions above plus packing, 16 values at a time; len % 16 == 0.
 // Same arithmetic (x * inv, strict compares, fabs, sign of x), so the codes are identical.
 __attribute__((target("avx512f,avx512bw"))) void codes_packed_avx512(const float* x, uint64_t len, float inv,

@@ -8,6 +8,7 @@
 #include <new>
 #include <vector>
 
+#include "../common/adamw.h"
 #include "../common/codes.h"
 #include "../common/half.h"
 #include "../common/status.h"
@@ -18,33 +19,6 @@ namespace qlora {
 namespace {
 
 // ---- AdamW ---------------------------------------------------------------------------------
-
-// The step's scalars, each rounded to float once on the host, as cpu/optim.cpp computes them.
-struct AdamWConstants {
-  float grad_scale;
-  float decay;  // 1 - lr * weight_decay
-  float beta1, one_minus_beta1;
-  float beta2, one_minus_beta2;
-  float step_size;  // lr / bias_correction1
-  float sqrt_bc2;   // sqrt(bias_correction2)
-  float eps;
-};
-
-AdamWConstants adamw_constants(float lr, float beta1, float beta2, float eps, float weight_decay,
-                               float bias_correction1, float bias_correction2, float grad_scale) {
-  AdamWConstants c;
-  c.grad_scale = grad_scale;
-  float lr_wd = lr * weight_decay;
-  c.decay = 1.0f - lr_wd;
-  c.beta1 = beta1;
-  c.one_minus_beta1 = 1.0f - beta1;
-  c.beta2 = beta2;
-  c.one_minus_beta2 = 1.0f - beta2;
-  c.step_size = lr / bias_correction1;
-  c.sqrt_bc2 = std::sqrt(bias_correction2);
-  c.eps = eps;
-  return c;
-}
 
 // A segment as the kernel sees it: where its values start in the concatenation of all segments. The
 // array on the device has count + 1 entries; the last one only gives begin = total.
