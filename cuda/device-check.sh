@@ -1,27 +1,56 @@
 #!/usr/bin/env bash
 # device-check.sh: everything worth checking on a GPU machine, in one run of at most ~8 minutes.
 #
-#   bash cuda/device-check.sh        (from anywhere; works on a bare machine with nvcc, no network)
+#   bash cuda/device-check.sh              (from anywhere; works on a bare machine with nvcc, no network)
+#   bash cuda/device-check.sh --emulated   (a dry run on any machine: the CUDA kernels on the CPU emulator)
 #
 # Steps (each one's failure is reported and the next steps still run):
-#   1. build         make -C cuda -j16 (-k: a CPU-library failure does not stop the CUDA library)
-#   2. deno tests    QLORA_BACKEND=cuda ./deno task test (all tests, tests/parity_test.ts included);
-#                    skipped when npx is missing (./deno runs Deno from npm)
-#   3. C check       a C++ program, built here, that loads build/libqlora_cuda.so with dlopen and checks
-#                    uniform fill / axpby / dropout bit for bit against the CPU library (or the shared
-#                    formulas where that library is missing), GEMM against a double-precision loop and
-#                    the 4-bit GEMM against a dequantize-then-multiply loop; run twice: with cuBLAS
-#                    (when found) and with QLORA_GEMM=builtin (the built-in kernels)
-#   4. benchmarks    NF4 dequantize / quantize bandwidth vs a device-to-device copy, bf16 GEMM TFLOP/s
-#                    (cuBLAS path and built-in kernels), NF4 GEMV vs bf16 GEMV
-#   5. torch         torch.matmul bf16 GEMM and GEMV on the same GPU, for comparison
+#   1. build          make -C cuda -j16 -k (-k: a CPU-library failure does not stop the CUDA library)
+#   2. device         build/qlora_bench LIB --info: the CUDA library loads and initialises (else the steps
+#                     that need it are skipped and the check fails)
+#   3. parity         the native parity harness, build/qlora_parity build/libqlora_cpu.so LIB: every
+#                     function of qlora.h on the same seeded inputs, bit for bit where the backends promise
+#                     it and within a stated tolerance elsewhere; run twice: with cuBLAS (when found) and
+#                     with QLORA_GEMM=builtin (the built-in kernels)
+#   4. bench          build/qlora_bench LIB (cuda/tests/bench.cpp): NF4 dequantize / quantize bandwidth as
+#                     a ratio to a device-to-device copy, bf16 GEMM TFLOP/s (cuBLAS path, then the built-in
+#                     kernels), NF4 GEMV vs bf16 GEMV
+#   5. torch          torch.matmul bf16 GEMM and GEMV on the same GPU: the reference of the GEMM ratio
+#   6. deno-tests     QLORA_BACKEND=cuda: ./deno task test where npx works; else the bundle of
+#                     scripts/device_bundle.sh (build/device-bundle, carried here): deno test --cached-only
+#                     tests/; else skipped with a line saying how to get it
+#
+# --emulated: LIB is build/libqlora_cuda_emu.so (the same .cu sources built by g++ against the CPU
+# emulator), the harness runs with --quick and the benchmarks with --small, the build is make -j2 without
+# nvcc, torch runs only where PyTorch sees a GPU, and the Deno step runs tests/parity_test.ts only
+# (QLORA_BACKEND=cuda-emu). It finishes in well under 3 minutes on 2 cores; CI runs it.
+#
+# The Deno binary: $DENO when set (a path), else ./deno (npx) when it starts, else build/device-bundle.
 #
 # Results: lines "RESULT key=value" from every step, collected with each step's status into
-# $OUT/summary.txt when $OUT is set (else ./device-check-summary.txt); full logs beside it.
+# $OUT/summary.txt when $OUT is set (else ./device-check-summary.txt); full logs beside it. The summary
+# ends with the ratios against their floors (informative: a ratio below its floor does not fail the run).
+# Exit status: 0 when every step passed or was skipped for want of a tool, 1 when a step failed, timed
+# out or ran out of time, or the CUDA library cannot initialise.
 set -uo pipefail
 
+emulated=0
+for arg in "$@"; do
+  case "$arg" in
+    --emulated) emulated=1 ;;
+    -h | --help)
+      sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+      exit 0
+      ;;
+    *)
+      echo "device-check: unknown argument $arg (expected --emulated)" >&2
+      exit 2
+      ;;
+  esac
+done
+
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$repo"
+cd "$repo" || exit 2
 out_dir=${OUT:-$repo}
 summary="$out_dir/$([ -n "${OUT:-}" ] && echo summary.txt || echo device-check-summary.txt)"
 logs="$out_dir/device-check-logs"
@@ -29,20 +58,40 @@ mkdir -p "$logs"
 : >"$summary"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+: >"$work/results"
 
 started=$(date +%s)
-deadline=$((started + 470)) # every step ends by then: 7m50s, leaving time to write the summary
+if [ $emulated -eq 1 ]; then
+  cuda_lib=build/libqlora_cuda_emu.so
+  deadline=$((started + 165)) # well under 3 minutes
+  jobs=2
+  parity_size=--quick
+  bench_size=--small
+  builtin_gemm_size=()
+  backend=cuda-emu
+else
+  cuda_lib=build/libqlora_cuda.so
+  deadline=$((started + 470)) # every step ends by then: 7m50s, leaving time to write the summary
+  jobs=16
+  parity_size=
+  bench_size=
+  builtin_gemm_size=(--gemm-size 4096) # the built-in kernels at 4096: the 8192 run costs too much time
+  backend=cuda
+fi
+failed=0
 
 note() { echo "$*" | tee -a "$summary"; }
 
 # run_step NAME BUDGET_S COMMAND...: runs the command with a timeout of its budget (or what is left
 # before the deadline), logs it to $logs/NAME.log, and notes ok / FAILED / TIMED OUT with the time.
+# Any outcome but ok counts as a failure of the run.
 run_step() {
   local name=$1 budget=$2
   shift 2
   local left=$((deadline - $(date +%s)))
   if [ "$left" -lt 10 ]; then
     note "step $name: SKIPPED (out of time)"
+    failed=$((failed + 1))
     return 1
   fi
   [ "$budget" -gt "$left" ] && budget=$left
@@ -59,460 +108,114 @@ run_step() {
   else
     note "step $name: FAILED rc=$rc (${took}s)"
   fi
-  if [ $rc -ne 0 ]; then tail -n 25 "$logs/$name.log" | sed 's/^/    | /' | tee -a "$summary"; fi
+  if [ $rc -ne 0 ]; then
+    failed=$((failed + 1))
+    tail -n 25 "$logs/$name.log" | sed 's/^/    | /' | tee -a "$summary"
+  fi
   grep -h '^RESULT ' "$logs/$name.log" >>"$work/results" 2>/dev/null
   return $rc
 }
 
+# parity_result NAME: the harness's closing line "N passed, M failed" as a RESULT line.
+parity_result() {
+  local counts
+  counts=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$logs/$1.log" 2>/dev/null | tail -n 1)
+  [ -n "$counts" ] && echo "$counts" | awk -v k="${1//-/_}" '{ print "RESULT " k "_passed=" $1 " failed=" $3 }' \
+    >>"$work/results"
+}
+
 # ---- 0. the machine ---------------------------------------------------------------------------
 {
+  echo "mode: $([ $emulated -eq 1 ] && echo "emulated ($cuda_lib)" || echo "GPU ($cuda_lib)")"
   echo "date: $(date -u +%FT%TZ)"
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
-  nvcc --version 2>&1 | tail -n 1 | sed 's/^/nvcc: /'
-  python3 -c 'import torch; print("torch:", torch.__version__, "cuda", torch.version.cuda)' 2>&1 | tail -n 1
-  echo "npx: $(command -v npx || echo missing)"
+  if [ $emulated -eq 0 ]; then
+    if command -v nvidia-smi >/dev/null 2>&1; then
+      nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
+    else
+      echo "gpu: nvidia-smi missing"
+    fi
+  else
+    echo "cpu: $(nproc) cores, $(g++ --version 2>&1 | head -n 1)"
+  fi
+  echo "nvcc: $(command -v nvcc >/dev/null 2>&1 && nvcc --version 2>&1 | tail -n 1 || echo missing)"
+  python3 -c 'import torch; print("torch:", torch.__version__, "cuda", torch.version.cuda)' 2>/dev/null ||
+    echo "torch: missing"
+  echo "npx: $(command -v npx || echo missing); deno bundle: $([ -f build/device-bundle/deno.xz ] &&
+    echo build/device-bundle || echo none)"
 } | tee -a "$summary"
 
 # cuBLAS is loaded at run time by name (libcublas.so.13/.12). Where the system has none but PyTorch
-# brought its own (pip's nvidia-cublas), put that folder on the loader path.
-if ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so' && [ ! -e /usr/local/cuda/lib64/libcublas.so.13 ] &&
-  [ ! -e /usr/local/cuda/lib64/libcublas.so.12 ]; then
-  torch_cublas=$(python3 -c 'import os, nvidia.cublas as c; print(os.path.join(list(c.__path__)[0], "lib"))' 2>/dev/null)
-  if [ -n "$torch_cublas" ] && [ -d "$torch_cublas" ]; then
-    export LD_LIBRARY_PATH="$torch_cublas${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    note "cublas: using PyTorch's copy in $torch_cublas"
+# brought its own (pip's nvidia-cublas), put that folder on the loader path. (The emulated library
+# loads its reference cuBLAS, build/libqlora_cublas_emu.so, by itself.)
+if [ $emulated -eq 0 ]; then
+  if ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so' && [ ! -e /usr/local/cuda/lib64/libcublas.so.13 ] &&
+    [ ! -e /usr/local/cuda/lib64/libcublas.so.12 ]; then
+    torch_cublas=$(python3 -c 'import os, nvidia.cublas as c; print(os.path.join(list(c.__path__)[0], "lib"))' 2>/dev/null)
+    if [ -n "$torch_cublas" ] && [ -d "$torch_cublas" ]; then
+      export LD_LIBRARY_PATH="$torch_cublas${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+      note "cublas: using PyTorch's copy in $torch_cublas"
+    else
+      note "cublas: none found; qlora_gemm uses its built-in kernels"
+    fi
   else
-    note "cublas: none found; qlora_gemm uses its built-in kernels"
+    note "cublas: $(ldconfig -p 2>/dev/null | grep -o 'libcublas\.so[.0-9]*' | sort -u | tr '\n' ' ')"
   fi
-else
-  note "cublas: $(ldconfig -p 2>/dev/null | grep -o 'libcublas\.so[.0-9]*' | sort -u | tr '\n' ' ')"
 fi
 
 # ---- 1. build ---------------------------------------------------------------------------------
-run_step build 150 make -C cuda -j16 -k
-[ -f build/libqlora_cuda.so ] || note "build: build/libqlora_cuda.so is missing; the checks below will fail"
-
-# ---- 2. the Deno test suite on the CUDA backend -------------------------------------------------
-if command -v npx >/dev/null 2>&1; then
-  NO_COLOR=1 QLORA_BACKEND=cuda run_step deno-tests 150 ./deno task test
+if [ $emulated -eq 1 ]; then
+  # NVCC= : the native CUDA library is not needed here, and nvcc would take minutes on 2 cores.
+  run_step build 100 make -C cuda -j$jobs -k NVCC=
 else
-  note "step deno-tests: SKIPPED (npx not found; ./deno needs Node.js/npm)"
+  run_step build 150 make -C cuda -j$jobs -k
+fi
+for f in "$cuda_lib" build/qlora_parity build/qlora_bench; do
+  [ -f "$f" ] || note "build: $f is missing; the steps that need it will fail"
+done
+[ -f build/libqlora_cpu.so ] ||
+  note "build: build/libqlora_cpu.so is missing (no oneDNN, libdnnl-dev?): the parity harness has no reference"
+
+# ---- 2. the device ------------------------------------------------------------------------------
+device_ok=0
+timeout 60 build/qlora_bench "$cuda_lib" --info >"$logs/device.log" 2>&1
+rc=$?
+if [ $rc -eq 0 ]; then
+  device_ok=1
+  note "step device: ok: $(grep -m 1 '^bench: ' "$logs/device.log" | sed 's/^bench: //')"
+else
+  failed=$((failed + 1))
+  if [ $rc -eq 77 ]; then
+    note "step device: FAILED: $cuda_lib cannot initialise; the steps that need it are skipped"
+  else
+    note "step device: FAILED rc=$rc: $cuda_lib or build/qlora_bench cannot run; the steps that need them are skipped"
+  fi
+  tail -n 5 "$logs/device.log" | sed 's/^/    | /' | tee -a "$summary"
+fi
+skip_device() { note "step $1: SKIPPED (no usable $cuda_lib, see step device)"; }
+
+# ---- 3. the native parity harness ----------------------------------------------------------------
+if [ $device_ok -eq 1 ]; then
+  # shellcheck disable=SC2086 # $parity_size is empty or one flag
+  run_step parity 75 build/qlora_parity build/libqlora_cpu.so "$cuda_lib" $parity_size
+  parity_result parity
+  # shellcheck disable=SC2086
+  QLORA_GEMM=builtin run_step parity-builtin 60 build/qlora_parity build/libqlora_cpu.so "$cuda_lib" $parity_size
+  parity_result parity-builtin
+else
+  skip_device parity
+  skip_device parity-builtin
 fi
 
-# ---- 3 and 4. the C check and benchmarks ------------------------------------------------------
-cat >"$work/qcheck.cpp" <<'EOF'
-// qcheck: correctness checks ("check") and benchmarks ("bench", "bench-gemm") of a qlora backend,
-// loaded with dlopen so that the CUDA and CPU libraries (same symbols) can sit in one process.
-#include <dlfcn.h>
-#include <time.h>
-
-#include <cmath>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <algorithm>
-#include <random>
-#include <stdexcept>
-#include <string>
-#include <vector>
-
-#include "qlora.h"
-#include "half.h"      // bf16/f16 conversions of the library
-#include "validate.h"  // random_word, unit_float, dropout_keep: the shared generator
-
-using namespace qlora;
-
-#define FUNCS                                                                                       \
-  X(qlora_init) X(qlora_last_error) X(qlora_device_name) X(qlora_synchronize) X(qlora_malloc)       \
-  X(qlora_free) X(qlora_memcpy) X(qlora_fill_uniform) X(qlora_fill_normal) X(qlora_axpby)           \
-  X(qlora_dropout) X(qlora_gemm) X(qlora_gemm_4bit_workspace) X(qlora_gemm_4bit) X(qlora_quantize_4bit) \
-  X(qlora_dequantize_4bit) X(qlora_quant_map)
-
-struct Lib {
-#define X(f) decltype(&::f) f = nullptr;
-  FUNCS
-#undef X
-  bool open(const char* path) {
-    void* so = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!so) return false;
-#define X(f) f = (decltype(&::f))dlsym(so, #f);
-    FUNCS
-#undef X
-    return qlora_init && qlora_init() == QLORA_OK;
-  }
-};
-
-Lib gpu, cpu;
-bool have_cpu = false;
-int failures = 0;
-
-void q(qlora_status s, const char* what) {
-  if (s != QLORA_OK) throw std::runtime_error(std::string(what) + ": " + gpu.qlora_last_error());
-}
-size_t esize(int dt) { return dt == QLORA_F32 ? 4 : 2; }
-void* dalloc(size_t bytes) {
-  void* p = nullptr;
-  q(gpu.qlora_malloc(&p, bytes, QLORA_CAT_WORKSPACE), "malloc");
-  return p;
-}
-void up(void* d, const void* h, size_t b) { q(gpu.qlora_memcpy(d, h, b, QLORA_HOST_TO_DEVICE), "upload"); }
-void down(void* h, const void* d, size_t b) { q(gpu.qlora_memcpy(h, d, b, QLORA_DEVICE_TO_HOST), "download"); }
-std::mt19937_64 rng(1234);
-float randf() { return std::uniform_real_distribution<float>(-1.0f, 1.0f)(rng); }
-std::vector<uint8_t> host_random(int dt, size_t n, bool nan = false) {
-  std::vector<uint8_t> h(n * esize(dt));
-  for (size_t i = 0; i < n; i++) store_float(h.data(), dt, i, nan ? NAN : randf());
-  return h;
-}
-void report(bool ok, const std::string& what) {
-  printf("%s %s\n", ok ? "PASS" : "FAIL", what.c_str());
-  if (!ok) failures++;
-}
-double now() {
-  timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return t.tv_sec + 1e-9 * t.tv_nsec;
-}
-
-// ---- elementwise: bit for bit against the CPU library (or the shared formulas) ----
-void check_ops() {
-  const size_t n = (1 << 20) + 3;
-  for (int dt = 0; dt < 3; dt++) {
-    const size_t bytes = n * esize(dt);
-    void* d = dalloc(bytes);
-    void* d2 = dalloc(bytes);
-    std::vector<uint8_t> got(bytes), want(bytes);
-    // uniform fill
-    q(gpu.qlora_fill_uniform(d, dt, n, -0.25f, 3.0f, 77), "fill_uniform");
-    down(got.data(), d, bytes);
-    if (have_cpu) {
-      q(cpu.qlora_fill_uniform(want.data(), dt, n, -0.25f, 3.0f, 77), "cpu fill_uniform");
-    } else {
-      const volatile float width = 3.0f - -0.25f;
-      for (size_t i = 0; i < n; i++) {
-        volatile float scaled = width * unit_float(random_word(77, i));
-        store_float(want.data(), dt, i, -0.25f + scaled);
-      }
-    }
-    report(got == want, "fill_uniform dtype " + std::to_string(dt) + " bit-identical");
-    // axpby, beta != 0 and beta = 0 over a NaN y
-    for (int pass = 0; pass < 2; pass++) {
-      float beta = pass ? 0.0f : -0.7f;
-      auto x = host_random(dt, n), y = host_random(dt, n, pass == 1);
-      up(d, x.data(), bytes);
-      up(d2, y.data(), bytes);
-      q(gpu.qlora_axpby(1.3f, d, beta, d2, dt, n), "axpby");
-      down(got.data(), d2, bytes);
-      if (have_cpu) {
-        q(cpu.qlora_axpby(1.3f, x.data(), beta, y.data(), dt, n), "cpu axpby");
-      } else {
-        for (size_t i = 0; i < n; i++) {
-          volatile float ax = 1.3f * load_float(x.data(), dt, i);
-          volatile float by = beta == 0.0f ? 0.0f : beta * load_float(y.data(), dt, i);
-          store_float(y.data(), dt, i, beta == 0.0f ? (float)ax : ax + by);
-        }
-      }
-      report(got == y, "axpby beta " + std::to_string(beta) + " dtype " + std::to_string(dt) + " bit-identical");
-    }
-    // dropout, in place
-    auto x = host_random(dt, n);
-    up(d, x.data(), bytes);
-    q(gpu.qlora_dropout(d, d, dt, n, 0.1f, 5), "dropout");
-    down(got.data(), d, bytes);
-    if (have_cpu) {
-      q(cpu.qlora_dropout(x.data(), x.data(), dt, n, 0.1f, 5), "cpu dropout");
-    } else {
-      const float scale = 1.0f / (1.0f - 0.1f);
-      for (size_t i = 0; i < n; i++)
-        store_float(x.data(), dt, i, dropout_keep(5, i, 0.1f) ? load_float(x.data(), dt, i) * scale : 0.0f);
-    }
-    report(got == x, "dropout dtype " + std::to_string(dt) + " bit-identical");
-    gpu.qlora_free(d);
-    gpu.qlora_free(d2);
-  }
-}
-
-// ---- GEMM against a double loop (batches in order, as a loop would) ----
-struct GemmCase {
-  int ta, tb;
-  uint64_t m, n, k;
-  int abd, cd;
-  uint64_t batch;
-  bool share_a, share_b, share_c;
-  float alpha, beta;
-};
-
-void check_gemm_case(const GemmCase& g) {
-  const uint64_t sa = g.share_a ? 0 : g.m * g.k, sb = g.share_b ? 0 : g.k * g.n, sc = g.share_c ? 0 : g.m * g.n;
-  const uint64_t na = (g.share_a ? 1 : g.batch) * g.m * g.k, nb = (g.share_b ? 1 : g.batch) * g.k * g.n;
-  const uint64_t nc = (g.share_c ? 1 : g.batch) * g.m * g.n;
-  auto a = host_random(g.abd, na), b = host_random(g.abd, nb), c = host_random(g.cd, nc, g.beta == 0.0f);
-  std::vector<double> ref(nc), mag(nc, 1e-30);
-  for (uint64_t i = 0; i < nc; i++) ref[i] = load_float(c.data(), g.cd, i);
-  for (uint64_t bt = 0; bt < g.batch; bt++)
-    for (uint64_t i = 0; i < g.m; i++)
-      for (uint64_t j = 0; j < g.n; j++) {
-        double s = 0, abs_sum = 0;
-        for (uint64_t p = 0; p < g.k; p++) {
-          double av = load_float(a.data(), g.abd, bt * sa + (g.ta ? p * g.m + i : i * g.k + p));
-          double bv = load_float(b.data(), g.abd, bt * sb + (g.tb ? j * g.k + p : p * g.n + j));
-          s += av * bv;
-          abs_sum += fabs(av * bv);
-        }
-        const uint64_t idx = bt * sc + i * g.n + j;
-        const double old = g.beta == 0.0f ? 0.0 : g.beta * ref[idx];
-        ref[idx] = g.alpha * s + old;
-        mag[idx] = fabs(g.alpha) * abs_sum + fabs(old) + 1e-30;
-      }
-  void* da = dalloc(a.size());
-  void* db = dalloc(b.size());
-  void* dc = dalloc(c.size());
-  up(da, a.data(), a.size());
-  up(db, b.data(), b.size());
-  up(dc, c.data(), c.size());
-  q(gpu.qlora_gemm(g.ta, g.tb, g.m, g.n, g.k, g.alpha, da, db, g.abd, g.beta, dc, g.cd, g.batch, sa, sb, sc), "gemm");
-  down(c.data(), dc, c.size());
-  double worst = 0;
-  for (uint64_t i = 0; i < nc; i++) {
-    double err = fabs(load_float(c.data(), g.cd, i) - ref[i]) / mag[i];
-    if (!(err <= worst)) worst = std::isnan(err) ? INFINITY : err;
-  }
-  const double tol = (g.cd == QLORA_BF16 ? 1.0 / 128 : 1e-5) * (g.share_c && g.batch > 1 ? 4 : 1);
-  char what[256];
-  snprintf(what, sizeof what, "gemm ta %d tb %d m %llu n %llu k %llu ab %s c %s batch %llu share %d%d%d beta %g: rel err %.2e",
-           g.ta, g.tb, (unsigned long long)g.m, (unsigned long long)g.n, (unsigned long long)g.k,
-           g.abd ? "bf16" : "f32", g.cd ? "bf16" : "f32", (unsigned long long)g.batch, g.share_a, g.share_b,
-           g.share_c, g.beta, worst);
-  report(worst <= tol, what);
-  gpu.qlora_free(da);
-  gpu.qlora_free(db);
-  gpu.qlora_free(dc);
-}
-
-void check_gemm() {
-  const uint64_t shapes[][3] = {{1, 1, 1}, {17, 33, 65}, {128, 256, 64}, {257, 129, 300}, {64, 1, 4096}, {1, 512, 77}};
-  int i = 0;
-  for (auto& s : shapes)
-    for (int ta = 0; ta < 2; ta++)
-      for (int tb = 0; tb < 2; tb++) {
-        i++;
-        GemmCase g = {ta, tb, s[0], s[1], s[2], i % 2 ? QLORA_BF16 : QLORA_F32, (i / 2) % 2 ? QLORA_BF16 : QLORA_F32,
-                      1, false, false, false, i % 3 ? 0.75f : 1.0f, i % 4 ? 0.0f : 0.5f};
-        check_gemm_case(g);
-      }
-  check_gemm_case({0, 1, 33, 47, 80, QLORA_BF16, QLORA_F32, 3, false, true, false, 1.0f, 0.0f});   // shared B
-  check_gemm_case({1, 0, 20, 30, 40, QLORA_F32, QLORA_F32, 4, true, false, false, -1.0f, 2.0f});   // shared A
-  check_gemm_case({0, 0, 16, 24, 32, QLORA_F32, QLORA_BF16, 3, false, false, true, 1.0f, 1.0f});   // one C: in order
-  check_gemm_case({0, 0, 8, 8, 8, QLORA_BF16, QLORA_BF16, 70000, false, false, false, 1.0f, 0.0f}); // many batches
-}
-
-// ---- 4-bit GEMM against dequantize-then-multiply in double ----
-struct Gemm4Case {
-  int tw;
-  uint64_t m, n, k;
-  int qt;
-  uint64_t bs;
-  int xd, cd;
-  float beta;
-};
-
-void check_gemm_4bit_case(const Gemm4Case& g) {
-  const uint64_t nw = g.n * g.k, blocks = (nw + g.bs - 1) / g.bs;
-  std::vector<float> w(nw);
-  for (auto& v : w) v = randf() * randf();
-  void* dw = dalloc(nw * 4);
-  uint8_t* dpk = (uint8_t*)dalloc((nw + 1) / 2);
-  float* dam = (float*)dalloc(blocks * 4);
-  up(dw, w.data(), nw * 4);
-  q(gpu.qlora_quantize_4bit(dw, QLORA_F32, nw, g.qt, g.bs, dpk, dam), "quantize");
-  std::vector<uint8_t> pk((nw + 1) / 2);
-  std::vector<float> am(blocks), code(16);
-  down(pk.data(), dpk, pk.size());
-  down(am.data(), dam, blocks * 4);
-  q(gpu.qlora_quant_map(g.qt, code.data()), "quant_map");
-  auto x = host_random(g.xd, g.m * g.k), c = host_random(g.cd, g.m * g.n, g.beta == 0.0f);
-  uint64_t ws = 0;
-  q(gpu.qlora_gemm_4bit_workspace(g.tw, g.m, g.n, g.k, &ws), "workspace size");
-  std::vector<double> ref(g.m * g.n), mag(g.m * g.n);
-  for (uint64_t r = 0; r < g.m; r++)
-    for (uint64_t j = 0; j < g.n; j++) {
-      double s = 0, abs_sum = 0;
-      for (uint64_t p = 0; p < g.k; p++) {
-        const uint64_t f = g.tw ? j * g.k + p : p * g.n + j;
-        float wv = code[(f & 1) ? pk[f / 2] & 15 : pk[f / 2] >> 4] * am[f / g.bs];
-        if (ws > 0 && g.xd == QLORA_BF16) wv = bf16_to_float(float_to_bf16(wv));  // W dequantized to X's dtype
-        double xv = load_float(x.data(), g.xd, r * g.k + p);
-        s += xv * wv;
-        abs_sum += fabs(xv * wv);
-      }
-      const uint64_t idx = r * g.n + j;
-      const double old = g.beta == 0.0f ? 0.0 : g.beta * load_float(c.data(), g.cd, idx);
-      ref[idx] = s + old;
-      mag[idx] = abs_sum + fabs(old) + 1e-30;
-    }
-  void* dx = dalloc(x.size());
-  void* dc = dalloc(c.size());
-  void* dws = ws ? dalloc(ws) : nullptr;
-  up(dx, x.data(), x.size());
-  up(dc, c.data(), c.size());
-  q(gpu.qlora_gemm_4bit(g.tw, g.m, g.n, g.k, 1.0f, dx, g.xd, dpk, dam, g.qt, g.bs, g.beta, dc, g.cd, dws, ws),
-    "gemm_4bit");
-  down(c.data(), dc, c.size());
-  double worst = 0;
-  for (uint64_t i = 0; i < g.m * g.n; i++) {
-    double err = fabs(load_float(c.data(), g.cd, i) - ref[i]) / mag[i];
-    if (!(err <= worst)) worst = std::isnan(err) ? INFINITY : err;
-  }
-  char what[256];
-  snprintf(what, sizeof what, "gemm_4bit trans_w %d m %llu n %llu k %llu qt %d bs %llu x %s c %s ws %llu: rel err %.2e",
-           g.tw, (unsigned long long)g.m, (unsigned long long)g.n, (unsigned long long)g.k, g.qt,
-           (unsigned long long)g.bs, g.xd ? "bf16" : "f32", g.cd ? "bf16" : "f32", (unsigned long long)ws, worst);
-  report(worst <= (g.cd == QLORA_BF16 ? 1.0 / 128 : 1e-5), what);
-  for (void* p : {dw, (void*)dpk, (void*)dam, dx, dc, dws}) gpu.qlora_free(p);
-}
-
-void check_gemm_4bit() {
-  const Gemm4Case cases[] = {
-      {1, 1, 4096, 4096, QLORA_NF4, 64, QLORA_BF16, QLORA_BF16, 0.0f},
-      {1, 4, 1000, 1032, QLORA_FP4, 64, QLORA_F32, QLORA_F32, 0.5f},
-      {1, 2, 333, 257, QLORA_INT4, 128, QLORA_F32, QLORA_BF16, 0.0f},
-      {0, 1, 4096, 1024, QLORA_NF4, 64, QLORA_BF16, QLORA_F32, 0.0f},
-      {0, 3, 333, 257, QLORA_INT4, 128, QLORA_F32, QLORA_BF16, 1.0f},
-      {1, 5, 768, 1024, QLORA_NF4, 64, QLORA_BF16, QLORA_BF16, 0.0f},
-      {1, 64, 1024, 768, QLORA_NF4, 64, QLORA_F32, QLORA_F32, 0.25f},
-      {0, 64, 512, 1024, QLORA_NF4, 64, QLORA_F32, QLORA_F32, 0.0f},
-      {0, 17, 1000, 333, QLORA_FP4, 32, QLORA_BF16, QLORA_F32, 0.0f},
-      {1, 33, 333, 257, QLORA_NF4, 64, QLORA_BF16, QLORA_F32, -1.0f},
-  };
-  for (auto& g : cases) check_gemm_4bit_case(g);
-}
-
-// ---- benchmarks: median of a few timed runs after a warm-up ----
-template <class F>
-double time_it(int iters, F f) {
-  f();
-  q(gpu.qlora_synchronize(), "sync");
-  std::vector<double> t;
-  for (int r = 0; r < 3; r++) {
-    double t0 = now();
-    for (int i = 0; i < iters; i++) f();
-    q(gpu.qlora_synchronize(), "sync");
-    t.push_back((now() - t0) / iters);
-  }
-  std::sort(t.begin(), t.end());
-  return t[1];
-}
-
-void bench_quant() {
-  const uint64_t n = 256ull << 20;  // 256M values
-  void* x = dalloc(n * 2);          // bf16
-  void* out16 = dalloc(n * 2);
-  void* out32 = dalloc(n * 4);
-  uint8_t* pk = (uint8_t*)dalloc(n / 2);
-  float* am = (float*)dalloc(n / 64 * 4);
-  q(gpu.qlora_fill_normal(x, QLORA_BF16, n, 0.0f, 0.02f, 1), "fill");
-  q(gpu.qlora_quantize_4bit(x, QLORA_BF16, n, QLORA_NF4, 64, pk, am), "quantize");
-  const double gb = 1e9;
-  double t_copy = time_it(10, [&] { q(gpu.qlora_memcpy(out16, x, n * 2, QLORA_DEVICE_TO_DEVICE), "copy"); });
-  double copy_bw = 2.0 * n * 2 / t_copy / gb;  // read + write
-  double t_dq16 = time_it(10, [&] { q(gpu.qlora_dequantize_4bit(pk, am, n, QLORA_NF4, 64, out16, QLORA_BF16), "dq"); });
-  double t_dq32 = time_it(10, [&] { q(gpu.qlora_dequantize_4bit(pk, am, n, QLORA_NF4, 64, out32, QLORA_F32), "dq"); });
-  // quantize waits for its NaN check each call (a host round trip): still a fair end-to-end figure
-  double t_q = time_it(5, [&] { q(gpu.qlora_quantize_4bit(x, QLORA_BF16, n, QLORA_NF4, 64, pk, am), "q"); });
-  const double packed = n / 2 + n / 64 * 4;
-  printf("RESULT copy_d2d_GBps=%.0f\n", copy_bw);
-  printf("RESULT nf4_dequant_bf16_GBps=%.0f ratio_to_copy=%.2f\n", (packed + n * 2) / t_dq16 / gb,
-         (packed + n * 2) / t_dq16 / gb / copy_bw);
-  printf("RESULT nf4_dequant_f32_GBps=%.0f ratio_to_copy=%.2f\n", (packed + n * 4) / t_dq32 / gb,
-         (packed + n * 4) / t_dq32 / gb / copy_bw);
-  printf("RESULT nf4_quant_from_bf16_GBps=%.0f ratio_to_copy=%.2f\n", (n * 2 + packed) / t_q / gb,
-         (n * 2 + packed) / t_q / gb / copy_bw);
-  for (void* p : {x, out16, out32, (void*)pk, (void*)am}) gpu.qlora_free(p);
-}
-
-void bench_gemm(const char* label, uint64_t size, int iters) {
-  const uint64_t m = size, n = size, k = size;
-  void* a = dalloc(m * k * 2);
-  void* b = dalloc(k * n * 2);
-  void* c = dalloc(m * n * 2);
-  q(gpu.qlora_fill_normal(a, QLORA_BF16, m * k, 0.0f, 1.0f, 1), "fill");
-  q(gpu.qlora_fill_normal(b, QLORA_BF16, k * n, 0.0f, 1.0f, 2), "fill");
-  double t = time_it(iters, [&] {
-    q(gpu.qlora_gemm(0, 0, m, n, k, 1.0f, a, b, QLORA_BF16, 0.0f, c, QLORA_BF16, 1, 0, 0, 0), "gemm");
-  });
-  printf("RESULT qlora_bf16_gemm_%s_%llu_TFLOPs=%.1f\n", label, (unsigned long long)size, 2.0 * m * n * k / t / 1e12);
-  for (void* p : {a, b, c}) gpu.qlora_free(p);
-}
-
-void bench_gemv() {
-  const uint64_t n = 8192, k = 8192;  // W stored n x k, as a linear layer's weight
-  void* w16 = dalloc(n * k * 2);
-  uint8_t* pk = (uint8_t*)dalloc(n * k / 2);
-  float* am = (float*)dalloc(n * k / 64 * 4);
-  void* x = dalloc(4 * k * 2);
-  void* c = dalloc(4 * n * 2);
-  q(gpu.qlora_fill_normal(w16, QLORA_BF16, n * k, 0.0f, 0.02f, 3), "fill");
-  q(gpu.qlora_fill_normal(x, QLORA_BF16, 4 * k, 0.0f, 1.0f, 4), "fill");
-  q(gpu.qlora_quantize_4bit(w16, QLORA_BF16, n * k, QLORA_NF4, 64, pk, am), "quantize");
-  for (uint64_t m : {1ull, 4ull}) {
-    double t16 = time_it(50, [&] {
-      q(gpu.qlora_gemm(0, 1, m, n, k, 1.0f, x, w16, QLORA_BF16, 0.0f, c, QLORA_BF16, 1, 0, 0, 0), "gemv bf16");
-    });
-    uint64_t ws = 0;  // 0 on CUDA for m <= 4 (the fused GEMV); asked anyway, so any backend runs this
-    q(gpu.qlora_gemm_4bit_workspace(1, m, n, k, &ws), "workspace size");
-    void* dws = ws ? dalloc(ws) : nullptr;
-    double t4 = time_it(50, [&] {
-      q(gpu.qlora_gemm_4bit(1, m, n, k, 1.0f, x, QLORA_BF16, pk, am, QLORA_NF4, 64, 0.0f, c, QLORA_BF16, dws, ws),
-        "gemv nf4");
-    });
-    gpu.qlora_free(dws);
-    const double bytes16 = n * k * 2.0, bytes4 = n * k / 2.0 + n * k / 64 * 4.0;
-    printf("RESULT gemv_m%llu_%llux%llu bf16_us=%.1f (%.0f GB/s) nf4_us=%.1f (%.0f GB/s) nf4_speedup=%.2f\n",
-           (unsigned long long)m, (unsigned long long)n, (unsigned long long)k, t16 * 1e6, bytes16 / t16 / 1e9, t4 * 1e6, bytes4 / t4 / 1e9, t16 / t4);
-  }
-  for (void* p : {w16, (void*)pk, (void*)am, x, c}) gpu.qlora_free(p);
-}
-
-int main(int argc, char** argv) {
-  const std::string mode = argc > 1 ? argv[1] : "check";
-  const char* lib = argc > 2 ? argv[2] : "build/libqlora_cuda.so";
-  if (!gpu.open(lib)) {
-    printf("FAIL cannot load or init %s: %s\n", lib, gpu.qlora_last_error ? gpu.qlora_last_error() : dlerror());
-    return 2;
-  }
-  char name[256] = "";
-  gpu.qlora_device_name(name, sizeof name);
-  const char* gemm_env = getenv("QLORA_GEMM");
-  printf("device: %s (QLORA_GEMM=%s)\n", name, gemm_env ? gemm_env : "");
-  try {
-    if (mode == "check") {
-      have_cpu = cpu.open("build/libqlora_cpu.so");
-      printf("elementwise reference: %s\n", have_cpu ? "CPU library" : "the shared formulas (no CPU library)");
-      check_ops();
-      check_gemm();
-      check_gemm_4bit();
-      printf("RESULT c_check%s_failures=%d\n", gemm_env ? "_builtin" : "", failures);
-    } else if (mode == "bench") {
-      bench_quant();
-      bench_gemm("default", 8192, 10);
-      bench_gemv();
-    } else if (mode == "bench-gemm") {
-      bench_gemm(gemm_env ? gemm_env : "default", 4096, 5);
-    }
-  } catch (const std::exception& e) {
-    printf("FAIL %s\n", e.what());
-    return 2;
-  }
-  return failures ? 1 : 0;
-}
-EOF
-
-if run_step compile-check 60 g++ -std=c++17 -O2 -ffp-contract=off -Icuda/include -Icuda/src/common \
-  "$work/qcheck.cpp" -o "$work/qcheck" -ldl; then
-  run_step c-check 45 "$work/qcheck" check
-  QLORA_GEMM=builtin run_step c-check-builtin 45 "$work/qcheck" check
-  run_step bench 60 "$work/qcheck" bench
-  QLORA_GEMM=builtin run_step bench-builtin-gemm 30 "$work/qcheck" bench-gemm
+# ---- 4. benchmarks ------------------------------------------------------------------------------
+if [ $device_ok -eq 1 ]; then
+  # shellcheck disable=SC2086 # $bench_size is empty or one flag
+  run_step bench 60 build/qlora_bench "$cuda_lib" $bench_size
+  # shellcheck disable=SC2086
+  QLORA_GEMM=builtin run_step bench-builtin-gemm 30 build/qlora_bench "$cuda_lib" $bench_size --only gemm \
+    "${builtin_gemm_size[@]}"
+else
+  skip_device bench
+  skip_device bench-builtin-gemm
 fi
 
 # ---- 5. PyTorch on the same GPU, for comparison -------------------------------------------------
@@ -529,25 +232,119 @@ def timed(f, iters):
     torch.cuda.synchronize()
     return (time.perf_counter() - t0) / iters
 
+for s, iters in ((8192, 10), (4096, 20)):
+    a = torch.randn(s, s, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(s, s, device="cuda", dtype=torch.bfloat16)
+    t = timed(lambda: torch.matmul(a, b), iters)
+    print(f"RESULT torch_bf16_gemm_{s}_TFLOPs={2 * s**3 / t / 1e12:.1f}")
 s = 8192
-a = torch.randn(s, s, device="cuda", dtype=torch.bfloat16)
-b = torch.randn(s, s, device="cuda", dtype=torch.bfloat16)
-t = timed(lambda: torch.matmul(a, b), 10)
-print(f"RESULT torch_bf16_gemm_8192_TFLOPs={2 * s**3 / t / 1e12:.1f}")
 w = torch.randn(s, s, device="cuda", dtype=torch.bfloat16)
 for m in (1, 4):
     x = torch.randn(m, s, device="cuda", dtype=torch.bfloat16)
     t = timed(lambda: torch.matmul(x, w.t()), 50)
     print(f"RESULT torch_gemv_m{m}_8192x8192 bf16_us={t * 1e6:.1f} ({s * s * 2 / t / 1e9:.0f} GB/s)")
 EOF
-run_step torch 45 python3 "$work/torch_bench.py"
+if [ $emulated -eq 1 ] && ! python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' \
+  >/dev/null 2>&1; then
+  note "step torch: SKIPPED (emulated mode: no PyTorch with a usable GPU here)"
+elif [ $emulated -eq 0 ] && ! python3 -c 'import torch' >/dev/null 2>&1; then
+  note "step torch: SKIPPED (no PyTorch: the GEMM has no reference to compare with)"
+else
+  run_step torch 45 python3 "$work/torch_bench.py"
+fi
+
+# ---- 6. the Deno test suite ------------------------------------------------------------------------
+# deno_cmd: how to run Deno (empty: none); deno_offline: --cached-only where it runs from a bundle.
+deno_cmd=()
+deno_offline=()
+deno_from=
+if [ $device_ok -eq 0 ]; then
+  : # the tests would only fail on the missing device: skipped below
+elif [ -n "${DENO:-}" ]; then
+  if [ -x "$DENO" ]; then
+    deno_cmd=("$DENO")
+    deno_from="DENO=$DENO"
+  else
+    note "deno: DENO=$DENO is not an executable; looking further"
+  fi
+fi
+if [ $device_ok -eq 1 ] && [ ${#deno_cmd[@]} -eq 0 ] && command -v npx >/dev/null 2>&1; then
+  # npx may be there without network (or a cached Deno): ./deno counts only if it starts.
+  if timeout 45 ./deno --version >"$logs/deno-version.log" 2>&1; then
+    deno_cmd=(./deno)
+    deno_from="./deno (npx)"
+  else
+    note "deno: ./deno (npx) does not start here (no network?); see $logs/deno-version.log"
+  fi
+fi
+if [ $device_ok -eq 1 ] && [ ${#deno_cmd[@]} -eq 0 ] && [ -f build/device-bundle/deno.xz ] &&
+  [ -f build/device-bundle/deno_dir.tar.xz ]; then
+  if xz -dc build/device-bundle/deno.xz >"$work/deno" 2>"$logs/deno-bundle.log" && chmod +x "$work/deno" &&
+    tar -C "$work" -xJf build/device-bundle/deno_dir.tar.xz 2>>"$logs/deno-bundle.log" && [ -d "$work/deno_dir" ]; then
+    export DENO_DIR="$work/deno_dir"
+    deno_cmd=("$work/deno")
+    deno_offline=(--cached-only)
+    deno_from="build/device-bundle ($(sed -n 's/^deno_version=//p' build/device-bundle/MANIFEST 2>/dev/null))"
+  else
+    note "deno: cannot unpack build/device-bundle; see $logs/deno-bundle.log"
+  fi
+fi
+
+if [ $device_ok -eq 0 ]; then
+  skip_device deno-tests
+elif [ ${#deno_cmd[@]} -eq 0 ]; then
+  note "step deno-tests: SKIPPED (no npx and no build/device-bundle: run scripts/device_bundle.sh on a machine" \
+    "with npm and carry build/device-bundle)"
+else
+  note "deno: $deno_from"
+  export NO_COLOR=1 DENO_NO_UPDATE_CHECK=1
+  if [ $emulated -eq 1 ]; then
+    QLORA_BACKEND=$backend run_step deno-tests 60 "${deno_cmd[@]}" test -A "${deno_offline[@]}" tests/parity_test.ts
+  elif [ "${deno_cmd[0]}" = ./deno ]; then
+    QLORA_BACKEND=$backend run_step deno-tests 150 ./deno task test
+  else
+    QLORA_BACKEND=$backend run_step deno-tests 150 "${deno_cmd[@]}" test -A "${deno_offline[@]}" tests/
+  fi
+fi
 
 # ---- summary --------------------------------------------------------------------------------------
 {
   echo "---- results"
-  [ -f "$work/results" ] && sed 's/^RESULT //' "$work/results"
-  # qlora's bf16 GEMM as a fraction of torch.matmul's
-  awk -F'[= ]' '/qlora_bf16_gemm_default_8192_TFLOPs/ {q = $3} /torch_bf16_gemm_8192_TFLOPs/ {t = $3}
-    END { if (q && t) printf "qlora/torch bf16 GEMM 8192: %.2f\n", q / t }' "$work/results" 2>/dev/null
+  sed 's/^RESULT //' "$work/results"
+  echo "---- ratios against their floors (informative, not failing$([ $emulated -eq 1 ] &&
+    echo "; emulated: the figures mean nothing for a GPU"))"
+  awk '
+    {
+      for (i = 2; i <= NF; i++) {
+        split($i, kv, "=")
+        if (kv[1] == "ratio_to_copy") ratio[$2] = kv[2]
+      }
+      split($2, kv, "=")
+      value[kv[1]] = kv[2]
+    }
+    function floor_line(what, r, floor) {
+      printf "%-44s %8.3g  (floor %.2f) %s\n", what, r, floor, (r >= floor ? "PASS" : "BELOW FLOOR")
+    }
+    END {
+      n = split("nf4_dequant_bf16 nf4_dequant_f32 nf4_quant_from_bf16", names, " ")
+      for (i = 1; i <= n; i++)
+        for (k in ratio)
+          if (index(k, names[i] "_GBps=") == 1) floor_line(names[i] " / device copy", ratio[k], 0.8)
+      for (k in value) {
+        if (match(k, /^qlora_bf16_gemm_[a-z]+_[0-9]+_TFLOPs$/)) {
+          size = k; sub(/_TFLOPs$/, "", size); sub(/.*_/, "", size)
+          path = k; sub(/^qlora_bf16_gemm_/, "", path); sub(/_[0-9]+_TFLOPs$/, "", path)
+          t = value["torch_bf16_gemm_" size "_TFLOPs"]
+          if (t > 0) floor_line("qlora/torch bf16 GEMM " size " (" path ")", value[k] / t, 0.9)
+          else printf "%-44s no torch.matmul figure at this size to compare with\n", "qlora bf16 GEMM " size " (" path ")"
+        }
+      }
+    }' "$work/results"
+  if [ $failed -eq 0 ]; then
+    echo "verdict: pass"
+  else
+    echo "verdict: FAIL ($failed step(s) failed, timed out or could not run)"
+  fi
   echo "total: $(($(date +%s) - started))s; logs in $logs"
 } | tee -a "$summary"
+[ $failed -eq 0 ]

@@ -40,7 +40,7 @@ export type PressureHandler = (bytesNeeded: number) => number;
 export class Device {
   /** The opened native library (for lib/ modules; not a user API). */
   readonly native: NativeLibrary;
-  /** "cpu" or "cuda". */
+  /** "cpu", "cuda" or "cuda-emu" (the CUDA kernels on the CPU emulator). */
   readonly backend: Backend;
   /** Description of the hardware, e.g. "CPU (2 OpenMP threads, 23.44 GiB RAM)". */
   readonly name: string;
@@ -196,7 +196,7 @@ const devices = new Map<string, Device>();
 
 /**
  * The device of a backend, opened once and shared. Without an argument: `QLORA_BACKEND`
- * (cpu, cuda, or auto = CUDA where usable, else CPU).
+ * (cpu, cuda, cuda-emu, or auto = CUDA where usable, else CPU).
  *
  * @example
  * ```ts
@@ -210,7 +210,7 @@ export function getDevice(backend?: Backend | "auto"): Device {
   const key = backend ?? "default";
   let dev = devices.get(key);
   if (!dev) {
-    const lib = backend === "cpu" || backend === "cuda" ? openLibrary(backend) : loadLibrary(backend);
+    const lib = backend === undefined || backend === "auto" ? loadLibrary(backend) : openLibrary(backend);
     // One Device per library file, whatever name it was asked by.
     dev = devices.get(lib.backend);
     if (dev) lib.close();

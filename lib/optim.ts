@@ -508,9 +508,7 @@ export class PagedAdamW extends OptimizerBase {
       page.device = this.device.allocate(bytes, "optimizer_states");
       this.device.check(s.qlora_memset(page.device, 0, BigInt(bytes)));
     } catch {
-      page.host = this.#hostAlloc(bytes);
-      const zeros = new Uint8Array(bytes);
-      this.device.check(s.qlora_memcpy(page.host, Deno.UnsafePointer.of(zeros), BigInt(bytes), 0));
+      page.host = this.#hostAlloc(bytes); // zero-filled by qlora_host_malloc
     }
     page.pinned = false;
     return page;

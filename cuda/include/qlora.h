@@ -124,8 +124,10 @@ QLORA_API qlora_status qlora_reset_peak(void);
 /* Limits the ledger's total to bytes (0 = unlimited). Live allocations are never revoked. */
 QLORA_API qlora_status qlora_set_memory_budget(uint64_t bytes);
 
-/* Allocates bytes of host memory for paged-out data (CUDA: pinned, for fast asynchronous copies; CPU:
- * aligned). Counted in the host pool of the ledger, apart from device memory and the budget. */
+/* Allocates bytes of zero-filled host memory for paged-out data (CUDA: pinned, for fast asynchronous
+ * copies; CPU: aligned). Counted in the host pool of the ledger, apart from device memory and the budget.
+ * It is host memory on every backend: copy to and from it with qlora_memcpy's device kinds only on the
+ * device side (QLORA_HOST_TO_DEVICE from it, QLORA_DEVICE_TO_HOST into it). */
 QLORA_API qlora_status qlora_host_malloc(void** out, uint64_t bytes);
 /* Frees a pointer from qlora_host_malloc (unknown pointers are an error; NULL is a no-op). */
 QLORA_API qlora_status qlora_host_free(void* hptr);

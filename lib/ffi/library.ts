@@ -2,8 +2,9 @@
  * Loads the native library (`build/libqlora_<backend>.so`) through `Deno.dlopen`, checks its ABI
  * version, and turns native status codes into typed errors.
  *
- * Backend choice: `QLORA_BACKEND=cpu|cuda|auto` (default `auto`: CUDA where the CUDA library is
- * built and a GPU is usable, else CPU, saying why once on stderr). `QLORA_DEBUG=1` logs every native
+ * Backend choice: `QLORA_BACKEND=cpu|cuda|cuda-emu|auto` (default `auto`: CUDA where the CUDA library
+ * is built and a GPU is usable, else CPU, saying why once on stderr). `cuda-emu` is the CUDA backend's
+ * own kernels compiled against the CPU emulator of `cuda/src/emu` (slow; for tests without a GPU). `QLORA_DEBUG=1` logs every native
  * call with its arguments, status and duration.
  *
  * @module
@@ -12,8 +13,8 @@
 import { BackendError, InvalidArgumentError, NonFiniteError, QloraError } from "../errors.ts";
 import { ABI_VERSION, type QloraSymbols, Status, symbols } from "./symbols.ts";
 
-/** A backend of the native library. */
-export type Backend = "cpu" | "cuda";
+/** A backend of the native library: the CPU build, the CUDA build, or the CUDA build's kernels emulated on the CPU. */
+export type Backend = "cpu" | "cuda" | "cuda-emu";
 
 /** An opened native library: its symbols and what it is. */
 export interface NativeLibrary {
@@ -39,7 +40,7 @@ export interface NativeLibrary {
  */
 export function libraryPath(backend: Backend): string {
   const ext = Deno.build.os === "darwin" ? "dylib" : Deno.build.os === "windows" ? "dll" : "so";
-  return new URL(`../../build/libqlora_${backend}.${ext}`, import.meta.url).pathname;
+  return new URL(`../../build/libqlora_${backend.replace("-", "_")}.${ext}`, import.meta.url).pathname;
 }
 
 function readCString(ptr: Deno.PointerValue): string {
@@ -146,7 +147,7 @@ let autoNoticeShown = false;
  */
 export function loadLibrary(choice?: Backend | "auto"): NativeLibrary {
   const wanted = choice ?? readBackendEnv();
-  if (wanted === "cpu" || wanted === "cuda") return openLibrary(wanted);
+  if (wanted !== "auto") return openLibrary(wanted);
   let reason: string;
   try {
     return openLibrary("cuda");
@@ -168,9 +169,9 @@ function readBackendEnv(): Backend | "auto" {
     value = undefined; // no --allow-env: use the default
   }
   if (value === undefined || value === "") return "auto";
-  if (value === "cpu" || value === "cuda" || value === "auto") return value;
+  if (value === "cpu" || value === "cuda" || value === "cuda-emu" || value === "auto") return value;
   throw new InvalidArgumentError(
-    `Cannot choose a backend: QLORA_BACKEND=${value}, expected cpu, cuda or auto`,
+    `Cannot choose a backend: QLORA_BACKEND=${value}, expected cpu, cuda, cuda-emu or auto`,
   );
 }
 

@@ -92,6 +92,7 @@ QLORA_API qlora_status qlora_host_malloc(void** out, uint64_t bytes) {
   void* p = nullptr;
   if (posix_memalign(&p, 256, bytes) != 0 || p == nullptr)
     return qlora::ledger_host_oom(bytes, "the host allocator refused");
+  memset(p, 0, bytes);
   qlora::ledger_host_register(p, bytes);
   *out = p;
   return QLORA_OK;

@@ -72,14 +72,25 @@ void load_gemm_library() {
     snprintf(lib.name, sizeof lib.name, "built-in kernels (QLORA_GEMM=builtin)");
     return;
   }
-  // The system's cuBLAS (either major version works with a CUDA 13 driver), then the toolkit's folder.
-  const char* candidates[] = {"libcublas.so.13", "libcublas.so.12", "libcublas.so",
+  // QLORA_CUBLAS=PATH names the library; else the system's cuBLAS (either major version works with a
+  // CUDA 13 driver), then the toolkit's folder. The emulated build loads its reference cuBLAS, built
+  // beside it (emu/cublas.cpp), so that this path runs there too.
+#if defined(QLORA_EMU)
+  const char* system_default = emu::cublas_library_path();
+  const bool only_first = true;  // never a real cuBLAS in the emulated build
+#else
+  const char* system_default = "libcublas.so.13";
+  const bool only_first = false;
+#endif
+  const char* chosen = getenv("QLORA_CUBLAS");
+  const char* candidates[] = {chosen && *chosen ? chosen : system_default, "libcublas.so.12", "libcublas.so",
                               "/usr/local/cuda/lib64/libcublas.so.13", "/usr/local/cuda/lib64/libcublas.so.12"};
+  const size_t count = (chosen && *chosen) || only_first ? 1 : sizeof candidates / sizeof candidates[0];
   void* so = nullptr;
   const char* found = nullptr;
-  for (const char* c : candidates)
-    if ((so = dlopen(c, RTLD_NOW | RTLD_LOCAL)) != nullptr) {
-      found = c;
+  for (size_t i = 0; i < count; i++)
+    if (candidates[i] && (so = dlopen(candidates[i], RTLD_NOW | RTLD_LOCAL)) != nullptr) {
+      found = candidates[i];
       break;
     }
   if (!so) {
@@ -281,9 +292,9 @@ qlora_status builtin_gemm(const Gemm& g, const char* what) {
   const uint64_t tiles = ((g.m + kTile - 1) / kTile) * ((g.n + kTile - 1) / kTile) * g.batch;
   const unsigned grid = (unsigned)(tiles < kMaxGrid ? tiles : kMaxGrid);
   if (g.ab_dtype == QLORA_BF16)
-    gemm_bf16_wmma_kernel<<<grid, kWmmaThreads, 0, gpu_stream()>>>(g);
+    QLORA_LAUNCH(gemm_bf16_wmma_kernel, grid, kWmmaThreads, 0, gpu_stream())(g);
   else
-    gemm_f32_kernel<<<grid, kFmaThreads, 0, gpu_stream()>>>(g);
+    QLORA_LAUNCH(gemm_f32_kernel, grid, kFmaThreads, 0, gpu_stream())(g);
   return launch_status(what);
 }
 
@@ -552,11 +563,11 @@ __global__ void dequantize_range_kernel(const uint8_t* packed, const float* absm
 template <int M, bool kBf16>
 void launch_gemv(int32_t trans_w, const Quant4Args& g) {
   if (trans_w) {
-    gemv_4bit_rows_kernel<M, kBf16><<<grid_for(32 * g.n), kThreads, 0, gpu_stream()>>>(g);
+    QLORA_LAUNCH((gemv_4bit_rows_kernel<M, kBf16>), grid_for(32 * g.n), kThreads, 0, gpu_stream())(g);
   } else {
     const uint64_t groups = (g.n + kColsPerBlock - 1) / kColsPerBlock;
-    gemv_4bit_cols_kernel<M, kBf16><<<(unsigned)(groups < kMaxGrid ? groups : kMaxGrid), kColThreads, 0,
-                                      gpu_stream()>>>(g);
+    QLORA_LAUNCH((gemv_4bit_cols_kernel<M, kBf16>), (unsigned)(groups < kMaxGrid ? groups : kMaxGrid), kColThreads, 0,
+                                      gpu_stream())(g);
   }
 }
 
@@ -665,7 +676,7 @@ QLORA_API qlora_status qlora_gemm_4bit(int32_t trans_w, uint64_t m, uint64_t n, 
   for (uint64_t r0 = 0; r0 < rows; r0 += chunk) {
     const uint64_t count = (rows - r0 < chunk ? rows - r0 : chunk) * row_len, first = r0 * row_len;
     const bool vectors = first % 32 == 0 && aligned(packed, 16) && aligned(workspace, 16);
-    dequantize_range_kernel<<<grid_for((count + 31) / 32), kThreads, 0, gpu_stream()>>>(
+    QLORA_LAUNCH(dequantize_range_kernel, grid_for((count + 31) / 32), kThreads, 0, gpu_stream())(
         packed, absmax, first, count, block_shift, codes, workspace, x_dtype, vectors);
     if ((s = launch_status(what)) != QLORA_OK) return s;
     const uint64_t chunk_rows = count / row_len;

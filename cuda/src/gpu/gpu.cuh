@@ -5,6 +5,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <tuple>
+#include <utility>
 
 #include "qlora.h"
 
@@ -31,6 +33,43 @@ inline qlora_status launch_status(const char* what) { return cuda_status(cudaGet
 // when cuBLAS could be loaded at run time, else "built-in kernels (why)". Decided on the first call
 // (gemm.cu); call it only after gpu_ready() succeeded. QLORA_GEMM=builtin forces the built-in kernels.
 const char* gpu_gemm_library();
+
+// Kernel launches, written once for nvcc and for the emulator (cuda/src/emu, QLORA_EMU):
+//   QLORA_LAUNCH(kernel, grid, block, shared_bytes, stream)(args...)
+// is kernel<<<grid, block, shared_bytes, stream>>>(args...) under nvcc, and a run of every block on the
+// CPU under the emulator. Errors go to cudaGetLastError() in both (launch_status reads them). A kernel
+// named with template arguments goes in parentheses: QLORA_LAUNCH((f<1, true>), ...).
+template <typename... Params>
+struct KernelLauncher {
+  void (*kernel)(Params...);
+  const char* name;
+  dim3 grid, block;
+  size_t shared;
+  cudaStream_t stream;
+  template <typename... Args>
+  void operator()(Args&&... args) const {
+#if defined(QLORA_EMU)
+    const emu::KernelCall<Params...> call{kernel, std::tuple<Params...>(std::forward<Args>(args)...)};
+    emu::launch({name, (const void*)kernel, grid, block, shared, stream, &emu::KernelCall<Params...>::invoke, &call});
+#else
+    kernel<<<grid, block, shared, stream>>>(std::forward<Args>(args)...);
+#endif
+  }
+};
+template <typename... Params>
+KernelLauncher<Params...> launch_kernel(void (*kernel)(Params...), const char* name, dim3 grid, dim3 block,
+                                        size_t shared, cudaStream_t stream) {
+  return {kernel, name, grid, block, shared, stream};
+}
+#define QLORA_LAUNCH(kernel, grid, block, shared, stream) \
+  ::qlora::launch_kernel(kernel, #kernel, grid, block, shared, stream)
+
+// Dynamic shared memory (the size given at the launch), declared once for nvcc and the emulator.
+#if defined(QLORA_EMU)
+#define QLORA_EXTERN_SHARED(type, name) type* const name = (type*)::emu::dynamic_shared()
+#else
+#define QLORA_EXTERN_SHARED(type, name) extern __shared__ type name[]
+#endif
 
 // Launch sizes: every kernel uses kThreads threads per block and loops grid-stride, so the grid is
 // capped at kMaxGrid blocks (already more threads than any GPU runs at once).

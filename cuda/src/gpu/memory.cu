@@ -175,6 +175,7 @@ QLORA_API qlora_status qlora_host_malloc(void** out, uint64_t bytes) {
     return fail(QLORA_ERR_INTERNAL, "Cannot allocate host memory: CUDA error %s (%s)", cudaGetErrorName(e),
                 cudaGetErrorString(e));
   }
+  memset(p, 0, bytes);  // host memory: the CPU fills it
   ledger_host_register(p, bytes);
   *out = p;
   return QLORA_OK;

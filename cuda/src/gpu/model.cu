@@ -75,7 +75,7 @@ qlora_status check_indices(const int32_t* idx, uint64_t rows, uint64_t vocab, bo
   if (s == QLORA_OK) s = cuda_status(cudaMemsetAsync(p, 0xff, sizeof(unsigned long long), gpu_stream()), fn);
   if (s != QLORA_OK) return s;
   auto* first_bad = (unsigned long long*)p;
-  check_indices_kernel<<<grid_for(rows), kThreads, 0, gpu_stream()>>>(idx, rows, vocab, allow_ignore, first_bad);
+  QLORA_LAUNCH(check_indices_kernel, grid_for(rows), kThreads, 0, gpu_stream())(idx, rows, vocab, allow_ignore, first_bad);
   if ((s = launch_status(fn)) != QLORA_OK) return s;
   unsigned long long bad = kNone;
   s = cuda_status(cudaMemcpyAsync(&bad, first_bad, sizeof bad, cudaMemcpyDeviceToHost, gpu_stream()), fn);
@@ -357,7 +357,7 @@ __host__ __device__ constexpr int attn_backward_dq_smem() { return 2 * BQ * (D +
 // O rescaled, P = exp(S - m) through shared memory, O += P V. At the end out = O / l, lse = m + log l.
 template <int D, int BQ, int BK>
 __global__ void __launch_bounds__(kAttnThreads) attention_forward_kernel(AttnArgs a) {
-  extern __shared__ float smem[];
+  QLORA_EXTERN_SHARED(float, smem);
   constexpr int RI = BQ / 16, CJ = BK / 16, DJ = D / 16, LD = attn_ld_row<D>(), LDP = attn_ld_p<BK>();
   float* qs = smem;
   float* ks = qs + BQ * LD;
@@ -473,7 +473,7 @@ __device__ __forceinline__ void attention_probabilities(float (&p)[RI][CJ], floa
 // dv += P^T dO and dk += dS^T Q (scaled at the end), accumulated in registers.
 template <int D, int BQ, int BK>
 __global__ void __launch_bounds__(kAttnThreads) attention_backward_dkdv_kernel(AttnArgs a) {
-  extern __shared__ float smem[];
+  QLORA_EXTERN_SHARED(float, smem);
   constexpr int RI = BQ / 16, CJ = BK / 16, KI = BK / 16, DJ = D / 16, LD = attn_ld_row<D>(), LDP = attn_ld_p<BK>();
   float* ks = smem;
   float* vs = ks + BK * LD;
@@ -529,7 +529,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_backward_dkdv_kernel(A
 // key tile up to the diagonal: dS as above, dq += dS K (scaled at the end).
 template <int D, int BQ, int BK>
 __global__ void __launch_bounds__(kAttnThreads) attention_backward_dq_kernel(AttnArgs a) {
-  extern __shared__ float smem[];
+  QLORA_EXTERN_SHARED(float, smem);
   constexpr int RI = BQ / 16, CJ = BK / 16, DJ = D / 16, LD = attn_ld_row<D>(), LDP = attn_ld_p<BK>();
   float* qs = smem;
   float* dos = qs + BQ * LD;
@@ -579,7 +579,7 @@ qlora_status launch_attention(void (*kernel)(AttnArgs), const AttnArgs& args, ui
   const int bytes = floats * (int)sizeof(float);
   qlora_status s = cuda_status(cudaFuncSetAttribute((const void*)kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), what);
   if (s != QLORA_OK) return s;
-  kernel<<<grid_for(items, 1), kAttnThreads, bytes, gpu_stream()>>>(args);
+  QLORA_LAUNCH(kernel, grid_for(items, 1), kAttnThreads, bytes, gpu_stream())(args);
   return launch_status(what);
 }
 
@@ -714,7 +714,7 @@ QLORA_API qlora_status qlora_embedding_forward(const int32_t* tokens, uint64_t r
   if ((s = gpu_ready()) != QLORA_OK) return s;
   const char* fn = "look up embeddings";
   if ((s = check_indices(tokens, rows, vocab, false, fn, "tokens")) != QLORA_OK) return s;
-  embedding_forward_kernel<<<grid_for(rows, 1), kThreads, 0, gpu_stream()>>>(tokens, rows, table, dim, out, dtype);
+  QLORA_LAUNCH(embedding_forward_kernel, grid_for(rows, 1), kThreads, 0, gpu_stream())(tokens, rows, table, dim, out, dtype);
   return launch_status(fn);
 }
 
@@ -744,7 +744,7 @@ QLORA_API qlora_status qlora_embedding_backward(const int32_t* tokens, uint64_t 
   if (s != QLORA_OK) return s;
   uint32_t* row_ids = (uint32_t*)(scratch + temp_aligned);
   uint32_t *sorted_tokens = row_ids + rows, *sorted_rows = row_ids + 2 * rows;
-  iota_kernel<<<grid_for(rows), kThreads, 0, gpu_stream()>>>(row_ids, rows);
+  QLORA_LAUNCH(iota_kernel, grid_for(rows), kThreads, 0, gpu_stream())(row_ids, rows);
   s = launch_status(fn);
   if (s == QLORA_OK)
     s = cuda_status(cub::DeviceRadixSort::SortPairs((void*)scratch, temp_bytes, (const uint32_t*)tokens,
@@ -752,7 +752,7 @@ QLORA_API qlora_status qlora_embedding_backward(const int32_t* tokens, uint64_t 
                                                     gpu_stream()),
                     fn);
   if (s == QLORA_OK) {
-    embedding_backward_kernel<<<grid_for(rows, 1), kThreads, 0, gpu_stream()>>>(sorted_tokens, sorted_rows, rows,
+    QLORA_LAUNCH(embedding_backward_kernel, grid_for(rows, 1), kThreads, 0, gpu_stream())(sorted_tokens, sorted_rows, rows,
                                                                                dout, dim, dtable, dtype);
     s = launch_status(fn);
   }
@@ -765,7 +765,7 @@ QLORA_API qlora_status qlora_rmsnorm_forward(const void* x, const void* weight, 
   qlora_status s = check_rmsnorm_forward(x, weight, rows, dim, eps, out, rstd, dtype);
   if (s != QLORA_OK) return s;
   if ((s = gpu_ready()) != QLORA_OK) return s;
-  rmsnorm_forward_kernel<<<grid_for(rows, kWarpsPerBlock), kThreads, 0, gpu_stream()>>>(x, weight, rows, dim, eps,
+  QLORA_LAUNCH(rmsnorm_forward_kernel, grid_for(rows, kWarpsPerBlock), kThreads, 0, gpu_stream())(x, weight, rows, dim, eps,
                                                                                        out, rstd, dtype);
   return launch_status("apply RMSNorm");
 }
@@ -787,18 +787,18 @@ QLORA_API qlora_status qlora_rmsnorm_backward(const void* dout, const void* x, c
     s = cuda_status(cudaMallocAsync((void**)&partial, bytes, gpu_stream()), what, bytes, QLORA_CAT_WORKSPACE);
     if (s != QLORA_OK) return s;
     const dim3 grid((unsigned)((dim + kThreads - 1) / kThreads), (unsigned)chunks);
-    rmsnorm_dweight_partial_kernel<<<grid, kThreads, 0, gpu_stream()>>>(dout, x, rstd, rows, dim, rows_per_chunk,
+    QLORA_LAUNCH(rmsnorm_dweight_partial_kernel, grid, kThreads, 0, gpu_stream())(dout, x, rstd, rows, dim, rows_per_chunk,
                                                                         partial, dtype);
     s = launch_status(what);
     if (s == QLORA_OK) {
-      rmsnorm_dweight_sum_kernel<<<grid_for(dim), kThreads, 0, gpu_stream()>>>(partial, chunks, dim, dweight, dtype);
+      QLORA_LAUNCH(rmsnorm_dweight_sum_kernel, grid_for(dim), kThreads, 0, gpu_stream())(partial, chunks, dim, dweight, dtype);
       s = launch_status(what);
     }
     const qlora_status freed = cuda_status(cudaFreeAsync(partial, gpu_stream()), what);
     if (s == QLORA_OK) s = freed;
     if (s != QLORA_OK) return s;
   }
-  rmsnorm_backward_dx_kernel<<<grid_for(rows, kWarpsPerBlock), kThreads, 0, gpu_stream()>>>(dout, x, weight, rstd,
+  QLORA_LAUNCH(rmsnorm_backward_dx_kernel, grid_for(rows, kWarpsPerBlock), kThreads, 0, gpu_stream())(dout, x, weight, rstd,
                                                                                            rows, dim, dx, dtype);
   return launch_status(what);
 }
@@ -808,7 +808,7 @@ QLORA_API qlora_status qlora_rope(void* x, uint64_t batch, uint64_t seq, uint64_
   qlora_status s = check_rope(x, batch, seq, heads, head_dim, theta, inverse, dtype);
   if (s != QLORA_OK) return s;
   if ((s = gpu_ready()) != QLORA_OK) return s;
-  rope_kernel<<<grid_for(batch * seq, 1), kThreads, 0, gpu_stream()>>>(x, batch, seq, heads, head_dim, theta,
+  QLORA_LAUNCH(rope_kernel, grid_for(batch * seq, 1), kThreads, 0, gpu_stream())(x, batch, seq, heads, head_dim, theta,
                                                                       inverse, dtype);
   return launch_status("apply rotary embeddings");
 }
@@ -853,7 +853,7 @@ QLORA_API qlora_status qlora_attention_backward(const void* dout, const void* q,
   float* di = nullptr;
   s = cuda_status(cudaMallocAsync((void**)&di, bytes, gpu_stream()), what, bytes, QLORA_CAT_WORKSPACE);
   if (s != QLORA_OK) return s;
-  attention_di_kernel<<<grid_for(rows, kWarpsPerBlock), kThreads, 0, gpu_stream()>>>(
+  QLORA_LAUNCH(attention_di_kernel, grid_for(rows, kWarpsPerBlock), kThreads, 0, gpu_stream())(
       dout, out, batch, (int)seq, heads, (int)head_dim, di, dtype);
   s = launch_status(what);
   if (s == QLORA_OK) {
@@ -886,7 +886,7 @@ QLORA_API qlora_status qlora_swiglu_forward(const void* gate, const void* up, ui
   qlora_status s = check_swiglu_forward(gate, up, n, out, dtype);
   if (s != QLORA_OK) return s;
   if ((s = gpu_ready()) != QLORA_OK) return s;
-  swiglu_forward_kernel<<<grid_for(n), kThreads, 0, gpu_stream()>>>(gate, up, n, out, dtype);
+  QLORA_LAUNCH(swiglu_forward_kernel, grid_for(n), kThreads, 0, gpu_stream())(gate, up, n, out, dtype);
   return launch_status("apply SwiGLU");
 }
 
@@ -895,7 +895,7 @@ QLORA_API qlora_status qlora_swiglu_backward(const void* dout, const void* gate,
   qlora_status s = check_swiglu_backward(dout, gate, up, n, dgate, dup, dtype);
   if (s != QLORA_OK) return s;
   if ((s = gpu_ready()) != QLORA_OK) return s;
-  swiglu_backward_kernel<<<grid_for(n), kThreads, 0, gpu_stream()>>>(dout, gate, up, n, dgate, dup, dtype);
+  QLORA_LAUNCH(swiglu_backward_kernel, grid_for(n), kThreads, 0, gpu_stream())(dout, gate, up, n, dgate, dup, dtype);
   return launch_status("compute the SwiGLU gradient");
 }
 
@@ -907,7 +907,7 @@ QLORA_API qlora_status qlora_cross_entropy(const void* logits, const int32_t* ta
   if ((s = gpu_ready()) != QLORA_OK) return s;
   const char* fn = "compute the cross-entropy";
   if ((s = check_indices(targets, rows, vocab, true, fn, "targets")) != QLORA_OK) return s;
-  cross_entropy_kernel<<<grid_for(rows, 1), kThreads, 0, gpu_stream()>>>(logits, targets, rows, vocab, losses,
+  QLORA_LAUNCH(cross_entropy_kernel, grid_for(rows, 1), kThreads, 0, gpu_stream())(logits, targets, rows, vocab, losses,
                                                                         dlogits, grad_scale, dtype);
   return launch_status(fn);
 }

@@ -77,7 +77,7 @@ QLORA_API qlora_status qlora_cast(const void* src, int32_t src_dtype, void* dst,
   if (src_dtype == dst_dtype)
     return cuda_status(cudaMemcpyAsync(dst, src, n * dtype_size(src_dtype), cudaMemcpyDeviceToDevice, gpu_stream()),
                        "cast");
-  cast_kernel<<<grid_for(n), kThreads, 0, gpu_stream()>>>(src, src_dtype, dst, dst_dtype, n);
+  QLORA_LAUNCH(cast_kernel, grid_for(n), kThreads, 0, gpu_stream())(src, src_dtype, dst, dst_dtype, n);
   return launch_status("cast");
 }
 
@@ -86,7 +86,7 @@ QLORA_API qlora_status qlora_fill_normal(void* dptr, int32_t dtype, uint64_t n, 
   qlora_status s = check_fill_normal(dptr, dtype, std);
   if (s != QLORA_OK) return s;
   if ((s = gpu_ready()) != QLORA_OK || n == 0) return s;
-  fill_normal_kernel<<<grid_for((n + 1) / 2), kThreads, 0, gpu_stream()>>>(dptr, dtype, n, mean, std,
+  QLORA_LAUNCH(fill_normal_kernel, grid_for((n + 1) / 2), kThreads, 0, gpu_stream())(dptr, dtype, n, mean, std,
                                                                            splitmix64(seed));
   return launch_status("fill with normal values");
 }
@@ -97,7 +97,7 @@ QLORA_API qlora_status qlora_fill_uniform(void* dptr, int32_t dtype, uint64_t n,
   if (s != QLORA_OK) return s;
   if ((s = gpu_ready()) != QLORA_OK || n == 0) return s;
   const float width = high - low;  // rounded once, on the host, as on the CPU
-  fill_uniform_kernel<<<grid_for(n), kThreads, 0, gpu_stream()>>>(dptr, dtype, n, low, width, seed);
+  QLORA_LAUNCH(fill_uniform_kernel, grid_for(n), kThreads, 0, gpu_stream())(dptr, dtype, n, low, width, seed);
   return launch_status("fill with uniform values");
 }
 
@@ -105,7 +105,7 @@ QLORA_API qlora_status qlora_axpby(float alpha, const void* x, float beta, void*
   qlora_status s = check_axpby(x, y, dtype);
   if (s != QLORA_OK) return s;
   if ((s = gpu_ready()) != QLORA_OK || n == 0) return s;
-  axpby_kernel<<<grid_for(n), kThreads, 0, gpu_stream()>>>(alpha, x, beta, y, dtype, n);
+  QLORA_LAUNCH(axpby_kernel, grid_for(n), kThreads, 0, gpu_stream())(alpha, x, beta, y, dtype, n);
   return launch_status("compute alpha * x + beta * y");
 }
 
@@ -114,7 +114,7 @@ QLORA_API qlora_status qlora_dropout(const void* x, void* y, int32_t dtype, uint
   if (s != QLORA_OK) return s;
   if ((s = gpu_ready()) != QLORA_OK || n == 0) return s;
   const float scale = 1.0f / (1.0f - p);  // on the host, as on the CPU
-  dropout_kernel<<<grid_for(n), kThreads, 0, gpu_stream()>>>(x, y, dtype, n, p, scale, seed);
+  QLORA_LAUNCH(dropout_kernel, grid_for(n), kThreads, 0, gpu_stream())(x, y, dtype, n, p, scale, seed);
   return launch_status("apply dropout");
 }
 

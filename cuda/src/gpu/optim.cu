@@ -208,7 +208,7 @@ QLORA_API qlora_status qlora_adamw_step(const qlora_adamw_segment* segments, uin
   if (s != QLORA_OK) return s;
   s = cuda_status(cudaMemcpyAsync(dev, descs.data(), bytes, cudaMemcpyHostToDevice, gpu_stream()), what);
   if (s == QLORA_OK) {
-    adamw_kernel<<<grid_for(total), kThreads, 0, gpu_stream()>>>(dev, count, total, c);
+    QLORA_LAUNCH(adamw_kernel, grid_for(total), kThreads, 0, gpu_stream())(dev, count, total, c);
     s = launch_status(what);
   }
   qlora_status freed = cuda_status(cudaFreeAsync(dev, gpu_stream()), what);
@@ -243,7 +243,7 @@ QLORA_API qlora_status qlora_adamw8_step(const qlora_adamw8_segment* segments, u
                what, (unsigned long long)k, (unsigned long long)segments[k].n);
       break;
     }
-    adamw8_kernel<<<(unsigned)blocks, QLORA_ADAMW8_BLOCK, 0, gpu_stream()>>>(segments[k], dev, c);
+    QLORA_LAUNCH(adamw8_kernel, (unsigned)blocks, QLORA_ADAMW8_BLOCK, 0, gpu_stream())(segments[k], dev, c);
     s = launch_status(what);
   }
   qlora_status freed = cuda_status(cudaFreeAsync(dev, gpu_stream()), what);
@@ -266,10 +266,10 @@ QLORA_API qlora_status qlora_sum_squares(const void* x, int32_t dtype, uint64_t 
   s = cuda_status(cudaMallocAsync((void**)&partial, bytes, gpu_stream()), what, bytes, QLORA_CAT_WORKSPACE);
   if (s != QLORA_OK) return s;
   double* total = partial + chunks;
-  chunk_sum_squares_kernel<<<grid_for(chunks), kThreads, 0, gpu_stream()>>>(x, dtype, n, partial);
+  QLORA_LAUNCH(chunk_sum_squares_kernel, grid_for(chunks), kThreads, 0, gpu_stream())(x, dtype, n, partial);
   s = launch_status(what);
   if (s == QLORA_OK) {
-    total_kernel<<<1, 1, 0, gpu_stream()>>>(partial, chunks, total);
+    QLORA_LAUNCH(total_kernel, 1, 1, 0, gpu_stream())(partial, chunks, total);
     s = launch_status(what);
   }
   double host = 0.0;

@@ -284,7 +284,7 @@ QLORA_API qlora_status qlora_quantize_4bit(const void* x, int32_t x_dtype, uint6
   Scratch* dev = nullptr;
   if ((s = scratch_reset(&dev, what)) != QLORA_OK) return s;
   const uint64_t blocks = (n + blocksize - 1) / blocksize;
-  quantize_4bit_kernel<<<grid_for(32 * blocks), kThreads, 0, gpu_stream()>>>(
+  QLORA_LAUNCH(quantize_4bit_kernel, grid_for(32 * blocks), kThreads, 0, gpu_stream())(
       x, x_dtype, n, log2_pow2(blocksize), quant4_params(*quant4_table(quant_type)), packed, absmax,
       &dev->first_bad);
   if ((s = launch_status(what)) != QLORA_OK) return s;
@@ -309,7 +309,7 @@ QLORA_API qlora_status qlora_dequantize_4bit(const uint8_t* packed, const float*
   Codes16 codes;
   memcpy(codes.v, quant4_table(quant_type)->code, sizeof codes.v);
   const bool vectors = (uintptr_t)packed % 16 == 0 && (uintptr_t)out % 16 == 0;
-  dequantize_4bit_kernel<<<grid_for((n + 31) / 32), kThreads, 0, gpu_stream()>>>(
+  QLORA_LAUNCH(dequantize_4bit_kernel, grid_for((n + 31) / 32), kThreads, 0, gpu_stream())(
       packed, absmax, n, log2_pow2(blocksize), codes, out, out_dtype, vectors);
   return launch_status("dequantize 4-bit values");
 }
@@ -329,10 +329,10 @@ QLORA_API qlora_status qlora_double_quantize(const float* absmax, uint64_t n, ui
   s = cuda_status(cudaMallocAsync((void**)&partial, chunks * sizeof(double), gpu_stream()), what,
                   chunks * sizeof(double), QLORA_CAT_WORKSPACE);
   if (s != QLORA_OK) return s;
-  chunk_sums_kernel<<<grid_for(chunks), kThreads, 0, gpu_stream()>>>(absmax, n, partial, &dev->first_bad);
+  QLORA_LAUNCH(chunk_sums_kernel, grid_for(chunks), kThreads, 0, gpu_stream())(absmax, n, partial, &dev->first_bad);
   s = launch_status(what);
   if (s == QLORA_OK) {
-    mean_kernel<<<1, 1, 0, gpu_stream()>>>(partial, chunks, n, &dev->offset);
+    QLORA_LAUNCH(mean_kernel, 1, 1, 0, gpu_stream())(partial, chunks, n, &dev->offset);
     s = launch_status(what);
   }
   qlora_status freed = cuda_status(cudaFreeAsync(partial, gpu_stream()), what);
@@ -346,7 +346,7 @@ QLORA_API qlora_status qlora_double_quantize(const float* absmax, uint64_t n, ui
   Midpoints255 midpoints;
   memcpy(midpoints.v, dynamic_map().midpoint, sizeof midpoints.v);
   const uint64_t blocks = (n + nested_blocksize - 1) / nested_blocksize;
-  double_quantize_kernel<<<grid_for(32 * blocks), kThreads, 0, gpu_stream()>>>(
+  QLORA_LAUNCH(double_quantize_kernel, grid_for(32 * blocks), kThreads, 0, gpu_stream())(
       absmax, n, log2_pow2(nested_blocksize), host.offset, midpoints, codes, nested_absmax);
   if ((s = launch_status(what)) != QLORA_OK) return s;
   *offset_out = host.offset;
@@ -360,7 +360,7 @@ QLORA_API qlora_status qlora_double_dequantize(const uint8_t* codes, const float
   if ((s = gpu_ready()) != QLORA_OK) return s;
   Codes256 map;
   memcpy(map.v, dynamic_map().code, sizeof map.v);
-  double_dequantize_kernel<<<grid_for(n), kThreads, 0, gpu_stream()>>>(codes, nested_absmax, offset, n,
+  QLORA_LAUNCH(double_dequantize_kernel, grid_for(n), kThreads, 0, gpu_stream())(codes, nested_absmax, offset, n,
                                                                        log2_pow2(nested_blocksize), map, absmax);
   return launch_status("double-dequantize constants");
 }

@@ -1,0 +1,973 @@
+// emu/runtime.cpp: the CUDA emulator's runtime. Kernels run block by block (blocks in parallel on the
+// host's cores, OpenMP); the threads of a block run as fibers on one host thread and switch only at
+// barriers, so a thread runs from one barrier to the next without interruption and every barrier waits
+// for exactly the threads that must reach it. Device memory is host heap registered here, so copies and
+// frees are checked as a driver checks them.
+//
+// Environment:
+//   QLORA_EMU_DEVICE_MEMORY  emulated device size (default 6GiB: the RTX 3060 this project is about)
+//   QLORA_EMU_ORDER          order of the threads between two barriers: forward (default), reverse, or
+//                            random[:SEED] (a fresh permutation at every barrier, seeded)
+//   QLORA_EMU_POISON         1: fill shared memory with 0xff at the start of every block (default in the
+//                            sanitizer build), so a read before a write shows as NaN
+//   QLORA_EMU_THREADS        host threads that run blocks (default: OpenMP's)
+//   QLORA_EMU_NO_DEVICE      1: report no GPU, as a machine without a driver does
+// Errors found in a kernel (a barrier that cannot complete, a collective with diverged arguments) name
+// the kernel, the block and the thread; they abort the process in the sanitizer build, and otherwise
+// become the sticky cudaErrorLaunchFailure that a faulting kernel leaves on a GPU.
+#include <dlfcn.h>
+#include <omp.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "include/cuda_runtime.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define EMU_ASAN 1
+#else
+#define EMU_ASAN 0
+#endif
+
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+
+namespace emu {
+
+char* shared_tls_begin_address();
+char* shared_tls_end_address();
+
+namespace {
+
+// ---- configuration ----------------------------------------------------------------------------------
+
+uint64_t parse_bytes(const char* s, uint64_t fallback) {
+  if (!s || !*s) return fallback;
+  char* end = nullptr;
+  double v = strtod(s, &end);
+  std::string unit = end ? end : "";
+  double mul = 1;
+  if (unit == "KiB" || unit == "K") mul = 1024.0;
+  else if (unit == "MiB" || unit == "M") mul = 1024.0 * 1024;
+  else if (unit == "GiB" || unit == "G") mul = 1024.0 * 1024 * 1024;
+  else if (unit == "GB") mul = 1e9;
+  else if (unit == "MB") mul = 1e6;
+  else if (!unit.empty()) return fallback;
+  return v > 0 ? (uint64_t)(v * mul) : fallback;
+}
+
+enum class Order { kForward, kReverse, kRandom };
+
+struct Config {
+  uint64_t device_bytes;
+  Order order = Order::kForward;
+  uint64_t seed = 1;
+  bool poison;
+  bool abort_on_error;
+  bool no_device;
+  int threads = 0;
+  Config() {
+#if defined(QLORA_EMU_SANITIZE)
+    const bool sanitize = true;
+#else
+    const bool sanitize = false;
+#endif
+    device_bytes = parse_bytes(getenv("QLORA_EMU_DEVICE_MEMORY"), 6ull << 30);
+    const char* o = getenv("QLORA_EMU_ORDER");
+    if (o && strcmp(o, "reverse") == 0) order = Order::kReverse;
+    if (o && strncmp(o, "random", 6) == 0) {
+      order = Order::kRandom;
+      if (o[6] == ':') seed = strtoull(o + 7, nullptr, 10);
+    }
+    const char* p = getenv("QLORA_EMU_POISON");
+    poison = p ? strcmp(p, "0") != 0 : sanitize;
+    abort_on_error = sanitize;
+    const char* nd = getenv("QLORA_EMU_NO_DEVICE");
+    no_device = nd && strcmp(nd, "0") != 0;
+    if (const char* t = getenv("QLORA_EMU_THREADS")) threads = atoi(t);
+  }
+};
+
+const Config& config() {
+  static const Config c;
+  return c;
+}
+
+// The emulated GPU: an RTX 3060 (compute capability 8.6, 28 SMs, 99 KB of shared memory per block with
+// the opt-in), with QLORA_EMU_DEVICE_MEMORY of memory.
+constexpr int kMajor = 8, kMinor = 6, kSms = 28;
+constexpr size_t kSharedPerBlock = 48 << 10, kSharedOptin = 99 << 10;
+
+// ---- errors -----------------------------------------------------------------------------------------
+
+thread_local cudaError_t t_last_error = cudaSuccess;
+std::atomic<int> g_sticky{cudaSuccess};  // a kernel fault: every later call fails, as on a GPU
+
+cudaError_t record(cudaError_t e) {
+  if (e != cudaSuccess) t_last_error = e;
+  return e;
+}
+
+// The sticky error, if a kernel has faulted.
+cudaError_t sticky() { return (cudaError_t)g_sticky.load(std::memory_order_relaxed); }
+
+// ---- memory -----------------------------------------------------------------------------------------
+
+enum class Kind { kDevice, kSymbol, kPinned };
+
+struct Region {
+  size_t size;
+  Kind kind;
+};
+
+std::mutex g_mem_mutex;
+std::map<uintptr_t, Region> g_regions;  // by start address
+uint64_t g_device_used = 0;
+
+// The region containing p, or nullptr. Caller holds g_mem_mutex.
+const std::pair<const uintptr_t, Region>* find_region(const void* p) {
+  const uintptr_t a = (uintptr_t)p;
+  auto it = g_regions.upper_bound(a);
+  if (it == g_regions.begin()) return nullptr;
+  --it;
+  if (a >= it->first + std::max<size_t>(it->second.size, 1)) return nullptr;
+  return &*it;
+}
+
+bool device_range_locked(const void* p, size_t bytes) {
+  const auto* r = find_region(p);
+  if (!r || r->second.kind == Kind::kPinned) return false;
+  return (uintptr_t)p + bytes <= r->first + r->second.size;
+}
+
+// Where a copy's pointer lies: 1 inside device memory (whole range), 0 host memory, -1 a range that
+// starts in device memory and runs past the end of its allocation.
+int side_of(const void* p, size_t bytes) {
+  const auto* r = find_region(p);
+  if (!r || r->second.kind == Kind::kPinned) return 0;
+  return (uintptr_t)p + bytes <= r->first + r->second.size ? 1 : -1;
+}
+
+cudaError_t device_alloc(void** out, size_t bytes) {
+  if (out == nullptr) return record(cudaErrorInvalidValue);
+  *out = nullptr;
+  if (sticky()) return sticky();
+  if (bytes == 0) return cudaSuccess;
+  std::lock_guard<std::mutex> lock(g_mem_mutex);
+  if (bytes > config().device_bytes - std::min(g_device_used, config().device_bytes))
+    return record(cudaErrorMemoryAllocation);
+  void* p = nullptr;
+  // Exactly `bytes`: AddressSanitizer reports an access one past the end. 256-byte aligned, as cudaMalloc.
+  if (posix_memalign(&p, 256, bytes) != 0) return record(cudaErrorMemoryAllocation);
+  g_regions[(uintptr_t)p] = Region{bytes, Kind::kDevice};
+  g_device_used += bytes;
+  *out = p;
+  return cudaSuccess;
+}
+
+cudaError_t device_free(void* p) {
+  if (sticky()) return sticky();
+  if (p == nullptr) return cudaSuccess;
+  std::lock_guard<std::mutex> lock(g_mem_mutex);
+  auto it = g_regions.find((uintptr_t)p);
+  if (it == g_regions.end() || it->second.kind != Kind::kDevice) return record(cudaErrorInvalidValue);
+  g_device_used -= it->second.size;
+  g_regions.erase(it);
+  free(p);
+  return cudaSuccess;
+}
+
+// ---- streams and events -----------------------------------------------------------------------------
+
+std::mutex g_handles_mutex;
+std::set<const void*> g_streams, g_events;
+struct EventState {
+  std::chrono::steady_clock::time_point at;
+  bool recorded = false;
+};
+
+// ---- fibers -----------------------------------------------------------------------------------------
+
+#if defined(__x86_64__)
+// Saves the callee-saved registers, MXCSR and the x87 control word on the current stack, stores the stack
+// pointer in *save and continues on the stack `next` (from where it stopped, or at its entry).
+extern "C" void emu_switch(void** save, void* next);
+asm(R"(
+  .text
+  .p2align 4
+  .type emu_switch,@function
+emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size emu_switch,.-emu_switch
+)");
+#endif
+
+enum class State { kReady, kAtBlockBarrier, kAtWarpBarrier, kDone };
+
+struct Fiber {
+  ThreadView view;
+  unsigned linear = 0;  // threadIdx as one index: x + y * bx + z * bx * by
+  State state = State::kReady;
+  unsigned mask = 0;      // the mask of the warp collective it waits at
+  unsigned warp_gen = 0;  // warp collectives it has entered
+  char* stack = nullptr;  // lowest address (a guard page below)
+  size_t stack_size = 0;
+#if defined(__x86_64__)
+  void* sp = nullptr;
+#else
+  ucontext_t context;
+#endif
+  void* fake_stack = nullptr;  // AddressSanitizer's per-fiber state
+};
+
+// What the lanes of a warp exchange at a collective; two generations, so that a lane that has left one
+// collective can enter the next before the slowest lane has read the previous one.
+struct Exchange {
+  uint64_t value[32];
+  void* ptr[32];
+  unsigned mask[32];
+};
+struct Warp {
+  Exchange gen[2];
+};
+
+struct Block {
+  const Launch* launch;
+  uint3 idx;
+  unsigned threads;
+  char* dynamic_shared;
+  Warp warps[32];
+  bool failed;
+};
+
+// One per host thread that runs blocks: its fibers (stacks kept between launches) and the scheduler's
+// saved context.
+struct Worker {
+  std::vector<Fiber> fibers;
+  Block* block = nullptr;
+  Fiber* current = nullptr;
+#if defined(__x86_64__)
+  void* scheduler_sp = nullptr;
+#else
+  ucontext_t scheduler;
+#endif
+  void* scheduler_fake_stack = nullptr;
+  const void* scheduler_bottom = nullptr;
+  size_t scheduler_size = 0;
+  ~Worker() {
+    for (Fiber& f : fibers)
+      if (f.stack) munmap(f.stack - 4096, f.stack_size + 4096);
+  }
+};
+
+thread_local Worker* t_worker = nullptr;
+
+Worker& worker() {
+  if (!t_worker) t_worker = new Worker();  // lives as long as its host thread (OpenMP keeps them)
+  return *t_worker;
+}
+
+constexpr size_t kStackSize = EMU_ASAN ? (512 << 10) : (128 << 10);
+
+char* map_stack() {
+  // A guard page below the stack: an overflow faults instead of corrupting the next stack.
+  char* p = (char*)mmap(nullptr, kStackSize + 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                        -1, 0);
+  if (p == MAP_FAILED) {
+    fprintf(stderr, "qlora-emu: cannot map a fiber stack\n");
+    abort();
+  }
+  mprotect(p, 4096, PROT_NONE);
+  return p + 4096;
+}
+
+void fiber_main();
+
+// Switches from the scheduler into fiber f until it reaches a barrier or ends.
+void resume(Worker& w, Fiber& f) {
+  w.current = &f;
+#if EMU_ASAN
+  __sanitizer_start_switch_fiber(&w.scheduler_fake_stack, f.stack, f.stack_size);
+#endif
+#if defined(__x86_64__)
+  emu_switch(&w.scheduler_sp, f.sp);
+#else
+  swapcontext(&w.scheduler, &f.context);
+#endif
+#if EMU_ASAN
+  __sanitizer_finish_switch_fiber(w.scheduler_fake_stack, nullptr, nullptr);
+#endif
+  w.current = nullptr;
+}
+
+// From the running fiber back to the scheduler; returns when the scheduler resumes this fiber.
+void yield_to_scheduler(Worker& w, bool ending) {
+  Fiber& f = *w.current;
+#if EMU_ASAN
+  __sanitizer_start_switch_fiber(ending ? nullptr : &f.fake_stack, w.scheduler_bottom, w.scheduler_size);
+#endif
+#if defined(__x86_64__)
+  emu_switch(&f.sp, w.scheduler_sp);
+#else
+  swapcontext(&f.context, &w.scheduler);
+#endif
+#if EMU_ASAN
+  __sanitizer_finish_switch_fiber(f.fake_stack, &w.scheduler_bottom, &w.scheduler_size);
+#endif
+}
+
+// Prepares fiber f to start at fiber_main on its stack.
+void start_fiber(Fiber& f) {
+#if defined(__x86_64__)
+  // Stack, from the top: a null return address (fiber_main never returns; entering it with rsp = top - 8
+  // gives the ABI's alignment), fiber_main's address for emu_switch's ret, six zeroed registers, and the
+  // default MXCSR and x87 control word.
+  uintptr_t top = ((uintptr_t)(f.stack + f.stack_size)) & ~(uintptr_t)15;
+  uint64_t* sp = (uint64_t*)top;
+  *--sp = 0;
+  *--sp = (uint64_t)(uintptr_t)&fiber_main;
+  for (int r = 0; r < 6; r++) *--sp = 0;
+  *--sp = 0x1f80ull | (0x037full << 32);
+  f.sp = sp;
+#else
+  getcontext(&f.context);
+  f.context.uc_stack.ss_sp = f.stack;
+  f.context.uc_stack.ss_size = f.stack_size;
+  f.context.uc_link = nullptr;
+  makecontext(&f.context, (void (*)())fiber_main, 0);
+#endif
+}
+
+void fiber_main() {
+  Worker& w = worker();
+#if EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &w.scheduler_bottom, &w.scheduler_size);
+#endif
+  w.block->launch->invoke(w.block->launch->call);
+  w.current->state = State::kDone;
+  yield_to_scheduler(w, true);
+  __builtin_unreachable();
+}
+
+// ---- error reports ------------------------------------------------------------------------------------
+
+std::mutex g_report_mutex;
+
+// "kernel NAME, block (x, y, z), thread (x, y, z)" of the thread running on this host thread, if any.
+std::string where(const Worker* w, const Fiber* f) {
+  if (!w || !w->block) return "outside any kernel";
+  const Block& b = *w->block;
+  char buf[512];
+  int len = snprintf(buf, sizeof buf, "kernel %s, block (%u, %u, %u)", b.launch->name, b.idx.x, b.idx.y, b.idx.z);
+  if (f) snprintf(buf + len, sizeof buf - len, ", thread (%u, %u, %u)", f->view.thread_idx.x, f->view.thread_idx.y,
+                  f->view.thread_idx.z);
+  return buf;
+}
+
+// Reports an error of the block being run (the first one of the process is printed in full): aborts in
+// the sanitizer build, else leaves the sticky error and marks the block failed.
+void block_error(Worker& w, const Fiber* f, const char* message) {
+  {
+    std::lock_guard<std::mutex> lock(g_report_mutex);
+    fprintf(stderr, "qlora-emu: error in %s: %s\n", where(&w, f).c_str(), message);
+  }
+  if (config().abort_on_error) abort();
+  int expected = cudaSuccess;
+  g_sticky.compare_exchange_strong(expected, cudaErrorLaunchFailure);
+  w.block->failed = true;
+}
+
+#if EMU_ASAN
+void on_sanitizer_death() {
+  const Worker* w = t_worker;
+  fprintf(stderr, "qlora-emu: the sanitizer stopped the process in %s\n",
+          where(w, w ? w->current : nullptr).c_str());
+}
+__attribute__((constructor)) void install_death_callback() { __sanitizer_set_death_callback(on_sanitizer_death); }
+#endif
+
+// ---- the scheduler ----------------------------------------------------------------------------------
+
+uint64_t mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// Why the block cannot go on: how many threads wait where, with the first of each.
+std::string describe_stall(const Block& b, const std::vector<Fiber>& fs) {
+  const State states[] = {State::kAtBlockBarrier, State::kAtWarpBarrier, State::kDone};
+  const char* names[] = {"wait at __syncthreads", "wait at a warp collective", "have exited"};
+  std::string s;
+  for (int k = 0; k < 3; k++) {
+    unsigned count = 0, first = 0;
+    for (unsigned i = 0; i < b.threads; i++)
+      if (fs[i].state == states[k] && count++ == 0) first = i;
+    if (count == 0) continue;
+    char buf[160];
+    snprintf(buf, sizeof buf, "%s%u threads %s (the first: thread %u, warp %u lane %u)", s.empty() ? "" : "; ", count,
+             names[k], first, first / 32, first % 32);
+    s += buf;
+  }
+  return s;
+}
+
+// Releases the warps whose collective is complete; reports a collective that can never complete.
+// Returns true when some fiber became ready.
+bool release_warps(Worker& w, Block& b, std::vector<Fiber>& fs) {
+  bool released = false;
+  const unsigned warps = (b.threads + 31) / 32;
+  for (unsigned wi = 0; wi < warps; wi++) {
+    const unsigned first = wi * 32, count = std::min(32u, b.threads - first);
+    const Fiber* waiting = nullptr;
+    for (unsigned l = 0; l < count && !waiting; l++)
+      if (fs[first + l].state == State::kAtWarpBarrier) waiting = &fs[first + l];
+    if (!waiting) continue;
+    const unsigned mask = waiting->mask;
+    const unsigned existing = count == 32 ? 0xffffffffu : ((1u << count) - 1);
+    bool complete = true;
+    for (unsigned l = 0; l < count; l++) {
+      const Fiber& f = fs[first + l];
+      if (f.state == State::kAtWarpBarrier && f.mask != mask) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "lanes %u and %u of warp %u are in one warp collective with different masks "
+                 "(0x%08x and 0x%08x)", waiting->linear % 32, l, wi, mask, f.mask);
+        block_error(w, &f, msg);
+        return false;
+      }
+      if (!((mask >> l) & 1u)) continue;
+      if (f.state == State::kDone) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "a warp collective with mask 0x%08x waits for lane %u of warp %u, which has "
+                 "exited: it would never complete on a GPU", mask, l, wi);
+        block_error(w, waiting, msg);
+        return false;
+      }
+      if (f.state != State::kAtWarpBarrier) complete = false;
+    }
+    if ((mask & ~existing) != 0) {
+      char msg[200];
+      snprintf(msg, sizeof msg, "a warp collective's mask 0x%08x names lanes that warp %u does not have (%u lanes)",
+               mask, wi, count);
+      block_error(w, waiting, msg);
+      return false;
+    }
+    if (!complete) continue;
+    for (unsigned l = 0; l < count; l++)
+      if ((mask >> l) & 1u) fs[first + l].state = State::kReady;
+    released = true;
+  }
+  return released;
+}
+
+void poison_static_shared() {
+  char* begin = shared_tls_begin_address();
+  char* end = shared_tls_end_address();
+  if (end > begin + 1 && end - begin < (64 << 20)) memset(begin + 1, 0xff, (size_t)(end - begin - 1));
+}
+
+void run_block(const Launch& l, uint3 idx) {
+  Worker& w = worker();
+  const unsigned threads = l.block.x * l.block.y * l.block.z;
+  if (w.fibers.size() < threads) w.fibers.resize(threads);
+  Block b;
+  b.launch = &l;
+  b.idx = idx;
+  b.threads = threads;
+  b.failed = false;
+  const size_t dyn = l.dynamic_shared;
+  // Dynamic shared memory at exactly the launch's size (AddressSanitizer sees an access past it).
+  void* dyn_mem = nullptr;
+  if (posix_memalign(&dyn_mem, 128, dyn ? dyn : 1) != 0) abort();
+  b.dynamic_shared = (char*)dyn_mem;
+  if (config().poison) {
+    memset(b.dynamic_shared, 0xff, dyn);
+    poison_static_shared();
+  }
+  w.block = &b;
+  for (unsigned i = 0; i < threads; i++) {
+    Fiber& f = w.fibers[i];
+    if (!f.stack) {
+      f.stack = map_stack();
+      f.stack_size = kStackSize;
+    }
+    f.view.thread_idx = uint3{i % l.block.x, (i / l.block.x) % l.block.y, i / (l.block.x * l.block.y)};
+    f.view.block_idx = idx;
+    f.view.block_dim = l.block;
+    f.view.grid_dim = l.grid;
+    f.linear = i;
+    f.state = State::kReady;
+    f.warp_gen = 0;
+    f.fake_stack = nullptr;
+    start_fiber(f);
+  }
+  std::vector<unsigned> order(threads);
+  const uint64_t block_linear = (uint64_t)idx.x + (uint64_t)l.grid.x * (idx.y + (uint64_t)l.grid.y * idx.z);
+  uint64_t pass = 0;
+  while (!b.failed) {
+    for (unsigned i = 0; i < threads; i++) order[i] = config().order == Order::kReverse ? threads - 1 - i : i;
+    if (config().order == Order::kRandom) {
+      uint64_t r = mix(config().seed ^ mix(block_linear ^ mix(pass)));
+      for (unsigned i = threads - 1; i > 0; i--) {
+        r = mix(r);
+        std::swap(order[i], order[r % (i + 1)]);
+      }
+    }
+    pass++;
+    for (unsigned i = 0; i < threads && !b.failed; i++)
+      if (w.fibers[order[i]].state == State::kReady) resume(w, w.fibers[order[i]]);
+    if (b.failed) break;
+    if (release_warps(w, b, w.fibers)) continue;
+    if (b.failed) break;
+    unsigned live = 0, at_barrier = 0;
+    for (unsigned i = 0; i < threads; i++) {
+      live += w.fibers[i].state != State::kDone;
+      at_barrier += w.fibers[i].state == State::kAtBlockBarrier;
+    }
+    if (live == 0) break;
+    if (at_barrier == live) {
+      for (unsigned i = 0; i < threads; i++)
+        if (w.fibers[i].state == State::kAtBlockBarrier) w.fibers[i].state = State::kReady;
+      continue;
+    }
+    const std::string stall = "no barrier can complete: " + describe_stall(b, w.fibers);
+    block_error(w, nullptr, stall.c_str());
+  }
+#if EMU_ASAN
+  if (b.failed)  // abandoned fibers leave poisoned frames on their stacks
+    for (unsigned i = 0; i < threads; i++) __asan_unpoison_memory_region(w.fibers[i].stack, w.fibers[i].stack_size);
+#endif
+  w.block = nullptr;
+  free(dyn_mem);
+}
+
+}  // namespace
+
+// ---- the device language ---------------------------------------------------------------------------
+
+ThreadView& view() {
+  Worker* w = t_worker;
+  if (!w || !w->current) {
+    fprintf(stderr, "qlora-emu: threadIdx, blockIdx, blockDim or gridDim read outside a kernel\n");
+    abort();
+  }
+  return w->current->view;
+}
+
+void syncthreads() {
+  Worker& w = worker();
+  w.current->state = State::kAtBlockBarrier;
+  yield_to_scheduler(w, false);
+}
+
+unsigned lane_id() { return worker().current->linear % 32; }
+
+static const Exchange& exchange(unsigned mask, uint64_t value, void* ptr) {
+  Worker& w = worker();
+  Fiber& f = *w.current;
+  const unsigned lane = f.linear % 32;
+  Exchange& x = w.block->warps[f.linear / 32].gen[f.warp_gen++ & 1];
+  if (!((mask >> lane) & 1u)) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "lane %u calls a warp collective whose mask 0x%08x does not name it", lane, mask);
+    block_error(w, &f, msg);
+  }
+  x.value[lane] = value;
+  x.ptr[lane] = ptr;
+  x.mask[lane] = mask;
+  f.state = State::kAtWarpBarrier;
+  f.mask = mask;
+  yield_to_scheduler(w, false);
+  return x;
+}
+
+const uint64_t* warp_exchange(unsigned mask, uint64_t value) { return exchange(mask, value, nullptr).value; }
+
+void* const* warp_exchange_ptr(unsigned mask, void* value) { return exchange(mask, 0, value).ptr; }
+
+void* dynamic_shared() { return worker().block->dynamic_shared; }
+
+void kernel_error(const char* fmt, ...) {
+  char msg[512];
+  va_list args;
+  va_start(args, fmt);
+  vsnprintf(msg, sizeof msg, fmt, args);
+  va_end(args);
+  Worker& w = worker();
+  block_error(w, w.current, msg);
+  // The block is abandoned: this fiber never runs again.
+  w.current->state = State::kDone;
+  yield_to_scheduler(w, true);
+  __builtin_unreachable();
+}
+
+// ---- launches ---------------------------------------------------------------------------------------
+
+std::mutex g_attr_mutex;
+std::map<const void*, int> g_max_dynamic_shared;  // cudaFuncAttributeMaxDynamicSharedMemorySize per kernel
+
+cudaError_t launch(const Launch& l) {
+  if (sticky()) return record(sticky());
+  cudaError_t e = check_stream(l.stream);
+  if (e != cudaSuccess) return record(e);
+  const uint64_t threads = (uint64_t)l.block.x * l.block.y * l.block.z;
+  if (threads == 0 || threads > 1024 || l.block.x > 1024 || l.block.y > 1024 || l.block.z > 64 || l.grid.x == 0 ||
+      l.grid.y == 0 || l.grid.z == 0 || l.grid.x > 0x7fffffffu || l.grid.y > 65535 || l.grid.z > 65535)
+    return record(cudaErrorInvalidConfiguration);
+  int max_dynamic = (int)kSharedPerBlock;
+  {
+    std::lock_guard<std::mutex> lock(g_attr_mutex);
+    auto it = g_max_dynamic_shared.find(l.func);
+    if (it != g_max_dynamic_shared.end()) max_dynamic = it->second;
+  }
+  if (l.dynamic_shared > (size_t)max_dynamic) return record(cudaErrorInvalidValue);
+  const uint64_t blocks = (uint64_t)l.grid.x * l.grid.y * l.grid.z;
+  const int threads_wanted = config().threads > 0 ? config().threads : omp_get_max_threads();
+  const int host_threads = (int)std::min<uint64_t>(blocks, (uint64_t)std::max(threads_wanted, 1));
+#pragma omp parallel for schedule(dynamic, 16) num_threads(host_threads)
+  for (uint64_t i = 0; i < blocks; i++) {
+    if (sticky()) continue;  // a block has failed: the rest of the grid is abandoned
+    const uint3 idx{(unsigned)(i % l.grid.x), (unsigned)((i / l.grid.x) % l.grid.y),
+                    (unsigned)(i / ((uint64_t)l.grid.x * l.grid.y))};
+    run_block(l, idx);
+  }
+  return sticky() ? record(sticky()) : cudaSuccess;
+}
+
+cudaError_t func_set_attribute(const void* func, cudaFuncAttribute attr, int value) {
+  if (sticky()) return record(sticky());
+  if (func == nullptr) return record(cudaErrorInvalidValue);  // cudaErrorInvalidDeviceFunction on a GPU
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return record(cudaErrorInvalidValue);
+  if (value < 0 || (size_t)value > kSharedOptin) return record(cudaErrorInvalidValue);
+  std::lock_guard<std::mutex> lock(g_attr_mutex);
+  g_max_dynamic_shared[func] = value;
+  return cudaSuccess;
+}
+
+cudaError_t get_symbol_address(void** p, const void* symbol, size_t bytes) {
+  if (p == nullptr) return record(cudaErrorInvalidValue);
+  if (sticky()) return record(sticky());
+  std::lock_guard<std::mutex> lock(g_mem_mutex);
+  // A __device__ variable is device memory: registered on first use, so that copies to it are checked.
+  g_regions.emplace((uintptr_t)symbol, Region{bytes, Kind::kSymbol});
+  *p = (void*)symbol;
+  return cudaSuccess;
+}
+
+bool is_device_range(const void* p, size_t bytes) {
+  std::lock_guard<std::mutex> lock(g_mem_mutex);
+  return device_range_locked(p, bytes);
+}
+
+cudaError_t check_stream(cudaStream_t stream) {
+  if (stream == nullptr) return cudaSuccess;
+  std::lock_guard<std::mutex> lock(g_handles_mutex);
+  return g_streams.count(stream) ? cudaSuccess : cudaErrorInvalidResourceHandle;
+}
+
+const char* cublas_library_path() {
+  static std::string path = [] {
+    Dl_info info{};
+    if (dladdr((void*)&cublas_library_path, &info) == 0 || !info.dli_fname) return std::string();
+    std::string self = info.dli_fname;
+    const size_t slash = self.rfind('/');
+    return (slash == std::string::npos ? std::string(".") : self.substr(0, slash)) + "/libqlora_cublas_emu.so";
+  }();
+  return path.empty() ? nullptr : path.c_str();
+}
+
+}  // namespace emu
+
+using namespace emu;
+
+// ---- the runtime API ----------------------------------------------------------------------------------
+
+cudaError_t cudaGetDeviceCount(int* count) {
+  if (!count) return record(cudaErrorInvalidValue);
+  if (config().no_device) {
+    *count = 0;
+    return record(cudaErrorNoDevice);
+  }
+  *count = 1;
+  return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) {
+  if (config().no_device) return record(cudaErrorNoDevice);
+  return device == 0 ? cudaSuccess : record(cudaErrorInvalidDevice);
+}
+
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  if (!value) return record(cudaErrorInvalidValue);
+  if (device != 0) return record(cudaErrorInvalidDevice);
+  switch (attr) {
+    case cudaDevAttrMaxThreadsPerBlock: *value = 1024; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlock: *value = (int)kSharedPerBlock; return cudaSuccess;
+    case cudaDevAttrMultiProcessorCount: *value = kSms; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *value = kMajor; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *value = kMinor; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = (int)kSharedOptin; return cudaSuccess;
+  }
+  return record(cudaErrorInvalidValue);
+}
+
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  if (!prop) return record(cudaErrorInvalidValue);
+  if (device != 0) return record(cudaErrorInvalidDevice);
+  memset(prop, 0, sizeof *prop);
+  snprintf(prop->name, sizeof prop->name, "qlora-emu (emulated RTX 3060 limits, sm_%d%d, on the CPU)", kMajor, kMinor);
+  prop->totalGlobalMem = config().device_bytes;
+  prop->sharedMemPerBlock = kSharedPerBlock;
+  prop->sharedMemPerBlockOptin = kSharedOptin;
+  prop->warpSize = 32;
+  prop->maxThreadsPerBlock = 1024;
+  prop->multiProcessorCount = kSms;
+  prop->major = kMajor;
+  prop->minor = kMinor;
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceSynchronize() { return sticky() ? record(sticky()) : cudaSuccess; }
+
+const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInitializationError: return "cudaErrorInitializationError";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidSymbol: return "cudaErrorInvalidSymbol";
+    case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
+    case cudaErrorInvalidMemcpyDirection: return "cudaErrorInvalidMemcpyDirection";
+    case cudaErrorInsufficientDriver: return "cudaErrorInsufficientDriver";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
+    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    case cudaErrorNotSupported: return "cudaErrorNotSupported";
+  }
+  return "cudaErrorUnknown";
+}
+
+const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInitializationError: return "initialization error";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidSymbol: return "invalid device symbol";
+    case cudaErrorInvalidDevicePointer: return "invalid device pointer";
+    case cudaErrorInvalidMemcpyDirection: return "invalid copy direction for memcpy";
+    case cudaErrorInsufficientDriver: return "CUDA driver version is insufficient for CUDA runtime version";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected (QLORA_EMU_NO_DEVICE)";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorNotReady: return "device not ready";
+    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
+    case cudaErrorLaunchFailure: return "unspecified launch failure (the emulator printed the kernel, block and thread)";
+    case cudaErrorNotSupported: return "operation not supported";
+  }
+  return "unknown error";
+}
+
+cudaError_t cudaGetLastError() {
+  cudaError_t e = sticky() ? sticky() : t_last_error;
+  t_last_error = cudaSuccess;
+  return e;
+}
+
+cudaError_t cudaPeekAtLastError() { return sticky() ? sticky() : t_last_error; }
+
+cudaError_t cudaMalloc(void** p, size_t bytes) { return device_alloc(p, bytes); }
+cudaError_t cudaFree(void* p) { return device_free(p); }
+
+cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t stream) {
+  cudaError_t e = check_stream(stream);
+  if (e != cudaSuccess) return record(e);
+  return device_alloc(p, bytes);
+}
+
+cudaError_t cudaFreeAsync(void* p, cudaStream_t stream) {
+  cudaError_t e = check_stream(stream);
+  if (e != cudaSuccess) return record(e);
+  return device_free(p);
+}
+
+cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned flags) {
+  if (!p) return record(cudaErrorInvalidValue);
+  *p = nullptr;
+  if (sticky()) return record(sticky());
+  if (flags != cudaHostAllocDefault) return record(cudaErrorInvalidValue);
+  void* mem = nullptr;
+  if (posix_memalign(&mem, 4096, bytes ? bytes : 1) != 0) return record(cudaErrorMemoryAllocation);
+  std::lock_guard<std::mutex> lock(g_mem_mutex);
+  g_regions[(uintptr_t)mem] = Region{bytes, Kind::kPinned};
+  *p = mem;
+  return cudaSuccess;
+}
+
+cudaError_t cudaMallocHost(void** p, size_t bytes) { return cudaHostAlloc(p, bytes, cudaHostAllocDefault); }
+
+cudaError_t cudaFreeHost(void* p) {
+  if (sticky()) return record(sticky());
+  if (!p) return cudaSuccess;
+  std::lock_guard<std::mutex> lock(g_mem_mutex);
+  auto it = g_regions.find((uintptr_t)p);
+  if (it == g_regions.end() || it->second.kind != Kind::kPinned) return record(cudaErrorInvalidValue);
+  g_regions.erase(it);
+  free(p);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  if (!free_bytes || !total_bytes) return record(cudaErrorInvalidValue);
+  if (sticky()) return record(sticky());
+  std::lock_guard<std::mutex> lock(g_mem_mutex);
+  *total_bytes = config().device_bytes;
+  *free_bytes = config().device_bytes - std::min(g_device_used, config().device_bytes);
+  return cudaSuccess;
+}
+
+// A driver checks a copy against the memory each pointer names: with an explicit kind, a host pointer
+// where device memory is expected (or the reverse), or a range past the end of an allocation, is
+// cudaErrorInvalidValue; cudaMemcpyDefault infers each side.
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream) {
+  if (sticky()) return record(sticky());
+  cudaError_t e = check_stream(stream);
+  if (e != cudaSuccess) return record(e);
+  if ((unsigned)kind > cudaMemcpyDefault) return record(cudaErrorInvalidMemcpyDirection);
+  if (bytes == 0) return cudaSuccess;
+  if (!dst || !src) return record(cudaErrorInvalidValue);
+  {
+    std::lock_guard<std::mutex> lock(g_mem_mutex);
+    const int d = side_of(dst, bytes), s = side_of(src, bytes);
+    if (d < 0 || s < 0) return record(cudaErrorInvalidValue);
+    const bool want_dst_device = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+    const bool want_src_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+    if (kind != cudaMemcpyDefault && (d != (int)want_dst_device || s != (int)want_src_device))
+      return record(cudaErrorInvalidValue);
+  }
+  memcpy(dst, src, bytes);  // overlapping ranges are an error for cudaMemcpy too: AddressSanitizer reports them
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  return cudaMemcpyAsync(dst, src, bytes, kind, nullptr);
+}
+
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t stream) {
+  if (sticky()) return record(sticky());
+  cudaError_t e = check_stream(stream);
+  if (e != cudaSuccess) return record(e);
+  if (bytes == 0) return cudaSuccess;
+  if (!is_device_range(p, bytes)) return record(cudaErrorInvalidValue);
+  memset(p, value, bytes);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemset(void* p, int value, size_t bytes) { return cudaMemsetAsync(p, value, bytes, nullptr); }
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags) {
+  if (!stream || flags > cudaStreamNonBlocking) return record(cudaErrorInvalidValue);
+  if (sticky()) return record(sticky());
+  auto* s = (cudaStream_t)new char(0);
+  std::lock_guard<std::mutex> lock(g_handles_mutex);
+  g_streams.insert(s);
+  *stream = s;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreate(cudaStream_t* stream) { return cudaStreamCreateWithFlags(stream, cudaStreamDefault); }
+
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(g_handles_mutex);
+  if (!stream || !g_streams.erase(stream)) return record(cudaErrorInvalidResourceHandle);
+  delete (char*)stream;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  cudaError_t e = check_stream(stream);
+  if (e != cudaSuccess) return record(e);
+  return sticky() ? record(sticky()) : cudaSuccess;  // the work is already done: the stream is synchronous
+}
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned flags) {
+  if (!event || flags != cudaEventDefault) return record(cudaErrorInvalidValue);
+  auto* ev = new EventState();
+  std::lock_guard<std::mutex> lock(g_handles_mutex);
+  g_events.insert(ev);
+  *event = (cudaEvent_t)ev;
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventCreate(cudaEvent_t* event) { return cudaEventCreateWithFlags(event, cudaEventDefault); }
+
+static EventState* find_event(cudaEvent_t event) {
+  std::lock_guard<std::mutex> lock(g_handles_mutex);
+  return g_events.count(event) ? (EventState*)event : nullptr;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+  EventState* ev = find_event(event);
+  if (!ev || check_stream(stream) != cudaSuccess) return record(cudaErrorInvalidResourceHandle);
+  ev->at = std::chrono::steady_clock::now();
+  ev->recorded = true;
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  return find_event(event) ? cudaSuccess : record(cudaErrorInvalidResourceHandle);
+}
+
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  EventState *a = find_event(start), *b = find_event(end);
+  if (!ms || !a || !b) return record(cudaErrorInvalidResourceHandle);
+  if (!a->recorded || !b->recorded) return record(cudaErrorInvalidResourceHandle);
+  *ms = std::chrono::duration<float, std::milli>(b->at - a->at).count();
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  std::lock_guard<std::mutex> lock(g_handles_mutex);
+  if (!event || !g_events.erase(event)) return record(cudaErrorInvalidResourceHandle);
+  delete (EventState*)event;
+  return cudaSuccess;
+}

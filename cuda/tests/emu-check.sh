@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# emu-check.sh: every CUDA kernel of the backend, run without a GPU (part of `./deno task test`).
+#
+#   1. the emulator's self-test: barriers, warp collectives, WMMA, atomics, launch and copy errors, and the
+#      bugs it must expose (a missing __syncthreads, a deadlock, an out-of-bounds read under ASan);
+#   2. the native parity harness, CPU against the emulated CUDA build under AddressSanitizer and UBSan,
+#      with poisoned shared memory, in three thread orders (forward, reverse, seeded random), then the
+#      built-in GEMM kernels (QLORA_GEMM=builtin), then the no-GPU path (exit 77 = skipped).
+#
+# Run from anywhere; builds what it needs (make -C cuda all emu-sanitize). Exits non-zero on any failure.
+# LeakSanitizer is off: it crashes scanning the fibers' stacks and the library's thread-local shared
+# memory; the harness checks leaks itself, through both libraries' ledgers.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+build=build
+make -s -C cuda -j"$(nproc)" all emu-sanitize
+
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1
+started=$SECONDS
+step() { echo "emu-check: $*"; }
+
+for order in forward reverse random:1; do
+  step "self-test, thread order $order, shared memory poisoned"
+  QLORA_EMU_POISON=1 QLORA_EMU_ORDER=$order "$build/emu_selftest" | tail -n 1
+done
+
+step "self-test: an out-of-bounds read must stop the sanitizer build, naming the kernel"
+if "$build/sanitize/emu_selftest" oob >"$build/emu-oob.log" 2>&1; then
+  echo "emu-check: FAILED: the out-of-bounds read was not caught"
+  exit 1
+fi
+grep -q "heap-buffer-overflow" "$build/emu-oob.log" && grep -q "in kernel oob_kernel, block (0, 0, 0), thread" "$build/emu-oob.log" || {
+  echo "emu-check: FAILED: the sanitizer report does not name the overflow and the kernel:"
+  tail -n 20 "$build/emu-oob.log"
+  exit 1
+}
+grep "qlora-emu:" "$build/emu-oob.log"
+
+harness=("$build/sanitize/qlora_parity" "$build/libqlora_cpu.so" "$build/sanitize/libqlora_cuda_emu.so" --quick)
+for order in forward reverse random:7; do
+  step "parity harness (ASan + UBSan), thread order $order"
+  t0=$SECONDS
+  QLORA_EMU_ORDER=$order "${harness[@]}" >"$build/emu-parity-$order.log" 2>&1 || {
+    grep -E "FAIL|ERROR|runtime error|qlora-emu" "$build/emu-parity-$order.log" | head -n 40
+    exit 1
+  }
+  echo "  $(tail -n 1 "$build/emu-parity-$order.log") in $((SECONDS - t0)) s"
+done
+
+step "parity harness (ASan + UBSan), built-in GEMM kernels (QLORA_GEMM=builtin)"
+QLORA_GEMM=builtin "${harness[@]}" --filter gemm >"$build/emu-parity-builtin.log" 2>&1 || {
+  grep -E "FAIL|ERROR|runtime error|qlora-emu" "$build/emu-parity-builtin.log" | head -n 40
+  exit 1
+}
+echo "  $(tail -n 1 "$build/emu-parity-builtin.log")"
+
+step "no GPU (QLORA_EMU_NO_DEVICE=1): the harness skips with the driver's reason"
+rc=0
+QLORA_EMU_NO_DEVICE=1 "${harness[@]}" >"$build/emu-parity-nodevice.log" 2>&1 || rc=$?
+if [ "$rc" -ne 77 ] || ! grep -q "No usable CUDA device" "$build/emu-parity-nodevice.log"; then
+  echo "emu-check: FAILED: expected exit 77 and the reason, got $rc:"
+  tail -n 5 "$build/emu-parity-nodevice.log"
+  exit 1
+fi
+echo "emu-check: all passed in $((SECONDS - started)) s"
