@@ -186,41 +186,61 @@ function copiedReport(name: string, shape: readonly number[], bytes: number): Te
   };
 }
 
-/** Writes entries to `out` through a temporary file renamed at the end: never a half-written `out`. */
-async function writeAtomically(
+/**
+ * Writes entries to `out`. The writer is atomic: `out` is replaced only when every byte is written; on
+ * an error `await using` removes the temporary file, and the error is the one that happened.
+ */
+async function writeEntries(
   out: string,
   entries: Entry[],
   metadata: Record<string, string>,
   streamFrom: SafetensorsReader,
 ): Promise<void> {
-  const dir = out.includes("/") ? out.slice(0, out.lastIndexOf("/")) || "/" : ".";
-  const tmp = await Deno.makeTempFile({ dir, prefix: ".qlora-tmp-", suffix: ".safetensors" });
+  await using writer = await SafetensorsWriter.create(
+    out,
+    entries.map(({ name, dtype, shape }) => ({ name, dtype, shape })),
+    metadata,
+  );
+  for (const e of entries) {
+    const bytes = e.data === null
+      ? await streamFrom.read(e.name)
+      : typeof e.data === "function"
+      ? await e.data()
+      : e.data;
+    await writer.write(e.name, bytes);
+  }
+  await writer.close();
+}
+
+/**
+ * Refuses an output that is the input file under another name (the same path, `./` in front, a hard
+ * link or a symbolic link): the same device and inode. Nothing to check when either does not exist.
+ */
+function refuseSameFile(verb: string, input: string, output: string): void {
+  let a: Deno.FileInfo, b: Deno.FileInfo;
   try {
-    // On an error, `await using` only closes the file: the error is the one that happened.
-    await using writer = await SafetensorsWriter.create(
-      tmp,
-      entries.map(({ name, dtype, shape }) => ({ name, dtype, shape })),
-      metadata,
-    );
-    for (const e of entries) {
-      const bytes = e.data === null
-        ? await streamFrom.read(e.name)
-        : typeof e.data === "function"
-        ? await e.data()
-        : e.data;
-      await writer.write(e.name, bytes);
-    }
-    await writer.close();
-    await Deno.rename(tmp, out);
+    a = Deno.statSync(input);
+    b = Deno.statSync(output);
   } catch (e) {
-    await Deno.remove(tmp).catch(() => {});
+    if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) return;
     throw e;
+  }
+  const same = a.ino !== null && b.ino !== null
+    ? a.dev === b.dev && a.ino === b.ino
+    : Deno.realPathSync(input) === Deno.realPathSync(output);
+  if (same) {
+    throw new InvalidArgumentError(
+      `Cannot ${verb}: IN and OUT are the same file (${input} and ${output} are inode ${a.ino} on device ${a.dev})`,
+    );
   }
 }
 
 /**
  * Quantizes every 2-D floating-point tensor of a safetensors file to 4 bits in the bitsandbytes /
- * transformers layout; other tensors are copied unchanged. Returns one report per input tensor.
+ * transformers layout; other tensors are copied unchanged. Returns one report per input tensor. The
+ * output is written atomically (the previous file, if any, stays whole until the new one is complete).
+ *
+ * @throws {InvalidArgumentError} when `output` is the input file, by any path or link to it.
  *
  * @example
  * ```ts
@@ -252,6 +272,7 @@ export async function quantizeCheckpoint(
       `Cannot quantize a checkpoint: quant type ${o.quantType} has no bitsandbytes layout (nf4 or fp4)`,
     );
   }
+  refuseSameFile("quantize", input, output);
   using reader = await SafetensorsReader.open(input);
   const total = reader.tensors.reduce((s, t) => s + t.byteLength, 0) || 1;
   let done = 0;
@@ -283,7 +304,7 @@ export async function quantizeCheckpoint(
     options.onTensor?.(report);
     reports.push(report);
   }
-  await writeAtomically(output, entries, reader.metadata, reader);
+  await writeEntries(output, entries, reader.metadata, reader);
   return reports;
 }
 
@@ -389,7 +410,10 @@ async function loadGroup(device: Device, reader: SafetensorsReader, g: QuantGrou
 
 /**
  * Restores every 4-bit weight of a checkpoint in the bitsandbytes layout to a float dtype (default:
- * the dtype recorded in its quant state); other tensors are copied unchanged.
+ * the dtype recorded in its quant state); other tensors are copied unchanged. The output is written
+ * atomically.
+ *
+ * @throws {InvalidArgumentError} when `output` is the input file, by any path or link to it.
  *
  * @example
  * ```ts
@@ -412,6 +436,7 @@ export async function dequantizeCheckpoint(
   output: string,
   options: { dtype?: FloatDType; onTensor?: (report: TensorReport) => void } = {},
 ): Promise<TensorReport[]> {
+  refuseSameFile("dequantize", input, output);
   using reader = await SafetensorsReader.open(input);
   const groups = new Map<string, QuantGroup>();
   for (const t of reader.tensors) {
@@ -451,6 +476,6 @@ export async function dequantizeCheckpoint(
       report(copiedReport(t.name, t.shape, t.byteLength));
     }
   }
-  await writeAtomically(output, entries, reader.metadata, reader);
+  await writeEntries(output, entries, reader.metadata, reader);
   return reports;
 }

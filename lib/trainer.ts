@@ -12,6 +12,7 @@ import type { LlamaModel } from "./model.ts";
 import { AdamW, PagedAdamW } from "./optim.ts";
 import { LoRALinear } from "./lora.ts";
 import { writeSafetensors } from "./safetensors.ts";
+import { writeFileAtomic } from "./atomic_file.ts";
 import { Tensor } from "./tensor.ts";
 import { InvalidArgumentError } from "./errors.ts";
 import type { BatchSampler, TextDataset } from "./data.ts";
@@ -360,18 +361,6 @@ function bytesOf(t: Tensor): Uint8Array {
   return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 }
 
-async function writeAtomically(path: string, write: (tmp: string) => Promise<void>): Promise<void> {
-  const dir = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) || "/" : ".";
-  const tmp = await Deno.makeTempFile({ dir, prefix: ".qlora-tmp-" });
-  try {
-    await write(tmp);
-    await Deno.rename(tmp, path);
-  } catch (e) {
-    await Deno.remove(tmp).catch(() => {});
-    throw e;
-  }
-}
-
 const MODULE_PATHS: Record<string, string> = {
   q_proj: "self_attn.q_proj",
   k_proj: "self_attn.k_proj",
@@ -433,10 +422,7 @@ export async function saveCheckpoint(
     // Names repeat across blocks in trainables(); prefix them by position to keep them unique.
     tensors.forEach((t, i) => t.name = `${i.toString().padStart(4, "0")}.${t.name}`);
     const path = `${dir}/model.safetensors`;
-    await writeAtomically(
-      path,
-      (tmp) => writeSafetensors(tmp, tensors, { step: String(info.step), loss: String(info.loss) }),
-    );
+    await writeSafetensors(path, tensors, { step: String(info.step), loss: String(info.loss) });
     written.push(path);
   } else {
     const tensors: { name: string; dtype: "F32" | "BF16"; shape: number[]; data: Uint8Array }[] = [];
@@ -461,7 +447,7 @@ export async function saveCheckpoint(
       }
     }
     const path = `${dir}/adapter_model.safetensors`;
-    await writeAtomically(path, (tmp) => writeSafetensors(tmp, tensors, { format: "pt" }));
+    await writeSafetensors(path, tensors, { format: "pt" });
     const config = {
       peft_type: "LORA",
       task_type: "CAUSAL_LM",
@@ -475,17 +461,13 @@ export async function saveCheckpoint(
       base_model_name_or_path: null,
     };
     const cfgPath = `${dir}/adapter_config.json`;
-    await writeAtomically(cfgPath, (tmp) => Deno.writeTextFile(tmp, JSON.stringify(config, null, 2) + "\n"));
+    await writeFileAtomic(cfgPath, JSON.stringify(config, null, 2) + "\n");
     written.push(path, cfgPath);
   }
   const statePath = `${dir}/trainer_state.json`;
-  await writeAtomically(
+  await writeFileAtomic(
     statePath,
-    (tmp) =>
-      Deno.writeTextFile(
-        tmp,
-        JSON.stringify({ ...info, mode: model.mode, config: model.config }, null, 2) + "\n",
-      ),
+    JSON.stringify({ ...info, mode: model.mode, config: model.config }, null, 2) + "\n",
   );
   written.push(statePath);
   return written;

@@ -17,6 +17,7 @@ import {
   plot,
   type PlotlyTrace,
 } from "../mod.ts";
+import { writeFileAtomic } from "../lib/atomic_file.ts";
 import type { Measurement, Precisions, ShapeCell, TableResult, TinyRun, Variant } from "./table.ts";
 
 /** A table: a header row and rows of cells, plus notes printed under it. */
@@ -681,7 +682,5 @@ ${toHTMLTable(r.claims)}
 ${parts.join("\n")}
 </body></html>
 `;
-  const tmp = `${path}.tmp`;
-  await Deno.writeTextFile(tmp, html);
-  await Deno.rename(tmp, path);
+  await writeFileAtomic(path, html);
 }

@@ -1,7 +1,8 @@
 /**
  * `./deno task dequantize IN.safetensors OUT.safetensors [--dtype f32|bf16|f16]`: restores every
  * 4-bit weight of a bitsandbytes-layout checkpoint to a float dtype (default: the one recorded in its
- * quant state); other tensors are copied.
+ * quant state); other tensors are copied. OUT is written atomically; an OUT that is IN itself (by any
+ * path, hard link or symbolic link) is refused.
  *
  * @module
  */
@@ -20,7 +21,6 @@ await runMain(async () => {
   if (dtype !== undefined && dtype !== "f32" && dtype !== "bf16" && dtype !== "f16") {
     throw new UsageError(`--dtype must be f32, bf16 or f16, got ${dtype}`);
   }
-  if (input === output) throw new UsageError("IN and OUT must differ");
   const device = getDevice();
   const reports = await dequantizeCheckpoint(device, input, output, {
     dtype: dtype as FloatDType | undefined,

@@ -20,6 +20,7 @@
  */
 
 import { fileURLToPath } from "node:url";
+import { withAtomicFile, writeFileAtomic } from "../lib/atomic_file.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url)).replace(/\/$/, "");
 const NOTEBOOKS = `${ROOT}/notebooks`;
@@ -128,10 +129,16 @@ async function installKernel(): Promise<void> {
     console.log(`kernel: ${stable} is up to date`);
   } else {
     Deno.mkdirSync(stable.replace(/\/[^/]+$/, ""), { recursive: true });
-    const tmp = `${stable}.tmp-${Deno.pid}`;
-    Deno.copyFileSync(running, tmp);
-    Deno.chmodSync(tmp, 0o755);
-    Deno.renameSync(tmp, stable); // atomic: a kernel starting meanwhile sees the old or the new binary
+    // Atomic: a kernel starting meanwhile sees the old or the new binary, never a partial one.
+    await withAtomicFile(stable, async (file) => {
+      using source = await Deno.open(running, { read: true });
+      const chunk = new Uint8Array(1 << 20);
+      while (true) {
+        const n = await source.read(chunk);
+        if (n === null) break;
+        for (let done = 0; done < n;) done += await file.write(chunk.subarray(done, n));
+      }
+    }, { mode: 0o755 });
     console.log(`kernel: copied ${running} to ${stable}`);
   }
   const install = await exec(stable, [
@@ -178,7 +185,8 @@ function hasOutputs(path: string): boolean {
  * joined into one module under build/notebooks/ (imports rewritten for that folder), through `deno check`.
  */
 async function typeCheck(names: string[]): Promise<void> {
-  const files = names.map((name) => {
+  const files: string[] = [];
+  for (const name of names) {
     const nb = JSON.parse(Deno.readTextFileSync(`${NOTEBOOKS}/${name}`)) as {
       cells: { cell_type: string; source: string | string[] }[];
     };
@@ -188,12 +196,12 @@ async function typeCheck(names: string[]): Promise<void> {
       .join("\n")
       .replace(/(from\s+|import\s*\(\s*)(["'])\.\.\//g, "$1$2../../");
     const path = `${OUT}/${name.replace(/\.ipynb$/, ".check.ts")}`;
-    Deno.writeTextFileSync(
+    await writeFileAtomic(
       path,
       `// Generated from notebooks/${name} for deno check; not for editing.\n${code}`,
     );
-    return path;
-  });
+    files.push(path);
+  }
   const r = await exec(Deno.execPath(), ["check", "--quiet", ...files], { quiet: true });
   if (r.code !== 0) fail(`the notebooks' cells do not type-check:\n${r.stderr}${r.stdout}`);
   console.log(`notebooks: cells type-check (${names.join(", ")})`);

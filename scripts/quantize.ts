@@ -2,7 +2,9 @@
  * `./deno task quantize IN.safetensors OUT.safetensors [--quant-type nf4|fp4] [--blocksize 64]
  * [--no-double-quant] [--skip REGEX]`: quantizes every 2-D floating-point tensor to 4 bits in the
  * bitsandbytes / transformers layout; other tensors are copied. Prints bytes before and after, bits per
- * parameter and the relative RMS error per tensor and in total.
+ * parameter and the relative RMS error per tensor and in total. OUT is written atomically (an interrupted
+ * run leaves the previous OUT, or none); an OUT that is IN itself (by any path, hard link or symbolic
+ * link) is refused.
  *
  * @module
  */
@@ -55,7 +57,6 @@ if (import.meta.main) {
         throw new UsageError(`--skip is not a valid regular expression: ${(e as Error).message}`);
       }
     }
-    if (input === output) throw new UsageError("IN and OUT must differ");
     const device = getDevice();
     const bar = new ProgressBar("quantize");
     const reports = await quantizeCheckpoint(device, input, output, {

@@ -1,5 +1,14 @@
 import { assert, assertEquals, assertStringIncludes } from "@std/assert";
-import { dynamicMap, getDevice, readSafetensors, SafetensorsReader, writeSafetensors } from "../mod.ts";
+import {
+  dequantizeCheckpoint,
+  dynamicMap,
+  getDevice,
+  InvalidArgumentError,
+  quantizeCheckpoint,
+  readSafetensors,
+  SafetensorsReader,
+  writeSafetensors,
+} from "../mod.ts";
 import { f32ToBf16 } from "../lib/dtype.ts";
 import { normalValues, referenceDoubleQuantize, referenceQuantize } from "./_reference.ts";
 
@@ -8,9 +17,11 @@ const ROOT = new URL("..", import.meta.url).pathname;
 async function run(
   script: string,
   args: string[],
+  cwd?: string,
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   const cmd = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", `${ROOT}scripts/${script}`, ...args],
+    cwd,
     env: { QLORA_BACKEND: "cpu" },
     stdout: "piped",
     stderr: "piped",
@@ -167,6 +178,70 @@ Deno.test("CLI: bad arguments and files give a clear error, a non-zero exit, and
     }
     const left = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
     assertEquals(left, ["garbage.safetensors", "in.safetensors"], "no output and no temporary file left");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("quantize and dequantize refuse an OUT that is IN: same path, ./ path, hard link, symbolic link", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const { path } = await makeInput(dir);
+    const original = await Deno.readFile(path);
+    await Deno.link(path, `${dir}/hard.safetensors`);
+    await Deno.symlink(path, `${dir}/soft.safetensors`);
+    await Deno.mkdir(`${dir}/sub`);
+    const cases: [string, string, string | undefined][] = [
+      [path, path, undefined],
+      ["in.safetensors", "./in.safetensors", dir],
+      ["in.safetensors", "sub/../in.safetensors", dir],
+      [path, `${dir}/hard.safetensors`, undefined],
+      [path, `${dir}/soft.safetensors`, undefined],
+      [`${dir}/soft.safetensors`, path, undefined],
+    ];
+    for (const script of ["quantize.ts", "dequantize.ts"]) {
+      for (const [input, output, cwd] of cases) {
+        const r = await run(script, [input, output], cwd);
+        const what = `${script} ${input} ${output}`;
+        assertEquals(r.code, 1, `${what} was not refused: ${r.stdout}`);
+        const verb = script === "quantize.ts" ? "quantize" : "dequantize";
+        assertStringIncludes(
+          r.stderr,
+          `error: Cannot ${verb}: IN and OUT are the same file (${input} and ${output}`,
+        );
+        assertEquals(await Deno.readFile(path), original, `${what} changed IN`);
+      }
+    }
+    const left = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+    assertEquals(
+      left,
+      ["hard.safetensors", "in.safetensors", "soft.safetensors", "sub"],
+      "no temporary file left",
+    );
+    assert(Deno.lstatSync(`${dir}/soft.safetensors`).isSymlink, "the symbolic link was replaced");
+
+    // A different file whose path looks alike, or a copy with the same bytes, is fine.
+    await Deno.copyFile(path, `${dir}/copy.safetensors`);
+    const r = await run("quantize.ts", [path, `${dir}/copy.safetensors`]);
+    assertEquals(r.code, 0, r.stderr);
+    assertEquals(await Deno.readFile(path), original);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("quantizeCheckpoint and dequantizeCheckpoint refuse OUT = IN itself with an InvalidArgumentError", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const { path } = await makeInput(dir);
+    await Deno.link(path, `${dir}/same.safetensors`);
+    const cpu = getDevice("cpu");
+    const e1 = await quantizeCheckpoint(cpu, path, `${dir}/same.safetensors`).catch((e) => e);
+    assert(e1 instanceof InvalidArgumentError, String(e1));
+    assertStringIncludes(e1.message, "Cannot quantize: IN and OUT are the same file");
+    const e2 = await dequantizeCheckpoint(cpu, `${dir}/same.safetensors`, path).catch((e) => e);
+    assert(e2 instanceof InvalidArgumentError, String(e2));
+    assertStringIncludes(e2.message, "Cannot dequantize: IN and OUT are the same file");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -246,6 +246,77 @@ Deno.test("writer errors: too many or too few bytes, wrong order, unknown or rep
   });
 });
 
+Deno.test("the writer is atomic: an aborted, incomplete or failed file leaves the old one intact", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/base.safetensors`;
+    const old = pattern(64, 1);
+    await writeSafetensors(path, [{ name: "old", dtype: "U8", shape: [64], data: old }], { v: "1" });
+    const oldBytes = await Deno.readFile(path);
+    const entries = [{ name: "a", dtype: "U8" as const, shape: [4096] }];
+    const unchanged = async (why: string) => {
+      assertEquals(await Deno.readFile(path), oldBytes, `${why}: the old file changed`);
+      assertEquals((await readSafetensors(path)).get("old")!.data, old);
+      const left = [...Deno.readDirSync(dir)].map((e) => e.name);
+      assertEquals(left, ["base.safetensors"], `${why}: a temporary file is left`);
+    };
+
+    // Midway, the old file is still whole and readable.
+    let w = await SafetensorsWriter.create(path, entries);
+    await w.write("a", pattern(1000, 5));
+    assertEquals(await Deno.readFile(path), oldBytes, "create or write touched the target");
+    await assertRejects(() => w.close(), SafetensorsError, `tensor "a" got 1000 of 4096 bytes`);
+    await unchanged("incomplete close");
+
+    await assertRejects(async () => {
+      await using w2 = await SafetensorsWriter.create(path, entries);
+      await w2.write("a", pattern(4096, 5));
+      throw new RangeError("producer failed before close");
+    }, RangeError);
+    await unchanged("await using on an error path");
+
+    await assertRejects(
+      () => writeSafetensors(path, [{ name: "a", dtype: "U8", shape: [4096], data: pattern(10, 0) }]),
+      SafetensorsError,
+      "has 10 bytes of data",
+    );
+    await unchanged("writeSafetensors with short data");
+
+    // A finished file replaces the old one whole.
+    w = await SafetensorsWriter.create(path, entries);
+    await w.write("a", pattern(4096, 5));
+    await w.close();
+    const file = await readSafetensors(path);
+    assertEquals([...file.keys()], ["a"]);
+    assertEquals(file.get("a")!.data, pattern(4096, 5));
+    assertEquals((await Deno.stat(path)).size, w.fileSize);
+    assertEquals([...Deno.readDirSync(dir)].map((e) => e.name), ["base.safetensors"]);
+  });
+});
+
+Deno.test("a process killed while writing leaves the previous file whole (not truncated)", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/tiny-base.safetensors`;
+    const old = pattern(256, 3);
+    await writeSafetensors(path, [{ name: "w", dtype: "U8", shape: [256], data: old }]);
+    const module = new URL("../lib/safetensors.ts", import.meta.url).href;
+    const code = `
+      import { SafetensorsWriter } from ${JSON.stringify(module)};
+      const w = await SafetensorsWriter.create(${
+      JSON.stringify(path)
+    }, [{ name: "w", dtype: "U8", shape: [1 << 20] }]);
+      await w.write("w", new Uint8Array(1 << 19));
+      Deno.exit(3); // no cleanup at all, as a crash or a kill
+    `;
+    const out = await new Deno.Command(Deno.execPath(), { args: ["eval", code], stderr: "piped" }).output();
+    assertEquals(out.code, 3, new TextDecoder().decode(out.stderr));
+    assertEquals((await readSafetensors(path)).get("w")!.data, old);
+    // What the crash left is a temporary file that .gitignore ignores, never the target half-written.
+    const left = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+    assertEquals(left.length, 2);
+    assert(left[0].startsWith(".qlora-tmp-") && left[1] === "tiny-base.safetensors", left.join(", "));
+  });
+});
+
 Deno.test("every malformed file is a SafetensorsError naming the file, never a crash", async () => {
   await withDir(async (dir) => {
     const t = (body: string) => `{"t":${body}}`;

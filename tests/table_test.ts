@@ -103,6 +103,11 @@ Deno.test("table: a smoke run prints both tables as JSON and writes an offline r
     assertStringIncludes(html, "Claims checked");
     assertStringIncludes(html, "Memory Bottleneck Solved");
     assertEquals(JSON.parse(await Deno.readTextFile(`${out}/table.json`)).comparison, r.comparison);
+    // Written atomically, with the mode of a normal write (0o666 minus the umask), nothing else left.
+    assertEquals([...Deno.readDirSync(out)].map((e) => e.name).sort(), ["report.html", "table.json"]);
+    for (const f of ["report.html", "table.json"]) {
+      assertEquals((await Deno.stat(`${out}/${f}`)).mode! & 0o777, 0o666 & ~Deno.umask(), f);
+    }
     // The markdown rendering: title, header, separator, one line per row, then the notes.
     const md = toMarkdown(r.comparison).split("\n");
     assertEquals(md[2], "|  | Full Fine-Tuning | LoRA | QLoRA |");
