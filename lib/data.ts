@@ -30,6 +30,7 @@
  */
 
 import { InvalidArgumentError } from "./errors.ts";
+import type { Tokenizer } from "./tokenizer.ts";
 
 // ---------------------------------------------------------------------------------------------------------
 // Corpora
@@ -262,7 +263,7 @@ export interface ByteTokenizerJSON {
   eos: number;
 }
 
-/** Options of {@linkcode ByteTokenizer.encode}. */
+/** Options of a {@linkcode Tokenizer}'s `encode` ({@linkcode ByteTokenizer.encode}, `HFTokenizer.encode`). */
 export interface EncodeOptions {
   /** Put BOS first (default false). */
   bos?: boolean;
@@ -288,7 +289,7 @@ const encoder = new TextEncoder();
  * assert(again.vocabSize === 320);
  * ```
  */
-export class ByteTokenizer {
+export class ByteTokenizer implements Tokenizer {
   /** Padding id (256). */
   static readonly PAD = 256;
   /** Beginning-of-sequence id (257). */
@@ -318,7 +319,7 @@ export class ByteTokenizer {
     this.vocabSize = Math.ceil(ByteTokenizer.BASE_VOCAB_SIZE / m) * m;
   }
 
-  /** UTF-8 bytes of `text` as ids, with BOS / EOS if asked. */
+  /** UTF-8 bytes of `text` as ids, with BOS / EOS if asked (default: neither). */
   encode(text: string, options: EncodeOptions = {}): Int32Array {
     const bytes = encoder.encode(text);
     const head = options.bos ? 1 : 0;
@@ -486,8 +487,11 @@ export interface Batch {
 
 /** Options of {@linkcode TextDataset.fromText} and {@linkcode TextDataset.fromDocuments}. */
 export interface TextDatasetOptions {
-  /** Tokenizer (default: a new {@linkcode ByteTokenizer} with no vocabulary padding). */
-  tokenizer?: ByteTokenizer;
+  /**
+   * Tokenizer: any {@linkcode Tokenizer}, such as `HFTokenizer` for a real model (default: a new
+   * {@linkcode ByteTokenizer} with no vocabulary padding).
+   */
+  tokenizer?: Tokenizer;
   /** Share of the text (fromText) or of the documents (fromDocuments) held out, in [0, 1); default 0.1. */
   validationFraction?: number;
   /** Seed of the document shuffle that picks validation documents (fromDocuments only); default 0. */
@@ -519,7 +523,8 @@ export interface DocumentSplit {
  *
  * Each part is framed as a whole: `fromText` gives `[BOS, text..., EOS]` per part; `fromDocuments` gives
  * `[BOS, doc..., EOS]` for every document, concatenated, so a window can cross a document boundary the way
- * it does in GPT-style pretraining and the model learns that EOS ends a document.
+ * it does in GPT-style pretraining and the model learns that EOS ends a document. (No BOS with a
+ * tokenizer that has none.)
  *
  * @example
  * ```ts
@@ -537,7 +542,7 @@ export interface DocumentSplit {
  */
 export class TextDataset {
   /** The tokenizer the streams were made with. */
-  readonly tokenizer: ByteTokenizer;
+  readonly tokenizer: Tokenizer;
   /** Training tokens. */
   readonly train: Int32Array;
   /** Validation tokens. */
@@ -546,7 +551,7 @@ export class TextDataset {
   readonly split?: DocumentSplit;
 
   /** Wraps two token streams; most code calls `fromText` or `fromDocuments` instead. */
-  constructor(train: Int32Array, validation: Int32Array, tokenizer: ByteTokenizer, split?: DocumentSplit) {
+  constructor(train: Int32Array, validation: Int32Array, tokenizer: Tokenizer, split?: DocumentSplit) {
     this.train = train;
     this.validation = validation;
     this.tokenizer = tokenizer;
@@ -567,7 +572,9 @@ export class TextDataset {
       else if (cut > 0 && (text.charCodeAt(cut - 1) & 0xfc00) === 0xd800) cut--; // keep surrogate pairs whole
     }
     const frame = (s: string) =>
-      s.length === 0 ? new Int32Array(0) : tokenizer.encode(s, { bos: true, eos: true });
+      s.length === 0
+        ? new Int32Array(0)
+        : tokenizer.encode(s, { bos: tokenizer.bos !== undefined, eos: true });
     return new TextDataset(frame(text.slice(0, cut)), frame(text.slice(cut)), tokenizer);
   }
 
@@ -592,7 +599,10 @@ export class TextDataset {
     const stream = (indices: number[]) => {
       const parts = indices.map((i) => {
         const d = documents[i];
-        return tokenizer.encode(typeof d === "string" ? d : d.text, { bos: true, eos: true });
+        return tokenizer.encode(typeof d === "string" ? d : d.text, {
+          bos: tokenizer.bos !== undefined,
+          eos: true,
+        });
       });
       const out = new Int32Array(parts.reduce((s, p) => s + p.length, 0));
       let at = 0;
