@@ -9,7 +9,7 @@ and prints JSON: {"torch": version, "threads": n, "results": [{"name", "mode", "
 "backward_ms", "optimizer_ms", "loss", "note"}]} (medians over `steps` steps after `warmup` steps; best_ms: the fastest step).
 
 The model is the same as lib/model.ts: token embedding, RMSNorm (in f32, as Hugging Face does), rotary
-embeddings on interleaved pairs (x[2i], x[2i+1]) rotated by t * theta^(-2i/d), causal attention with an
+embeddings on half-split pairs (x[i], x[i + d/2]) rotated by t * theta^(-2i/d) (transformers' layout), causal attention with an
 explicit softmax (torch 1.13 has no scaled_dot_product_attention), SwiGLU MLP, untied LM head,
 cross-entropy. Modes:
 
@@ -136,10 +136,9 @@ def rope_tables(seq, head_dim, theta, dtype):
 
 
 def rope(x, cos, sin):
-    # x [B, H, T, D]; pairs (x[2i], x[2i+1]) -> (a c - b s, a s + b c)
-    xp = x.reshape(*x.shape[:-1], -1, 2)
-    a, b = xp[..., 0], xp[..., 1]
-    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).reshape(x.shape)
+    # x [B, H, T, D]; pairs (x[i], x[i + D/2]) -> (a c - b s, a s + b c)
+    a, b = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+    return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
 
 
 class Block(torch.nn.Module):

@@ -641,6 +641,60 @@ export class LlamaModel implements Disposable {
     return out;
   }
 
+  /**
+   * The gradients of the base weights by Hugging Face name, as f32 host arrays: every weight in full mode
+   * (after `backward`), none in LoRA and QLoRA modes (their gradients are the adapters'). For checks
+   * against other implementations.
+   */
+  namedGradients(): Map<string, Float32Array> {
+    const out = new Map<string, Float32Array>();
+    const put = (name: string, t: Tensor | null) => t && out.set(name, t.toFloat32());
+    put("model.embed_tokens.weight", this.#embedGrad);
+    this.#blocks.forEach((b, i) => {
+      const prefix = `model.layers.${i}`;
+      put(`${prefix}.input_layernorm.weight`, b.attnNormGrad);
+      put(`${prefix}.post_attention_layernorm.weight`, b.mlpNormGrad);
+      for (const name of TARGET_MODULES) {
+        const layer = b.proj[name];
+        if (layer instanceof Linear) put(`${prefix}.${MODULE_PATHS[name]}.weight`, layer.grad);
+      }
+    });
+    put("model.norm.weight", this.#finalNormGrad);
+    if (this.mode === "full") put("lm_head.weight", this.#lmHead.grad);
+    return out;
+  }
+
+  /**
+   * The logits of every position of `tokens` (i32 `[batch, seq]`): a `[batch * seq, vocab]` tensor in the
+   * model's dtype, which the caller disposes. Keeps nothing for backward.
+   *
+   * @example
+   * ```ts
+   * import { LlamaModel, Tensor } from "../mod.ts";
+   * import { assertEquals } from "@std/assert";
+   * const config = { vocabSize: 16, dim: 16, layers: 1, heads: 2, kvHeads: 1, hiddenDim: 32, maxSeq: 8,
+   *   normEps: 1e-5, ropeTheta: 10000 };
+   * using model = new LlamaModel(config, { mode: "lora", rank: 2 });
+   * using tokens = Tensor.from(new Int32Array([1, 2, 3]), { shape: [1, 3] });
+   * using logits = model.logits(tokens);
+   * assertEquals(logits.shape, [3, 16]);
+   * ```
+   */
+  logits(tokens: Tensor): Tensor {
+    // A forward with every target ignored: the loss is 0 and the logits are left as they are.
+    using ignored = Tensor.from(new Int32Array(tokens.numel).fill(-1), {
+      shape: [...tokens.shape],
+      device: this.device,
+      category: "workspace",
+    });
+    this.forward(tokens, ignored, { backward: false });
+    try {
+      return this.#pending!.logits.clone();
+    } finally {
+      this.#release();
+    }
+  }
+
   /** The linear layers of block i, by name (for reports, merging and adapters). */
   block(i: number): Readonly<Record<TargetModule, Linear | LoRALinear>> {
     return this.#blocks[i].proj;
@@ -785,12 +839,21 @@ export async function saveWeights(model: LlamaModel, path: string): Promise<void
     shape: t.shape,
     data: new Uint8Array(t.values.buffer, t.values.byteOffset, t.values.byteLength),
   }));
-  await writeSafetensors(path, tensors, { config: JSON.stringify(model.config) });
+  await writeSafetensors(path, tensors, { config: JSON.stringify(model.config), rope: ROPE_LAYOUT });
 }
 
 /**
+ * How this library's RoPE pairs the features of a head, recorded in the files it saves: "half-split",
+ * transformers' (i, i + d/2). Files saved before ABI 5 have none: they were trained with interleaved
+ * pairs (2i, 2i + 1) and compute another function here.
+ */
+export const ROPE_LAYOUT = "half-split";
+
+/**
  * Reads weights saved by {@linkcode saveWeights} (or any F32/BF16/F16 safetensors file with Hugging Face
- * LLaMA names) as a {@linkcode WeightSource}, with the config stored beside them when present.
+ * LLaMA names) as a {@linkcode WeightSource}, with the config stored beside them when present and the RoPE
+ * layout they were trained with (`ropeLayout`: "half-split", or "interleaved" for files saved before
+ * ABI 5). For a model directory (config.json, shards) see {@linkcode openModelDir}.
  *
  * @example
  * ```ts
@@ -812,10 +875,14 @@ export async function saveWeights(model: LlamaModel, path: string): Promise<void
  * }
  * ```
  */
-export async function loadWeights(path: string): Promise<{ weights: WeightSource; config?: LlamaConfig }> {
+export async function loadWeights(
+  path: string,
+): Promise<{ weights: WeightSource; config?: LlamaConfig; ropeLayout?: string }> {
   const file = await readSafetensors(path);
   using reader = await SafetensorsReader.open(path);
   const config = reader.metadata.config ? JSON.parse(reader.metadata.config) as LlamaConfig : undefined;
+  // A file of this library records its layout; one with a config and no layout predates ABI 5.
+  const ropeLayout = reader.metadata.rope ?? (config ? "interleaved" : undefined);
   const weights: WeightSource = (name, shape) => {
     const t = file.get(name);
     if (!t) return undefined;
@@ -836,5 +903,5 @@ export async function loadWeights(path: string): Promise<{ weights: WeightSource
         throw new InvalidArgumentError(`Cannot load ${name}: dtype ${t.info.dtype} is not a float type`);
     }
   };
-  return { weights, config };
+  return { weights, config, ropeLayout };
 }

@@ -2,7 +2,9 @@
  * Reading and writing safetensors files, streaming: the reader reads only the header when it opens a
  * file and then exactly the bytes of each tensor asked for; the writer lays the file out from a list of
  * entries and then takes each tensor's bytes in order, in chunks of any size, so that multi-GB
- * checkpoints never sit in memory whole.
+ * checkpoints never sit in memory whole. The writer is atomic: it writes a temporary file beside the
+ * target and renames it over the target only once every byte has come, so a failure or a crash leaves
+ * the previous file (or none) in place, never a truncated one.
  *
  * The format: an 8-byte little-endian u64 `N`, then `N` bytes of UTF-8 JSON mapping each tensor name to
  * `{ "dtype", "shape", "data_offsets": [begin, end] }` (offsets relative to the data section, which
@@ -13,6 +15,7 @@
  * @module
  */
 
+import { AtomicFile } from "./atomic_file.ts";
 import { SafetensorsError } from "./errors.ts";
 
 /** Element types this module reads and writes. */
@@ -445,6 +448,46 @@ export class SafetensorsReader implements Disposable {
     return run;
   }
 
+  /**
+   * Reads one tensor's bytes synchronously into a new buffer (for code that cannot await, such as a
+   * model's weight source; do not mix with pending asynchronous reads of the same reader).
+   *
+   * @throws {SafetensorsError} when the tensor is unknown, the reader is closed or the file is short.
+   *
+   * @example
+   * ```ts
+   * import { SafetensorsReader, writeSafetensors } from "./safetensors.ts";
+   * import { assert } from "@std/assert";
+   * const path = await Deno.makeTempFile();
+   * await writeSafetensors(path, [{ name: "b", dtype: "U8", shape: [2], data: new Uint8Array([7, 9]) }]);
+   * using reader = await SafetensorsReader.open(path);
+   * assert(reader.readSync("b")[1] === 9);
+   * await Deno.remove(path);
+   * ```
+   */
+  readSync(name: string): Uint8Array {
+    const info = this.info(name);
+    const dst = new Uint8Array(info.byteLength);
+    const bad = (why: string, cause?: unknown) =>
+      new SafetensorsError(`Cannot read ${this.path}: ${why}`, cause === undefined ? undefined : { cause });
+    if (this.#closed) throw bad("the reader is closed");
+    let done = 0;
+    try {
+      this.#file.seekSync(this.#dataStart + info.dataOffset, Deno.SeekMode.Start);
+      while (done < dst.byteLength) {
+        const n = this.#file.readSync(dst.subarray(done));
+        if (n === null || n === 0) break;
+        done += n;
+      }
+    } catch (e) {
+      throw bad(`reading tensor ${show(info.name)} failed: ${(e as Error).message}`, e);
+    }
+    if (done < dst.byteLength) {
+      throw bad(`file ended inside tensor ${show(info.name)} (changed since it was opened?)`);
+    }
+    return dst;
+  }
+
   async #readAt(info: TensorInfo, dst: Uint8Array): Promise<void> {
     const bad = (why: string, cause?: unknown) =>
       new SafetensorsError(`Cannot read ${this.path}: ${why}`, cause === undefined ? undefined : { cause });
@@ -495,6 +538,9 @@ interface Slot {
  * {@linkcode SafetensorsWriter.create} lays out every tensor (contiguously, in the order given) and
  * writes the header; {@linkcode SafetensorsWriter.write} then takes the tensors' bytes in that order,
  * each in as many chunks as wanted; {@linkcode SafetensorsWriter.close} checks that every byte came.
+ * The bytes go to a temporary file in the target's folder (see `atomic_file.ts`) that `close` renames
+ * over the target; an incomplete or failed file, or one disposed of without `close`, is removed and
+ * the target keeps its previous content.
  *
  * @example
  * ```ts
@@ -520,16 +566,16 @@ export class SafetensorsWriter implements AsyncDisposable {
   readonly tensors: readonly TensorInfo[];
   /** Size the file has once every tensor is written. */
   readonly fileSize: number;
-  readonly #file: Deno.FsFile;
+  readonly #out: AtomicFile;
   readonly #slots: Slot[];
   #index = 0;
   #closed = false;
   #failed = false;
   #queue: Promise<unknown> = Promise.resolve();
 
-  private constructor(path: string, file: Deno.FsFile, tensors: TensorInfo[], fileSize: number) {
+  private constructor(path: string, out: AtomicFile, tensors: TensorInfo[], fileSize: number) {
     this.path = path;
-    this.#file = file;
+    this.#out = out;
     this.tensors = tensors;
     this.fileSize = fileSize;
     this.#slots = tensors.map((info) => ({ info, written: 0 }));
@@ -537,8 +583,8 @@ export class SafetensorsWriter implements AsyncDisposable {
 
   /**
    * Validates the entries (names non-empty and unique, dtypes known, shapes valid, metadata values
-   * strings), creates or truncates the file and writes its header, padded with spaces so that the data
-   * starts at a multiple of 8 bytes.
+   * strings), creates a temporary file beside `path` (which stays untouched until `close`) and writes
+   * the header, padded with spaces so that the data starts at a multiple of 8 bytes.
    *
    * @throws {SafetensorsError} "Cannot write PATH: ..." for a bad entry or when the file cannot be created.
    *
@@ -606,20 +652,20 @@ export class SafetensorsWriter implements AsyncDisposable {
     const prefix = new Uint8Array(8);
     new DataView(prefix.buffer).setBigUint64(0, BigInt(padded.length), true);
 
-    let file: Deno.FsFile;
+    let out: AtomicFile;
     try {
-      file = await Deno.open(path, { write: true, create: true, truncate: true });
+      out = await AtomicFile.open(path);
     } catch (e) {
       throw bad((e as Error).message, e);
     }
     try {
-      await writeFully(file, prefix);
-      await writeFully(file, padded);
+      await writeFully(out.file, prefix);
+      await writeFully(out.file, padded);
     } catch (e) {
-      file.close();
+      await out.abort();
       throw bad((e as Error).message, e);
     }
-    return new SafetensorsWriter(name, file, tensors, 8 + padded.length + offset);
+    return new SafetensorsWriter(name, out, tensors, 8 + padded.length + offset);
   }
 
   /**
@@ -683,7 +729,7 @@ export class SafetensorsWriter implements AsyncDisposable {
     }
     this.#index = i;
     try {
-      await writeFully(this.#file, bytes);
+      await writeFully(this.#out.file, bytes);
     } catch (e) {
       this.#failed = true;
       throw bad(`writing tensor ${show(name)} failed: ${(e as Error).message}`, e);
@@ -692,10 +738,12 @@ export class SafetensorsWriter implements AsyncDisposable {
   }
 
   /**
-   * Closes the file and checks that every tensor got all its bytes. Idempotent. After a failed
-   * {@linkcode SafetensorsWriter.write} it only closes (that failure was already reported).
+   * Checks that every tensor got all its bytes, then flushes the file and renames it over the target.
+   * Idempotent. An incomplete file is removed (the target keeps its previous content); after a failed
+   * {@linkcode SafetensorsWriter.write} the file is removed without a second error (that failure was
+   * already reported).
    *
-   * @throws {SafetensorsError} naming the first tensor that is incomplete.
+   * @throws {SafetensorsError} naming the first tensor that is incomplete, or when the rename fails.
    *
    * @example
    * ```ts
@@ -706,6 +754,7 @@ export class SafetensorsWriter implements AsyncDisposable {
    * await writer.write("x", new Uint8Array(1));
    * const error = await writer.close().catch((e) => e);
    * assert(error instanceof Error && error.message.includes("1 of 2 bytes"));
+   * assert((await Deno.stat(path)).size === 0); // the (empty) file that was there is untouched
    * await Deno.remove(path);
    * ```
    */
@@ -715,28 +764,33 @@ export class SafetensorsWriter implements AsyncDisposable {
     return run;
   }
 
-  #close(verify: boolean): void {
+  async #close(commit: boolean): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#file.close();
-    if (!verify || this.#failed) return;
+    if (!commit || this.#failed) return await this.#out.abort();
     const missing = this.#slots.find((s) => s.written < s.info.byteLength);
     if (missing) {
+      await this.#out.abort();
       throw new SafetensorsError(
         `Cannot write ${this.path}: tensor ${
           show(missing.info.name)
         } got ${missing.written} of ${missing.info.byteLength} bytes`,
       );
     }
+    try {
+      await this.#out.commit();
+    } catch (e) {
+      throw new SafetensorsError(`Cannot write ${this.path}: ${(e as Error).message}`, { cause: e });
+    }
   }
 
   /**
-   * Closes the file without checking completeness (for `await using` on error paths); call
-   * {@linkcode SafetensorsWriter.close} to finish a file.
+   * Removes the temporary file unless {@linkcode SafetensorsWriter.close} already finished it (for
+   * `await using` on error paths): the target keeps its previous content.
    */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.#queue;
-    this.#close(false);
+    await this.#close(false);
   }
 }
 

@@ -44,6 +44,7 @@ import {
   PagedAdamW,
   parseBytes,
   quantize,
+  ROPE_LAYOUT,
   saveWeights,
   Tensor,
   TextDataset,
@@ -51,6 +52,7 @@ import {
   type TrainMode,
   type WeightSource,
 } from "../mod.ts";
+import { writeFileAtomic } from "../lib/atomic_file.ts";
 import { parseArgs, runMain, UsageError } from "./_cli.ts";
 import { claimsTable, comparisonTable, type Table, toMarkdown, writeReport } from "./_report.ts";
 
@@ -578,11 +580,17 @@ async function tinyBase(
   if (o.base && await exists(o.base)) {
     const loaded = await loadWeights(o.base);
     save = false;
-    if (JSON.stringify(loaded.config) === JSON.stringify(config)) {
+    if (loaded.ropeLayout !== ROPE_LAYOUT) {
+      log(
+        `tiny: ${o.base} was trained with ${loaded.ropeLayout} RoPE pairs (an earlier version); pretraining again`,
+      );
+      save = true; // our own cache, of no use to this version
+    } else if (JSON.stringify(loaded.config) === JSON.stringify(config)) {
       log(`tiny: loaded the pretrained base from ${o.base}`);
       return { weights: loaded.weights, base: `loaded from ${o.base}` };
+    } else {
+      log(`tiny: ${o.base} has another config; pretraining a new base`);
     }
-    log(`tiny: ${o.base} has another config; pretraining a new base`);
   }
   const docs = await loadDocuments("brown");
   const brown = TextDataset.fromDocuments(docs, { tokenizer, seed: 0 });
@@ -832,7 +840,7 @@ if (import.meta.main) {
     await Deno.mkdir(out, { recursive: true });
     const report = `${out}/report.html`;
     await writeReport(result, report);
-    await Deno.writeTextFile(`${out}/table.json`, JSON.stringify(result, null, 2) + "\n");
+    await writeFileAtomic(`${out}/table.json`, JSON.stringify(result, null, 2) + "\n");
     if (flags.json) {
       console.log(JSON.stringify(result, null, 2));
     } else {

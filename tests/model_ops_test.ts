@@ -95,20 +95,29 @@ Deno.test("embedding: rows looked up; dtable accumulates per token", () => {
   assertThrows(() => embeddingForward(bad, table).dispose(), InvalidArgumentError);
 });
 
-Deno.test("rope: the inverse undoes it, and norms of pairs are kept", () => {
+Deno.test("rope: transformers' half-split pairs (i, i + d/2) turn by t * theta^(-2i/d); the inverse undoes it", () => {
   const s = { batch: 2, seq: 5, heads: 3, headDim: 8 };
-  const n = s.batch * s.seq * s.heads * s.headDim;
+  const n = s.batch * s.seq * s.heads * s.headDim, half = s.headDim / 2;
   using x = Tensor.from(normalValues(n, 6), { shape: [s.batch * s.seq, s.heads * s.headDim], device });
   const before = x.toFloat32();
   rope(x, s, 10000, false);
   const turned = x.toFloat32();
-  for (let i = 0; i < n; i += 2) {
-    assertAlmostEquals(Math.hypot(turned[i], turned[i + 1]), Math.hypot(before[i], before[i + 1]), 1e-5);
+  // every element against the definition (rotate_half in transformers' modeling_llama), in float64
+  for (let row = 0; row < s.batch * s.seq; row++) {
+    const t = row % s.seq;
+    for (let h = 0; h < s.heads; h++) {
+      for (let i = 0; i < half; i++) {
+        const o = (row * s.heads + h) * s.headDim, angle = t * Math.pow(10000, (-2 * i) / s.headDim);
+        const a = before[o + i], b = before[o + half + i];
+        assertAlmostEquals(turned[o + i], a * Math.cos(angle) - b * Math.sin(angle), 1e-5);
+        assertAlmostEquals(turned[o + half + i], a * Math.sin(angle) + b * Math.cos(angle), 1e-5);
+      }
+    }
   }
-  // position 0 does not turn; position 1, pair 0 turns by exactly 1 radian
+  // position 0 does not turn; the interleaved layout (2i, 2i + 1) would differ at position 1
   assertAlmostEquals(turned[0], before[0], 1e-6);
-  const i1 = s.heads * s.headDim; // batch 0, position 1, head 0, pair 0
-  assertAlmostEquals(turned[i1], before[i1] * Math.cos(1) - before[i1 + 1] * Math.sin(1), 1e-5);
+  const i1 = s.heads * s.headDim; // batch 0, position 1, head 0, pair 0 = elements 0 and half
+  assertAlmostEquals(turned[i1], before[i1] * Math.cos(1) - before[i1 + half] * Math.sin(1), 1e-5);
   rope(x, s, 10000, true);
   const back = x.toFloat32();
   for (let i = 0; i < n; i++) assertAlmostEquals(back[i], before[i], 1e-5);

@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 /* Bumped on any change of a signature, enum value or struct layout below. */
-#define QLORA_ABI_VERSION 4
+#define QLORA_ABI_VERSION 5
 
 typedef enum qlora_status {
   QLORA_OK = 0,
@@ -292,8 +292,10 @@ QLORA_API qlora_status qlora_rmsnorm_forward(const void* x, const void* weight, 
 QLORA_API qlora_status qlora_rmsnorm_backward(const void* dout, const void* x, const void* weight,
                                               const float* rstd, uint64_t rows, uint64_t dim, void* dx,
                                               void* dweight, int32_t dtype);
-/* Rotary embedding in place on x [batch, seq, heads, head_dim] (head_dim even): the pair (x[2i],
- * x[2i+1]) at position t turns by t * theta^(-2i / head_dim); inverse = 1 turns back (the backward). */
+/* Rotary embedding in place on x [batch, seq, heads, head_dim] (head_dim even): the pair (x[i],
+ * x[i + head_dim/2]) at position t turns by t * theta^(-2i / head_dim), the half-split layout of Hugging
+ * Face transformers' LLaMA (rotate_half), so that its checkpoints load as they are; inverse = 1 turns
+ * back (the backward). ABI 5: earlier versions turned interleaved pairs (x[2i], x[2i+1]). */
 QLORA_API qlora_status qlora_rope(void* x, uint64_t batch, uint64_t seq, uint64_t heads, uint64_t head_dim,
                                   float theta, int32_t inverse, int32_t dtype);
 /* Causal attention: q [batch, seq, heads, head_dim], k and v [batch, seq, kv_heads, head_dim] (heads a

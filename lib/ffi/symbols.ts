@@ -197,4 +197,4 @@ export const Status = {
 } as const;
 
 /** The ABI version this TypeScript layer was written for (`QLORA_ABI_VERSION`). */
-export const ABI_VERSION = 4;
+export const ABI_VERSION = 5;

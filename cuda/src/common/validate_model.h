@@ -272,8 +272,9 @@ inline qlora_status check_cross_entropy(const void* logits, const int32_t* targe
 
 // ---- math both backends compute the same way ---------------------------------------------------------
 
-// RoPE frequency of pair i (elements 2i, 2i+1): theta^(-2i / head_dim), computed in double and rounded
-// to float, so that the CPU and GPU frequencies are identical.
+// RoPE frequency of pair i (elements i and i + head_dim / 2 of a head, the half-split layout of
+// transformers' LlamaForCausalLM): theta^(-2i / head_dim), computed in double and rounded to float, so
+// that the CPU and GPU frequencies are identical.
 QLORA_HD float rope_inv_freq(float theta, uint64_t i, uint64_t head_dim) {
   return (float)pow((double)theta, -2.0 * (double)i / (double)head_dim);
 }

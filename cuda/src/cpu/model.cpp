@@ -597,10 +597,10 @@ QLORA_API qlora_status qlora_rope(void* x, uint64_t batch, uint64_t seq, uint64_
     for (uint64_t h = 0; h < heads; h++) {
       const uint64_t o = ((uint64_t)row * heads + h) * head_dim;
       for (uint64_t i = 0; i < pairs; i++) {
-        float a = load_float(x, dtype, o + 2 * i), b = load_float(x, dtype, o + 2 * i + 1);
+        float a = load_float(x, dtype, o + i), b = load_float(x, dtype, o + pairs + i);  // half-split pair
         rope_rotate(a, b, cs[2 * (t * pairs + i)], cs[2 * (t * pairs + i) + 1]);
-        store_float(x, dtype, o + 2 * i, a);
-        store_float(x, dtype, o + 2 * i + 1, b);
+        store_float(x, dtype, o + i, a);
+        store_float(x, dtype, o + pairs + i, b);
       }
     }
   }

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "../common/half.h"
 #include "include/library_types.h"
 
 namespace {
@@ -22,26 +23,12 @@ constexpr int kSuccess = 0, kNotInitialized = 1, kInvalidValue = 7, kNotSupporte
 constexpr int kOpN = 0, kOpT = 1, kCompute32F = 68;
 
 float load(const void* p, int type, uint64_t i) {
-  if (type == CUDA_R_32F) return ((const float*)p)[i];
-  uint32_t u = (uint32_t)((const uint16_t*)p)[i] << 16;
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
+  return type == CUDA_R_32F ? ((const float*)p)[i] : qlora::bf16_to_float(((const uint16_t*)p)[i]);
 }
 
 void store(void* p, int type, uint64_t i, float v) {
-  if (type == CUDA_R_32F) {
-    ((float*)p)[i] = v;
-    return;
-  }
-  uint32_t u;
-  memcpy(&u, &v, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) {
-    ((uint16_t*)p)[i] = (uint16_t)((u >> 16) | 0x40u);
-    return;
-  }
-  u += 0x7fffu + ((u >> 16) & 1u);
-  ((uint16_t*)p)[i] = (uint16_t)(u >> 16);
+  if (type == CUDA_R_32F) ((float*)p)[i] = v;
+  else ((uint16_t*)p)[i] = qlora::float_to_bf16(v);
 }
 
 }  // namespace

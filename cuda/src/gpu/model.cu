@@ -210,11 +210,12 @@ __global__ void rope_kernel(void* x, uint64_t batch, uint64_t seq, uint64_t head
       float s, c;
       sincosf(angle, &s, &c);
       if (inverse) s = -s;
-      const uint64_t at = row * heads * head_dim + 2 * p;  // pair p of the row: head p / half, pair i
-      float a = load_float(x, dtype, at), b = load_float(x, dtype, at + 1);
+      // pair p of the row: head p / half, elements i and i + half of that head (half-split layout)
+      const uint64_t at = row * heads * head_dim + (p / half) * head_dim + i;
+      float a = load_float(x, dtype, at), b = load_float(x, dtype, at + half);
       rope_rotate(a, b, c, s);
       store_float(x, dtype, at, a);
-      store_float(x, dtype, at + 1, b);
+      store_float(x, dtype, at + half, b);
     }
   }
 }
@@ -574,12 +575,12 @@ __global__ void __launch_bounds__(kAttnThreads) attention_backward_dq_kernel(Att
 }
 
 // Launches kernel over `items` blocks (capped; the kernels loop) with `floats` of dynamic shared memory.
-qlora_status launch_attention(void (*kernel)(AttnArgs), const AttnArgs& args, uint64_t items, int floats,
-                              const char* what) {
+qlora_status launch_attention(void (*kernel)(AttnArgs), const char* name, const AttnArgs& args, uint64_t items,
+                              int floats, const char* what) {
   const int bytes = floats * (int)sizeof(float);
   qlora_status s = cuda_status(cudaFuncSetAttribute((const void*)kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), what);
   if (s != QLORA_OK) return s;
-  QLORA_LAUNCH(kernel, grid_for(items, 1), kAttnThreads, bytes, gpu_stream())(args);
+  launch_kernel(kernel, name, grid_for(items, 1), kAttnThreads, bytes, gpu_stream())(args);
   return launch_status(what);
 }
 
@@ -601,17 +602,20 @@ template <int D>
 qlora_status attention_forward_d(const AttnArgs& a, const char* what) {
   constexpr int BQ = AttnTiles<D>::kFwdQ, BK = AttnTiles<D>::kFwdK;
   const uint64_t items = ((uint64_t)a.seq + BQ - 1) / BQ * a.batch * a.heads;
-  return launch_attention(attention_forward_kernel<D, BQ, BK>, a, items, attn_forward_smem<D, BQ, BK>(), what);
+  return launch_attention(attention_forward_kernel<D, BQ, BK>, "attention_forward_kernel", a, items,
+                          attn_forward_smem<D, BQ, BK>(), what);
 }
 
 template <int D>
 qlora_status attention_backward_d(const AttnArgs& a, const char* what) {
   constexpr int BQ = AttnTiles<D>::kBwdQ, BK = AttnTiles<D>::kBwdK;
   const uint64_t ktiles = ((uint64_t)a.seq + BK - 1) / BK, qtiles = ((uint64_t)a.seq + BQ - 1) / BQ;
-  qlora_status s = launch_attention(attention_backward_dkdv_kernel<D, BQ, BK>, a, ktiles * a.batch * a.kv_heads,
+  qlora_status s = launch_attention(attention_backward_dkdv_kernel<D, BQ, BK>, "attention_backward_dkdv_kernel", a,
+                                    ktiles * a.batch * a.kv_heads,
                                     attn_backward_dkdv_smem<D, BQ, BK>(), what);
   if (s != QLORA_OK) return s;
-  return launch_attention(attention_backward_dq_kernel<D, BQ, BK>, a, qtiles * a.batch * a.heads,
+  return launch_attention(attention_backward_dq_kernel<D, BQ, BK>, "attention_backward_dq_kernel", a,
+                          qtiles * a.batch * a.heads,
                           attn_backward_dq_smem<D, BQ, BK>(), what);
 }
 

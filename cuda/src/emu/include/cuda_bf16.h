@@ -2,7 +2,8 @@
 // conversions the kernels use, rounding to nearest even as the GPU does.
 #pragma once
 #include <cstdint>
-#include <cstring>
+
+#include "../../common/half.h"  // the project's own conversions: the GPU's rounding, bit for bit
 
 struct __nv_bfloat16 {
   uint16_t x;  // the bits; trivial, so that __shared__ arrays of it need no constructor
@@ -13,18 +14,7 @@ struct __half {
 
 inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short v) { return __nv_bfloat16{v}; }
 inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 v) { return v.x; }
-inline float __bfloat162float(__nv_bfloat16 v) {
-  uint32_t u = (uint32_t)v.x << 16;
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-inline __nv_bfloat16 __float2bfloat16(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return __nv_bfloat16{(uint16_t)((u >> 16) | 0x40u)};  // quiet NaN
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return __nv_bfloat16{(uint16_t)(u >> 16)};
-}
+inline float __bfloat162float(__nv_bfloat16 v) { return qlora::bf16_to_float(v.x); }
+inline __nv_bfloat16 __float2bfloat16(float f) { return __nv_bfloat16{qlora::float_to_bf16(f)}; }
 inline __half __ushort_as_half(unsigned short v) { return __half{v}; }
 inline unsigned short __half_as_ushort(__half v) { return v.x; }

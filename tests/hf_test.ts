@@ -1,0 +1,171 @@
+// Hugging Face LLaMA checkpoints: a model directory loaded here computes what transformers computes from
+// it. tests/data/hf/ holds tiny model directories (f32, bf16 sharded with tied embeddings, f16; grouped-
+// query and multi-head attention) and the outputs of an independent float64 PyTorch LLaMA written from
+// transformers' modeling_llama definitions (tests/hf_reference.py, run where python3-torch exists).
+import { assert, assertEquals, assertRejects } from "@std/assert";
+import {
+  getDevice,
+  LlamaModel,
+  loadWeights,
+  openModelDir,
+  readSafetensors,
+  ROPE_LAYOUT,
+  saveWeights,
+  Tensor,
+  writeSafetensors,
+} from "../mod.ts";
+
+const device = getDevice();
+const DATA = new URL("./data/hf/", import.meta.url).pathname;
+const CASES = ["gqa_untied_f32", "mha_tied_bf16_sharded", "gqa_f16"];
+
+function maxRelError(a: Float32Array, b: Float32Array): number {
+  assertEquals(a.length, b.length);
+  let err = 0, scale = 0;
+  for (let i = 0; i < a.length; i++) {
+    err = Math.max(err, Math.abs(a[i] - b[i]));
+    scale = Math.max(scale, Math.abs(b[i]));
+  }
+  return err / scale;
+}
+
+async function reference(name: string) {
+  const ref = await readSafetensors(`${DATA}${name}/reference.safetensors`);
+  const get = (key: string) => ref.get(key)!;
+  const f32 = (key: string) => new Float32Array(get(key).data.slice().buffer);
+  const i32 = (key: string) => new Int32Array(get(key).data.slice().buffer);
+  return {
+    shape: get("tokens").info.shape,
+    tokens: i32("tokens"),
+    targets: i32("targets"),
+    f32,
+    keys: [...ref.keys()],
+  };
+}
+
+for (const name of CASES) {
+  for (const dtype of ["f32", "bf16"] as const) {
+    Deno.test(`hf: ${name} computed in ${dtype} gives transformers' logits, loss and gradients`, async () => {
+      const ref = await reference(name);
+      using dir = await openModelDir(`${DATA}${name}`);
+      using model = new LlamaModel(dir.hf.config, { mode: "full", dtype, weights: dir.weights, device });
+      using x = Tensor.from(ref.tokens, { shape: ref.shape, device });
+      using y = Tensor.from(ref.targets, { shape: ref.shape, device });
+      const tol = dtype === "f32" ? 1e-5 : 3e-2;
+      using logits = model.logits(x);
+      const logitsError = maxRelError(logits.toFloat32(), ref.f32("logits"));
+      const loss = model.forward(x, y);
+      const lossError = Math.abs(loss - ref.f32("loss")[0]) / ref.f32("loss")[0];
+      model.backward();
+      const gradErrors: string[] = [];
+      for (const key of ref.keys.filter((k) => k.startsWith("grad."))) {
+        const grad = model.namedGradients().get(key.slice(5));
+        assert(grad, `no gradient for ${key.slice(5)}`);
+        const e = maxRelError(grad, ref.f32(key));
+        gradErrors.push(`${key.slice(5)} ${e.toExponential(1)}`);
+        assert(e < tol * 10, `${key}: relative error ${e}`);
+      }
+      console.log(
+        `hf ${name} ${dtype}: logits ${logitsError.toExponential(1)}, loss ${lossError.toExponential(1)}; ` +
+          gradErrors.join(", "),
+      );
+      assert(logitsError < tol, `logits: relative error ${logitsError}`);
+      assert(lossError < tol, `loss: relative error ${lossError}`);
+    });
+  }
+}
+
+/** A copy of a case's directory with one change, for the refusals below. */
+async function variant(name: string, change: (dir: string) => Promise<void>): Promise<string> {
+  const dir = await Deno.makeTempDir();
+  for await (const e of Deno.readDir(`${DATA}${name}`)) {
+    await Deno.copyFile(`${DATA}${name}/${e.name}`, `${dir}/${e.name}`);
+  }
+  await change(dir);
+  return dir;
+}
+
+async function editConfig(dir: string, edit: (c: Record<string, unknown>) => void): Promise<void> {
+  const c = JSON.parse(await Deno.readTextFile(`${dir}/config.json`));
+  edit(c);
+  await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(c));
+}
+
+Deno.test("hf: a wrong directory is refused by name, before any weight is read", async () => {
+  const cases: [string, (dir: string) => Promise<void>, string][] = [
+    [
+      "rope_scaling",
+      (d) => editConfig(d, (c) => c.rope_scaling = { rope_type: "llama3", factor: 8 }),
+      'rope_scaling of type "llama3"',
+    ],
+    [
+      "layers",
+      (d) => editConfig(d, (c) => c.num_hidden_layers = 3),
+      "model.layers.2.input_layernorm.weight is missing",
+    ],
+    [
+      "extra",
+      (d) => editConfig(d, (c) => c.num_hidden_layers = 1),
+      "model.layers.1.input_layernorm.weight is not a weight",
+    ],
+    [
+      "shape",
+      (d) => editConfig(d, (c) => c.intermediate_size = 50),
+      "has shape [48, 32], the config implies [50, 32]",
+    ],
+    ["tied", (d) => editConfig(d, (c) => c.tie_word_embeddings = true), "lm_head.weight is stored although"],
+    ["bias", (d) => editConfig(d, (c) => c.attention_bias = true), "attention_bias: true"],
+    ["arch", (d) => editConfig(d, (c) => c.model_type = "mistral"), 'model_type "mistral"'],
+    ["no weights", (d) => Deno.remove(`${d}/model.safetensors`), "no model.safetensors"],
+    ["bad json", (d) => Deno.writeTextFile(`${d}/config.json`, "{"), "Cannot parse"],
+  ];
+  for (const [what, change, message] of cases) {
+    const dir = await variant("gqa_untied_f32", change);
+    try {
+      await assertRejects(() => openModelDir(dir), Error, message, what);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  }
+});
+
+Deno.test("hf: a shard the index does not list where it is, or a missing shard, is refused", async () => {
+  const dir = await variant("mha_tied_bf16_sharded", async (d) => {
+    const index = JSON.parse(await Deno.readTextFile(`${d}/model.safetensors.index.json`));
+    index.weight_map["model.norm.weight"] = "model-00001-of-00002.safetensors";
+    await Deno.writeTextFile(`${d}/model.safetensors.index.json`, JSON.stringify(index));
+  });
+  try {
+    await assertRejects(() => openModelDir(dir), Error, "model.norm.weight is in");
+    await Deno.remove(`${dir}/model-00002-of-00002.safetensors`);
+    await assertRejects(() => openModelDir(dir), Error, "model-00002-of-00002.safetensors");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("hf: saveWeights records the half-split RoPE layout; a file of an earlier version reads as interleaved", async () => {
+  const config = {
+    vocabSize: 16,
+    dim: 16,
+    layers: 1,
+    heads: 2,
+    kvHeads: 1,
+    hiddenDim: 32,
+    maxSeq: 8,
+    normEps: 1e-5,
+    ropeTheta: 10000,
+  };
+  const dir = await Deno.makeTempDir();
+  try {
+    using model = new LlamaModel(config, { seed: 3, device });
+    await saveWeights(model, `${dir}/new.safetensors`);
+    assertEquals((await loadWeights(`${dir}/new.safetensors`)).ropeLayout, ROPE_LAYOUT);
+    await writeSafetensors(`${dir}/old.safetensors`, [], { config: JSON.stringify(config) });
+    assertEquals((await loadWeights(`${dir}/old.safetensors`)).ropeLayout, "interleaved");
+    await writeSafetensors(`${dir}/foreign.safetensors`, []);
+    assertEquals((await loadWeights(`${dir}/foreign.safetensors`)).ropeLayout, undefined);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
