@@ -35,6 +35,7 @@ export * from "./lib/optim.ts";
 export * from "./lib/model_ops.ts";
 export * from "./lib/model.ts";
 export * from "./lib/model_dir.ts";
+export * from "./lib/examples.ts";
 export * from "./lib/trainer.ts";
 export * from "./lib/safetensors.ts";
 export * from "./lib/checkpoint.ts";

@@ -437,6 +437,11 @@ export class LoRALinear implements Disposable {
   }
 
   /** Whether {@linkcode LoRALinear.merge} is in effect. */
+  /** The merged weight `W + s · B A` while merged (see {@linkcode LoRALinear.merge}), else null. */
+  get mergedWeight(): Tensor | null {
+    return this.#merged;
+  }
+
   get merged(): boolean {
     return this.#merged !== null;
   }

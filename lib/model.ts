@@ -619,26 +619,62 @@ export class LlamaModel implements Disposable {
    */
   namedWeights(): Map<string, { shape: number[]; values: Float32Array }> {
     const out = new Map<string, { shape: number[]; values: Float32Array }>();
-    const put = (name: string, t: Tensor) => out.set(name, { shape: [...t.shape], values: t.toFloat32() });
-    put("model.embed_tokens.weight", this.#embed);
-    this.#blocks.forEach((b, i) => {
-      const prefix = `model.layers.${i}`;
-      put(`${prefix}.input_layernorm.weight`, b.attnNorm);
-      put(`${prefix}.post_attention_layernorm.weight`, b.mlpNorm);
-      for (const name of TARGET_MODULES) {
-        const layer = b.proj[name];
-        const key = `${prefix}.${MODULE_PATHS[name]}.weight`;
-        if (layer instanceof Linear) put(key, layer.weight);
-        else if (layer.base) put(key, layer.base);
-        else {
-          using w = layer.quantized!.dequantize({ dtype: "f32", category: "workspace" });
-          put(key, w);
-        }
-      }
-    });
-    put("model.norm.weight", this.#finalNorm);
-    put("lm_head.weight", this.#lmHead.weight);
+    for (const [name, t] of this.weights()) out.set(name, { shape: [...t.shape], values: t.toFloat32() });
     return out;
+  }
+
+  /**
+   * Every base weight by Hugging Face name, one at a time, in the order of a checkpoint: a LoRA layer's
+   * merged weight while merged, an NF4 base dequantized into a temporary tensor (valid until the next
+   * iteration). For streaming exports that never hold more than one weight in 16 bits.
+   *
+   * @example
+   * ```ts
+   * import { LlamaModel } from "../mod.ts";
+   * import { assertEquals } from "@std/assert";
+   * const config = { vocabSize: 16, dim: 16, layers: 1, heads: 2, kvHeads: 1, hiddenDim: 32, maxSeq: 8,
+   *   normEps: 1e-5, ropeTheta: 10000 };
+   * using model = new LlamaModel(config, { mode: "qlora", rank: 2 });
+   * const names = [...model.weights()].map(([name]) => name);
+   * assertEquals([names.length, names[0], names.at(-1)], [12, "model.embed_tokens.weight", "lm_head.weight"]);
+   * ```
+   */
+  *weights(): Generator<[string, Tensor]> {
+    yield ["model.embed_tokens.weight", this.#embed];
+    for (let i = 0; i < this.#blocks.length; i++) {
+      const b = this.#blocks[i], prefix = `model.layers.${i}`;
+      yield [`${prefix}.input_layernorm.weight`, b.attnNorm];
+      for (const name of TARGET_MODULES.slice(0, 4)) yield* this.#projWeight(b, prefix, name);
+      yield [`${prefix}.post_attention_layernorm.weight`, b.mlpNorm];
+      for (const name of TARGET_MODULES.slice(4)) yield* this.#projWeight(b, prefix, name);
+    }
+    yield ["model.norm.weight", this.#finalNorm];
+    yield ["lm_head.weight", this.#lmHead.weight];
+  }
+
+  *#projWeight(b: Block, prefix: string, name: TargetModule): Generator<[string, Tensor]> {
+    const layer = b.proj[name], key = `${prefix}.${MODULE_PATHS[name]}.weight`;
+    if (layer instanceof Linear) yield [key, layer.weight];
+    else if (layer.mergedWeight) yield [key, layer.mergedWeight];
+    else if (layer.base) yield [key, layer.base];
+    else {
+      using w = layer.quantized!.dequantize({ dtype: "f32", category: "workspace" });
+      yield [key, w];
+    }
+  }
+
+  /** Merges every LoRA layer's adapters into its weight (see `LoRALinear.merge`); `unmerge` undoes it. */
+  merge(): void {
+    for (const b of this.#blocks) {
+      for (const l of Object.values(b.proj)) if (l instanceof LoRALinear) l.merge();
+    }
+  }
+
+  /** Undoes {@linkcode LlamaModel.merge}. */
+  unmerge(): void {
+    for (const b of this.#blocks) {
+      for (const l of Object.values(b.proj)) if (l instanceof LoRALinear) l.unmerge();
+    }
   }
 
   /**

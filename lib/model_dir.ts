@@ -12,10 +12,11 @@
  * @module
  */
 
+import { writeFileAtomic } from "./atomic_file.ts";
 import { bf16ToF32, f16ToF32 } from "./dtype.ts";
 import { InvalidArgumentError } from "./errors.ts";
-import type { LlamaConfig, WeightSource } from "./model.ts";
-import { SafetensorsReader, type TensorInfo } from "./safetensors.ts";
+import type { LlamaConfig, LlamaModel, WeightSource } from "./model.ts";
+import { SafetensorsReader, SafetensorsWriter, type TensorInfo } from "./safetensors.ts";
 
 /** The float type of the stored weights (`torch_dtype`). */
 export type StoredDtype = "f32" | "bf16" | "f16";
@@ -32,6 +33,8 @@ export interface HfConfig {
   bosTokenId?: number;
   /** End-of-sequence id(s), where given. */
   eosTokenId?: number | number[];
+  /** The parsed `config.json` as it was (kept for exports). */
+  json: Record<string, unknown>;
 }
 
 const DTYPES: Record<string, StoredDtype> = { float32: "f32", bfloat16: "bf16", float16: "f16" };
@@ -122,6 +125,7 @@ export function hfConfig(json: Record<string, unknown>, where = "config.json"): 
     eosTokenId: typeof json.eos_token_id === "number" || Array.isArray(json.eos_token_id)
       ? json.eos_token_id as number | number[]
       : undefined,
+    json,
   };
 }
 
@@ -314,4 +318,101 @@ export async function openModelDir(path: string): Promise<ModelDir> {
   };
   const dispose = () => readers.forEach((r) => r.close());
   return { path, hf, files, bytes, weights, dispose, [Symbol.dispose]: dispose };
+}
+
+/**
+ * The `config.json` of a LLaMA in transformers' terms: `base` (another config.json's fields: special
+ * tokens, names) with the shape fields of `c`, the tie and the dtype.
+ *
+ * @example
+ * ```ts
+ * import { hfConfig, hfConfigJson, LLAMA_CONFIGS } from "../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * const json = hfConfigJson(LLAMA_CONFIGS["7b"], { dtype: "bf16" });
+ * assertEquals(json.torch_dtype, "bfloat16");
+ * assertEquals(hfConfig(json).config, LLAMA_CONFIGS["7b"]);
+ * ```
+ */
+export function hfConfigJson(
+  c: LlamaConfig,
+  options: { base?: Record<string, unknown>; tieWordEmbeddings?: boolean; dtype?: StoredDtype } = {},
+): Record<string, unknown> {
+  const names: Record<StoredDtype, string> = { f32: "float32", bf16: "bfloat16", f16: "float16" };
+  return {
+    ...(options.base ?? { architectures: ["LlamaForCausalLM"], model_type: "llama", hidden_act: "silu" }),
+    hidden_size: c.dim,
+    intermediate_size: c.hiddenDim,
+    num_hidden_layers: c.layers,
+    num_attention_heads: c.heads,
+    num_key_value_heads: c.kvHeads,
+    vocab_size: c.vocabSize,
+    max_position_embeddings: c.maxSeq,
+    rms_norm_eps: c.normEps,
+    rope_theta: c.ropeTheta,
+    rope_scaling: null,
+    tie_word_embeddings: options.tieWordEmbeddings ?? false,
+    torch_dtype: names[options.dtype ?? "bf16"],
+  };
+}
+
+/** Options of {@linkcode saveModelDir}. */
+export interface SaveModelDirOptions {
+  /** The source's `config.json` to carry over (special tokens, names); the shape fields are the model's. */
+  config?: Record<string, unknown>;
+  /** Weight type of the file (default bf16, as transformers saves a LLaMA). */
+  dtype?: "bf16" | "f32";
+  /** Store no `lm_head.weight` (default: the source config's `tie_word_embeddings`, else false). */
+  tieWordEmbeddings?: boolean;
+}
+
+/**
+ * Writes a model as a Hugging Face model directory that transformers loads: `config.json` and
+ * `model.safetensors`, one weight at a time (a merged LoRA weight where the model is merged, an NF4 base
+ * dequantized), each file written atomically. Returns the files written.
+ *
+ * @example
+ * ```ts
+ * import { LlamaModel, openModelDir, saveModelDir } from "../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * const config = { vocabSize: 16, dim: 16, layers: 1, heads: 2, kvHeads: 1, hiddenDim: 32, maxSeq: 8,
+ *   normEps: 1e-5, ropeTheta: 10000 };
+ * using model = new LlamaModel(config, { mode: "lora", rank: 2 });
+ * const dir = await Deno.makeTempDir();
+ * try {
+ *   await saveModelDir(model, dir);
+ *   using back = await openModelDir(dir);
+ *   assertEquals(back.hf.config, config);
+ *   assertEquals(back.hf.dtype, "bf16");
+ * } finally {
+ *   await Deno.remove(dir, { recursive: true });
+ * }
+ * ```
+ */
+export async function saveModelDir(
+  model: LlamaModel,
+  dir: string,
+  options: SaveModelDirOptions = {},
+): Promise<string[]> {
+  const c = model.config, dtype = options.dtype ?? "bf16";
+  const tie = options.tieWordEmbeddings ?? options.config?.tie_word_embeddings === true;
+  await Deno.mkdir(dir, { recursive: true });
+  const shapes = expectedWeights(c, tie);
+  const entries = [...shapes].map(([name, shape]) => ({
+    name,
+    dtype: dtype === "bf16" ? "BF16" as const : "F32" as const,
+    shape,
+  }));
+  const weightsPath = `${dir}/model.safetensors`;
+  await using writer = await SafetensorsWriter.create(weightsPath, entries, { format: "pt" });
+  for (const [name, t] of model.weights()) {
+    if (!shapes.has(name)) continue; // a tied LM head
+    using cast = t.dtype === dtype ? null : t.cast(dtype);
+    const values = (cast ?? t).toArray() as Float32Array | Uint16Array;
+    await writer.write(name, new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
+  }
+  await writer.close();
+  const json = hfConfigJson(c, { base: options.config, tieWordEmbeddings: tie, dtype });
+  const configPath = `${dir}/config.json`;
+  await writeFileAtomic(configPath, JSON.stringify(json, null, 2) + "\n");
+  return [configPath, weightsPath];
 }

@@ -11,7 +11,8 @@ import { formatBytes } from "./memory.ts";
 import type { LlamaModel } from "./model.ts";
 import { AdamW, PagedAdamW } from "./optim.ts";
 import { LoRALinear } from "./lora.ts";
-import { writeSafetensors } from "./safetensors.ts";
+import { readSafetensors, writeSafetensors } from "./safetensors.ts";
+import { bf16ToF32 } from "./dtype.ts";
 import { writeFileAtomic } from "./atomic_file.ts";
 import { Tensor } from "./tensor.ts";
 import { InvalidArgumentError } from "./errors.ts";
@@ -409,6 +410,7 @@ export async function saveCheckpoint(
   model: LlamaModel,
   dir: string,
   info: { step: number; loss: number },
+  options: { baseModel?: string } = {},
 ): Promise<string[]> {
   await Deno.mkdir(dir, { recursive: true });
   const written: string[] = [];
@@ -458,7 +460,7 @@ export async function saveCheckpoint(
       bias: "none",
       fan_in_fan_out: false,
       inference_mode: true,
-      base_model_name_or_path: null,
+      base_model_name_or_path: options.baseModel ?? null,
     };
     const cfgPath = `${dir}/adapter_config.json`;
     await writeFileAtomic(cfgPath, JSON.stringify(config, null, 2) + "\n");
@@ -541,4 +543,79 @@ function notebookDisplay(): DisplayFn | null {
   } catch {
     return null;
   }
+}
+
+/**
+ * Loads a PEFT adapter (`adapter_model.safetensors` and `adapter_config.json`, as {@linkcode saveCheckpoint}
+ * writes them, or PEFT's own for a LLaMA) into a LoRA or QLoRA model built with the same rank and target
+ * modules: every `lora_A`/`lora_B` of the model is set from the file. A missing, extra or mis-shaped
+ * tensor, or another rank or alpha, is an error naming it.
+ *
+ * @example
+ * ```ts
+ * import { LlamaModel, loadAdapter, saveCheckpoint, Tensor } from "../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * const config = { vocabSize: 16, dim: 16, layers: 1, heads: 2, kvHeads: 1, hiddenDim: 32, maxSeq: 8,
+ *   normEps: 1e-5, ropeTheta: 10000 };
+ * using a = new LlamaModel(config, { mode: "lora", rank: 2, seed: 1 });
+ * a.block(0).q_proj.trainables()[1].value.copyFrom(new Float32Array(32).fill(0.5)); // a non-zero lora_B
+ * const dir = await Deno.makeTempDir();
+ * try {
+ *   await saveCheckpoint(a, dir, { step: 1, loss: 0 });
+ *   using b = new LlamaModel(config, { mode: "lora", rank: 2, seed: 1 });
+ *   await loadAdapter(b, dir);
+ *   using tokens = Tensor.from(new Int32Array([1, 2, 3]), { shape: [1, 3] });
+ *   using la = a.logits(tokens), lb = b.logits(tokens);
+ *   assertEquals(la.toFloat32(), lb.toFloat32());
+ * } finally {
+ *   await Deno.remove(dir, { recursive: true });
+ * }
+ * ```
+ */
+export async function loadAdapter(model: LlamaModel, dir: string): Promise<void> {
+  const fail = (what: string) => new InvalidArgumentError(`Cannot load the adapter in ${dir}: ${what}`);
+  let cfg: Record<string, unknown>;
+  try {
+    cfg = JSON.parse(await Deno.readTextFile(`${dir}/adapter_config.json`));
+  } catch (e) {
+    throw fail(`adapter_config.json: ${(e as Error).message}`);
+  }
+  const file = await readSafetensors(`${dir}/adapter_model.safetensors`);
+  const used = new Set<string>();
+  for (let i = 0; i < model.config.layers; i++) {
+    for (const [name, layer] of Object.entries(model.block(i))) {
+      if (!(layer instanceof LoRALinear)) continue;
+      if (cfg.r !== layer.rank || Math.abs(Number(cfg.lora_alpha) - layer.scaling * layer.rank) > 1e-6) {
+        throw fail(
+          `r ${cfg.r} and lora_alpha ${cfg.lora_alpha}, the model has ${layer.rank} and ${
+            layer.scaling * layer.rank
+          }`,
+        );
+      }
+      const prefix = `base_model.model.model.layers.${i}.${MODULE_PATHS[name]}`;
+      for (const [suffix, t] of [["lora_A.weight", layer.loraA], ["lora_B.weight", layer.loraB]] as const) {
+        const key = `${prefix}.${suffix}`;
+        const found = file.get(key);
+        if (!found) throw fail(`${key} is missing`);
+        if (found.info.shape.join() !== t.shape.join()) {
+          throw fail(
+            `${key} has shape [${found.info.shape.join(", ")}], the model's is [${t.shape.join(", ")}]`,
+          );
+        }
+        const bytes = found.data.slice();
+        const values = found.info.dtype === "F32"
+          ? new Float32Array(bytes.buffer)
+          : found.info.dtype === "BF16"
+          ? bf16ToF32(new Uint16Array(bytes.buffer))
+          : null;
+        if (!values) throw fail(`${key} is ${found.info.dtype}, not F32 or BF16`);
+        using v = Tensor.from(values, { shape: [...t.shape], device: t.device, category: "workspace" });
+        using cast = v.cast(t.dtype as "f32" | "bf16");
+        t.copyFrom(cast);
+        used.add(key);
+      }
+    }
+  }
+  const extra = [...file.keys()].find((k) => !used.has(k));
+  if (extra) throw fail(`${extra} is not an adapter of this model (other target_modules?)`);
 }

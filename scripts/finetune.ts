@@ -1,0 +1,232 @@
+/**
+ * `./deno task finetune --model DIR --data FILE|brown|sotu|moby-dick --mode lora|qlora [--budget 6GiB]
+ * [--steps 100] [--batch 4] [--seq 256] [--lr 2e-4] [--rank 8] [--alpha 16] [--targets q,k,v,o,gate,up,down]
+ * [--dtype bf16|f32] [--checkpointing] [--out DIR] [--merge] [--verify] [--seed N]`: fine-tunes a Hugging
+ * Face LLaMA model directory (config.json, safetensors shards, tokenizer.json) with LoRA or QLoRA.
+ *
+ * - Data: JSON Lines of `{"text": ...}` or `{"prompt": ..., "completion": ...}` (the loss on the completion
+ *   only), or a bundled corpus by name.
+ * - QLoRA quantizes each weight to NF4 as it is read: the load never holds more than one 16-bit weight.
+ * - Output (default `build/finetune/NAME-MODE`): a PEFT adapter (`adapter_model.safetensors`,
+ *   `adapter_config.json` with `base_model_name_or_path`); with `--merge`, `merged/`, a model directory in
+ *   transformers' layout (weights in the compute dtype) with the tokenizer's files.
+ * - `--verify`: reloads the adapter onto a fresh copy of the base and, with `--merge`, the merged export,
+ *   and compares their logits with the model in memory (loads the base again: meant for small models).
+ *
+ * @module
+ */
+
+import {
+  type BatchSource,
+  datasetSource,
+  exampleSource,
+  formatBytes,
+  getDevice,
+  HFTokenizer,
+  LlamaModel,
+  loadAdapter,
+  loadDocuments,
+  openModelDir,
+  parseExamples,
+  saveCheckpoint,
+  saveModelDir,
+  TARGET_MODULES,
+  type TargetModule,
+  Tensor,
+  TextDataset,
+  Trainer,
+} from "../mod.ts";
+import { parseArgs, runMain, UsageError } from "./_cli.ts";
+
+const USAGE =
+  "usage: ./deno task finetune --model DIR --data FILE.jsonl|brown|sotu|moby-dick --mode lora|qlora " +
+  "[--budget 6GiB] [--steps 100] [--batch 4] [--seq 256] [--lr 2e-4] [--rank 8] [--alpha 16] " +
+  "[--targets q,k,v,o,gate,up,down] [--dtype bf16|f32] [--checkpointing] [--out DIR] [--merge] [--verify]";
+
+const CORPORA = ["brown", "sotu", "moby-dick"] as const;
+
+/** Largest |a - b| over two logit tensors' values. */
+function maxDiff(a: Float32Array, b: Float32Array): number {
+  let d = 0;
+  for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs(a[i] - b[i]));
+  return d;
+}
+
+await runMain(async () => {
+  const { flags } = parseArgs(Deno.args, {
+    model: "string",
+    data: "string",
+    mode: "string",
+    budget: "string",
+    steps: "string",
+    batch: "string",
+    seq: "string",
+    lr: "string",
+    rank: "string",
+    alpha: "string",
+    targets: "string",
+    dtype: "string",
+    checkpointing: "boolean",
+    out: "string",
+    merge: "boolean",
+    verify: "boolean",
+    seed: "string",
+  });
+  const modelDir = flags.model as string | undefined, dataArg = flags.data as string | undefined;
+  if (!modelDir || !dataArg) throw new UsageError("--model and --data are required");
+  const mode = (flags.mode ?? "qlora") as "lora" | "qlora";
+  if (mode !== "lora" && mode !== "qlora") throw new UsageError("--mode must be lora or qlora");
+  const int = (name: string, fallback: number) => {
+    const v = flags[name] === undefined ? fallback : Number(flags[name]);
+    if (!Number.isSafeInteger(v) || v <= 0) throw new UsageError(`--${name} must be a positive integer`);
+    return v;
+  };
+  const dtype = (flags.dtype ?? "bf16") as "bf16" | "f32";
+  if (dtype !== "bf16" && dtype !== "f32") throw new UsageError("--dtype must be bf16 or f32");
+  const targetModules = flags.targets === undefined
+    ? [...TARGET_MODULES]
+    : (flags.targets as string).split(",").map((t) =>
+      t.endsWith("_proj") ? t : `${t}_proj`
+    ) as TargetModule[];
+  for (const t of targetModules) {
+    if (!TARGET_MODULES.includes(t)) {
+      throw new UsageError(`--targets: ${t} is not one of ${TARGET_MODULES.join(", ")}`);
+    }
+  }
+  const steps = int("steps", 100), batchSize = int("batch", 4), seed = flags.seed ? int("seed", 1) : 0;
+  const rank = int("rank", 8), alpha = flags.alpha ? Number(flags.alpha) : 16;
+
+  const device = getDevice();
+  if (flags.budget) device.setMemoryBudget(flags.budget as string);
+  const name = modelDir.replace(/\/+$/, "").split("/").pop()!;
+  const out = (flags.out as string | undefined) ?? `build/finetune/${name}-${mode}`;
+
+  using dir = await openModelDir(modelDir);
+  const config = dir.hf.config;
+  const seq = Math.min(int("seq", 256), config.maxSeq);
+  const tokenizer = await HFTokenizer.fromDir(modelDir);
+  let source: BatchSource;
+  if ((CORPORA as readonly string[]).includes(dataArg)) {
+    const docs = await loadDocuments(dataArg as typeof CORPORA[number]);
+    source = datasetSource(TextDataset.fromDocuments(docs, { tokenizer, seed }), seed);
+    console.log(`data: the ${dataArg} corpus, ${docs.length} documents`);
+  } else {
+    const examples = parseExamples(await Deno.readTextFile(dataArg), dataArg);
+    source = exampleSource(examples, tokenizer, { seed });
+    const pairs = examples.filter((e) => "prompt" in e).length;
+    console.log(`data: ${examples.length} examples from ${dataArg} (${pairs} prompt/completion pairs)`);
+  }
+
+  const t0 = performance.now();
+  device.resetPeak();
+  const options = {
+    mode,
+    rank,
+    alpha,
+    dtype,
+    targetModules,
+    checkpointing: Boolean(flags.checkpointing),
+    seed,
+  };
+  using model = new LlamaModel(config, { ...options, weights: dir.weights });
+  const load = device.memory();
+  console.log(
+    `loaded ${modelDir} (${dir.files.length} file${dir.files.length > 1 ? "s" : ""}, ${
+      formatBytes(dir.bytes)
+    } ` +
+      `of ${dir.hf.dtype ?? "float"} weights) in ${((performance.now() - t0) / 1000).toFixed(1)} s: ` +
+      `ledger peak ${formatBytes(load.totalPeak)}, now ${formatBytes(load.totalCurrent)}, host RSS ` +
+      `${formatBytes(Deno.memoryUsage().rss)}`,
+  );
+  console.log(
+    `${mode} on ${device}: ${model.trainableParameters.toLocaleString()} of ${model.parameters.toLocaleString()} ` +
+      `weights trainable (${
+        ((100 * model.trainableParameters) / model.parameters).toFixed(2)
+      }%), rank ${rank}, ` +
+      `targets ${targetModules.join(",")}`,
+  );
+
+  const every = Math.max(1, Math.floor(steps / 20));
+  using trainer = new Trainer(model, source, {
+    steps,
+    batchSize,
+    seq,
+    lr: flags.lr ? Number(flags.lr) : 2e-4,
+    warmupSteps: Math.min(10, Math.floor(steps / 10)),
+    evalEvery: Math.max(1, Math.floor(steps / 4)),
+    evalBatches: 4,
+    optimizer: mode === "qlora" ? "paged" : "adamw",
+    onStep: (i) => {
+      if (i.step % every !== 0 && i.step !== i.steps && i.evalLoss === undefined) return;
+      const evalPart = i.evalLoss === undefined ? "" : ` eval ${i.evalLoss.toFixed(4)}`;
+      console.log(
+        `step ${i.step}/${i.steps} loss ${i.loss.toFixed(4)}${evalPart} lr ${i.lr.toExponential(2)} ` +
+          `${Math.round(i.tokensPerSecond)} tok/s peak ${formatBytes(i.memory.totalPeak)}`,
+      );
+    },
+  });
+  const before = trainer.evaluate();
+  console.log(`validation loss before: ${before.loss.toFixed(4)}`);
+  const result = await trainer.train();
+  console.log(
+    `validation loss after: ${result.evalLoss.toFixed(4)} (perplexity ${
+      result.evalPerplexity.toFixed(2)
+    }), ` +
+      `${Math.round(result.tokensPerSecond)} tok/s, ledger peak ${formatBytes(result.peakBytes)}`,
+  );
+  console.log(device.memory().toString());
+
+  const files = await saveCheckpoint(model, out, { step: steps, loss: result.evalLoss }, { baseModel: name });
+  console.log(`adapter: ${files.join(", ")}`);
+
+  // Logits of one validation batch, in memory, for the checks below.
+  const probe = source.validationBatches(batchSize, seq, 1)[0] ?? source.trainBatch(batchSize, seq);
+  using tokens = Tensor.from(probe.inputs, { shape: [batchSize, seq], device });
+  using inMemory = model.logits(tokens);
+  if (flags.verify) {
+    using fresh = new LlamaModel(config, { ...options, weights: dir.weights });
+    await loadAdapter(fresh, out);
+    using reloaded = fresh.logits(tokens);
+    console.log(
+      `verify: the adapter reloaded onto the base: max |logit difference| ${
+        maxDiff(inMemory.toFloat32(), reloaded.toFloat32())
+      }`,
+    );
+  }
+  if (flags.merge) {
+    model.merge();
+    using merged = model.logits(tokens);
+    const mergedDir = `${out}/merged`;
+    const written = await saveModelDir(model, mergedDir, { config: dir.hf.json, dtype });
+    for (const f of ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]) {
+      try {
+        await Deno.copyFile(`${modelDir}/${f}`, `${mergedDir}/${f}`);
+        written.push(`${mergedDir}/${f}`);
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      }
+    }
+    console.log(
+      `merged: ${written.join(", ")} (merging moves the logits by at most ` +
+        `${maxDiff(inMemory.toFloat32(), merged.toFloat32()).toExponential(2)}: ${
+          mode === "qlora" ? "NF4 base dequantized, " : ""
+        }rounding)`,
+    );
+    if (flags.verify) {
+      using back = await openModelDir(mergedDir);
+      using reloaded = new LlamaModel(back.hf.config, {
+        mode: "lora",
+        rank,
+        dtype,
+        weights: back.weights,
+        targetModules: [],
+      });
+      using again = reloaded.logits(tokens);
+      console.log(
+        `verify: the merged export reloaded: max |logit difference| ${
+          maxDiff(merged.toFloat32(), again.toFloat32())
+        }`,
+      );
+    }
+  }
+}, USAGE);
