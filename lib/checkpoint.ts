@@ -308,8 +308,8 @@ export async function quantizeCheckpoint(
   return reports;
 }
 
-/** One 4-bit weight found in a checkpoint, with its parsed quant state. */
-interface QuantGroup {
+/** One 4-bit weight found in a checkpoint in the bitsandbytes layout, with its parsed quant state. */
+export interface QuantGroup {
   name: string;
   quantType: QuantType;
   blocksize: number;
@@ -319,10 +319,29 @@ interface QuantGroup {
   keys: string[];
 }
 
-const STATE_KEY = /^(.*)\.quant_state\.bitsandbytes__(nf4|fp4)$/;
+/** The name of a 4-bit weight's quant state: `NAME.quant_state.bitsandbytes__nf4` (or fp4). */
+export const STATE_KEY = /^(.*)\.quant_state\.bitsandbytes__(nf4|fp4)$/;
 const TORCH_TO_DTYPE: Record<string, FloatDType> = { float32: "f32", bfloat16: "bf16", float16: "f16" };
 
-function parseGroup(
+/**
+ * Reads a 4-bit weight's quant state (the JSON bytes of `NAME.quant_state.bitsandbytes__nf4`) and checks
+ * that its companion tensors are in the file.
+ *
+ * @example
+ * ```ts
+ * import { getDevice, parseGroup, quantizeCheckpoint, SafetensorsReader, writeSafetensors } from "../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * const dir = await Deno.makeTempDir();
+ * const w = new Float32Array(64 * 64).map((_, i) => Math.sin(i));
+ * await writeSafetensors(`${dir}/a.safetensors`, [{ name: "w", dtype: "F32", shape: [64, 64], data: new Uint8Array(w.buffer) }]);
+ * await quantizeCheckpoint(getDevice("cpu"), `${dir}/a.safetensors`, `${dir}/q.safetensors`);
+ * using reader = await SafetensorsReader.open(`${dir}/q.safetensors`);
+ * const g = parseGroup(reader, "w", "nf4", reader.readSync("w.quant_state.bitsandbytes__nf4"));
+ * assertEquals([g.shape, g.blocksize, g.keys.length], [[64, 64], 64, 6]);
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
+export function parseGroup(
   reader: SafetensorsReader,
   name: string,
   quantType: "nf4" | "fp4",
@@ -353,24 +372,44 @@ function parseGroup(
   return { name, quantType, blocksize: s.blocksize as number, dtype, shape, nested, keys };
 }
 
-async function readF32(reader: SafetensorsReader, key: string): Promise<Float32Array> {
-  const info = reader.info(key);
-  if (info.dtype !== "F32") {
-    throw new SafetensorsError(`Cannot dequantize: ${key} is ${info.dtype}, expected F32`);
-  }
-  return viewAs(await reader.read(key), "f32") as Float32Array;
-}
-
-/** Rebuilds a {@linkcode QuantizedTensor} from a checkpoint group, on a device. */
-async function loadGroup(device: Device, reader: SafetensorsReader, g: QuantGroup): Promise<QuantizedTensor> {
+/**
+ * Rebuilds a {@linkcode QuantizedTensor} from a checkpoint group, on a device, reading each of its tensors
+ * with `read` (synchronous: a model directory's weight source cannot await). The constants of double
+ * quantization are restored on the host with the file's own 8-bit map (they are small).
+ *
+ * @example
+ * ```ts
+ * import { getDevice, loadQuantGroup, parseGroup, quantizeCheckpoint, SafetensorsReader, writeSafetensors } from "../mod.ts";
+ * import { assert } from "@std/assert";
+ * const dir = await Deno.makeTempDir();
+ * const w = new Float32Array(64 * 64).map((_, i) => Math.sin(i));
+ * await writeSafetensors(`${dir}/a.safetensors`, [{ name: "w", dtype: "F32", shape: [64, 64], data: new Uint8Array(w.buffer) }]);
+ * await quantizeCheckpoint(getDevice("cpu"), `${dir}/a.safetensors`, `${dir}/q.safetensors`);
+ * using reader = await SafetensorsReader.open(`${dir}/q.safetensors`);
+ * const g = parseGroup(reader, "w", "nf4", reader.readSync("w.quant_state.bitsandbytes__nf4"));
+ * using q = loadQuantGroup(getDevice("cpu"), g, (key) => reader.readSync(key));
+ * using back = q.dequantize();
+ * assert(Math.abs(back.toFloat32()[1] - Math.sin(1)) < 0.1);
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
+export function loadQuantGroup(
+  device: Device,
+  g: QuantGroup,
+  read: (key: string) => Uint8Array,
+): QuantizedTensor {
+  const f32 = (key: string) => {
+    const bytes = read(key);
+    if (bytes.byteLength % 4 !== 0) throw new SafetensorsError(`Cannot dequantize: ${key} is not F32`);
+    return viewAs(bytes, "f32") as Float32Array;
+  };
   const n = g.shape.reduce((a, b) => a * b, 1);
   const blocks = Math.ceil(n / g.blocksize);
   let absmax: Float32Array;
   if (g.nested) {
-    // The constants are restored on the host with the file's own 8-bit map (it is small).
-    const codes = await reader.read(`${g.name}.absmax`);
-    const scales = await readF32(reader, `${g.name}.nested_absmax`);
-    const map = await readF32(reader, `${g.name}.nested_quant_map`);
+    const codes = read(`${g.name}.absmax`);
+    const scales = f32(`${g.name}.nested_absmax`);
+    const map = f32(`${g.name}.nested_quant_map`);
     if (
       codes.length !== blocks || map.length !== 256 ||
       scales.length !== Math.ceil(blocks / g.nested.blocksize)
@@ -386,9 +425,9 @@ async function loadGroup(device: Device, reader: SafetensorsReader, g: QuantGrou
       );
     }
   } else {
-    absmax = await readF32(reader, `${g.name}.absmax`);
+    absmax = f32(`${g.name}.absmax`);
   }
-  const packed = await reader.read(g.name);
+  const packed = read(g.name);
   const parts = {
     packed: Tensor.from(packed.slice(), { dtype: "u8", category: "quantized_weights", device }),
     absmax: Tensor.from(absmax, { category: "quant_constants", device }),
@@ -406,6 +445,13 @@ async function loadGroup(device: Device, reader: SafetensorsReader, g: QuantGrou
     parts.absmax.dispose();
     throw e;
   }
+}
+
+/** {@linkcode loadQuantGroup} through an asynchronous reader. */
+async function loadGroup(device: Device, reader: SafetensorsReader, g: QuantGroup): Promise<QuantizedTensor> {
+  const bytes = new Map<string, Uint8Array>();
+  for (const k of g.keys) bytes.set(k, await reader.read(k));
+  return loadQuantGroup(device, g, (k) => bytes.get(k)!);
 }
 
 /**

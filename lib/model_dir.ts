@@ -4,6 +4,9 @@
  * {@linkcode LlamaConfig} and a {@linkcode WeightSource} that reads one weight at a time, so that a QLoRA
  * model quantizes each weight to NF4 as it is read and never holds a 16-bit copy of more than one.
  *
+ * Weights may be f32, bf16, f16, or 4-bit in the bitsandbytes layout that `deno task quantize` writes
+ * (restored as they are read; a QLoRA model quantizes them again to the same codes).
+ *
  * Everything is checked before a byte of weights is read: the config's fields (an unsupported one, such as
  * a `rope_scaling` type, is refused by name), and every tensor of the files against the names and shapes
  * the config implies (a missing, extra or mis-shaped weight is an error naming it). RoPE is computed in
@@ -13,6 +16,8 @@
  */
 
 import { writeFileAtomic } from "./atomic_file.ts";
+import { loadQuantGroup, parseGroup, type QuantGroup, STATE_KEY } from "./checkpoint.ts";
+import { getDevice } from "./device.ts";
 import { bf16ToF32, f16ToF32 } from "./dtype.ts";
 import { InvalidArgumentError } from "./errors.ts";
 import type { LlamaConfig, LlamaModel, WeightSource } from "./model.ts";
@@ -261,15 +266,36 @@ export async function openModelDir(path: string): Promise<ModelDir> {
     readers.forEach((r) => r.close());
     return new InvalidArgumentError(`Cannot use the model directory ${path}: ${what}`);
   };
+  // 4-bit weights in the layout `deno task quantize` writes (transformers' bnb-4bit serialization): a
+  // weight with its companions (absmax, quant_map, nested constants, quant state) in the same file.
+  const groups = new Map<string, { reader: SafetensorsReader; group: QuantGroup }>();
+  for (const reader of readers) {
+    for (const info of reader.tensors) {
+      const m = STATE_KEY.exec(info.name);
+      if (!m) continue;
+      try {
+        groups.set(m[1], {
+          reader,
+          group: parseGroup(reader, m[1], m[2] as "nf4" | "fp4", reader.readSync(info.name)),
+        });
+      } catch (e) {
+        throw fail((e as Error).message);
+      }
+    }
+  }
+  const owned = new Set(
+    [...groups.values()].flatMap(({ group }) => group.keys.filter((k) => k !== group.name)),
+  );
   const where = new Map<string, { reader: SafetensorsReader; info: TensorInfo }>();
   for (const reader of readers) {
     for (const info of reader.tensors) {
-      if (where.has(info.name)) throw fail(`${info.name} is stored twice`);
       if (weightMap && weightMap[info.name] !== reader.path.slice(path.length + 1)) {
         throw fail(
           `${info.name} is in ${reader.path}, but the index says ${weightMap[info.name] ?? "nothing"}`,
         );
       }
+      if (owned.has(info.name)) continue;
+      if (where.has(info.name)) throw fail(`${info.name} is stored twice`);
       where.set(info.name, { reader, info });
     }
   }
@@ -278,15 +304,15 @@ export async function openModelDir(path: string): Promise<ModelDir> {
   for (const [name, shape] of expected) {
     const found = where.get(name);
     if (!found) throw fail(`the weight ${name} is missing`);
-    if (found.info.shape.join() !== shape.join()) {
-      throw fail(
-        `${name} has shape [${found.info.shape.join(", ")}], the config implies [${shape.join(", ")}]`,
-      );
+    const q = groups.get(name)?.group;
+    const stored = q ? q.shape : found.info.shape;
+    if (stored.join() !== shape.join()) {
+      throw fail(`${name} has shape [${stored.join(", ")}], the config implies [${shape.join(", ")}]`);
     }
-    if (!["F32", "BF16", "F16"].includes(found.info.dtype)) {
-      throw fail(`${name} is ${found.info.dtype}, not F32, BF16 or F16`);
+    if (!q && !["F32", "BF16", "F16"].includes(found.info.dtype)) {
+      throw fail(`${name} is ${found.info.dtype}, not F32, BF16 or F16 (nor 4-bit with a quant state)`);
     }
-    bytes += found.info.byteLength;
+    bytes += q ? q.keys.reduce((sum, k) => sum + found.reader.info(k).byteLength, 0) : found.info.byteLength;
   }
   for (const name of where.keys()) {
     if (!expected.has(name) && !IGNORED.test(name)) {
@@ -301,10 +327,18 @@ export async function openModelDir(path: string): Promise<ModelDir> {
     const key = name === "lm_head.weight" && hf.tieWordEmbeddings ? "model.embed_tokens.weight" : name;
     const found = where.get(key);
     if (!found) return undefined;
-    if (found.info.shape.join() !== shape.join()) {
+    const q = groups.get(key);
+    const stored = q ? q.group.shape : found.info.shape;
+    if (stored.join() !== shape.join()) {
       throw new InvalidArgumentError(
-        `Cannot load ${name}: shape [${found.info.shape.join(", ")}], expected [${shape.join(", ")}]`,
+        `Cannot load ${name}: shape [${stored.join(", ")}], expected [${shape.join(", ")}]`,
       );
+    }
+    if (q) {
+      // Restored to f32 on the default device; a QLoRA model quantizes it again to the same NF4 codes.
+      using quantized = loadQuantGroup(getDevice(), q.group, (k) => q.reader.readSync(k));
+      using restored = quantized.dequantize({ dtype: "f32", category: "workspace" });
+      return restored.toFloat32();
     }
     const raw = found.reader.readSync(key);
     switch (found.info.dtype) {

@@ -7,7 +7,9 @@ import {
   getDevice,
   LlamaModel,
   loadWeights,
+  type LoRALinear,
   openModelDir,
+  quantizeCheckpoint,
   readSafetensors,
   ROPE_LAYOUT,
   saveWeights,
@@ -167,5 +169,48 @@ Deno.test("hf: saveWeights records the half-split RoPE layout; a file of an earl
     assertEquals((await loadWeights(`${dir}/foreign.safetensors`)).ropeLayout, undefined);
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("hf: a model directory quantized by `deno task quantize` (bnb-4bit layout) loads; QLoRA gets the same codes", async () => {
+  const tmp = await Deno.makeTempDir();
+  try {
+    const src = `${DATA}gqa_untied_f32`;
+    await Deno.copyFile(`${src}/config.json`, `${tmp}/config.json`);
+    await quantizeCheckpoint(device, `${src}/model.safetensors`, `${tmp}/model.safetensors`, {
+      skip: /embed_tokens|lm_head/, // as QLoRA: the embeddings and the LM head stay in 16 bits
+    });
+    using plain = await openModelDir(src);
+    using four = await openModelDir(tmp);
+    assert(four.bytes < plain.bytes, `${four.bytes} bytes of 4-bit weights vs ${plain.bytes}`); // (tiny: maps dominate)
+    const ref = await reference("gqa_untied_f32");
+    using x = Tensor.from(ref.tokens, { shape: ref.shape, device });
+    using a = new LlamaModel(plain.hf.config, {
+      mode: "qlora",
+      dtype: "f32",
+      rank: 4,
+      weights: plain.weights,
+      device,
+    });
+    using b = new LlamaModel(four.hf.config, {
+      mode: "qlora",
+      dtype: "f32",
+      rank: 4,
+      weights: four.weights,
+      device,
+    });
+    for (let i = 0; i < plain.hf.config.layers; i++) {
+      for (const name of ["q_proj", "down_proj"] as const) {
+        const qa = (a.block(i)[name] as LoRALinear).quantized!,
+          qb = (b.block(i)[name] as LoRALinear).quantized!;
+        assertEquals(qa.packed.toArray(), qb.packed.toArray(), `layer ${i} ${name}: the same 4-bit codes`);
+      }
+    }
+    using la = a.logits(x), lb = b.logits(x);
+    const e = maxRelError(lb.toFloat32(), la.toFloat32());
+    console.log(`hf 4-bit directory: logits within ${e.toExponential(1)} of QLoRA from the f32 file`);
+    assert(e < 1e-2, `logits: ${e}`);
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
   }
 });
