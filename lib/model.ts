@@ -921,7 +921,8 @@ export async function loadWeights(
   const ropeLayout = reader.metadata.rope ?? (config ? "interleaved" : undefined);
   const weights: WeightSource = (name, shape) => {
     const t = file.get(name);
-    if (!t) return undefined;
+    // A missing weight is an error, never a silently random one (a model directory: openModelDir).
+    if (!t) throw new InvalidArgumentError(`Cannot load ${name}: ${path} has no such weight`);
     if (t.info.shape.join() !== shape.join()) {
       throw new InvalidArgumentError(
         `Cannot load ${name}: shape [${t.info.shape.join(", ")}], expected [${shape.join(", ")}]`,

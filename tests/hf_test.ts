@@ -2,7 +2,7 @@
 // it. tests/data/hf/ holds tiny model directories (f32, bf16 sharded with tied embeddings, f16; grouped-
 // query and multi-head attention) and the outputs of an independent float64 PyTorch LLaMA written from
 // transformers' modeling_llama definitions (tests/hf_reference.py, run where python3-torch exists).
-import { assert, assertEquals, assertRejects } from "@std/assert";
+import { assert, assertEquals, assertRejects, assertThrows } from "@std/assert";
 import {
   getDevice,
   LlamaModel,
@@ -212,5 +212,31 @@ Deno.test("hf: a model directory quantized by `deno task quantize` (bnb-4bit lay
     assert(e < 1e-2, `logits: ${e}`);
   } finally {
     await Deno.remove(tmp, { recursive: true });
+  }
+});
+
+Deno.test("hf: a weight missing from a weights file is an error naming it, not a random weight", async () => {
+  const config = {
+    vocabSize: 16,
+    dim: 16,
+    layers: 1,
+    heads: 2,
+    kvHeads: 1,
+    hiddenDim: 32,
+    maxSeq: 8,
+    normEps: 1e-5,
+    ropeTheta: 10000,
+  };
+  const path = await Deno.makeTempFile({ suffix: ".safetensors" });
+  try {
+    await writeSafetensors(path, [], { config: JSON.stringify(config), rope: ROPE_LAYOUT });
+    const loaded = await loadWeights(path);
+    assertThrows(
+      () => new LlamaModel(config, { weights: loaded.weights, device }),
+      Error,
+      "has no such weight",
+    );
+  } finally {
+    await Deno.remove(path);
   }
 });
