@@ -140,6 +140,34 @@ function byteSize(shape: unknown, bpe: number, limit: number): number {
 }
 
 /**
+ * The first key that appears twice in one object of a JSON text (which `JSON.parse` accepts, keeping the
+ * last value), or null. The text must be valid JSON.
+ */
+function duplicateKey(text: string): string | null {
+  const seen: (Set<string> | null)[] = []; // one entry per open container: a Set for objects, null for arrays
+  let expectKey = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === "{") seen.push(new Set()), expectKey = true;
+    else if (c === "[") seen.push(null), expectKey = false;
+    else if (c === "}" || c === "]") seen.pop(), expectKey = false;
+    else if (c === ",") expectKey = seen.at(-1) instanceof Set;
+    else if (c === ":") expectKey = false;
+    else if (c === '"') {
+      let j = i + 1;
+      while (text[j] !== '"') j += text[j] === "\\" ? 2 : 1;
+      if (expectKey) {
+        const key = JSON.parse(text.slice(i, j + 1)) as string, keys = seen.at(-1)!;
+        if (keys.has(key)) return key;
+        keys.add(key);
+      }
+      i = j;
+    }
+  }
+  return null;
+}
+
+/**
  * Parses and validates the JSON header of a safetensors file. Pure: takes the `N` header bytes (after
  * the 8-byte length) and the size of the whole file, and checks every entry against the data section
  * (`fileSize - 8 - N` bytes): known dtype, valid shape, offsets inside the data section, byte count equal
@@ -184,6 +212,10 @@ export function parseSafetensorsHeader(
     throw bad(`header is not valid JSON (${(e as Error).message})`, e);
   }
   if (!isRecord(header)) throw bad(`header must be a JSON object, found ${show(header)}`);
+  const duplicate = duplicateKey(text);
+  if (duplicate) {
+    throw bad(`the header has the key ${show(duplicate)} twice (JSON.parse would keep the last one)`);
+  }
 
   const metadata: [string, string][] = [];
   const tensors: TensorInfo[] = [];
