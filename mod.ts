@@ -27,7 +27,7 @@ export {
   type PressureHandler,
   setMemoryBudget,
 } from "./lib/device.ts";
-export { type RandnOptions, shapeSize, Tensor, type TensorOptions } from "./lib/tensor.ts";
+export { fillOrDispose, type RandnOptions, shapeSize, Tensor, type TensorOptions } from "./lib/tensor.ts";
 export * from "./lib/quant.ts";
 export * from "./lib/ops.ts";
 export * from "./lib/lora.ts";

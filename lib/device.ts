@@ -149,7 +149,11 @@ export class Device {
     let status = this.native.symbols.qlora_malloc(out, BigInt(bytes), cat);
     for (const handler of [...this.#pressureHandlers]) {
       if (status !== Status.OUT_OF_MEMORY) break;
-      if (handler(bytes) > 0) status = this.native.symbols.qlora_malloc(out, BigInt(bytes), cat);
+      // What is really missing: the request plus whatever use already exceeds the budget (a budget
+      // lowered below current use), not the request alone.
+      const snap = this.memory();
+      const missing = snap.budget > 0 ? Math.max(bytes, snap.totalCurrent + bytes - snap.budget) : bytes;
+      if (handler(missing) > 0) status = this.native.symbols.qlora_malloc(out, BigInt(bytes), cat);
     }
     if (status === Status.OUT_OF_MEMORY) {
       const message = lastError(this.native);

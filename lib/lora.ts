@@ -206,6 +206,10 @@ export class Linear implements Disposable {
   zeroGrad(): void {
     this.#overwriteGrad = true;
   }
+  /** Drops what forward kept for backward (after a forward that will not be followed by backward). */
+  releaseActivations(): void {
+    this.#input = null;
+  }
 
   /** Frees the weight and the gradient. */
   dispose(): void {
@@ -436,12 +440,12 @@ export class LoRALinear implements Disposable {
     ];
   }
 
-  /** Whether {@linkcode LoRALinear.merge} is in effect. */
   /** The merged weight `W + s · B A` while merged (see {@linkcode LoRALinear.merge}), else null. */
   get mergedWeight(): Tensor | null {
     return this.#merged;
   }
 
+  /** Whether {@linkcode LoRALinear.merge} is in effect. */
   get merged(): boolean {
     return this.#merged !== null;
   }
@@ -485,8 +489,22 @@ export class LoRALinear implements Disposable {
       throw new InvalidArgumentError("Cannot run a LoRA layer backward while merged: unmerge() first");
     }
     if (!saved) throw new InvalidArgumentError("Cannot run a LoRA layer backward: call forward first");
-    const { x, h, seed, p } = saved;
+    const { x } = saved;
     checkGrad(dy, x.shape[0], this.outFeatures, this.dtype, "a LoRA layer");
+    try {
+      return this.#backward(dy, saved, options);
+    } catch (e) {
+      this.#dropSaved(); // a failed backward frees what forward kept: nothing stays counted
+      throw e;
+    }
+  }
+
+  #backward(
+    dy: Tensor,
+    saved: { x: Tensor; h: Tensor; seed: number; p: number },
+    options: BackwardOptions,
+  ): Tensor | null {
+    const { x, h, seed, p } = saved;
     const device = x.device, dtype = this.dtype;
     const beta = this.#overwriteGrad ? 0 : 1;
     this.#gradA ??= Tensor.empty(this.loraA.shape, { dtype, category: "gradients", device });
@@ -548,6 +566,11 @@ export class LoRALinear implements Disposable {
     if (this.quantized) merged.dispose();
     else matmul(this.loraB, this.loraA, { alpha: -this.scaling, beta: 1, out: merged });
     this.#merged = null;
+  }
+
+  /** Frees what forward kept for backward (h = dropout(x) Aᵀ), as a backward would. */
+  releaseActivations(): void {
+    this.#dropSaved();
   }
 
   #dropSaved(): void {

@@ -33,7 +33,7 @@ import {
   zero,
 } from "./model_ops.ts";
 import { axpby } from "./ops.ts";
-import { Tensor } from "./tensor.ts";
+import { fillOrDispose, Tensor } from "./tensor.ts";
 import { readSafetensors, SafetensorsReader, writeSafetensors } from "./safetensors.ts";
 import { bf16ToF32, f16ToF32 } from "./dtype.ts";
 
@@ -269,41 +269,56 @@ class Block {
         device,
         "weights",
       );
-    this.attnNorm = norm("input_layernorm");
-    this.mlpNorm = norm("post_attention_layernorm");
+    // Whatever is made before a failure (out of memory, a bad weight) is freed before the error propagates.
+    const made: { dispose(): void }[] = [];
     const proj = {} as Record<TargetModule, Proj>;
-    TARGET_MODULES.forEach((name, j) => {
-      const [out, inp] = shapes[name];
-      const seed = options.seed + 1000 * index + j;
-      const wname = `${prefix}.${MODULE_PATHS[name]}.weight`;
-      if (frozen && options.targetModules.includes(name)) {
-        using w = initial(
-          options.weights,
-          wname,
-          [out, inp],
-          () => Tensor.randn([out, inp], { std: options.std, seed, dtype, device, category: "workspace" }),
-          dtype,
-          device,
-          "workspace",
-        );
-        proj[name] = LoRALinear.fromWeight(w, {
-          rank: options.rank,
-          alpha: options.alpha,
-          dropout: options.loraDropout,
-          base: model.mode === "qlora" ? "nf4" : dtype,
-          computeDtype: dtype,
-          seed,
-        });
-      } else {
-        const layer = new Linear(inp, out, { dtype, std: options.std, seed, device, trainable: !frozen });
-        proj[name] = layer;
-        const values = options.weights?.(wname, [out, inp]);
-        if (values) {
-          using w = initial(() => values, wname, [out, inp], () => layer.weight, dtype, device, "workspace");
-          layer.weight.copyFrom(w);
+    try {
+      made.push(this.attnNorm = norm("input_layernorm"));
+      made.push(this.mlpNorm = norm("post_attention_layernorm"));
+      TARGET_MODULES.forEach((name, j) => {
+        const [out, inp] = shapes[name];
+        const seed = options.seed + 1000 * index + j;
+        const wname = `${prefix}.${MODULE_PATHS[name]}.weight`;
+        if (frozen && options.targetModules.includes(name)) {
+          using w = initial(
+            options.weights,
+            wname,
+            [out, inp],
+            () => Tensor.randn([out, inp], { std: options.std, seed, dtype, device, category: "workspace" }),
+            dtype,
+            device,
+            "workspace",
+          );
+          proj[name] = LoRALinear.fromWeight(w, {
+            rank: options.rank,
+            alpha: options.alpha,
+            dropout: options.loraDropout,
+            base: model.mode === "qlora" ? "nf4" : dtype,
+            computeDtype: dtype,
+            seed,
+          });
+        } else {
+          const layer = new Linear(inp, out, { dtype, std: options.std, seed, device, trainable: !frozen });
+          proj[name] = layer;
+          const values = options.weights?.(wname, [out, inp]);
+          if (values) {
+            using w = initial(
+              () => values,
+              wname,
+              [out, inp],
+              () => layer.weight,
+              dtype,
+              device,
+              "workspace",
+            );
+            layer.weight.copyFrom(w);
+          }
         }
-      }
-    });
+      });
+    } catch (e) {
+      for (const t of [...made, ...Object.values(proj)]) t.dispose();
+      throw e;
+    }
     this.proj = proj;
   }
 
@@ -321,43 +336,78 @@ class Block {
   /** x -> x + attn(norm(x)) -> ... + mlp(norm(...)). Keeps what backward needs; returns the output. */
   forward(x: Tensor): Tensor {
     const c = this.model.config, p = this.proj, s = this.headShape;
-    const n1 = rmsnormForward(x, this.attnNorm, c.normEps);
-    const q = p.q_proj.forward(n1.out), k = p.k_proj.forward(n1.out), v = p.v_proj.forward(n1.out);
-    rope(q, s, c.ropeTheta, false);
-    rope(k, { ...s, heads: c.kvHeads }, c.ropeTheta, false);
-    const att = attentionForward(q, k, v, s);
-    const x2 = p.o_proj.forward(att.out);
-    axpby(1, x, 1, x2); // x2 = x + o
-    const n2 = rmsnormForward(x2, this.mlpNorm, c.normEps);
-    const gate = p.gate_proj.forward(n2.out), up = p.up_proj.forward(n2.out);
-    const act = swigluForward(gate, up);
-    const out = p.down_proj.forward(act);
-    axpby(1, x2, 1, out); // out = x2 + mlp
-    this.saved = { x, n1, q, k, v, att, x2, n2, gate, up, act };
-    return out;
+    const made: Tensor[] = []; // freed if anything fails: a failed forward leaves nothing counted
+    const keep = <T extends Tensor>(t: T): T => (made.push(t), t);
+    try {
+      const n1 = rmsnormForward(x, this.attnNorm, c.normEps);
+      made.push(n1.out, n1.rstd);
+      const q = keep(p.q_proj.forward(n1.out)), k = keep(p.k_proj.forward(n1.out));
+      const v = keep(p.v_proj.forward(n1.out));
+      rope(q, s, c.ropeTheta, false);
+      rope(k, { ...s, heads: c.kvHeads }, c.ropeTheta, false);
+      const att = attentionForward(q, k, v, s);
+      made.push(att.out, att.lse);
+      const x2 = keep(p.o_proj.forward(att.out));
+      axpby(1, x, 1, x2); // x2 = x + o
+      const n2 = rmsnormForward(x2, this.mlpNorm, c.normEps);
+      made.push(n2.out, n2.rstd);
+      const gate = keep(p.gate_proj.forward(n2.out)), up = keep(p.up_proj.forward(n2.out));
+      const act = keep(swigluForward(gate, up));
+      const out = keep(p.down_proj.forward(act));
+      axpby(1, x2, 1, out); // out = x2 + mlp
+      this.saved = { x, n1, q, k, v, att, x2, n2, gate, up, act };
+      return out;
+    } catch (e) {
+      for (const t of made) t.dispose();
+      this.releaseActivations(false);
+      throw e;
+    }
+  }
+
+  /** Frees what forward kept (the block's and its layers'); the input too unless `keepInput`. */
+  releaseActivations(keepInput: boolean): void {
+    disposeSaved(this.saved, keepInput);
+    this.saved = null;
+    for (const l of Object.values(this.proj)) l.releaseActivations();
   }
 
   /**
-   * From d(out) to d(x); adds weight gradients. Frees the saved activations. With `inputGrad` false
-   * (nothing upstream trains: frozen embeddings, frozen norms) it stops at the q, k, v projections'
-   * parameter gradients and returns null.
+   * From d(out) to d(x); adds weight gradients. Frees the saved activations (also when it fails). With
+   * `inputGrad` false (nothing upstream trains: frozen embeddings, frozen norms) it stops at the q, k, v
+   * projections' parameter gradients and returns null.
    */
   backward(dout: Tensor, keepInput: boolean, inputGrad = true): Tensor | null {
     const s = this.saved;
     if (!s) throw new InvalidArgumentError("Cannot run a block backward: call forward first");
-    const c = this.model.config, p = this.proj, hs = this.headShape;
     const train = this.model.mode === "full";
     if (!inputGrad && train) {
       throw new InvalidArgumentError("Cannot skip a block's input gradient in full mode: its norms train");
     }
-    // MLP
-    const dact = p.down_proj.backward(dout);
-    const { dgate, dup } = swigluBackward(dact, s.gate, s.up);
-    dact.dispose();
-    const dn2 = p.gate_proj.backward(dgate);
-    const dn2u = p.up_proj.backward(dup);
-    axpby(1, dn2u, 1, dn2);
-    dgate.dispose(), dup.dispose(), dn2u.dispose();
+    try {
+      return this.#backward(dout, s, inputGrad);
+    } finally {
+      this.releaseActivations(keepInput);
+    }
+  }
+
+  #backward(dout: Tensor, s: BlockSaved, inputGrad: boolean): Tensor | null {
+    const c = this.model.config, p = this.proj, hs = this.headShape;
+    const train = this.model.mode === "full";
+    // MLP (every intermediate is freed at the end of its scope, on success or failure)
+    using dn2 = (() => {
+      using dact = p.down_proj.backward(dout);
+      const g = swigluBackward(dact, s.gate, s.up);
+      using dgate = g.dgate, dup = g.dup;
+      const dn2 = p.gate_proj.backward(dgate);
+      try {
+        using dn2u = p.up_proj.backward(dup);
+        axpby(1, dn2u, 1, dn2);
+      } catch (e) {
+        dn2.dispose();
+        throw e;
+      }
+      return dn2;
+    })();
     if (train) {
       this.mlpNormGrad ??= Tensor.zeros(this.mlpNorm.shape, {
         dtype: this.mlpNorm.dtype,
@@ -365,32 +415,27 @@ class Block {
         device: this.model.device,
       });
     }
-    const dx2 = rmsnormBackward(dn2, s.x2, this.mlpNorm, s.n2.rstd, train ? this.mlpNormGrad : null);
-    dn2.dispose();
+    using dx2 = rmsnormBackward(dn2, s.x2, this.mlpNorm, s.n2.rstd, train ? this.mlpNormGrad : null);
     axpby(1, dout, 1, dx2); // the residual
     // attention
-    const datt = p.o_proj.backward(dx2);
-    const { dq, dk, dv } = attentionBackward(datt, s.q, s.k, s.v, s.att, hs);
-    datt.dispose();
+    const g = (() => {
+      using datt = p.o_proj.backward(dx2);
+      return attentionBackward(datt, s.q, s.k, s.v, s.att, hs);
+    })();
+    using dq = g.dq, dk = g.dk, dv = g.dv;
     rope(dq, hs, c.ropeTheta, true);
     rope(dk, { ...hs, heads: c.kvHeads }, c.ropeTheta, true);
     if (!inputGrad) {
       for (const [layer, d] of [[p.q_proj, dq], [p.k_proj, dk], [p.v_proj, dv]] as const) {
         layer.backward(d, { inputGrad: false });
-        d.dispose();
       }
-      dx2.dispose();
-      disposeSaved(s, keepInput);
-      this.saved = null;
       return null;
     }
-    const dn1 = p.q_proj.backward(dq);
+    using dn1 = p.q_proj.backward(dq);
     for (const [layer, d] of [[p.k_proj, dk], [p.v_proj, dv]] as const) {
-      const part = layer.backward(d);
+      using part = layer.backward(d);
       axpby(1, part, 1, dn1);
-      part.dispose();
     }
-    dq.dispose(), dk.dispose(), dv.dispose();
     if (train) {
       this.attnNormGrad ??= Tensor.zeros(this.attnNorm.shape, {
         dtype: this.attnNorm.dtype,
@@ -399,12 +444,7 @@ class Block {
       });
     }
     const dx = rmsnormBackward(dn1, s.x, this.attnNorm, s.n1.rstd, train ? this.attnNormGrad : null);
-    dn1.dispose();
-    axpby(1, dx2, 1, dx);
-    dx2.dispose();
-    disposeSaved(s, keepInput);
-    this.saved = null;
-    return dx;
+    return fillOrDispose(dx, () => axpby(1, dx2, 1, dx));
   }
 
   trainables(): Trainable[] {
@@ -754,18 +794,29 @@ export class LlamaModel implements Disposable {
     this.batch = batch;
     this.seq = seq;
     const inputs: Tensor[] = [];
-    let x = embeddingForward(tokens, this.#embed);
-    for (const block of this.#blocks) {
-      inputs.push(x);
-      const y = block.forward(x);
-      if (this.checkpointing) disposeSaved(block.saved, true), block.saved = null;
-      x = y;
+    const made: Tensor[] = []; // freed if anything fails (out of memory, a bad target)
+    try {
+      let x = embeddingForward(tokens, this.#embed);
+      made.push(x);
+      for (const block of this.#blocks) {
+        inputs.push(x);
+        const y = block.forward(x);
+        made.push(y);
+        if (this.checkpointing) disposeSaved(block.saved, true), block.saved = null;
+        x = y;
+      }
+      const final = rmsnormForward(x, this.#finalNorm, this.config.normEps);
+      made.push(final.out, final.rstd);
+      const logits = this.#lmHead.forward(final.out);
+      made.push(logits);
+      const { loss } = crossEntropy(logits, targets, options.backward ?? true);
+      this.#pending = { tokens, inputs, final, logits, hidden: x };
+      return loss;
+    } catch (e) {
+      for (const t of made) if (!t.disposed) t.dispose();
+      this.#release();
+      throw e;
     }
-    const final = rmsnormForward(x, this.#finalNorm, this.config.normEps);
-    const logits = this.#lmHead.forward(final.out);
-    const { loss } = crossEntropy(logits, targets, options.backward ?? true);
-    this.#pending = { tokens, inputs, final, logits, hidden: x };
-    return loss;
   }
 
   /** Gradients of the last forward's loss: adds into every trainable's gradient. */
@@ -773,36 +824,47 @@ export class LlamaModel implements Disposable {
     const p = this.#pending;
     if (!p) throw new InvalidArgumentError("Cannot run the model backward: call forward first");
     const full = this.mode === "full";
-    let d: Tensor | null = this.#lmHead.backward(p.logits);
-    if (full) {
-      this.#finalNormGrad ??= Tensor.zeros([this.config.dim], {
-        dtype: this.dtype,
-        category: "gradients",
-        device: this.device,
-      });
-    }
-    const dh = rmsnormBackward(d, p.hidden, this.#finalNorm, p.final.rstd, full ? this.#finalNormGrad : null);
-    d.dispose();
-    d = dh;
-    for (let i = this.#blocks.length - 1; i >= 0; i--) {
-      const block = this.#blocks[i];
-      if (this.checkpointing) block.forward(p.inputs[i]).dispose(); // recompute this block's activations
-      // Frozen embeddings (lora, qlora): nothing needs the gradient of the first block's input.
-      const dx: Tensor | null = block.backward(d, true, full || i > 0);
+    let d: Tensor | null = null;
+    try {
+      d = this.#lmHead.backward(p.logits);
+      if (full) {
+        this.#finalNormGrad ??= Tensor.zeros([this.config.dim], {
+          dtype: this.dtype,
+          category: "gradients",
+          device: this.device,
+        });
+      }
+      const dh = rmsnormBackward(
+        d,
+        p.hidden,
+        this.#finalNorm,
+        p.final.rstd,
+        full ? this.#finalNormGrad : null,
+      );
       d.dispose();
-      d = dx;
-      if (!d) break;
+      d = dh;
+      for (let i = this.#blocks.length - 1; i >= 0; i--) {
+        const block = this.#blocks[i];
+        if (this.checkpointing) block.forward(p.inputs[i]).dispose(); // recompute this block's activations
+        // Frozen embeddings (lora, qlora): nothing needs the gradient of the first block's input.
+        const dx: Tensor | null = block.backward(d, true, full || i > 0);
+        d.dispose();
+        d = dx;
+        if (!d) break;
+      }
+      if (full) {
+        this.#embedGrad ??= Tensor.zeros(this.#embed.shape, {
+          dtype: this.dtype,
+          category: "gradients",
+          device: this.device,
+        });
+        embeddingBackward(p.tokens, d!, this.#embedGrad);
+      }
+    } finally {
+      // Success or failure: the activations go, and the last gradient with them.
+      if (d && !d.disposed) d.dispose();
+      this.#release();
     }
-    if (full) {
-      this.#embedGrad ??= Tensor.zeros(this.#embed.shape, {
-        dtype: this.dtype,
-        category: "gradients",
-        device: this.device,
-      });
-      embeddingBackward(p.tokens, d!, this.#embedGrad);
-    }
-    d?.dispose();
-    this.#release();
   }
 
   /** The next backward overwrites gradients (layers) or starts from zero (norms, embeddings). */
@@ -825,7 +887,7 @@ export class LlamaModel implements Disposable {
         if (!t.disposed) t.dispose();
       }
     }
-    for (const b of this.#blocks) disposeSaved(b.saved, true), b.saved = null;
+    for (const b of this.#blocks) b.releaseActivations(true);
     this.#pending = null;
   }
 

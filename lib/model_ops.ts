@@ -34,6 +34,18 @@ const n = (v: number) => BigInt(v);
 const like = (t: Tensor, category: Category = "activations") =>
   Tensor.empty(t.shape, { dtype: t.dtype, category, device: t.device });
 
+/** Makes every tensor or none: when one allocation fails, those already made are freed first. */
+function allOrNone(...make: (() => Tensor)[]): Tensor[] {
+  const made: Tensor[] = [];
+  try {
+    for (const m of make) made.push(m());
+    return made;
+  } catch (e) {
+    for (const t of made) t.dispose();
+    throw e;
+  }
+}
+
 /**
  * `out[r] = table[tokens[r]]`: tokens is an i32 tensor of `rows` ids, table `[vocab, dim]`.
  *
@@ -137,8 +149,10 @@ export function rmsnormForward(x: Tensor, weight: Tensor, eps = 1e-5): RmsnormRe
   if (x.shape.length !== 2 || weight.numel !== dim || weight.dtype !== dtype) {
     throw new InvalidArgumentError(`Cannot ${what}: x must be [rows, ${weight.numel}] and weight ${dtype}`);
   }
-  const out = like(x);
-  const rstd = Tensor.empty([rows], { category: "activations", device: x.device });
+  const [out, rstd] = allOrNone(
+    () => like(x),
+    () => Tensor.empty([rows], { category: "activations", device: x.device }),
+  );
   try {
     x.device.check(
       x.device.native.symbols.qlora_rmsnorm_forward(
@@ -297,8 +311,10 @@ export function attentionForward(
   ) {
     throw new InvalidArgumentError(`Cannot ${what}: q, k, v do not match ${JSON.stringify(s)}`);
   }
-  const out = like(q);
-  const lse = Tensor.empty([s.batch * s.heads * s.seq], { category: "activations", device: q.device });
+  const [out, lse] = allOrNone(
+    () => like(q),
+    () => Tensor.empty([s.batch * s.heads * s.seq], { category: "activations", device: q.device }),
+  );
   try {
     q.device.check(
       q.device.native.symbols.qlora_attention_forward(
@@ -354,7 +370,7 @@ export function attentionBackward(
   s: HeadShape & { kvHeads: number },
 ): { dq: Tensor; dk: Tensor; dv: Tensor } {
   same(dout, q, "back-propagate attention", "dout and q");
-  const dq = like(q), dk = like(k), dv = like(v);
+  const [dq, dk, dv] = allOrNone(() => like(q), () => like(k), () => like(v));
   try {
     q.device.check(
       q.device.native.symbols.qlora_attention_backward(
@@ -434,7 +450,7 @@ export function swigluForward(gate: Tensor, up: Tensor): Tensor {
  */
 export function swigluBackward(dout: Tensor, gate: Tensor, up: Tensor): { dgate: Tensor; dup: Tensor } {
   same(dout, gate, "back-propagate SwiGLU", "dout and gate");
-  const dgate = like(gate), dup = like(up);
+  const [dgate, dup] = allOrNone(() => like(gate), () => like(up));
   try {
     gate.device.check(
       gate.device.native.symbols.qlora_swiglu_backward(

@@ -11,7 +11,7 @@ import { InvalidArgumentError } from "./errors.ts";
 import type { Category } from "./memory.ts";
 import type { QuantizedTensor } from "./quant.ts";
 import { QUANT_TYPES } from "./quant.ts";
-import { Tensor } from "./tensor.ts";
+import { fillOrDispose, Tensor } from "./tensor.ts";
 
 /** Options of {@linkcode matmul}. */
 export interface MatmulOptions {
@@ -113,27 +113,27 @@ export function matmul(a: Tensor, b: Tensor, options: MatmulOptions = {}): Tenso
   const batch = Math.max(da.batch, db.batch);
   const shape = batch > 1 || a.shape.length === 3 || b.shape.length === 3 ? [batch, m, n] : [m, n];
   const out = outputFor(shape, options, a, what);
-  a.device.check(
-    a.device.native.symbols.qlora_gemm(
-      options.transA ? 1 : 0,
-      options.transB ? 1 : 0,
-      BigInt(m),
-      BigInt(n),
-      BigInt(ka),
-      options.alpha ?? 1,
-      a.ptr,
-      b.ptr,
-      dtypeCode(a.dtype),
-      options.beta ?? 0,
-      out.ptr,
-      dtypeCode(out.dtype),
-      BigInt(batch),
-      BigInt(da.batch > 1 ? m * ka : 0),
-      BigInt(db.batch > 1 ? ka * n : 0),
-      BigInt(m * n),
-    ),
-  );
-  return out;
+  return fillOrDispose(out, () =>
+    a.device.check(
+      a.device.native.symbols.qlora_gemm(
+        options.transA ? 1 : 0,
+        options.transB ? 1 : 0,
+        BigInt(m),
+        BigInt(n),
+        BigInt(ka),
+        options.alpha ?? 1,
+        a.ptr,
+        b.ptr,
+        dtypeCode(a.dtype),
+        options.beta ?? 0,
+        out.ptr,
+        dtypeCode(out.dtype),
+        BigInt(batch),
+        BigInt(da.batch > 1 ? m * ka : 0),
+        BigInt(db.batch > 1 ? ka * n : 0),
+        BigInt(m * n),
+      ),
+    ), !options.out);
 }
 
 /** Options of {@linkcode matmul4bit}. */
@@ -191,36 +191,37 @@ export function matmul4bit(x: Tensor, w: QuantizedTensor, options: Matmul4bitOpt
       `Cannot ${what}: x is ${m} x ${k} but op(W) is ${kw} x ${n} (W is ${rows} x ${cols}, transW ${options.transW})`,
     );
   }
-  const out = outputFor([m, n], options, x, what);
   const dev = x.device, s = dev.native.symbols;
   const trans = options.transW ? 1 : 0;
   const bytes = new BigUint64Array(1);
   dev.check(s.qlora_gemm_4bit_workspace(trans, BigInt(m), BigInt(n), BigInt(k), bytes));
-  using constants = w.nested ? w.constants() : null;
-  using workspace = bytes[0] > 0n
-    ? Tensor.empty([Number(bytes[0])], { dtype: "u8", category: "workspace", device: dev })
-    : null;
-  dev.check(
-    s.qlora_gemm_4bit(
-      trans,
-      BigInt(m),
-      BigInt(n),
-      BigInt(k),
-      options.alpha ?? 1,
-      x.ptr,
-      dtypeCode(x.dtype),
-      w.packed.ptr,
-      (constants ?? w.absmax!).ptr,
-      QUANT_TYPES.indexOf(w.quantType),
-      BigInt(w.blocksize),
-      options.beta ?? 0,
-      out.ptr,
-      dtypeCode(out.dtype),
-      workspace?.ptr ?? null,
-      bytes[0],
-    ),
-  );
-  return out;
+  const out = outputFor([m, n], options, x, what);
+  return fillOrDispose(out, () => {
+    using constants = w.nested ? w.constants() : null;
+    using workspace = bytes[0] > 0n
+      ? Tensor.empty([Number(bytes[0])], { dtype: "u8", category: "workspace", device: dev })
+      : null;
+    dev.check(
+      s.qlora_gemm_4bit(
+        trans,
+        BigInt(m),
+        BigInt(n),
+        BigInt(k),
+        options.alpha ?? 1,
+        x.ptr,
+        dtypeCode(x.dtype),
+        w.packed.ptr,
+        (constants ?? w.absmax!).ptr,
+        QUANT_TYPES.indexOf(w.quantType),
+        BigInt(w.blocksize),
+        options.beta ?? 0,
+        out.ptr,
+        dtypeCode(out.dtype),
+        workspace?.ptr ?? null,
+        bytes[0],
+      ),
+    );
+  }, !options.out);
 }
 
 function sameElements(x: Tensor, y: Tensor, what: string): void {
@@ -281,11 +282,19 @@ export function dropout(
     throw new InvalidArgumentError(`Cannot apply dropout: seed ${seed} is not an integer >= 0`);
   }
   const y = out ?? Tensor.empty(x.shape, { dtype: x.dtype, category, device: x.device });
-  sameElements(x, y, "apply dropout");
-  x.device.check(
-    x.device.native.symbols.qlora_dropout(x.ptr, y.ptr, dtypeCode(x.dtype), BigInt(x.numel), p, BigInt(seed)),
-  );
-  return y;
+  return fillOrDispose(y, () => {
+    sameElements(x, y, "apply dropout");
+    x.device.check(
+      x.device.native.symbols.qlora_dropout(
+        x.ptr,
+        y.ptr,
+        dtypeCode(x.dtype),
+        BigInt(x.numel),
+        p,
+        BigInt(seed),
+      ),
+    );
+  }, !out);
 }
 
 /**

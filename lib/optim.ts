@@ -16,7 +16,7 @@
 
 import type { Device } from "./device.ts";
 import { dtypeCode } from "./dtype.ts";
-import { InvalidArgumentError } from "./errors.ts";
+import { InvalidArgumentError, OutOfMemoryError } from "./errors.ts";
 import type { Trainable } from "./lora.ts";
 import { Tensor } from "./tensor.ts";
 
@@ -588,8 +588,20 @@ export class PagedAdamW extends OptimizerBase {
         seg.m.pinned = seg.v.pinned = false;
         flush(); // frees the pins of the batch so far: its pages become evictable
         if (!(this.#pageIn(seg.m) && this.#pageIn(seg.v))) {
-          throw new InvalidArgumentError(
-            `Cannot step: even one state page pair (${2 * seg.m.bytes} bytes) does not fit the device budget`,
+          seg.m.pinned = seg.v.pinned = false;
+          const snap = this.device.memory();
+          throw new OutOfMemoryError(
+            `Cannot step: even one state page pair (${
+              2 * seg.m.bytes
+            } bytes) does not fit the device budget ` +
+              `(budget ${snap.budget} bytes, ${snap.totalCurrent} in use)`,
+            {
+              requested: 2 * seg.m.bytes,
+              category: "optimizer_states",
+              budget: snap.budget,
+              current: { ...snap.current },
+              totalCurrent: snap.totalCurrent,
+            },
           );
         }
       }

@@ -333,18 +333,16 @@ export class Tensor implements Disposable {
       category: options.category ?? this.category,
       device: this.device,
     });
-    const status = this.device.native.symbols.qlora_cast(
-      this.ptr,
-      dtypeCode(this.dtype),
-      out.ptr,
-      dtypeCode(dtype),
-      BigInt(this.numel),
-    );
-    if (status !== 0) {
-      out.dispose();
-      this.device.check(status);
-    }
-    return out;
+    return fillOrDispose(out, () =>
+      this.device.check(
+        this.device.native.symbols.qlora_cast(
+          this.ptr,
+          dtypeCode(this.dtype),
+          out.ptr,
+          dtypeCode(dtype),
+          BigInt(this.numel),
+        ),
+      ));
   }
 
   /**
@@ -365,8 +363,7 @@ export class Tensor implements Disposable {
       category: options.category ?? this.category,
       device: this.device,
     });
-    out.copyFrom(this);
-    return out;
+    return fillOrDispose(out, () => out.copyFrom(this));
   }
 
   /** Frees the device memory now; later uses throw. Calling it twice is harmless. */
@@ -417,4 +414,28 @@ function check(array: HostArray, dtype: DType, allowed: DType[]): { array: HostA
     throw new InvalidArgumentError(`Cannot make a ${dtype} tensor from a ${array.constructor.name}`);
   }
   return { array, dtype };
+}
+
+/**
+ * Fills a tensor just made for the caller and returns it; when `fill` throws (a disposed input, out of
+ * memory for a scratch buffer, a native error), `out` is disposed first when `owned`, so that a failed
+ * operation leaves nothing counted in the ledger.
+ *
+ * @example
+ * ```ts
+ * import { fillOrDispose, getDevice, Tensor } from "../mod.ts";
+ * import { assertEquals, assertThrows } from "@std/assert";
+ * const before = getDevice().memory().totalCurrent;
+ * assertThrows(() => fillOrDispose(Tensor.empty([4]), () => { throw new Error("no"); }));
+ * assertEquals(getDevice().memory().totalCurrent, before);
+ * ```
+ */
+export function fillOrDispose<T extends Tensor>(out: T, fill: (out: T) => void, owned = true): T {
+  try {
+    fill(out);
+    return out;
+  } catch (e) {
+    if (owned) out.dispose();
+    throw e;
+  }
 }
