@@ -150,3 +150,19 @@ export function normalValues(n: number, seed = 1, std = 1): Float32Array {
   }
   return out;
 }
+
+/**
+ * Asserts two typed arrays hold the same bits: unlike `assertEquals`, which compares values (0 equals -0,
+ * and one NaN equals another whatever its payload), this compares the raw bytes, as "bit for bit" means.
+ */
+export function assertBitEqual(actual: ArrayBufferView, expected: ArrayBufferView, msg = ""): void {
+  const a = new Uint8Array(actual.buffer, actual.byteOffset, actual.byteLength);
+  const e = new Uint8Array(expected.buffer, expected.byteOffset, expected.byteLength);
+  if (a.length !== e.length) throw new Error(`${msg}: ${a.length} bytes, expected ${e.length}`);
+  const i = a.findIndex((v, k) => v !== e[k]);
+  if (i < 0) return;
+  const bpe = (actual as unknown as { BYTES_PER_ELEMENT?: number }).BYTES_PER_ELEMENT ?? 1;
+  const k = Math.floor(i / bpe);
+  const show = (v: ArrayBufferView) => String((v as unknown as ArrayLike<number>)[k]);
+  throw new Error(`${msg}: element ${k} differs in its bits (${show(actual)} vs ${show(expected)})`);
+}

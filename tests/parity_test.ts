@@ -34,7 +34,7 @@ import {
   type TrainMode,
 } from "../mod.ts";
 import { type GemmError, gemmErrors } from "./_parity_gemm.ts";
-import { normalValues } from "./_reference.ts";
+import { assertBitEqual, normalValues } from "./_reference.ts";
 
 const cpu = getDevice("cpu");
 const gpu = backendAvailable("cuda") ? getDevice("cuda") : getDevice("cuda-emu");
@@ -91,18 +91,18 @@ test("4-bit codes, constants and dequantized values are bit for bit the same", (
         using b32 = Tensor.from(x, { device: gpu });
         using a = a32.cast(dtype);
         using b = b32.cast(dtype);
-        assertEquals(a.toArray(), b.toArray(), "casts agree");
+        assertBitEqual(a.toArray(), b.toArray(), "casts agree");
         using qa = quantize(a, { quantType, blocksize });
         using qb = quantize(b, { quantType, blocksize });
         const what = `${quantType} ${dtype} n=${n} bs=${blocksize}`;
         assertEquals(qa.packed.toArray(), qb.packed.toArray(), `${what}: packed`);
         assertEquals(qa.nested!.codes.toArray(), qb.nested!.codes.toArray(), `${what}: codes`);
-        assertEquals(qa.nested!.absmax.toArray(), qb.nested!.absmax.toArray(), `${what}: nested absmax`);
+        assertBitEqual(qa.nested!.absmax.toArray(), qb.nested!.absmax.toArray(), `${what}: nested absmax`);
         assertEquals(qa.nested!.offset, qb.nested!.offset, `${what}: offset`);
         for (const out of ["f32", "bf16", "f16"] as const) {
           using ra = qa.dequantize({ dtype: out });
           using rb = qb.dequantize({ dtype: out });
-          assertEquals(ra.toArray(), rb.toArray(), `${what}: dequantized to ${out}`);
+          assertBitEqual(ra.toArray(), rb.toArray(), `${what}: dequantized to ${out}`);
         }
       }
     }

@@ -12,6 +12,7 @@ import {
   Tensor,
 } from "../mod.ts";
 import {
+  assertBitEqual,
   FP4,
   FP4_THRESHOLDS,
   INT4,
@@ -52,8 +53,8 @@ Deno.test("quantize: codes and absmax match the reference bit for bit (every typ
       const x = normalValues(n, n + blocksize, 0.5);
       const got = roundTrip(x, quantType, blocksize);
       const want = referenceQuantize(x, quantType, blocksize);
-      assertEquals(got.absmax, want.absmax, `${quantType} n=${n} bs=${blocksize} absmax`);
-      assertEquals(got.packed, want.packed, `${quantType} n=${n} bs=${blocksize} packed`);
+      assertBitEqual(got.absmax!, want.absmax, `${quantType} n=${n} bs=${blocksize} absmax`);
+      assertBitEqual(got.packed, want.packed, `${quantType} n=${n} bs=${blocksize} packed`);
       const table = quantMap(quantType, device);
       assertEquals(got.restored, referenceDequantize(want.packed, want.absmax, n, table, blocksize));
     }
