@@ -361,19 +361,23 @@ function measureModel(
 
 /** Extrapolates a measurement linearly in the layer count from two partial models (a, b blocks). */
 export function extrapolate(a: Measurement, b: Measurement, layers: number): Measurement {
+  // Bytes and counts are exact: linear in the layer count, so a category that does not grow with the
+  // blocks (embeddings, the LM head, the largest scratch buffer) stays what it is.
+  const linear = (va: number, vb: number) =>
+    Math.max(0, Math.round(vb + ((layers - b.layers) * (vb - va)) / (b.layers - a.layers)));
   const f = (va: number, vb: number) => {
     const slope = (vb - va) / (b.layers - a.layers);
     // Timings are noisy on a shared machine: a non-increasing pair scales in proportion instead.
     return slope > 0 ? vb + (layers - b.layers) * slope : vb * (layers / b.layers);
   };
   const bytes = zeroBytes();
-  for (const c of CATEGORIES) bytes[c] = Math.round(f(a.bytes[c], b.bytes[c]));
+  for (const c of CATEGORIES) bytes[c] = linear(a.bytes[c], b.bytes[c]);
   return {
     layers,
     bytes,
-    totalPeak: Math.round(f(a.totalPeak, b.totalPeak)),
-    parameters: Math.round(f(a.parameters, b.parameters)),
-    trainable: Math.round(f(a.trainable, b.trainable)),
+    totalPeak: linear(a.totalPeak, b.totalPeak),
+    parameters: linear(a.parameters, b.parameters),
+    trainable: linear(a.trainable, b.trainable),
     buildSeconds: f(a.buildSeconds, b.buildSeconds),
     stepSeconds: f(a.stepSeconds, b.stepSeconds),
     inferSeconds: f(a.inferSeconds, b.inferSeconds),
@@ -548,11 +552,11 @@ async function runShape(
       );
     } catch (e) {
       if (!(e instanceof OutOfMemoryError)) throw e;
+      // The cell keeps its extrapolated figures, tagged as such; it never shows them under "does not fit".
       for (const v of g.variants) {
-        cells[v].how = "does not fit";
-        cells[v].note = oomText(e, "the whole model");
+        cells[v].note = `the whole model does not fit here (${oomText(e, "the whole model")})`;
       }
-      log(`  does not fit: ${cells[g.variants[0]].note}`);
+      log(`  the whole model does not fit: ${cells[g.variants[0]].note}; the figures stay extrapolated`);
     }
     await new Promise((r) => setTimeout(r, 0));
   }

@@ -164,4 +164,7 @@ Deno.test("table: extrapolation by layer count is linear in bytes, counts and se
   assertEquals(x.stepSeconds, 17);
   // A noisy, non-increasing pair of timings scales in proportion instead.
   assertEquals(extrapolate(m(1, 110, 2), m(2, 120, 1.5), 32).stepSeconds, 24);
+  // Bytes that do not grow with the blocks stay constant (they were multiplied by layers / 2 before).
+  const flat = extrapolate(m(1, 500, 1), m(2, 500, 2), 32);
+  assertEquals([flat.bytes.weights, flat.totalPeak, flat.parameters], [500, 500, 250]);
 });
