@@ -20,6 +20,18 @@ import {
 const device = getDevice();
 const DATA = new URL("./data/hf/", import.meta.url).pathname;
 const CASES = ["gqa_untied_f32", "mha_tied_bf16_sharded", "gqa_f16"];
+/** A small config for the tests of saved weights files. */
+const SMALL = {
+  vocabSize: 16,
+  dim: 16,
+  layers: 1,
+  heads: 2,
+  kvHeads: 1,
+  hiddenDim: 32,
+  maxSeq: 8,
+  normEps: 1e-5,
+  ropeTheta: 10000,
+};
 
 function maxRelError(a: Float32Array, b: Float32Array): number {
   assertEquals(a.length, b.length);
@@ -147,23 +159,12 @@ Deno.test("hf: a shard the index does not list where it is, or a missing shard, 
 });
 
 Deno.test("hf: saveWeights records the half-split RoPE layout; a file of an earlier version reads as interleaved", async () => {
-  const config = {
-    vocabSize: 16,
-    dim: 16,
-    layers: 1,
-    heads: 2,
-    kvHeads: 1,
-    hiddenDim: 32,
-    maxSeq: 8,
-    normEps: 1e-5,
-    ropeTheta: 10000,
-  };
   const dir = await Deno.makeTempDir();
   try {
-    using model = new LlamaModel(config, { seed: 3, device });
+    using model = new LlamaModel(SMALL, { seed: 3, device });
     await saveWeights(model, `${dir}/new.safetensors`);
     assertEquals((await loadWeights(`${dir}/new.safetensors`)).ropeLayout, ROPE_LAYOUT);
-    await writeSafetensors(`${dir}/old.safetensors`, [], { config: JSON.stringify(config) });
+    await writeSafetensors(`${dir}/old.safetensors`, [], { config: JSON.stringify(SMALL) });
     assertEquals((await loadWeights(`${dir}/old.safetensors`)).ropeLayout, "interleaved");
     await writeSafetensors(`${dir}/foreign.safetensors`, []);
     assertEquals((await loadWeights(`${dir}/foreign.safetensors`)).ropeLayout, undefined);
@@ -216,23 +217,12 @@ Deno.test("hf: a model directory quantized by `deno task quantize` (bnb-4bit lay
 });
 
 Deno.test("hf: a weight missing from a weights file is an error naming it, not a random weight", async () => {
-  const config = {
-    vocabSize: 16,
-    dim: 16,
-    layers: 1,
-    heads: 2,
-    kvHeads: 1,
-    hiddenDim: 32,
-    maxSeq: 8,
-    normEps: 1e-5,
-    ropeTheta: 10000,
-  };
   const path = await Deno.makeTempFile({ suffix: ".safetensors" });
   try {
-    await writeSafetensors(path, [], { config: JSON.stringify(config), rope: ROPE_LAYOUT });
+    await writeSafetensors(path, [], { config: JSON.stringify(SMALL), rope: ROPE_LAYOUT });
     const loaded = await loadWeights(path);
     assertThrows(
-      () => new LlamaModel(config, { weights: loaded.weights, device }),
+      () => new LlamaModel(SMALL, { weights: loaded.weights, device }),
       Error,
       "has no such weight",
     );
