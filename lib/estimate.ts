@@ -14,7 +14,9 @@
  * | quant_constants   | -                            | QLoRA: 1 B per 64 values + 4 B per 64·256 (double quantization) |
  * | adapters          | -                            | rank · (in + out) per linear, 2 B             |
  * | gradients         | every weight, 2 B            | adapters only, 2 B                            |
- * | optimizer_states  | 8 B (m, v in f32) + 4 B f32 master with mixed precision | the same, per adapter weight |
+ * | optimizer_states  | 8 B (m, v in f32; 8-bit: 2 B + 8 B per 256) + 4 B f32 master with mixed precision | the same, per adapter weight |
+ * | activations       | what forward keeps for backward, per token and block, plus backward's transient peak | the same, plus each adapter's r-wide h |
+ * | workspace         | the cross-entropy's f32 losses | LoRA: dh in backward; QLoRA: the 4-bit GEMM's dequantization tile (CPU) or whole 16-bit weight (CUDA) and restored constants |
  *
  * @example
  * ```ts
@@ -31,6 +33,7 @@
 import { InvalidArgumentError } from "./errors.ts";
 import type { Category } from "./memory.ts";
 import type { LlamaConfig, TargetModule, TrainMode } from "./model.ts";
+import { ADAMW8_BLOCK } from "./optim.ts";
 
 /** The linear layers of a block, by Hugging Face name (the same order as `TARGET_MODULES`). */
 const MODULES: readonly TargetModule[] = [
@@ -174,6 +177,9 @@ export function nf4BitsPerParameter(options: QuantStorageOptions = {}): number {
   return 4 + ((options.doubleQuant ?? true) ? 8 / blocksize + 32 / (blocksize * nested) : 32 / blocksize);
 }
 
+/** The optimizers the estimator knows, by the names `deno task fit` uses. */
+export type OptimizerKind = "adamw" | "paged" | "8bit";
+
 /** Options of {@linkcode estimateMemory}. */
 export interface EstimateOptions extends QuantStorageOptions {
   /** Training mode. */
@@ -192,6 +198,16 @@ export interface EstimateOptions extends QuantStorageOptions {
   checkpointing?: boolean;
   /** f32 master copies of bf16 trainables, counted under optimizer_states (default true). */
   masterWeights?: boolean;
+  /**
+   * `adamw` (two f32 states), `paged` (the same bytes, in pages a memory spike can move to host RAM)
+   * or `8bit` (two u8 codes and one f32 absmax per 256 values and state). Default `adamw`.
+   */
+  optimizer?: OptimizerKind;
+  /**
+   * Whose 4-bit GEMM workspace to count (default `cpu`): the CPU backend dequantizes a cache-sized f32
+   * tile at a time, the CUDA backend a whole weight in 16 bits (none for at most 4 rows, its fused GEMV).
+   */
+  backend?: "cpu" | "cuda";
 }
 
 /** What {@linkcode estimateMemory} computes. */
@@ -200,22 +216,116 @@ export interface MemoryEstimate {
   parameters: number;
   /** Weights the optimizer trains. */
   trainable: number;
-  /** Bytes per ledger category (activations: the peak during a step; workspace: 0, not modelled). */
+  /**
+   * Bytes per ledger category, each the peak of that category during a step (the ledger's
+   * `peak[category]` after `resetPeak()`): for all but activations and workspace the bytes live between
+   * steps.
+   */
   bytes: Record<Category, number>;
-  /** Bytes per trainable parameter: gradient and optimizer states. */
+  /** Bytes per trainable parameter: gradient and optimizer states (8-bit: the per-block absmax included). */
   perTrainable: { gradients: number; optimizerStates: number };
-  /** Activation bytes per token: kept for backward, and the transient peak in backward on top. */
+  /**
+   * Activation bytes per token: kept from forward for backward (the token ids and targets included), and
+   * the transient peak of the last block's backward on top.
+   */
   activationsPerToken: { saved: number; transient: number };
-  /** Sum of the categories: the estimated peak of a training step. */
+  /** Of optimizer_states, the f32 master copies of bf16 trainables. */
+  masterWeights: number;
+  /** Of optimizer_states, what a paged optimizer can hold in host RAM (its m and v pages); 0 otherwise. */
+  pageable: number;
+  /**
+   * Sum of the per-category peaks: the estimated peak of a step. An upper bound of the ledger's
+   * `totalPeak`, which is lower by the part of the workspace that is not live at the activation peak.
+   */
   peak: number;
+  /**
+   * The least device memory the step can run in: `peak`, or with a paged optimizer the peak less its
+   * pageable states plus one page pair (the states then move to host RAM and back every step).
+   */
+  minimum: number;
+}
+
+/** Bytes of the 4-bit GEMM workspace for `x [m, k] · op(W)`, as each backend's `qlora_gemm_4bit_workspace`. */
+function gemm4bitWorkspace(
+  backend: "cpu" | "cuda",
+  transW: boolean,
+  m: number,
+  n: number,
+  k: number,
+): number {
+  if (backend === "cuda") {
+    if (m <= 4) return 0; // the fused GEMV
+    return Math.max(2 * n * k, 4 * (transW ? k : n));
+  }
+  // CPU: one tile of W as f32, 2^20 values of rows (transW) or 2^22 of columns, widths a multiple of 16.
+  let width = Math.max(Math.floor((transW ? 2 ** 20 : 2 ** 22) / k), 1);
+  if (width >= 16) width = Math.floor(width / 16) * 16;
+  return Math.min(width, n) * k * 4;
 }
 
 /**
- * Estimates the device memory of one training step. Activations follow `LlamaModel`: per block and
- * token it keeps the input, both norm outputs, q, k, v, the attention output, the residual, gate, up
- * and the SwiGLU output (6·dim + 2·kvDim + 3·hiddenDim values), two f32 row scales and the f32
- * log-sum-exp per head, and each adapter's r-wide h; plus the final norm, the last hidden state and
- * the logits. In backward the MLP of a block adds dim + 3·hiddenDim values per token.
+ * Bytes of the workspace `matmul4bit` allocates for `x [tokens, ·]` times a 4-bit weight `[out, in]`:
+ * the dequantization tile or whole-weight copy of the backend, plus the f32 absmax restored from
+ * double-quantized constants. `transW` true is forward (`x Wᵀ`), false the input gradient (`dy W`).
+ *
+ * @example
+ * ```ts
+ * import { matmul4bitWorkspace } from "../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * // LLaMA-2-7B's gate_proj on CUDA: the whole weight in bf16 (90 MB) and its 704,512 absmax in f32.
+ * assertEquals(matmul4bitWorkspace([11008, 4096], 512, true, { backend: "cuda" }), 2 * 11008 * 4096 + 4 * 704_512);
+ * assertEquals(matmul4bitWorkspace([11008, 4096], 4, true, { backend: "cuda" }), 4 * 704_512); // fused GEMV
+ * ```
+ */
+export function matmul4bitWorkspace(
+  shape: readonly [number, number],
+  tokens: number,
+  transW: boolean,
+  options: QuantStorageOptions & { backend?: "cpu" | "cuda" } = {},
+): number {
+  const [out, inp] = shape;
+  const blocks = Math.ceil((out * inp) / (options.blocksize ?? 64));
+  const constants = (options.doubleQuant ?? true) ? 4 * blocks : 0;
+  const [n, k] = transW ? [out, inp] : [inp, out];
+  return constants + gemm4bitWorkspace(options.backend ?? "cpu", transW, tokens, n, k);
+}
+
+/** The element counts of every tensor the optimizer trains, for per-tensor rounding (8-bit absmax). */
+function trainableTensors(
+  config: LlamaConfig,
+  mode: TrainMode,
+  rank: number,
+  targets: readonly TargetModule[],
+): number[] {
+  const shapes = linearShapes(config);
+  const perBlock: number[] = mode === "full"
+    ? [...MODULES.map((m) => shapes[m][0] * shapes[m][1]), config.dim, config.dim]
+    : targets.flatMap((m) => [rank * shapes[m][1], shapes[m][0] * rank]);
+  const blocks = Array.from({ length: config.layers }, () => perBlock).flat();
+  if (mode !== "full") return blocks;
+  const table = config.vocabSize * config.dim;
+  return [table, ...blocks, config.dim, table];
+}
+
+/**
+ * Estimates the device memory of one training step, category by category, as `LlamaModel`, its layers
+ * and the optimizers allocate it (checked against the ledger in tests/estimate_test.ts, within 2% per
+ * category, at tiny and real LLaMA-2-7B shapes).
+ *
+ * Activations, per token, with e the bytes of the dtype:
+ * - the token ids and targets (i32, 8 B);
+ * - per block, what it keeps for backward: the input, both norm outputs, q, k, v, the attention output,
+ *   the residual, gate, up and the SwiGLU output (e · (6·dim + 2·kvDim + 3·hiddenDim)), two f32 row scales,
+ *   the f32 log-sum-exp per head, and each adapter's r-wide h;
+ * - with checkpointing, per block only its input and the adapters' h (a LoRA layer keeps h until its
+ *   next forward), plus one block recomputed in backward;
+ * - the tail: the last hidden state, the final norm's output and scale, the logits;
+ * - on top, in the last block's backward, the largest set of gradients live at once: the incoming
+ *   gradient with d(act), d(gate), d(up) (dim + 3·hidden), or d(gate), d(up) and both halves of d(norm2)
+ *   (3·dim + 2·hidden), or attention's d(x2), dq, dk, dv, d(norm1) and a projection's part (5·dim + 2·kvDim).
+ *
+ * Workspace: the cross-entropy's f32 losses, a LoRA layer's dh (r-wide) in backward, and for QLoRA each
+ * 4-bit product's workspace ({@linkcode matmul4bitWorkspace}), whichever is largest at one time.
  *
  * @example
  * ```ts
@@ -223,38 +333,51 @@ export interface MemoryEstimate {
  * import { assert } from "@std/assert";
  * const full = estimateMemory(LLAMA_CONFIGS["7b"], { mode: "full", seq: 64, batch: 1, masterWeights: false });
  * assert(full.bytes.optimizer_states === 8 * 6_738_415_616);
+ * const paged = estimateMemory(LLAMA_CONFIGS["7b"], { mode: "qlora", seq: 512, batch: 1, optimizer: "paged" });
+ * assert(paged.minimum < paged.peak && paged.pageable === 8 * paged.trainable);
  * ```
  */
 export function estimateMemory(config: LlamaConfig, options: EstimateOptions): MemoryEstimate {
   const { mode, seq, batch } = options;
+  const refuse = (what: string) => new InvalidArgumentError(`Cannot estimate memory: ${what}`);
   if (!["full", "lora", "qlora"].includes(mode)) {
-    throw new InvalidArgumentError(`Cannot estimate memory: mode must be full, lora or qlora, got ${mode}`);
+    throw refuse(`mode must be full, lora or qlora, got ${mode}`);
   }
-  for (const [name, v] of [["seq", seq], ["batch", batch]] as const) {
-    if (!Number.isSafeInteger(v) || v <= 0) {
-      throw new InvalidArgumentError(`Cannot estimate memory: ${name} must be a positive integer, got ${v}`);
-    }
+  for (const [name, v] of [["seq", seq], ["batch", batch], ["rank", options.rank ?? 8]] as const) {
+    if (!Number.isSafeInteger(v) || v <= 0) throw refuse(`${name} must be a positive integer, got ${v}`);
   }
+  const optimizer = options.optimizer ?? "adamw";
+  if (!["adamw", "paged", "8bit"].includes(optimizer)) {
+    throw refuse(`optimizer must be adamw, paged or 8bit, got ${optimizer}`);
+  }
+  const backend = options.backend ?? "cpu";
+  if (backend !== "cpu" && backend !== "cuda") throw refuse(`backend must be cpu or cuda, got ${backend}`);
   const dtype = options.dtype ?? "bf16";
   const e = dtype === "bf16" ? 2 : 4;
   const rank = options.rank ?? 8;
   const targets = options.targetModules ?? MODULES;
+  for (const t of targets) if (!MODULES.includes(t)) throw refuse(`unknown target module ${t}`);
+  if (mode !== "full" && targets.length === 0) throw refuse(`${mode} needs at least one target module`);
   const p = countParameters(config);
   const adapters = mode === "full" ? 0 : adapterParameters(config, rank, targets);
   const trainable = mode === "full" ? p.total : adapters;
   const master = dtype === "bf16" && (options.masterWeights ?? true) ? 4 : 0;
+  const tensors = trainableTensors(config, mode, rank, targets);
+  const states = optimizer === "8bit"
+    ? tensors.reduce((s, n) => s + 2 * n + 8 * Math.ceil(n / ADAMW8_BLOCK), 0)
+    : 8 * trainable;
   const bytes: Record<Category, number> = {
     weights: 0,
     quantized_weights: 0,
     quant_constants: 0,
     adapters: adapters * e,
     gradients: trainable * e,
-    optimizer_states: trainable * (8 + master),
+    optimizer_states: states + master * trainable,
     activations: 0,
     workspace: 0,
   };
+  const shapes = linearShapes(config);
   if (mode === "qlora") {
-    const shapes = linearShapes(config);
     let frozen16 = 0;
     for (const m of MODULES) {
       const n = shapes[m][0] * shapes[m][1];
@@ -271,36 +394,103 @@ export function estimateMemory(config: LlamaConfig, options: EstimateOptions): M
     bytes.weights = p.total * e;
   }
   // Activations per token (bytes).
-  const kv = config.kvHeads * (config.dim / config.heads);
+  const { dim, hiddenDim: hid, heads, layers } = config;
+  const kv = config.kvHeads * (dim / heads);
   const lora = mode === "full" ? 0 : targets.length * rank * e;
-  const blockSaved = e * (6 * config.dim + 2 * kv + 3 * config.hiddenDim) + 8 + 4 * config.heads + lora;
-  const tail = e * (2 * config.dim + config.vocabSize) + 4; // last hidden, final norm, logits, rstd
-  const transient = e * (config.dim + 3 * config.hiddenDim);
-  const saved = options.checkpointing
-    ? config.layers * e * config.dim + blockSaved + tail
-    : config.layers * blockSaved + tail;
+  const core = e * (6 * dim + 2 * kv + 3 * hid) + 8 + 4 * heads;
+  const tail = e * (2 * dim + config.vocabSize) + 4; // last hidden, final norm, logits, final rstd
+  const ids = 8; // token ids and targets, i32
+  const saved = ids + tail +
+    (options.checkpointing ? layers * (e * dim + lora) + core - e * dim : layers * (core + lora));
+  // The first block of a LoRA or QLoRA model computes no input gradient (nothing below it trains).
+  const inputGrad = mode === "full" || layers > 1;
+  // Live at once in the last block's backward, with the incoming gradient: in the MLP d(act), d(gate) and
+  // d(up) (dim + 3·hidden), then d(gate), d(up) and both d(norm) halves (3·dim + 2·hidden); in attention
+  // d(x2), dq, dk, dv, d(norm1) and one projection's part (5·dim + 2·kvDim; 3·dim + 2·kvDim without the
+  // input gradient). Each intermediate is freed as soon as the next op has it (lib/model.ts).
+  // The adapters' h of the layers whose backward has run by then are already freed.
+  const freed = (m: TargetModule[]) =>
+    mode === "full" ? 0 : rank * e * m.filter((t) => targets.includes(t)).length;
+  const transient = Math.max(
+    e * (dim + 3 * hid) - freed(["down_proj"]), // SwiGLU's backward: d(act), d(gate), d(up)
+    e * (3 * dim + 2 * hid) - freed(["down_proj", "gate_proj"]), // up_proj's backward, d(act) freed
+    inputGrad
+      ? e * (5 * dim + 2 * kv) - freed(["down_proj", "gate_proj", "up_proj", "o_proj", "q_proj"])
+      : e * (3 * dim + 2 * kv) - freed(["down_proj", "gate_proj", "up_proj", "o_proj"]),
+  );
   const tokens = seq * batch;
   bytes.activations = tokens * (saved + transient);
+  // Workspace: the largest set live at one time.
+  let workspace = 4 * tokens; // the cross-entropy's f32 losses
+  if (mode !== "full") {
+    for (const m of targets) {
+      const dh = tokens * rank * e;
+      let w = dh;
+      if (mode === "qlora") {
+        const q = { ...options, backend };
+        const forward = matmul4bitWorkspace(shapes[m], tokens, true, q);
+        const noInput = !inputGrad && ["q_proj", "k_proj", "v_proj"].includes(m);
+        w = Math.max(forward, noInput ? dh : dh + matmul4bitWorkspace(shapes[m], tokens, false, q));
+      }
+      workspace = Math.max(workspace, w);
+    }
+  }
+  bytes.workspace = workspace;
   const peak = Object.values(bytes).reduce((a, b) => a + b, 0);
+  const pageable = optimizer === "paged" ? states : 0;
+  const pagePair = optimizer === "paged" ? Math.min(2 * (2 << 20), states) : 0;
   return {
     parameters: p.total + adapters,
     trainable,
     bytes,
-    perTrainable: { gradients: e, optimizerStates: 8 + master },
+    perTrainable: { gradients: e, optimizerStates: bytes.optimizer_states / trainable },
     activationsPerToken: { saved, transient },
+    masterWeights: master * trainable,
+    pageable,
     peak,
+    minimum: peak - pageable + pagePair,
   };
 }
 
 /**
- * The longest sequence (at the given batch) whose estimated step fits `budget` bytes, or 0 if even one
- * token does not fit.
+ * The largest n in [1, limit] with `need(n) <= budget` for a `need` that grows with n, or 0 if even
+ * `need(1)` is over (a bisection: the estimate is linear in tokens but for a step in the workspace).
  *
  * @example
  * ```ts
- * import { LLAMA_CONFIGS, maxSequenceWithin } from "../mod.ts";
+ * import { largestWithin } from "../mod.ts";
  * import { assert } from "@std/assert";
- * assert(maxSequenceWithin(LLAMA_CONFIGS["7b"], { mode: "full", batch: 1 }, 6 * 2 ** 30) === 0);
+ * assert(largestWithin((n) => 100 + 10 * n, 1000) === 90);
+ * assert(largestWithin((n) => 100 + 10 * n, 1000, 50) === 50);
+ * assert(largestWithin((n) => 100 + 10 * n, 50) === 0);
+ * ```
+ */
+export function largestWithin(need: (n: number) => number, budget: number, limit = 2 ** 24): number {
+  if (need(1) > budget) return 0;
+  let lo = 1, hi = 1;
+  while (hi < limit && need(hi) <= budget) lo = hi, hi = Math.min(2 * hi, limit);
+  if (need(hi) <= budget) return hi;
+  while (hi - lo > 1) {
+    const mid = Math.floor((lo + hi) / 2);
+    if (need(mid) <= budget) lo = mid;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/**
+ * The longest sequence (at the given batch) whose estimated step peak fits `budget` bytes, or 0 if even
+ * one token does not fit (not capped at the model's `maxSeq`).
+ *
+ * @example
+ * ```ts
+ * import { estimateMemory, LLAMA_CONFIGS, maxSequenceWithin } from "../mod.ts";
+ * import { assert } from "@std/assert";
+ * const c = LLAMA_CONFIGS["7b"], gib6 = 6 * 2 ** 30;
+ * assert(maxSequenceWithin(c, { mode: "full", batch: 1 }, gib6) === 0);
+ * const seq = maxSequenceWithin(c, { mode: "qlora", batch: 1 }, gib6);
+ * assert(estimateMemory(c, { mode: "qlora", batch: 1, seq }).peak <= gib6);
+ * assert(estimateMemory(c, { mode: "qlora", batch: 1, seq: seq + 1 }).peak > gib6);
  * ```
  */
 export function maxSequenceWithin(
@@ -308,8 +498,5 @@ export function maxSequenceWithin(
   options: Omit<EstimateOptions, "seq">,
   budget: number,
 ): number {
-  const at = (seq: number) => estimateMemory(config, { ...options, seq }).peak;
-  if (at(1) > budget) return 0;
-  const perToken = at(2) - at(1);
-  return Math.floor((budget - at(1)) / perToken) + 1;
+  return largestWithin((seq) => estimateMemory(config, { ...options, seq }).peak, budget);
 }

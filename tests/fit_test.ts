@@ -1,0 +1,223 @@
+import { assert, assertEquals, assertStringIncludes, assertThrows } from "@std/assert";
+import {
+  type Device,
+  estimateMemory,
+  GENERIC_CONTEXT,
+  getDevice,
+  GPU_GENERATIONS,
+  GPU_PROFILES,
+  gpuProfile,
+  InvalidArgumentError,
+  LedgerSnapshot,
+  LLAMA_CONFIGS,
+  measuredContext,
+  willItFit,
+} from "../mod.ts";
+import { fitCommand, formatFit } from "../scripts/fit.ts";
+import { UsageError } from "../scripts/_cli.ts";
+
+const C7 = LLAMA_CONFIGS["7b"];
+const GiB = 2 ** 30;
+const RTX3060 = gpuProfile("rtx3060-6gb");
+
+Deno.test("fit: GPU profiles by name or size, with a context figure per generation", () => {
+  assertEquals(RTX3060.memory, 6 * GiB);
+  assertEquals(gpuProfile("RTX3060").memory, 12 * GiB);
+  assertEquals(gpuProfile("h200").memory, 141 * GiB);
+  for (const p of Object.values(GPU_PROFILES)) {
+    assert(p.generation !== null && Object.values(GPU_GENERATIONS).includes(p.generation), p.id);
+    assert(p.generation.context > 0 && p.generation.context < GiB, p.id);
+  }
+  const raw = gpuProfile("24GiB");
+  assertEquals([raw.memory, raw.generation], [24 * GiB, null]);
+  assertEquals(gpuProfile("8GB").memory, 8e9);
+  assertThrows(() => gpuProfile("rtx9999"), InvalidArgumentError, "one of rtx3060-6gb, rtx3060, rtx4090");
+  assertThrows(() => gpuProfile("0GiB"), InvalidArgumentError);
+});
+
+Deno.test("fit: required is the estimate with CUDA's workspace plus the context, on its own line", () => {
+  const r = willItFit(C7, { mode: "qlora", seq: 512, batch: 1, checkpointing: true }, RTX3060);
+  const e = estimateMemory(C7, {
+    mode: "qlora",
+    seq: 512,
+    batch: 1,
+    checkpointing: true,
+    optimizer: "paged",
+    backend: "cuda",
+  });
+  assertEquals(r.estimate, e);
+  assertEquals(r.context.bytes, GPU_GENERATIONS["ampere-consumer"].context);
+  assertEquals(r.context.source, "typical");
+  assertEquals(r.required, e.peak + r.context.bytes);
+  assertEquals(r.spare, 6 * GiB - r.required);
+  assert(r.fits && r.verdict.startsWith("fits with ") && r.verdict.endsWith(" to spare"), r.verdict);
+  assertEquals(r.suggestions, []);
+  // A given context replaces the typical one; a GPU known only by size gets the generic figure.
+  const noContext = willItFit(
+    C7,
+    { mode: "qlora", seq: 512, batch: 1, checkpointing: true, context: 0 },
+    RTX3060,
+  );
+  assertEquals([noContext.required, noContext.context.source], [e.peak, "given"]);
+  const raw = willItFit(C7, { mode: "qlora", seq: 512, batch: 1 }, gpuProfile("6GiB"));
+  assertEquals(raw.context.bytes, GENERIC_CONTEXT);
+  assertThrows(
+    () => willItFit(C7, { mode: "qlora", seq: 1, batch: 1, context: -1 }, RTX3060),
+    InvalidArgumentError,
+  );
+});
+
+Deno.test("fit: the largest sequence and batch per mode are the last that fit", () => {
+  const r = willItFit(C7, { mode: "qlora", seq: 512, batch: 2 }, RTX3060);
+  const need = (mode: "lora" | "qlora", seq: number, batch: number) =>
+    estimateMemory(C7, {
+      mode,
+      seq,
+      batch,
+      optimizer: mode === "qlora" ? "paged" : "adamw",
+      backend: "cuda",
+    }).peak + r.context.bytes;
+  const { seq, batch } = r.largest.qlora;
+  assert(seq > 0 && need("qlora", seq, 2) <= 6 * GiB && need("qlora", seq + 1, 2) > 6 * GiB, `seq ${seq}`);
+  assert(batch === 0 ? need("qlora", 512, 1) > 6 * GiB : need("qlora", 512, batch + 1) > 6 * GiB);
+  assertEquals(r.largest.full, { seq: 0, batch: 0 });
+  assertEquals(r.largest.lora, { seq: 0, batch: 0 }); // 12.5 GiB of bf16 weights
+  // Capped at the model's maxSeq.
+  const big = willItFit(C7, { mode: "qlora", seq: 512, batch: 1 }, gpuProfile("h200"));
+  assertEquals(big.largest.qlora.seq, C7.maxSeq);
+  assert(big.largest.lora.batch > big.largest.full.batch);
+});
+
+Deno.test("fit: suggestions are estimated, the largest saving first, and say which fit", () => {
+  const r = willItFit(C7, { mode: "qlora", seq: 512, batch: 1 }, RTX3060);
+  assert(!r.fits && r.spare < 0, "7B QLoRA at 512 tokens without checkpointing needs more than 6 GiB");
+  assert(r.verdict.startsWith(`needs `) && r.verdict.includes("try --checkpointing (fits"), r.verdict);
+  const ckpt = r.suggestions.find((s) => s.flag === "--checkpointing")!;
+  const again = willItFit(C7, { mode: "qlora", seq: 512, batch: 1, checkpointing: true }, RTX3060);
+  assertEquals([ckpt.required, ckpt.saves, ckpt.fits], [again.required, r.required - again.required, true]);
+  const seq = r.suggestions.find((s) => s.flag.startsWith("--seq "))!;
+  assertEquals(Number(seq.flag.slice(6)), r.largest.qlora.seq);
+  for (let i = 1; i < r.suggestions.length; i++) assert(r.suggestions[i - 1].saves >= r.suggestions[i].saves);
+  for (const s of r.suggestions) assert(s.saves > 0 && s.required === r.required - s.saves);
+  // Full fine-tuning on 24 GiB: no single change is enough, so the helpful ones are also tried together.
+  const full = willItFit(C7, { mode: "full", seq: 512, batch: 1 }, gpuProfile("rtx4090"));
+  assert(!full.fits && full.suggestions[0].flag === "--mode qlora" && full.suggestions[0].fits, full.verdict);
+  assert(full.suggestions.some((s) => s.flag === "--checkpointing --optimizer 8bit --no-master-weights"));
+});
+
+Deno.test("fit: a paged optimizer that does not fit resident can fit by paging its states out", () => {
+  const o = { mode: "full" as const, seq: 64, batch: 1, context: 0, optimizer: "paged" as const };
+  const e = estimateMemory(LLAMA_CONFIGS.tiny, { ...o, backend: "cuda" });
+  const gpu = gpuProfile(String(Math.floor((e.peak + e.minimum) / 2)));
+  const r = willItFit(LLAMA_CONFIGS.tiny, o, gpu);
+  assert(!r.fits && r.fitsWithPaging, r.verdict);
+  assertStringIncludes(r.verdict, "fits by paging");
+  assert(!willItFit(LLAMA_CONFIGS.tiny, { ...o, optimizer: "adamw" }, gpu).fitsWithPaging);
+});
+
+Deno.test("fit: the context is measured from the driver on CUDA, never on the CPU", () => {
+  assertEquals(measuredContext(getDevice("cpu")), null);
+  const gpu = fakeCuda(12 * GiB, 11 * GiB, 256 * 2 ** 20);
+  assertEquals(measuredContext(gpu), GiB - 256 * 2 ** 20);
+  // No --gpu: this machine's GPU, its context measured.
+  const local = fitCommand(["--model", "7b", "--mode", "qlora"], gpu);
+  assertEquals([local.gpu.id, local.gpu.memory, local.context.source], ["local", 12 * GiB, "measured"]);
+  assertEquals(local.context.bytes, GiB - 256 * 2 ** 20);
+  // The same card asked by name is measured; another card gets its typical figure; --context wins.
+  assertEquals(fitCommand(["--gpu", "rtx3060"], gpu).context.source, "measured");
+  assertEquals(fitCommand(["--gpu", "rtx4090"], gpu).context.source, "typical");
+  const given = fitCommand(["--gpu", "rtx4090", "--context", "1GiB"], gpu).context;
+  assertEquals([given.bytes, given.source], [GiB, "given"]);
+});
+
+Deno.test("fit: the command line, a model directory and the text it prints", () => {
+  const r = fitCommand(["--mode", "lora", "--seq", "2048", "--batch", "4", "--gpu", "rtx4090"], null);
+  assertEquals(r.run, {
+    mode: "lora",
+    seq: 2048,
+    batch: 4,
+    dtype: "bf16",
+    rank: 8,
+    targetModules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    checkpointing: false,
+    optimizer: "adamw",
+    masterWeights: true,
+  });
+  assertEquals(r.model.name, "LLaMA-2-7B");
+  const text = formatFit(r);
+  for (
+    const want of ["weights", "optimizer_states", "activations", "CUDA context", "total", "verdict: needs"]
+  ) {
+    assertStringIncludes(text, want);
+  }
+  assert(!text.includes("quantized_weights"), "empty categories are not shown");
+  const dir = new URL("./data/hf/gqa_untied_f32", import.meta.url).pathname;
+  const d = fitCommand(
+    ["--model", dir, "--mode", "qlora", "--targets", "q,v", "--rank", "4", "--seq", "16", "--gpu", "1GiB"],
+    null,
+  );
+  assertEquals([d.model.config.kvHeads, d.run.targetModules], [2, ["q_proj", "v_proj"]]);
+  assert(d.fits);
+  const opt = fitCommand(
+    ["--mode", "full", "--optimizer", "8bit", "--no-master-weights", "--seq", "64"],
+    null,
+  );
+  assertEquals(opt.estimate.masterWeights, 0);
+  for (
+    const bad of [
+      ["--mode", "half"],
+      ["--seq", "8192"],
+      ["--optimizer", "sgd"],
+      ["--targets", "qkv"],
+      ["--master-weights", "--no-master-weights"],
+      ["--model", "/nonexistent/model"],
+      ["extra"],
+    ]
+  ) {
+    assertThrows(() => fitCommand(bad, null), UsageError, undefined, bad.join(" "));
+  }
+});
+
+Deno.test("fit: deno task fit --json prints the report; a bad flag exits 1 with the usage", async () => {
+  const run = (args: string[]) =>
+    new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", new URL("../scripts/fit.ts", import.meta.url).pathname, ...args],
+      stdout: "piped",
+      stderr: "piped",
+      env: { QLORA_BACKEND: "cpu" },
+    }).output();
+  const ok = await run([
+    "--model",
+    "7b",
+    "--mode",
+    "qlora",
+    "--seq",
+    "2048",
+    "--batch",
+    "4",
+    "--gpu",
+    "24GiB",
+    "--json",
+  ]);
+  assertEquals(ok.code, 0, new TextDecoder().decode(ok.stderr));
+  const json = JSON.parse(new TextDecoder().decode(ok.stdout));
+  assertEquals([json.run.seq, json.run.batch, json.gpu.memory], [2048, 4, 24 * GiB]);
+  assert(json.required === json.estimate.peak + json.context.bytes && typeof json.verdict === "string");
+  const bad = await run(["--gpu", "nope"]);
+  assertEquals(bad.code, 1);
+  assertStringIncludes(new TextDecoder().decode(bad.stderr), "error: Cannot use GPU");
+});
+
+/** A stand-in for a CUDA device: only what `fit` reads (its name and the ledger's driver figures). */
+function fakeCuda(total: number, free: number, live: number): Device {
+  const zeros = { weights: 0 } as Record<string, number>;
+  const snapshot = new LedgerSnapshot("cuda", zeros as never, zeros as never, {
+    totalCurrent: live,
+    totalPeak: live,
+    budget: 0,
+    liveAllocations: 1,
+    deviceFree: free,
+    deviceTotal: total,
+  });
+  return { backend: "cuda", name: "a fake GPU", memory: () => snapshot } as unknown as Device;
+}
