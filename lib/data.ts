@@ -401,6 +401,9 @@ export class ByteTokenizer implements Tokenizer {
  * import { assert } from "@std/assert";
  * const a = new Xorshift128(42), b = new Xorshift128(42);
  * assert(a.nextUint32() === b.nextUint32() && a.nextInt(10) < 10 && a.nextFloat() < 1);
+ * const c = new Xorshift128(0);
+ * c.setState(a.getState()); // what a checkpoint stores: the sequence continues exactly
+ * assert(c.nextUint32() === a.nextUint32());
  * ```
  */
 export class Xorshift128 {
@@ -453,6 +456,29 @@ export class Xorshift128 {
     let r: number;
     do r = this.nextUint32(); while (r >= limit);
     return r % n;
+  }
+
+  /**
+   * The generator's four 32-bit words: with {@linkcode Xorshift128.setState} a resumed run continues the
+   * same sequence (a checkpoint stores them).
+   */
+  getState(): [number, number, number, number] {
+    return [this.#x, this.#y, this.#z, this.#w];
+  }
+
+  /** Sets the four words {@linkcode Xorshift128.getState} returned (unsigned 32-bit, not all zero). */
+  setState(state: readonly number[]): void {
+    if (
+      !Array.isArray(state) || state.length !== 4 ||
+      !state.every((w) => Number.isInteger(w) && w >= 0 && w < 0x1_0000_0000) || state.every((w) => w === 0)
+    ) {
+      throw new InvalidArgumentError(
+        `Cannot restore Xorshift128: expected four unsigned 32-bit words, not all zero, got ${
+          JSON.stringify(state)
+        }`,
+      );
+    }
+    [this.#x, this.#y, this.#z, this.#w] = state;
   }
 
   /** Shuffles `items` in place (Fisher–Yates) and returns it. */
@@ -671,6 +697,9 @@ export class TextDataset {
  * const s = new BatchSampler(tokens, { batchSize: 3, seqLen: 5, seed: 1 });
  * const { inputs, targets } = s.sample();
  * assert(inputs.length === 15 && targets[0] === inputs[0] + 1);
+ * const resumed = new BatchSampler(tokens, { batchSize: 3, seqLen: 5, seed: 1 });
+ * resumed.setState(s.getState()); // a checkpoint's data position
+ * assert(resumed.sample().inputs.join() === s.sample().inputs.join() && s.getState().drawn === 2);
  * ```
  */
 export class BatchSampler {
@@ -680,6 +709,7 @@ export class BatchSampler {
   readonly seqLen: number;
   readonly #tokens: Int32Array;
   readonly #rng: Xorshift128;
+  #drawn = 0;
 
   /** A sampler over `tokens`, which must hold at least `seqLen + 1` of them. */
   constructor(tokens: Int32Array, options: BatchOptions) {
@@ -709,8 +739,60 @@ export class BatchSampler {
       inputs.set(this.#tokens.subarray(s, s + seqLen), r * seqLen);
       targets.set(this.#tokens.subarray(s + 1, s + 1 + seqLen), r * seqLen);
     }
+    this.#drawn++;
     return { inputs, targets, batchSize, seqLen };
   }
+
+  /** Where the sampler is: batches drawn so far and its generator's words (JSON, for a checkpoint). */
+  getState(): SamplerState {
+    return { drawn: this.#drawn, rng: this.#rng.getState() };
+  }
+
+  /** Continues from a {@linkcode BatchSampler.getState}: the next batch is the one that would have come. */
+  setState(state: SamplerState): void {
+    if (!Number.isSafeInteger(state?.drawn) || state.drawn < 0) {
+      throw new InvalidArgumentError(
+        `Cannot restore a batch sampler: drawn must be an integer >= 0, got ${state?.drawn}`,
+      );
+    }
+    this.#rng.setState(state.rng);
+    this.#drawn = state.drawn;
+  }
+}
+
+/** The position of a seeded batch stream: batches drawn so far and the generator's four words. */
+export interface SamplerState {
+  /** Batches drawn so far (the data position). */
+  drawn: number;
+  /** The generator's words ({@linkcode Xorshift128.getState}). */
+  rng: number[];
+}
+
+/**
+ * A 32-bit FNV-1a hash of integer arrays (each value's four bytes, little-endian), as 8 hex digits: a
+ * cheap fingerprint of a token stream, so that a resumed run can tell that its data changed.
+ *
+ * @example
+ * ```ts
+ * import { fingerprint } from "./data.ts";
+ * import { assert } from "@std/assert";
+ * assert(fingerprint(new Int32Array([1, 2])) === fingerprint(new Int32Array([1, 2])));
+ * assert(fingerprint(new Int32Array([1, 2])) !== fingerprint(new Int32Array([2, 1])));
+ * ```
+ */
+export function fingerprint(...arrays: Int32Array[]): string {
+  let h = 0x811c9dc5;
+  for (const a of arrays) {
+    for (let i = 0; i < a.length; i++) {
+      const v = a[i];
+      h = Math.imul(h ^ (v & 0xff), 0x01000193);
+      h = Math.imul(h ^ ((v >>> 8) & 0xff), 0x01000193);
+      h = Math.imul(h ^ ((v >>> 16) & 0xff), 0x01000193);
+      h = Math.imul(h ^ (v >>> 24), 0x01000193);
+    }
+    h = Math.imul(h ^ 0xff, 0x01000193); // a separator: [1] [2] differs from [1, 2]
+  }
+  return (h >>> 0).toString(16).padStart(8, "0");
 }
 
 function validationFraction(options: TextDatasetOptions): number {

@@ -12,7 +12,7 @@
  * @module
  */
 
-import { TextDataset, Xorshift128 } from "./data.ts";
+import { fingerprint, type SamplerState, TextDataset, Xorshift128 } from "./data.ts";
 import { InvalidArgumentError } from "./errors.ts";
 import { encodePair, type Tokenizer } from "./tokenizer.ts";
 import { type BatchSource, datasetSource, type TokenBatch } from "./trainer.ts";
@@ -81,6 +81,9 @@ export interface ExampleSourceOptions {
  * const source = exampleSource(examples, new ByteTokenizer());
  * const b = source.trainBatch(2, 12);
  * assertEquals(b.inputs.length, 24);
+ * const resumed = exampleSource(examples, new ByteTokenizer());
+ * resumed.setState!(source.getState!()); // a checkpoint's data position: the same next batch
+ * assertEquals(resumed.trainBatch(2, 12).inputs, source.trainBatch(2, 12).inputs);
  * assert(b.targets.slice(0, 5).every((t) => t === -1)); // BOS and the prompt "i + 1 = " are not learnt
  * ```
  */
@@ -120,9 +123,26 @@ export function exampleSource(
     return { inputs, targets };
   };
   const rng = new Xorshift128(seed + 1);
+  let drawn = 0, print: string | undefined;
   return {
     trainBatch(batch, seq) {
+      drawn++;
       return fill(Array.from({ length: batch }, () => train[rng.nextInt(train.length)]), seq);
+    },
+    getState(): SamplerState {
+      return { drawn, rng: rng.getState() };
+    },
+    setState(state) {
+      const s = state as SamplerState;
+      if (!Number.isSafeInteger(s?.drawn) || s.drawn < 0) {
+        throw new InvalidArgumentError(`Cannot restore the data position: drawn ${s?.drawn}`);
+      }
+      rng.setState(s.rng);
+      drawn = s.drawn;
+    },
+    describe() {
+      print ??= fingerprint(...pairs.flatMap((p) => [p.ids, p.labels]));
+      return { kind: "examples", seed, examples: n, validation: nVal, fingerprint: print };
     },
     validationBatches(batch, seq, max) {
       // Whole batches in order; fewer validation examples than a batch are repeated to fill one.

@@ -450,6 +450,22 @@ export class LoRALinear implements Disposable {
     return this.#merged !== null;
   }
 
+  /**
+   * Forward calls so far: the position of the layer's dropout stream (each call's mask is seeded from
+   * it). A resumable checkpoint saves it and sets it back, so the masks after a resume are the ones an
+   * uninterrupted run draws.
+   */
+  get dropoutStep(): number {
+    return this.#step;
+  }
+
+  set dropoutStep(step: number) {
+    if (!Number.isSafeInteger(step) || step < 0) {
+      throw new InvalidArgumentError(`Cannot set the dropout step: expected an integer >= 0, got ${step}`);
+    }
+    this.#step = step;
+  }
+
   #baseTimes(x: Tensor, transW: boolean, out?: Tensor, beta = 0): Tensor {
     if (this.quantized) return matmul4bit(x, this.quantized, { transW, out, beta });
     return matmul(x, this.base!, { transB: transW, out, beta });

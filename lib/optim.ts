@@ -15,7 +15,7 @@
  */
 
 import type { Device } from "./device.ts";
-import { dtypeCode } from "./dtype.ts";
+import { dtypeCode, hostArray } from "./dtype.ts";
 import { InvalidArgumentError, OutOfMemoryError } from "./errors.ts";
 import type { Trainable } from "./lora.ts";
 import { Tensor } from "./tensor.ts";
@@ -42,6 +42,57 @@ export interface StepResult {
   gradNorm: number;
   /** The factor the gradients were scaled by (1 when not clipped). */
   clipScale: number;
+}
+
+/**
+ * One tensor of an optimizer's state as a resumable checkpoint stores it (m, v, master copies, 8-bit
+ * codes and block absmax): `read` copies its bytes from wherever it lives (device memory, or the host pool
+ * for an evicted page) without moving anything; `write` puts bytes back in the same place.
+ */
+export interface StateTensor {
+  /** Unique within the optimizer: `NNNN.param.m`, `.v`, `.master`, `.m_codes`, `.m_absmax`, ... */
+  name: string;
+  /** Element type, as safetensors names it. */
+  dtype: "F32" | "U8";
+  /** Shape. */
+  shape: number[];
+  /** The bytes, copied to the host. */
+  read(): Uint8Array;
+  /** Overwrites the state with bytes of the same length. */
+  write(bytes: Uint8Array): void;
+}
+
+function checkLength(name: string, bytes: Uint8Array, expected: number): void {
+  if (bytes.byteLength !== expected) {
+    throw new InvalidArgumentError(
+      `Cannot restore optimizer state ${name}: expected ${expected} bytes, got ${bytes.byteLength}`,
+    );
+  }
+}
+
+/** A state tensor held whole in one device tensor. */
+function tensorState(name: string, t: Tensor): StateTensor {
+  const dtype = t.dtype === "u8" ? "U8" : "F32";
+  return {
+    name,
+    dtype,
+    shape: [...t.shape],
+    read() {
+      const a = t.toArray();
+      return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+    },
+    write(bytes) {
+      checkLength(name, bytes, t.byteLength);
+      const values = hostArray(t.dtype, t.numel);
+      new Uint8Array(values.buffer, values.byteOffset, values.byteLength).set(bytes);
+      t.copyFrom(values);
+    },
+  };
+}
+
+/** `0003.lora_A`: parameter names repeat across blocks, so their position makes them unique. */
+function stateKey(i: number, p: Trainable): string {
+  return `${i.toString().padStart(4, "0")}.${p.name}`;
 }
 
 const SEGMENT_BYTES = 56;
@@ -222,6 +273,17 @@ abstract class OptimizerBase implements Disposable {
     );
   }
 
+  /**
+   * Every tensor of the state, for a checkpoint: with {@linkcode OptimizerBase.stepCount} (bias
+   * correction) and the learning rate, what a resumed run needs to continue bit for bit.
+   */
+  abstract stateTensors(): StateTensor[];
+
+  /** The master copies' state tensors (f32, one per bf16 parameter). */
+  protected masterStates(): StateTensor[] {
+    return this.masters.flatMap((m, i) => m ? [tensorState(`${stateKey(i, this.params[i])}.master`, m)] : []);
+  }
+
   /** Frees the states. */
   abstract dispose(): void;
 
@@ -289,6 +351,17 @@ export class AdamW extends OptimizerBase {
     });
     this.fused(view, this.params.length, result.clipScale);
     return result;
+  }
+
+  /** m and v of every parameter (f32), then the master copies. */
+  stateTensors(): StateTensor[] {
+    return [
+      ...this.params.flatMap((p, i) => [
+        tensorState(`${stateKey(i, p)}.m`, this.#m[i]),
+        tensorState(`${stateKey(i, p)}.v`, this.#v[i]),
+      ]),
+      ...this.masterStates(),
+    ];
   }
 
   /** Frees m, v and master copies. */
@@ -397,6 +470,19 @@ export class AdamW8bit extends OptimizerBase {
       ),
     );
     return result;
+  }
+
+  /** The codes (u8) and block absmax (f32) of m and v for every parameter, then the master copies. */
+  stateTensors(): StateTensor[] {
+    return [
+      ...this.params.flatMap((p, i) => [
+        tensorState(`${stateKey(i, p)}.m_codes`, this.#mCodes[i]),
+        tensorState(`${stateKey(i, p)}.m_absmax`, this.#mAbsmax[i]),
+        tensorState(`${stateKey(i, p)}.v_codes`, this.#vCodes[i]),
+        tensorState(`${stateKey(i, p)}.v_absmax`, this.#vAbsmax[i]),
+      ]),
+      ...this.masterStates(),
+    ];
   }
 
   /** Frees the codes, the block absmax and master copies. */
@@ -634,6 +720,56 @@ export class PagedAdamW extends OptimizerBase {
   stats(): PagingStats {
     const resident = this.#pages.filter((p) => p.device).length;
     return { pages: this.#pages.length, resident, evicted: this.#pages.length - resident, ...this.#stats };
+  }
+
+  /**
+   * m and v of every parameter (f32, whole), gathered from their pages wherever each page is (device or
+   * host pool) and written back to the same places: saving a checkpoint moves no page.
+   */
+  stateTensors(): StateTensor[] {
+    const s = this.device.native.symbols;
+    const state = (i: number, which: "m" | "v"): StateTensor => {
+      const p = this.params[i], name = `${stateKey(i, p)}.${which}`;
+      const segments = this.#segments.filter((seg) => seg.param === i);
+      const hostView = (page: Page) =>
+        new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(page.host!, page.bytes));
+      return {
+        name,
+        dtype: "F32",
+        shape: [...p.value.shape],
+        read: () => {
+          const out = new Uint8Array(p.value.numel * 4);
+          for (const seg of segments) {
+            const page = seg[which];
+            if (page.device) {
+              const chunk = new Uint8Array(page.bytes);
+              this.device.check(
+                s.qlora_memcpy(Deno.UnsafePointer.of(chunk), page.device, BigInt(page.bytes), 1),
+              );
+              out.set(chunk, seg.offset * 4);
+            } else {
+              out.set(hostView(page), seg.offset * 4); // evicted: its bytes are in the host pool
+            }
+          }
+          return out;
+        },
+        write: (bytes) => {
+          checkLength(name, bytes, p.value.numel * 4);
+          for (const seg of segments) {
+            const page = seg[which];
+            const chunk = bytes.slice(seg.offset * 4, seg.offset * 4 + page.bytes);
+            if (page.device) {
+              this.device.check(
+                s.qlora_memcpy(page.device, Deno.UnsafePointer.of(chunk), BigInt(page.bytes), 0),
+              );
+            } else {
+              hostView(page).set(chunk);
+            }
+          }
+        },
+      };
+    };
+    return [...this.params.flatMap((_, i) => [state(i, "m"), state(i, "v")]), ...this.masterStates()];
   }
 
   /** Moves every unpinned page to the host now (for demonstrations and tests); returns bytes moved. */

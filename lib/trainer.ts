@@ -1,23 +1,32 @@
 /**
  * Training loop for {@linkcode LlamaModel}: learning-rate warm-up and cosine decay, clipping by global
  * norm, gradient accumulation, evaluation loss and perplexity, tokens per second, a ledger snapshot per
- * step, progress in a terminal or a notebook, and checkpoints written atomically (a temporary file
- * renamed), so an interrupted run leaves the last checkpoint intact.
+ * step, progress in a terminal or a notebook, and resumable checkpoints (lib/resume.ts): every N steps and
+ * at the end, the last K kept; `resume` continues from the latest complete one and ends bit for bit where
+ * an uninterrupted run ends.
  *
  * @module
  */
 
 import { formatBytes } from "./memory.ts";
 import type { LlamaModel } from "./model.ts";
-import { AdamW, PagedAdamW } from "./optim.ts";
+import { AdamW, AdamW8bit, PagedAdamW } from "./optim.ts";
 import { LoRALinear } from "./lora.ts";
-import { readSafetensors, writeSafetensors } from "./safetensors.ts";
-import { bf16ToF32 } from "./dtype.ts";
-import { writeFileAtomic } from "./atomic_file.ts";
 import { Tensor } from "./tensor.ts";
 import { InvalidArgumentError } from "./errors.ts";
-import type { BatchSampler, TextDataset } from "./data.ts";
+import { type BatchSampler, fingerprint, type SamplerState, type TextDataset } from "./data.ts";
 import { JUPYTER_DISPLAY } from "./memory.ts";
+import {
+  type CheckpointEntry,
+  dropoutSteps,
+  listCheckpoints,
+  pauseForTest,
+  pruneCheckpoints,
+  readTrainingCheckpoint,
+  saveCheckpoint,
+  type TrainingState,
+  writeTrainingCheckpoint,
+} from "./resume.ts";
 
 /** A batch of token ids, row-major `[batch, seq]`; targets are the inputs shifted by one. */
 export interface TokenBatch {
@@ -33,6 +42,12 @@ export interface BatchSource {
   trainBatch(batch: number, seq: number): TokenBatch;
   /** Up to `max` validation batches, the same every call. */
   validationBatches(batch: number, seq: number, max: number): TokenBatch[];
+  /** The training stream's position, as JSON (a resumable checkpoint stores it). */
+  getState?(): unknown;
+  /** Continues from a {@linkcode BatchSource.getState}: the next batches are those that would have come. */
+  setState?(state: unknown): void;
+  /** What the data is (kind, sizes, seed, a fingerprint): part of the configuration a resume must match. */
+  describe?(): Record<string, string | number | boolean | null>;
 }
 
 /**
@@ -44,18 +59,26 @@ export interface BatchSource {
  * import { datasetSource, TextDataset } from "../mod.ts";
  * import { assert } from "@std/assert";
  * const ds = TextDataset.fromText("the quick brown fox jumps over the lazy dog. ".repeat(40));
- * const b = datasetSource(ds, 1).trainBatch(2, 8);
+ * const source = datasetSource(ds, 1);
+ * const b = source.trainBatch(2, 8);
  * assert(b.inputs.length === 16 && b.targets[0] === b.inputs[1]);
+ * const again = datasetSource(ds, 1);
+ * again.setState!(source.getState!()); // a checkpoint's data position: the streams continue alike
+ * assert(again.trainBatch(2, 8).inputs.join() === source.trainBatch(2, 8).inputs.join());
  * ```
  */
 export function datasetSource(dataset: TextDataset, seed = 0): BatchSource {
   const samplers = new Map<string, BatchSampler>();
+  const sampler = (batchSize: number, seqLen: number) => {
+    const key = `${batchSize}x${seqLen}`;
+    let s = samplers.get(key);
+    if (!s) samplers.set(key, s = dataset.batches({ batchSize, seqLen, seed }));
+    return s;
+  };
+  let print: string | undefined;
   return {
     trainBatch(batchSize, seqLen) {
-      const key = `${batchSize}x${seqLen}`;
-      let sampler = samplers.get(key);
-      if (!sampler) samplers.set(key, sampler = dataset.batches({ batchSize, seqLen, seed }));
-      const b = sampler.sample();
+      const b = sampler(batchSize, seqLen).sample();
       return { inputs: b.inputs, targets: b.targets };
     },
     validationBatches(batchSize, seqLen, max) {
@@ -65,6 +88,26 @@ export function datasetSource(dataset: TextDataset, seed = 0): BatchSource {
         out.push({ inputs: b.inputs, targets: b.targets });
       }
       return out;
+    },
+    getState() {
+      return Object.fromEntries([...samplers].map(([key, s]) => [key, s.getState()]));
+    },
+    setState(state) {
+      for (const [key, s] of Object.entries(state as Record<string, SamplerState>)) {
+        const m = /^(\d+)x(\d+)$/.exec(key);
+        if (!m) throw new InvalidArgumentError(`Cannot restore the data position: bad sampler key ${key}`);
+        sampler(Number(m[1]), Number(m[2])).setState(s);
+      }
+    },
+    describe() {
+      print ??= fingerprint(dataset.train, dataset.validation);
+      return {
+        kind: "text",
+        seed,
+        trainTokens: dataset.train.length,
+        validationTokens: dataset.validation.length,
+        fingerprint: print,
+      };
     },
   };
 }
@@ -89,8 +132,8 @@ export interface TrainerOptions {
   gradAccumulation?: number;
   /** Weight decay (default 0 for adapters, 0.01 for full fine-tuning). */
   weightDecay?: number;
-  /** "adamw" or "paged" (default: paged for QLoRA, as the paper; adamw otherwise). */
-  optimizer?: "adamw" | "paged";
+  /** "adamw", "paged" or "adamw8bit" (default: paged for QLoRA, as the paper; adamw otherwise). */
+  optimizer?: "adamw" | "paged" | "adamw8bit";
   /**
    * bf16 parameters: keep f32 master weights (true, default: mixed precision) or update the bf16 weights
    * directly (false: the 16-bit weights, 16-bit gradients, f32 Adam policy of the seed document).
@@ -102,10 +145,27 @@ export interface TrainerOptions {
   evalBatches?: number;
   /** Called after every step. */
   onStep?: (info: StepInfo) => void;
-  /** Write a checkpoint here every `checkpointEvery` steps and at the end. */
+  /**
+   * Write a resumable checkpoint into `checkpointDir/checkpoint-NNNNNN/` every `checkpointEvery` steps and
+   * at the end, and the final weights (adapter or model) into `checkpointDir` itself.
+   */
   checkpointDir?: string;
   /** Steps between checkpoints (default: only at the end). */
   checkpointEvery?: number;
+  /** Complete checkpoints kept, the newest (default 3). */
+  checkpointKeep?: number;
+  /**
+   * Continue from a checkpoint: `true` for the latest complete one in `checkpointDir` (none: start at step
+   * 0), or a path (a run's directory, or one `checkpoint-NNNNNN`; `checkpointDir` defaults to its run's).
+   * Torn checkpoints are skipped with a message; another configuration is refused, naming the difference.
+   */
+  resume?: boolean | string;
+  /** More of the run's configuration (base model, data files, ...), recorded and compared on resume. */
+  runInfo?: Record<string, string | number | boolean | null>;
+  /** `base_model_name_or_path` of the adapters written. */
+  baseModel?: string;
+  /** Where messages go (resumed, skipped a torn checkpoint); default console.log. */
+  onMessage?: (message: string) => void;
 }
 
 /** What one step measured. */
@@ -149,6 +209,18 @@ export interface TrainResult {
   tokensPerSecond: number;
   /** Highest total device bytes during training. */
   peakBytes: number;
+  /** The checkpoint this run continued from (null: it started at step 0). */
+  resumedFrom: { path: string; step: number } | null;
+}
+
+/** What {@linkcode Trainer.resume} did. */
+export interface ResumeInfo {
+  /** The checkpoint used, or null when there was none (the run starts at step 0). */
+  path: string | null;
+  /** Steps already done. */
+  step: number;
+  /** Checkpoints skipped as torn (killed while written), newest first. */
+  skipped: CheckpointEntry[];
 }
 
 /**
@@ -196,12 +268,32 @@ export function learningRate(
 export class Trainer implements Disposable {
   /** The model. */
   readonly model: LlamaModel;
-  /** The optimizer (AdamW or PagedAdamW). */
-  readonly optimizer: AdamW | PagedAdamW;
+  /** The optimizer (AdamW, PagedAdamW or AdamW8bit). */
+  readonly optimizer: AdamW | PagedAdamW | AdamW8bit;
   readonly #data: BatchSource;
   readonly #o:
-    & Required<Omit<TrainerOptions, "onStep" | "checkpointDir" | "checkpointEvery" | "evalEvery">>
-    & Pick<TrainerOptions, "onStep" | "checkpointDir" | "checkpointEvery" | "evalEvery">;
+    & Required<
+      Pick<
+        TrainerOptions,
+        | "steps"
+        | "batchSize"
+        | "seq"
+        | "lr"
+        | "warmupSteps"
+        | "minLrRatio"
+        | "maxGradNorm"
+        | "gradAccumulation"
+        | "weightDecay"
+        | "optimizer"
+        | "masterWeights"
+        | "evalBatches"
+        | "checkpointKeep"
+        | "onMessage"
+      >
+    >
+    & TrainerOptions;
+  #checkpointDir: string | undefined;
+  #resumed: { state: TrainingState | null; info: ResumeInfo } | null = null;
 
   /** Prepares the optimizer for the model's trainables. */
   constructor(model: LlamaModel, data: BatchSource, options: TrainerOptions) {
@@ -224,16 +316,75 @@ export class Trainer implements Disposable {
       optimizer: options.optimizer ?? (model.mode === "qlora" ? "paged" : "adamw"),
       masterWeights: options.masterWeights ?? true,
       evalBatches: options.evalBatches ?? 4,
+      checkpointKeep: options.checkpointKeep ?? 3,
+      onMessage: options.onMessage ?? ((m: string) => console.log(m)),
     };
+    if (!["adamw", "paged", "adamw8bit"].includes(this.#o.optimizer)) {
+      throw new InvalidArgumentError(`Cannot train: optimizer must be adamw, paged or adamw8bit`);
+    }
+    const keep = this.#o.checkpointKeep;
+    if (!Number.isSafeInteger(keep) || keep < 1) {
+      throw new InvalidArgumentError(`Cannot train: checkpointKeep must be an integer >= 1, got ${keep}`);
+    }
+    this.#checkpointDir = options.checkpointDir ??
+      (typeof options.resume === "string" ? runDirOf(options.resume) : undefined);
+    if (options.resume === true && !this.#checkpointDir) {
+      throw new InvalidArgumentError("Cannot resume: give checkpointDir, or a path as resume");
+    }
     this.model = model;
     this.#data = data;
-    const Opt = this.#o.optimizer === "paged" ? PagedAdamW : AdamW;
+    const Opt = { adamw: AdamW, paged: PagedAdamW, adamw8bit: AdamW8bit }[this.#o.optimizer];
     this.optimizer = new Opt(model.trainables(), {
       lr: this.#o.lr,
       weightDecay: this.#o.weightDecay,
       maxGradNorm: this.#o.maxGradNorm,
       masterWeights: this.#o.masterWeights,
     });
+  }
+
+  /**
+   * The configuration a resume must match: the trainer's options that change the result, the model
+   * (mode, dtype, shape, adapters), the data (`BatchSource.describe`) and `runInfo`.
+   */
+  runConfig(): Record<string, unknown> {
+    const o = this.#o, model = this.model;
+    const loras = loraOf(model);
+    const dropout = Math.max(0, ...loras.map((l) => l.dropoutP));
+    return {
+      trainer: {
+        steps: o.steps,
+        batchSize: o.batchSize,
+        seq: o.seq,
+        lr: o.lr,
+        warmupSteps: o.warmupSteps,
+        minLrRatio: o.minLrRatio,
+        maxGradNorm: o.maxGradNorm,
+        gradAccumulation: o.gradAccumulation,
+        weightDecay: o.weightDecay,
+        optimizer: o.optimizer,
+        masterWeights: o.masterWeights,
+        evalEvery: o.evalEvery ?? null,
+        evalBatches: o.evalBatches,
+      },
+      model: {
+        mode: model.mode,
+        dtype: model.dtype,
+        ...model.config,
+        trainableParameters: model.trainableParameters,
+        adapters: loras.length
+          ? {
+            rank: loras[0].rank,
+            alpha: loras[0].scaling * loras[0].rank,
+            dropout,
+            layers: loras.length,
+          }
+          : null,
+        // Recomputing a block draws its dropout masks again: with dropout, checkpointing changes the run.
+        ...(dropout > 0 ? { checkpointing: model.checkpointing } : {}),
+      },
+      data: this.#data.describe?.() ?? null,
+      run: o.runInfo ?? {},
+    };
   }
 
   #tensors(b: TokenBatch): [Tensor, Tensor] {
@@ -247,33 +398,104 @@ export class Trainer implements Disposable {
     }
   }
 
-  /** Mean validation loss and perplexity over the fixed validation batches. */
+  /** Mean validation loss and perplexity over the fixed validation batches (LoRA dropout off). */
   evaluate(): { loss: number; perplexity: number } {
     const batches = this.#data.validationBatches(this.#o.batchSize, this.#o.seq, this.#o.evalBatches);
     if (batches.length === 0) throw new InvalidArgumentError("Cannot evaluate: no validation batches");
+    const loras = loraOf(this.model);
+    const modes = loras.map((l) => l.training);
     let total = 0;
-    for (const b of batches) {
-      const [x, y] = this.#tensors(b);
-      try {
-        total += this.model.forward(x, y, { backward: false });
-        this.model.releaseActivations();
-      } finally {
-        x.dispose();
-        y.dispose();
+    try {
+      for (const l of loras) l.training = false;
+      for (const b of batches) {
+        const [x, y] = this.#tensors(b);
+        try {
+          total += this.model.forward(x, y, { backward: false });
+          this.model.releaseActivations();
+        } finally {
+          x.dispose();
+          y.dispose();
+        }
       }
+    } finally {
+      loras.forEach((l, i) => l.training = modes[i]);
     }
     const loss = total / batches.length;
     return { loss, perplexity: Math.exp(loss) };
   }
 
-  /** Runs the steps; yields to the event loop after each, so a notebook stays responsive. */
+  /**
+   * Restores the run from a checkpoint (see {@linkcode TrainerOptions.resume}; `train()` calls it when
+   * that option is set): the latest complete checkpoint of the run's directory, skipping torn ones with
+   * a message, or the one given. Refuses another configuration, naming each difference. Call it before
+   * `evaluate()` to evaluate the resumed weights. Returns what it found; calling it again does nothing.
+   */
+  async resume(from: true | string = this.#o.resume || true): Promise<ResumeInfo> {
+    if (this.#resumed) return this.#resumed.info;
+    if (from === true && !this.#checkpointDir) {
+      throw new InvalidArgumentError("Cannot resume: give checkpointDir, or a path to resume from");
+    }
+    const say = this.#o.onMessage;
+    const skipped: CheckpointEntry[] = [];
+    let path: string | null = null;
+    const given = from === true ? this.#checkpointDir! : from.replace(/\/+$/, "");
+    const latest = !/(^|\/)checkpoint-\d+$/.test(given);
+    if (!latest) {
+      path = given;
+    } else {
+      for (const c of (await listCheckpoints(given)).reverse()) {
+        if (c.complete) {
+          path = c.path;
+          break;
+        }
+        say(`skipping ${c.path}: incomplete, ${c.problem}`);
+        skipped.push(c);
+      }
+    }
+    if (!path) {
+      say(`no complete checkpoint in ${given}: starting at step 0`);
+      const info = { path: null, step: 0, skipped };
+      this.#resumed = { state: null, info };
+      return info;
+    }
+    const state = await readTrainingCheckpoint(path, {
+      model: this.model,
+      optimizer: this.optimizer,
+      run: this.runConfig(),
+    });
+    if (state.data !== null && state.data !== undefined) {
+      if (!this.#data.setState) {
+        throw new InvalidArgumentError(
+          `Cannot resume from ${path}: the batch source cannot set its position`,
+        );
+      }
+      this.#data.setState(state.data);
+    } else {
+      say(
+        "the batch source keeps no position: the batches after the resume differ from an uninterrupted run",
+      );
+    }
+    say(`resumed from ${path}: step ${state.step} of ${state.steps}`);
+    if (latest) await pruneCheckpoints(given, this.#o.checkpointKeep); // torn ones, and a prune cut short
+    const info = { path, step: state.step, skipped };
+    this.#resumed = { state, info };
+    return info;
+  }
+
+  /**
+   * Runs the steps (after {@linkcode Trainer.resume} when `resume` is set); yields to the event loop after
+   * each, so a notebook stays responsive.
+   */
   async train(): Promise<TrainResult> {
     const o = this.#o, model = this.model, device = model.device;
-    const history: StepInfo[] = [];
-    const start = performance.now();
+    if (o.resume) await this.resume();
+    const state = this.#resumed?.state ?? null;
+    const history: StepInfo[] = state ? [...state.history] : [];
+    const start = performance.now() - (history.at(-1)?.elapsedMs ?? 0);
+    const t00 = performance.now();
     let tokens = 0;
     let peakBytes = 0;
-    for (let step = 0; step < o.steps; step++) {
+    for (let step = state?.step ?? 0; step < o.steps; step++) {
       const t0 = performance.now();
       device.resetPeak();
       this.optimizer.lr = learningRate(step, o.steps, o.warmupSteps, o.lr, o.minLrRatio);
@@ -289,6 +511,7 @@ export class Trainer implements Disposable {
           y.dispose();
         }
       }
+      await pauseForTest(`step:${step + 1}:backward`);
       if (o.gradAccumulation > 1) {
         for (const t of this.optimizer.params) {
           if (t.grad) {
@@ -304,6 +527,7 @@ export class Trainer implements Disposable {
         }
       }
       const { gradNorm } = this.optimizer.step();
+      await pauseForTest(`step:${step + 1}:optimizer`);
       const snap = device.memory();
       peakBytes = Math.max(peakBytes, snap.totalPeak);
       const stepTokens = o.batchSize * o.seq * o.gradAccumulation;
@@ -331,18 +555,36 @@ export class Trainer implements Disposable {
       }
       history.push(info);
       o.onStep?.(info);
-      if (o.checkpointDir && (last || (o.checkpointEvery && (step + 1) % o.checkpointEvery === 0))) {
-        await saveCheckpoint(model, o.checkpointDir, { step: step + 1, loss });
+      const dir = this.#checkpointDir;
+      if (dir && (last || (o.checkpointEvery && (step + 1) % o.checkpointEvery === 0))) {
+        // The final weights first: a run killed after its last checkpoint has them, and resumes to nothing.
+        if (last) await saveCheckpoint(model, dir, { step: step + 1, loss }, { baseModel: o.baseModel });
+        await writeTrainingCheckpoint(dir, {
+          model,
+          optimizer: this.optimizer,
+          state: {
+            step: step + 1,
+            steps: o.steps,
+            loss,
+            optimizer: { kind: o.optimizer, stepCount: this.optimizer.stepCount, lr: this.optimizer.lr },
+            run: this.runConfig(),
+            data: this.#data.getState?.() ?? null,
+            dropoutSteps: dropoutSteps(model),
+            history,
+          },
+        }, { keep: o.checkpointKeep, baseModel: o.baseModel });
       }
       await new Promise((resolve) => setTimeout(resolve, 0));
     }
     const final = history[history.length - 1];
+    const seconds = (performance.now() - t00) / 1000;
     return {
       history,
       evalLoss: final.evalLoss!,
       evalPerplexity: final.evalPerplexity!,
-      tokensPerSecond: tokens / ((performance.now() - start) / 1000),
+      tokensPerSecond: tokens > 0 ? tokens / seconds : 0,
       peakBytes,
+      resumedFrom: state ? { path: this.#resumed!.info.path!, step: state.step } : null,
     };
   }
 
@@ -357,122 +599,19 @@ export class Trainer implements Disposable {
   }
 }
 
-function bytesOf(t: Tensor): Uint8Array {
-  const a = t.toArray();
-  return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+/** The LoRA layers of a model, in block order. */
+function loraOf(model: LlamaModel): LoRALinear[] {
+  const out: LoRALinear[] = [];
+  for (let i = 0; i < model.config.layers; i++) {
+    for (const layer of Object.values(model.block(i))) if (layer instanceof LoRALinear) out.push(layer);
+  }
+  return out;
 }
 
-const MODULE_PATHS: Record<string, string> = {
-  q_proj: "self_attn.q_proj",
-  k_proj: "self_attn.k_proj",
-  v_proj: "self_attn.v_proj",
-  o_proj: "self_attn.o_proj",
-  gate_proj: "mlp.gate_proj",
-  up_proj: "mlp.up_proj",
-  down_proj: "mlp.down_proj",
-};
-
-/**
- * Writes a checkpoint into `dir`: for LoRA and QLoRA, the adapters in PEFT's layout
- * (`adapter_model.safetensors` with `base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`
- * [r, in] and `...lora_B.weight` [out, r], plus `adapter_config.json`); for full fine-tuning, every
- * trainable tensor in `model.safetensors`. Each file is written to a temporary file and renamed, so an
- * interrupted run leaves the previous checkpoint intact. Returns the files written.
- *
- * @example
- * ```ts
- * import { LlamaModel, readSafetensors, saveCheckpoint } from "../mod.ts";
- * import { assertEquals } from "@std/assert";
- * const config = { vocabSize: 64, dim: 32, layers: 1, heads: 2, kvHeads: 2, hiddenDim: 64, maxSeq: 16,
- *   normEps: 1e-5, ropeTheta: 10000 };
- * using model = new LlamaModel(config, { mode: "lora", rank: 4, targetModules: ["q_proj", "v_proj"] });
- * const dir = await Deno.makeTempDir();
- * try {
- *   const files = await saveCheckpoint(model, dir, { step: 1, loss: 2.5 });
- *   assertEquals(files.map((f) => f.slice(dir.length + 1)), [
- *     "adapter_model.safetensors",
- *     "adapter_config.json",
- *     "trainer_state.json",
- *   ]);
- *   const adapters = await readSafetensors(`${dir}/adapter_model.safetensors`);
- *   assertEquals(adapters.size, 4); // lora_A and lora_B of q_proj and v_proj
- *   assertEquals(adapters.get("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight")!.info.shape, [
- *     4,
- *     32,
- *   ]);
- *   assertEquals(JSON.parse(await Deno.readTextFile(`${dir}/adapter_config.json`)).r, 4);
- * } finally {
- *   await Deno.remove(dir, { recursive: true });
- * }
- * ```
- */
-export async function saveCheckpoint(
-  model: LlamaModel,
-  dir: string,
-  info: { step: number; loss: number },
-  options: { baseModel?: string } = {},
-): Promise<string[]> {
-  await Deno.mkdir(dir, { recursive: true });
-  const written: string[] = [];
-  if (model.mode === "full") {
-    const tensors = model.trainables().map((t) => ({
-      name: t.name,
-      dtype: (t.value.dtype === "f32" ? "F32" : "BF16") as "F32" | "BF16",
-      shape: [...t.value.shape],
-      data: bytesOf(t.value),
-    }));
-    // Names repeat across blocks in trainables(); prefix them by position to keep them unique.
-    tensors.forEach((t, i) => t.name = `${i.toString().padStart(4, "0")}.${t.name}`);
-    const path = `${dir}/model.safetensors`;
-    await writeSafetensors(path, tensors, { step: String(info.step), loss: String(info.loss) });
-    written.push(path);
-  } else {
-    const tensors: { name: string; dtype: "F32" | "BF16"; shape: number[]; data: Uint8Array }[] = [];
-    let rank = 0, alpha = 0, dropout = 0;
-    const targets = new Set<string>();
-    for (let i = 0; i < model.config.layers; i++) {
-      for (const [name, layer] of Object.entries(model.block(i))) {
-        if (!(layer instanceof LoRALinear)) continue;
-        targets.add(name);
-        rank = layer.rank;
-        alpha = layer.scaling * layer.rank;
-        dropout = layer.dropoutP;
-        const prefix = `base_model.model.model.layers.${i}.${MODULE_PATHS[name]}`;
-        for (const [suffix, t] of [["lora_A.weight", layer.loraA], ["lora_B.weight", layer.loraB]] as const) {
-          tensors.push({
-            name: `${prefix}.${suffix}`,
-            dtype: t.dtype === "f32" ? "F32" : "BF16",
-            shape: [...t.shape],
-            data: bytesOf(t),
-          });
-        }
-      }
-    }
-    const path = `${dir}/adapter_model.safetensors`;
-    await writeSafetensors(path, tensors, { format: "pt" });
-    const config = {
-      peft_type: "LORA",
-      task_type: "CAUSAL_LM",
-      r: rank,
-      lora_alpha: alpha,
-      lora_dropout: dropout,
-      target_modules: [...targets],
-      bias: "none",
-      fan_in_fan_out: false,
-      inference_mode: true,
-      base_model_name_or_path: options.baseModel ?? null,
-    };
-    const cfgPath = `${dir}/adapter_config.json`;
-    await writeFileAtomic(cfgPath, JSON.stringify(config, null, 2) + "\n");
-    written.push(path, cfgPath);
-  }
-  const statePath = `${dir}/trainer_state.json`;
-  await writeFileAtomic(
-    statePath,
-    JSON.stringify({ ...info, mode: model.mode, config: model.config }, null, 2) + "\n",
-  );
-  written.push(statePath);
-  return written;
+/** The run directory of a resume path: the folder of a `checkpoint-NNNNNN`, else the path itself. */
+function runDirOf(path: string): string {
+  const p = path.replace(/\/+$/, "");
+  return /(^|\/)checkpoint-\d+$/.test(p) ? (p.includes("/") ? p.slice(0, p.lastIndexOf("/")) : ".") : p;
 }
 
 /**
@@ -543,79 +682,4 @@ function notebookDisplay(): DisplayFn | null {
   } catch {
     return null;
   }
-}
-
-/**
- * Loads a PEFT adapter (`adapter_model.safetensors` and `adapter_config.json`, as {@linkcode saveCheckpoint}
- * writes them, or PEFT's own for a LLaMA) into a LoRA or QLoRA model built with the same rank and target
- * modules: every `lora_A`/`lora_B` of the model is set from the file. A missing, extra or mis-shaped
- * tensor, or another rank or alpha, is an error naming it.
- *
- * @example
- * ```ts
- * import { LlamaModel, loadAdapter, saveCheckpoint, Tensor } from "../mod.ts";
- * import { assertEquals } from "@std/assert";
- * const config = { vocabSize: 16, dim: 16, layers: 1, heads: 2, kvHeads: 1, hiddenDim: 32, maxSeq: 8,
- *   normEps: 1e-5, ropeTheta: 10000 };
- * using a = new LlamaModel(config, { mode: "lora", rank: 2, seed: 1 });
- * a.block(0).q_proj.trainables()[1].value.copyFrom(new Float32Array(32).fill(0.5)); // a non-zero lora_B
- * const dir = await Deno.makeTempDir();
- * try {
- *   await saveCheckpoint(a, dir, { step: 1, loss: 0 });
- *   using b = new LlamaModel(config, { mode: "lora", rank: 2, seed: 1 });
- *   await loadAdapter(b, dir);
- *   using tokens = Tensor.from(new Int32Array([1, 2, 3]), { shape: [1, 3] });
- *   using la = a.logits(tokens), lb = b.logits(tokens);
- *   assertEquals(la.toFloat32(), lb.toFloat32());
- * } finally {
- *   await Deno.remove(dir, { recursive: true });
- * }
- * ```
- */
-export async function loadAdapter(model: LlamaModel, dir: string): Promise<void> {
-  const fail = (what: string) => new InvalidArgumentError(`Cannot load the adapter in ${dir}: ${what}`);
-  let cfg: Record<string, unknown>;
-  try {
-    cfg = JSON.parse(await Deno.readTextFile(`${dir}/adapter_config.json`));
-  } catch (e) {
-    throw fail(`adapter_config.json: ${(e as Error).message}`);
-  }
-  const file = await readSafetensors(`${dir}/adapter_model.safetensors`);
-  const used = new Set<string>();
-  for (let i = 0; i < model.config.layers; i++) {
-    for (const [name, layer] of Object.entries(model.block(i))) {
-      if (!(layer instanceof LoRALinear)) continue;
-      if (cfg.r !== layer.rank || Math.abs(Number(cfg.lora_alpha) - layer.scaling * layer.rank) > 1e-6) {
-        throw fail(
-          `r ${cfg.r} and lora_alpha ${cfg.lora_alpha}, the model has ${layer.rank} and ${
-            layer.scaling * layer.rank
-          }`,
-        );
-      }
-      const prefix = `base_model.model.model.layers.${i}.${MODULE_PATHS[name]}`;
-      for (const [suffix, t] of [["lora_A.weight", layer.loraA], ["lora_B.weight", layer.loraB]] as const) {
-        const key = `${prefix}.${suffix}`;
-        const found = file.get(key);
-        if (!found) throw fail(`${key} is missing`);
-        if (found.info.shape.join() !== t.shape.join()) {
-          throw fail(
-            `${key} has shape [${found.info.shape.join(", ")}], the model's is [${t.shape.join(", ")}]`,
-          );
-        }
-        const bytes = found.data.slice();
-        const values = found.info.dtype === "F32"
-          ? new Float32Array(bytes.buffer)
-          : found.info.dtype === "BF16"
-          ? bf16ToF32(new Uint16Array(bytes.buffer))
-          : null;
-        if (!values) throw fail(`${key} is ${found.info.dtype}, not F32 or BF16`);
-        using v = Tensor.from(values, { shape: [...t.shape], device: t.device, category: "workspace" });
-        using cast = v.cast(t.dtype as "f32" | "bf16");
-        t.copyFrom(cast);
-        used.add(key);
-      }
-    }
-  }
-  const extra = [...file.keys()].find((k) => !used.has(k));
-  if (extra) throw fail(`${extra} is not an adapter of this model (other target_modules?)`);
 }

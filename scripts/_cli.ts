@@ -59,6 +59,34 @@ export function parseArgs(argv: string[], spec: FlagSpec): ParsedArgs {
 }
 
 /**
+ * Takes a flag whose value is optional (`--resume` or `--resume DIR`, `--resume=DIR`) out of `argv`:
+ * true when given bare, its value when one follows that is not a flag, undefined when absent.
+ *
+ * @example
+ * ```ts
+ * import { takeOptionalFlag } from "./_cli.ts";
+ * import { assertEquals } from "@std/assert";
+ * assertEquals(takeOptionalFlag(["--resume", "--steps", "4"], "resume"), { value: true, rest: ["--steps", "4"] });
+ * assertEquals(takeOptionalFlag(["--resume", "out"], "resume").value, "out");
+ * ```
+ */
+export function takeOptionalFlag(argv: string[], name: string): { value?: string | true; rest: string[] } {
+  const rest: string[] = [];
+  let value: string | true | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === `--${name}`) {
+      const next = argv[i + 1];
+      value = next !== undefined && !next.startsWith("--") ? (i++, next) : true;
+    } else if (argv[i].startsWith(`--${name}=`)) {
+      value = argv[i].slice(name.length + 3) || true;
+    } else {
+      rest.push(argv[i]);
+    }
+  }
+  return { value, rest };
+}
+
+/**
  * A one-line progress bar on stderr, drawn only when stderr is a terminal.
  *
  * @example

@@ -1,8 +1,9 @@
 /**
  * `./deno task finetune --model DIR --data FILE|brown|sotu|moby-dick --mode lora|qlora [--budget 6GiB]
  * [--steps 100] [--batch 4] [--seq 256] [--lr 2e-4] [--rank 8] [--alpha 16] [--targets q,k,v,o,gate,up,down]
- * [--dtype bf16|f32] [--checkpointing] [--out DIR] [--merge] [--verify] [--seed N]`: fine-tunes a Hugging
- * Face LLaMA model directory (config.json, safetensors shards, tokenizer.json) with LoRA or QLoRA.
+ * [--dtype bf16|f32] [--checkpointing] [--out DIR] [--checkpoint-every N] [--keep 3] [--resume [DIR]]
+ * [--merge] [--verify] [--seed N]`: fine-tunes a Hugging Face LLaMA model directory (config.json,
+ * safetensors shards, tokenizer.json) with LoRA or QLoRA.
  *
  * - Data: JSON Lines of `{"text": ...}` or `{"prompt": ..., "completion": ...}` (the loss on the completion
  *   only), or a bundled corpus by name.
@@ -10,6 +11,10 @@
  * - Output (default `build/finetune/NAME-MODE`): a PEFT adapter (`adapter_model.safetensors`,
  *   `adapter_config.json` with `base_model_name_or_path`); with `--merge`, `merged/`, a model directory in
  *   transformers' layout (weights in the compute dtype) with the tokenizer's files.
+ * - Resumable checkpoints (adapters, optimizer state, step, random streams, configuration) go to
+ *   `OUT/checkpoint-NNNNNN/` every `--checkpoint-every` steps (default a tenth of the run) and at the end,
+ *   the newest `--keep` kept. `--resume` (or `--resume OUT`) continues an interrupted run from the latest
+ *   complete one, with the same flags; torn checkpoints are skipped, other flags refused by name.
  * - `--verify`: reloads the adapter onto a fresh copy of the base and, with `--merge`, the merged export,
  *   and compares their logits with the model in memory (loads the base again: meant for small models).
  *
@@ -36,12 +41,13 @@ import {
   TextDataset,
   Trainer,
 } from "../mod.ts";
-import { parseArgs, runMain, UsageError } from "./_cli.ts";
+import { parseArgs, runMain, takeOptionalFlag, UsageError } from "./_cli.ts";
 
 const USAGE =
   "usage: ./deno task finetune --model DIR --data FILE.jsonl|brown|sotu|moby-dick --mode lora|qlora " +
   "[--budget 6GiB] [--steps 100] [--batch 4] [--seq 256] [--lr 2e-4] [--rank 8] [--alpha 16] " +
-  "[--targets q,k,v,o,gate,up,down] [--dtype bf16|f32] [--checkpointing] [--out DIR] [--merge] [--verify]";
+  "[--targets q,k,v,o,gate,up,down] [--dtype bf16|f32] [--checkpointing] [--out DIR] [--checkpoint-every N] " +
+  "[--keep 3] [--resume [DIR]] [--merge] [--verify]";
 
 const CORPORA = ["brown", "sotu", "moby-dick"] as const;
 
@@ -53,7 +59,8 @@ function maxDiff(a: Float32Array, b: Float32Array): number {
 }
 
 await runMain(async () => {
-  const { flags } = parseArgs(Deno.args, {
+  const { value: resume, rest } = takeOptionalFlag(Deno.args, "resume");
+  const { flags } = parseArgs(rest, {
     model: "string",
     data: "string",
     mode: "string",
@@ -71,6 +78,8 @@ await runMain(async () => {
     merge: "boolean",
     verify: "boolean",
     seed: "string",
+    "checkpoint-every": "string",
+    keep: "string",
   });
   const modelDir = flags.model as string | undefined, dataArg = flags.data as string | undefined;
   if (!modelDir || !dataArg) throw new UsageError("--model and --data are required");
@@ -99,7 +108,10 @@ await runMain(async () => {
   const device = getDevice();
   if (flags.budget) device.setMemoryBudget(flags.budget as string);
   const name = modelDir.replace(/\/+$/, "").split("/").pop()!;
-  const out = (flags.out as string | undefined) ?? `build/finetune/${name}-${mode}`;
+  const out = (flags.out as string | undefined) ??
+    (typeof resume === "string"
+      ? resume.replace(/\/checkpoint-\d+\/*$/, "")
+      : `build/finetune/${name}-${mode}`);
 
   using dir = await openModelDir(modelDir);
   const config = dir.hf.config;
@@ -156,6 +168,12 @@ await runMain(async () => {
     evalEvery: Math.max(1, Math.floor(steps / 4)),
     evalBatches: 4,
     optimizer: mode === "qlora" ? "paged" : "adamw",
+    checkpointDir: out,
+    checkpointEvery: int("checkpoint-every", Math.max(1, Math.floor(steps / 10))),
+    checkpointKeep: int("keep", 3),
+    resume,
+    runInfo: { model: name, modelBytes: dir.bytes, data: dataArg.split("/").pop()! },
+    baseModel: name,
     onStep: (i) => {
       if (i.step % every !== 0 && i.step !== i.steps && i.evalLoss === undefined) return;
       const evalPart = i.evalLoss === undefined ? "" : ` eval ${i.evalLoss.toFixed(4)}`;
@@ -165,8 +183,8 @@ await runMain(async () => {
       );
     },
   });
-  const before = trainer.evaluate();
-  console.log(`validation loss before: ${before.loss.toFixed(4)}`);
+  const resumed = resume ? await trainer.resume() : null;
+  if (!resumed?.step) console.log(`validation loss before: ${trainer.evaluate().loss.toFixed(4)}`);
   const result = await trainer.train();
   console.log(
     `validation loss after: ${result.evalLoss.toFixed(4)} (perplexity ${

