@@ -334,8 +334,23 @@ class Block {
   }
 
   /** x -> x + attn(norm(x)) -> ... + mlp(norm(...)). Keeps what backward needs; returns the output. */
+  /** Each LoRA layer's dropout step before the last forward, so that a recomputation draws the same masks. */
+  #dropoutSteps = new Map<TargetModule, number>();
+
+  /**
+   * The forward again, for gradient checkpointing's backward: the LoRA layers' dropout steps are set back
+   * first, so the recomputed activations use the masks of the forward whose loss is differentiated.
+   */
+  recompute(x: Tensor): Tensor {
+    for (const [name, step] of this.#dropoutSteps) (this.proj[name] as LoRALinear).dropoutStep = step;
+    return this.forward(x);
+  }
+
   forward(x: Tensor): Tensor {
     const c = this.model.config, p = this.proj, s = this.headShape;
+    for (const [name, l] of Object.entries(p)) {
+      if (l instanceof LoRALinear) this.#dropoutSteps.set(name as TargetModule, l.dropoutStep);
+    }
     const made: Tensor[] = []; // freed if anything fails: a failed forward leaves nothing counted
     const keep = <T extends Tensor>(t: T): T => (made.push(t), t);
     try {
@@ -393,57 +408,64 @@ class Block {
   #backward(dout: Tensor, s: BlockSaved, inputGrad: boolean): Tensor | null {
     const c = this.model.config, p = this.proj, hs = this.headShape;
     const train = this.model.mode === "full";
-    // MLP (every intermediate is freed at the end of its scope, on success or failure)
-    using dn2 = (() => {
-      using dact = p.down_proj.backward(dout);
-      const g = swigluBackward(dact, s.gate, s.up);
-      using dgate = g.dgate, dup = g.dup;
-      const dn2 = p.gate_proj.backward(dgate);
-      try {
-        using dn2u = p.up_proj.backward(dup);
-        axpby(1, dn2u, 1, dn2);
-      } catch (e) {
-        dn2.dispose();
-        throw e;
-      }
-      return dn2;
-    })();
+    // Each intermediate lives in the smallest scope that needs it (freed there on success or failure), so
+    // the peak is that of the plain sequence of ops: dact goes before gate_proj's backward, dn2 before the
+    // attention, dq, dk and dv before the first norm's backward.
     if (train) {
       this.mlpNormGrad ??= Tensor.zeros(this.mlpNorm.shape, {
         dtype: this.mlpNorm.dtype,
         category: "gradients",
         device: this.model.device,
       });
-    }
-    using dx2 = rmsnormBackward(dn2, s.x2, this.mlpNorm, s.n2.rstd, train ? this.mlpNormGrad : null);
-    axpby(1, dout, 1, dx2); // the residual
-    // attention
-    const g = (() => {
-      using datt = p.o_proj.backward(dx2);
-      return attentionBackward(datt, s.q, s.k, s.v, s.att, hs);
-    })();
-    using dq = g.dq, dk = g.dk, dv = g.dv;
-    rope(dq, hs, c.ropeTheta, true);
-    rope(dk, { ...hs, heads: c.kvHeads }, c.ropeTheta, true);
-    if (!inputGrad) {
-      for (const [layer, d] of [[p.q_proj, dq], [p.k_proj, dk], [p.v_proj, dv]] as const) {
-        layer.backward(d, { inputGrad: false });
-      }
-      return null;
-    }
-    using dn1 = p.q_proj.backward(dq);
-    for (const [layer, d] of [[p.k_proj, dk], [p.v_proj, dv]] as const) {
-      using part = layer.backward(d);
-      axpby(1, part, 1, dn1);
-    }
-    if (train) {
       this.attnNormGrad ??= Tensor.zeros(this.attnNorm.shape, {
         dtype: this.attnNorm.dtype,
         category: "gradients",
         device: this.model.device,
       });
     }
-    const dx = rmsnormBackward(dn1, s.x, this.attnNorm, s.n1.rstd, train ? this.attnNormGrad : null);
+    // MLP
+    using dx2 = (() => {
+      using dn2 = (() => {
+        const g = (() => {
+          using dact = p.down_proj.backward(dout);
+          return swigluBackward(dact, s.gate, s.up);
+        })();
+        using dgate = g.dgate, dup = g.dup;
+        const dn2 = p.gate_proj.backward(dgate);
+        return fillOrDispose(dn2, () => {
+          using dn2u = p.up_proj.backward(dup);
+          axpby(1, dn2u, 1, dn2);
+        });
+      })();
+      return rmsnormBackward(dn2, s.x2, this.mlpNorm, s.n2.rstd, train ? this.mlpNormGrad : null);
+    })();
+    axpby(1, dout, 1, dx2); // the residual
+    // attention
+    const g = (() => {
+      using datt = p.o_proj.backward(dx2);
+      return attentionBackward(datt, s.q, s.k, s.v, s.att, hs);
+    })();
+    const dn1 = (() => {
+      using dq = g.dq, dk = g.dk, dv = g.dv;
+      rope(dq, hs, c.ropeTheta, true);
+      rope(dk, { ...hs, heads: c.kvHeads }, c.ropeTheta, true);
+      if (!inputGrad) {
+        for (const [layer, d] of [[p.q_proj, dq], [p.k_proj, dk], [p.v_proj, dv]] as const) {
+          layer.backward(d, { inputGrad: false });
+        }
+        return null;
+      }
+      const dn1 = p.q_proj.backward(dq);
+      return fillOrDispose(dn1, () => {
+        for (const [layer, d] of [[p.k_proj, dk], [p.v_proj, dv]] as const) {
+          using part = layer.backward(d);
+          axpby(1, part, 1, dn1);
+        }
+      });
+    })();
+    if (!dn1) return null;
+    using dn1Scope = dn1;
+    const dx = rmsnormBackward(dn1Scope, s.x, this.attnNorm, s.n1.rstd, train ? this.attnNormGrad : null);
     return fillOrDispose(dx, () => axpby(1, dx2, 1, dx));
   }
 
@@ -845,7 +867,7 @@ export class LlamaModel implements Disposable {
       d = dh;
       for (let i = this.#blocks.length - 1; i >= 0; i--) {
         const block = this.#blocks[i];
-        if (this.checkpointing) block.forward(p.inputs[i]).dispose(); // recompute this block's activations
+        if (this.checkpointing) block.recompute(p.inputs[i]).dispose(); // this block's activations, same masks
         // Frozen embeddings (lora, qlora): nothing needs the gradient of the first block's input.
         const dx: Tensor | null = block.backward(d, true, full || i > 0);
         d.dispose();

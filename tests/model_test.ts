@@ -292,3 +292,22 @@ Deno.test("QLoRA fine-tuning of a pretrained tiny base reaches LoRA's validation
     `QLoRA ${losses.qlora} vs LoRA ${losses.lora}`,
   );
 });
+
+Deno.test("model: gradient checkpointing recomputes with the forward's dropout masks (same gradients as without)", () => {
+  const grads = [false, true].map((checkpointing) => {
+    using model = new LlamaModel(SMALL, {
+      mode: "lora",
+      rank: 4,
+      loraDropout: 0.3,
+      seed: 5,
+      std: 0.2,
+      checkpointing,
+    });
+    const { tokens, targets } = batch(2, 8, 11);
+    using _x = tokens, _y = targets;
+    model.forward(tokens, targets);
+    model.backward();
+    return model.trainables().map((t) => t.grad!.toFloat32());
+  });
+  grads[0].forEach((g, i) => assertEquals(grads[1][i], g, `trainable ${i}`));
+});
