@@ -60,3 +60,13 @@ Deno.test("notebooks: every cell's source ends with a newline (deno fmt --check 
     }
   }
 });
+
+Deno.test("notebooks: no TeX in markdown (nbconvert's HTML would need MathJax from the network)", () => {
+  // Formulas are written in Unicode (½‖y‖², r·(d_in + d_out)), which reads the same rendered or not, offline.
+  for (const nb of notebooks()) {
+    for (const c of nb.cells.filter((c) => c.cell_type === "markdown")) {
+      const tex = /\$[^$\n]+\$/.exec([c.source].flat().join(""));
+      assert(tex === null, `${nb.name}: cell ${c.id} has TeX: ${tex?.[0]}`);
+    }
+  }
+});

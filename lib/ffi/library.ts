@@ -3,9 +3,10 @@
  * version, and turns native status codes into typed errors.
  *
  * Backend choice: `QLORA_BACKEND=cpu|cuda|cuda-emu|auto` (default `auto`: CUDA where the CUDA library
- * is built and a GPU is usable, else CPU, saying why once on stderr). `cuda-emu` is the CUDA backend's
- * own kernels compiled against the CPU emulator of `cuda/src/emu` (slow; for tests without a GPU). `QLORA_DEBUG=1` logs every native
- * call with its arguments, status and duration.
+ * is built and a GPU is usable, else CPU, saying so in one line, `qlora: CPU backend (no NVIDIA GPU
+ * found)`, with the full reason under `QLORA_DEBUG=1`). `cuda-emu` is the CUDA backend's own kernels
+ * compiled against the CPU emulator of `cuda/src/emu` (slow; for tests without a GPU). `QLORA_DEBUG=1`
+ * logs every native call with its arguments, status and duration.
  *
  * @module
  */
@@ -134,8 +135,42 @@ function traceSymbols(backend: Backend, symbols: QloraSymbols): QloraSymbols {
 let autoNoticeShown = false;
 
 /**
+ * Why `auto` fell back to the CPU, in a few words: the CUDA library not built (no nvcc), no GPU (or no
+ * driver), a GPU too old for the build, or a library that does not load.
+ */
+function fallbackReason(cudaPath: string, message: string): string {
+  try {
+    Deno.statSync(cudaPath);
+  } catch {
+    return "CUDA backend not built";
+  }
+  if (/compute capability/.test(message)) return "GPU older than compute capability 8.0";
+  if (/No usable CUDA device/.test(message)) return "no NVIDIA GPU found";
+  if (/ABI version/.test(message)) return "CUDA library out of date: ./deno task build";
+  return "CUDA backend unusable; QLORA_DEBUG=1 says why";
+}
+
+/**
+ * The one line `auto` prints when it falls back to the CPU. In a Jupyter kernel it goes to stdout: the
+ * kernel sends stderr to the notebook as a red block, and this is news, not an error. Elsewhere it goes
+ * to stderr, out of a script's output.
+ */
+function backendNotice(line: string): void {
+  let inKernel = false;
+  try {
+    // Reading Deno.jupyter outside the kernel throws (or is undefined): only touch it here, at run time.
+    inKernel = typeof Deno.jupyter?.display === "function";
+  } catch {
+    inKernel = false;
+  }
+  if (inKernel) console.log(line);
+  else console.error(line);
+}
+
+/**
  * Resolves `QLORA_BACKEND` (or the given choice) to an opened library. `auto` tries CUDA, then falls
- * back to the CPU, printing the reason once.
+ * back to the CPU, saying so once in one line (`qlora: CPU backend (no NVIDIA GPU found)`); with
+ * `QLORA_DEBUG=1` the line carries the full reason.
  *
  * @example
  * ```ts
@@ -156,7 +191,8 @@ export function loadLibrary(choice?: Backend | "auto"): NativeLibrary {
   }
   if (!autoNoticeShown) {
     autoNoticeShown = true;
-    console.error(`qlora: using the CPU backend (${reason})`);
+    const short = fallbackReason(libraryPath("cuda"), reason);
+    backendNotice(`qlora: CPU backend (${short})${envFlag("QLORA_DEBUG") ? `: ${reason}` : ""}`);
   }
   return openLibrary("cpu");
 }
