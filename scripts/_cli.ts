@@ -20,6 +20,29 @@ export interface ParsedArgs {
 export class UsageError extends Error {}
 
 /**
+ * A reader of positive integer flags: `int("steps", 200)` is `--steps` when given, else 200; anything but a
+ * positive integer is a {@linkcode UsageError}.
+ *
+ * @example
+ * ```ts
+ * import { intFlags } from "./_cli.ts";
+ * import { assertEquals, assertThrows } from "@std/assert";
+ * const int = intFlags({ steps: "40", bad: "1.5" });
+ * assertEquals([int("steps", 200), int("batch", 8)], [40, 8]);
+ * assertThrows(() => int("bad", 1), Error, "--bad must be a positive integer");
+ * ```
+ */
+export function intFlags(
+  flags: Record<string, string | boolean>,
+): (name: string, fallback: number) => number {
+  return (name, fallback) => {
+    const v = flags[name] === undefined ? fallback : Number(flags[name]);
+    if (!Number.isSafeInteger(v) || v <= 0) throw new UsageError(`--${name} must be a positive integer`);
+    return v;
+  };
+}
+
+/**
  * Parses `--name value`, `--name=value` and boolean `--name`; unknown flags are an error.
  *
  * @example

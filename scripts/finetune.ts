@@ -41,7 +41,7 @@ import {
   TextDataset,
   Trainer,
 } from "../mod.ts";
-import { parseArgs, runMain, takeOptionalFlag, UsageError } from "./_cli.ts";
+import { intFlags, parseArgs, runMain, takeOptionalFlag, UsageError } from "./_cli.ts";
 
 const USAGE =
   "usage: ./deno task finetune --model DIR --data FILE.jsonl|brown|sotu|moby-dick --mode lora|qlora " +
@@ -85,11 +85,7 @@ await runMain(async () => {
   if (!modelDir || !dataArg) throw new UsageError("--model and --data are required");
   const mode = (flags.mode ?? "qlora") as "lora" | "qlora";
   if (mode !== "lora" && mode !== "qlora") throw new UsageError("--mode must be lora or qlora");
-  const int = (name: string, fallback: number) => {
-    const v = flags[name] === undefined ? fallback : Number(flags[name]);
-    if (!Number.isSafeInteger(v) || v <= 0) throw new UsageError(`--${name} must be a positive integer`);
-    return v;
-  };
+  const int = intFlags(flags);
   const dtype = (flags.dtype ?? "bf16") as "bf16" | "f32";
   if (dtype !== "bf16" && dtype !== "f32") throw new UsageError("--dtype must be bf16 or f32");
   const targetModules = flags.targets === undefined

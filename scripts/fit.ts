@@ -37,7 +37,7 @@ import {
   type TrainMode,
   willItFit,
 } from "../mod.ts";
-import { parseArgs, runMain, UsageError } from "./_cli.ts";
+import { intFlags, parseArgs, runMain, UsageError } from "./_cli.ts";
 
 const USAGE =
   "usage: ./deno task fit --model 7b|13b|70b|tiny|DIR --mode full|lora|qlora [--batch 1] [--seq 512] " +
@@ -130,11 +130,7 @@ export function fitCommand(argv: string[], cuda: Device | null = localCuda()): F
   const model = modelOf((flags.model as string | undefined) ?? "7b");
   const mode = ((flags.mode as string | undefined) ?? "qlora") as TrainMode;
   if (!["full", "lora", "qlora"].includes(mode)) throw new UsageError("--mode must be full, lora or qlora");
-  const int = (name: string, fallback: number) => {
-    const v = flags[name] === undefined ? fallback : Number(flags[name]);
-    if (!Number.isSafeInteger(v) || v <= 0) throw new UsageError(`--${name} must be a positive integer`);
-    return v;
-  };
+  const int = intFlags(flags);
   const dtype = (flags.dtype ?? "bf16") as "bf16" | "f32";
   if (dtype !== "bf16" && dtype !== "f32") throw new UsageError("--dtype must be bf16 or f32");
   const optimizer = (flags.optimizer as OptimizerKind | undefined) ?? (mode === "qlora" ? "paged" : "adamw");

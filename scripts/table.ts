@@ -53,7 +53,7 @@ import {
   type WeightSource,
 } from "../mod.ts";
 import { writeFileAtomic } from "../lib/atomic_file.ts";
-import { parseArgs, runMain, UsageError } from "./_cli.ts";
+import { intFlags, parseArgs, runMain, UsageError } from "./_cli.ts";
 import { claimsTable, comparisonTable, type Table, toMarkdown, writeReport } from "./_report.ts";
 
 /** The model shapes the large scale can use. */
@@ -822,11 +822,7 @@ if (import.meta.main) {
     if (!["tiny", "7b", "13b", "70b"].includes(model)) {
       throw new UsageError("--model must be tiny, 7b, 13b or 70b");
     }
-    const int = (name: string, fallback: number) => {
-      const v = flags[name] === undefined ? fallback : Number(flags[name]);
-      if (!Number.isSafeInteger(v) || v <= 0) throw new UsageError(`--${name} must be a positive integer`);
-      return v;
-    };
+    const int = intFlags(flags);
     const tiny = model === "tiny";
     const options: TableOptions = {
       model,

@@ -30,7 +30,7 @@ import {
   TrainingProgress,
   type TrainMode,
 } from "../mod.ts";
-import { parseArgs, runMain, takeOptionalFlag, UsageError } from "./_cli.ts";
+import { intFlags, parseArgs, runMain, takeOptionalFlag, UsageError } from "./_cli.ts";
 
 const USAGE =
   "usage: ./deno task train [--mode full|lora|qlora] [--corpus brown|sotu|moby-dick] [--steps 200] " +
@@ -64,11 +64,7 @@ await runMain(async () => {
   if (!["brown", "sotu", "moby-dick"].includes(corpus)) {
     throw new UsageError("--corpus must be brown, sotu or moby-dick");
   }
-  const int = (name: string, fallback: number) => {
-    const v = flags[name] === undefined ? fallback : Number(flags[name]);
-    if (!Number.isSafeInteger(v) || v <= 0) throw new UsageError(`--${name} must be a positive integer`);
-    return v;
-  };
+  const int = intFlags(flags);
   const steps = int("steps", 200), batchSize = int("batch", 8), seq = int("seq", 128);
   const device = getDevice();
   let config = { ...LLAMA_CONFIGS.tiny };
