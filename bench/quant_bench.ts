@@ -2,6 +2,7 @@
 // the same run: `./deno task bench`. Deno prints each group's ratio to its baseline ("copy"), which is
 // the figure to read: absolute times depend on the machine and its load.
 import { getDevice, quantize, Tensor } from "../mod.ts";
+import { COPY_KIND } from "../lib/ffi/abi.ts";
 
 const N = 64 << 20;
 const device = getDevice();
@@ -21,7 +22,7 @@ function dequantizeInto(out: Tensor, dtype: number, absmax: Tensor): void {
   device.synchronize();
 }
 function copy(dst: Tensor, src: Tensor): void {
-  device.check(s.qlora_memcpy(dst.ptr, src.ptr, BigInt(dst.byteLength), 2));
+  device.check(s.qlora_memcpy(dst.ptr, src.ptr, BigInt(dst.byteLength), COPY_KIND.DEVICE_TO_DEVICE));
   device.synchronize();
 }
 

@@ -14,6 +14,7 @@ import {
   type NativeLibrary,
   openLibrary,
 } from "./ffi/library.ts";
+import { LEDGER_SNAPSHOT } from "./ffi/abi.ts";
 import { Status } from "./ffi/symbols.ts";
 import { type Category, categoryCode, formatBytes, LedgerSnapshot, parseBytes } from "./memory.ts";
 
@@ -66,7 +67,7 @@ export class Device {
    * ```
    */
   memory(): LedgerSnapshot {
-    const words = new BigUint64Array(25);
+    const words = new BigUint64Array(LEDGER_SNAPSHOT.size / 8);
     this.check(this.native.symbols.qlora_memory_stats(words));
     return LedgerSnapshot.fromWords(this.backend, words);
   }

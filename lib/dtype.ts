@@ -6,15 +6,17 @@
  */
 
 import { InvalidArgumentError } from "./errors.ts";
+import { DTYPE } from "./ffi/abi.ts";
+import { enumNames } from "./ffi/symbols.ts";
 
-/** Element types a {@linkcode Tensor} can hold. */
-export type DType = "f32" | "bf16" | "f16" | "u8" | "i32";
+/** Element types a {@linkcode Tensor} can hold: `"f32" | "bf16" | "f16" | "u8" | "i32"` (`qlora_dtype`). */
+export type DType = Lowercase<keyof typeof DTYPE>;
 
 /** Floating-point element types. */
 export type FloatDType = "f32" | "bf16" | "f16";
 
 /** Every dtype, in native code order (`qlora_dtype`). */
-export const DTYPES: readonly DType[] = ["f32", "bf16", "f16", "u8", "i32"];
+export const DTYPES: readonly DType[] = enumNames(DTYPE);
 
 const SIZES: Record<DType, number> = { f32: 4, bf16: 2, f16: 2, u8: 1, i32: 4 };
 

@@ -6,6 +6,8 @@
  */
 
 import { InvalidArgumentError } from "./errors.ts";
+import { CATEGORY, LEDGER_SNAPSHOT } from "./ffi/abi.ts";
+import { enumNames } from "./ffi/symbols.ts";
 
 /**
  * The key under which Deno's Jupyter kernel looks for a rich display method: an object with a
@@ -21,28 +23,20 @@ import { InvalidArgumentError } from "./errors.ts";
  */
 export const JUPYTER_DISPLAY: unique symbol = Symbol.for("Jupyter.display") as typeof JUPYTER_DISPLAY;
 
-/** What an allocation is for; the ledger keeps current and peak bytes per category. */
-export type Category =
-  | "weights"
-  | "quantized_weights"
-  | "quant_constants"
-  | "adapters"
-  | "gradients"
-  | "optimizer_states"
-  | "activations"
-  | "workspace";
+/**
+ * What an allocation is for; the ledger keeps current and peak bytes per category: `"weights"`,
+ * `"quantized_weights"`, `"quant_constants"`, `"adapters"`, `"gradients"`, `"optimizer_states"`,
+ * `"activations"` or `"workspace"` (`qlora_category`).
+ */
+export type Category = Lowercase<keyof typeof CATEGORY>;
 
 /** Every category, in native code order (`qlora_category`). */
-export const CATEGORIES: readonly Category[] = [
-  "weights",
-  "quantized_weights",
-  "quant_constants",
-  "adapters",
-  "gradients",
-  "optimizer_states",
-  "activations",
-  "workspace",
-];
+export const CATEGORIES: readonly Category[] = enumNames(CATEGORY);
+
+/** Index of a field of `qlora_ledger_snapshot` in the snapshot read as an array of 64-bit words. */
+function word(field: keyof typeof LEDGER_SNAPSHOT.offsets): number {
+  return LEDGER_SNAPSHOT.offsets[field] / 8;
+}
 
 /**
  * The native code of a category; throws on an unknown name.
@@ -169,22 +163,21 @@ export class LedgerSnapshot {
    * ```
    */
   static fromWords(backend: string, w: BigUint64Array): LedgerSnapshot {
-    const n = CATEGORIES.length;
     const current = {} as Record<Category, number>;
     const peak = {} as Record<Category, number>;
     CATEGORIES.forEach((c, i) => {
-      current[c] = Number(w[i]);
-      peak[c] = Number(w[n + i]);
+      current[c] = Number(w[word("current") + i]);
+      peak[c] = Number(w[word("peak") + i]);
     });
     return new LedgerSnapshot(backend, current, peak, {
-      totalCurrent: Number(w[2 * n]),
-      totalPeak: Number(w[2 * n + 1]),
-      budget: Number(w[2 * n + 2]),
-      liveAllocations: Number(w[2 * n + 3]),
-      deviceFree: Number(w[2 * n + 4]),
-      deviceTotal: Number(w[2 * n + 5]),
-      hostCurrent: Number(w[2 * n + 7]),
-      hostPeak: Number(w[2 * n + 8]),
+      totalCurrent: Number(w[word("total_current")]),
+      totalPeak: Number(w[word("total_peak")]),
+      budget: Number(w[word("budget")]),
+      liveAllocations: Number(w[word("live_allocations")]),
+      deviceFree: Number(w[word("device_free")]),
+      deviceTotal: Number(w[word("device_total")]),
+      hostCurrent: Number(w[word("host_current")]),
+      hostPeak: Number(w[word("host_peak")]),
     });
   }
 

@@ -17,6 +17,7 @@
 import type { Device } from "./device.ts";
 import { dtypeCode, hostArray } from "./dtype.ts";
 import { InvalidArgumentError, OutOfMemoryError } from "./errors.ts";
+import { ADAMW8_BLOCK as BLOCK8, ADAMW8_SEGMENT, ADAMW_SEGMENT, COPY_KIND } from "./ffi/abi.ts";
 import type { Trainable } from "./lora.ts";
 import { Tensor } from "./tensor.ts";
 
@@ -95,8 +96,6 @@ function stateKey(i: number, p: Trainable): string {
   return `${i.toString().padStart(4, "0")}.${p.name}`;
 }
 
-const SEGMENT_BYTES = 56;
-
 /** Fills one `qlora_adamw_segment` (see qlora.h) at index i of a descriptor buffer. */
 function writeSegment(
   view: DataView,
@@ -110,15 +109,15 @@ function writeSegment(
   paramDtype: number,
   gradDtype: number,
 ): void {
-  const o = i * SEGMENT_BYTES;
-  view.setBigUint64(o, Deno.UnsafePointer.value(param), true);
-  view.setBigUint64(o + 8, Deno.UnsafePointer.value(grad), true);
-  view.setBigUint64(o + 16, Deno.UnsafePointer.value(m), true);
-  view.setBigUint64(o + 24, Deno.UnsafePointer.value(v), true);
-  view.setBigUint64(o + 32, master ? Deno.UnsafePointer.value(master) : 0n, true);
-  view.setBigUint64(o + 40, BigInt(n), true);
-  view.setInt32(o + 48, paramDtype, true);
-  view.setInt32(o + 52, gradDtype, true);
+  const o = i * ADAMW_SEGMENT.size, at = ADAMW_SEGMENT.offsets;
+  view.setBigUint64(o + at.param, Deno.UnsafePointer.value(param), true);
+  view.setBigUint64(o + at.grad, Deno.UnsafePointer.value(grad), true);
+  view.setBigUint64(o + at.m, Deno.UnsafePointer.value(m), true);
+  view.setBigUint64(o + at.v, Deno.UnsafePointer.value(v), true);
+  view.setBigUint64(o + at.master, master ? Deno.UnsafePointer.value(master) : 0n, true);
+  view.setBigUint64(o + at.n, BigInt(n), true);
+  view.setInt32(o + at.param_dtype, paramDtype, true);
+  view.setInt32(o + at.grad_dtype, gradDtype, true);
 }
 
 interface Hyper {
@@ -259,7 +258,7 @@ abstract class OptimizerBase implements Disposable {
     const s = this.device.native.symbols;
     this.device.check(
       s.qlora_adamw_step(
-        new Uint8Array(view.buffer, view.byteOffset, count * SEGMENT_BYTES),
+        new Uint8Array(view.buffer, view.byteOffset, count * ADAMW_SEGMENT.size),
         BigInt(count),
         this.lr,
         this.h.beta1,
@@ -332,7 +331,7 @@ export class AdamW extends OptimizerBase {
   step(): StepResult {
     const result = this.clip();
     this.stepCount++;
-    const view = new DataView(new ArrayBuffer(this.params.length * SEGMENT_BYTES));
+    const view = new DataView(new ArrayBuffer(this.params.length * ADAMW_SEGMENT.size));
     this.params.forEach((p, i) => {
       const g = gradOf(p);
       const master = this.masters[i];
@@ -371,9 +370,8 @@ export class AdamW extends OptimizerBase {
   }
 }
 
-const SEGMENT8_BYTES = 72;
 /** Values per block of the 8-bit states (`QLORA_ADAMW8_BLOCK`): one f32 absmax per block and state. */
-export const ADAMW8_BLOCK = 256;
+export const ADAMW8_BLOCK: number = BLOCK8;
 
 /**
  * AdamW with 8-bit states, as bitsandbytes' blockwise 8-bit Adam: m and v are stored as 8-bit codes of a
@@ -438,21 +436,21 @@ export class AdamW8bit extends OptimizerBase {
   step(): StepResult {
     const result = this.clip();
     this.stepCount++;
-    const view = new DataView(new ArrayBuffer(this.params.length * SEGMENT8_BYTES));
+    const view = new DataView(new ArrayBuffer(this.params.length * ADAMW8_SEGMENT.size));
     const ptr = (t: Tensor | null) => t ? Deno.UnsafePointer.value(t.ptr) : 0n;
     this.params.forEach((p, i) => {
       const g = gradOf(p);
-      const o = i * SEGMENT8_BYTES;
-      view.setBigUint64(o, ptr(p.value), true);
-      view.setBigUint64(o + 8, ptr(g), true);
-      view.setBigUint64(o + 16, ptr(this.#mCodes[i]), true);
-      view.setBigUint64(o + 24, ptr(this.#vCodes[i]), true);
-      view.setBigUint64(o + 32, ptr(this.#mAbsmax[i]), true);
-      view.setBigUint64(o + 40, ptr(this.#vAbsmax[i]), true);
-      view.setBigUint64(o + 48, ptr(this.masters[i]), true);
-      view.setBigUint64(o + 56, BigInt(p.value.numel), true);
-      view.setInt32(o + 64, dtypeCode(p.value.dtype), true);
-      view.setInt32(o + 68, dtypeCode(g.dtype), true);
+      const o = i * ADAMW8_SEGMENT.size, at = ADAMW8_SEGMENT.offsets;
+      view.setBigUint64(o + at.param, ptr(p.value), true);
+      view.setBigUint64(o + at.grad, ptr(g), true);
+      view.setBigUint64(o + at.m_codes, ptr(this.#mCodes[i]), true);
+      view.setBigUint64(o + at.v_codes, ptr(this.#vCodes[i]), true);
+      view.setBigUint64(o + at.m_absmax, ptr(this.#mAbsmax[i]), true);
+      view.setBigUint64(o + at.v_absmax, ptr(this.#vAbsmax[i]), true);
+      view.setBigUint64(o + at.master, ptr(this.masters[i]), true);
+      view.setBigUint64(o + at.n, BigInt(p.value.numel), true);
+      view.setInt32(o + at.param_dtype, dtypeCode(p.value.dtype), true);
+      view.setInt32(o + at.grad_dtype, dtypeCode(g.dtype), true);
     });
     const t = this.stepCount;
     this.device.check(
@@ -618,7 +616,9 @@ export class PagedAdamW extends OptimizerBase {
     for (const page of candidates) {
       if (freed >= needed) break;
       page.host ??= this.#hostAlloc(page.bytes);
-      this.device.check(s.qlora_memcpy(page.host, page.device!, BigInt(page.bytes), 1));
+      this.device.check(
+        s.qlora_memcpy(page.host, page.device!, BigInt(page.bytes), COPY_KIND.DEVICE_TO_HOST),
+      );
       this.device.free(page.device!);
       page.device = null;
       freed += page.bytes;
@@ -645,7 +645,9 @@ export class PagedAdamW extends OptimizerBase {
       page.pinned = false;
       return false;
     }
-    this.device.check(this.device.native.symbols.qlora_memcpy(ptr, page.host!, BigInt(page.bytes), 0));
+    this.device.check(
+      this.device.native.symbols.qlora_memcpy(ptr, page.host!, BigInt(page.bytes), COPY_KIND.HOST_TO_DEVICE),
+    );
     page.device = ptr;
     this.#stats.pageIns++;
     this.#stats.bytesIn += page.bytes;
@@ -660,7 +662,7 @@ export class PagedAdamW extends OptimizerBase {
   step(): StepResult {
     const result = this.clip();
     this.stepCount++;
-    const view = new DataView(new ArrayBuffer(this.#segments.length * SEGMENT_BYTES));
+    const view = new DataView(new ArrayBuffer(this.#segments.length * ADAMW_SEGMENT.size));
     let batch: Segment[] = [];
     const flush = () => {
       if (batch.length === 0) return;
@@ -744,7 +746,12 @@ export class PagedAdamW extends OptimizerBase {
             if (page.device) {
               const chunk = new Uint8Array(page.bytes);
               this.device.check(
-                s.qlora_memcpy(Deno.UnsafePointer.of(chunk), page.device, BigInt(page.bytes), 1),
+                s.qlora_memcpy(
+                  Deno.UnsafePointer.of(chunk),
+                  page.device,
+                  BigInt(page.bytes),
+                  COPY_KIND.DEVICE_TO_HOST,
+                ),
               );
               out.set(chunk, seg.offset * 4);
             } else {
@@ -760,7 +767,12 @@ export class PagedAdamW extends OptimizerBase {
             const chunk = bytes.slice(seg.offset * 4, seg.offset * 4 + page.bytes);
             if (page.device) {
               this.device.check(
-                s.qlora_memcpy(page.device, Deno.UnsafePointer.of(chunk), BigInt(page.bytes), 0),
+                s.qlora_memcpy(
+                  page.device,
+                  Deno.UnsafePointer.of(chunk),
+                  BigInt(page.bytes),
+                  COPY_KIND.HOST_TO_DEVICE,
+                ),
               );
             } else {
               hostView(page).set(chunk);

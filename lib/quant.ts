@@ -13,14 +13,16 @@
 import type { Device } from "./device.ts";
 import { assertFloatDType, dtypeCode, type FloatDType } from "./dtype.ts";
 import { InvalidArgumentError } from "./errors.ts";
+import { QUANT_TYPE } from "./ffi/abi.ts";
+import { enumNames } from "./ffi/symbols.ts";
 import type { Category } from "./memory.ts";
 import { Tensor } from "./tensor.ts";
 
-/** The 4-bit data types. */
-export type QuantType = "nf4" | "fp4" | "int4";
+/** The 4-bit data types: `"nf4" | "fp4" | "int4"` (`qlora_quant_type`). */
+export type QuantType = Lowercase<keyof typeof QUANT_TYPE>;
 
 /** Every 4-bit type, in native code order (`qlora_quant_type`). */
-export const QUANT_TYPES: readonly QuantType[] = ["nf4", "fp4", "int4"];
+export const QUANT_TYPES: readonly QuantType[] = enumNames(QUANT_TYPE);
 
 /** How to quantize. */
 export interface QuantizeOptions {

@@ -18,11 +18,10 @@ import {
   toFloat32,
 } from "./dtype.ts";
 import { DisposedError, InvalidArgumentError } from "./errors.ts";
+import { COPY_KIND } from "./ffi/abi.ts";
 import type { Category } from "./memory.ts";
 
-const HOST_TO_DEVICE = 0;
-const DEVICE_TO_HOST = 1;
-const DEVICE_TO_DEVICE = 2;
+const { HOST_TO_DEVICE, DEVICE_TO_HOST, DEVICE_TO_DEVICE } = COPY_KIND;
 
 /** Where and how a new tensor is allocated. */
 export interface TensorOptions {
