@@ -11,6 +11,7 @@
 import { formatBytes } from "./memory.ts";
 import type { LlamaModel } from "./model.ts";
 import { AdamW, AdamW8bit, PagedAdamW } from "./optim.ts";
+import { axpby } from "./ops.ts";
 import { LoRALinear } from "./lora.ts";
 import { Tensor } from "./tensor.ts";
 import { InvalidArgumentError } from "./errors.ts";
@@ -513,18 +514,7 @@ export class Trainer implements Disposable {
       }
       await pauseForTest(`step:${step + 1}:backward`);
       if (o.gradAccumulation > 1) {
-        for (const t of this.optimizer.params) {
-          if (t.grad) {
-            device.check(device.native.symbols.qlora_axpby(
-              1 / o.gradAccumulation,
-              t.grad.ptr,
-              0,
-              t.grad.ptr,
-              t.grad.dtype === "f32" ? 0 : 1,
-              BigInt(t.grad.numel),
-            ));
-          }
-        }
+        for (const t of this.optimizer.params) if (t.grad) axpby(1 / o.gradAccumulation, t.grad, 0, t.grad);
       }
       const { gradNorm } = this.optimizer.step();
       await pauseForTest(`step:${step + 1}:optimizer`);
