@@ -168,3 +168,62 @@ Deno.test("table: extrapolation by layer count is linear in bytes, counts and se
   const flat = extrapolate(m(1, 500, 1), m(2, 500, 2), 32);
   assertEquals([flat.bytes.weights, flat.totalPeak, flat.parameters], [500, 500, 250]);
 });
+
+// Real-size 7B blocks take hours under the CUDA emulator (deno task emu runs this suite there).
+const emulated = (Deno.env.get("QLORA_BACKEND") ?? "") === "cuda-emu";
+if (emulated) {
+  console.log("table: the 7B path is skipped under QLORA_BACKEND=cuda-emu (real-size blocks, emulated)");
+}
+
+Deno.test({
+  name:
+    "table: the 7B path at 1 and 2 real-size blocks: every cell extrapolated and tagged, claims on measured figures",
+  ignore: emulated,
+}, async () => {
+  const out = await Deno.makeTempDir();
+  try {
+    // Blocks of 16 tokens; no whole model (the time limit), so every 7B figure is an extrapolation.
+    const { stdout } = await table([
+      "--json",
+      "--out",
+      out,
+      "--model",
+      "7b",
+      "--layers",
+      "2",
+      "--seq",
+      "16",
+      "--batch",
+      "1",
+      "--max-seconds",
+      "1",
+    ]);
+    const r = JSON.parse(stdout) as TableResult;
+    assert(r.shape !== null, "a 7B shape");
+    for (const mode of ["full", "lora", "qlora"] as const) {
+      const cell = r.shape.cells[mode];
+      assertEquals([cell.how, cell.points.length, cell.points.map((p) => p.layers)], ["extrapolated", 2, [
+        1,
+        2,
+      ]], mode);
+      assertEquals(cell.value!.layers, 32, `${mode}: extrapolated to the real layer count`);
+    }
+    const memory = r.comparison.rows.filter((row) => row[0].startsWith("Memory:") && row[0].includes("(7b)"));
+    assert(memory.length >= 6, "the 7B memory rows");
+    for (const row of memory) {
+      for (const cell of row.slice(1)) {
+        assertStringIncludes(cell, "[extrapolated]", `${row[0]}: every figure says how it was obtained`);
+        assert(!cell.includes("does not fit"), `${row[0]}: no number under "does not fit"`);
+      }
+    }
+    // The 7B claims are judged on the (extrapolated) measurements, never on the estimator alone.
+    for (const want of ["~56 GB", "~15 GB", "~4.5 GB", "6 GB RTX 3060"]) {
+      const row = r.claims.rows.find((c) => c[0].includes(want))!;
+      assertStringIncludes(row[3], "[extrapolated]", want);
+      assert(!row[3].includes("(estimate)"), `${want}: measured, not estimated: ${row[3]}`);
+      assertMatch(row[4], /^(holds|does not hold, because .+)/);
+    }
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
