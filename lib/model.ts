@@ -160,8 +160,17 @@ export interface LlamaOptions {
 /** Gives the f32 values of a weight by its Hugging Face name, or undefined. */
 export type WeightSource = (name: string, shape: readonly number[]) => Float32Array | undefined;
 
-/** Hugging Face module paths of the linear layers of a block. */
-const MODULE_PATHS: Record<TargetModule, string> = {
+/**
+ * Hugging Face module paths of the linear layers of a block (the names in checkpoints and PEFT adapters).
+ *
+ * @example
+ * ```ts
+ * import { MODULE_PATHS } from "../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * assertEquals(MODULE_PATHS.q_proj, "self_attn.q_proj");
+ * ```
+ */
+export const MODULE_PATHS: Readonly<Record<TargetModule, string>> = {
   q_proj: "self_attn.q_proj",
   k_proj: "self_attn.k_proj",
   v_proj: "self_attn.v_proj",

@@ -15,7 +15,7 @@
  * @module
  */
 
-import type { LlamaModel } from "./model.ts";
+import { type LlamaModel, MODULE_PATHS, type TargetModule } from "./model.ts";
 import { LoRALinear } from "./lora.ts";
 import type { StateTensor } from "./optim.ts";
 import { readSafetensors, SafetensorsReader, SafetensorsWriter, writeSafetensors } from "./safetensors.ts";
@@ -37,7 +37,11 @@ function loraLayers(model: LlamaModel): LoRAEntry[] {
   for (let i = 0; i < model.config.layers; i++) {
     for (const [module, layer] of Object.entries(model.block(i))) {
       if (layer instanceof LoRALinear) {
-        out.push({ layer, module, prefix: `base_model.model.model.layers.${i}.${MODULE_PATHS[module]}` });
+        out.push({
+          layer,
+          module,
+          prefix: `base_model.model.model.layers.${i}.${MODULE_PATHS[module as TargetModule]}`,
+        });
       }
     }
   }
@@ -66,16 +70,6 @@ function bytesOf(t: Tensor): Uint8Array {
   const a = t.toArray();
   return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 }
-
-const MODULE_PATHS: Record<string, string> = {
-  q_proj: "self_attn.q_proj",
-  k_proj: "self_attn.k_proj",
-  v_proj: "self_attn.v_proj",
-  o_proj: "self_attn.o_proj",
-  gate_proj: "mlp.gate_proj",
-  up_proj: "mlp.up_proj",
-  down_proj: "mlp.down_proj",
-};
 
 /**
  * Writes a checkpoint into `dir`: for LoRA and QLoRA, the adapters in PEFT's layout

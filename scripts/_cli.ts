@@ -5,6 +5,8 @@
  * @module
  */
 
+import { TARGET_MODULES, type TargetModule } from "../lib/model.ts";
+
 /** A flag's kind: a boolean switch, or one that takes a value. */
 export type FlagSpec = Record<string, "boolean" | "string">;
 
@@ -18,6 +20,32 @@ export interface ParsedArgs {
 
 /** Thrown for a bad command line; scripts print it with the usage. */
 export class UsageError extends Error {}
+
+/**
+ * `--targets q,k,v,o,gate,up,down` (with or without `_proj`) as target modules; absent: all seven. An
+ * unknown name is a {@linkcode UsageError}.
+ *
+ * @example
+ * ```ts
+ * import { targetsFlag } from "./_cli.ts";
+ * import { assertEquals, assertThrows } from "@std/assert";
+ * assertEquals(targetsFlag("q,v_proj"), ["q_proj", "v_proj"]);
+ * assertEquals(targetsFlag(undefined).length, 7);
+ * assertThrows(() => targetsFlag("q,x"), Error, "--targets: x_proj");
+ * ```
+ */
+export function targetsFlag(value: string | boolean | undefined): TargetModule[] {
+  if (value === undefined) return [...TARGET_MODULES];
+  const targets = String(value).split(",").map((t) =>
+    t.endsWith("_proj") ? t : `${t}_proj`
+  ) as TargetModule[];
+  for (const t of targets) {
+    if (!TARGET_MODULES.includes(t)) {
+      throw new UsageError(`--targets: ${t} is not one of ${TARGET_MODULES.join(", ")}`);
+    }
+  }
+  return targets;
+}
 
 /**
  * A reader of positive integer flags: `int("steps", 200)` is `--steps` when given, else 200; anything but a

@@ -35,13 +35,11 @@ import {
   parseExamples,
   saveCheckpoint,
   saveModelDir,
-  TARGET_MODULES,
-  type TargetModule,
   Tensor,
   TextDataset,
   Trainer,
 } from "../mod.ts";
-import { intFlags, parseArgs, runMain, takeOptionalFlag, UsageError } from "./_cli.ts";
+import { intFlags, parseArgs, runMain, takeOptionalFlag, targetsFlag, UsageError } from "./_cli.ts";
 
 const USAGE =
   "usage: ./deno task finetune --model DIR --data FILE.jsonl|brown|sotu|moby-dick --mode lora|qlora " +
@@ -88,16 +86,7 @@ await runMain(async () => {
   const int = intFlags(flags);
   const dtype = (flags.dtype ?? "bf16") as "bf16" | "f32";
   if (dtype !== "bf16" && dtype !== "f32") throw new UsageError("--dtype must be bf16 or f32");
-  const targetModules = flags.targets === undefined
-    ? [...TARGET_MODULES]
-    : (flags.targets as string).split(",").map((t) =>
-      t.endsWith("_proj") ? t : `${t}_proj`
-    ) as TargetModule[];
-  for (const t of targetModules) {
-    if (!TARGET_MODULES.includes(t)) {
-      throw new UsageError(`--targets: ${t} is not one of ${TARGET_MODULES.join(", ")}`);
-    }
-  }
+  const targetModules = targetsFlag(flags.targets);
   const steps = int("steps", 100), batchSize = int("batch", 4), seed = flags.seed ? int("seed", 1) : 0;
   const rank = int("rank", 8), alpha = flags.alpha ? Number(flags.alpha) : 16;
 

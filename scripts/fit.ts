@@ -32,12 +32,11 @@ import {
   measuredContext,
   type OptimizerKind,
   parseBytes,
-  TARGET_MODULES,
   type TargetModule,
   type TrainMode,
   willItFit,
 } from "../mod.ts";
-import { intFlags, parseArgs, runMain, UsageError } from "./_cli.ts";
+import { intFlags, parseArgs, runMain, targetsFlag, UsageError } from "./_cli.ts";
 
 const USAGE =
   "usage: ./deno task fit --model 7b|13b|70b|tiny|DIR --mode full|lora|qlora [--batch 1] [--seq 512] " +
@@ -138,16 +137,7 @@ export function fitCommand(argv: string[], cuda: Device | null = localCuda()): F
   if (flags["master-weights"] && flags["no-master-weights"]) {
     throw new UsageError("--master-weights and --no-master-weights exclude each other");
   }
-  const targetModules = flags.targets === undefined
-    ? [...TARGET_MODULES]
-    : (flags.targets as string).split(",").map((t) =>
-      t.endsWith("_proj") ? t : `${t}_proj`
-    ) as TargetModule[];
-  for (const t of targetModules) {
-    if (!TARGET_MODULES.includes(t)) {
-      throw new UsageError(`--targets: ${t} is not one of ${TARGET_MODULES.join(", ")}`);
-    }
-  }
+  const targetModules = targetsFlag(flags.targets);
   const run = {
     mode,
     seq: int("seq", 512),
