@@ -19,7 +19,7 @@ function stated(pattern: RegExp): RegExpExecArray {
   return m;
 }
 
-/** The doc comment right above `qlora_<name>(` (from the previous `*​/` that opens it). */
+/** The doc comment right above `qlora_<name>(`: from the comment opener before the last comment end. */
 function docOf(name: string): string {
   const at = DOC.indexOf(` qlora_${name}(`);
   assert(at > 0, `qlora_${name} is not in the header`);
