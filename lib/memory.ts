@@ -150,6 +150,11 @@ export class LedgerSnapshot {
   readonly hostCurrent: number;
   /** Host pool: highest bytes since the last peak reset. */
   readonly hostPeak: number;
+  /**
+   * The process's own view of the memory it holds: CPU, the native heap in use (glibc `mallinfo2`,
+   * which sees every allocation of the process, not only the ledger's); CUDA, the driver's used bytes.
+   */
+  readonly processUsed: number;
 
   /**
    * Builds a snapshot from the native `qlora_ledger_snapshot` words.
@@ -158,7 +163,7 @@ export class LedgerSnapshot {
    * ```ts
    * import { LedgerSnapshot } from "./memory.ts";
    * import { assert } from "@std/assert";
-   * const s = LedgerSnapshot.fromWords("cpu", new BigUint64Array(25));
+   * const s = LedgerSnapshot.fromWords("cpu", new BigUint64Array(26));
    * assert(s.totalCurrent === 0);
    * ```
    */
@@ -178,6 +183,7 @@ export class LedgerSnapshot {
       deviceTotal: Number(w[word("device_total")]),
       hostCurrent: Number(w[word("host_current")]),
       hostPeak: Number(w[word("host_peak")]),
+      processUsed: Number(w[word("process_used")]),
     });
   }
 
@@ -195,6 +201,7 @@ export class LedgerSnapshot {
       deviceTotal: number;
       hostCurrent?: number;
       hostPeak?: number;
+      processUsed?: number;
     },
   ) {
     this.backend = backend;
@@ -208,6 +215,7 @@ export class LedgerSnapshot {
     this.deviceTotal = totals.deviceTotal;
     this.hostCurrent = totals.hostCurrent ?? 0;
     this.hostPeak = totals.hostPeak ?? 0;
+    this.processUsed = totals.processUsed ?? 0;
   }
 
   /** One line per non-empty category, then the totals. */
@@ -245,4 +253,33 @@ export class LedgerSnapshot {
       }</tr></tbody></table>`;
     return { "text/plain": this.toString(), "text/html": html };
   }
+}
+
+/**
+ * How much of the memory the process took over a step the ledger accounts for: the growth of the
+ * ledger's total between two snapshots over the growth of the process's own measure
+ * ({@linkcode LedgerSnapshot.processUsed}: the native heap on the CPU, the driver's used bytes on
+ * CUDA) over the same step, as a fraction (1 = every byte counted; below 1, memory the ledger never
+ * saw). 1 when the process did not grow. Both snapshots must come from one device.
+ *
+ * @example
+ * ```ts
+ * import { getDevice, ledgerCoverage, Tensor } from "../mod.ts";
+ * import { assert } from "@std/assert";
+ * const device = getDevice("cpu");
+ * const before = device.memory();
+ * using t = Tensor.zeros([1 << 20], { category: "activations", device }); // 4 MiB
+ * const after = device.memory();
+ * assert(ledgerCoverage(before, after) > 0.9);
+ * ```
+ */
+export function ledgerCoverage(before: LedgerSnapshot, after: LedgerSnapshot): number {
+  if (before.backend !== after.backend) {
+    throw new InvalidArgumentError(
+      `Cannot compare ledger snapshots of two backends (${before.backend}, ${after.backend})`,
+    );
+  }
+  const process = after.processUsed - before.processUsed;
+  const ledger = after.totalCurrent - before.totalCurrent;
+  return process <= 0 ? 1 : ledger / process;
 }

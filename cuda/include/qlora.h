@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 /* Bumped on any change of a signature, enum value or struct layout below. */
-#define QLORA_ABI_VERSION 5
+#define QLORA_ABI_VERSION 6
 
 typedef enum qlora_status {
   QLORA_OK = 0,
@@ -76,7 +76,10 @@ typedef enum qlora_copy_kind {
   QLORA_DEVICE_TO_DEVICE = 2
 } qlora_copy_kind;
 
-/* Ledger snapshot. Fixed layout: 25 uint64_t, read as an array by foreign callers. */
+/* Ledger snapshot. Fixed layout: 26 uint64_t, read as an array by foreign callers. ABI 6 added
+ * process_used, the process's own view of the memory it holds, to compare with the ledger: every byte
+ * the library allocates for a call (its scratch included) is counted under a category while it is
+ * held, so what the ledger does not account for shows as the difference. */
 typedef struct qlora_ledger_snapshot {
   uint64_t current[QLORA_NUM_CATEGORIES]; /* bytes live now, per category */
   uint64_t peak[QLORA_NUM_CATEGORIES];    /* highest current[c] since the last peak reset */
@@ -89,6 +92,9 @@ typedef struct qlora_ledger_snapshot {
   uint64_t alignment;                     /* every allocation is aligned to this many bytes */
   uint64_t host_current;                  /* host pool (qlora_host_malloc): bytes live now */
   uint64_t host_peak;                     /* host pool: highest host_current since the last peak reset */
+  uint64_t process_used;                  /* CPU: native heap in use (glibc mallinfo2: uordblks + hblkhd,
+                                             every allocator user of the process, oneDNN included);
+                                             CUDA: the driver's used bytes (device_total - device_free) */
 } qlora_ledger_snapshot;
 
 /* ---- library ---------------------------------------------------------------------------- */

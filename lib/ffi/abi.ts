@@ -16,10 +16,10 @@
  * ```ts
  * import { ABI_VERSION } from "./abi.ts";
  * import { assert } from "@std/assert";
- * assert(ABI_VERSION === 5);
+ * assert(ABI_VERSION === 6);
  * ```
  */
-export const ABI_VERSION = 5;
+export const ABI_VERSION = 6;
 
 /**
  * `QLORA_NUM_CATEGORIES` of the header.
@@ -178,7 +178,7 @@ export interface StructLayout<Field extends string> {
  * ```ts
  * import { LEDGER_SNAPSHOT } from "./abi.ts";
  * import { assert } from "@std/assert";
- * assert(LEDGER_SNAPSHOT.size === 200 && LEDGER_SNAPSHOT.offsets.host_peak === 192);
+ * assert(LEDGER_SNAPSHOT.size === 208 && LEDGER_SNAPSHOT.offsets.process_used === 200);
  * ```
  */
 export const LEDGER_SNAPSHOT: StructLayout<
@@ -193,8 +193,9 @@ export const LEDGER_SNAPSHOT: StructLayout<
   | "alignment"
   | "host_current"
   | "host_peak"
+  | "process_used"
 > = Object.freeze({
-  size: 200,
+  size: 208,
   align: 8,
   offsets: Object.freeze({
     current: 0,
@@ -208,6 +209,7 @@ export const LEDGER_SNAPSHOT: StructLayout<
     alignment: 176,
     host_current: 184,
     host_peak: 192,
+    process_used: 200,
   }),
 });
 

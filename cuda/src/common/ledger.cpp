@@ -163,6 +163,7 @@ QLORA_API qlora_status qlora_memory_stats(qlora_ledger_snapshot* out) {
   memset(out, 0, sizeof *out);
   qlora::ledger_snapshot(out);
   qlora::backend_device_memory(&out->device_free, &out->device_total);
+  out->process_used = qlora::backend_process_used();
   out->alignment = 256;
   return QLORA_OK;
 }

@@ -32,5 +32,8 @@ void ledger_snapshot(qlora_ledger_snapshot* out);
 
 // Implemented by each backend: driver free/total bytes (CPU: 0 and physical RAM).
 void backend_device_memory(uint64_t* free_bytes, uint64_t* total_bytes);
+// Implemented by each backend: the memory the process holds by its own measure (the snapshot's
+// process_used: CPU, the allocator's bytes in use; CUDA, the driver's used bytes).
+uint64_t backend_process_used();
 
 }  // namespace qlora

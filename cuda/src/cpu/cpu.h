@@ -1,6 +1,8 @@
 // cpu.h: helpers shared by the CPU backend's files.
 #pragma once
 #include <cstdint>
+#include <exception>
+#include <string>
 
 #include "qlora.h"
 
@@ -24,6 +26,36 @@ void gemm_strided(int32_t trans_a, int32_t trans_b, uint64_t m, uint64_t n, uint
 
 // The status for an exception caught in `fn` (oneDNN errors, bad_alloc, others); call inside a catch block.
 qlora_status library_error(const char* fn);
+
+// Scratch of one call, allocated through the ledger (qlora_malloc, category workspace, against the
+// budget) and freed when it goes out of scope: every byte the backend uses for a call is counted while
+// it is held, and a budget too small for it fails the call with QLORA_ERR_OUT_OF_MEMORY.
+class Workspace {
+ public:
+  Workspace() = default;
+  ~Workspace();
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  // Allocates bytes (0: nothing, a null pointer). On failure sets "Cannot <fn>: ..." (naming the request,
+  // the budget and the ledger) and returns QLORA_ERR_OUT_OF_MEMORY.
+  qlora_status alloc(uint64_t bytes, const char* fn);
+  template <typename T>
+  T* as() const {
+    return (T*)p_;
+  }
+
+ private:
+  void* p_ = nullptr;
+};
+
+// Thrown where a status cannot be returned (inside a GEMM, under an OpenMP region that catches it): a
+// failed workspace allocation, with its status and message. library_error turns it back into both.
+struct WorkspaceError : std::exception {
+  qlora_status status;
+  std::string message;
+  WorkspaceError(qlora_status s, std::string m) : status(s), message(std::move(m)) {}
+  const char* what() const noexcept override { return message.c_str(); }
+};
 
 // Work below this many elements runs on one thread: a parallel region costs more than it saves.
 constexpr uint64_t kParallelMin = 1ull << 15;

@@ -114,18 +114,21 @@ std::shared_ptr<Gemm> get_gemm(const GemmKey& key) {
   return g;
 }
 
-// A primitive may run on several threads at once, but a stream and oneDNN's own (library) scratchpad
-// may not be shared: each thread has its own stream and its own scratchpad buffer, grown as needed.
-// Called inside an OpenMP parallel region, oneDNN runs the product on the calling thread alone.
+// A primitive may run on several threads at once, but a stream and oneDNN's scratchpad may not be
+// shared: each thread has its own stream, and each execution its own scratchpad, allocated through the
+// ledger (category workspace) and freed when the product is done. Called inside an OpenMP parallel
+// region, oneDNN runs the product on the calling thread alone. Throws WorkspaceError when the budget
+// has no room for the scratchpad.
 void run_gemm(const Gemm& g, const void* a, const void* b, void* c) {
   Dnnl& d = dnnl_state();
   thread_local dnnl::stream stream(d.engine);
-  thread_local std::vector<uint8_t> scratchpad;
-  if (scratchpad.size() < g.scratchpad.get_size()) scratchpad.resize(g.scratchpad.get_size());
+  Workspace scratchpad;
+  const qlora_status s = scratchpad.alloc(g.scratchpad.get_size(), "multiply matrices");
+  if (s != QLORA_OK) throw WorkspaceError(s, qlora_last_error());
   dnnl::memory am(g.a, d.engine, const_cast<void*>(a));
   dnnl::memory bm(g.b, d.engine, const_cast<void*>(b));
   dnnl::memory cm(g.c, d.engine, c);
-  dnnl::memory sm(g.scratchpad, d.engine, scratchpad.data());
+  dnnl::memory sm(g.scratchpad, d.engine, scratchpad.as<void>());
   g.primitive.execute(stream,
                       {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}, {DNNL_ARG_SCRATCHPAD, sm}});
   stream.wait();
@@ -344,6 +347,8 @@ void gemv_4bit_rows(const Quant4& w, uint64_t n, uint64_t k, float alpha, const 
 qlora_status library_error(const char* fn) {
   try {
     throw;
+  } catch (const WorkspaceError& e) {
+    return fail(e.status, "%s", e.message.c_str());
   } catch (const dnnl::error& e) {
     return fail(QLORA_ERR_INTERNAL, "Cannot %s: oneDNN failed: %s (status %d)", fn, e.what(), (int)e.status);
   } catch (const std::bad_alloc&) {

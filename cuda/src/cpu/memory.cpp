@@ -1,5 +1,6 @@
 // cpu/memory.cpp: the CPU backend's "device": aligned host memory counted by the ledger, and the host
 // pool (aligned host memory too, counted apart).
+#include <malloc.h>
 #include <omp.h>
 #include <unistd.h>
 
@@ -20,6 +21,12 @@ void backend_device_memory(uint64_t* free_bytes, uint64_t* total_bytes) {
   *total_bytes = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
 }
 
+uint64_t backend_process_used() {
+  // Bytes in use in the heap (uordblks) plus in mmapped chunks (hblkhd): every malloc/new of the process.
+  const struct mallinfo2 mi = mallinfo2();
+  return (uint64_t)mi.uordblks + (uint64_t)mi.hblkhd;
+}
+
 bool has_avx512() {
   static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
   return yes;
@@ -38,6 +45,21 @@ void parallel_copy(void* dst, const void* src, uint64_t bytes) {
     uint64_t len = bytes - off < chunk ? bytes - off : chunk;
     memcpy((char*)dst + off, (const char*)src + off, len);
   }
+}
+
+Workspace::~Workspace() {
+  if (p_) qlora_free(p_);
+}
+
+qlora_status Workspace::alloc(uint64_t bytes, const char* fn) {
+  if (p_) qlora_free(p_);
+  p_ = nullptr;
+  if (bytes == 0) return QLORA_OK;
+  qlora_status s = qlora_malloc(&p_, bytes, QLORA_CAT_WORKSPACE);
+  if (s == QLORA_OK) return s;
+  p_ = nullptr;
+  const std::string why = qlora_last_error();
+  return fail(s, "Cannot %s: no room for its scratch: %s", fn, why.c_str());
 }
 
 }  // namespace qlora

@@ -26,22 +26,8 @@ using namespace qlora;
 
 namespace {
 
-// Scratch for the parallel regions, allocated before them (an exception must not leave an OpenMP
-// region). Freed on scope exit; p is null when the host is out of memory.
-template <typename T>
-struct Scratch {
-  T* p = nullptr;
-  explicit Scratch(uint64_t n) : p(new (std::nothrow) T[n ? n : 1]) {}
-  ~Scratch() { delete[] p; }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-};
-
-qlora_status out_of_scratch(const char* fn, uint64_t bytes) {
-  char buf[32];
-  return fail(QLORA_ERR_OUT_OF_MEMORY, "Cannot %s: no host memory for %s of scratch", fn,
-              format_bytes(bytes, buf, sizeof buf));
-}
+// Scratch for the parallel regions is a Workspace (cpu.h), allocated before them (an exception must not
+// leave an OpenMP region): counted by the ledger while the call holds it.
 
 // Fails on the first token outside [0, vocab) before anything is written.
 qlora_status check_tokens(const int32_t* tokens, uint64_t rows, uint64_t vocab, const char* fn, const char* what,
@@ -484,9 +470,9 @@ QLORA_API qlora_status qlora_embedding_backward(const int32_t* tokens, uint64_t 
   if (rows >= 0xffffffffull) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: rows must be below 2^32", fn);
   // Link the rows of each token: first[r] is 1 where r is its token's first row, next[r] is the
   // token's next row (rows after the last). Built in one backward walk with last[token].
-  Scratch<uint32_t> links(2 * rows + vocab);
-  if (!links.p) return out_of_scratch(fn, 4 * (2 * rows + vocab));
-  uint32_t *next = links.p, *first = next + rows, *last = first + rows;
+  Workspace links;
+  if ((s = links.alloc(4 * (2 * rows + vocab), fn)) != QLORA_OK) return s;
+  uint32_t *next = links.as<uint32_t>(), *first = next + rows, *last = first + rows;
   const uint32_t none = 0xffffffffu;
   for (uint64_t t = 0; t < vocab; t++) last[t] = none;
   for (uint64_t r = rows; r-- > 0;) {
@@ -577,9 +563,9 @@ QLORA_API qlora_status qlora_rope(void* x, uint64_t batch, uint64_t seq, uint64_
   qlora_status s = check_rope(x, batch, seq, heads, head_dim, theta, inverse, dtype);
   if (s != QLORA_OK) return s;
   const uint64_t pairs = head_dim / 2;
-  Scratch<float> table(pairs + 2 * seq * pairs);  // inv_freq of i, then (cos, sin) of (t, i)
-  if (!table.p) return out_of_scratch(fn, 4 * (pairs + 2 * seq * pairs));
-  float* freq = table.p;
+  Workspace table;  // inv_freq of i, then (cos, sin) of (t, i)
+  if ((s = table.alloc(4 * (pairs + 2 * seq * pairs), fn)) != QLORA_OK) return s;
+  float* freq = table.as<float>();
   float* cs = freq + pairs;
   for (uint64_t i = 0; i < pairs; i++) freq[i] = rope_inv_freq(theta, i, head_dim);
   const float sign = inverse ? -1.0f : 1.0f;
@@ -617,10 +603,10 @@ QLORA_API qlora_status qlora_attention_forward(const void* q, const void* k, con
   if (s != QLORA_OK) return s;
   const AttnShape a{batch, seq, heads, kv_heads, head_dim};
   const uint64_t per_thread = AttnScratch::floats(a, false), n = (uint64_t)omp_get_max_threads() * per_thread;
-  Scratch<float> scratch(n);
-  if (!scratch.p) return out_of_scratch(fn, 4 * n);
+  Workspace scratch;
+  if ((s = scratch.alloc(4 * n, fn)) != QLORA_OK) return s;
   try {
-    for_each_head(batch * heads, scratch.p, per_thread, [&](uint64_t task, float* base) {
+    for_each_head(batch * heads, scratch.as<float>(), per_thread, [&](uint64_t task, float* base) {
       AttnScratch w(base, a, false);
       const uint64_t b = task / heads, h = task % heads;
       if (dtype == QLORA_F32) attention_forward_head<QLORA_F32>(q, k, v, a, b, h, out, lse, w);
@@ -643,10 +629,10 @@ QLORA_API qlora_status qlora_attention_backward(const void* dout, const void* q,
   if (s != QLORA_OK) return s;
   const AttnShape a{batch, seq, heads, kv_heads, head_dim};
   const uint64_t per_thread = AttnScratch::floats(a, true), n = (uint64_t)omp_get_max_threads() * per_thread;
-  Scratch<float> scratch(n);
-  if (!scratch.p) return out_of_scratch(fn, 4 * n);
+  Workspace scratch;
+  if ((s = scratch.alloc(4 * n, fn)) != QLORA_OK) return s;
   try {
-    for_each_head(batch * kv_heads, scratch.p, per_thread, [&](uint64_t task, float* base) {
+    for_each_head(batch * kv_heads, scratch.as<float>(), per_thread, [&](uint64_t task, float* base) {
       AttnScratch w(base, a, true);
       const uint64_t b = task / kv_heads, g = task % kv_heads;
       if (dtype == QLORA_F32) attention_backward_kv_head<QLORA_F32>(dout, q, k, v, out, lse, a, b, g, dq, dk, dv, w);
@@ -710,12 +696,12 @@ QLORA_API qlora_status qlora_cross_entropy(const void* logits, const int32_t* ta
   if (s == QLORA_OK) s = check_tokens(targets, rows, vocab, fn, "targets", true);
   if (s != QLORA_OK) return s;
   const uint64_t n = (uint64_t)omp_get_max_threads() * vocab;
-  Scratch<float> scratch(n);
-  if (!scratch.p) return out_of_scratch(fn, 4 * n);
+  Workspace scratch;
+  if ((s = scratch.alloc(4 * n, fn)) != QLORA_OK) return s;
   if (dtype == QLORA_F32)
-    cross_entropy_rows<QLORA_F32>(logits, targets, rows, vocab, losses, dlogits, grad_scale, scratch.p);
+    cross_entropy_rows<QLORA_F32>(logits, targets, rows, vocab, losses, dlogits, grad_scale, scratch.as<float>());
   else
-    cross_entropy_rows<QLORA_BF16>(logits, targets, rows, vocab, losses, dlogits, grad_scale, scratch.p);
+    cross_entropy_rows<QLORA_BF16>(logits, targets, rows, vocab, losses, dlogits, grad_scale, scratch.as<float>());
   return QLORA_OK;
 }
 

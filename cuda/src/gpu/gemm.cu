@@ -50,6 +50,7 @@ static_assert(kR32F == CUDA_R_32F && kR16BF == CUDA_R_16BF, "cudaDataType values
 typedef Status (*CreateFn)(Handle*);
 typedef Status (*SetStreamFn)(Handle, cudaStream_t);
 typedef Status (*SetMathModeFn)(Handle, int);
+typedef Status (*SetWorkspaceFn)(Handle, void*, size_t);
 typedef Status (*GemmStridedBatchedExFn)(Handle, int transa, int transb, int m, int n, int k, const void* alpha,
                                          const void* a, int a_type, int lda, long long stride_a, const void* b,
                                          int b_type, int ldb, long long stride_b, const void* beta, void* c,
@@ -102,6 +103,7 @@ void load_gemm_library() {
   auto create = (cublas::CreateFn)dlsym(so, "cublasCreate_v2");
   auto set_stream = (cublas::SetStreamFn)dlsym(so, "cublasSetStream_v2");
   auto set_math_mode = (cublas::SetMathModeFn)dlsym(so, "cublasSetMathMode");
+  auto set_workspace = (cublas::SetWorkspaceFn)dlsym(so, "cublasSetWorkspace_v2");
   auto gemm = (cublas::GemmStridedBatchedExFn)dlsym(so, "cublasGemmStridedBatchedEx");
   if (!create || !set_stream || !gemm) {
     snprintf(lib.name, sizeof lib.name, "built-in kernels (%s lacks a needed symbol)", found);
@@ -117,6 +119,9 @@ void load_gemm_library() {
   }
   // Products accumulate in f32 even when C is bf16 (no reductions in the output type).
   if (set_math_mode) set_math_mode(handle, cublas::kDisallowReducedPrecisionReduction);
+  // No workspace (cuBLAS's no-workspace mode): cuBLAS would otherwise keep a buffer of its own that the
+  // ledger and the budget never see. The few algorithms that need one are not chosen.
+  if (set_workspace) set_workspace(handle, nullptr, 0);
   lib.handle = handle;
   lib.gemm = gemm;
   snprintf(lib.name, sizeof lib.name, "cuBLAS (%s)", found);

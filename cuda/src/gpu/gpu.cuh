@@ -26,6 +26,13 @@ cudaStream_t gpu_stream();
 qlora_status cuda_status(cudaError_t e, const char* what, uint64_t bytes = 0,
                          int32_t category = QLORA_CAT_WORKSPACE);
 
+// Stream-ordered scratch of one call (cudaMallocAsync on gpu_stream()), counted by the ledger under
+// the workspace category, against the budget, from scratch_malloc until scratch_free queues its release
+// (later work on the stream reuses it in stream order). Over the budget: QLORA_ERR_OUT_OF_MEMORY with the
+// ledger's message, nothing allocated. scratch_free takes the bytes given to scratch_malloc.
+qlora_status scratch_malloc(void** p, uint64_t bytes, const char* what);
+qlora_status scratch_free(void* p, uint64_t bytes, const char* what);
+
 // Checks the kernel launch just made (bad configuration, no kernel image for this GPU, ...).
 inline qlora_status launch_status(const char* what) { return cuda_status(cudaGetLastError(), what); }
 

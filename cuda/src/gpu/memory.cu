@@ -81,6 +81,25 @@ qlora_status cuda_status(cudaError_t e, const char* what, uint64_t bytes, int32_
               cudaGetErrorString(e));
 }
 
+qlora_status scratch_malloc(void** p, uint64_t bytes, const char* what) {
+  *p = nullptr;
+  qlora_status s = ledger_reserve(bytes, QLORA_CAT_WORKSPACE);
+  if (s != QLORA_OK) return s;
+  s = cuda_status(cudaMallocAsync(p, bytes, gpu_stream()), what, bytes, QLORA_CAT_WORKSPACE);
+  if (s != QLORA_OK) {
+    *p = nullptr;
+    ledger_unreserve(bytes, QLORA_CAT_WORKSPACE);
+  }
+  return s;
+}
+
+qlora_status scratch_free(void* p, uint64_t bytes, const char* what) {
+  if (p == nullptr) return QLORA_OK;
+  const qlora_status s = cuda_status(cudaFreeAsync(p, gpu_stream()), what);
+  ledger_unreserve(bytes, QLORA_CAT_WORKSPACE);
+  return s;
+}
+
 void backend_device_memory(uint64_t* free_bytes, uint64_t* total_bytes) {
   *free_bytes = 0;
   *total_bytes = 0;
@@ -92,6 +111,12 @@ void backend_device_memory(uint64_t* free_bytes, uint64_t* total_bytes) {
   }
   *free_bytes = f;
   *total_bytes = t;
+}
+
+uint64_t backend_process_used() {
+  uint64_t free_bytes = 0, total_bytes = 0;
+  backend_device_memory(&free_bytes, &total_bytes);
+  return total_bytes - free_bytes;
 }
 
 }  // namespace qlora

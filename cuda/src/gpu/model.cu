@@ -744,7 +744,7 @@ QLORA_API qlora_status qlora_embedding_backward(const int32_t* tokens, uint64_t 
   const uint64_t temp_aligned = (temp_bytes + 255) / 256 * 256;  // CUB's storage first, then the arrays
   const uint64_t bytes = temp_aligned + 3 * rows * sizeof(uint32_t);
   char* scratch = nullptr;
-  s = cuda_status(cudaMallocAsync((void**)&scratch, bytes, gpu_stream()), fn, bytes, QLORA_CAT_WORKSPACE);
+  s = scratch_malloc((void**)&scratch, bytes, fn);
   if (s != QLORA_OK) return s;
   uint32_t* row_ids = (uint32_t*)(scratch + temp_aligned);
   uint32_t *sorted_tokens = row_ids + rows, *sorted_rows = row_ids + 2 * rows;
@@ -760,7 +760,7 @@ QLORA_API qlora_status qlora_embedding_backward(const int32_t* tokens, uint64_t 
                                                                                dout, dim, dtable, dtype);
     s = launch_status(fn);
   }
-  const qlora_status freed = cuda_status(cudaFreeAsync(scratch, gpu_stream()), fn);
+  const qlora_status freed = scratch_free(scratch, bytes, fn);
   return s != QLORA_OK ? s : freed;
 }
 
@@ -788,7 +788,7 @@ QLORA_API qlora_status qlora_rmsnorm_backward(const void* dout, const void* x, c
     const uint64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
     const uint64_t bytes = chunks * dim * sizeof(float);
     float* partial = nullptr;
-    s = cuda_status(cudaMallocAsync((void**)&partial, bytes, gpu_stream()), what, bytes, QLORA_CAT_WORKSPACE);
+    s = scratch_malloc((void**)&partial, bytes, what);
     if (s != QLORA_OK) return s;
     const dim3 grid((unsigned)((dim + kThreads - 1) / kThreads), (unsigned)chunks);
     QLORA_LAUNCH(rmsnorm_dweight_partial_kernel, grid, kThreads, 0, gpu_stream())(dout, x, rstd, rows, dim, rows_per_chunk,
@@ -798,7 +798,7 @@ QLORA_API qlora_status qlora_rmsnorm_backward(const void* dout, const void* x, c
       QLORA_LAUNCH(rmsnorm_dweight_sum_kernel, grid_for(dim), kThreads, 0, gpu_stream())(partial, chunks, dim, dweight, dtype);
       s = launch_status(what);
     }
-    const qlora_status freed = cuda_status(cudaFreeAsync(partial, gpu_stream()), what);
+    const qlora_status freed = scratch_free(partial, bytes, what);
     if (s == QLORA_OK) s = freed;
     if (s != QLORA_OK) return s;
   }
@@ -855,7 +855,7 @@ QLORA_API qlora_status qlora_attention_backward(const void* dout, const void* q,
   // di (f32, like lse): stream-ordered scratch of batch * heads * seq * 4 bytes.
   const uint64_t rows = batch * seq * heads, bytes = rows * sizeof(float);
   float* di = nullptr;
-  s = cuda_status(cudaMallocAsync((void**)&di, bytes, gpu_stream()), what, bytes, QLORA_CAT_WORKSPACE);
+  s = scratch_malloc((void**)&di, bytes, what);
   if (s != QLORA_OK) return s;
   QLORA_LAUNCH(attention_di_kernel, grid_for(rows, kWarpsPerBlock), kThreads, 0, gpu_stream())(
       dout, out, batch, (int)seq, heads, (int)head_dim, di, dtype);
@@ -881,7 +881,7 @@ QLORA_API qlora_status qlora_attention_backward(const void* dout, const void* q,
     a.dtype = dtype;
     s = head_dim <= 64 ? attention_backward_d<64>(a, what) : attention_backward_d<128>(a, what);
   }
-  const qlora_status freed = cuda_status(cudaFreeAsync(di, gpu_stream()), what);
+  const qlora_status freed = scratch_free(di, bytes, what);
   return s != QLORA_OK ? s : freed;
 }
 

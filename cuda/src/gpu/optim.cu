@@ -204,14 +204,14 @@ QLORA_API qlora_status qlora_adamw_step(const qlora_adamw_segment* segments, uin
   // The copy from pageable memory has read descs by the time cudaMemcpyAsync returns.
   const uint64_t bytes = (count + 1) * sizeof(SegmentDesc);
   SegmentDesc* dev = nullptr;
-  s = cuda_status(cudaMallocAsync((void**)&dev, bytes, gpu_stream()), what, bytes, QLORA_CAT_WORKSPACE);
+  s = scratch_malloc((void**)&dev, bytes, what);
   if (s != QLORA_OK) return s;
   s = cuda_status(cudaMemcpyAsync(dev, descs.data(), bytes, cudaMemcpyHostToDevice, gpu_stream()), what);
   if (s == QLORA_OK) {
     QLORA_LAUNCH(adamw_kernel, grid_for(total), kThreads, 0, gpu_stream())(dev, count, total, c);
     s = launch_status(what);
   }
-  qlora_status freed = cuda_status(cudaFreeAsync(dev, gpu_stream()), what);
+  qlora_status freed = scratch_free(dev, bytes, what);
   return s != QLORA_OK ? s : freed;
 }
 
@@ -233,7 +233,7 @@ QLORA_API qlora_status qlora_adamw8_step(const qlora_adamw8_segment* segments, u
   // The maps go to stream-ordered scratch (4 KB, not counted by the ledger); the copy from pageable
   // memory has read them by the time cudaMemcpyAsync returns.
   Adamw8Maps* dev = nullptr;
-  s = cuda_status(cudaMallocAsync((void**)&dev, sizeof maps, gpu_stream()), what, sizeof maps, QLORA_CAT_WORKSPACE);
+  s = scratch_malloc((void**)&dev, sizeof maps, what);
   if (s != QLORA_OK) return s;
   s = cuda_status(cudaMemcpyAsync(dev, &maps, sizeof maps, cudaMemcpyHostToDevice, gpu_stream()), what);
   for (uint64_t k = 0; k < count && s == QLORA_OK; k++) {
@@ -246,7 +246,7 @@ QLORA_API qlora_status qlora_adamw8_step(const qlora_adamw8_segment* segments, u
     QLORA_LAUNCH(adamw8_kernel, (unsigned)blocks, QLORA_ADAMW8_BLOCK, 0, gpu_stream())(segments[k], dev, c);
     s = launch_status(what);
   }
-  qlora_status freed = cuda_status(cudaFreeAsync(dev, gpu_stream()), what);
+  qlora_status freed = scratch_free(dev, sizeof maps, what);
   return s != QLORA_OK ? s : freed;
 }
 
@@ -263,7 +263,7 @@ QLORA_API qlora_status qlora_sum_squares(const void* x, int32_t dtype, uint64_t 
   // Chunk sums and the total: n / 512 bytes of stream-ordered scratch, not counted by the ledger.
   const uint64_t bytes = (chunks + 1) * sizeof(double);
   double* partial = nullptr;
-  s = cuda_status(cudaMallocAsync((void**)&partial, bytes, gpu_stream()), what, bytes, QLORA_CAT_WORKSPACE);
+  s = scratch_malloc((void**)&partial, bytes, what);
   if (s != QLORA_OK) return s;
   double* total = partial + chunks;
   QLORA_LAUNCH(chunk_sum_squares_kernel, grid_for(chunks), kThreads, 0, gpu_stream())(x, dtype, n, partial);
@@ -274,7 +274,7 @@ QLORA_API qlora_status qlora_sum_squares(const void* x, int32_t dtype, uint64_t 
   }
   double host = 0.0;
   if (s == QLORA_OK) s = cuda_status(cudaMemcpyAsync(&host, total, sizeof host, cudaMemcpyDeviceToHost, gpu_stream()), what);
-  qlora_status freed = cuda_status(cudaFreeAsync(partial, gpu_stream()), what);
+  qlora_status freed = scratch_free(partial, bytes, what);
   if (s == QLORA_OK) s = freed;
   if (s == QLORA_OK) s = cuda_status(cudaStreamSynchronize(gpu_stream()), what);
   if (s != QLORA_OK) return s;

@@ -324,8 +324,7 @@ QLORA_API qlora_status qlora_double_quantize(const float* absmax, uint64_t n, ui
   // The offset (mean) and the finiteness check, read back before any output is written.
   const uint64_t chunks = (n + kMeanChunk - 1) / kMeanChunk;
   double* partial = nullptr;  // chunk sums: n / 512 bytes of stream-ordered scratch
-  s = cuda_status(cudaMallocAsync((void**)&partial, chunks * sizeof(double), gpu_stream()), what,
-                  chunks * sizeof(double), QLORA_CAT_WORKSPACE);
+  s = scratch_malloc((void**)&partial, chunks * sizeof(double), what);
   if (s != QLORA_OK) return s;
   QLORA_LAUNCH(chunk_sums_kernel, grid_for(chunks), kThreads, 0, gpu_stream())(absmax, n, partial, &dev->first_bad);
   s = launch_status(what);
@@ -333,7 +332,7 @@ QLORA_API qlora_status qlora_double_quantize(const float* absmax, uint64_t n, ui
     QLORA_LAUNCH(mean_kernel, 1, 1, 0, gpu_stream())(partial, chunks, n, &dev->offset);
     s = launch_status(what);
   }
-  qlora_status freed = cuda_status(cudaFreeAsync(partial, gpu_stream()), what);
+  qlora_status freed = scratch_free(partial, chunks * sizeof(double), what);
   if (s == QLORA_OK) s = freed;
   Scratch host;
   if (s == QLORA_OK) s = scratch_read(&host, dev, what);
