@@ -106,23 +106,64 @@ export function offset(buffer: DeviceBuffer, bytes: number): DeviceBuffer {
   return { ptr: Deno.UnsafePointer.offset(buffer.ptr, bytes)! };
 }
 
-/** The address of a device buffer, or NULL. */
+/**
+ * The address of a device buffer, or NULL (an optional argument).
+ *
+ * @example
+ * ```ts
+ * import { address } from "./call.ts";
+ * import { Tensor } from "../../mod.ts";
+ * import { assert } from "@std/assert";
+ * using t = Tensor.zeros([1]);
+ * assert(address(t) === t.ptr && address(null) === null);
+ * ```
+ */
 export function address(buffer: DeviceBuffer | null): Deno.PointerObject | null {
   return buffer === null ? null : buffer.ptr;
 }
 
-/** The address of a host buffer or of a device buffer. */
+/**
+ * The address of a host buffer (a typed array) or of a device buffer.
+ *
+ * @example
+ * ```ts
+ * import { anyAddress } from "./call.ts";
+ * import { assert } from "@std/assert";
+ * assert(anyAddress(new Float32Array(4)) !== null);
+ * ```
+ */
 export function anyAddress(buffer: DeviceBuffer | HostBuffer): Deno.PointerValue {
   return ArrayBuffer.isView(buffer) ? Deno.UnsafePointer.of(buffer) : buffer.ptr;
 }
 
-/** A buffer of `qlora_malloc` and `qlora_host_malloc` (`void** out`) and the pointer it received. */
+/**
+ * The `void** out` argument of `qlora_malloc` and `qlora_host_malloc`, and the pointer it received.
+ *
+ * @example
+ * ```ts
+ * import { pointerOut } from "./call.ts";
+ * import { assert } from "@std/assert";
+ * const { out, read } = pointerOut();
+ * assert(out.length === 1 && read() === null); // nothing received yet
+ * ```
+ */
 export function pointerOut(): { out: BigUint64Array<ArrayBuffer>; read(): Deno.PointerValue } {
   const out = new BigUint64Array(1);
   return { out, read: () => Deno.UnsafePointer.create(out[0]) };
 }
 
-/** The bits of a pointer, as a descriptor field stores it (NULL is 0). */
+/**
+ * The bits of a pointer, as a field of a descriptor stores it (NULL is 0).
+ *
+ * @example
+ * ```ts
+ * import { pointerBits } from "./call.ts";
+ * import { Tensor } from "../../mod.ts";
+ * import { assert } from "@std/assert";
+ * using t = Tensor.zeros([1]);
+ * assert(pointerBits(null) === 0n && pointerBits(t) > 0n);
+ * ```
+ */
 export function pointerBits(buffer: DeviceBuffer | null): bigint {
   return buffer === null ? 0n : Deno.UnsafePointer.value(buffer.ptr);
 }
