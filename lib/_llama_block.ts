@@ -6,18 +6,16 @@
  * @module
  */
 
-import type { Device } from "./device.ts";
 import { InvalidArgumentError } from "./errors.ts";
+import { type BlockHost, initial, makeProjection, type Proj, projectionShapes } from "./_llama_layers.ts";
 import {
-  type LlamaConfig,
   type LlamaOptions,
   MODULE_PATHS,
   TARGET_MODULES,
   type TargetModule,
-  type TrainMode,
   type WeightSource,
 } from "./llama_config.ts";
-import { Linear, LoRALinear, type Trainable } from "./lora.ts";
+import { LoRALinear, type Trainable } from "./lora.ts";
 import {
   attentionBackward,
   attentionForward,
@@ -32,57 +30,6 @@ import {
 } from "./model_ops.ts";
 import { axpby } from "./ops.ts";
 import { fillOrDispose, Tensor } from "./tensor.ts";
-
-/** What a block reads from the model it belongs to (a {@linkcode LlamaModel}). */
-export interface BlockHost {
-  /** The shape. */
-  readonly config: LlamaConfig;
-  /** Training mode. */
-  readonly mode: TrainMode;
-  /** Weight and activation dtype. */
-  readonly dtype: "f32" | "bf16";
-  /** Device. */
-  readonly device: Device;
-  /** Batch of the last forward. */
-  readonly batch: number;
-  /** Sequence length of the last forward. */
-  readonly seq: number;
-}
-
-/**
- * A weight from `source` by its Hugging Face name (checked against its shape), else `make()`.
- *
- * @example
- * ```ts
- * import { initial } from "./_llama_block.ts";
- * import { getDevice, Tensor } from "../mod.ts";
- * import { assertEquals } from "@std/assert";
- * const source = (name: string) => name === "a" ? new Float32Array([1, 2]) : undefined;
- * using a = initial(source, "a", [2], () => Tensor.zeros([2]), "f32", getDevice(), "weights");
- * using b = initial(source, "b", [2], () => Tensor.zeros([2]), "f32", getDevice(), "weights");
- * assertEquals([...a.toFloat32(), ...b.toFloat32()], [1, 2, 0, 0]);
- * ```
- */
-export function initial(
-  source: WeightSource | undefined,
-  name: string,
-  shape: number[],
-  make: () => Tensor,
-  dtype: "f32" | "bf16",
-  device: Device,
-  category: "weights" | "workspace",
-): Tensor {
-  const values = source?.(name, shape);
-  if (!values) return make();
-  if (values.length !== shape.reduce((a, b) => a * b, 1)) {
-    throw new InvalidArgumentError(
-      `Cannot load ${name}: ${values.length} values, expected [${shape.join(", ")}]`,
-    );
-  }
-  return Tensor.from(values, { shape, dtype, device, category });
-}
-
-type Proj = Linear | LoRALinear;
 
 /** What a block keeps from forward for backward. */
 export interface BlockSaved {
@@ -170,25 +117,13 @@ export class Block {
     options: Required<Omit<LlamaOptions, "device" | "weights">> & { weights?: WeightSource },
   ) {
     const c = model.config, dtype = model.dtype, device = model.device;
-    const hd = c.dim / c.heads;
-    const shapes: Record<TargetModule, [number, number]> = {
-      q_proj: [c.heads * hd, c.dim],
-      k_proj: [c.kvHeads * hd, c.dim],
-      v_proj: [c.kvHeads * hd, c.dim],
-      o_proj: [c.dim, c.heads * hd],
-      gate_proj: [c.hiddenDim, c.dim],
-      up_proj: [c.hiddenDim, c.dim],
-      down_proj: [c.dim, c.hiddenDim],
-    };
-    const ones = new Float32Array(c.dim).fill(1);
-    const frozen = model.mode !== "full";
     const prefix = `model.layers.${index}`;
     const norm = (name: string) =>
       initial(
         options.weights,
         `${prefix}.${name}.weight`,
         [c.dim],
-        () => Tensor.from(ones, { dtype, category: "weights", device }),
+        () => Tensor.from(new Float32Array(c.dim).fill(1), { dtype, category: "weights", device }),
         dtype,
         device,
         "weights",
@@ -199,45 +134,14 @@ export class Block {
     try {
       made.push(this.attnNorm = norm("input_layernorm"));
       made.push(this.mlpNorm = norm("post_attention_layernorm"));
+      const shapes = projectionShapes(c);
       TARGET_MODULES.forEach((name, j) => {
-        const [out, inp] = shapes[name];
         const seed = options.seed + 1000 * index + j;
-        const wname = `${prefix}.${MODULE_PATHS[name]}.weight`;
-        if (frozen && options.targetModules.includes(name)) {
-          using w = initial(
-            options.weights,
-            wname,
-            [out, inp],
-            () => Tensor.randn([out, inp], { std: options.std, seed, dtype, device, category: "workspace" }),
-            dtype,
-            device,
-            "workspace",
-          );
-          proj[name] = LoRALinear.fromWeight(w, {
-            rank: options.rank,
-            alpha: options.alpha,
-            dropout: options.loraDropout,
-            base: model.mode === "qlora" ? "nf4" : dtype,
-            computeDtype: dtype,
-            seed,
-          });
-        } else {
-          const layer = new Linear(inp, out, { dtype, std: options.std, seed, device, trainable: !frozen });
-          proj[name] = layer;
-          const values = options.weights?.(wname, [out, inp]);
-          if (values) {
-            using w = initial(
-              () => values,
-              wname,
-              [out, inp],
-              () => layer.weight,
-              dtype,
-              device,
-              "workspace",
-            );
-            layer.weight.copyFrom(w);
-          }
-        }
+        proj[name] = makeProjection(model, `${prefix}.${MODULE_PATHS[name]}.weight`, shapes[name], {
+          ...options,
+          seed,
+          adapter: model.mode !== "full" && options.targetModules.includes(name),
+        });
       });
     } catch (e) {
       for (const t of [...made, ...Object.values(proj)]) t.dispose();

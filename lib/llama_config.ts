@@ -6,6 +6,7 @@
  */
 
 import type { Device } from "./device.ts";
+import { InvalidArgumentError } from "./errors.ts";
 
 /** The shape of a LLaMA model. */
 export interface LlamaConfig {
@@ -149,3 +150,30 @@ export const MODULE_PATHS: Readonly<Record<TargetModule, string>> = {
   up_proj: "mlp.up_proj",
   down_proj: "mlp.down_proj",
 };
+
+/**
+ * Throws {@linkcode InvalidArgumentError} unless a config can build a model: positive integer sizes,
+ * an even head size (dim / heads, for rotary pairs) and heads a multiple of kvHeads.
+ *
+ * @example
+ * ```ts
+ * import { checkConfig, InvalidArgumentError, LLAMA_CONFIGS } from "../mod.ts";
+ * import { assertThrows } from "@std/assert";
+ * checkConfig(LLAMA_CONFIGS["7b"]);
+ * assertThrows(() => checkConfig({ ...LLAMA_CONFIGS.tiny, kvHeads: 3 }), InvalidArgumentError, "kvHeads");
+ * ```
+ */
+export function checkConfig(c: LlamaConfig): void {
+  for (const key of ["vocabSize", "dim", "layers", "heads", "kvHeads", "hiddenDim", "maxSeq"] as const) {
+    if (!Number.isSafeInteger(c[key]) || c[key] <= 0) {
+      throw new InvalidArgumentError(
+        `Cannot build a model: ${key} must be a positive integer, got ${c[key]}`,
+      );
+    }
+  }
+  if (c.dim % c.heads || c.heads % c.kvHeads || (c.dim / c.heads) % 2) {
+    throw new InvalidArgumentError(
+      "Cannot build a model: dim / heads must be an even integer and heads a multiple of kvHeads",
+    );
+  }
+}

@@ -16,8 +16,10 @@
 import type { Device } from "./device.ts";
 import { getDevice } from "./device.ts";
 import { InvalidArgumentError } from "./errors.ts";
-import { Block, disposeSaved, initial } from "./_llama_block.ts";
+import { Block, disposeSaved } from "./_llama_block.ts";
+import { initial } from "./_llama_layers.ts";
 import {
+  checkConfig,
   type LlamaConfig,
   type LlamaOptions,
   MODULE_PATHS,
@@ -85,18 +87,7 @@ export class LlamaModel implements Disposable {
   /** Builds the model with synthetic N(0, std²) weights (norm weights 1). */
   constructor(config: LlamaConfig, options: LlamaOptions = {}) {
     const c = { ...config };
-    for (const key of ["vocabSize", "dim", "layers", "heads", "kvHeads", "hiddenDim", "maxSeq"] as const) {
-      if (!Number.isSafeInteger(c[key]) || c[key] <= 0) {
-        throw new InvalidArgumentError(
-          `Cannot build a model: ${key} must be a positive integer, got ${c[key]}`,
-        );
-      }
-    }
-    if (c.dim % c.heads || c.heads % c.kvHeads || (c.dim / c.heads) % 2) {
-      throw new InvalidArgumentError(
-        "Cannot build a model: dim / heads must be an even integer and heads a multiple of kvHeads",
-      );
-    }
+    checkConfig(c);
     const mode = options.mode ?? "full";
     if (!["full", "lora", "qlora"].includes(mode)) {
       throw new InvalidArgumentError(`Cannot build a model: mode ${mode}`);
