@@ -257,17 +257,13 @@ export class QuantizedTensor implements Disposable {
    * ```
    */
   async dequantizeAsync(options: { dtype?: FloatDType; category?: Category } = {}): Promise<Tensor> {
-    const out = this.#dequantizeTarget(options);
-    try {
+    const [out] = await ffi.withOutputsAsync([() => this.#dequantizeTarget(options)], async (out) => {
       using constants = this.nested ? this.constants() : null;
       for (let start = 0; start < this.numel; start += CHUNK) {
         this.#dequantizeRange(out, constants ?? this.absmax!, start, Math.min(CHUNK, this.numel - start));
         await yieldToEventLoop();
       }
-    } catch (e) {
-      out.dispose();
-      throw e;
-    }
+    });
     return out;
   }
 
@@ -448,20 +444,17 @@ export async function quantizeAsync(
   options: QuantizeOptions & { onProgress?: (fraction: number) => void } = {},
 ): Promise<QuantizedTensor> {
   const p = plan(x, options);
-  const [packed, absmax] = ffi.withOutputs(outputs(x, p), () => {});
-  try {
+  let q: QuantizedTensor | undefined;
+  await ffi.withOutputsAsync(outputs(x, p), async (packed, absmax) => {
     for (let start = 0; start < x.numel; start += CHUNK) {
       const count = Math.min(CHUNK, x.numel - start);
       quantizeRange(x, p, packed, absmax, start, count);
       options.onProgress?.((start + count) / x.numel);
       await yieldToEventLoop();
     }
-    return finish(x, p, packed, absmax);
-  } catch (e) {
-    packed.dispose();
-    absmax.dispose();
-    throw e;
-  }
+    q = finish(x, p, packed, absmax);
+  });
+  return q!;
 }
 
 /**

@@ -40,6 +40,40 @@ export function withOutputs<const M extends readonly (() => Disposable)[]>(
   }
 }
 
+/**
+ * {@linkcode withOutputs} for a call that awaits (chunked work that yields to the event loop): the
+ * outputs are disposed when a maker throws or the call rejects.
+ *
+ * @example
+ * ```ts
+ * import { withOutputsAsync } from "./outputs.ts";
+ * import { getDevice, Tensor } from "../../mod.ts";
+ * import { assertEquals, assertRejects } from "@std/assert";
+ * const before = getDevice().memory().totalCurrent;
+ * await assertRejects(() =>
+ *   withOutputsAsync([() => Tensor.zeros([4])], async () => {
+ *     await Promise.resolve();
+ *     throw new Error("native failure");
+ *   })
+ * );
+ * assertEquals(getDevice().memory().totalCurrent, before);
+ * ```
+ */
+export async function withOutputsAsync<const M extends readonly (() => Disposable)[]>(
+  make: M,
+  call: (...outputs: Outputs<M>) => Promise<void>,
+): Promise<Outputs<M>> {
+  const made: Disposable[] = [];
+  try {
+    for (const m of make) made.push(m());
+    await call(...(made as Outputs<M>));
+    return made as Outputs<M>;
+  } catch (e) {
+    for (const t of made) t[Symbol.dispose]();
+    throw e;
+  }
+}
+
 /** What a tuple of makers makes: `[() => A, () => B]` gives `[A, B]`. */
 export type Outputs<M extends readonly (() => Disposable)[]> = {
   -readonly [K in keyof M]: M[K] extends () => infer R ? R : never;
