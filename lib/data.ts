@@ -36,4 +36,5 @@ export * from "./corpus.ts";
 export * from "./byte_tokenizer.ts";
 export * from "./random.ts";
 export * from "./dataset.ts";
-export * from "./sampler.ts";
+// checkPositive stays internal (dataset.ts shares it).
+export { type Batch, type BatchOptions, BatchSampler, fingerprint, type SamplerState } from "./sampler.ts";
