@@ -109,7 +109,8 @@ QLORA_API qlora_status qlora_synchronize(void);
 /* ---- memory and the ledger -------------------------------------------------------------- */
 
 /* Allocates bytes (> 0) of device memory counted under category; *out gets the pointer. Fails with
- * QLORA_ERR_OUT_OF_MEMORY (message naming request, budget and ledger) past the budget. */
+ * QLORA_ERR_OUT_OF_MEMORY (message naming request, budget and ledger) past the budget, and for more
+ * than 2^46 bytes (larger than any device). */
 QLORA_API qlora_status qlora_malloc(void** out, uint64_t bytes, int32_t category);
 /* Frees a pointer from qlora_malloc. Unknown pointers are an error, never a crash; NULL is a no-op. */
 QLORA_API qlora_status qlora_free(void* dptr);
@@ -132,7 +133,7 @@ QLORA_API qlora_status qlora_host_malloc(void** out, uint64_t bytes);
 /* Frees a pointer from qlora_host_malloc (unknown pointers are an error; NULL is a no-op). */
 QLORA_API qlora_status qlora_host_free(void* hptr);
 
-/* ---- elementwise ------------------------------------------------------------------------ */
+/* ---- elementwise and reductions --------------------------------------------------------- */
 
 /* Converts n values between floating dtypes (f32, bf16, f16); round to nearest even. */
 QLORA_API qlora_status qlora_cast(const void* src, int32_t src_dtype, void* dst, int32_t dst_dtype,
@@ -141,39 +142,6 @@ QLORA_API qlora_status qlora_cast(const void* src, int32_t src_dtype, void* dst,
  * (seed, index) gives the same value on every thread count; backends agree to float rounding. */
 QLORA_API qlora_status qlora_fill_normal(void* dptr, int32_t dtype, uint64_t n, float mean, float std,
                                          uint64_t seed);
-
-/* ---- 4-bit blockwise quantization ------------------------------------------------------- */
-
-/* The 16 code values of quant_type (as stored in a file's quant_map) into out[16] (host). */
-QLORA_API qlora_status qlora_quant_map(int32_t quant_type, float* out16);
-/* Quantizes n values of x (f32, bf16, f16) in blocks of blocksize (even, 32..4096; the last block
- * may be partial and gets its own absmax). packed gets (n+1)/2 bytes, the first value of a pair in
- * the high nibble; absmax gets ceil(n/blocksize) f32. Each value maps to the nearest code by the
- * midpoints between sorted codes, a value exactly on a midpoint to the lower one. An all-zero block
- * has absmax 0 and dequantizes to zeros. NaN/Inf in x: QLORA_ERR_NON_FINITE. */
-QLORA_API qlora_status qlora_quantize_4bit(const void* x, int32_t x_dtype, uint64_t n, int32_t quant_type,
-                                           uint64_t blocksize, uint8_t* packed, float* absmax);
-/* out[i] = code[nibble(i)] * absmax[i / blocksize], written as out_dtype (f32, bf16, f16). */
-QLORA_API qlora_status qlora_dequantize_4bit(const uint8_t* packed, const float* absmax, uint64_t n,
-                                             int32_t quant_type, uint64_t blocksize, void* out,
-                                             int32_t out_dtype);
-
-/* ---- double quantization of the constants (8-bit dynamic map) --------------------------- */
-
-/* The 256 sorted values of bitsandbytes' signed dynamic map into out[256] (host). */
-QLORA_API qlora_status qlora_dynamic_map(float* out256);
-/* Double quantization of n absmax values (finite, device): offset = mean(absmax); then
- * (absmax - offset) is quantized with the dynamic map in blocks of nested_blocksize (32..4096):
- * codes[n] u8, nested_absmax[ceil(n/nested_blocksize)] f32; *offset_out (host) gets the mean. */
-QLORA_API qlora_status qlora_double_quantize(const float* absmax, uint64_t n, uint64_t nested_blocksize,
-                                             uint8_t* codes, float* nested_absmax, float* offset_out);
-/* absmax[i] = map[codes[i]] * nested_absmax[i / nested_blocksize] + offset. */
-QLORA_API qlora_status qlora_double_dequantize(const uint8_t* codes, const float* nested_absmax,
-                                               float offset, uint64_t n, uint64_t nested_blocksize,
-                                               float* absmax);
-
-/* ---- elementwise, for layers -------------------------------------------------------------- */
-
 /* y[i] = alpha * x[i] + beta * y[i] for n values; x and y of one float dtype (f32, bf16, f16),
  * computed in f32. beta = 0 ignores the old y (even NaN). */
 QLORA_API qlora_status qlora_axpby(float alpha, const void* x, float beta, void* y, int32_t dtype, uint64_t n);
@@ -183,35 +151,78 @@ QLORA_API qlora_status qlora_dropout(const void* x, void* y, int32_t dtype, uint
 /* Fills n values (f32, bf16, f16) uniformly in [low, high) from the counter-based generator. */
 QLORA_API qlora_status qlora_fill_uniform(void* dptr, int32_t dtype, uint64_t n, float low, float high,
                                           uint64_t seed);
+/* *out (host) = sum of x[i]^2 in double, in the fixed order of the mean (chunks of 4096): the
+ * squared norm for clipping by global norm. NaN/Inf give a non-finite sum, not an error. */
+QLORA_API qlora_status qlora_sum_squares(const void* x, int32_t dtype, uint64_t n, double* out);
 
-/* ---- GEMM --------------------------------------------------------------------------------- */
+/* ---- 4-bit blockwise quantization ------------------------------------------------------- */
+
+/* The 16 code values of quant_type (as stored in a file's quant_map) into out[16] (host). */
+QLORA_API qlora_status qlora_quant_map(int32_t quant_type, float* out16);
+/* Quantizes n (> 0) values of x (f32, bf16, f16) in blocks of blocksize (a power of two in 32..4096;
+ * the last block
+ * may be partial and gets its own absmax). packed gets (n+1)/2 bytes, the first value of a pair in
+ * the high nibble; absmax gets ceil(n/blocksize) f32. Each value maps to the nearest code by the
+ * midpoints between sorted codes, a value exactly on a midpoint to the lower one. An all-zero block
+ * has absmax 0 and dequantizes to zeros. NaN/Inf in x: QLORA_ERR_NON_FINITE. */
+QLORA_API qlora_status qlora_quantize_4bit(const void* x, int32_t x_dtype, uint64_t n, int32_t quant_type,
+                                           uint64_t blocksize, uint8_t* packed, float* absmax);
+/* out[i] = code[nibble(i)] * absmax[i / blocksize] for n (> 0) values, written as out_dtype (f32, bf16,
+ * f16); blocksize as for qlora_quantize_4bit. */
+QLORA_API qlora_status qlora_dequantize_4bit(const uint8_t* packed, const float* absmax, uint64_t n,
+                                             int32_t quant_type, uint64_t blocksize, void* out,
+                                             int32_t out_dtype);
+
+/* ---- 8-bit dynamic maps and double quantization of the constants ------------------------ */
+
+/* The 256 sorted values of bitsandbytes' signed dynamic map into out[256] (host). */
+QLORA_API qlora_status qlora_dynamic_map(float* out256);
+/* The 256 sorted values of bitsandbytes' unsigned dynamic map (create_dynamic_map(signed=False)), the
+ * code of the 8-bit AdamW's v, into out[256] (host). */
+QLORA_API qlora_status qlora_dynamic_map_unsigned(float* out256);
+/* Double quantization of n absmax values (finite, device): offset = mean(absmax); then
+ * (absmax - offset) is quantized with the dynamic map in blocks of nested_blocksize (a power of two
+ * in 32..4096):
+ * codes[n] u8, nested_absmax[ceil(n/nested_blocksize)] f32; *offset_out (host) gets the mean. */
+QLORA_API qlora_status qlora_double_quantize(const float* absmax, uint64_t n, uint64_t nested_blocksize,
+                                             uint8_t* codes, float* nested_absmax, float* offset_out);
+/* absmax[i] = map[codes[i]] * nested_absmax[i / nested_blocksize] + offset (offset finite, n > 0,
+ * nested_blocksize as for qlora_double_quantize). */
+QLORA_API qlora_status qlora_double_dequantize(const uint8_t* codes, const float* nested_absmax,
+                                               float offset, uint64_t n, uint64_t nested_blocksize,
+                                               float* absmax);
+
+/* ---- GEMM ------------------------------------------------------------------------------- */
 
 /* Row-major, contiguous, batched: for each b < batch,
  *   C_b = alpha * op(A_b) @ op(B_b) + beta * C_b,   op(A) is m x k, op(B) is k x n, C is m x n.
  * A is stored m x k (trans_a = 0) or k x m (trans_a = 1); B is stored k x n or n x k (trans_b = 1).
  * A and B share ab_dtype (f32 or bf16); C is f32 or bf16; products accumulate in f32. stride_* are
  * elements between consecutive matrices of a batch (0 = the same matrix for every b). beta = 0
- * ignores the old C. */
+ * ignores the old C. m, n, k and batch are > 0, and m, n, k below 2^31 (BLAS counts in int). */
 QLORA_API qlora_status qlora_gemm(int32_t trans_a, int32_t trans_b, uint64_t m, uint64_t n, uint64_t k,
                                   float alpha, const void* a, const void* b, int32_t ab_dtype, float beta,
                                   void* c, int32_t c_dtype, uint64_t batch, uint64_t stride_a,
                                   uint64_t stride_b, uint64_t stride_c);
 /* Bytes of device workspace qlora_gemm_4bit needs for this shape (the caller allocates it, under the
- * workspace category, so that the ledger sees it). */
+ * workspace category, so that the ledger sees it); 0 when the shape needs none. trans_w and the sizes
+ * as for qlora_gemm_4bit. */
 QLORA_API qlora_status qlora_gemm_4bit_workspace(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k,
                                                  uint64_t* bytes_out);
 /* C = alpha * X @ op(dequant(W)) + beta * C without a 16-bit copy of the whole W on the CPU (tiles
  * dequantized into the workspace), with a reused workspace or a fused GEMV on CUDA. X is m x k; W
  * (packed 4-bit codes + f32 absmax per block, as qlora_quantize_4bit makes them) is stored n x k
  * (trans_w = 1: the forward pass of a linear layer, C = X W^T) or k x n (trans_w = 0: the input
- * gradient, dX = dY W). X and C are f32 or bf16; products accumulate in f32. */
+ * gradient, dX = dY W). X and C are f32 or bf16; products accumulate in f32. m, n, k > 0 and below
+ * 2^31; blocksize as for qlora_quantize_4bit; workspace (4-byte aligned) of at least the bytes
+ * qlora_gemm_4bit_workspace gives, or anything when that is 0. */
 QLORA_API qlora_status qlora_gemm_4bit(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k, float alpha,
                                        const void* x, int32_t x_dtype, const uint8_t* packed,
                                        const float* absmax, int32_t quant_type, uint64_t blocksize,
                                        float beta, void* c, int32_t c_dtype, void* workspace,
                                        uint64_t workspace_bytes);
 
-/* ---- optimizers --------------------------------------------------------------------------- */
+/* ---- optimizers ------------------------------------------------------------------------- */
 
 /* One contiguous piece of a parameter and its state: a whole tensor, or the part of it whose
  * optimizer state lies in one page (paged optimizers). Fixed layout, 56 bytes. */
@@ -236,7 +247,8 @@ typedef struct qlora_adamw_segment {
  *   w = w - (lr / bias_correction1) * m / (sqrt(v) / sqrt(bias_correction2) + eps)
  *   master ? (master = w, param = round(w)) : (param = round(w))
  * with bias_correction1 = 1 - beta1^step and bias_correction2 = 1 - beta2^step given by the caller.
- * segments is a host array of count descriptors. */
+ * Every scalar is finite; beta1 and beta2 in [0, 1), eps > 0, bias corrections in (0, 1]. segments is a
+ * host array of count descriptors (count = 0 is a no-op), each with 0 < n <= 2^44 values, 2^46 in all. */
 QLORA_API qlora_status qlora_adamw_step(const qlora_adamw_segment* segments, uint64_t count, float lr, float beta1,
                                         float beta2, float eps, float weight_decay, float bias_correction1,
                                         float bias_correction2, float grad_scale);
@@ -267,25 +279,21 @@ typedef struct qlora_adamw8_segment {
 QLORA_API qlora_status qlora_adamw8_step(const qlora_adamw8_segment* segments, uint64_t count, float lr,
                                          float beta1, float beta2, float eps, float weight_decay,
                                          float bias_correction1, float bias_correction2, float grad_scale);
-/* The 256 sorted values of bitsandbytes' unsigned dynamic map (create_dynamic_map(signed=False)), the
- * code of the 8-bit AdamW's v, into out[256] (host). */
-QLORA_API qlora_status qlora_dynamic_map_unsigned(float* out256);
-/* *out (host) = sum of x[i]^2 in double, in the fixed order of the mean (chunks of 4096): the
- * squared norm for clipping by global norm. NaN/Inf give a non-finite sum, not an error. */
-QLORA_API qlora_status qlora_sum_squares(const void* x, int32_t dtype, uint64_t n, double* out);
 
 /* ---- the ops of a LLaMA-style model (forward and backward side by side) ---------------------
  * Activations are row-major [rows, dim] with rows = batch * seq, in f32 or bf16 (dtype), computed in
- * f32. A backward function writes the input gradients (overwriting) and ADDS weight gradients into
+ * f32; every size is > 0. A backward function writes the input gradients (overwriting) and ADDS weight gradients into
  * their buffers (accumulation over micro-batches); a NULL weight-gradient pointer skips it (frozen). */
 
-/* out[r, :] = table[tokens[r], :]. Tokens outside [0, vocab) are an error. */
+/* out[r, :] = table[tokens[r], :]. Tokens outside [0, vocab) are an error; vocab < 2^31 (int32 tokens),
+ * here and in qlora_cross_entropy. */
 QLORA_API qlora_status qlora_embedding_forward(const int32_t* tokens, uint64_t rows, const void* table,
                                                uint64_t vocab, uint64_t dim, void* out, int32_t dtype);
 /* dtable[tokens[r], :] += dout[r, :]. */
 QLORA_API qlora_status qlora_embedding_backward(const int32_t* tokens, uint64_t rows, const void* dout,
                                                 uint64_t vocab, uint64_t dim, void* dtable, int32_t dtype);
-/* out = x * rstd * weight with rstd[r] = 1 / sqrt(mean(x[r, :]^2) + eps), saved (f32) for backward. */
+/* out = x * rstd * weight with rstd[r] = 1 / sqrt(mean(x[r, :]^2) + eps) (eps finite, > 0), saved (f32)
+ * for backward. */
 QLORA_API qlora_status qlora_rmsnorm_forward(const void* x, const void* weight, uint64_t rows, uint64_t dim,
                                              float eps, void* out, float* rstd, int32_t dtype);
 /* dx from dout; dweight += sum over rows of dout * x * rstd (NULL: frozen weight). */
@@ -299,7 +307,8 @@ QLORA_API qlora_status qlora_rmsnorm_backward(const void* dout, const void* x, c
 QLORA_API qlora_status qlora_rope(void* x, uint64_t batch, uint64_t seq, uint64_t heads, uint64_t head_dim,
                                   float theta, int32_t inverse, int32_t dtype);
 /* Causal attention: q [batch, seq, heads, head_dim], k and v [batch, seq, kv_heads, head_dim] (heads a
- * multiple of kv_heads: grouped-query attention; head_dim <= 128), out like q; scale 1/sqrt(head_dim). lse [batch,
+ * multiple of kv_heads: grouped-query attention; head_dim <= 128, above is QLORA_ERR_UNSUPPORTED; seq
+ * below 2^31), out like q; scale 1/sqrt(head_dim). lse [batch,
  * heads, seq] (f32) keeps each row's log-sum-exp so backward recomputes the probabilities. */
 QLORA_API qlora_status qlora_attention_forward(const void* q, const void* k, const void* v, uint64_t batch,
                                                uint64_t seq, uint64_t heads, uint64_t kv_heads,

@@ -307,9 +307,13 @@ export const symbols = {
   qlora_set_memory_budget: { parameters: ["u64"], result: "i32" },
   qlora_host_malloc: { parameters: ["buffer", "u64"], result: "i32" },
   qlora_host_free: { parameters: ["pointer"], result: "i32" },
-  // elementwise
+  // elementwise and reductions
   qlora_cast: { parameters: ["pointer", "i32", "pointer", "i32", "u64"], result: "i32" },
   qlora_fill_normal: { parameters: ["pointer", "i32", "u64", "f32", "f32", "u64"], result: "i32" },
+  qlora_axpby: { parameters: ["f32", "pointer", "f32", "pointer", "i32", "u64"], result: "i32" },
+  qlora_dropout: { parameters: ["pointer", "pointer", "i32", "u64", "f32", "u64"], result: "i32" },
+  qlora_fill_uniform: { parameters: ["pointer", "i32", "u64", "f32", "f32", "u64"], result: "i32" },
+  qlora_sum_squares: { parameters: ["pointer", "i32", "u64", "buffer"], result: "i32" },
   // 4-bit blockwise quantization
   qlora_quant_map: { parameters: ["i32", "buffer"], result: "i32" },
   qlora_quantize_4bit: {
@@ -320,8 +324,9 @@ export const symbols = {
     parameters: ["pointer", "pointer", "u64", "i32", "u64", "pointer", "i32"],
     result: "i32",
   },
-  // double quantization of the constants
+  // 8-bit dynamic maps and double quantization of the constants
   qlora_dynamic_map: { parameters: ["buffer"], result: "i32" },
+  qlora_dynamic_map_unsigned: { parameters: ["buffer"], result: "i32" },
   qlora_double_quantize: {
     parameters: ["pointer", "u64", "u64", "pointer", "pointer", "buffer"],
     result: "i32",
@@ -330,10 +335,6 @@ export const symbols = {
     parameters: ["pointer", "pointer", "f32", "u64", "u64", "pointer"],
     result: "i32",
   },
-  // elementwise, for layers
-  qlora_axpby: { parameters: ["f32", "pointer", "f32", "pointer", "i32", "u64"], result: "i32" },
-  qlora_dropout: { parameters: ["pointer", "pointer", "i32", "u64", "f32", "u64"], result: "i32" },
-  qlora_fill_uniform: { parameters: ["pointer", "i32", "u64", "f32", "f32", "u64"], result: "i32" },
   // GEMM
   qlora_gemm: {
     parameters: [
@@ -387,8 +388,6 @@ export const symbols = {
     parameters: ["buffer", "u64", "f32", "f32", "f32", "f32", "f32", "f32", "f32", "f32"],
     result: "i32",
   },
-  qlora_dynamic_map_unsigned: { parameters: ["buffer"], result: "i32" },
-  qlora_sum_squares: { parameters: ["pointer", "i32", "u64", "buffer"], result: "i32" },
   // the ops of a LLaMA-style model
   qlora_embedding_forward: {
     parameters: ["pointer", "u64", "pointer", "u64", "u64", "pointer", "i32"],

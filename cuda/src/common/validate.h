@@ -205,6 +205,35 @@ inline qlora_status check_gemm_4bit(int32_t trans_w, uint64_t m, uint64_t n, uin
   return s;
 }
 
+// qlora_gemm_4bit_workspace: bytes_out not null, trans_w 0 or 1, the dimensions as for a product.
+inline qlora_status check_gemm_4bit_workspace(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k,
+                                              const uint64_t* bytes_out) {
+  const char* fn = "size the workspace of a 4-bit product";
+  QLORA_CHECK_PTR(bytes_out, fn);
+  if (trans_w != 0 && trans_w != 1) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: trans_w must be 0 or 1", fn);
+  return check_gemm_dims(fn, m, n, k);
+}
+
+// qlora_gemm_4bit's workspace against the need of the shape (the backend's qlora_gemm_4bit_workspace):
+// none needed (0), anything goes; else not null, at least need bytes, aligned to 4.
+inline qlora_status check_gemm_4bit_workspace_arg(uint64_t m, uint64_t n, uint64_t k, const void* workspace,
+                                                  uint64_t workspace_bytes, uint64_t need) {
+  const char* fn = "multiply by a 4-bit matrix";
+  if (need == 0) return QLORA_OK;
+  if (workspace == nullptr)
+    return fail(QLORA_ERR_INVALID_ARGUMENT,
+                "Cannot %s: the workspace is null, this shape (m %llu, n %llu, k %llu) needs %llu bytes "
+                "(qlora_gemm_4bit_workspace)",
+                fn, (unsigned long long)m, (unsigned long long)n, (unsigned long long)k, (unsigned long long)need);
+  if (workspace_bytes < need)
+    return fail(QLORA_ERR_INVALID_ARGUMENT,
+                "Cannot %s: the workspace has %llu bytes, this shape (m %llu, n %llu, k %llu) needs %llu "
+                "(qlora_gemm_4bit_workspace)",
+                fn, (unsigned long long)workspace_bytes, (unsigned long long)m, (unsigned long long)n,
+                (unsigned long long)k, (unsigned long long)need);
+  return check_alignment(workspace, 4, fn, "the workspace");
+}
+
 // Counter-based normal generator shared by both backends: value i of (seed) is a Box-Muller pair
 // drawn from splitmix64 of (seed, i / 2), cosine for even i and sine for odd i.
 QLORA_HD uint64_t splitmix64(uint64_t x) {
@@ -279,36 +308,40 @@ inline qlora_status check_adamw_segment(const char* fn, uint64_t k, uint64_t n, 
   return QLORA_OK;
 }
 
-// qlora_adamw_step: the hyperparameters, then each segment (pointers, n, dtypes, alignment). A bf16
-// param may have an f32 master copy or not (pure bf16); an f32 param has no master.
-inline qlora_status check_adamw(const qlora_adamw_segment* segments, uint64_t count, float lr, float beta1,
-                                float beta2, float eps, float weight_decay, float bias_correction1,
-                                float bias_correction2, float grad_scale) {
-  const char* fn = "take an AdamW step";
-  qlora_status s =
-      check_adamw_hyper(fn, lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2, grad_scale);
-  if (s != QLORA_OK) return s;
-  if (count > 0 && segments == nullptr)
-    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: segments is null but count is %llu", fn,
-                (unsigned long long)count);
-  uint64_t total = 0;
-  for (uint64_t k = 0; k < count && s == QLORA_OK; k++) {
-    const qlora_adamw_segment& g = segments[k];
-    const SegmentPointer ptrs[5] = {{g.param, "param", dtype_size(g.param_dtype)},
-                                    {g.grad, "grad", dtype_size(g.grad_dtype)},
-                                    {g.m, "m", 4},
-                                    {g.v, "v", 4},
-                                    {g.master, "master", 4}};
-    s = check_adamw_segment(fn, k, g.n, total, g.param_dtype, g.grad_dtype, ptrs, 5);
-  }
-  return s;
+// The device pointers of a segment of either AdamW, in check order, the master (the only one that may
+// be null) last; returns their number.
+inline int segment_pointers(const qlora_adamw_segment& g, SegmentPointer* out) {
+  const SegmentPointer ptrs[5] = {{g.param, "param", dtype_size(g.param_dtype)},
+                                  {g.grad, "grad", dtype_size(g.grad_dtype)},
+                                  {g.m, "m", 4},
+                                  {g.v, "v", 4},
+                                  {g.master, "master", 4}};
+  for (int p = 0; p < 5; p++) out[p] = ptrs[p];
+  return 5;
 }
+// 8-bit AdamW: the codes (any alignment) and block absmax in place of m and v.
+inline int segment_pointers(const qlora_adamw8_segment& g, SegmentPointer* out) {
+  const SegmentPointer ptrs[7] = {{g.param, "param", dtype_size(g.param_dtype)},
+                                  {g.grad, "grad", dtype_size(g.grad_dtype)},
+                                  {g.m_codes, "m_codes", 1},
+                                  {g.v_codes, "v_codes", 1},
+                                  {g.m_absmax, "m_absmax", 4},
+                                  {g.v_absmax, "v_absmax", 4},
+                                  {g.master, "master", 4}};
+  for (int p = 0; p < 7; p++) out[p] = ptrs[p];
+  return 7;
+}
+inline const char* adamw_name(const qlora_adamw_segment*) { return "take an AdamW step"; }
+inline const char* adamw_name(const qlora_adamw8_segment*) { return "take an 8-bit AdamW step"; }
 
-// qlora_adamw8_step: the same checks, with the codes (any alignment) and block absmax in place of m and v.
-inline qlora_status check_adamw8(const qlora_adamw8_segment* segments, uint64_t count, float lr, float beta1,
-                                 float beta2, float eps, float weight_decay, float bias_correction1,
-                                 float bias_correction2, float grad_scale) {
-  const char* fn = "take an 8-bit AdamW step";
+// qlora_adamw_step and qlora_adamw8_step (Segment: qlora_adamw_segment or qlora_adamw8_segment): the
+// hyperparameters, then each segment (pointers, n, dtypes, alignment). A bf16 param may have an f32
+// master copy or not (pure bf16); an f32 param has no master.
+template <typename Segment>
+inline qlora_status check_adamw(const Segment* segments, uint64_t count, float lr, float beta1, float beta2,
+                                float eps, float weight_decay, float bias_correction1, float bias_correction2,
+                                float grad_scale) {
+  const char* fn = adamw_name(segments);
   qlora_status s =
       check_adamw_hyper(fn, lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2, grad_scale);
   if (s != QLORA_OK) return s;
@@ -317,15 +350,10 @@ inline qlora_status check_adamw8(const qlora_adamw8_segment* segments, uint64_t 
                 (unsigned long long)count);
   uint64_t total = 0;
   for (uint64_t k = 0; k < count && s == QLORA_OK; k++) {
-    const qlora_adamw8_segment& g = segments[k];
-    const SegmentPointer ptrs[7] = {{g.param, "param", dtype_size(g.param_dtype)},
-                                    {g.grad, "grad", dtype_size(g.grad_dtype)},
-                                    {g.m_codes, "m_codes", 1},
-                                    {g.v_codes, "v_codes", 1},
-                                    {g.m_absmax, "m_absmax", 4},
-                                    {g.v_absmax, "v_absmax", 4},
-                                    {g.master, "master", 4}};
-    s = check_adamw_segment(fn, k, g.n, total, g.param_dtype, g.grad_dtype, ptrs, 7);
+    SegmentPointer ptrs[7];
+    const int pointers = segment_pointers(segments[k], ptrs);
+    s = check_adamw_segment(fn, k, segments[k].n, total, segments[k].param_dtype, segments[k].grad_dtype, ptrs,
+                            pointers);
   }
   return s;
 }

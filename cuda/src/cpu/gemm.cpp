@@ -22,6 +22,7 @@
 #include "../common/status.h"
 #include "../common/validate.h"
 #include "cpu.h"
+#include "dequant4.h"
 
 // oneDNN 3 changed the matmul API (no matmul::desc, runtime scales): this file is written for 2.x,
 // Debian 12's libdnnl-dev (2.6.3).
@@ -193,99 +194,6 @@ void gemm_2d(const Operands& o, const void* a, const void* b, void* c) {
   std::shared_ptr<Gemm> g = get_gemm(key);
   if (g) run_gemm(*g, a, b, c);
   else gemm_loop(o, a, b, c);  // slow but correct
-}
-
-// ---- 4-bit dequantization of ranges of the stored W ----------------------------------------
-
-// nbytes packed bytes (2 * nbytes values) of one block with scale amax, into out (f32 or bf16).
-__attribute__((target("avx512f,avx512bw"))) void dequantize_bytes_avx512(const uint8_t* packed, uint64_t nbytes,
-                                                                         float amax, const float* table,
-                                                                         void* out, int32_t dtype) {
-  const __m512 scaled = _mm512_mul_ps(_mm512_loadu_ps(table), _mm512_set1_ps(amax));  // code[c] * amax
-  const __m128i low4 = _mm_set1_epi8(0x0f);
-  uint64_t i = 0;
-  if (dtype == QLORA_BF16) {
-    // The 16 scaled codes rounded to bf16 (nearest even, as float_to_bf16 for finite values), then
-    // one 16-bit lookup per value.
-    __m512i u = _mm512_castps_si512(scaled);
-    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    u = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
-    const __m512i table16 = _mm512_castsi256_si512(_mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
-    uint16_t* o = (uint16_t*)out;
-    for (; i + 16 <= nbytes; i += 16) {
-      __m128i b = _mm_loadu_si128((const __m128i*)(packed + i));
-      __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
-      __m128i lo = _mm_and_si128(b, low4);
-      __m256i idx8 = _mm256_set_m128i(_mm_unpackhi_epi8(hi, lo), _mm_unpacklo_epi8(hi, lo));
-      __m512i v = _mm512_permutexvar_epi16(_mm512_cvtepu8_epi16(idx8), table16);
-      _mm512_storeu_si512((void*)(o + 2 * i), v);
-    }
-    for (; i < nbytes; i++) {
-      o[2 * i] = float_to_bf16(table[packed[i] >> 4] * amax);
-      o[2 * i + 1] = float_to_bf16(table[packed[i] & 15] * amax);
-    }
-  } else {
-    float* o = (float*)out;
-    for (; i + 16 <= nbytes; i += 16) {
-      __m128i b = _mm_loadu_si128((const __m128i*)(packed + i));
-      __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
-      __m128i lo = _mm_and_si128(b, low4);
-      _mm512_storeu_ps(o + 2 * i, _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(hi, lo)), scaled));
-      _mm512_storeu_ps(o + 2 * i + 16,
-                       _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(hi, lo)), scaled));
-    }
-    for (; i < nbytes; i++) {
-      o[2 * i] = table[packed[i] >> 4] * amax;
-      o[2 * i + 1] = table[packed[i] & 15] * amax;
-    }
-  }
-}
-
-void dequantize_bytes_scalar(const uint8_t* packed, uint64_t nbytes, float amax, const float* table, void* out,
-                             int32_t dtype) {
-  for (uint64_t i = 0; i < nbytes; i++) {
-    store_float(out, dtype, 2 * i, table[packed[i] >> 4] * amax);
-    store_float(out, dtype, 2 * i + 1, table[packed[i] & 15] * amax);
-  }
-}
-
-struct Quant4 {
-  const uint8_t* packed;
-  const float* absmax;
-  const float* table;
-  uint64_t blocksize;
-};
-
-// Value i of the stored W: code[nibble(i)] * absmax[i / blocksize].
-inline float quant4_value(const Quant4& w, uint64_t i) {
-  const uint8_t byte = w.packed[i / 2];
-  return w.table[(i & 1) ? (byte & 15) : (byte >> 4)] * w.absmax[i / w.blocksize];
-}
-
-// Values [begin, end) of the stored W (flat, row-major as stored) into out[0, end - begin). Works for
-// any range: an odd start or end is written on its own, and the rest goes block by block (block
-// boundaries are even, since blocksize is).
-void dequantize_range(const Quant4& w, uint64_t begin, uint64_t end, void* out, int32_t dtype) {
-  const uint64_t esize = dtype_size(dtype);
-  const bool simd = has_avx512();
-  uint64_t i = begin;
-  if (i < end && (i & 1)) {
-    store_float(out, dtype, 0, quant4_value(w, i));
-    i++;
-  }
-  while (i < end) {
-    const uint64_t block = i / w.blocksize;
-    const uint64_t stop = std::min(end, (block + 1) * w.blocksize);
-    const uint64_t nbytes = (stop - i) / 2;
-    void* o = (char*)out + (i - begin) * esize;
-    if (simd) dequantize_bytes_avx512(w.packed + i / 2, nbytes, w.absmax[block], w.table, o, dtype);
-    else dequantize_bytes_scalar(w.packed + i / 2, nbytes, w.absmax[block], w.table, o, dtype);
-    i += 2 * nbytes;
-    if (i < stop) {  // an odd end
-      store_float(out, dtype, i - begin, quant4_value(w, i));
-      i++;
-    }
-  }
 }
 
 // ---- tiles and workspace ----------------------------------------------------------------------
@@ -485,10 +393,7 @@ QLORA_API qlora_status qlora_gemm(int32_t trans_a, int32_t trans_b, uint64_t m, 
 
 QLORA_API qlora_status qlora_gemm_4bit_workspace(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k,
                                                  uint64_t* bytes_out) {
-  const char* fn = "size the workspace of a 4-bit product";
-  QLORA_CHECK_PTR(bytes_out, fn);
-  if (trans_w != 0 && trans_w != 1) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: trans_w must be 0 or 1", fn);
-  qlora_status s = check_gemm_dims(fn, m, n, k);
+  const qlora_status s = check_gemm_4bit_workspace(trans_w, m, n, k, bytes_out);
   if (s != QLORA_OK) return s;
   *bytes_out = workspace_bytes_for(trans_w, n, k);
   return QLORA_OK;
@@ -502,13 +407,7 @@ QLORA_API qlora_status qlora_gemm_4bit(int32_t trans_w, uint64_t m, uint64_t n, 
   qlora_status s = check_gemm_4bit(trans_w, m, n, k, x, x_dtype, packed, absmax, quant_type, blocksize, c, c_dtype);
   if (s != QLORA_OK) return s;
   const char* fn = "multiply by a 4-bit matrix";
-  const uint64_t need = workspace_bytes_for(trans_w, n, k);
-  if (workspace_bytes < need)
-    return fail(QLORA_ERR_INVALID_ARGUMENT,
-                "Cannot %s: the workspace has %llu bytes, this shape needs %llu (qlora_gemm_4bit_workspace)", fn,
-                (unsigned long long)workspace_bytes, (unsigned long long)need);
-  QLORA_CHECK_PTR(workspace, fn);
-  s = check_alignment(workspace, sizeof(float), fn, "workspace");
+  s = check_gemm_4bit_workspace_arg(m, n, k, workspace, workspace_bytes, workspace_bytes_for(trans_w, n, k));
   if (s != QLORA_OK) return s;
   const Quant4 w{packed, absmax, quant4_table(quant_type)->code, blocksize};
   try {

@@ -13,6 +13,7 @@
 #include "../common/status.h"
 #include "../common/validate.h"
 #include "cpu.h"
+#include "dequant4.h"
 
 // GCC 12 warns inside its own AVX-512 headers (_mm512_undefined_*); the warning is not about this code.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -143,48 +144,6 @@ void quantize_block(const void* x, int32_t dtype, uint64_t len, const Quant4Tabl
   *absmax = amax;
 }
 
-// Dequantizes nbytes packed bytes (2 * nbytes values) of one block with scale amax.
-__attribute__((target("avx512f,avx512bw"))) void dequantize_block_avx512(const uint8_t* packed,
-                                                                         uint64_t nbytes, float amax,
-                                                                         const float* table, void* out,
-                                                                         int32_t dtype) {
-  const __m512 codes = _mm512_loadu_ps(table);
-  const __m512 scale = _mm512_set1_ps(amax);
-  const __m128i low4 = _mm_set1_epi8(0x0f);
-  uint64_t i = 0;
-  for (; i + 16 <= nbytes; i += 16) {
-    __m128i b = _mm_loadu_si128((const __m128i*)(packed + i));
-    __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
-    __m128i lo = _mm_and_si128(b, low4);
-    __m128i idx[2] = {_mm_unpacklo_epi8(hi, lo), _mm_unpackhi_epi8(hi, lo)};
-    for (int h = 0; h < 2; h++) {
-      __m512 v = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(idx[h]), codes), scale);
-      uint64_t o = 2 * i + 16 * (uint64_t)h;
-      if (dtype == QLORA_F32) {
-        _mm512_storeu_ps((float*)out + o, v);
-      } else {  // bf16, round to nearest even (values are finite)
-        __m512i u = _mm512_castps_si512(v);
-        __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-        u = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
-        _mm256_storeu_si256((__m256i*)((uint16_t*)out + o), _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
-      }
-    }
-  }
-  for (; i < nbytes; i++) {
-    store_float(out, dtype, 2 * i, table[packed[i] >> 4] * amax);
-    store_float(out, dtype, 2 * i + 1, table[packed[i] & 15] * amax);
-  }
-}
-
-void dequantize_block_scalar(const uint8_t* packed, uint64_t nbytes, float amax, const float* table, void* out,
-                             int32_t dtype) {
-  for (uint64_t i = 0; i < nbytes; i++) {
-    store_float(out, dtype, 2 * i, table[packed[i] >> 4] * amax);
-    store_float(out, dtype, 2 * i + 1, table[packed[i] & 15] * amax);
-  }
-}
-
-
 // Mean of n floats in the fixed order of codes.h (chunks of kMeanChunk in double, then in order).
 float fixed_order_mean(const float* x, uint64_t n) {
   uint64_t chunks = (n + kMeanChunk - 1) / kMeanChunk;
@@ -247,22 +206,14 @@ QLORA_API qlora_status qlora_dequantize_4bit(const uint8_t* packed, const float*
                                              int32_t out_dtype) {
   qlora_status s = check_dequantize_4bit(packed, absmax, n, quant_type, blocksize, out, out_dtype);
   if (s != QLORA_OK) return s;
-  const float* table = quant4_table(quant_type)->code;
+  const Quant4 w{packed, absmax, quant4_table(quant_type)->code, blocksize};
   const uint64_t esize = dtype_size(out_dtype);
-  const bool simd = has_avx512() && out_dtype != QLORA_F16;
-  // Whole pairs go through the block kernels; an odd final value is written on its own.
-  const uint64_t pairs = n / 2;
-  const uint64_t pairs_per_block = blocksize / 2;
-  const int64_t blocks = (int64_t)((pairs + pairs_per_block - 1) / pairs_per_block);
+  const int64_t blocks = (int64_t)((n + blocksize - 1) / blocksize);
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (int64_t b = 0; b < blocks; b++) {
-    uint64_t first = (uint64_t)b * pairs_per_block;
-    uint64_t nbytes = std::min(pairs_per_block, pairs - first);
-    void* o = (char*)out + 2 * first * esize;
-    if (simd) dequantize_block_avx512(packed + first, nbytes, absmax[b], table, o, out_dtype);
-    else dequantize_block_scalar(packed + first, nbytes, absmax[b], table, o, out_dtype);
+    const uint64_t begin = (uint64_t)b * blocksize, end = std::min(n, begin + blocksize);
+    dequantize_range(w, begin, end, (char*)out + begin * esize, out_dtype);
   }
-  if (n % 2) store_float(out, out_dtype, n - 1, table[packed[n / 2] >> 4] * absmax[(n - 1) / blocksize]);
   return QLORA_OK;
 }
 

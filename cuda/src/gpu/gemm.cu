@@ -23,6 +23,7 @@
 #include "../common/half.h"
 #include "../common/status.h"
 #include "../common/validate.h"
+#include "dequant4.cuh"
 #include "gpu.cuh"
 
 namespace qlora {
@@ -347,10 +348,6 @@ qlora_status run_gemm(const Gemm& g, const char* what) {
 
 // ---- 4-bit: fused GEMV and dequantization into the workspace ------------------------------
 
-struct Codes16 {
-  float v[16];
-};
-
 // Everything a 4-bit kernel needs, by value. W's value at flat index f (along the stored W) is
 // code[nibble f] * absmax[f >> block_shift], the first value of a byte in its high nibble.
 struct Quant4Args {
@@ -365,16 +362,6 @@ struct Quant4Args {
   int32_t x_dtype, c_dtype;
   bool vectors;  // the aligned fast path applies (see each kernel)
 };
-
-// Eight values from one 32-bit word of packed codes (bytes in memory order, high nibble first).
-__device__ __forceinline__ void decode8(uint32_t word, float scale, const float* code, float* w) {
-#pragma unroll
-  for (int q = 0; q < 4; q++) {
-    const uint32_t byte = (word >> (8 * q)) & 0xffu;
-    w[2 * q] = __fmul_rn(code[byte >> 4], scale);
-    w[2 * q + 1] = __fmul_rn(code[byte & 15u], scale);
-  }
-}
 
 // Eight consecutive values of X from element offset (a multiple of 8 of a 16-byte aligned X).
 template <bool kBf16>
@@ -442,9 +429,7 @@ __global__ void gemv_4bit_rows_kernel(Quant4Args g) {
       }
     } else {
       for (uint64_t p = lane; p < g.k; p += 32) {
-        const uint64_t f = row + p;
-        const uint32_t byte = g.packed[f >> 1];
-        const float w = __fmul_rn(code[(f & 1) ? byte & 15u : byte >> 4], g.absmax[f >> g.block_shift]);
+        const float w = quant4_at(g.packed, g.absmax, g.block_shift, code, row + p);
 #pragma unroll
         for (int r = 0; r < M; r++) acc[r] = fmaf(load_x<kBf16>(g.x, r * g.k + p), w, acc[r]);
       }
@@ -487,9 +472,7 @@ __global__ void __launch_bounds__(kColThreads) gemv_4bit_cols_kernel(Quant4Args 
       } else {
 #pragma unroll
         for (int e = 0; e < 8; e++) {
-          const uint64_t f = p * g.n + j0 + e;
-          const uint32_t byte = j0 + e < g.n ? g.packed[f >> 1] : 0u;
-          w[e] = j0 + e < g.n ? __fmul_rn(code[(f & 1) ? byte & 15u : byte >> 4], g.absmax[f >> g.block_shift]) : 0.0f;
+          w[e] = j0 + e < g.n ? quant4_at(g.packed, g.absmax, g.block_shift, code, p * g.n + j0 + e) : 0.0f;
         }
       }
 #pragma unroll
@@ -513,50 +496,6 @@ __global__ void __launch_bounds__(kColThreads) gemv_4bit_cols_kernel(Quant4Args 
       store_output(g.c, g.c_dtype, r * g.n + j, sum, g.alpha, g.beta);
     }
     __syncthreads();  // partial is rewritten by the next group
-  }
-}
-
-// out[i] = W value at flat index first + i, i < count, as f32 or bf16: the same products as
-// qlora_dequantize_4bit. One thread per 32 values; with first % 32 == 0 and 16-byte aligned packed and
-// out (vectors), a full group is one 16-byte load, one absmax and 16-byte stores.
-__global__ void dequantize_range_kernel(const uint8_t* packed, const float* absmax, uint64_t first, uint64_t count,
-                                        uint32_t block_shift, Codes16 codes, void* out, int32_t dtype, bool vectors) {
-  __shared__ float code[16];
-  if (threadIdx.x < 16) code[threadIdx.x] = codes.v[threadIdx.x];
-  __syncthreads();
-  const uint64_t groups = (count + 31) / 32;
-  for (uint64_t grp = global_thread(); grp < groups; grp += grid_threads()) {
-    const uint64_t i0 = 32 * grp;
-    if (vectors && i0 + 32 <= count) {
-      const uint64_t f = first + i0;
-      const uint4 bytes = *(const uint4*)(packed + f / 2);
-      const uint32_t words[4] = {bytes.x, bytes.y, bytes.z, bytes.w};
-      const float scale = absmax[f >> block_shift];
-      float v[32];
-#pragma unroll
-      for (int q = 0; q < 4; q++) decode8(words[q], scale, code, v + 8 * q);
-      if (dtype == QLORA_F32) {
-        float4* o = (float4*)((float*)out + i0);
-#pragma unroll
-        for (int q = 0; q < 8; q++) o[q] = make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
-      } else {
-        uint4* o = (uint4*)((uint16_t*)out + i0);
-#pragma unroll
-        for (int q = 0; q < 4; q++) {
-          uint32_t w[4];
-#pragma unroll
-          for (int h = 0; h < 4; h++)  // little endian: the first value in the low half
-            w[h] = (uint32_t)float_to_bf16(v[8 * q + 2 * h]) | ((uint32_t)float_to_bf16(v[8 * q + 2 * h + 1]) << 16);
-          o[q] = make_uint4(w[0], w[1], w[2], w[3]);
-        }
-      }
-    } else {
-      for (uint64_t i = i0; i < count && i < i0 + 32; i++) {
-        const uint64_t f = first + i;
-        const uint32_t byte = packed[f >> 1];
-        store_float(out, dtype, i, __fmul_rn(code[(f & 1) ? byte & 15u : byte >> 4], absmax[f >> block_shift]));
-      }
-    }
   }
 }
 
@@ -618,10 +557,7 @@ QLORA_API qlora_status qlora_gemm(int32_t trans_a, int32_t trans_b, uint64_t m, 
 
 QLORA_API qlora_status qlora_gemm_4bit_workspace(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k,
                                                  uint64_t* bytes_out) {
-  const char* fn = "size the workspace of a 4-bit product";
-  QLORA_CHECK_PTR(bytes_out, fn);
-  if (trans_w != 0 && trans_w != 1) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: trans_w must be 0 or 1", fn);
-  qlora_status s = check_gemm_dims(fn, m, n, k);
+  const qlora_status s = check_gemm_4bit_workspace(trans_w, m, n, k, bytes_out);
   if (s != QLORA_OK) return s;
   *bytes_out = workspace_bytes_for(trans_w, m, n, k);  // a formula: no device needed
   return QLORA_OK;
@@ -635,24 +571,10 @@ QLORA_API qlora_status qlora_gemm_4bit(int32_t trans_w, uint64_t m, uint64_t n, 
   const char* what = "multiply by a 4-bit matrix";
   qlora_status s = check_gemm_4bit(trans_w, m, n, k, x, x_dtype, packed, absmax, quant_type, blocksize, c, c_dtype);
   if (s != QLORA_OK) return s;
-  const uint64_t need = workspace_bytes_for(trans_w, m, n, k);
-  if (need > 0) {
-    if (workspace == nullptr)
-      return fail(QLORA_ERR_INVALID_ARGUMENT,
-                  "Cannot %s: the workspace is null, this shape (m %llu, n %llu, k %llu) needs %llu bytes "
-                  "(qlora_gemm_4bit_workspace)",
-                  what, (unsigned long long)m, (unsigned long long)n, (unsigned long long)k, (unsigned long long)need);
-    if (workspace_bytes < need)
-      return fail(QLORA_ERR_INVALID_ARGUMENT,
-                  "Cannot %s: the workspace has %llu bytes, this shape (m %llu, n %llu, k %llu) needs %llu "
-                  "(qlora_gemm_4bit_workspace)",
-                  what, (unsigned long long)workspace_bytes, (unsigned long long)m, (unsigned long long)n,
-                  (unsigned long long)k, (unsigned long long)need);
-    if ((s = check_alignment(workspace, 4, what, "the workspace")) != QLORA_OK) return s;
-  }
+  s = check_gemm_4bit_workspace_arg(m, n, k, workspace, workspace_bytes, workspace_bytes_for(trans_w, m, n, k));
+  if (s != QLORA_OK) return s;
   if ((s = gpu_ready()) != QLORA_OK) return s;
-  Codes16 codes;
-  memcpy(codes.v, quant4_table(quant_type)->code, sizeof codes.v);
+  const Codes16 codes = codes16(quant_type);
   const uint32_t block_shift = log2_pow2(blocksize);
   const bool x_bf16 = x_dtype == QLORA_BF16;
 
@@ -675,10 +597,8 @@ QLORA_API qlora_status qlora_gemm_4bit(int32_t trans_w, uint64_t m, uint64_t n, 
   if (chunk > rows) chunk = rows;
   for (uint64_t r0 = 0; r0 < rows; r0 += chunk) {
     const uint64_t count = (rows - r0 < chunk ? rows - r0 : chunk) * row_len, first = r0 * row_len;
-    const bool vectors = first % 32 == 0 && aligned(packed, 16) && aligned(workspace, 16);
-    QLORA_LAUNCH(dequantize_range_kernel, grid_for((count + 31) / 32), kThreads, 0, gpu_stream())(
-        packed, absmax, first, count, block_shift, codes, workspace, x_dtype, vectors);
-    if ((s = launch_status(what)) != QLORA_OK) return s;
+    s = dequantize_4bit_range(packed, absmax, first, count, blocksize, codes, workspace, x_dtype, what);
+    if (s != QLORA_OK) return s;
     const uint64_t chunk_rows = count / row_len;
     Gemm g;
     if (trans_w) {  // C[:, r0:r0+chunk_rows] = alpha X W_chunk^T + beta C[:, ...]

@@ -218,7 +218,7 @@ QLORA_API qlora_status qlora_adamw_step(const qlora_adamw_segment* segments, uin
 QLORA_API qlora_status qlora_adamw8_step(const qlora_adamw8_segment* segments, uint64_t count, float lr,
                                          float beta1, float beta2, float eps, float weight_decay,
                                          float bias_correction1, float bias_correction2, float grad_scale) {
-  qlora_status s = check_adamw8(segments, count, lr, beta1, beta2, eps, weight_decay, bias_correction1,
+  qlora_status s = check_adamw(segments, count, lr, beta1, beta2, eps, weight_decay, bias_correction1,
                                 bias_correction2, grad_scale);
   if (s != QLORA_OK) return s;
   if ((s = gpu_ready()) != QLORA_OK || count == 0) return s;

@@ -10,6 +10,7 @@
 #include "../common/half.h"
 #include "../common/status.h"
 #include "../common/validate.h"
+#include "dequant4.cuh"
 #include "gpu.cuh"
 
 namespace qlora {
@@ -36,11 +37,7 @@ Quant4Params quant4_params(const Quant4Table& t) {
   return q;
 }
 
-// Code tables passed by value (kernel parameters), copied to shared memory by each thread block,
-// where lanes can index them with different codes at once.
-struct Codes16 {
-  float v[16];
-};
+// Code tables passed by value (kernel parameters), copied to shared memory by each thread block.
 struct Codes256 {
   float v[256];
 };
@@ -153,35 +150,30 @@ __device__ __forceinline__ void store32(void* out, int32_t dtype, uint64_t first
   }
 }
 
-// One thread per 16 packed bytes = 32 values. A quantization block holds a multiple of 32 values,
-// so the group has one absmax, read once. Full groups of 16-byte aligned buffers use one 16-byte
-// load and 16-byte stores; the final partial group and unaligned buffers go value by value.
-__global__ void dequantize_4bit_kernel(const uint8_t* packed, const float* absmax, uint64_t n,
-                                       uint32_t block_shift, Codes16 codes, void* out, int32_t dtype,
-                                       bool vectors) {
+// One thread per 32 values out[i0..i0 + 32) (values first + i0.. of the stored tensor). A quantization
+// block holds a multiple of 32 values, so with first % 32 == 0 the group has one absmax, read once;
+// then, for 16-byte aligned buffers (vectors), a full group is one 16-byte load and 16-byte stores. The
+// final partial group, and every group otherwise, go value by value.
+__global__ void dequantize_4bit_kernel(const uint8_t* packed, const float* absmax, uint64_t first, uint64_t count,
+                                       uint32_t block_shift, Codes16 codes, void* out, int32_t dtype, bool vectors) {
   __shared__ float code[16];
   if (threadIdx.x < 16) code[threadIdx.x] = codes.v[threadIdx.x];
   __syncthreads();
-  const uint64_t groups = (n + 31) / 32;
+  const uint64_t groups = (count + 31) / 32;
   for (uint64_t g = global_thread(); g < groups; g += grid_threads()) {
-    const uint64_t first = 32 * g;
-    const float scale = absmax[first >> block_shift];
-    if (vectors && first + 32 <= n) {
-      const uint4 bytes = ((const uint4*)packed)[g];
+    const uint64_t i0 = 32 * g;
+    if (vectors && i0 + 32 <= count) {
+      const uint64_t f = first + i0;
+      const uint4 bytes = *(const uint4*)(packed + f / 2);
       const uint32_t words[4] = {bytes.x, bytes.y, bytes.z, bytes.w};
+      const float scale = absmax[f >> block_shift];
       float v[32];
 #pragma unroll
-      for (int k = 0; k < 16; k++) {
-        uint32_t byte = (words[k / 4] >> (8 * (k % 4))) & 0xffu;
-        v[2 * k] = __fmul_rn(code[byte >> 4], scale);
-        v[2 * k + 1] = __fmul_rn(code[byte & 15], scale);
-      }
-      store32(out, dtype, first, v);
+      for (int q = 0; q < 4; q++) decode8(words[q], scale, code, v + 8 * q);
+      store32(out, dtype, i0, v);
     } else {
-      for (uint64_t i = first; i < n && i < first + 32; i++) {
-        uint32_t byte = packed[i / 2];
-        store_float(out, dtype, i, __fmul_rn(code[(i & 1) ? byte & 15 : byte >> 4], scale));
-      }
+      for (uint64_t i = i0; i < count && i < i0 + 32; i++)
+        store_float(out, dtype, i, quant4_at(packed, absmax, block_shift, code, first + i));
     }
   }
 }
@@ -268,6 +260,16 @@ __global__ void double_dequantize_kernel(const uint8_t* codes, const float* nest
 }
 
 }  // namespace
+
+qlora_status dequantize_4bit_range(const uint8_t* packed, const float* absmax, uint64_t first, uint64_t count,
+                                   uint64_t blocksize, const Codes16& codes, void* out, int32_t dtype,
+                                   const char* what) {
+  const bool vectors = first % 32 == 0 && (uintptr_t)packed % 16 == 0 && (uintptr_t)out % 16 == 0;
+  QLORA_LAUNCH(dequantize_4bit_kernel, grid_for((count + 31) / 32), kThreads, 0, gpu_stream())(
+      packed, absmax, first, count, log2_pow2(blocksize), codes, out, dtype, vectors);
+  return launch_status(what);
+}
+
 }  // namespace qlora
 
 using namespace qlora;
@@ -306,12 +308,8 @@ QLORA_API qlora_status qlora_dequantize_4bit(const uint8_t* packed, const float*
   qlora_status s = check_dequantize_4bit(packed, absmax, n, quant_type, blocksize, out, out_dtype);
   if (s != QLORA_OK) return s;
   if ((s = gpu_ready()) != QLORA_OK) return s;
-  Codes16 codes;
-  memcpy(codes.v, quant4_table(quant_type)->code, sizeof codes.v);
-  const bool vectors = (uintptr_t)packed % 16 == 0 && (uintptr_t)out % 16 == 0;
-  QLORA_LAUNCH(dequantize_4bit_kernel, grid_for((n + 31) / 32), kThreads, 0, gpu_stream())(
-      packed, absmax, n, log2_pow2(blocksize), codes, out, out_dtype, vectors);
-  return launch_status("dequantize 4-bit values");
+  return dequantize_4bit_range(packed, absmax, 0, n, blocksize, codes16(quant_type), out, out_dtype,
+                               "dequantize 4-bit values");
 }
 
 QLORA_API qlora_status qlora_double_quantize(const float* absmax, uint64_t n, uint64_t nested_blocksize,
