@@ -1,7 +1,6 @@
 // AdamW against the memory traffic it needs, paged against unpaged AdamW when nothing is evicted, and
 // paging out and in against plain copies of the same bytes. `./deno task bench`; read the ratios.
 import { AdamW, AdamW8bit, getDevice, PagedAdamW, Tensor, type Trainable } from "../mod.ts";
-import { COPY_KIND } from "../lib/ffi/abi.ts";
 
 const device = getDevice();
 const N = 16 << 20; // 16M f32 parameters: 64 MiB each for p, g, m, v
@@ -17,9 +16,8 @@ const eight = new AdamW8bit([c]);
 // AdamW reads p, g, m, v and writes p, m, v: 28 bytes per parameter. A copy of 14 bytes per parameter
 // moves the same 28 (read + write).
 const src = Tensor.empty([(14 * N) / 4], { device }), dst = Tensor.empty([(14 * N) / 4], { device });
-const s = device.native.symbols;
 const copy = (to: Tensor, from: Tensor) => {
-  device.check(s.qlora_memcpy(to.ptr, from.ptr, BigInt(to.byteLength), COPY_KIND.DEVICE_TO_DEVICE));
+  to.copyFrom(from);
   device.synchronize();
 };
 

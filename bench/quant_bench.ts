@@ -2,7 +2,7 @@
 // the same run: `./deno task bench`. Deno prints each group's ratio to its baseline ("copy"), which is
 // the figure to read: absolute times depend on the machine and its load.
 import { getDevice, quantize, Tensor } from "../mod.ts";
-import { COPY_KIND } from "../lib/ffi/abi.ts";
+import * as ffi from "../lib/ffi/mod.ts";
 
 const N = 64 << 20;
 const device = getDevice();
@@ -14,15 +14,13 @@ const outF32 = Tensor.empty([N], { device });
 const outBf16 = Tensor.empty([N], { dtype: "bf16", device });
 const copySrc = Tensor.empty([N], { device });
 const copySrc16 = Tensor.empty([N], { dtype: "bf16", device });
-const s = device.native.symbols;
-const n = BigInt(N);
 
-function dequantizeInto(out: Tensor, dtype: number, absmax: Tensor): void {
-  device.check(s.qlora_dequantize_4bit(q.packed.ptr, absmax.ptr, n, 0, 64n, out.ptr, dtype));
+function dequantizeInto(out: Tensor, absmax: Tensor): void {
+  ffi.dequantize4bit(device, q.packed, absmax, N, "nf4", 64, out, out.dtype);
   device.synchronize();
 }
 function copy(dst: Tensor, src: Tensor): void {
-  device.check(s.qlora_memcpy(dst.ptr, src.ptr, BigInt(dst.byteLength), COPY_KIND.DEVICE_TO_DEVICE));
+  dst.copyFrom(src);
   device.synchronize();
 }
 
@@ -37,7 +35,7 @@ Deno.bench({
 Deno.bench({
   name: `NF4 dequantize -> f32 (${label})`,
   group: "dequantize f32",
-  fn: () => dequantizeInto(outF32, 0, q.absmax!),
+  fn: () => dequantizeInto(outF32, q.absmax!),
 });
 Deno.bench({
   name: "copy 128 MiB (bf16 output bytes)",
@@ -48,7 +46,7 @@ Deno.bench({
 Deno.bench({
   name: `NF4 dequantize -> bf16 (${label})`,
   group: "dequantize bf16",
-  fn: () => dequantizeInto(outBf16, 1, q.absmax!),
+  fn: () => dequantizeInto(outBf16, q.absmax!),
 });
 Deno.bench({
   name: `NF4 + double quant dequantize -> bf16 (${label})`,
@@ -66,19 +64,19 @@ Deno.bench({
 });
 const packedOut = Tensor.empty([N / 2], { dtype: "u8", device });
 const absmaxOut = Tensor.empty([N / 64], { device });
-function quantizeInto(src: Tensor, dtype: number): void {
-  device.check(s.qlora_quantize_4bit(src.ptr, dtype, n, 0, 64n, packedOut.ptr, absmaxOut.ptr));
+function quantizeInto(src: Tensor): void {
+  ffi.quantize4bit(device, src, src.dtype, N, "nf4", 64, packedOut, absmaxOut);
   device.synchronize();
 }
 Deno.bench({
   name: `NF4 quantize f32 into reused buffers (${label})`,
   group: "quantize f32",
-  fn: () => quantizeInto(x, 0),
+  fn: () => quantizeInto(x),
 });
 Deno.bench({
   name: `NF4 quantize bf16 into reused buffers (${label})`,
   group: "quantize bf16",
-  fn: () => quantizeInto(xb, 1),
+  fn: () => quantizeInto(xb),
 });
 Deno.bench({
   name: `NF4 quantize f32, new tensors (${label})`,

@@ -6,16 +6,8 @@
  */
 
 import { InvalidArgumentError, OutOfMemoryError } from "./errors.ts";
-import {
-  type Backend,
-  lastError,
-  loadLibrary,
-  nativeError,
-  type NativeLibrary,
-  openLibrary,
-} from "./ffi/library.ts";
-import { LEDGER_SNAPSHOT } from "./ffi/abi.ts";
-import { Status } from "./ffi/symbols.ts";
+import { type Backend, lastError, loadLibrary, type NativeLibrary, openLibrary } from "./ffi/library.ts";
+import * as ffi from "./ffi/mod.ts";
 import { type Category, categoryCode, formatBytes, LedgerSnapshot, parseBytes } from "./memory.ts";
 
 /** Frees device memory on request (see {@linkcode Device.onMemoryPressure}); returns the bytes freed. */
@@ -39,7 +31,7 @@ export type PressureHandler = (bytesNeeded: number) => number;
  * ```
  */
 export class Device {
-  /** The opened native library (for lib/ modules; not a user API). */
+  /** The opened native library (read by the wrappers of lib/ffi only; not a user API). */
   readonly native: NativeLibrary;
   /** "cpu", "cuda" or "cuda-emu" (the CUDA kernels on the CPU emulator). */
   readonly backend: Backend;
@@ -50,9 +42,7 @@ export class Device {
   constructor(native: NativeLibrary) {
     this.native = native;
     this.backend = native.backend;
-    const buf = new Uint8Array(256);
-    this.check(native.symbols.qlora_device_name(buf, BigInt(buf.length)));
-    this.name = new TextDecoder().decode(buf.subarray(0, buf.indexOf(0)));
+    this.name = ffi.deviceName(this);
   }
 
   /**
@@ -67,9 +57,7 @@ export class Device {
    * ```
    */
   memory(): LedgerSnapshot {
-    const words = new BigUint64Array(LEDGER_SNAPSHOT.size / 8);
-    this.check(this.native.symbols.qlora_memory_stats(words));
-    return LedgerSnapshot.fromWords(this.backend, words);
+    return LedgerSnapshot.fromWords(this.backend, ffi.memoryStats(this));
   }
 
   /**
@@ -85,7 +73,7 @@ export class Device {
    * ```
    */
   resetPeak(): void {
-    this.check(this.native.symbols.qlora_reset_peak());
+    ffi.resetPeak(this);
   }
 
   /**
@@ -107,12 +95,12 @@ export class Device {
     if (!Number.isSafeInteger(b) || b < 0) {
       throw new InvalidArgumentError(`Cannot set the memory budget: ${bytes} is not a byte count >= 0`);
     }
-    this.check(this.native.symbols.qlora_set_memory_budget(BigInt(b)));
+    ffi.setMemoryBudget(this, b);
   }
 
   /** Waits for all queued native work. */
   synchronize(): void {
-    this.check(this.native.symbols.qlora_synchronize());
+    ffi.synchronize(this);
   }
 
   #pressureHandlers: PressureHandler[] = [];
@@ -142,21 +130,20 @@ export class Device {
    * failure throws {@linkcode OutOfMemoryError} with the request, the budget and the ledger.
    */
   allocate(bytes: number, category: Category): Deno.PointerObject {
-    const cat = categoryCode(category);
+    categoryCode(category);
     if (!Number.isSafeInteger(bytes) || bytes <= 0) {
       throw new InvalidArgumentError(`Cannot allocate: ${bytes} is not a positive byte count`);
     }
-    const out = new BigUint64Array(1);
-    let status = this.native.symbols.qlora_malloc(out, BigInt(bytes), cat);
+    let result = ffi.malloc(this, bytes, category); // undefined: out of memory
     for (const handler of [...this.#pressureHandlers]) {
-      if (status !== Status.OUT_OF_MEMORY) break;
+      if (result !== undefined) break;
       // What is really missing: the request plus whatever use already exceeds the budget (a budget
       // lowered below current use), not the request alone.
       const snap = this.memory();
       const missing = snap.budget > 0 ? Math.max(bytes, snap.totalCurrent + bytes - snap.budget) : bytes;
-      if (handler(missing) > 0) status = this.native.symbols.qlora_malloc(out, BigInt(bytes), cat);
+      if (handler(missing) > 0) result = ffi.malloc(this, bytes, category);
     }
-    if (status === Status.OUT_OF_MEMORY) {
+    if (result === undefined) {
       const message = lastError(this.native);
       const snap = this.memory();
       throw new OutOfMemoryError(message, {
@@ -167,8 +154,7 @@ export class Device {
         totalCurrent: snap.totalCurrent,
       });
     }
-    this.check(status);
-    const ptr = Deno.UnsafePointer.create(out[0]);
+    const ptr = result;
     if (ptr === null) {
       throw new OutOfMemoryError(`Cannot allocate ${formatBytes(bytes)}: null pointer`, {
         requested: bytes,
@@ -183,12 +169,12 @@ export class Device {
 
   /** Frees memory from {@linkcode Device.allocate}. */
   free(ptr: Deno.PointerObject): void {
-    this.check(this.native.symbols.qlora_free(ptr));
+    ffi.free(this, { ptr });
   }
 
   /** Throws the typed error of a native status (for lib/ modules). */
   check(status: number): void {
-    if (status !== Status.OK) throw nativeError(status, lastError(this.native));
+    ffi.check(this, status);
   }
 
   /** "cpu: CPU (2 OpenMP threads, ...)" */

@@ -7,7 +7,7 @@
 
 import { InvalidArgumentError } from "./errors.ts";
 import { DTYPE } from "./ffi/abi.ts";
-import { enumNames } from "./ffi/symbols.ts";
+import { enumNames } from "./ffi/enums.ts";
 
 /** Element types a {@linkcode Tensor} can hold: `"f32" | "bf16" | "f16" | "u8" | "i32"` (`qlora_dtype`). */
 export type DType = Lowercase<keyof typeof DTYPE>;

@@ -12,7 +12,9 @@
  * @module
  */
 
-import { fingerprint, type SamplerState, TextDataset, Xorshift128 } from "./data.ts";
+import { TextDataset } from "./dataset.ts";
+import { Xorshift128 } from "./random.ts";
+import { fingerprint, type SamplerState } from "./sampler.ts";
 import { InvalidArgumentError } from "./errors.ts";
 import { encodePair, type Tokenizer } from "./tokenizer.ts";
 import { type BatchSource, datasetSource, type TokenBatch } from "./trainer.ts";

@@ -7,7 +7,7 @@
 
 import { InvalidArgumentError } from "./errors.ts";
 import { CATEGORY, LEDGER_SNAPSHOT } from "./ffi/abi.ts";
-import { enumNames } from "./ffi/symbols.ts";
+import { enumNames } from "./ffi/enums.ts";
 
 /**
  * The key under which Deno's Jupyter kernel looks for a rich display method: an object with a

@@ -20,7 +20,8 @@ import { loadQuantGroup, parseGroup, type QuantGroup, STATE_KEY } from "./checkp
 import { getDevice } from "./device.ts";
 import { bf16ToF32, f16ToF32 } from "./dtype.ts";
 import { InvalidArgumentError } from "./errors.ts";
-import type { LlamaConfig, LlamaModel, WeightSource } from "./model.ts";
+import type { LlamaConfig, WeightSource } from "./llama_config.ts";
+import type { LlamaModel } from "./model.ts";
 import { SafetensorsReader, SafetensorsWriter, type TensorInfo } from "./safetensors.ts";
 
 /** The float type of the stored weights (`torch_dtype`). */

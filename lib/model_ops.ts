@@ -6,8 +6,8 @@
  * @module
  */
 
-import { dtypeCode } from "./dtype.ts";
 import { InvalidArgumentError } from "./errors.ts";
+import * as ffi from "./ffi/mod.ts";
 import type { Category } from "./memory.ts";
 import { Tensor } from "./tensor.ts";
 
@@ -30,21 +30,8 @@ function same(a: Tensor, b: Tensor, what: string, names: string): void {
   }
 }
 
-const n = (v: number) => BigInt(v);
-const like = (t: Tensor, category: Category = "activations") =>
+const like = (t: Tensor, category: Category = "activations") => () =>
   Tensor.empty(t.shape, { dtype: t.dtype, category, device: t.device });
-
-/** Makes every tensor or none: when one allocation fails, those already made are freed first. */
-function allOrNone(...make: (() => Tensor)[]): Tensor[] {
-  const made: Tensor[] = [];
-  try {
-    for (const m of make) made.push(m());
-    return made;
-  } catch (e) {
-    for (const t of made) t.dispose();
-    throw e;
-  }
-}
 
 /**
  * `out[r] = table[tokens[r]]`: tokens is an i32 tensor of `rows` ids, table `[vocab, dim]`.
@@ -65,23 +52,10 @@ export function embeddingForward(tokens: Tensor, table: Tensor): Tensor {
   if (table.shape.length !== 2) throw new InvalidArgumentError(`Cannot ${what}: the table must be 2-D`);
   const dtype = actDtype(table, what);
   const [vocab, dim] = table.shape;
-  const out = Tensor.empty([tokens.numel, dim], { dtype, device: table.device });
-  try {
-    table.device.check(
-      table.device.native.symbols.qlora_embedding_forward(
-        tokens.ptr,
-        n(tokens.numel),
-        table.ptr,
-        n(vocab),
-        n(dim),
-        out.ptr,
-        dtypeCode(dtype),
-      ),
-    );
-  } catch (e) {
-    out.dispose();
-    throw e;
-  }
+  const [out] = ffi.withOutputs(
+    [() => Tensor.empty([tokens.numel, dim], { dtype, device: table.device })],
+    (out) => ffi.embeddingForward(table.device, tokens, tokens.numel, table, vocab, dim, out, dtype),
+  );
   return out;
 }
 
@@ -106,17 +80,7 @@ export function embeddingBackward(tokens: Tensor, dout: Tensor, dtable: Tensor):
   if (dout.dtype !== dtype || dout.numel !== tokens.numel * dim) {
     throw new InvalidArgumentError(`Cannot ${what}: dout must be ${dtype}[${tokens.numel}, ${dim}]`);
   }
-  dtable.device.check(
-    dtable.device.native.symbols.qlora_embedding_backward(
-      tokens.ptr,
-      n(tokens.numel),
-      dout.ptr,
-      n(vocab),
-      n(dim),
-      dtable.ptr,
-      dtypeCode(dtype),
-    ),
-  );
+  ffi.embeddingBackward(dtable.device, tokens, tokens.numel, dout, vocab, dim, dtable, dtype);
 }
 
 /** Output of {@linkcode rmsnormForward}: the normalised rows and the saved 1/rms per row. */
@@ -149,28 +113,10 @@ export function rmsnormForward(x: Tensor, weight: Tensor, eps = 1e-5): RmsnormRe
   if (x.shape.length !== 2 || weight.numel !== dim || weight.dtype !== dtype) {
     throw new InvalidArgumentError(`Cannot ${what}: x must be [rows, ${weight.numel}] and weight ${dtype}`);
   }
-  const [out, rstd] = allOrNone(
-    () => like(x),
-    () => Tensor.empty([rows], { category: "activations", device: x.device }),
+  const [out, rstd] = ffi.withOutputs(
+    [like(x), () => Tensor.empty([rows], { category: "activations", device: x.device })],
+    (out, rstd) => ffi.rmsnormForward(x.device, x, weight, rows, dim, eps, out, rstd, dtype),
   );
-  try {
-    x.device.check(
-      x.device.native.symbols.qlora_rmsnorm_forward(
-        x.ptr,
-        weight.ptr,
-        n(rows),
-        n(dim),
-        eps,
-        out.ptr,
-        rstd.ptr,
-        dtypeCode(dtype),
-      ),
-    );
-  } catch (e) {
-    out.dispose();
-    rstd.dispose();
-    throw e;
-  }
   return { out, rstd };
 }
 
@@ -203,25 +149,10 @@ export function rmsnormBackward(
   const what = "back-propagate a norm";
   same(dout, x, what, "dout and x");
   const [rows, dim] = x.shape;
-  const dx = like(x);
-  try {
-    x.device.check(
-      x.device.native.symbols.qlora_rmsnorm_backward(
-        dout.ptr,
-        x.ptr,
-        weight.ptr,
-        rstd.ptr,
-        n(rows),
-        n(dim),
-        dx.ptr,
-        dweight?.ptr ?? null,
-        dtypeCode(x.dtype),
-      ),
-    );
-  } catch (e) {
-    dx.dispose();
-    throw e;
-  }
+  const [dx] = ffi.withOutputs(
+    [like(x)],
+    (dx) => ffi.rmsnormBackward(x.device, dout, x, weight, rstd, rows, dim, dx, dweight, x.dtype),
+  );
   return dx;
 }
 
@@ -256,18 +187,7 @@ export function rope(x: Tensor, s: HeadShape, theta: number, inverse: boolean): 
   if (x.numel !== s.batch * s.seq * s.heads * s.headDim) {
     throw new InvalidArgumentError(`Cannot rotate: ${x.numel} values is not ${JSON.stringify(s)}`);
   }
-  x.device.check(
-    x.device.native.symbols.qlora_rope(
-      x.ptr,
-      n(s.batch),
-      n(s.seq),
-      n(s.heads),
-      n(s.headDim),
-      theta,
-      inverse ? 1 : 0,
-      dtypeCode(dtype),
-    ),
-  );
+  ffi.rope(x.device, x, s.batch, s.seq, s.heads, s.headDim, theta, inverse, dtype);
 }
 
 /** Output of {@linkcode attentionForward}. */
@@ -311,31 +231,10 @@ export function attentionForward(
   ) {
     throw new InvalidArgumentError(`Cannot ${what}: q, k, v do not match ${JSON.stringify(s)}`);
   }
-  const [out, lse] = allOrNone(
-    () => like(q),
-    () => Tensor.empty([s.batch * s.heads * s.seq], { category: "activations", device: q.device }),
+  const [out, lse] = ffi.withOutputs(
+    [like(q), () => Tensor.empty([s.batch * s.heads * s.seq], { category: "activations", device: q.device })],
+    (out, lse) => ffi.attentionForward(q.device, q, k, v, s, out, lse, dtype),
   );
-  try {
-    q.device.check(
-      q.device.native.symbols.qlora_attention_forward(
-        q.ptr,
-        k.ptr,
-        v.ptr,
-        n(s.batch),
-        n(s.seq),
-        n(s.heads),
-        n(s.kvHeads),
-        n(s.headDim),
-        out.ptr,
-        lse.ptr,
-        dtypeCode(dtype),
-      ),
-    );
-  } catch (e) {
-    out.dispose();
-    lse.dispose();
-    throw e;
-  }
   return { out, lse };
 }
 
@@ -370,31 +269,10 @@ export function attentionBackward(
   s: HeadShape & { kvHeads: number },
 ): { dq: Tensor; dk: Tensor; dv: Tensor } {
   same(dout, q, "back-propagate attention", "dout and q");
-  const [dq, dk, dv] = allOrNone(() => like(q), () => like(k), () => like(v));
-  try {
-    q.device.check(
-      q.device.native.symbols.qlora_attention_backward(
-        dout.ptr,
-        q.ptr,
-        k.ptr,
-        v.ptr,
-        fwd.out.ptr,
-        fwd.lse.ptr,
-        n(s.batch),
-        n(s.seq),
-        n(s.heads),
-        n(s.kvHeads),
-        n(s.headDim),
-        dq.ptr,
-        dk.ptr,
-        dv.ptr,
-        dtypeCode(q.dtype),
-      ),
-    );
-  } catch (e) {
-    for (const t of [dq, dk, dv]) t.dispose();
-    throw e;
-  }
+  const [dq, dk, dv] = ffi.withOutputs(
+    [like(q), like(k), like(v)],
+    (dq, dk, dv) => ffi.attentionBackward(q.device, dout, q, k, v, fwd.out, fwd.lse, s, dq, dk, dv, q.dtype),
+  );
   return { dq, dk, dv };
 }
 
@@ -414,21 +292,10 @@ export function attentionBackward(
 export function swigluForward(gate: Tensor, up: Tensor): Tensor {
   const dtype = actDtype(gate, "apply SwiGLU");
   same(gate, up, "apply SwiGLU", "gate and up");
-  const out = like(gate);
-  try {
-    gate.device.check(
-      gate.device.native.symbols.qlora_swiglu_forward(
-        gate.ptr,
-        up.ptr,
-        n(gate.numel),
-        out.ptr,
-        dtypeCode(dtype),
-      ),
-    );
-  } catch (e) {
-    out.dispose();
-    throw e;
-  }
+  const [out] = ffi.withOutputs(
+    [like(gate)],
+    (out) => ffi.swigluForward(gate.device, gate, up, gate.numel, out, dtype),
+  );
   return out;
 }
 
@@ -450,24 +317,10 @@ export function swigluForward(gate: Tensor, up: Tensor): Tensor {
  */
 export function swigluBackward(dout: Tensor, gate: Tensor, up: Tensor): { dgate: Tensor; dup: Tensor } {
   same(dout, gate, "back-propagate SwiGLU", "dout and gate");
-  const [dgate, dup] = allOrNone(() => like(gate), () => like(up));
-  try {
-    gate.device.check(
-      gate.device.native.symbols.qlora_swiglu_backward(
-        dout.ptr,
-        gate.ptr,
-        up.ptr,
-        n(gate.numel),
-        dgate.ptr,
-        dup.ptr,
-        dtypeCode(gate.dtype),
-      ),
-    );
-  } catch (e) {
-    dgate.dispose();
-    dup.dispose();
-    throw e;
-  }
+  const [dgate, dup] = ffi.withOutputs(
+    [like(gate), like(up)],
+    (dgate, dup) => ffi.swigluBackward(gate.device, dout, gate, up, gate.numel, dgate, dup, gate.dtype),
+  );
   return { dgate, dup };
 }
 
@@ -498,17 +351,16 @@ export function crossEntropy(
   const host = targets.toArray() as Int32Array;
   const counted = host.reduce((c, t) => c + (t === -1 ? 0 : 1), 0);
   using losses = Tensor.empty([rows], { category: "workspace", device: logits.device });
-  logits.device.check(
-    logits.device.native.symbols.qlora_cross_entropy(
-      logits.ptr,
-      targets.ptr,
-      n(rows),
-      n(vocab),
-      losses.ptr,
-      backward ? logits.ptr : null,
-      counted ? 1 / counted : 0,
-      dtypeCode(dtype),
-    ),
+  ffi.crossEntropy(
+    logits.device,
+    logits,
+    targets,
+    rows,
+    vocab,
+    losses,
+    backward ? logits : null,
+    counted ? 1 / counted : 0,
+    dtype,
   );
   const l = losses.toFloat32();
   let sum = 0;
@@ -529,5 +381,5 @@ export function crossEntropy(
  * ```
  */
 export function zero(t: Tensor): void {
-  t.device.check(t.device.native.symbols.qlora_memset(t.ptr, 0, BigInt(t.byteLength)));
+  ffi.memset(t.device, t, 0, t.byteLength);
 }

@@ -6,11 +6,11 @@
  * @module
  */
 
-import { dtypeCode, type FloatDType } from "./dtype.ts";
+import type { FloatDType } from "./dtype.ts";
 import { InvalidArgumentError } from "./errors.ts";
+import * as ffi from "./ffi/mod.ts";
 import type { Category } from "./memory.ts";
 import type { QuantizedTensor } from "./quant.ts";
-import { QUANT_TYPES } from "./quant.ts";
 import { fillOrDispose, Tensor } from "./tensor.ts";
 
 /** Options of {@linkcode matmul}. */
@@ -114,25 +114,24 @@ export function matmul(a: Tensor, b: Tensor, options: MatmulOptions = {}): Tenso
   const shape = batch > 1 || a.shape.length === 3 || b.shape.length === 3 ? [batch, m, n] : [m, n];
   const out = outputFor(shape, options, a, what);
   return fillOrDispose(out, () =>
-    a.device.check(
-      a.device.native.symbols.qlora_gemm(
-        options.transA ? 1 : 0,
-        options.transB ? 1 : 0,
-        BigInt(m),
-        BigInt(n),
-        BigInt(ka),
-        options.alpha ?? 1,
-        a.ptr,
-        b.ptr,
-        dtypeCode(a.dtype),
-        options.beta ?? 0,
-        out.ptr,
-        dtypeCode(out.dtype),
-        BigInt(batch),
-        BigInt(da.batch > 1 ? m * ka : 0),
-        BigInt(db.batch > 1 ? ka * n : 0),
-        BigInt(m * n),
-      ),
+    ffi.gemm(
+      a.device,
+      options.transA ?? false,
+      options.transB ?? false,
+      m,
+      n,
+      ka,
+      options.alpha ?? 1,
+      a,
+      b,
+      a.dtype,
+      options.beta ?? 0,
+      out,
+      out.dtype,
+      batch,
+      da.batch > 1 ? m * ka : 0,
+      db.batch > 1 ? ka * n : 0,
+      m * n,
     ), !options.out);
 }
 
@@ -191,35 +190,32 @@ export function matmul4bit(x: Tensor, w: QuantizedTensor, options: Matmul4bitOpt
       `Cannot ${what}: x is ${m} x ${k} but op(W) is ${kw} x ${n} (W is ${rows} x ${cols}, transW ${options.transW})`,
     );
   }
-  const dev = x.device, s = dev.native.symbols;
-  const trans = options.transW ? 1 : 0;
-  const bytes = new BigUint64Array(1);
-  dev.check(s.qlora_gemm_4bit_workspace(trans, BigInt(m), BigInt(n), BigInt(k), bytes));
+  const dev = x.device;
+  const bytes = ffi.gemm4bitWorkspace(dev, options.transW, m, n, k);
   const out = outputFor([m, n], options, x, what);
   return fillOrDispose(out, () => {
     using constants = w.nested ? w.constants() : null;
-    using workspace = bytes[0] > 0n
-      ? Tensor.empty([Number(bytes[0])], { dtype: "u8", category: "workspace", device: dev })
+    using workspace = bytes > 0
+      ? Tensor.empty([bytes], { dtype: "u8", category: "workspace", device: dev })
       : null;
-    dev.check(
-      s.qlora_gemm_4bit(
-        trans,
-        BigInt(m),
-        BigInt(n),
-        BigInt(k),
-        options.alpha ?? 1,
-        x.ptr,
-        dtypeCode(x.dtype),
-        w.packed.ptr,
-        (constants ?? w.absmax!).ptr,
-        QUANT_TYPES.indexOf(w.quantType),
-        BigInt(w.blocksize),
-        options.beta ?? 0,
-        out.ptr,
-        dtypeCode(out.dtype),
-        workspace?.ptr ?? null,
-        bytes[0],
-      ),
+    ffi.gemm4bit(
+      dev,
+      options.transW,
+      m,
+      n,
+      k,
+      options.alpha ?? 1,
+      x,
+      x.dtype,
+      w.packed,
+      constants ?? w.absmax!,
+      w.quantType,
+      w.blocksize,
+      options.beta ?? 0,
+      out,
+      out.dtype,
+      workspace,
+      bytes,
     );
   }, !options.out);
 }
@@ -251,9 +247,7 @@ function sameElements(x: Tensor, y: Tensor, what: string): void {
  */
 export function axpby(alpha: number, x: Tensor, beta: number, y: Tensor): void {
   sameElements(x, y, "compute alpha * x + beta * y");
-  x.device.check(
-    x.device.native.symbols.qlora_axpby(alpha, x.ptr, beta, y.ptr, dtypeCode(x.dtype), BigInt(x.numel)),
-  );
+  ffi.axpby(x.device, alpha, x, beta, y, x.dtype, x.numel);
 }
 
 /**
@@ -284,16 +278,7 @@ export function dropout(
   const y = out ?? Tensor.empty(x.shape, { dtype: x.dtype, category, device: x.device });
   return fillOrDispose(y, () => {
     sameElements(x, y, "apply dropout");
-    x.device.check(
-      x.device.native.symbols.qlora_dropout(
-        x.ptr,
-        y.ptr,
-        dtypeCode(x.dtype),
-        BigInt(x.numel),
-        p,
-        BigInt(seed),
-      ),
-    );
+    ffi.dropout(x.device, x, y, x.dtype, x.numel, p, seed);
   }, !out);
 }
 
@@ -321,14 +306,5 @@ export function fillUniform(t: Tensor, low: number, high: number, seed: number):
   if (t.dtype !== "f32" && t.dtype !== "bf16" && t.dtype !== "f16") {
     throw new InvalidArgumentError(`Cannot fill with uniform values: dtype must be f32, bf16 or f16`);
   }
-  t.device.check(
-    t.device.native.symbols.qlora_fill_uniform(
-      t.ptr,
-      dtypeCode(t.dtype),
-      BigInt(t.numel),
-      low,
-      high,
-      BigInt(seed),
-    ),
-  );
+  ffi.fillUniform(t.device, t, t.dtype, t.numel, low, high, seed);
 }

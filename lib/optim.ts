@@ -15,9 +15,10 @@
  */
 
 import type { Device } from "./device.ts";
-import { dtypeCode, hostArray } from "./dtype.ts";
+import { hostArray } from "./dtype.ts";
 import { InvalidArgumentError, OutOfMemoryError } from "./errors.ts";
-import { ADAMW8_BLOCK as BLOCK8, ADAMW8_SEGMENT, ADAMW_SEGMENT, COPY_KIND } from "./ffi/abi.ts";
+import { ADAMW8_BLOCK as BLOCK8 } from "./ffi/abi.ts";
+import * as ffi from "./ffi/mod.ts";
 import type { Trainable } from "./lora.ts";
 import { Tensor } from "./tensor.ts";
 
@@ -94,30 +95,6 @@ function tensorState(name: string, t: Tensor): StateTensor {
 /** `0003.lora_A`: parameter names repeat across blocks, so their position makes them unique. */
 function stateKey(i: number, p: Trainable): string {
   return `${i.toString().padStart(4, "0")}.${p.name}`;
-}
-
-/** Fills one `qlora_adamw_segment` (see qlora.h) at index i of a descriptor buffer. */
-function writeSegment(
-  view: DataView,
-  i: number,
-  param: Deno.PointerObject,
-  grad: Deno.PointerObject,
-  m: Deno.PointerObject,
-  v: Deno.PointerObject,
-  master: Deno.PointerObject | null,
-  n: number,
-  paramDtype: number,
-  gradDtype: number,
-): void {
-  const o = i * ADAMW_SEGMENT.size, at = ADAMW_SEGMENT.offsets;
-  view.setBigUint64(o + at.param, Deno.UnsafePointer.value(param), true);
-  view.setBigUint64(o + at.grad, Deno.UnsafePointer.value(grad), true);
-  view.setBigUint64(o + at.m, Deno.UnsafePointer.value(m), true);
-  view.setBigUint64(o + at.v, Deno.UnsafePointer.value(v), true);
-  view.setBigUint64(o + at.master, master ? Deno.UnsafePointer.value(master) : 0n, true);
-  view.setBigUint64(o + at.n, BigInt(n), true);
-  view.setInt32(o + at.param_dtype, paramDtype, true);
-  view.setInt32(o + at.grad_dtype, gradDtype, true);
 }
 
 interface Hyper {
@@ -231,20 +208,16 @@ abstract class OptimizerBase implements Disposable {
   zeroGrad(): void {
     for (const p of this.params) {
       const g = p.grad;
-      if (g) this.device.check(this.device.native.symbols.qlora_memset(g.ptr, 0, BigInt(g.byteLength)));
+      if (g) ffi.memset(this.device, g, 0, g.byteLength);
     }
   }
 
   /** Global L2 norm of the gradients and the clipping factor. */
   protected clip(): StepResult {
     let total = 0;
-    const out = new Float64Array(1);
     for (const p of this.params) {
       const g = gradOf(p);
-      this.device.check(
-        this.device.native.symbols.qlora_sum_squares(g.ptr, dtypeCode(g.dtype), BigInt(g.numel), out),
-      );
-      total += out[0];
+      total += ffi.sumSquares(this.device, g, g.dtype, g.numel);
     }
     const gradNorm = Math.sqrt(total);
     const max = this.h.maxGradNorm;
@@ -252,24 +225,24 @@ abstract class OptimizerBase implements Disposable {
     return { gradNorm, clipScale };
   }
 
-  /** Runs one fused native AdamW step over the described segments. */
-  protected fused(view: DataView, count: number, clipScale: number): void {
+  /** The hyperparameters of the step being taken, as the fused native steps take them. */
+  protected hyper(clipScale: number): ffi.AdamwHyper {
     const t = this.stepCount;
-    const s = this.device.native.symbols;
-    this.device.check(
-      s.qlora_adamw_step(
-        new Uint8Array(view.buffer, view.byteOffset, count * ADAMW_SEGMENT.size),
-        BigInt(count),
-        this.lr,
-        this.h.beta1,
-        this.h.beta2,
-        this.h.eps,
-        this.h.weightDecay,
-        1 - Math.pow(this.h.beta1, t),
-        1 - Math.pow(this.h.beta2, t),
-        clipScale,
-      ),
-    );
+    return {
+      lr: this.lr,
+      beta1: this.h.beta1,
+      beta2: this.h.beta2,
+      eps: this.h.eps,
+      weightDecay: this.h.weightDecay,
+      biasCorrection1: 1 - Math.pow(this.h.beta1, t),
+      biasCorrection2: 1 - Math.pow(this.h.beta2, t),
+      gradScale: clipScale,
+    };
+  }
+
+  /** Runs one fused native AdamW step over the segments. */
+  protected fused(segments: ffi.AdamwSegment[], clipScale: number): void {
+    ffi.adamwStep(this.device, segments, this.hyper(clipScale));
   }
 
   /**
@@ -331,24 +304,20 @@ export class AdamW extends OptimizerBase {
   step(): StepResult {
     const result = this.clip();
     this.stepCount++;
-    const view = new DataView(new ArrayBuffer(this.params.length * ADAMW_SEGMENT.size));
-    this.params.forEach((p, i) => {
+    const segments = this.params.map((p, i): ffi.AdamwSegment => {
       const g = gradOf(p);
-      const master = this.masters[i];
-      writeSegment(
-        view,
-        i,
-        p.value.ptr,
-        g.ptr,
-        this.#m[i].ptr,
-        this.#v[i].ptr,
-        master?.ptr ?? null,
-        p.value.numel,
-        dtypeCode(p.value.dtype),
-        dtypeCode(g.dtype),
-      );
+      return {
+        param: p.value,
+        grad: g,
+        m: this.#m[i],
+        v: this.#v[i],
+        master: this.masters[i],
+        n: p.value.numel,
+        paramDtype: p.value.dtype,
+        gradDtype: g.dtype,
+      };
     });
-    this.fused(view, this.params.length, result.clipScale);
+    this.fused(segments, result.clipScale);
     return result;
   }
 
@@ -436,37 +405,22 @@ export class AdamW8bit extends OptimizerBase {
   step(): StepResult {
     const result = this.clip();
     this.stepCount++;
-    const view = new DataView(new ArrayBuffer(this.params.length * ADAMW8_SEGMENT.size));
-    const ptr = (t: Tensor | null) => t ? Deno.UnsafePointer.value(t.ptr) : 0n;
-    this.params.forEach((p, i) => {
+    const segments = this.params.map((p, i): ffi.Adamw8Segment => {
       const g = gradOf(p);
-      const o = i * ADAMW8_SEGMENT.size, at = ADAMW8_SEGMENT.offsets;
-      view.setBigUint64(o + at.param, ptr(p.value), true);
-      view.setBigUint64(o + at.grad, ptr(g), true);
-      view.setBigUint64(o + at.m_codes, ptr(this.#mCodes[i]), true);
-      view.setBigUint64(o + at.v_codes, ptr(this.#vCodes[i]), true);
-      view.setBigUint64(o + at.m_absmax, ptr(this.#mAbsmax[i]), true);
-      view.setBigUint64(o + at.v_absmax, ptr(this.#vAbsmax[i]), true);
-      view.setBigUint64(o + at.master, ptr(this.masters[i]), true);
-      view.setBigUint64(o + at.n, BigInt(p.value.numel), true);
-      view.setInt32(o + at.param_dtype, dtypeCode(p.value.dtype), true);
-      view.setInt32(o + at.grad_dtype, dtypeCode(g.dtype), true);
+      return {
+        param: p.value,
+        grad: g,
+        mCodes: this.#mCodes[i],
+        vCodes: this.#vCodes[i],
+        mAbsmax: this.#mAbsmax[i],
+        vAbsmax: this.#vAbsmax[i],
+        master: this.masters[i],
+        n: p.value.numel,
+        paramDtype: p.value.dtype,
+        gradDtype: g.dtype,
+      };
     });
-    const t = this.stepCount;
-    this.device.check(
-      this.device.native.symbols.qlora_adamw8_step(
-        new Uint8Array(view.buffer),
-        BigInt(this.params.length),
-        this.lr,
-        this.h.beta1,
-        this.h.beta2,
-        this.h.eps,
-        this.h.weightDecay,
-        1 - Math.pow(this.h.beta1, t),
-        1 - Math.pow(this.h.beta2, t),
-        result.clipScale,
-      ),
-    );
+    ffi.adamw8Step(this.device, segments, this.hyper(result.clipScale));
     return result;
   }
 
@@ -515,8 +469,8 @@ export interface PagingStats {
 /** One page of optimizer state: device memory while resident, a host buffer once evicted. */
 interface Page {
   bytes: number;
-  device: Deno.PointerObject | null;
-  host: Deno.PointerObject | null;
+  device: ffi.DeviceBuffer | null;
+  host: ffi.DeviceBuffer | null;
   lastUsed: number;
   pinned: boolean;
 }
@@ -587,27 +541,19 @@ export class PagedAdamW extends OptimizerBase {
   #newPage(bytes: number): Page {
     const page: Page = { bytes, device: null, host: null, lastUsed: 0, pinned: true };
     this.#pages.push(page);
-    const s = this.device.native.symbols;
     try {
-      page.device = this.device.allocate(bytes, "optimizer_states");
-      this.device.check(s.qlora_memset(page.device, 0, BigInt(bytes)));
+      page.device = { ptr: this.device.allocate(bytes, "optimizer_states") };
+      ffi.memset(this.device, page.device, 0, bytes);
     } catch {
-      page.host = this.#hostAlloc(bytes); // zero-filled by qlora_host_malloc
+      page.host = ffi.hostMalloc(this.device, bytes); // zero-filled
     }
     page.pinned = false;
     return page;
   }
 
-  #hostAlloc(bytes: number): Deno.PointerObject {
-    const out = new BigUint64Array(1);
-    this.device.check(this.device.native.symbols.qlora_host_malloc(out, BigInt(bytes)));
-    return Deno.UnsafePointer.create(out[0])!;
-  }
-
   /** Moves least recently used, unpinned resident pages to the host until `needed` bytes are freed. */
   #evict(needed: number): number {
     if (this.#disposed) return 0;
-    const s = this.device.native.symbols;
     const candidates = this.#pages.filter((p) => p.device && !p.pinned).sort((a, b) =>
       a.lastUsed - b.lastUsed
     );
@@ -615,11 +561,9 @@ export class PagedAdamW extends OptimizerBase {
     const t0 = performance.now();
     for (const page of candidates) {
       if (freed >= needed) break;
-      page.host ??= this.#hostAlloc(page.bytes);
-      this.device.check(
-        s.qlora_memcpy(page.host, page.device!, BigInt(page.bytes), COPY_KIND.DEVICE_TO_HOST),
-      );
-      this.device.free(page.device!);
+      page.host ??= ffi.hostMalloc(this.device, page.bytes);
+      ffi.memcpy(this.device, page.host, page.device!, page.bytes, "device_to_host");
+      this.device.free(page.device!.ptr);
       page.device = null;
       freed += page.bytes;
       this.#stats.pageOuts++;
@@ -637,18 +581,16 @@ export class PagedAdamW extends OptimizerBase {
       return true;
     }
     page.pinned = true; // our own pressure handler must not pick it while we make room for it
-    let ptr: Deno.PointerObject;
+    let buffer: ffi.DeviceBuffer;
     const t0 = performance.now();
     try {
-      ptr = this.device.allocate(page.bytes, "optimizer_states");
+      buffer = { ptr: this.device.allocate(page.bytes, "optimizer_states") };
     } catch {
       page.pinned = false;
       return false;
     }
-    this.device.check(
-      this.device.native.symbols.qlora_memcpy(ptr, page.host!, BigInt(page.bytes), COPY_KIND.HOST_TO_DEVICE),
-    );
-    page.device = ptr;
+    ffi.memcpy(this.device, buffer, page.host!, page.bytes, "host_to_device");
+    page.device = buffer;
     this.#stats.pageIns++;
     this.#stats.bytesIn += page.bytes;
     this.#stats.msIn += performance.now() - t0;
@@ -662,12 +604,10 @@ export class PagedAdamW extends OptimizerBase {
   step(): StepResult {
     const result = this.clip();
     this.stepCount++;
-    const view = new DataView(new ArrayBuffer(this.#segments.length * ADAMW_SEGMENT.size));
     let batch: Segment[] = [];
     const flush = () => {
       if (batch.length === 0) return;
-      batch.forEach((seg, i) => this.#describe(view, i, seg));
-      this.fused(view, batch.length, result.clipScale);
+      this.fused(batch.map((seg) => this.#describe(seg)), result.clipScale);
       for (const seg of batch) seg.m.pinned = seg.v.pinned = false;
       batch = [];
     };
@@ -699,23 +639,21 @@ export class PagedAdamW extends OptimizerBase {
     return result;
   }
 
-  #describe(view: DataView, i: number, seg: Segment): void {
+  #describe(seg: Segment): ffi.AdamwSegment {
     const p = this.params[seg.param];
     const g = gradOf(p);
     const master = this.masters[seg.param];
     const pe = p.value.byteLength / p.value.numel, ge = g.byteLength / g.numel;
-    writeSegment(
-      view,
-      i,
-      Deno.UnsafePointer.offset(p.value.ptr, seg.offset * pe)!,
-      Deno.UnsafePointer.offset(g.ptr, seg.offset * ge)!,
-      seg.m.device!,
-      seg.v.device!,
-      master ? Deno.UnsafePointer.offset(master.ptr, seg.offset * 4) : null,
-      seg.n,
-      dtypeCode(p.value.dtype),
-      dtypeCode(g.dtype),
-    );
+    return {
+      param: ffi.offset(p.value, seg.offset * pe),
+      grad: ffi.offset(g, seg.offset * ge),
+      m: seg.m.device!,
+      v: seg.v.device!,
+      master: master ? ffi.offset(master, seg.offset * 4) : null,
+      n: seg.n,
+      paramDtype: p.value.dtype,
+      gradDtype: g.dtype,
+    };
   }
 
   /** Pages, where they are, and what moving them cost so far. */
@@ -729,12 +667,10 @@ export class PagedAdamW extends OptimizerBase {
    * host pool) and written back to the same places: saving a checkpoint moves no page.
    */
   stateTensors(): StateTensor[] {
-    const s = this.device.native.symbols;
     const state = (i: number, which: "m" | "v"): StateTensor => {
       const p = this.params[i], name = `${stateKey(i, p)}.${which}`;
       const segments = this.#segments.filter((seg) => seg.param === i);
-      const hostView = (page: Page) =>
-        new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(page.host!, page.bytes));
+      const hostView = (page: Page) => ffi.hostView(page.host!, page.bytes);
       return {
         name,
         dtype: "F32",
@@ -745,14 +681,7 @@ export class PagedAdamW extends OptimizerBase {
             const page = seg[which];
             if (page.device) {
               const chunk = new Uint8Array(page.bytes);
-              this.device.check(
-                s.qlora_memcpy(
-                  Deno.UnsafePointer.of(chunk),
-                  page.device,
-                  BigInt(page.bytes),
-                  COPY_KIND.DEVICE_TO_HOST,
-                ),
-              );
+              ffi.memcpy(this.device, chunk, page.device, page.bytes, "device_to_host");
               out.set(chunk, seg.offset * 4);
             } else {
               out.set(hostView(page), seg.offset * 4); // evicted: its bytes are in the host pool
@@ -766,14 +695,7 @@ export class PagedAdamW extends OptimizerBase {
             const page = seg[which];
             const chunk = bytes.slice(seg.offset * 4, seg.offset * 4 + page.bytes);
             if (page.device) {
-              this.device.check(
-                s.qlora_memcpy(
-                  page.device,
-                  Deno.UnsafePointer.of(chunk),
-                  BigInt(page.bytes),
-                  COPY_KIND.HOST_TO_DEVICE,
-                ),
-              );
+              ffi.memcpy(this.device, page.device, chunk, page.bytes, "host_to_device");
             } else {
               hostView(page).set(chunk);
             }
@@ -795,8 +717,8 @@ export class PagedAdamW extends OptimizerBase {
     this.#disposed = true;
     this.#removeHandler?.();
     for (const page of this.#pages) {
-      if (page.device) this.device.free(page.device);
-      if (page.host) this.device.check(this.device.native.symbols.qlora_host_free(page.host));
+      if (page.device) this.device.free(page.device.ptr);
+      if (page.host) ffi.hostFree(this.device, page.host);
       page.device = page.host = null;
     }
     for (const m of this.masters) m?.dispose();

@@ -6,8 +6,12 @@
  * div, plus plotly.js itself inlined from the npm package `plotly.js-dist-min` the first time a figure is
  * shown in a kernel session) and `text/plain` (a one-line summary).
  *
- * plotly.js (4.8 MB) is loaded only when a figure is first rendered to HTML, so importing `mod.ts` does
- * not read it; Deno fetches the package from the npm registry once, then works from its cache.
+ * The bundle is built synchronously, with no `await` between the cell's value and the kernel's reply:
+ * plotly.js (4.8 MB of text) is imported with this module, not on first use. A display computed after an
+ * asynchronous step can reach the kernel after the cell's `execute_reply`, and a client that has moved
+ * on to the next cell (plain nbclient, `jupyter nbconvert --execute`) drops it (measured: the first four
+ * of eight figures lost). Importing the text costs about 0.1 s; Deno fetches the package from the npm
+ * registry once, then works from its cache.
  *
  * @example
  * ```ts
@@ -20,6 +24,7 @@
  * @module
  */
 
+import plotlySource from "plotly.js-dist-min/plotly.min.js" with { type: "text" };
 import { InvalidArgumentError } from "./errors.ts";
 import { JUPYTER_DISPLAY } from "./memory.ts";
 
@@ -50,11 +55,10 @@ export interface ChartOptions {
   layout?: PlotlyLayout;
 }
 
-let plotlySource: string | null = null;
 let plotlyIncluded = false;
 
 /**
- * The source of plotly.js (minified), from the npm package `plotly.js-dist-min`, read once.
+ * The source of plotly.js (minified), from the npm package `plotly.js-dist-min`, imported with this module.
  *
  * @example
  * ```ts
@@ -63,12 +67,8 @@ let plotlyIncluded = false;
  * assert((await plotlyJs()).includes("window.Plotly"));
  * ```
  */
-export async function plotlyJs(): Promise<string> {
-  if (plotlySource === null) {
-    const mod = await import("plotly.js-dist-min/plotly.min.js", { with: { type: "text" } });
-    plotlySource = mod.default as string;
-  }
-  return plotlySource;
+export function plotlyJs(): Promise<string> {
+  return Promise.resolve(plotlySource);
 }
 
 /**
@@ -159,12 +159,15 @@ export class Figure {
    * assert(html.includes("Plotly.newPlot") && !html.includes("window.Plotly = Plotly"));
    * ```
    */
-  async toHTML(options: { includePlotlyJs?: boolean } = {}): Promise<string> {
+  toHTML(options: { includePlotlyJs?: boolean } = {}): Promise<string> {
+    return Promise.resolve(this.#html(options.includePlotlyJs === true));
+  }
+
+  // The HTML of toHTML, synchronously: the Jupyter bundle must not wait on anything (see the module doc).
+  #html(includePlotlyJs: boolean): string {
     const id = `qlora-plot-${crypto.randomUUID()}`;
     const height = typeof this.layout.height === "number" ? this.layout.height : 420;
-    const lib = options.includePlotlyJs
-      ? `<script type="text/javascript">${await plotlyJs()}</script>\n`
-      : "";
+    const lib = includePlotlyJs ? `<script type="text/javascript">${plotlySource}</script>\n` : "";
     const draw = `(function () {
   var fig = ${scriptJson({ data: this.data, layout: this.layout, config: this.config })};
   var tries = 0;
@@ -183,19 +186,20 @@ export class Figure {
 
   /**
    * The MIME bundle Jupyter shows: plotly JSON, HTML (plotly.js inlined with the first figure of the
-   * kernel session) and plain text.
+   * kernel session) and plain text, built synchronously so that it reaches the kernel before the cell's
+   * reply.
    *
    * @example
    * ```ts
    * import { JUPYTER_DISPLAY, PLOTLY_MIME, plot } from "../mod.ts";
    * import { assert } from "@std/assert";
-   * const bundle = await plot([{ type: "scatter", x: [1, 2], y: [3, 4] }])[JUPYTER_DISPLAY]();
+   * const bundle = plot([{ type: "scatter", x: [1, 2], y: [3, 4] }])[JUPYTER_DISPLAY]();
    * assert(PLOTLY_MIME in bundle && "text/html" in bundle && "text/plain" in bundle);
    * ```
    */
-  async [JUPYTER_DISPLAY](): Promise<Record<string, unknown>> {
+  [JUPYTER_DISPLAY](): Record<string, unknown> {
     const include = !plotlyIncluded;
-    const html = await this.toHTML({ includePlotlyJs: include });
+    const html = this.#html(include);
     plotlyIncluded = true;
     return {
       [PLOTLY_MIME]: { data: this.data, layout: this.layout, config: this.config },
@@ -203,6 +207,88 @@ export class Figure {
       "text/plain": this.toString(),
     };
   }
+}
+
+/** Options of {@linkcode show}. */
+export interface ShowOptions {
+  /**
+   * Where the bundle goes (default: `Deno.jupyter.display` inside Deno's Jupyter kernel; outside it,
+   * the figure's one-line text is printed). For tests and other front ends.
+   */
+  display?: (bundle: Record<string, unknown>, options: { raw: true }) => Promise<void> | void;
+  /** Waits for a while (default: a timer); for tests. */
+  sleep?: (ms: number) => Promise<void>;
+}
+
+/**
+ * Milliseconds {@linkcode show} waits after a display of `bytes` bytes: 50 ms plus 1 ms per 2 KB
+ * (2 MB/s). `Deno.jupyter.display` resolves when the kernel has queued the message, not when it is on
+ * the wire: measured on a 2-core machine under load, the 4.8 MB bundle that carries plotly.js reached
+ * the client up to 0.5 s later (about 10 MB/s), after the cell's `idle` status, and a client that had
+ * moved on to the next cell (plain nbclient, `jupyter nbconvert --execute`) dropped it and, queued
+ * behind it, the next figures. A 1 s wait after it was always enough; this waits 2.5 s for it, and
+ * 55-80 ms for a figure without plotly.js.
+ *
+ * @example
+ * ```ts
+ * import { flushDelayMs } from "../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * assertEquals(flushDelayMs(0), 50);
+ * assertEquals(flushDelayMs(4_000_000), 2050);
+ * ```
+ */
+export function flushDelayMs(bytes: number): number {
+  return 50 + Math.ceil(bytes / 2000);
+}
+
+function kernelDisplay(): ShowOptions["display"] | null {
+  try {
+    // Reading Deno.jupyter outside the kernel throws: only touch it here, at run time.
+    const j =
+      (Deno as unknown as { jupyter?: { display?: (b: unknown, o: unknown) => Promise<void> } }).jupyter;
+    return typeof j?.display === "function" ? (b, o) => j.display!(b, o) : null;
+  } catch {
+    return null;
+  }
+}
+
+const bundleBytes = (bundle: Record<string, unknown>) =>
+  Object.values(bundle).reduce<number>(
+    (n, v) => n + (typeof v === "string" ? v.length : JSON.stringify(v).length),
+    0,
+  );
+
+/**
+ * Shows a figure in the notebook and returns once it has reached the front end: `await show(fig)` as a
+ * cell's last statement is the way to put a chart in a notebook that also runs headless. A figure left
+ * as a cell's value also renders in a live notebook, but Deno's kernel (2.9) can publish that value
+ * after the cell's reply, and plain nbclient (`jupyter nbconvert --execute`) then loses it; see
+ * {@linkcode flushDelayMs} for the wait and why. Outside the kernel, prints the figure's one-line text.
+ *
+ * @example
+ * ```ts
+ * import { plot, show } from "../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * const shown: string[] = [];
+ * const waits: number[] = [];
+ * await show(plot([{ type: "bar", x: ["a"], y: [1] }], { title: "one" }), {
+ *   display: (bundle) => void shown.push(String(bundle["text/plain"])),
+ *   sleep: (ms) => Promise.resolve(void waits.push(ms)),
+ * });
+ * assertEquals(shown, ['Figure "one": bar (1 points)']);
+ * assertEquals(waits.length, 1);
+ * ```
+ */
+export async function show(figure: Figure, options: ShowOptions = {}): Promise<void> {
+  const display = options.display ?? kernelDisplay();
+  if (!display) {
+    console.log(figure.toString());
+    return;
+  }
+  const bundle = figure[JUPYTER_DISPLAY]();
+  await display(bundle, { raw: true });
+  const sleep = options.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
+  await sleep(flushDelayMs(bundleBytes(bundle)));
 }
 
 /**

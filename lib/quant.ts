@@ -11,10 +11,11 @@
  */
 
 import type { Device } from "./device.ts";
-import { assertFloatDType, dtypeCode, type FloatDType } from "./dtype.ts";
+import { assertFloatDType, type FloatDType } from "./dtype.ts";
 import { InvalidArgumentError } from "./errors.ts";
 import { QUANT_TYPE } from "./ffi/abi.ts";
-import { enumNames } from "./ffi/symbols.ts";
+import { enumNames } from "./ffi/enums.ts";
+import * as ffi from "./ffi/mod.ts";
 import type { Category } from "./memory.ts";
 import { Tensor } from "./tensor.ts";
 
@@ -69,8 +70,6 @@ function checkBlocksize(blocksize: number, what: string): void {
     );
   }
 }
-
-const ptrAt = (t: Tensor, byteOffset: number) => Deno.UnsafePointer.offset(t.ptr, byteOffset);
 
 /**
  * A tensor stored in 4 bits per value plus its quantization constants.
@@ -193,22 +192,10 @@ export class QuantizedTensor implements Disposable {
   constants(options: { category?: Category } = {}): Tensor {
     if (this.absmax) return this.absmax.clone({ category: options.category ?? "workspace" });
     const n = this.nested!;
-    const out = Tensor.empty([this.blocks], {
-      category: options.category ?? "workspace",
-      device: this.device,
-    });
-    const status = this.device.native.symbols.qlora_double_dequantize(
-      n.codes.ptr,
-      n.absmax.ptr,
-      n.offset,
-      BigInt(this.blocks),
-      BigInt(n.blocksize),
-      out.ptr,
+    const [out] = ffi.withOutputs(
+      [() => Tensor.empty([this.blocks], { category: options.category ?? "workspace", device: this.device })],
+      (out) => ffi.doubleDequantize(this.device, n.codes, n.absmax, n.offset, this.blocks, n.blocksize, out),
     );
-    if (status !== 0) {
-      out.dispose();
-      this.device.check(status);
-    }
     return out;
   }
 
@@ -226,13 +213,7 @@ export class QuantizedTensor implements Disposable {
    * ```
    */
   dequantize(options: { dtype?: FloatDType; category?: Category } = {}): Tensor {
-    const out = this.#dequantizeTarget(options);
-    try {
-      this.dequantizeInto(out);
-    } catch (e) {
-      out.dispose();
-      throw e;
-    }
+    const [out] = ffi.withOutputs([() => this.#dequantizeTarget(options)], (out) => this.dequantizeInto(out));
     return out;
   }
 
@@ -276,17 +257,13 @@ export class QuantizedTensor implements Disposable {
    * ```
    */
   async dequantizeAsync(options: { dtype?: FloatDType; category?: Category } = {}): Promise<Tensor> {
-    const out = this.#dequantizeTarget(options);
-    try {
+    const [out] = await ffi.withOutputsAsync([() => this.#dequantizeTarget(options)], async (out) => {
       using constants = this.nested ? this.constants() : null;
       for (let start = 0; start < this.numel; start += CHUNK) {
         this.#dequantizeRange(out, constants ?? this.absmax!, start, Math.min(CHUNK, this.numel - start));
         await yieldToEventLoop();
       }
-    } catch (e) {
-      out.dispose();
-      throw e;
-    }
+    });
     return out;
   }
 
@@ -302,16 +279,15 @@ export class QuantizedTensor implements Disposable {
 
   #dequantizeRange(out: Tensor, absmax: Tensor, start: number, count: number): void {
     const esize = out.byteLength / out.numel;
-    this.device.check(
-      this.device.native.symbols.qlora_dequantize_4bit(
-        ptrAt(this.packed, start / 2),
-        ptrAt(absmax, (start / this.blocksize) * 4),
-        BigInt(count),
-        quantTypeCode(this.quantType),
-        BigInt(this.blocksize),
-        ptrAt(out, start * esize),
-        dtypeCode(out.dtype),
-      ),
+    ffi.dequantize4bit(
+      this.device,
+      ffi.offset(this.packed, start / 2),
+      ffi.offset(absmax, (start / this.blocksize) * 4),
+      count,
+      this.quantType,
+      this.blocksize,
+      ffi.offset(out, start * esize),
+      out.dtype,
     );
   }
 
@@ -371,16 +347,15 @@ function quantizeRange(
   count: number,
 ): void {
   const esize = x.byteLength / x.numel;
-  x.device.check(
-    x.device.native.symbols.qlora_quantize_4bit(
-      ptrAt(x, start * esize),
-      dtypeCode(x.dtype),
-      BigInt(count),
-      quantTypeCode(p.quantType),
-      BigInt(p.blocksize),
-      ptrAt(packed, start / 2),
-      ptrAt(absmax, (start / p.blocksize) * 4),
-    ),
+  ffi.quantize4bit(
+    x.device,
+    ffi.offset(x, start * esize),
+    x.dtype,
+    count,
+    p.quantType,
+    p.blocksize,
+    ffi.offset(packed, start / 2),
+    ffi.offset(absmax, (start / p.blocksize) * 4),
   );
 }
 
@@ -394,52 +369,38 @@ function finish(x: Tensor, p: Plan, packed: Tensor, absmax: Tensor): QuantizedTe
   };
   if (!p.doubleQuant) return new QuantizedTensor({ ...base, absmax });
   const blocks = absmax.numel;
-  const codes = Tensor.empty([blocks], { dtype: "u8", category: "quant_constants", device: x.device });
-  let nestedAbsmax: Tensor | undefined;
-  try {
-    nestedAbsmax = Tensor.empty([Math.ceil(blocks / p.nestedBlocksize)], {
-      category: "quant_constants",
-      device: x.device,
-    });
-    const offset = new Float32Array(1);
-    x.device.check(
-      x.device.native.symbols.qlora_double_quantize(
-        absmax.ptr,
-        BigInt(blocks),
-        BigInt(p.nestedBlocksize),
-        codes.ptr,
-        nestedAbsmax.ptr,
-        offset,
-      ),
-    );
-    absmax.dispose();
-    return new QuantizedTensor({
-      ...base,
-      nested: { codes, absmax: nestedAbsmax, offset: offset[0], blocksize: p.nestedBlocksize },
-    });
-  } catch (e) {
-    codes.dispose();
-    nestedAbsmax?.dispose();
-    throw e;
-  }
+  let offset = 0;
+  const [codes, nestedAbsmax] = ffi.withOutputs(
+    [
+      () => Tensor.empty([blocks], { dtype: "u8", category: "quant_constants", device: x.device }),
+      () =>
+        Tensor.empty([Math.ceil(blocks / p.nestedBlocksize)], {
+          category: "quant_constants",
+          device: x.device,
+        }),
+    ],
+    (codes, nestedAbsmax) => {
+      offset = ffi.doubleQuantize(x.device, absmax, blocks, p.nestedBlocksize, codes, nestedAbsmax);
+    },
+  );
+  absmax.dispose();
+  return new QuantizedTensor({
+    ...base,
+    nested: { codes, absmax: nestedAbsmax, offset, blocksize: p.nestedBlocksize },
+  });
 }
 
-function allocateOutputs(x: Tensor, p: Plan): { packed: Tensor; absmax: Tensor } {
-  const packed = Tensor.empty([Math.ceil(x.numel / 2)], {
-    dtype: "u8",
-    category: "quantized_weights",
-    device: x.device,
-  });
-  try {
-    const absmax = Tensor.empty([Math.ceil(x.numel / p.blocksize)], {
-      category: "quant_constants",
-      device: x.device,
-    });
-    return { packed, absmax };
-  } catch (e) {
-    packed.dispose();
-    throw e;
-  }
+/** Makers of the codes and the constants of a quantization (see `withOutputs`). */
+function outputs(x: Tensor, p: Plan): [() => Tensor, () => Tensor] {
+  return [
+    () =>
+      Tensor.empty([Math.ceil(x.numel / 2)], {
+        dtype: "u8",
+        category: "quantized_weights",
+        device: x.device,
+      }),
+    () => Tensor.empty([Math.ceil(x.numel / p.blocksize)], { category: "quant_constants", device: x.device }),
+  ];
 }
 
 /**
@@ -457,15 +418,12 @@ function allocateOutputs(x: Tensor, p: Plan): { packed: Tensor; absmax: Tensor }
  */
 export function quantize(x: Tensor, options: QuantizeOptions = {}): QuantizedTensor {
   const p = plan(x, options);
-  const { packed, absmax } = allocateOutputs(x, p);
-  try {
+  let q: QuantizedTensor | undefined;
+  ffi.withOutputs(outputs(x, p), (packed, absmax) => {
     quantizeRange(x, p, packed, absmax, 0, x.numel);
-    return finish(x, p, packed, absmax);
-  } catch (e) {
-    packed.dispose();
-    absmax.dispose();
-    throw e;
-  }
+    q = finish(x, p, packed, absmax);
+  });
+  return q!;
 }
 
 /**
@@ -486,20 +444,17 @@ export async function quantizeAsync(
   options: QuantizeOptions & { onProgress?: (fraction: number) => void } = {},
 ): Promise<QuantizedTensor> {
   const p = plan(x, options);
-  const { packed, absmax } = allocateOutputs(x, p);
-  try {
+  let q: QuantizedTensor | undefined;
+  await ffi.withOutputsAsync(outputs(x, p), async (packed, absmax) => {
     for (let start = 0; start < x.numel; start += CHUNK) {
       const count = Math.min(CHUNK, x.numel - start);
       quantizeRange(x, p, packed, absmax, start, count);
       options.onProgress?.((start + count) / x.numel);
       await yieldToEventLoop();
     }
-    return finish(x, p, packed, absmax);
-  } catch (e) {
-    packed.dispose();
-    absmax.dispose();
-    throw e;
-  }
+    q = finish(x, p, packed, absmax);
+  });
+  return q!;
 }
 
 /**
@@ -514,9 +469,8 @@ export async function quantizeAsync(
  * ```
  */
 export function quantMap(quantType: QuantType, device: Device): Float32Array {
-  const out = new Float32Array(16);
-  device.check(device.native.symbols.qlora_quant_map(quantTypeCode(quantType), out));
-  return out;
+  quantTypeCode(quantType);
+  return ffi.quantMap(device, quantType);
 }
 
 /**
@@ -531,9 +485,7 @@ export function quantMap(quantType: QuantType, device: Device): Float32Array {
  * ```
  */
 export function dynamicMap(device: Device): Float32Array {
-  const out = new Float32Array(256);
-  device.check(device.native.symbols.qlora_dynamic_map(out));
-  return out;
+  return ffi.dynamicMap(device);
 }
 
 /**
@@ -549,9 +501,7 @@ export function dynamicMap(device: Device): Float32Array {
  * ```
  */
 export function dynamicMapUnsigned(device: Device): Float32Array {
-  const out = new Float32Array(256);
-  device.check(device.native.symbols.qlora_dynamic_map_unsigned(out));
-  return out;
+  return ffi.dynamicMapUnsigned(device);
 }
 
 /** Error figures of a quantization round trip. */

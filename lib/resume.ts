@@ -15,7 +15,8 @@
  * @module
  */
 
-import { type LlamaModel, MODULE_PATHS, type TargetModule } from "./model.ts";
+import { MODULE_PATHS, type TargetModule } from "./llama_config.ts";
+import type { LlamaModel } from "./model.ts";
 import { LoRALinear } from "./lora.ts";
 import type { StateTensor } from "./optim.ts";
 import { readSafetensors, SafetensorsReader, SafetensorsWriter, writeSafetensors } from "./safetensors.ts";

@@ -18,10 +18,8 @@ import {
   toFloat32,
 } from "./dtype.ts";
 import { DisposedError, InvalidArgumentError } from "./errors.ts";
-import { COPY_KIND } from "./ffi/abi.ts";
+import * as ffi from "./ffi/mod.ts";
 import type { Category } from "./memory.ts";
-
-const { HOST_TO_DEVICE, DEVICE_TO_HOST, DEVICE_TO_DEVICE } = COPY_KIND;
 
 /** Where and how a new tensor is allocated. */
 export interface TensorOptions {
@@ -151,8 +149,7 @@ export class Tensor implements Disposable {
    */
   static zeros(shape: readonly number[], options: TensorOptions = {}): Tensor {
     const t = new Tensor(shape, options);
-    t.device.check(t.device.native.symbols.qlora_memset(t.ptr, 0, BigInt(t.byteLength)));
-    return t;
+    return fillOrDispose(t, () => ffi.memset(t.device, t, 0, t.byteLength));
   }
 
   /**
@@ -202,17 +199,10 @@ export class Tensor implements Disposable {
       );
     }
     const t = new Tensor(shape, { ...options, dtype });
-    t.device.check(
-      t.device.native.symbols.qlora_fill_normal(
-        t.ptr,
-        dtypeCode(dtype),
-        BigInt(t.numel),
-        options.mean ?? 0,
-        options.std ?? 1,
-        BigInt(seed),
-      ),
+    return fillOrDispose(
+      t,
+      () => ffi.fillNormal(t.device, t, dtype, t.numel, options.mean ?? 0, options.std ?? 1, seed),
     );
-    return t;
   }
 
   /** The device pointer; throws {@linkcode DisposedError} after dispose. */
@@ -250,9 +240,7 @@ export class Tensor implements Disposable {
             (src.device !== this.device ? " on another device" : ""),
         );
       }
-      this.device.check(
-        this.device.native.symbols.qlora_memcpy(this.ptr, src.ptr, BigInt(this.byteLength), DEVICE_TO_DEVICE),
-      );
+      ffi.memcpy(this.device, this, src, this.byteLength, "device_to_device");
       return;
     }
     const expected = hostArray(this.dtype, 0).constructor;
@@ -262,14 +250,7 @@ export class Tensor implements Disposable {
           `expected ${expected.name}(${this.numel})`,
       );
     }
-    this.device.check(
-      this.device.native.symbols.qlora_memcpy(
-        this.ptr,
-        Deno.UnsafePointer.of(src as Uint8Array<ArrayBuffer>),
-        BigInt(this.byteLength),
-        HOST_TO_DEVICE,
-      ),
-    );
+    ffi.memcpy(this.device, this, src as ffi.HostBuffer, this.byteLength, "host_to_device");
   }
 
   /**
@@ -285,14 +266,7 @@ export class Tensor implements Disposable {
    */
   toArray(): HostArray {
     const out = hostArray(this.dtype, this.numel);
-    this.device.check(
-      this.device.native.symbols.qlora_memcpy(
-        Deno.UnsafePointer.of(out as Uint8Array<ArrayBuffer>),
-        this.ptr,
-        BigInt(this.byteLength),
-        DEVICE_TO_HOST,
-      ),
-    );
+    ffi.memcpy(this.device, out as ffi.HostBuffer, this, this.byteLength, "device_to_host");
     return out;
   }
 
@@ -332,16 +306,7 @@ export class Tensor implements Disposable {
       category: options.category ?? this.category,
       device: this.device,
     });
-    return fillOrDispose(out, () =>
-      this.device.check(
-        this.device.native.symbols.qlora_cast(
-          this.ptr,
-          dtypeCode(this.dtype),
-          out.ptr,
-          dtypeCode(dtype),
-          BigInt(this.numel),
-        ),
-      ));
+    return fillOrDispose(out, () => ffi.cast(this.device, this, this.dtype, out, dtype, this.numel));
   }
 
   /**
@@ -430,11 +395,9 @@ function check(array: HostArray, dtype: DType, allowed: DType[]): { array: HostA
  * ```
  */
 export function fillOrDispose<T extends Tensor>(out: T, fill: (out: T) => void, owned = true): T {
-  try {
+  if (!owned) {
     fill(out);
     return out;
-  } catch (e) {
-    if (owned) out.dispose();
-    throw e;
   }
+  return ffi.withOutputs([() => out], fill)[0];
 }

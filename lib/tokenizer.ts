@@ -36,8 +36,15 @@
  */
 
 import { Tokenizer as HFCoreTokenizer } from "@huggingface/tokenizers";
-import type { EncodeOptions } from "./data.ts";
 import { InvalidArgumentError, QloraError } from "./errors.ts";
+
+/** Options of a {@linkcode Tokenizer}'s `encode` ({@linkcode ByteTokenizer.encode}, `HFTokenizer.encode`). */
+export interface EncodeOptions {
+  /** Put BOS first (default false). */
+  bos?: boolean;
+  /** Put EOS last (default false). */
+  eos?: boolean;
+}
 
 /**
  * What training code needs of a tokenizer; {@linkcode ByteTokenizer} and {@linkcode HFTokenizer} have it.

@@ -15,7 +15,8 @@ import { axpby } from "./ops.ts";
 import { LoRALinear } from "./lora.ts";
 import { Tensor } from "./tensor.ts";
 import { InvalidArgumentError } from "./errors.ts";
-import { type BatchSampler, fingerprint, type SamplerState, type TextDataset } from "./data.ts";
+import type { TextDataset } from "./dataset.ts";
+import { type BatchSampler, fingerprint, type SamplerState } from "./sampler.ts";
 import { JUPYTER_DISPLAY } from "./memory.ts";
 import {
   type CheckpointEntry,

@@ -124,3 +124,45 @@ export function judge(
   for (const u of run.external) problems.push(`the page requested ${u} (notebooks must work offline)`);
   return problems;
 }
+
+/** The MIME type of a plotly figure in a notebook's outputs. */
+const PLOTLY_MIME = "application/vnd.plotly.v1+json";
+
+/** A cell of an executed notebook file, as much as {@linkcode missingFigures} reads. */
+export interface ExecutedCell {
+  cell_type: string;
+  id?: string;
+  source: string | string[];
+  outputs?: { output_type: string; data?: Record<string, unknown> }[];
+}
+
+/**
+ * The cells of an executed notebook that call `show(` more times than they have plotly outputs, as
+ * sentences: a figure the notebook displays but the file lost (Deno's kernel can publish it after the
+ * cell's `idle`, and a plain nbclient stops listening there). Comments are not counted.
+ *
+ * @example
+ * ```ts
+ * import { missingFigures } from "./_notebook_checks.ts";
+ * import { assertEquals } from "@std/assert";
+ * const fig = { output_type: "display_data", data: { "application/vnd.plotly.v1+json": {} } };
+ * const cell = (outputs: typeof fig[]) => ({ cell_type: "code", id: "c1", source: "await show(plot([]));", outputs });
+ * assertEquals(missingFigures({ cells: [cell([fig])] }), []);
+ * assertEquals(missingFigures({ cells: [cell([])] }), ["cell c1: 1 of 1 figures shown with show() missing from the file"]);
+ * ```
+ */
+export function missingFigures(nb: { cells: ExecutedCell[] }): string[] {
+  const problems: string[] = [];
+  nb.cells.forEach((c, i) => {
+    if (c.cell_type !== "code") return;
+    const code = [c.source].flat().join("").replace(/\/\/.*$/gm, "");
+    const shown = code.match(/\bshow\(/g)?.length ?? 0;
+    const found = (c.outputs ?? []).filter((o) => o.data !== undefined && PLOTLY_MIME in o.data).length;
+    if (found < shown) {
+      problems.push(
+        `cell ${c.id ?? i}: ${shown - found} of ${shown} figures shown with show() missing from the file`,
+      );
+    }
+  });
+  return problems;
+}

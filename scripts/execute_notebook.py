@@ -15,6 +15,10 @@ Deno 2.9's kernel now and then publishes an IOPub message whose HMAC signature j
 ("Invalid Signature"); the cells never see it. Such a notebook is run again, once, with a fresh kernel, and
 the run says so; a cell error is never retried.
 
+`--plain` runs the stock nbclient instead (no grace period), as `jupyter nbconvert --execute` or any other
+tool would: the notebooks must show every figure there too (they display them with `await show(fig)`,
+which waits until the kernel has sent the figure; see lib/plot.ts).
+
 Exit status: 0 when every cell ran, 1 on a cell error (the error is printed), 2 on bad arguments.
 """
 
@@ -53,14 +57,15 @@ class LateOutputClient(NotebookClient):
 
 def execute(nb, path, args):
     """Runs `nb` (read from `path`) in place with a fresh kernel; returns the seconds it took."""
-    client = LateOutputClient(
+    client = (NotebookClient if args.plain else LateOutputClient)(
         nb,
         kernel_name=args.kernel,
         timeout=args.timeout,
         startup_timeout=120,
         resources={"metadata": {"path": os.path.dirname(os.path.abspath(path))}},
     )
-    client.grace_s = args.grace
+    if not args.plain:
+        client.grace_s = args.grace
     t0 = time.monotonic()
     client.execute()
     return time.monotonic() - t0
@@ -73,6 +78,7 @@ def main() -> int:
     parser.add_argument("--kernel", default="deno")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per cell")
     parser.add_argument("--grace", type=float, default=0.5, help="quiet seconds after a cell's idle status")
+    parser.add_argument("--plain", action="store_true", help="the stock nbclient, no grace period")
     args = parser.parse_args()
 
     stem = os.path.splitext(os.path.basename(args.notebook))[0]

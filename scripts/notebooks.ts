@@ -18,7 +18,9 @@
  *   stderr, every figure drawn, the key figures shown, live displays updated, nothing fetched from the
  *   network). Writes each executed notebook, its HTML rendering and a screenshot under
  *   `build/notebooks/`, prints each run time, and fails when any notebook does. `--nbclient` runs them
- *   headless through nbclient instead (`execute_notebook.py`), where no browser can be had.
+ *   headless through nbclient instead (`execute_notebook.py`), where no browser can be had; `--plain`
+ *   through the stock nbclient, as `jupyter nbconvert --execute` runs them (no grace period for late
+ *   outputs). Both check that every figure a cell shows with `show()` is in the executed file.
  *
  * Notebooks are committed without outputs; these commands regenerate them under build/notebooks/.
  *
@@ -30,7 +32,7 @@ import puppeteer from "puppeteer-core";
 import { withAtomicFile, writeFileAtomic } from "../lib/atomic_file.ts";
 import { type NotebookRun, runNotebookInBrowser } from "./_browser.ts";
 import { type JupyterServer, startJupyterServer } from "./_jupyter.ts";
-import { judge } from "./_notebook_checks.ts";
+import { judge, missingFigures } from "./_notebook_checks.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url)).replace(/\/$/, "");
 const NOTEBOOKS = `${ROOT}/notebooks`;
@@ -284,7 +286,7 @@ function checkHtml(htmlPath: string): number {
 }
 
 /** `--nbclient`: each notebook headless through nbclient (execute_notebook.py), no browser. */
-async function runWithNbclient(selected: string[], jupyter: string): Promise<void> {
+async function runWithNbclient(selected: string[], jupyter: string, plain: boolean): Promise<void> {
   const python = pythonOf(jupyter);
   const results: Result[] = [];
   for (const name of selected) {
@@ -298,6 +300,7 @@ async function runWithNbclient(selected: string[], jupyter: string): Promise<voi
       "deno",
       "--timeout",
       String(CELL_TIMEOUT_S),
+      ...(plain ? ["--plain"] : []),
     ], { quiet: true });
     const seconds = (performance.now() - t0) / 1000;
     if (r.code !== 0) {
@@ -306,6 +309,8 @@ async function runWithNbclient(selected: string[], jupyter: string): Promise<voi
     }
     const htmlPath = `${OUT}/${name.replace(/\.ipynb$/, ".html")}`;
     const figures = checkHtml(htmlPath);
+    const lost = missingFigures(JSON.parse(Deno.readTextFileSync(`${OUT}/${name}`)));
+    if (lost.length > 0) fail(`${name}${plain ? " (plain nbclient)" : ""}: ${lost.join("; ")}`);
     results.push({ name, seconds, figures });
     const over = seconds > BUDGET_S ? `  (over the ${BUDGET_S} s budget)` : "";
     console.log(`notebooks: ${name} ok in ${seconds.toFixed(1)} s, ${figures} figures -> ${htmlPath}${over}`);
@@ -461,13 +466,14 @@ async function runInBrowser(selected: string[], jupyter: string): Promise<void> 
 }
 
 async function runNotebooks(args: string[]): Promise<void> {
-  const nbclient = args.includes("--nbclient");
-  const names = args.filter((a) => a !== "--nbclient");
+  const plain = args.includes("--plain");
+  const nbclient = plain || args.includes("--nbclient");
+  const names = args.filter((a) => a !== "--nbclient" && a !== "--plain");
   const jupyter = (await findJupyter()) ?? fail("Jupyter is missing: run ./deno task kernel first");
   const selected = selectNotebooks(names, jupyter);
   Deno.mkdirSync(OUT, { recursive: true });
   await typeCheck(selected);
-  if (nbclient) await runWithNbclient(selected, jupyter);
+  if (nbclient) await runWithNbclient(selected, jupyter, plain);
   else await runInBrowser(selected, jupyter);
 }
 
@@ -516,5 +522,5 @@ if (import.meta.main) {
   if (command === "install") await installKernel();
   else if (command === "run") await runNotebooks(rest);
   else if (command === "serve") await serve(rest);
-  else fail("usage: notebooks.ts install | run [--nbclient] [NAME.ipynb...] | serve [--port N]");
+  else fail("usage: notebooks.ts install | run [--nbclient | --plain] [NAME.ipynb...] | serve [--port N]");
 }

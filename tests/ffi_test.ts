@@ -1,7 +1,8 @@
 import { assert, assertEquals, assertStringIncludes, assertThrows } from "@std/assert";
-import { BackendError, getDevice, InvalidArgumentError } from "../mod.ts";
+import { BackendError, getDevice, InvalidArgumentError, NonFiniteError, QloraError, Tensor } from "../mod.ts";
 import { loadLibrary, openLibrary } from "../lib/ffi/library.ts";
 import { ABI_VERSION, Status, symbols } from "../lib/ffi/symbols.ts";
+import * as ffi from "../lib/ffi/mod.ts";
 
 const HEADER = new URL("../cuda/include/qlora.h", import.meta.url);
 
@@ -52,8 +53,7 @@ Deno.test("the CPU library exports every symbol and reports its ABI version", ()
 });
 
 Deno.test("bad arguments at the C boundary return errors with messages, never a crash", () => {
-  const dev = getDevice("cpu");
-  const s = dev.native.symbols;
+  const s = loadLibrary("cpu").symbols;
   const last = () => Deno.UnsafePointerView.getCString(s.qlora_last_error()!);
   const out = new BigUint64Array(1);
   const buf = new Float32Array(64);
@@ -121,4 +121,135 @@ Deno.test("the CUDA backend fails to open with a reason where no GPU is usable",
     assert(e.message.length > 10, e.message);
     console.log(`CUDA backend unavailable, as expected without a GPU: ${e.message}`);
   }
+});
+
+const LIB = new URL("../lib/", import.meta.url);
+
+async function sources(dir: URL, prefix = ""): Promise<{ path: string; text: string }[]> {
+  const out: { path: string; text: string }[] = [];
+  for await (const e of Deno.readDir(dir)) {
+    if (e.isDirectory) out.push(...await sources(new URL(`${e.name}/`, dir), `${prefix}${e.name}/`));
+    else if (e.name.endsWith(".ts")) {
+      out.push({ path: `${prefix}${e.name}`, text: await Deno.readTextFile(new URL(e.name, dir)) });
+    }
+  }
+  return out;
+}
+
+Deno.test("every ABI function of the symbol table has exactly one typed wrapper in lib/ffi", async () => {
+  const calls = new Map<string, string[]>();
+  for (const { path, text } of await sources(new URL("ffi/", LIB), "lib/ffi/")) {
+    if (path === "lib/ffi/abi.ts") continue; // the table itself
+    for (const m of text.matchAll(/\bsymbols\.(qlora_\w+)\s*\(/g)) {
+      calls.set(m[1], [...calls.get(m[1]) ?? [], path]);
+    }
+  }
+  const missing = Object.keys(symbols).filter((name) => !calls.has(name));
+  assertEquals(missing, [], "ABI functions without a typed wrapper");
+  const twice = [...calls].filter(([, where]) => where.length > 1).map(([name, where]) =>
+    `${name}: ${where}`
+  );
+  assertEquals(twice, [], "ABI functions called from more than one place in lib/ffi");
+  const unknown = [...calls.keys()].filter((name) => !(name in symbols));
+  assertEquals(unknown, [], "calls of functions the symbol table does not have");
+});
+
+Deno.test("no module outside lib/ffi calls the symbols, and no bench reaches Device.native", async () => {
+  const offenders: string[] = [];
+  for (const { path, text } of await sources(LIB, "lib/")) {
+    if (path.startsWith("lib/ffi/")) continue;
+    if (/symbols\./.test(text)) offenders.push(`${path}: symbols.`);
+    if (/\.native\b(?!\s*=)/.test(text.replace(/^\s*(\*|\/\/).*$/gm, "")) && path !== "lib/device.ts") {
+      offenders.push(`${path}: .native`);
+    }
+  }
+  for (const { path, text } of await sources(new URL("../bench/", import.meta.url), "bench/")) {
+    if (/\.native\b|symbols\./.test(text)) offenders.push(`${path}: .native or symbols.`);
+  }
+  assertEquals(offenders, []);
+});
+
+Deno.test("typed wrappers turn statuses into typed errors with the library's message", () => {
+  const dev = getDevice("cpu");
+  using t = Tensor.zeros([4], { device: dev });
+  assertThrows(() => ffi.memset(dev, t, 300, 4), InvalidArgumentError);
+  assertThrows(() => ffi.quantMap(dev, "nf5" as ffi.QuantTypeName), InvalidArgumentError, "nf4, fp4, int4");
+  using bad = Tensor.from([NaN, 1], { device: dev });
+  using packed = Tensor.empty([1], { dtype: "u8", device: dev });
+  using absmax = Tensor.empty([1], { device: dev });
+  assertThrows(() => ffi.quantize4bit(dev, bad, "f32", 2, "nf4", 64, packed, absmax), NonFiniteError);
+  const e = assertThrows(() => ffi.free(dev, { ptr: Deno.UnsafePointer.of(new Uint8Array(8))! }), QloraError);
+  assertStringIncludes(e.message, "not a live allocation");
+});
+
+Deno.test("malloc: a pointer, or undefined past the budget (for the pressure handlers), never a throw", () => {
+  const dev = getDevice("cpu");
+  const ptr = ffi.malloc(dev, 64, "workspace");
+  assert(ptr !== null && ptr !== undefined);
+  ffi.free(dev, { ptr });
+  dev.setMemoryBudget(dev.memory().totalCurrent + 1024);
+  try {
+    assertEquals(ffi.malloc(dev, 4096, "workspace"), undefined);
+    assertStringIncludes(ffi.lastError(dev.native), "budget");
+  } finally {
+    dev.setMemoryBudget(0);
+  }
+  assertThrows(() => ffi.malloc(dev, 0, "workspace"), InvalidArgumentError, "0 bytes");
+});
+
+Deno.test("withOutputs: an allocation or a call that fails leaves nothing in the ledger", () => {
+  const dev = getDevice("cpu");
+  const before = dev.memory().totalCurrent;
+  assertThrows(
+    () =>
+      ffi.withOutputs(
+        [() => Tensor.empty([8], { device: dev }), () => Tensor.empty([-1], { device: dev })],
+        () => {},
+      ),
+    InvalidArgumentError,
+  );
+  assertEquals(dev.memory().totalCurrent, before, "the first output is freed when the second cannot be made");
+  let seen: Tensor[] = [];
+  assertThrows(
+    () =>
+      ffi.withOutputs(
+        [() => Tensor.empty([8], { device: dev }), () => Tensor.empty([8], { device: dev })],
+        (a, b) => {
+          seen = [a, b];
+          ffi.memset(dev, a, 999, 4); // a native failure
+        },
+      ),
+    InvalidArgumentError,
+  );
+  assert(seen.length === 2 && seen.every((t) => t.disposed));
+  assertEquals(dev.memory().totalCurrent, before);
+  const [a] = ffi.withOutputs([() => Tensor.zeros([2], { device: dev })], (a) => ffi.memset(dev, a, 0, 8));
+  assertEquals(a.disposed, false);
+  a.dispose();
+});
+
+Deno.test("segments of the fused AdamW steps are encoded in the generated layouts", () => {
+  const dev = getDevice("cpu");
+  using p = Tensor.from([1, -1], { device: dev }), g = Tensor.from([1, -1], { device: dev });
+  using m = Tensor.zeros([2], { device: dev }), v = Tensor.zeros([2], { device: dev });
+  const h = {
+    lr: 0.1,
+    beta1: 0.9,
+    beta2: 0.999,
+    eps: 1e-8,
+    weightDecay: 0,
+    biasCorrection1: 0.1,
+    biasCorrection2: 0.001,
+    gradScale: 1,
+  };
+  // Only the second value: a segment one element in, through offset().
+  const seg = { param: ffi.offset(p, 4), grad: ffi.offset(g, 4), m, v, master: null, n: 1 } as const;
+  ffi.adamwStep(dev, [{ ...seg, paramDtype: "f32", gradDtype: "f32" }], h);
+  const after = p.toFloat32();
+  assertEquals(after[0], 1, "the first value is outside the segment");
+  assert(Math.abs(after[1] - -0.9) < 1e-5, `${after[1]}`);
+  assertThrows(
+    () => ffi.adamwStep(dev, [{ ...seg, paramDtype: "u8", gradDtype: "f32" }], h),
+    InvalidArgumentError,
+  );
 });

@@ -12,7 +12,8 @@
  */
 
 import { BackendError, InvalidArgumentError, NonFiniteError, QloraError } from "../errors.ts";
-import { ABI_VERSION, type QloraSymbols, Status, symbols } from "./symbols.ts";
+import { ABI_VERSION, type QloraSymbols, symbols } from "./symbols.ts";
+import { Status } from "./enums.ts";
 
 /** A backend of the native library: the CPU build, the CUDA build, or the CUDA build's kernels emulated on the CPU. */
 export type Backend = "cpu" | "cuda" | "cuda-emu";
@@ -77,16 +78,16 @@ export function openLibrary(backend: Backend): NativeLibrary {
       cause: e,
     });
   }
-  const version = dl.symbols.qlora_abi_version();
+  const version = abiVersion(dl);
   if (version !== ABI_VERSION) {
     dl.close();
     throw new BackendError(
       `Cannot load the ${backend} backend: ABI version ${version}, expected ${ABI_VERSION} (rebuild: ./deno task build)`,
     );
   }
-  const status = dl.symbols.qlora_init();
+  const status = init(dl);
   if (status !== Status.OK) {
-    const message = readCString(dl.symbols.qlora_last_error());
+    const message = lastError(dl);
     dl.close();
     throw new BackendError(message || `Cannot initialise the ${backend} backend (status ${status})`);
   }
@@ -235,8 +236,58 @@ export function nativeError(status: number, message: string): QloraError {
   }
 }
 
+/** The symbols of an opened library (a {@linkcode NativeLibrary}, or a `Deno.DynamicLibrary` being opened). */
+export interface Symbols {
+  /** The typed symbols. */
+  readonly symbols: QloraSymbols;
+}
+
 /**
- * Reads the last native error message of this thread.
+ * `qlora_abi_version`: the `QLORA_ABI_VERSION` the library was built with.
+ *
+ * @example
+ * ```ts
+ * import { abiVersion, loadLibrary } from "./library.ts";
+ * import { ABI_VERSION } from "./abi.ts";
+ * import { assert } from "@std/assert";
+ * assert(abiVersion(loadLibrary("cpu")) === ABI_VERSION);
+ * ```
+ */
+export function abiVersion(lib: Symbols): number {
+  return lib.symbols.qlora_abi_version();
+}
+
+/**
+ * `qlora_backend_name`: "cpu" or "cuda" (the emulated build says "cuda").
+ *
+ * @example
+ * ```ts
+ * import { backendName, loadLibrary } from "./library.ts";
+ * import { assert } from "@std/assert";
+ * assert(backendName(loadLibrary("cpu")) === "cpu");
+ * ```
+ */
+export function backendName(lib: Symbols): string {
+  return readCString(lib.symbols.qlora_backend_name());
+}
+
+/**
+ * `qlora_init`: makes the backend ready (idempotent); returns the raw status, since a loader turns a
+ * failure into a {@linkcode BackendError} of its own.
+ *
+ * @example
+ * ```ts
+ * import { init, loadLibrary } from "./library.ts";
+ * import { assert } from "@std/assert";
+ * assert(init(loadLibrary("cpu")) === 0);
+ * ```
+ */
+export function init(lib: Symbols): number {
+  return lib.symbols.qlora_init();
+}
+
+/**
+ * `qlora_last_error`: the last native error message of this thread ("" if none).
  *
  * @example
  * ```ts
@@ -245,6 +296,6 @@ export function nativeError(status: number, message: string): QloraError {
  * assert(typeof lastError(loadLibrary("cpu")) === "string");
  * ```
  */
-export function lastError(lib: NativeLibrary): string {
+export function lastError(lib: Symbols): string {
   return readCString(lib.symbols.qlora_last_error());
 }

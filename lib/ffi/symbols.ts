@@ -1,48 +1,18 @@
 /**
- * The `Deno.dlopen` symbol table of `cuda/include/qlora.h` and the ABI facts the rest of `lib/` reads,
- * all taken from `abi.ts`, which `./deno task gen:abi` generates from the header (`tests/abi_test.ts`
- * fails when it is stale), so the two cannot drift.
+ * The `Deno.dlopen` symbol table of `cuda/include/qlora.h` and the ABI facts the loader reads, all
+ * taken from `abi.ts`, which `./deno task gen:abi` generates from the header (`tests/abi_test.ts`
+ * fails when it is stale), so the two cannot drift. Only `lib/ffi` calls the symbols: every other
+ * module goes through the typed wrappers of `lib/ffi/mod.ts`.
  *
  * Device pointers are `pointer`; host outputs of fixed size are `buffer`; sizes are `u64`.
  *
  * @module
  */
 
-import { ABI_VERSION, STATUS, symbols } from "./abi.ts";
+import { ABI_VERSION, symbols } from "./abi.ts";
 
 export { ABI_VERSION, symbols };
+export { enumNames, Status } from "./enums.ts";
 
 /** The loaded library's symbols. */
 export type QloraSymbols = Deno.DynamicLibrary<typeof symbols>["symbols"];
-
-/**
- * `qlora_status` values of the header (`QLORA_ERR_INVALID_ARGUMENT` is `Status.INVALID_ARGUMENT`).
- *
- * @example
- * ```ts
- * import { Status } from "./symbols.ts";
- * import { assert } from "@std/assert";
- * assert(Status.OK === 0 && Status.OUT_OF_MEMORY === 2);
- * ```
- */
-export const Status: typeof STATUS = STATUS;
-
-/**
- * The member names of a generated enum of `abi.ts`, lower-cased, in code order (index = native code);
- * throws unless the codes are exactly 0, 1, ..., n - 1.
- *
- * @example
- * ```ts
- * import { enumNames } from "./symbols.ts";
- * import { DTYPE } from "./abi.ts";
- * import { assertEquals } from "@std/assert";
- * assertEquals(enumNames(DTYPE), ["f32", "bf16", "f16", "u8", "i32"]);
- * ```
- */
-export function enumNames<K extends string>(values: Readonly<Record<K, number>>): Lowercase<K>[] {
-  const entries = (Object.entries(values) as [K, number][]).sort((a, b) => a[1] - b[1]);
-  entries.forEach(([name, code], i) => {
-    if (code !== i) throw new Error(`Cannot list enum names: ${name} = ${code}, expected ${i}`);
-  });
-  return entries.map(([name]) => name.toLowerCase() as Lowercase<K>);
-}

@@ -1,0 +1,169 @@
+/**
+ * What every typed wrapper of `lib/ffi` shares: the handle it calls through, device buffers, status
+ * checks, `u64` arguments, enum names turned into native codes, and pointer offsets. Nothing outside
+ * `lib/ffi` builds a pointer, a `BigInt` argument or reads a status code.
+ *
+ * @module
+ */
+
+import { InvalidArgumentError } from "../errors.ts";
+import type { CATEGORY, COPY_KIND, DTYPE, QUANT_TYPE } from "./abi.ts";
+import { lastError, nativeError } from "./library.ts";
+import type { QloraSymbols } from "./symbols.ts";
+
+/** Anything that calls into an opened library: a `Device` (its `native` library). */
+export interface Native {
+  /** The opened library. */
+  readonly native: { readonly symbols: QloraSymbols };
+}
+
+/** Device memory: a tensor, a page, or a byte offset into one (see {@linkcode offset}). */
+export interface DeviceBuffer {
+  /** The device address (a tensor's getter throws once it is disposed). */
+  readonly ptr: Deno.PointerObject;
+}
+
+/** Host memory a native call reads or writes. */
+export type HostBuffer = ArrayBufferView<ArrayBuffer>;
+
+/** A dtype of `qlora_dtype`: `"f32" | "bf16" | "f16" | "u8" | "i32"`. */
+export type DTypeName = Lowercase<keyof typeof DTYPE>;
+/** A 4-bit type of `qlora_quant_type`: `"nf4" | "fp4" | "int4"`. */
+export type QuantTypeName = Lowercase<keyof typeof QUANT_TYPE>;
+/** A ledger category of `qlora_category` (`"weights"`, ..., `"workspace"`). */
+export type CategoryName = Lowercase<keyof typeof CATEGORY>;
+/** A direction of `qlora_copy_kind`: `"host_to_device" | "device_to_host" | "device_to_device"`. */
+export type CopyKindName = Lowercase<keyof typeof COPY_KIND>;
+
+/**
+ * Throws the typed error of a native status (see `nativeError`): the class follows the status, the
+ * message is the library's `qlora_last_error()`.
+ *
+ * @example
+ * ```ts
+ * import { check } from "./call.ts";
+ * import { getDevice, InvalidArgumentError } from "../../mod.ts";
+ * import { assertThrows } from "@std/assert";
+ * check(getDevice("cpu"), 0);
+ * assertThrows(() => check(getDevice("cpu"), 1), InvalidArgumentError);
+ * ```
+ */
+export function check(on: Native, status: number): void {
+  if (status !== 0) throw nativeError(status, lastError(on.native));
+}
+
+/**
+ * A `uint64_t` argument from a count (`BigInt` refuses a fraction with a `RangeError`).
+ *
+ * @example
+ * ```ts
+ * import { u64 } from "./call.ts";
+ * import { assert } from "@std/assert";
+ * assert(u64(4096) === 4096n);
+ * ```
+ */
+export function u64(n: number): bigint {
+  return BigInt(n);
+}
+
+/**
+ * The native code of a name of a generated enum (`code(DTYPE, "bf16") === 1`); throws
+ * `InvalidArgumentError` on a name it does not have.
+ *
+ * @example
+ * ```ts
+ * import { code } from "./call.ts";
+ * import { DTYPE } from "./abi.ts";
+ * import { assert } from "@std/assert";
+ * assert(code(DTYPE, "bf16") === 1);
+ * ```
+ */
+export function code<K extends string>(values: Readonly<Record<K, number>>, name: Lowercase<K>): number {
+  const c = (values as Record<string, number>)[String(name).toUpperCase()];
+  if (typeof name !== "string" || c === undefined) {
+    throw new InvalidArgumentError(
+      `Cannot pass ${JSON.stringify(name)} to the native library: expected one of ${
+        Object.keys(values).map((k) => k.toLowerCase()).join(", ")
+      }`,
+    );
+  }
+  return c;
+}
+
+/**
+ * The device buffer `bytes` bytes into another (a chunk of a tensor).
+ *
+ * @example
+ * ```ts
+ * import { offset } from "./call.ts";
+ * import { Tensor } from "../../mod.ts";
+ * import { assert } from "@std/assert";
+ * using t = Tensor.zeros([4]);
+ * assert(offset(t, 8).ptr !== t.ptr);
+ * ```
+ */
+export function offset(buffer: DeviceBuffer, bytes: number): DeviceBuffer {
+  return { ptr: Deno.UnsafePointer.offset(buffer.ptr, bytes)! };
+}
+
+/**
+ * The address of a device buffer, or NULL (an optional argument).
+ *
+ * @example
+ * ```ts
+ * import { address } from "./call.ts";
+ * import { Tensor } from "../../mod.ts";
+ * import { assert } from "@std/assert";
+ * using t = Tensor.zeros([1]);
+ * assert(address(t) === t.ptr && address(null) === null);
+ * ```
+ */
+export function address(buffer: DeviceBuffer | null): Deno.PointerObject | null {
+  return buffer === null ? null : buffer.ptr;
+}
+
+/**
+ * The address of a host buffer (a typed array) or of a device buffer.
+ *
+ * @example
+ * ```ts
+ * import { anyAddress } from "./call.ts";
+ * import { assert } from "@std/assert";
+ * assert(anyAddress(new Float32Array(4)) !== null);
+ * ```
+ */
+export function anyAddress(buffer: DeviceBuffer | HostBuffer): Deno.PointerValue {
+  return ArrayBuffer.isView(buffer) ? Deno.UnsafePointer.of(buffer) : buffer.ptr;
+}
+
+/**
+ * The `void** out` argument of `qlora_malloc` and `qlora_host_malloc`, and the pointer it received.
+ *
+ * @example
+ * ```ts
+ * import { pointerOut } from "./call.ts";
+ * import { assert } from "@std/assert";
+ * const { out, read } = pointerOut();
+ * assert(out.length === 1 && read() === null); // nothing received yet
+ * ```
+ */
+export function pointerOut(): { out: BigUint64Array<ArrayBuffer>; read(): Deno.PointerValue } {
+  const out = new BigUint64Array(1);
+  return { out, read: () => Deno.UnsafePointer.create(out[0]) };
+}
+
+/**
+ * The bits of a pointer, as a field of a descriptor stores it (NULL is 0).
+ *
+ * @example
+ * ```ts
+ * import { pointerBits } from "./call.ts";
+ * import { Tensor } from "../../mod.ts";
+ * import { assert } from "@std/assert";
+ * using t = Tensor.zeros([1]);
+ * assert(pointerBits(null) === 0n && pointerBits(t) > 0n);
+ * ```
+ */
+export function pointerBits(buffer: DeviceBuffer | null): bigint {
+  return buffer === null ? 0n : Deno.UnsafePointer.value(buffer.ptr);
+}

@@ -1,0 +1,154 @@
+/**
+ * Typed wrappers of the GEMM functions of `qlora.h`: batched row-major GEMM, and the product with a
+ * 4-bit matrix with its workspace query.
+ *
+ * @module
+ */
+
+import { DTYPE, QUANT_TYPE } from "./abi.ts";
+import {
+  address,
+  check,
+  code,
+  type DeviceBuffer,
+  type DTypeName,
+  type Native,
+  type QuantTypeName,
+  u64,
+} from "./call.ts";
+
+/**
+ * `qlora_gemm`: for each of `batch` matrices, `C = alpha * op(A) @ op(B) + beta * C` with op(A)
+ * m x k and op(B) k x n; strides are elements between the matrices of a batch (0: the same matrix).
+ *
+ * @example
+ * ```ts
+ * import { gemm } from "./gemm.ts";
+ * import { getDevice, Tensor } from "../../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * using a = Tensor.from([1, 2, 3, 4], { shape: [2, 2] });
+ * using b = Tensor.from([1, 0, 0, 1], { shape: [2, 2] });
+ * using c = Tensor.empty([2, 2]);
+ * gemm(getDevice(), false, false, 2, 2, 2, 1, a, b, "f32", 0, c, "f32", 1, 0, 0, 4);
+ * assertEquals([...c.toFloat32()], [1, 2, 3, 4]);
+ * ```
+ */
+export function gemm(
+  on: Native,
+  transA: boolean,
+  transB: boolean,
+  m: number,
+  n: number,
+  k: number,
+  alpha: number,
+  a: DeviceBuffer,
+  b: DeviceBuffer,
+  abDtype: DTypeName,
+  beta: number,
+  c: DeviceBuffer,
+  cDtype: DTypeName,
+  batch: number,
+  strideA: number,
+  strideB: number,
+  strideC: number,
+): void {
+  check(
+    on,
+    on.native.symbols.qlora_gemm(
+      transA ? 1 : 0,
+      transB ? 1 : 0,
+      u64(m),
+      u64(n),
+      u64(k),
+      alpha,
+      a.ptr,
+      b.ptr,
+      code(DTYPE, abDtype),
+      beta,
+      c.ptr,
+      code(DTYPE, cDtype),
+      u64(batch),
+      u64(strideA),
+      u64(strideB),
+      u64(strideC),
+    ),
+  );
+}
+
+/**
+ * `qlora_gemm_4bit_workspace`: bytes of device workspace {@linkcode gemm4bit} needs for this shape.
+ *
+ * @example
+ * ```ts
+ * import { gemm4bitWorkspace } from "./gemm.ts";
+ * import { getDevice } from "../../mod.ts";
+ * import { assert } from "@std/assert";
+ * assert(gemm4bitWorkspace(getDevice(), true, 4, 128, 64) >= 0);
+ * ```
+ */
+export function gemm4bitWorkspace(on: Native, transW: boolean, m: number, n: number, k: number): number {
+  const bytes = new BigUint64Array(1);
+  check(on, on.native.symbols.qlora_gemm_4bit_workspace(transW ? 1 : 0, u64(m), u64(n), u64(k), bytes));
+  return Number(bytes[0]);
+}
+
+/**
+ * `qlora_gemm_4bit`: `C = alpha * X @ op(dequant(W)) + beta * C`, X m x k, W stored n x k (`transW`)
+ * or k x n as packed codes and f32 absmax; `workspace` of {@linkcode gemm4bitWorkspace} bytes (null
+ * when it needs none).
+ *
+ * @example
+ * ```ts
+ * import { gemm4bit } from "./gemm.ts";
+ * import { getDevice, quantize, Tensor } from "../../mod.ts";
+ * import { assert } from "@std/assert";
+ * using w = Tensor.from(new Array(64 * 64).fill(0.5), { shape: [64, 64] });
+ * using q = quantize(w, { doubleQuant: false });
+ * using x = Tensor.from(new Array(64).fill(1), { shape: [1, 64] });
+ * using c = Tensor.empty([1, 64]);
+ * using ws = Tensor.empty([1 << 16], { dtype: "u8", category: "workspace" });
+ * gemm4bit(getDevice(), true, 1, 64, 64, 1, x, "f32", q.packed, q.absmax!, "nf4", 64, 0, c, "f32", ws, 1 << 16);
+ * assert(c.toFloat32().every((v) => v === 32));
+ * ```
+ */
+export function gemm4bit(
+  on: Native,
+  transW: boolean,
+  m: number,
+  n: number,
+  k: number,
+  alpha: number,
+  x: DeviceBuffer,
+  xDtype: DTypeName,
+  packed: DeviceBuffer,
+  absmax: DeviceBuffer,
+  quantType: QuantTypeName,
+  blocksize: number,
+  beta: number,
+  c: DeviceBuffer,
+  cDtype: DTypeName,
+  workspace: DeviceBuffer | null,
+  workspaceBytes: number,
+): void {
+  check(
+    on,
+    on.native.symbols.qlora_gemm_4bit(
+      transW ? 1 : 0,
+      u64(m),
+      u64(n),
+      u64(k),
+      alpha,
+      x.ptr,
+      code(DTYPE, xDtype),
+      packed.ptr,
+      absmax.ptr,
+      code(QUANT_TYPE, quantType),
+      u64(blocksize),
+      beta,
+      c.ptr,
+      code(DTYPE, cDtype),
+      address(workspace),
+      u64(workspaceBytes),
+    ),
+  );
+}

@@ -1,0 +1,197 @@
+import { assert, assertAlmostEquals, assertEquals, assertThrows } from "@std/assert";
+import {
+  axpby,
+  dropout,
+  fillUniform,
+  getDevice,
+  InvalidArgumentError,
+  matmul,
+  matmul4bit,
+  quantize,
+  Tensor,
+} from "../mod.ts";
+import { assertClose } from "./_assert_close.ts";
+import { normalValues } from "./_reference.ts";
+
+const device = getDevice();
+
+/** Naive f64 reference of C = alpha * op(A) op(B) + beta * C (row-major). */
+function refGemm(
+  a: Float32Array,
+  b: Float32Array,
+  m: number,
+  n: number,
+  k: number,
+  transA: boolean,
+  transB: boolean,
+  alpha = 1,
+  beta = 0,
+  c0?: Float32Array,
+): Float64Array {
+  const c = new Float64Array(m * n);
+  for (let i = 0; i < m; i++) {
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let p = 0; p < k; p++) {
+        s += a[transA ? p * m + i : i * k + p] * b[transB ? j * k + p : p * n + j];
+      }
+      c[i * n + j] = alpha * s + (beta ? beta * c0![i * n + j] : 0);
+    }
+  }
+  return c;
+}
+
+Deno.test("matmul: every transpose, alpha/beta, f32 and bf16, against a float64 reference", () => {
+  for (const [m, n, k] of [[1, 1, 1], [7, 5, 3], [33, 65, 17], [64, 8, 300], [3, 200, 8]]) {
+    for (const transA of [false, true]) {
+      for (const transB of [false, true]) {
+        const a = normalValues(m * k, m + k), b = normalValues(k * n, n + 3 * k), c0 = normalValues(m * n, 5);
+        for (const dtype of ["f32", "bf16"] as const) {
+          using ta = Tensor.from(a, { shape: transA ? [k, m] : [m, k], dtype, device });
+          using tb = Tensor.from(b, { shape: transB ? [n, k] : [k, n], dtype, device });
+          using tc = Tensor.from(c0, { shape: [m, n], dtype, device });
+          matmul(ta, tb, { transA, transB, alpha: 0.5, beta: -2, out: tc });
+          using c0t = Tensor.from(c0, { dtype, device });
+          const want = refGemm(
+            ta.toFloat32(),
+            tb.toFloat32(),
+            m,
+            n,
+            k,
+            transA,
+            transB,
+            0.5,
+            -2,
+            c0t.toFloat32(),
+          );
+          assertClose(
+            tc.toFloat32(),
+            want,
+            dtype === "f32" ? 1e-5 : 2e-2,
+            `${dtype} ${m}x${n}x${k} tA=${transA} tB=${transB}`,
+          );
+        }
+      }
+    }
+  }
+});
+
+Deno.test("matmul: batches with a shared operand, and beta = 0 ignores NaN in out", () => {
+  const [batch, m, n, k] = [3, 4, 5, 6];
+  const a = normalValues(batch * m * k, 1), b = normalValues(k * n, 2);
+  using ta = Tensor.from(a, { shape: [batch, m, k], device });
+  using tb = Tensor.from(b, { shape: [k, n], device });
+  using out = Tensor.from(new Float32Array(batch * m * n).fill(NaN), { shape: [batch, m, n], device });
+  matmul(ta, tb, { out });
+  const got = out.toFloat32();
+  for (let i = 0; i < batch; i++) {
+    const want = refGemm(a.subarray(i * m * k, (i + 1) * m * k), b, m, n, k, false, false);
+    assertClose(got.subarray(i * m * n, (i + 1) * m * n), want, 1e-5, `batch ${i}`);
+  }
+});
+
+Deno.test("matmul4bit equals dequantize-then-matmul (NF4, FP4, Int4; both directions; f32 and bf16)", () => {
+  for (const quantType of ["nf4", "fp4", "int4"] as const) {
+    for (const [out, inp, m] of [[96, 64, 5], [130, 256, 1], [64, 96, 33]]) {
+      using w = Tensor.randn([out, inp], { std: 0.02, seed: out + inp, device });
+      using q = quantize(w, { quantType, doubleQuant: quantType === "nf4" });
+      using wd = q.dequantize({ dtype: "f32" });
+      for (const dtype of ["f32", "bf16"] as const) {
+        using x = Tensor.randn([m, inp], { seed: m, dtype, device });
+        using x32 = x.cast("f32");
+        using y = matmul4bit(x, q, { transW: true });
+        using yRef = matmul(x32, wd, { transB: true });
+        assertClose(
+          y.toFloat32(),
+          yRef.toFloat32(),
+          dtype === "f32" ? 1e-5 : 2e-2,
+          `${quantType} ${dtype} forward`,
+        );
+        using g = Tensor.randn([m, out], { seed: m + 1, dtype, device });
+        using g32 = g.cast("f32");
+        using dx = matmul4bit(g, q, { transW: false });
+        using dxRef = matmul(g32, wd);
+        assertClose(
+          dx.toFloat32(),
+          dxRef.toFloat32(),
+          dtype === "f32" ? 1e-5 : 2e-2,
+          `${quantType} ${dtype} backward`,
+        );
+      }
+    }
+  }
+});
+
+Deno.test("axpby and dropout", () => {
+  using x = Tensor.from([1, 2, 3, 4], { device });
+  using y = Tensor.from([1, 1, 1, 1], { device });
+  axpby(2, x, 3, y);
+  assertEquals([...y.toFloat32()], [5, 7, 9, 11]);
+  using ones = Tensor.from(new Float32Array(100_000).fill(1), { device });
+  using d = dropout(ones, 0.25, 11);
+  const v = d.toFloat32();
+  const kept = v.filter((e) => e !== 0);
+  assert(kept.every((e) => Math.abs(e - 1 / 0.75) < 1e-6));
+  assertAlmostEquals(kept.length / v.length, 0.75, 0.01);
+  using again = dropout(ones, 0.25, 11);
+  assertEquals(again.toArray(), d.toArray(), "same seed, same mask");
+  assertThrows(() => dropout(ones, 1, 0), InvalidArgumentError);
+});
+
+Deno.test("dropout: the backward pass is the same call on the gradient (same mask), in place allowed", () => {
+  using x = Tensor.from(normalValues(4096, 9), { device });
+  using y = dropout(x, 0.3, 5);
+  using g = Tensor.from(new Float32Array(4096).fill(1), { device });
+  dropout(g, 0.3, 5, g); // in place: out is the input
+  const yv = y.toFloat32(), gv = g.toFloat32(), xv = x.toFloat32();
+  let dropped = 0;
+  for (let i = 0; i < yv.length; i++) {
+    if (gv[i] === 0) {
+      dropped++;
+      assertEquals(yv[i], 0, `index ${i} is dropped in both passes`);
+    } else {
+      assertAlmostEquals(yv[i], xv[i] * gv[i], 1e-5 * (1 + Math.abs(xv[i])), `index ${i}`);
+    }
+  }
+  assertAlmostEquals(dropped / yv.length, 0.3, 0.03);
+  using z = dropout(x, 0.3, 6);
+  assert(z.toFloat32().some((v, i) => (v === 0) !== (yv[i] === 0)), "another seed, another mask");
+  using other = Tensor.empty([4096], { dtype: "bf16", device });
+  assertThrows(() => dropout(x, 0.3, 5, other), InvalidArgumentError, "bf16");
+});
+
+Deno.test("fillUniform: values in [low, high) with the expected mean, deterministic per seed", () => {
+  using t = Tensor.empty([1 << 16], { device });
+  fillUniform(t, -3, 1, 4);
+  const v = t.toFloat32();
+  assert(v.every((x) => x >= -3 && x < 1));
+  assertAlmostEquals(v.reduce((s, x) => s + x, 0) / v.length, -1, 0.03);
+  using u = Tensor.empty([1 << 16], { device });
+  fillUniform(u, -3, 1, 4);
+  assertEquals(u.toArray(), t.toArray());
+  fillUniform(u, -3, 1, 5);
+  assert(u.toFloat32().some((x, i) => x !== v[i]));
+  using bf = Tensor.empty([64], { dtype: "bf16", device });
+  fillUniform(bf, 0, 0.5, 1);
+  assert(bf.toFloat32().every((x) => x >= 0 && x <= 0.5));
+  assertThrows(() => fillUniform(t, 1, -1, 0), InvalidArgumentError);
+  assertThrows(() => fillUniform(t, 0, 1, -1), InvalidArgumentError);
+  using i = Tensor.empty([4], { dtype: "i32", device });
+  assertThrows(() => fillUniform(i, 0, 1, 0), InvalidArgumentError);
+});
+
+Deno.test("matmul and matmul4bit refuse mismatched shapes, dtypes and devices before any native call", () => {
+  using a = Tensor.zeros([2, 3], { device }), b = Tensor.zeros([4, 5], { device });
+  assertThrows(() => matmul(a, b), InvalidArgumentError, "inner dimensions");
+  using c = Tensor.zeros([3, 2], { dtype: "bf16", device });
+  assertThrows(() => matmul(a, c), InvalidArgumentError, "bf16");
+  using w = Tensor.randn([64, 64], { device });
+  using q = quantize(w);
+  using x = Tensor.zeros([2, 32], { device });
+  assertThrows(() => matmul4bit(x, q, { transW: true }), InvalidArgumentError, "op(W)");
+  const before = device.memory().totalCurrent;
+  using y = Tensor.zeros([2, 3], { device });
+  using z = Tensor.zeros([2, 4], { device });
+  assertThrows(() => axpby(1, y, 1, z), InvalidArgumentError);
+  assertEquals(device.memory().totalCurrent, before + y.byteLength + z.byteLength);
+});
