@@ -16,7 +16,14 @@
  * | gradients         | every weight, 2 B            | adapters only, 2 B                            |
  * | optimizer_states  | 8 B (m, v in f32; 8-bit: 2 B + 8 B per 256) + 4 B f32 master with mixed precision | the same, per adapter weight |
  * | activations       | what forward keeps for backward, per token and block, plus backward's transient peak | the same, plus each adapter's r-wide h |
- * | workspace         | the cross-entropy's f32 losses | LoRA: dh in backward; QLoRA: the 4-bit GEMM's dequantization tile (CPU) or whole 16-bit weight (CUDA) and restored constants |
+ * | workspace         | the cross-entropy's f32 losses; the kernels' own scratch | LoRA: dh in backward; QLoRA: the 4-bit GEMM's dequantization tile (CPU) or whole 16-bit weight (CUDA) and restored constants |
+ *
+ * The kernels' scratch ({@linkcode nativeScratchBytes}) is counted as the native library allocates it
+ * through the ledger, held for one call: on the CPU, per thread, attention's score blocks and the
+ * cross-entropy's row, the RoPE table and the embedding gradient's links; on CUDA, attention's and RMSNorm's
+ * partial sums and the embedding gradient's sort. Not modelled: oneDNN's own scratchpads inside a CPU GEMM
+ * (it sizes them itself; measured up to 524,416 bytes on 2 threads) and CUDA's few KB of descriptor tables
+ * and sort storage, which the ledger counts on top (tests/estimate_test.ts allows for them).
  *
  * @example
  * ```ts
@@ -208,6 +215,11 @@ export interface EstimateOptions extends QuantStorageOptions {
    * tile at a time, the CUDA backend a whole weight in 16 bits (none for at most 4 rows, its fused GEMV).
    */
   backend?: "cpu" | "cuda";
+  /**
+   * Threads the CPU backend runs its kernels on (OpenMP's default: the host's logical cores), which size
+   * attention's and the cross-entropy's per-thread scratch. Default `navigator.hardwareConcurrency`.
+   */
+  threads?: number;
 }
 
 /** What {@linkcode estimateMemory} computes. */
@@ -261,6 +273,59 @@ function gemm4bitWorkspace(
   let width = Math.max(Math.floor((transW ? 2 ** 20 : 2 ** 22) / k), 1);
   if (width >= 16) width = Math.floor(width / 16) * 16;
   return Math.min(width, n) * k * 4;
+}
+
+/** Query rows a CPU attention task scores at a time (`kQueryBlock` in cuda/src/cpu/model.cpp). */
+const CPU_QUERY_BLOCK = 128;
+
+/**
+ * The largest scratch one native kernel of a training step holds through the ledger (category
+ * `workspace`) during its call, as cuda/src/cpu/model.cpp and cuda/src/gpu/model.cu allocate it.
+ * CPU, per thread: attention's forward 2 · 128 · seq floats and backward 4 · 128 · seq + 128 +
+ * 2 · seq · headDim floats, the cross-entropy's vocab floats (beside its f32 losses, 4 B a token); once:
+ * RoPE's cos/sin table and, when the
+ * embedding trains (full), the gradient's links, 4 · (2 · tokens + vocab). CUDA: attention backward's
+ * f32 row sums (batch · heads · seq), RMSNorm's per-chunk column sums, the embedding gradient's sort
+ * arrays (3 u32 per token). Not modelled, a few KB: CUB's sort storage, the optimizers' descriptor tables
+ * and 8-bit maps, the gradient norm's partial sums.
+ *
+ * @example
+ * ```ts
+ * import { LLAMA_CONFIGS, nativeScratchBytes } from "../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * // The tiny model (head dim 32) at 64 tokens on 2 threads: attention's backward, 2 · 36,992 floats.
+ * const s = nativeScratchBytes(LLAMA_CONFIGS.tiny, { seq: 64, batch: 1, mode: "lora", backend: "cpu", threads: 2 });
+ * assertEquals(s, 295_936);
+ * ```
+ */
+export function nativeScratchBytes(
+  config: LlamaConfig,
+  options: { seq: number; batch: number; mode: TrainMode; backend?: "cpu" | "cuda"; threads?: number },
+): number {
+  const { seq, batch, mode } = options;
+  const tokens = seq * batch, hd = config.dim / config.heads;
+  if ((options.backend ?? "cpu") === "cuda") {
+    const perChunk = Math.max(Math.floor(tokens / 1024) + 1, 32);
+    return Math.max(
+      4 * batch * config.heads * seq,
+      4 * Math.ceil(tokens / perChunk) * config.dim,
+      mode === "full" ? 12 * tokens : 0,
+    );
+  }
+  const threads = options.threads ?? navigator.hardwareConcurrency;
+  if (!Number.isSafeInteger(threads) || threads <= 0) {
+    throw new InvalidArgumentError(
+      `Cannot estimate memory: threads must be a positive integer, got ${threads}`,
+    );
+  }
+  const block = CPU_QUERY_BLOCK * seq;
+  return Math.max(
+    4 * threads * 2 * block,
+    4 * threads * (4 * block + CPU_QUERY_BLOCK + 2 * seq * hd),
+    4 * threads * config.vocabSize + 4 * tokens, // beside the f32 losses it writes (workspace too)
+    4 * (hd / 2 + seq * hd),
+    mode === "full" ? 4 * (2 * tokens + config.vocabSize) : 0,
+  );
 }
 
 /**
@@ -435,7 +500,9 @@ export function estimateMemory(config: LlamaConfig, options: EstimateOptions): M
       workspace = Math.max(workspace, w);
     }
   }
-  bytes.workspace = workspace;
+  // The kernels' scratch, held for one call each.
+  const scratch = nativeScratchBytes(config, { seq, batch, mode, backend, threads: options.threads });
+  bytes.workspace = Math.max(workspace, scratch);
   const peak = Object.values(bytes).reduce((a, b) => a + b, 0);
   const pageable = optimizer === "paged" ? states : 0;
   const pagePair = optimizer === "paged" ? Math.min(2 * (2 << 20), states) : 0;

@@ -163,7 +163,7 @@ export class LedgerSnapshot {
    * ```ts
    * import { LedgerSnapshot } from "./memory.ts";
    * import { assert } from "@std/assert";
-   * const s = LedgerSnapshot.fromWords("cpu", new BigUint64Array(26));
+   * const s = LedgerSnapshot.fromWords("cpu", new BigUint64Array(28));
    * assert(s.totalCurrent === 0);
    * ```
    */

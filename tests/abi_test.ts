@@ -23,7 +23,11 @@ Deno.test("names derived from the generated enums keep their native code order",
   assertEquals(QUANT_TYPES, ["nf4", "fp4", "int4"]);
   assertEquals(CATEGORIES.length, abi.NUM_CATEGORIES);
   assertEquals(CATEGORIES[abi.CATEGORY.OPTIMIZER_STATES], "optimizer_states");
-  assertEquals(abi.LEDGER_SNAPSHOT.size / 8, 26, "the ledger snapshot is 26 words (ABI 6: process_used)");
+  assertEquals(
+    abi.LEDGER_SNAPSHOT.size / 8,
+    28,
+    "the ledger snapshot is 28 words (ABI 6: process_used, refused_bytes, refused_category)",
+  );
 });
 
 function hasGxx(): boolean {

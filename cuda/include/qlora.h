@@ -95,6 +95,8 @@ typedef struct qlora_ledger_snapshot {
   uint64_t process_used;                  /* CPU: native heap in use (glibc mallinfo2: uordblks + hblkhd,
                                              every allocator user of the process, oneDNN included);
                                              CUDA: the driver's used bytes (device_total - device_free) */
+  uint64_t refused_bytes;                 /* the last request refused as out of memory (0: none yet) */
+  uint64_t refused_category;              /* its qlora_category */
 } qlora_ledger_snapshot;
 
 /* ---- library ---------------------------------------------------------------------------- */

@@ -178,7 +178,7 @@ export interface StructLayout<Field extends string> {
  * ```ts
  * import { LEDGER_SNAPSHOT } from "./abi.ts";
  * import { assert } from "@std/assert";
- * assert(LEDGER_SNAPSHOT.size === 208 && LEDGER_SNAPSHOT.offsets.process_used === 200);
+ * assert(LEDGER_SNAPSHOT.size === 224 && LEDGER_SNAPSHOT.offsets.refused_category === 216);
  * ```
  */
 export const LEDGER_SNAPSHOT: StructLayout<
@@ -194,8 +194,10 @@ export const LEDGER_SNAPSHOT: StructLayout<
   | "host_current"
   | "host_peak"
   | "process_used"
+  | "refused_bytes"
+  | "refused_category"
 > = Object.freeze({
-  size: 208,
+  size: 224,
   align: 8,
   offsets: Object.freeze({
     current: 0,
@@ -210,6 +212,8 @@ export const LEDGER_SNAPSHOT: StructLayout<
     host_current: 184,
     host_peak: 192,
     process_used: 200,
+    refused_bytes: 208,
+    refused_category: 216,
   }),
 });
 

@@ -6,8 +6,9 @@
  * @module
  */
 
-import { InvalidArgumentError } from "../errors.ts";
-import type { CATEGORY, COPY_KIND, DTYPE, QUANT_TYPE } from "./abi.ts";
+import { InvalidArgumentError, OutOfMemoryError } from "../errors.ts";
+import { CATEGORY, type COPY_KIND, type DTYPE, LEDGER_SNAPSHOT, type QUANT_TYPE, STATUS } from "./abi.ts";
+import { enumNames } from "./enums.ts";
 import { lastError, nativeError } from "./library.ts";
 import type { QloraSymbols } from "./symbols.ts";
 
@@ -37,7 +38,8 @@ export type CopyKindName = Lowercase<keyof typeof COPY_KIND>;
 
 /**
  * Throws the typed error of a native status (see `nativeError`): the class follows the status, the
- * message is the library's `qlora_last_error()`.
+ * message is the library's `qlora_last_error()`. Out of memory inside any call (an output, or a kernel's
+ * scratch) is an `OutOfMemoryError` carrying the refused request and the ledger at that moment.
  *
  * @example
  * ```ts
@@ -49,7 +51,46 @@ export type CopyKindName = Lowercase<keyof typeof COPY_KIND>;
  * ```
  */
 export function check(on: Native, status: number): void {
-  if (status !== 0) throw nativeError(status, lastError(on.native));
+  if (status === 0) return;
+  const message = lastError(on.native);
+  throw status === STATUS.OUT_OF_MEMORY ? outOfMemory(on, message) : nativeError(status, message);
+}
+
+/**
+ * `qlora_memory_stats`: the ledger as the words of `qlora_ledger_snapshot` (decoded by
+ * `LedgerSnapshot.fromWords`).
+ *
+ * @example
+ * ```ts
+ * import { memoryStats } from "./call.ts";
+ * import { LEDGER_SNAPSHOT } from "./abi.ts";
+ * import { getDevice } from "../../mod.ts";
+ * import { assert } from "@std/assert";
+ * assert(memoryStats(getDevice("cpu")).length === LEDGER_SNAPSHOT.size / 8);
+ * ```
+ */
+export function memoryStats(on: Native): BigUint64Array<ArrayBuffer> {
+  const words = new BigUint64Array(LEDGER_SNAPSHOT.size / 8);
+  check(on, on.native.symbols.qlora_memory_stats(words));
+  return words;
+}
+
+const CATEGORIES = enumNames(CATEGORY);
+
+// The ledger's words as an
+// OutOfMemoryError's details: the request the ledger refused last (this call's), the budget, current use.
+function outOfMemory(on: Native, message: string): OutOfMemoryError {
+  const w = memoryStats(on);
+  const word = (f: keyof typeof LEDGER_SNAPSHOT.offsets) => Number(w[LEDGER_SNAPSHOT.offsets[f] / 8]);
+  const current: Record<string, number> = {};
+  CATEGORIES.forEach((c, i) => current[c] = Number(w[LEDGER_SNAPSHOT.offsets.current / 8 + i]));
+  return new OutOfMemoryError(message, {
+    requested: word("refused_bytes"),
+    category: CATEGORIES[word("refused_category")] ?? "unknown",
+    budget: word("budget"),
+    current,
+    totalCurrent: word("total_current"),
+  });
 }
 
 /**

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { CATEGORY, COPY_KIND, LEDGER_SNAPSHOT, STATUS } from "./abi.ts";
+import { CATEGORY, COPY_KIND, STATUS } from "./abi.ts";
 import {
   anyAddress,
   type CategoryName,
@@ -133,23 +133,8 @@ export function memset(on: Native, buffer: DeviceBuffer, value: number, bytes: n
   check(on, on.native.symbols.qlora_memset(buffer.ptr, value, u64(bytes)));
 }
 
-/**
- * `qlora_memory_stats`: the ledger as the words of `qlora_ledger_snapshot` (decoded by
- * `LedgerSnapshot.fromWords`).
- *
- * @example
- * ```ts
- * import { memoryStats } from "./memory.ts";
- * import { getDevice } from "../../mod.ts";
- * import { assert } from "@std/assert";
- * assert(memoryStats(getDevice("cpu")).length === 25);
- * ```
- */
-export function memoryStats(on: Native): BigUint64Array<ArrayBuffer> {
-  const words = new BigUint64Array(LEDGER_SNAPSHOT.size / 8);
-  check(on, on.native.symbols.qlora_memory_stats(words));
-  return words;
-}
+// qlora_memory_stats lives in call.ts (an out-of-memory error reads the ledger through it).
+export { memoryStats } from "./call.ts";
 
 /**
  * `qlora_reset_peak`: sets every peak to the current value.

@@ -29,6 +29,8 @@ struct Ledger {
   uint64_t host_current = 0;
   uint64_t host_peak = 0;
   std::unordered_map<void*, uint64_t> host_live;  // host pool: pointer -> bytes
+  uint64_t refused_bytes = 0;                     // the last request refused as out of memory
+  uint64_t refused_category = 0;
 };
 
 Ledger& ledger() {
@@ -57,6 +59,8 @@ qlora_status ledger_oom(uint64_t bytes, int32_t category, const char* why) {
   Ledger& l = ledger();
   std::lock_guard<std::mutex> lock(l.mutex);
   char req[32], bud[32], tot[32], cats[512];
+  l.refused_bytes = bytes;  // for the caller's error (qlora_memory_stats), with the ledger at this moment
+  l.refused_category = (uint64_t)category;
   describe_locked(l, cats, sizeof cats);
   return fail(QLORA_ERR_OUT_OF_MEMORY,
               "Cannot allocate %s of %s: %s (budget %s, in use %s: %s)",
@@ -152,6 +156,8 @@ void ledger_snapshot(qlora_ledger_snapshot* out) {
   out->live_allocations = l.live.size();
   out->host_current = l.host_current;
   out->host_peak = l.host_peak;
+  out->refused_bytes = l.refused_bytes;
+  out->refused_category = l.refused_category;
 }
 
 }  // namespace qlora

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstring>
 #include <mutex>
+#include <string>
 
 #include "../common/ledger.h"
 #include "../common/status.h"
@@ -84,7 +85,10 @@ qlora_status cuda_status(cudaError_t e, const char* what, uint64_t bytes, int32_
 qlora_status scratch_malloc(void** p, uint64_t bytes, const char* what) {
   *p = nullptr;
   qlora_status s = ledger_reserve(bytes, QLORA_CAT_WORKSPACE);
-  if (s != QLORA_OK) return s;
+  if (s != QLORA_OK) {
+    const std::string why = qlora_last_error();  // as the CPU's Workspace says it
+    return fail(s, "Cannot %s: no room for its scratch: %s", what, why.c_str());
+  }
   s = cuda_status(cudaMallocAsync(p, bytes, gpu_stream()), what, bytes, QLORA_CAT_WORKSPACE);
   if (s != QLORA_OK) {
     *p = nullptr;

@@ -200,7 +200,7 @@ QLORA_API qlora_status qlora_adamw_step(const qlora_adamw_segment* segments, uin
     total += g.n;
   }
   descs[count] = SegmentDesc{nullptr, nullptr, nullptr, nullptr, nullptr, total, 0, 0};
-  // The descriptors go to stream-ordered scratch (a few bytes per segment, not counted by the ledger).
+  // The descriptors go to stream-ordered scratch (a few bytes per segment, counted as workspace).
   // The copy from pageable memory has read descs by the time cudaMemcpyAsync returns.
   const uint64_t bytes = (count + 1) * sizeof(SegmentDesc);
   SegmentDesc* dev = nullptr;
@@ -230,7 +230,7 @@ QLORA_API qlora_status qlora_adamw8_step(const qlora_adamw8_segment* segments, u
   memcpy(maps.s_mid, dynamic_map().midpoint, sizeof maps.s_mid);
   memcpy(maps.u_code, dynamic_map_unsigned().code, sizeof maps.u_code);
   memcpy(maps.u_mid, dynamic_map_unsigned().midpoint, sizeof maps.u_mid);
-  // The maps go to stream-ordered scratch (4 KB, not counted by the ledger); the copy from pageable
+  // The maps go to stream-ordered scratch (4 KB, counted as workspace); the copy from pageable
   // memory has read them by the time cudaMemcpyAsync returns.
   Adamw8Maps* dev = nullptr;
   s = scratch_malloc((void**)&dev, sizeof maps, what);
@@ -260,7 +260,7 @@ QLORA_API qlora_status qlora_sum_squares(const void* x, int32_t dtype, uint64_t 
   }
   const char* what = "sum squares";
   const uint64_t chunks = (n + kMeanChunk - 1) / kMeanChunk;
-  // Chunk sums and the total: n / 512 bytes of stream-ordered scratch, not counted by the ledger.
+  // Chunk sums and the total: n / 512 bytes of stream-ordered scratch, counted as workspace.
   const uint64_t bytes = (chunks + 1) * sizeof(double);
   double* partial = nullptr;
   s = scratch_malloc((void**)&partial, bytes, what);
