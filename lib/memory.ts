@@ -237,6 +237,12 @@ export class LedgerSnapshot {
         }`,
       );
     }
+    if (this.processUsed) {
+      const what = this.backend === "cpu" ? "native heap (mallinfo2)" : "driver's used memory";
+      rows.push(
+        `${"process".padEnd(18)} ${formatBytes(this.processUsed).padStart(11)}  ${what}, beside the ledger`,
+      );
+    }
     return rows.join("\n");
   }
 
@@ -250,7 +256,13 @@ export class LedgerSnapshot {
       `<table><thead><tr><th>${this.backend} ledger</th><th>current</th><th>peak</th></tr></thead>` +
       `<tbody>${rows}<tr><th>total</th>${cell(formatBytes(this.totalCurrent))}${
         cell(formatBytes(this.totalPeak))
-      }</tr></tbody></table>`;
+      }</tr>${
+        this.processUsed
+          ? `<tr><td>process (${this.backend === "cpu" ? "native heap" : "driver used"})</td>${
+            cell(formatBytes(this.processUsed))
+          }<td></td></tr>`
+          : ""
+      }</tbody></table>`;
     return { "text/plain": this.toString(), "text/html": html };
   }
 }
