@@ -39,19 +39,11 @@
 
 import { InvalidArgumentError } from "./errors.ts";
 import type { Category } from "./memory.ts";
-import type { LlamaConfig, TargetModule, TrainMode } from "./model.ts";
+import { type LlamaConfig, TARGET_MODULES, type TargetModule, type TrainMode } from "./llama_config.ts";
 import { ADAMW8_BLOCK } from "./optim.ts";
 
-/** The linear layers of a block, by Hugging Face name (the same order as `TARGET_MODULES`). */
-const MODULES: readonly TargetModule[] = [
-  "q_proj",
-  "k_proj",
-  "v_proj",
-  "o_proj",
-  "gate_proj",
-  "up_proj",
-  "down_proj",
-];
+/** The linear layers of a block, by Hugging Face name. */
+const MODULES: readonly TargetModule[] = TARGET_MODULES;
 
 /** Parameter counts of a LLaMA configuration. */
 export interface ParameterCounts {

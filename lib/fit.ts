@@ -34,7 +34,7 @@ import {
   type OptimizerKind,
 } from "./estimate.ts";
 import { formatBytes, parseBytes } from "./memory.ts";
-import type { LlamaConfig, TrainMode } from "./model.ts";
+import type { LlamaConfig, TrainMode } from "./llama_config.ts";
 
 /** A GPU generation and what a process typically loses to it before its first tensor. */
 export interface GpuGeneration {

@@ -39,10 +39,6 @@ import {
 } from "./model_ops.ts";
 import { Tensor } from "./tensor.ts";
 
-// The config table and the names of a model stay importable from here (lib/estimate.ts, lib/fit.ts,
-// scripts/_cli.ts import them from model.ts).
-export * from "./llama_config.ts";
-
 /**
  * A LLaMA model in one of three training modes.
  *
