@@ -28,6 +28,8 @@ import { parseBytes } from "../mod.ts";
 import { writeFileAtomic } from "../lib/atomic_file.ts";
 import { intFlags, parseArgs, runMain, UsageError } from "./_cli.ts";
 import { toMarkdown, writeReport } from "./_report.ts";
+import { DEFAULT_QUALITY } from "./table/quality.ts";
+import { README_RESULT, writeReadme } from "./table/readme.ts";
 import { runTable } from "./table/run.ts";
 import { DEFAULT_OPTIONS, type TableOptions } from "./table/types.ts";
 
@@ -50,7 +52,8 @@ export { extrapolate } from "./table/shape.ts";
 export { runTable } from "./table/run.ts";
 
 const USAGE = "usage: ./deno task table [--model tiny|7b|13b|70b] [--layers N] [--seq N] [--batch N] " +
-  "[--steps N] [--budget 6GiB] [--json] [--out DIR] [--max-seconds S] [--base WEIGHTS|none] [--pretrain-steps N]";
+  "[--steps N] [--budget 6GiB] [--json] [--out DIR] [--max-seconds S] [--base WEIGHTS|none] [--pretrain-steps N] " +
+  "[--no-quality] [--quality-seeds N] [--quality-steps N] [--readme]";
 
 if (import.meta.main) {
   // On a shared machine, OpenMP threads that spin while waiting slow each other down tenfold on small ops;
@@ -69,6 +72,10 @@ if (import.meta.main) {
       "max-seconds": "string",
       base: "string",
       "pretrain-steps": "string",
+      "no-quality": "boolean",
+      "quality-seeds": "string",
+      "quality-steps": "string",
+      readme: "boolean",
     });
     if (positional.length) throw new UsageError(`unexpected argument ${positional[0]}`);
     const model = (flags.model ?? "7b") as TableOptions["model"];
@@ -87,6 +94,11 @@ if (import.meta.main) {
       maxSeconds: int("max-seconds", DEFAULT_OPTIONS.maxSeconds),
       base: flags.base === "none" ? null : (flags.base as string | undefined) ?? DEFAULT_OPTIONS.base,
       pretrainSteps: int("pretrain-steps", DEFAULT_OPTIONS.pretrainSteps),
+      quality: flags["no-quality"] ? null : {
+        ...DEFAULT_QUALITY,
+        seeds: int("quality-seeds", DEFAULT_QUALITY.seeds),
+        steps: int("quality-steps", DEFAULT_QUALITY.steps),
+      },
     };
     const out = (flags.out as string | undefined) ?? "build/report";
     const result = await runTable(options);
@@ -94,6 +106,7 @@ if (import.meta.main) {
     const report = `${out}/report.html`;
     await writeReport(result, report);
     await writeFileAtomic(`${out}/table.json`, JSON.stringify(result, null, 2) + "\n");
+    if (flags.readme) await writeReadme(result, "README.md", README_RESULT);
     if (flags.json) {
       console.log(JSON.stringify(result, null, 2));
     } else {
@@ -101,6 +114,10 @@ if (import.meta.main) {
       console.log();
       console.log(toMarkdown(result.claims));
       console.log();
+      if (result.qualityTable) {
+        console.log(toMarkdown(result.qualityTable));
+        console.log();
+      }
       console.log(`${result.seconds.toFixed(0)} s on ${result.device}; report: ${report}`);
     }
   }, USAGE);

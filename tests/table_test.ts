@@ -25,6 +25,7 @@ async function table(args: string[], base = "none"): Promise<{ stdout: string; s
       base,
       "--pretrain-steps",
       "2",
+      "--no-quality", // tests/table_quality_test.ts runs the study at minimal size
       ...args,
     ],
     cwd: ROOT,

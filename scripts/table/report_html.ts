@@ -159,6 +159,7 @@ tr > th:first-child { background: #f4f4f4; }
 library (bytes really allocated), beside the analytic estimate.</p>
 ${toHTMLTable(r.comparison)}
 ${toHTMLTable(r.claims)}
+${r.qualityTable ? toHTMLTable(r.qualityTable) : ""}
 ${parts.join("\n")}
 </body></html>
 `;

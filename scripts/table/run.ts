@@ -9,17 +9,19 @@ import { claimsTable } from "./claims.ts";
 import { comparisonTable } from "./comparison.ts";
 import { measureConstants } from "./constants.ts";
 import { runShape } from "./shape.ts";
+import { type QualityResult, runQuality } from "./quality.ts";
+import { qualityTable } from "./quality_table.ts";
 import { runTiny } from "./tiny.ts";
 import type { TableOptions, TableResult } from "./types.ts";
 
 /**
- * Runs the experiments and builds both tables.
+ * Runs the experiments and builds the tables (the quality table when the study runs).
  *
  * @example
  * ```ts ignore
  * import { DEFAULT_OPTIONS, runTable } from "../table.ts";
  * const r = await runTable({ ...DEFAULT_OPTIONS, model: "tiny", steps: 3, seq: 32, batch: 2, base: null,
- *   pretrainSteps: 3 });
+ *   pretrainSteps: 3, quality: null });
  * console.log(r.comparison.rows.length);
  * ```
  */
@@ -37,12 +39,25 @@ export async function runTable(options: TableOptions): Promise<TableResult> {
   try {
     o.log!(`device ${device}${o.budget ? `, budget ${(o.budget / 2 ** 30).toFixed(2)} GiB` : ""}`);
     const constants = measureConstants(device);
-    const tiny = await runTiny(o, device);
+    let quality: QualityResult | null = null;
+    const q = o.quality;
+    const tiny = await runTiny(
+      o,
+      device,
+      q
+        ? async (t) => void (quality = await runQuality(t.weights, t.config, t.sotu, { ...q, log: o.log }))
+        : undefined,
+    );
     const shape = o.model === "tiny" ? null : await runShape(o, o.model, device, started);
     const seconds = (performance.now() - started) / 1000;
     const { log: _log, ...plain } = o;
-    const partial = { options: plain, device: String(device), tiny, shape, constants, seconds };
-    return { ...partial, comparison: comparisonTable(partial), claims: claimsTable(partial) };
+    const partial = { options: plain, device: String(device), tiny, shape, constants, quality, seconds };
+    return {
+      ...partial,
+      comparison: comparisonTable(partial),
+      claims: claimsTable(partial),
+      qualityTable: quality ? qualityTable(quality) : null,
+    };
   } finally {
     device.setMemoryBudget(previousBudget);
   }

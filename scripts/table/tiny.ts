@@ -149,15 +149,34 @@ async function tinyRun(
   };
 }
 
-export async function runTiny(o: TableOptions, device: Device): Promise<TinyResult> {
+/** The pretrained base and the fine-tuning data, handed to a study that runs before the tiny runs. */
+export interface TinyInputs {
+  /** The tiny config. */
+  config: LlamaConfig;
+  /** The pretrained base's weights. */
+  weights: WeightSource;
+  /** State of the Union, split by address. */
+  sotu: TextDataset;
+}
+
+/**
+ * Fine-tunes the pretrained tiny base in each mode; `study` (the quality study) runs first on the same
+ * base and data, outside the memory budget.
+ */
+export async function runTiny(
+  o: TableOptions,
+  device: Device,
+  study?: (inputs: TinyInputs) => Promise<void>,
+): Promise<TinyResult> {
   const log = o.log!;
   const config = { ...LLAMA_CONFIGS.tiny };
   const tokenizer = new ByteTokenizer({ padVocabTo: 64 });
   const { weights, base } = await tinyBase(o, config, tokenizer);
+  const sotu = TextDataset.fromDocuments(await loadDocuments("sotu"), { tokenizer, seed: 0 });
+  if (study && weights) await study({ config, weights, sotu });
   // The budget applies to fine-tuning and the large scale, not to pretraining the base.
   if (o.budget) device.setMemoryBudget(o.budget);
   const seq = o.model === "tiny" ? o.seq : 128, batch = o.model === "tiny" ? o.batch : 8;
-  const sotu = TextDataset.fromDocuments(await loadDocuments("sotu"), { tokenizer, seed: 0 });
   const runs: TinyRun[] = [];
   for (const mode of ["full", "lora", "qlora"] as const) {
     const estimate = estimateMemory(config, { mode, seq, batch, dtype: "f32", rank: RANK });

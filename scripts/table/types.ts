@@ -6,6 +6,7 @@
  */
 
 import type { Category, LlamaConfig, MemoryEstimate, TrainMode } from "../../mod.ts";
+import { DEFAULT_QUALITY, type QualityOptions, type QualityResult } from "./quality.ts";
 
 /** The model shapes the large scale can use. */
 export type ShapeName = "7b" | "13b" | "70b";
@@ -44,6 +45,8 @@ export interface TableOptions {
   base: string | null;
   /** Pretraining steps on Brown when there is no base to load. */
   pretrainSteps: number;
+  /** The quality study on the tiny base (null: skipped). */
+  quality: Omit<QualityOptions, "log"> | null;
   /** Progress lines (default: stderr with the elapsed time). */
   log?: (line: string) => void;
 }
@@ -59,6 +62,7 @@ export const DEFAULT_OPTIONS: TableOptions = {
   maxSeconds: 420,
   base: "build/tiny-base.safetensors",
   pretrainSteps: 300,
+  quality: DEFAULT_QUALITY,
 };
 
 /** One measured run: ledger peaks during training steps, timings, parameter counts. */
@@ -223,9 +227,13 @@ export interface TableResult {
   comparison: Table;
   /** The claims table. */
   claims: Table;
+  /** The quality study (null when skipped). */
+  quality: QualityResult | null;
+  /** Its table (null when skipped). */
+  qualityTable: Table | null;
   /** Seconds the run took. */
   seconds: number;
 }
 
 /** What the tables are built from: a run's result before the tables. */
-export type TableInput = Omit<TableResult, "comparison" | "claims">;
+export type TableInput = Omit<TableResult, "comparison" | "claims" | "qualityTable">;
