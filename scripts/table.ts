@@ -1,11 +1,14 @@
 /**
  * `./deno task table [--model tiny|7b|13b|70b] [--layers N] [--seq N] [--batch N] [--steps N]
- * [--budget 6GiB] [--json] [--out DIR] [--max-seconds S] [--base WEIGHTS] [--pretrain-steps N]`:
+ * [--budget 6GiB] [--json] [--out DIR] [--max-seconds S] [--base WEIGHTS] [--pretrain-steps N] [--no-quality]
+ * [--quality-seeds N] [--quality-steps N] [--readme] [--readme-from FILE]`:
  * measures what full fine-tuning, LoRA and QLoRA cost and deliver, and prints the comparison table (with
- * measured values) and the table of claims checked against the measurements; writes `DIR/report.html`
- * (offline, plotly.js inlined) and `DIR/table.json`.
+ * measured values), the table of claims checked against the measurements and the quality table; writes
+ * `DIR/report.html` (offline, plotly.js inlined) and `DIR/table.json`. `--readme` also rewrites README.md's
+ * table section from the run (and saves the run to tests/data/readme_table.json; see table/readme.ts);
+ * `--readme-from FILE` rebuilds that section from a saved run with the current formatters, running nothing.
  *
- * Two scales:
+ * Two scales and a study:
  * - tiny: the tiny LLaMA pretrained on the Brown corpus (loaded from `--base` when it exists with the
  *   tiny config, else pretrained for `--pretrain-steps`, and saved there when no file exists; `--base none`
  *   neither loads nor saves), then fine-tuned on State of the Union addresses in each mode for
@@ -15,6 +18,14 @@
  *   linearly to the real layer count; then the whole model is measured (QLoRA first, then LoRA, full)
  *   where the memory of this machine and the time limit (`--max-seconds`, default 420) allow it. With
  *   `--model tiny` only the tiny scale runs, and `--seq`/`--batch` apply to it.
+ * - quality (table/quality.ts; skipped with `--no-quality`): the pretrained tiny base with its linear
+ *   weights in bf16, NF4, NF4 + double quantization, FP4 and Int4; held-out SOTU perplexity before and after
+ *   LoRA/QLoRA fine-tuning (one learning rate chosen by a small sweep; `--quality-seeds` seeds, default 3,
+ *   of `--quality-steps` steps, default 30), mean +- std, differences weighed against the seed spread.
+ *
+ * The code: table/types.ts (result types), table/tiny.ts, table/shape.ts, table/constants.ts,
+ * table/quality.ts (the experiments), table/run.ts (all of them), table/comparison.ts, table/claims.ts,
+ * table/quality_table.ts (the tables), table/format.ts, table/report_html.ts, table/readme.ts (renderings).
  *
  * Every memory figure comes from the ledger; the estimator (lib/estimate.ts) stands beside it. Progress
  * goes to stderr, the tables to stdout (`--json`: the whole result as JSON). The command sets
@@ -29,7 +40,7 @@ import { writeFileAtomic } from "../lib/atomic_file.ts";
 import { intFlags, parseArgs, runMain, UsageError } from "./_cli.ts";
 import { toMarkdown, writeReport } from "./_report.ts";
 import { DEFAULT_QUALITY } from "./table/quality.ts";
-import { README_RESULT, writeReadme } from "./table/readme.ts";
+import { README_RESULT, rewriteReadme, writeReadme } from "./table/readme.ts";
 import { runTable } from "./table/run.ts";
 import { DEFAULT_OPTIONS, type TableOptions } from "./table/types.ts";
 
@@ -53,7 +64,7 @@ export { runTable } from "./table/run.ts";
 
 const USAGE = "usage: ./deno task table [--model tiny|7b|13b|70b] [--layers N] [--seq N] [--batch N] " +
   "[--steps N] [--budget 6GiB] [--json] [--out DIR] [--max-seconds S] [--base WEIGHTS|none] [--pretrain-steps N] " +
-  "[--no-quality] [--quality-seeds N] [--quality-steps N] [--readme]";
+  "[--no-quality] [--quality-seeds N] [--quality-steps N] [--readme] [--readme-from FILE]";
 
 if (import.meta.main) {
   // On a shared machine, OpenMP threads that spin while waiting slow each other down tenfold on small ops;
@@ -76,8 +87,14 @@ if (import.meta.main) {
       "quality-seeds": "string",
       "quality-steps": "string",
       readme: "boolean",
+      "readme-from": "string",
     });
     if (positional.length) throw new UsageError(`unexpected argument ${positional[0]}`);
+    if (flags["readme-from"]) {
+      await rewriteReadme("README.md", flags["readme-from"] as string);
+      console.log(`README.md's table section rebuilt from ${flags["readme-from"]}`);
+      return;
+    }
     const model = (flags.model ?? "7b") as TableOptions["model"];
     if (!["tiny", "7b", "13b", "70b"].includes(model)) {
       throw new UsageError("--model must be tiny, 7b, 13b or 70b");

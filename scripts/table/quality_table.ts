@@ -22,7 +22,7 @@ const signed = (x: number) => `${x >= 0 ? "+" : ""}${x.toFixed(3)}`;
  * import { compare } from "./stats.ts";
  * import { assertStringIncludes } from "@std/assert";
  * const text = describeDifference(compare([7.0, 7.1, 7.2], [7.5, 7.6, 7.7]));
- * assertStringIncludes(text, "+0.500 (larger than the spread 0.200)");
+ * assertStringIncludes(text, "+0.500 (larger than the spread 0.200; same seeds: +0.500");
  * ```
  */
 export function describeDifference(d: Difference): string {

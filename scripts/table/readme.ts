@@ -88,7 +88,16 @@ export function sectionOf(readme: string): string {
   return readme.slice(i + README_BEGIN.length + 1, j - 1);
 }
 
-/** CPU model, logical cores and memory of this machine (Linux; "unknown CPU" elsewhere). */
+/**
+ * CPU model, logical cores and memory of this machine (Linux; "unknown CPU" elsewhere).
+ *
+ * @example
+ * ```ts
+ * import { machine } from "./readme.ts";
+ * import { assertStringIncludes } from "@std/assert";
+ * assertStringIncludes(machine(), "logical cores");
+ * ```
+ */
 export function machine(): string {
   let cpu = "unknown CPU";
   try {
@@ -99,7 +108,15 @@ export function machine(): string {
   return `${cpu}, ${navigator.hardwareConcurrency} logical cores, ${gib} GiB RAM`;
 }
 
-/** Saves `result` to `resultPath` and rewrites the README's section from it. */
+/**
+ * Saves `result` (with this machine) to `resultPath` and rewrites the README's section from it.
+ *
+ * @example
+ * ```ts ignore
+ * // what `./deno task table --readme` does after its run
+ * await writeReadme(result, "README.md", README_RESULT);
+ * ```
+ */
 export async function writeReadme(
   result: TableResult,
   readmePath: string,
@@ -107,6 +124,20 @@ export async function writeReadme(
 ): Promise<void> {
   const source: ReadmeSource = { machine: machine(), result };
   await writeFileAtomic(resultPath, JSON.stringify(source, null, 2) + "\n");
+  await rewriteReadme(readmePath, resultPath);
+}
+
+/**
+ * Rewrites the README's section from a result saved by {@linkcode writeReadme}, with the current
+ * formatters (`./deno task table --readme-from FILE`: after a formatter changes, no new run needed).
+ *
+ * @example
+ * ```ts ignore
+ * await rewriteReadme("README.md", "tests/data/readme_table.json");
+ * ```
+ */
+export async function rewriteReadme(readmePath: string, resultPath: string): Promise<void> {
+  const source = JSON.parse(await Deno.readTextFile(resultPath)) as ReadmeSource;
   const readme = await Deno.readTextFile(readmePath);
   await writeFileAtomic(readmePath, replaceSection(readme, readmeSection(source)));
 }
