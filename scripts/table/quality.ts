@@ -77,7 +77,7 @@ export interface QualityOptions {
 export const DEFAULT_QUALITY: QualityOptions = {
   seeds: 3,
   steps: 30,
-  lrs: [1e-3, 3e-3, 1e-2],
+  lrs: [3e-3, 1e-2, 3e-2],
   testBatches: 48,
   devBatches: 8,
   batch: 4,

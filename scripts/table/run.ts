@@ -11,7 +11,7 @@ import { measureConstants } from "./constants.ts";
 import { runShape } from "./shape.ts";
 import { type QualityResult, runQuality } from "./quality.ts";
 import { qualityTable } from "./quality_table.ts";
-import { runTiny } from "./tiny.ts";
+import { runTiny, type TinyInputs } from "./tiny.ts";
 import type { TableOptions, TableResult } from "./types.ts";
 
 /**
@@ -39,16 +39,18 @@ export async function runTable(options: TableOptions): Promise<TableResult> {
   try {
     o.log!(`device ${device}${o.budget ? `, budget ${(o.budget / 2 ** 30).toFixed(2)} GiB` : ""}`);
     const constants = measureConstants(device);
-    let quality: QualityResult | null = null;
+    let quality: QualityResult | null = null, studyMs = 0;
     const q = o.quality;
-    const tiny = await runTiny(
-      o,
-      device,
-      q
-        ? async (t) => void (quality = await runQuality(t.weights, t.config, t.sotu, { ...q, log: o.log }))
-        : undefined,
-    );
-    const shape = o.model === "tiny" ? null : await runShape(o, o.model, device, started);
+    const study = q
+      ? async (t: TinyInputs) => {
+        const s0 = performance.now();
+        quality = await runQuality(t.weights, t.config, t.sotu, { ...q, log: o.log });
+        studyMs = performance.now() - s0;
+      }
+      : undefined;
+    const tiny = await runTiny(o, device, study);
+    // --max-seconds limits the experiments of the comparison table: the study's time is not counted.
+    const shape = o.model === "tiny" ? null : await runShape(o, o.model, device, started + studyMs);
     const seconds = (performance.now() - started) / 1000;
     const { log: _log, ...plain } = o;
     const partial = { options: plain, device: String(device), tiny, shape, constants, quality, seconds };

@@ -39,7 +39,10 @@ export interface TableOptions {
   steps: number;
   /** Device memory budget in bytes (0: none). */
   budget: number;
-  /** Whole-model runs start only when projected to end within this many seconds of the start. */
+  /**
+   * Whole-model runs start only when projected to end within this many seconds of the start (the quality
+   * study's time not counted).
+   */
   maxSeconds: number;
   /** Pretrained tiny base: loaded when present with the tiny config, else pretrained and saved (null: neither). */
   base: string | null;
