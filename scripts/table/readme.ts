@@ -2,7 +2,8 @@
  * README.md's table section is the command's own output: `./deno task table --readme` replaces the text
  * between two marker comments with the tables built from the run's result, and saves that result (with
  * the machine it ran on) to `tests/data/readme_table.json`, so a test can rebuild the section and check
- * that nobody retyped it.
+ * that nobody retyped it. The markers sit inside `<!-- deno-fmt-ignore-start -->` /
+ * `<!-- deno-fmt-ignore-end -->`, so `deno fmt` leaves the generated text as the formatters made it.
  *
  * @module
  */
