@@ -7,7 +7,11 @@ const SCRIPT = new URL("../scripts/table.ts", import.meta.url).pathname;
 const ROOT = new URL("..", import.meta.url).pathname;
 
 /** Runs `deno task table` quickly: the tiny model only, a few steps, a base pretrained for 2 steps. */
-async function table(args: string[], base = "none"): Promise<{ stdout: string; stderr: string }> {
+async function table(
+  args: string[],
+  base = "none",
+  quality = ["--no-quality"],
+): Promise<{ stdout: string; stderr: string }> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -25,6 +29,7 @@ async function table(args: string[], base = "none"): Promise<{ stdout: string; s
       base,
       "--pretrain-steps",
       "2",
+      ...quality, // tests/table_quality_test.ts runs the study itself at minimal size
       ...args,
     ],
     cwd: ROOT,
@@ -112,6 +117,35 @@ Deno.test("table: a smoke run prints both tables as JSON and writes an offline r
     const md = toMarkdown(r.comparison).split("\n");
     assertEquals(md[2], "|  | Full Fine-Tuning | LoRA | QLoRA |");
     assertEquals(md.filter((l) => l.startsWith("| ")).length, 2 + r.comparison.rows.length);
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
+
+// Under the CUDA emulator the study through the command takes over 10 minutes; tests/table_quality_test.ts
+// runs the study itself at minimal size there.
+const emulatedBackend = (Deno.env.get("QLORA_BACKEND") ?? "") === "cuda-emu";
+
+Deno.test({
+  name: "table: the quality study runs with the command and prints its table",
+  ignore: emulatedBackend,
+}, async () => {
+  const out = await Deno.makeTempDir();
+  try {
+    const { stdout, stderr } = await table(["--out", out], "none", [
+      "--quality-seeds",
+      "2",
+      "--quality-steps",
+      "1",
+    ]);
+    assertStringIncludes(stderr, "quality: int4: perplexity");
+    assertStringIncludes(stdout, "## Quality by data type of the base");
+    assertStringIncludes(stdout, "(mean +- std, 2 seeds)");
+    assertStringIncludes(stdout, 'Claim "NF4 preserves much higher accuracy than Int4"');
+    const r = JSON.parse(await Deno.readTextFile(`${out}/table.json`)) as TableResult;
+    assertEquals(r.quality!.formats.map((f) => f.after.length), [2, 2, 2, 2, 2]);
+    assertEquals(r.qualityTable!.headers.length, 6);
+    assertStringIncludes(await Deno.readTextFile(`${out}/report.html`), "Quality by data type");
   } finally {
     await Deno.remove(out, { recursive: true });
   }
