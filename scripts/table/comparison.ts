@@ -32,6 +32,8 @@ interface Column {
   inferTps: number;
   tag: string;
   missing?: string;
+  /** The ledger's coverage of the process's memory over a forward pass (NaN: not measured). */
+  coverage: number;
 }
 
 function shapeColumn(cell: ShapeCell): Column {
@@ -47,6 +49,7 @@ function shapeColumn(cell: ShapeCell): Column {
     trainTps: v ? v.tokens / v.stepSeconds : 0,
     inferTps: v ? v.tokens / v.inferSeconds : 0,
     tag: TAGS[cell.how],
+    coverage: v?.coverage ?? NaN,
     missing: v ? undefined : `${cell.how}${cell.note ? `: ${cell.note}` : ""}`,
   };
 }
@@ -63,6 +66,7 @@ function tinyColumn(run: TinyRun): Column {
     inferTps: run.inferTokensPerSecond,
     tag: "whole",
     missing: run.oom,
+    coverage: NaN,
   };
 }
 
@@ -251,6 +255,12 @@ function speedAndLossRows({ r, cols, tinyCols, at, tagged }: Columns): string[][
   if (shape) {
     rows.push([`Training tokens/s${at}`, ...cols.map((c) => tagged(c, tps(c.trainTps)))]);
     rows.push([`Inference tokens/s${at}`, ...cols.map((c) => tagged(c, tps(c.inferTps)))]);
+    const covered = (c: Column) =>
+      c.missing ??
+        (Number.isFinite(c.coverage)
+          ? `${pct(c.coverage, 2)} of what the process took over a forward pass`
+          : "not measured");
+    rows.push([`Ledger coverage${at} (measured)`, ...cols.map(covered)]);
     rows.push([
       "Memory: peak (tiny)",
       ...tinyCols.map((c) => memCell(c, c.totalPeak, c.estimate.peak)),
@@ -288,6 +298,10 @@ function comparisonNotes(r: TableInput): string[] {
       `[extrapolated] = measured on models of 1 and ${shape.partialLayers} real-size blocks (real embeddings and ` +
         `LM head), extrapolated linearly to ${shape.config.layers} blocks (bytes and seconds); [whole] = the ` +
         `whole model measured.`,
+      "Ledger coverage: over the forward pass of the last measured step, the growth of the ledger's total " +
+        "against the growth of the memory the process holds (its native heap by glibc's mallinfo2 on the CPU, " +
+        "which also sees oneDNN's and Deno's allocations; the driver's used bytes on CUDA); below 100%, " +
+        "memory the ledger did not see.",
       "Timings: the fastest of 3 repeats on the partial models (1 on whole models), after a warm-up step; " +
         "other work on a shared machine makes them noisy, and extrapolated seconds are the least precise " +
         "figures here (full fine-tuning's forward pass is the same dense computation as merged LoRA's).",

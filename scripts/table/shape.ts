@@ -11,6 +11,7 @@ import {
   CATEGORIES,
   type Device,
   estimateMemory,
+  ledgerCoverage,
   LLAMA_CONFIGS,
   type LlamaConfig,
   LlamaModel,
@@ -60,11 +61,13 @@ function measureModel(
     const Opt = mode === "qlora" ? PagedAdamW : AdamW;
     using opt = new Opt(model.trainables(), { lr: 1e-5, masterWeights, weightDecay: 0 });
     device.resetPeak();
-    let stepSeconds = Infinity;
+    let stepSeconds = Infinity, coverage = NaN;
     for (let step = 0; step <= reps; step++) {
       const s0 = performance.now();
       model.zeroGrad();
+      const before = step === reps ? device.memory() : null;
       model.forward(tokens, targets);
+      if (before) coverage = ledgerCoverage(before, device.memory());
       model.backward();
       opt.step();
       if (step > 0) stepSeconds = Math.min(stepSeconds, (performance.now() - s0) / 1000);
@@ -80,6 +83,7 @@ function measureModel(
       stepSeconds,
       inferSeconds: 0,
       tokens: n,
+      coverage,
     });
   }
   const precisions = precisionsOf(model);
@@ -120,6 +124,8 @@ export function extrapolate(a: Measurement, b: Measurement, layers: number): Mea
     stepSeconds: f(a.stepSeconds, b.stepSeconds),
     inferSeconds: f(a.inferSeconds, b.inferSeconds),
     tokens: b.tokens,
+    // Measured, not extrapolated: the lower of the two models'.
+    coverage: Math.min(a.coverage ?? NaN, b.coverage ?? NaN),
   };
 }
 

@@ -88,6 +88,12 @@ export interface Measurement {
   inferSeconds: number;
   /** Tokens per step. */
   tokens: number;
+  /**
+   * Of the memory the process took over the forward pass of the last training step (its native heap on
+   * the CPU, the driver's used bytes on CUDA), the share the ledger counts (`ledgerCoverage`); measured on
+   * the models that ran, never extrapolated. Absent in results saved before it existed.
+   */
+  coverage?: number;
 }
 
 /** The precisions of the tensors of a model, read from them. */
