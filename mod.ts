@@ -31,7 +31,10 @@ export { fillOrDispose, type RandnOptions, shapeSize, Tensor, type TensorOptions
 export * from "./lib/quant.ts";
 export * from "./lib/ops.ts";
 export * from "./lib/lora.ts";
-export * from "./lib/optim.ts";
+export * from "./lib/optimizer.ts";
+export * from "./lib/adamw.ts";
+export * from "./lib/adamw8bit.ts";
+export * from "./lib/paged_adamw.ts";
 export * from "./lib/model_ops.ts";
 export * from "./lib/llama_config.ts";
 export * from "./lib/model.ts";

@@ -18,7 +18,7 @@
 import { MODULE_PATHS, type TargetModule } from "./llama_config.ts";
 import type { LlamaModel } from "./model.ts";
 import { LoRALinear } from "./lora.ts";
-import type { StateTensor } from "./optim.ts";
+import type { StateTensor } from "./optimizer.ts";
 import { readSafetensors, SafetensorsReader, SafetensorsWriter, writeSafetensors } from "./safetensors.ts";
 import { bf16ToF32, hostArray } from "./dtype.ts";
 import { writeFileAtomic } from "./atomic_file.ts";

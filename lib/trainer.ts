@@ -10,7 +10,9 @@
 
 import { formatBytes } from "./memory.ts";
 import type { LlamaModel } from "./model.ts";
-import { AdamW, AdamW8bit, PagedAdamW } from "./optim.ts";
+import { AdamW } from "./adamw.ts";
+import { AdamW8bit } from "./adamw8bit.ts";
+import { PagedAdamW } from "./paged_adamw.ts";
 import { axpby } from "./ops.ts";
 import { LoRALinear } from "./lora.ts";
 import { Tensor } from "./tensor.ts";
