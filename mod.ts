@@ -43,7 +43,17 @@ export * from "./lib/model_dir.ts";
 export * from "./lib/examples.ts";
 export * from "./lib/trainer.ts";
 export * from "./lib/resume.ts";
-export * from "./lib/safetensors.ts";
+export {
+  bytesPerElement,
+  isSafetensorsDtype,
+  parseSafetensorsHeader,
+  type SafetensorsDtype,
+  type SafetensorsHeader,
+  type TensorEntry,
+  type TensorInfo,
+} from "./lib/safetensors_header.ts";
+export * from "./lib/safetensors_reader.ts";
+export * from "./lib/safetensors_writer.ts";
 export * from "./lib/checkpoint.ts";
 export * from "./lib/plot.ts";
 export * from "./lib/data.ts";
