@@ -41,7 +41,10 @@ export * from "./lib/model.ts";
 export * from "./lib/weights_file.ts";
 export * from "./lib/model_dir.ts";
 export * from "./lib/examples.ts";
+export * from "./lib/batches.ts";
+export * from "./lib/schedule.ts";
 export * from "./lib/trainer.ts";
+export * from "./lib/training_progress.ts";
 export * from "./lib/resume.ts";
 export {
   bytesPerElement,

@@ -25,7 +25,7 @@ import { bf16ToF32, hostArray } from "./dtype.ts";
 import { writeFileAtomic } from "./atomic_file.ts";
 import { Tensor } from "./tensor.ts";
 import { InvalidArgumentError } from "./errors.ts";
-import type { StepInfo } from "./trainer.ts";
+import type { StepInfo } from "./training_progress.ts";
 
 /** A LoRA layer of a model with its PEFT key prefix (`base_model.model.model.layers.N.self_attn.q_proj`). */
 interface LoRAEntry {
