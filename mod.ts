@@ -31,16 +31,32 @@ export { fillOrDispose, type RandnOptions, shapeSize, Tensor, type TensorOptions
 export * from "./lib/quant.ts";
 export * from "./lib/ops.ts";
 export * from "./lib/lora.ts";
-export * from "./lib/optim.ts";
+export * from "./lib/optimizer.ts";
+export * from "./lib/adamw.ts";
+export * from "./lib/adamw8bit.ts";
+export * from "./lib/paged_adamw.ts";
 export * from "./lib/model_ops.ts";
 export * from "./lib/llama_config.ts";
 export * from "./lib/model.ts";
 export * from "./lib/weights_file.ts";
 export * from "./lib/model_dir.ts";
 export * from "./lib/examples.ts";
+export * from "./lib/batches.ts";
+export * from "./lib/schedule.ts";
 export * from "./lib/trainer.ts";
+export * from "./lib/training_progress.ts";
 export * from "./lib/resume.ts";
-export * from "./lib/safetensors.ts";
+export {
+  bytesPerElement,
+  isSafetensorsDtype,
+  parseSafetensorsHeader,
+  type SafetensorsDtype,
+  type SafetensorsHeader,
+  type TensorEntry,
+  type TensorInfo,
+} from "./lib/safetensors_header.ts";
+export * from "./lib/safetensors_reader.ts";
+export * from "./lib/safetensors_writer.ts";
 export * from "./lib/checkpoint.ts";
 export * from "./lib/plot.ts";
 export * from "./lib/data.ts";

@@ -25,7 +25,9 @@ import {
   quantMap,
   type QuantType,
 } from "./quant.ts";
-import { type SafetensorsDtype, SafetensorsReader, SafetensorsWriter } from "./safetensors.ts";
+import type { SafetensorsDtype } from "./safetensors_header.ts";
+import { SafetensorsReader } from "./safetensors_reader.ts";
+import { SafetensorsWriter } from "./safetensors_writer.ts";
 import { Tensor } from "./tensor.ts";
 
 /** Options of {@linkcode quantizeCheckpoint}. */

@@ -40,7 +40,7 @@
 import { InvalidArgumentError } from "./errors.ts";
 import type { Category } from "./memory.ts";
 import { type LlamaConfig, TARGET_MODULES, type TargetModule, type TrainMode } from "./llama_config.ts";
-import { ADAMW8_BLOCK } from "./optim.ts";
+import { ADAMW8_BLOCK } from "./adamw8bit.ts";
 
 /** The linear layers of a block, by Hugging Face name. */
 const MODULES: readonly TargetModule[] = TARGET_MODULES;

@@ -17,7 +17,7 @@ import { Xorshift128 } from "./random.ts";
 import { fingerprint, type SamplerState } from "./sampler.ts";
 import { InvalidArgumentError } from "./errors.ts";
 import { encodePair, type Tokenizer } from "./tokenizer.ts";
-import { type BatchSource, datasetSource, type TokenBatch } from "./trainer.ts";
+import { type BatchSource, datasetSource, type TokenBatch } from "./batches.ts";
 
 /** One training example. */
 export type Example = { text: string } | { prompt: string; completion: string };

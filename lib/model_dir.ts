@@ -22,7 +22,9 @@ import { bf16ToF32, f16ToF32 } from "./dtype.ts";
 import { InvalidArgumentError } from "./errors.ts";
 import type { LlamaConfig, WeightSource } from "./llama_config.ts";
 import type { LlamaModel } from "./model.ts";
-import { SafetensorsReader, SafetensorsWriter, type TensorInfo } from "./safetensors.ts";
+import type { TensorInfo } from "./safetensors_header.ts";
+import { SafetensorsReader } from "./safetensors_reader.ts";
+import { SafetensorsWriter } from "./safetensors_writer.ts";
 
 /** The float type of the stored weights (`torch_dtype`). */
 export type StoredDtype = "f32" | "bf16" | "f16";

@@ -18,13 +18,14 @@
 import { MODULE_PATHS, type TargetModule } from "./llama_config.ts";
 import type { LlamaModel } from "./model.ts";
 import { LoRALinear } from "./lora.ts";
-import type { StateTensor } from "./optim.ts";
-import { readSafetensors, SafetensorsReader, SafetensorsWriter, writeSafetensors } from "./safetensors.ts";
+import type { StateTensor } from "./optimizer.ts";
+import { readSafetensors, SafetensorsReader } from "./safetensors_reader.ts";
+import { SafetensorsWriter, writeSafetensors } from "./safetensors_writer.ts";
 import { bf16ToF32, hostArray } from "./dtype.ts";
 import { writeFileAtomic } from "./atomic_file.ts";
 import { Tensor } from "./tensor.ts";
 import { InvalidArgumentError } from "./errors.ts";
-import type { StepInfo } from "./trainer.ts";
+import type { StepInfo } from "./training_progress.ts";
 
 /** A LoRA layer of a model with its PEFT key prefix (`base_model.model.model.layers.N.self_attn.q_proj`). */
 interface LoRAEntry {

@@ -1,23 +1,22 @@
 /**
- * Training loop for {@linkcode LlamaModel}: learning-rate warm-up and cosine decay, clipping by global
- * norm, gradient accumulation, evaluation loss and perplexity, tokens per second, a ledger snapshot per
- * step, progress in a terminal or a notebook, and resumable checkpoints (lib/resume.ts): every N steps and
- * at the end, the last K kept; `resume` continues from the latest complete one and ends bit for bit where
- * an uninterrupted run ends.
+ * Training loop for {@linkcode LlamaModel}: the learning-rate schedule of `schedule.ts`, clipping by
+ * global norm, gradient accumulation, evaluation loss and perplexity, tokens per second, a ledger
+ * snapshot per step ({@linkcode StepInfo}, shown by `training_progress.ts`), and resumable checkpoints
+ * (lib/resume.ts): every N steps and at the end, the last K kept; `resume` continues from the latest
+ * complete one and ends bit for bit where an uninterrupted run ends. Batches come from a
+ * {@linkcode BatchSource} (`batches.ts`).
  *
  * @module
  */
 
-import { formatBytes } from "./memory.ts";
-import type { LlamaModel } from "./model.ts";
-import { AdamW, AdamW8bit, PagedAdamW } from "./optim.ts";
-import { axpby } from "./ops.ts";
-import { LoRALinear } from "./lora.ts";
-import { Tensor } from "./tensor.ts";
+import { AdamW } from "./adamw.ts";
+import { AdamW8bit } from "./adamw8bit.ts";
+import type { BatchSource, TokenBatch } from "./batches.ts";
 import { InvalidArgumentError } from "./errors.ts";
-import type { TextDataset } from "./dataset.ts";
-import { type BatchSampler, fingerprint, type SamplerState } from "./sampler.ts";
-import { JUPYTER_DISPLAY } from "./memory.ts";
+import { LoRALinear } from "./lora.ts";
+import type { LlamaModel } from "./model.ts";
+import { axpby } from "./ops.ts";
+import { PagedAdamW } from "./paged_adamw.ts";
 import {
   type CheckpointEntry,
   dropoutSteps,
@@ -29,90 +28,9 @@ import {
   type TrainingState,
   writeTrainingCheckpoint,
 } from "./resume.ts";
-
-/** A batch of token ids, row-major `[batch, seq]`; targets are the inputs shifted by one. */
-export interface TokenBatch {
-  /** Input ids. */
-  inputs: Int32Array;
-  /** Next-token ids (-1 = ignored). */
-  targets: Int32Array;
-}
-
-/** Where batches come from (see `TextDataset` in lib/data.ts). */
-export interface BatchSource {
-  /** A random training batch. */
-  trainBatch(batch: number, seq: number): TokenBatch;
-  /** Up to `max` validation batches, the same every call. */
-  validationBatches(batch: number, seq: number, max: number): TokenBatch[];
-  /** The training stream's position, as JSON (a resumable checkpoint stores it). */
-  getState?(): unknown;
-  /** Continues from a {@linkcode BatchSource.getState}: the next batches are those that would have come. */
-  setState?(state: unknown): void;
-  /** What the data is (kind, sizes, seed, a fingerprint): part of the configuration a resume must match. */
-  describe?(): Record<string, string | number | boolean | null>;
-}
-
-/**
- * A {@linkcode BatchSource} over a {@linkcode TextDataset}: seeded random training windows, and the first
- * `max` full validation batches in order.
- *
- * @example
- * ```ts
- * import { datasetSource, TextDataset } from "../mod.ts";
- * import { assert } from "@std/assert";
- * const ds = TextDataset.fromText("the quick brown fox jumps over the lazy dog. ".repeat(40));
- * const source = datasetSource(ds, 1);
- * const b = source.trainBatch(2, 8);
- * assert(b.inputs.length === 16 && b.targets[0] === b.inputs[1]);
- * const again = datasetSource(ds, 1);
- * again.setState!(source.getState!()); // a checkpoint's data position: the streams continue alike
- * assert(again.trainBatch(2, 8).inputs.join() === source.trainBatch(2, 8).inputs.join());
- * ```
- */
-export function datasetSource(dataset: TextDataset, seed = 0): BatchSource {
-  const samplers = new Map<string, BatchSampler>();
-  const sampler = (batchSize: number, seqLen: number) => {
-    const key = `${batchSize}x${seqLen}`;
-    let s = samplers.get(key);
-    if (!s) samplers.set(key, s = dataset.batches({ batchSize, seqLen, seed }));
-    return s;
-  };
-  let print: string | undefined;
-  return {
-    trainBatch(batchSize, seqLen) {
-      const b = sampler(batchSize, seqLen).sample();
-      return { inputs: b.inputs, targets: b.targets };
-    },
-    validationBatches(batchSize, seqLen, max) {
-      const out: TokenBatch[] = [];
-      for (const b of dataset.validationBatches({ batchSize, seqLen })) {
-        if (out.length >= max || b.batchSize !== batchSize) break;
-        out.push({ inputs: b.inputs, targets: b.targets });
-      }
-      return out;
-    },
-    getState() {
-      return Object.fromEntries([...samplers].map(([key, s]) => [key, s.getState()]));
-    },
-    setState(state) {
-      for (const [key, s] of Object.entries(state as Record<string, SamplerState>)) {
-        const m = /^(\d+)x(\d+)$/.exec(key);
-        if (!m) throw new InvalidArgumentError(`Cannot restore the data position: bad sampler key ${key}`);
-        sampler(Number(m[1]), Number(m[2])).setState(s);
-      }
-    },
-    describe() {
-      print ??= fingerprint(dataset.train, dataset.validation);
-      return {
-        kind: "text",
-        seed,
-        trainTokens: dataset.train.length,
-        validationTokens: dataset.validation.length,
-        fingerprint: print,
-      };
-    },
-  };
-}
+import { learningRate } from "./schedule.ts";
+import { Tensor } from "./tensor.ts";
+import type { StepInfo } from "./training_progress.ts";
 
 /** Options of {@linkcode Trainer}. */
 export interface TrainerOptions {
@@ -170,35 +88,6 @@ export interface TrainerOptions {
   onMessage?: (message: string) => void;
 }
 
-/** What one step measured. */
-export interface StepInfo {
-  /** 1-based step. */
-  step: number;
-  /** Of this many. */
-  steps: number;
-  /** Mean training loss of the step's micro-batches. */
-  loss: number;
-  /** Learning rate used. */
-  lr: number;
-  /** Gradient norm before clipping. */
-  gradNorm: number;
-  /** Training tokens per second in this step. */
-  tokensPerSecond: number;
-  /** Milliseconds since training began. */
-  elapsedMs: number;
-  /** Device bytes in use after the step, and the peak during it, by category and in total. */
-  memory: {
-    current: Record<string, number>;
-    peak: Record<string, number>;
-    totalCurrent: number;
-    totalPeak: number;
-  };
-  /** Validation loss, when evaluated at this step. */
-  evalLoss?: number;
-  /** exp(evalLoss). */
-  evalPerplexity?: number;
-}
-
 /** What a training run produced. */
 export interface TrainResult {
   /** One entry per step. */
@@ -223,31 +112,6 @@ export interface ResumeInfo {
   step: number;
   /** Checkpoints skipped as torn (killed while written), newest first. */
   skipped: CheckpointEntry[];
-}
-
-/**
- * Learning rate at a step: linear warm-up to `peak`, then cosine decay to `peak * minRatio`.
- *
- * @example
- * ```ts
- * import { learningRate } from "../mod.ts";
- * import { assert } from "@std/assert";
- * assert(learningRate(0, 100, 10, 1e-3, 0.1) === 1e-3 / 11); // warm-up: (step + 1) / (warmup + 1) of the peak
- * assert(learningRate(10, 100, 10, 1e-3, 0.1) === 1e-3); // warm-up done: the peak
- * assert(Math.abs(learningRate(99, 100, 10, 1e-3, 0.1) - 1e-4) < 1e-15); // the last step: peak * minRatio
- * ```
- */
-export function learningRate(
-  step: number,
-  steps: number,
-  warmup: number,
-  peak: number,
-  minRatio: number,
-): number {
-  if (step < warmup) return (peak * (step + 1)) / (warmup + 1);
-  const progress = steps > warmup ? (step - warmup) / Math.max(1, steps - warmup - 1) : 1;
-  const cosine = 0.5 * (1 + Math.cos(Math.PI * Math.min(1, progress)));
-  return peak * (minRatio + (1 - minRatio) * cosine);
 }
 
 /**
@@ -489,7 +353,7 @@ export class Trainer implements Disposable {
    * each, so a notebook stays responsive.
    */
   async train(): Promise<TrainResult> {
-    const o = this.#o, model = this.model, device = model.device;
+    const o = this.#o;
     if (o.resume) await this.resume();
     const state = this.#resumed?.state ?? null;
     const history: StepInfo[] = state ? [...state.history] : [];
@@ -498,73 +362,12 @@ export class Trainer implements Disposable {
     let tokens = 0;
     let peakBytes = 0;
     for (let step = state?.step ?? 0; step < o.steps; step++) {
-      const t0 = performance.now();
-      device.resetPeak();
-      this.optimizer.lr = learningRate(step, o.steps, o.warmupSteps, o.lr, o.minLrRatio);
-      model.zeroGrad();
-      let loss = 0;
-      for (let micro = 0; micro < o.gradAccumulation; micro++) {
-        const [x, y] = this.#tensors(this.#data.trainBatch(o.batchSize, o.seq));
-        try {
-          loss += model.forward(x, y) / o.gradAccumulation;
-          model.backward();
-        } finally {
-          x.dispose();
-          y.dispose();
-        }
-      }
-      await pauseForTest(`step:${step + 1}:backward`);
-      if (o.gradAccumulation > 1) {
-        for (const t of this.optimizer.params) if (t.grad) axpby(1 / o.gradAccumulation, t.grad, 0, t.grad);
-      }
-      const { gradNorm } = this.optimizer.step();
-      await pauseForTest(`step:${step + 1}:optimizer`);
-      const snap = device.memory();
-      peakBytes = Math.max(peakBytes, snap.totalPeak);
-      const stepTokens = o.batchSize * o.seq * o.gradAccumulation;
-      tokens += stepTokens;
-      const info: StepInfo = {
-        step: step + 1,
-        steps: o.steps,
-        loss,
-        lr: this.optimizer.lr,
-        gradNorm,
-        tokensPerSecond: stepTokens / ((performance.now() - t0) / 1000),
-        elapsedMs: performance.now() - start,
-        memory: {
-          current: { ...snap.current },
-          peak: { ...snap.peak },
-          totalCurrent: snap.totalCurrent,
-          totalPeak: snap.totalPeak,
-        },
-      };
-      const last = step + 1 === o.steps;
-      if (last || (o.evalEvery && (step + 1) % o.evalEvery === 0)) {
-        const e = this.evaluate();
-        info.evalLoss = e.loss;
-        info.evalPerplexity = e.perplexity;
-      }
+      const info = await this.#step(step, start);
+      peakBytes = Math.max(peakBytes, info.memory.totalPeak);
+      tokens += o.batchSize * o.seq * o.gradAccumulation;
       history.push(info);
       o.onStep?.(info);
-      const dir = this.#checkpointDir;
-      if (dir && (last || (o.checkpointEvery && (step + 1) % o.checkpointEvery === 0))) {
-        // The final weights first: a run killed after its last checkpoint has them, and resumes to nothing.
-        if (last) await saveCheckpoint(model, dir, { step: step + 1, loss }, { baseModel: o.baseModel });
-        await writeTrainingCheckpoint(dir, {
-          model,
-          optimizer: this.optimizer,
-          state: {
-            step: step + 1,
-            steps: o.steps,
-            loss,
-            optimizer: { kind: o.optimizer, stepCount: this.optimizer.stepCount, lr: this.optimizer.lr },
-            run: this.runConfig(),
-            data: this.#data.getState?.() ?? null,
-            dropoutSteps: dropoutSteps(model),
-            history,
-          },
-        }, { keep: o.checkpointKeep, baseModel: o.baseModel });
-      }
+      await this.#checkpoint(info, history);
       await new Promise((resolve) => setTimeout(resolve, 0));
     }
     const final = history[history.length - 1];
@@ -577,6 +380,88 @@ export class Trainer implements Disposable {
       peakBytes,
       resumedFrom: state ? { path: this.#resumed!.info.path!, step: state.step } : null,
     };
+  }
+
+  /**
+   * One optimizer step (0-based `step`): the scheduled learning rate, the gradients of the micro-batches,
+   * the update, what it measured, and the validation loss when one is due. `start`: when the run began.
+   */
+  async #step(step: number, start: number): Promise<StepInfo> {
+    const o = this.#o, device = this.model.device;
+    const t0 = performance.now();
+    device.resetPeak();
+    this.optimizer.lr = learningRate(step, o.steps, o.warmupSteps, o.lr, o.minLrRatio);
+    const loss = this.#gradients();
+    await pauseForTest(`step:${step + 1}:backward`);
+    if (o.gradAccumulation > 1) {
+      for (const t of this.optimizer.params) if (t.grad) axpby(1 / o.gradAccumulation, t.grad, 0, t.grad);
+    }
+    const { gradNorm } = this.optimizer.step();
+    await pauseForTest(`step:${step + 1}:optimizer`);
+    const snap = device.memory();
+    const stepTokens = o.batchSize * o.seq * o.gradAccumulation;
+    const info: StepInfo = {
+      step: step + 1,
+      steps: o.steps,
+      loss,
+      lr: this.optimizer.lr,
+      gradNorm,
+      tokensPerSecond: stepTokens / ((performance.now() - t0) / 1000),
+      elapsedMs: performance.now() - start,
+      memory: {
+        current: { ...snap.current },
+        peak: { ...snap.peak },
+        totalCurrent: snap.totalCurrent,
+        totalPeak: snap.totalPeak,
+      },
+    };
+    if (step + 1 === o.steps || (o.evalEvery && (step + 1) % o.evalEvery === 0)) {
+      const e = this.evaluate();
+      info.evalLoss = e.loss;
+      info.evalPerplexity = e.perplexity;
+    }
+    return info;
+  }
+
+  /** Zeroes the gradients, then forward and backward over the step's micro-batches; their mean loss. */
+  #gradients(): number {
+    const o = this.#o, model = this.model;
+    model.zeroGrad();
+    let loss = 0;
+    for (let micro = 0; micro < o.gradAccumulation; micro++) {
+      const [x, y] = this.#tensors(this.#data.trainBatch(o.batchSize, o.seq));
+      try {
+        loss += model.forward(x, y) / o.gradAccumulation;
+        model.backward();
+      } finally {
+        x.dispose();
+        y.dispose();
+      }
+    }
+    return loss;
+  }
+
+  /** Writes a resumable checkpoint after step `info` when one is due (and the final weights at the end). */
+  async #checkpoint(info: StepInfo, history: StepInfo[]): Promise<void> {
+    const o = this.#o, model = this.model, dir = this.#checkpointDir;
+    const { step, loss } = info, last = step === o.steps;
+    if (!dir || !(last || (o.checkpointEvery && step % o.checkpointEvery === 0))) return;
+    // The final weights first: a run killed after its last checkpoint has them, and resumes to nothing.
+    if (last) await saveCheckpoint(model, dir, { step, loss }, { baseModel: o.baseModel });
+    await writeTrainingCheckpoint(dir, {
+      model,
+      optimizer: this.optimizer,
+      state: {
+        step,
+        steps: o.steps,
+        loss,
+        optimizer: { kind: o.optimizer, stepCount: this.optimizer.stepCount, lr: this.optimizer.lr },
+        run: this.runConfig(),
+        data: this.#data.getState?.() ?? null,
+        dropoutSteps: dropoutSteps(model),
+        history,
+      },
+    }, { keep: o.checkpointKeep, baseModel: o.baseModel });
   }
 
   /** Frees the optimizer's states (the model stays the caller's). */
@@ -603,74 +488,4 @@ function loraOf(model: LlamaModel): LoRALinear[] {
 function runDirOf(path: string): string {
   const p = path.replace(/\/+$/, "");
   return /(^|\/)checkpoint-\d+$/.test(p) ? (p.includes("/") ? p.slice(0, p.lastIndexOf("/")) : ".") : p;
-}
-
-/**
- * A live progress display: a bar on stderr in a terminal, or a table updated in place in a Jupyter
- * notebook (Deno kernel). Pass its `update` as `onStep`.
- *
- * @example
- * ```ts
- * import { TrainingProgress } from "../mod.ts";
- * import { assert } from "@std/assert";
- * const progress = new TrainingProgress("lora");
- * assert(typeof progress.update === "function");
- * ```
- */
-export class TrainingProgress {
-  readonly #label: string;
-  #last: StepInfo | null = null;
-  #displayId = `qlora-progress-${Math.random().toString(36).slice(2)}`;
-  #shown = false;
-
-  /** A display labelled with the run's name. */
-  constructor(label: string) {
-    this.#label = label;
-  }
-
-  /** Shows one step. */
-  update = (info: StepInfo): void => {
-    this.#last = info;
-    const jupyter = notebookDisplay();
-    if (jupyter) {
-      jupyter(this[JUPYTER_DISPLAY](), { raw: true, display_id: this.#displayId, update: this.#shown });
-      this.#shown = true;
-    } else if (Deno.stderr.isTerminal()) {
-      Deno.stderr.writeSync(
-        new TextEncoder().encode(`\r\x1b[K${this.line()}${info.step === info.steps ? "\n" : ""}`),
-      );
-    }
-  };
-
-  /** The last step as one line of text. */
-  line(): string {
-    const i = this.#last;
-    if (!i) return `${this.#label}: not started`;
-    const width = 20, filled = Math.round((i.step / i.steps) * width);
-    const evalPart = i.evalLoss !== undefined
-      ? ` eval ${i.evalLoss.toFixed(3)} (ppl ${i.evalPerplexity!.toFixed(1)})`
-      : "";
-    return `${this.#label} [${"#".repeat(filled)}${" ".repeat(width - filled)}] ${i.step}/${i.steps} loss ${
-      i.loss.toFixed(3)
-    }${evalPart} lr ${i.lr.toExponential(1)} ${Math.round(i.tokensPerSecond)} tok/s peak ${
-      formatBytes(i.memory.totalPeak)
-    }`;
-  }
-
-  /** Rendering in a notebook. */
-  [JUPYTER_DISPLAY](): Record<string, string> {
-    return { "text/plain": this.line(), "text/html": `<pre>${this.line()}</pre>` };
-  }
-}
-
-type DisplayFn = (bundle: Record<string, string>, options: Record<string, unknown>) => void;
-
-function notebookDisplay(): DisplayFn | null {
-  try {
-    // Reading Deno.jupyter outside the kernel throws: only touch it here, at run time.
-    const j = (Deno as unknown as { jupyter?: { display?: DisplayFn } }).jupyter;
-    return typeof j?.display === "function" ? j.display.bind(j) : null;
-  } catch {
-    return null;
-  }
 }

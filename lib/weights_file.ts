@@ -10,7 +10,8 @@ import { bf16ToF32, f16ToF32 } from "./dtype.ts";
 import { InvalidArgumentError } from "./errors.ts";
 import type { LlamaConfig, WeightSource } from "./llama_config.ts";
 import type { LlamaModel } from "./model.ts";
-import { readSafetensors, SafetensorsReader, writeSafetensors } from "./safetensors.ts";
+import { readSafetensors, SafetensorsReader } from "./safetensors_reader.ts";
+import { writeSafetensors } from "./safetensors_writer.ts";
 
 /**
  * Saves a model's base weights (f32, Hugging Face names) to a safetensors file, with its config in the

@@ -89,27 +89,6 @@ Deno.test("trainer: loss falls on a learnable sequence; schedule, accumulation, 
   assertAlmostEquals(learningRate(99, 100, 10, 1, 0.1), 0.1);
 });
 
-Deno.test("learningRate: warm-up rises, then the cosine falls monotonically to the floor", () => {
-  const lrs = Array.from({ length: 50 }, (_, s) => learningRate(s, 50, 5, 2e-3, 0.1));
-  for (let s = 1; s < 5; s++) assert(lrs[s] > lrs[s - 1], `warm-up at ${s}`);
-  assertEquals(lrs[5], 2e-3);
-  for (let s = 6; s < 50; s++) assert(lrs[s] <= lrs[s - 1], `decay at ${s}`);
-  assertAlmostEquals(lrs[49], 2e-4, 1e-15);
-  assertEquals(learningRate(3, 3, 0, 1, 0.5), 0.5, "past the end: the floor");
-});
-
-Deno.test("datasetSource: seeded, resumable batches and a fingerprint of the data", () => {
-  const data = TextDataset.fromText("abcdefghij".repeat(40), { validationFraction: 0.2 });
-  const a = datasetSource(data, 3), b = datasetSource(data, 3);
-  const first = a.trainBatch(2, 8);
-  assertEquals(first.inputs, b.trainBatch(2, 8).inputs);
-  assertEquals(first.targets.subarray(0, 7), first.inputs.subarray(1, 8));
-  const described = a.describe?.() as { fingerprint: string; trainTokens: number };
-  assertEquals(described.trainTokens, data.train.length);
-  assertEquals(described.fingerprint, (b.describe?.() as { fingerprint: string }).fingerprint);
-  assertEquals(a.validationBatches(2, 8, 1).length, 1);
-});
-
 Deno.test("trainer: bad options are refused before any step", () => {
   using model = new LlamaModel(SMALL, { mode: "lora", rank: 2 });
   const data = datasetSource(TextDataset.fromText("xyz ".repeat(100)));
