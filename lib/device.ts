@@ -125,6 +125,31 @@ export class Device {
   }
 
   /**
+   * Asks the handlers of {@linkcode Device.onMemoryPressure}, in turn, to free `bytes`; returns what they
+   * freed. A native call the library refused for lack of memory (an output, or a kernel's scratch) runs
+   * again when this frees something (lib/ffi `call`).
+   *
+   * @example
+   * ```ts
+   * import { getDevice } from "./device.ts";
+   * import { assertEquals } from "@std/assert";
+   * const device = getDevice("cpu");
+   * const remove = device.onMemoryPressure((bytes) => Math.min(bytes, 100));
+   * assertEquals(device.relieve(64), 64);
+   * remove();
+   * assertEquals(device.relieve(64), 0);
+   * ```
+   */
+  relieve(bytes: number): number {
+    let freed = 0;
+    for (const handler of [...this.#pressureHandlers]) {
+      if (freed >= bytes) break;
+      freed += Math.max(0, handler(bytes - freed));
+    }
+    return freed;
+  }
+
+  /**
    * Allocates device memory under a category (for lib/ modules; users make tensors instead). Under
    * memory pressure, the handlers of {@linkcode Device.onMemoryPressure} may free memory first; then
    * failure throws {@linkcode OutOfMemoryError} with the request, the budget and the ledger.

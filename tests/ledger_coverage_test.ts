@@ -6,6 +6,7 @@
  * counted, budgeted and refused as an OutOfMemoryError.
  */
 import { assert, assertEquals, assertThrows } from "@std/assert";
+import { assertBitEqual } from "./_reference.ts";
 import {
   AdamW,
   attentionBackward,
@@ -128,4 +129,41 @@ Deno.test("native scratch is counted under workspace and obeys the budget: a ref
     device.setMemoryBudget(0);
   }
   assertEquals(device.memory().totalCurrent, start.totalCurrent);
+});
+
+Deno.test("a kernel refused its scratch runs again once the pressure handlers free memory (nothing written twice)", () => {
+  const s = { batch: 1, seq: 256, heads: 4, kvHeads: 4, headDim: 32 };
+  using q = Tensor.randn([256, 128], { seed: 1, device });
+  using k = Tensor.randn([256, 128], { seed: 2, device });
+  using v = Tensor.randn([256, 128], { seed: 3, device });
+  using dout = Tensor.randn([256, 128], { seed: 4, device });
+  const fwd = attentionForward(q, k, v, s);
+  using out = fwd.out, lse = fwd.lse;
+  const free = attentionBackward(dout, q, k, v, { out, lse }, s); // unbudgeted reference
+  const reference = [free.dq, free.dk, free.dv].map((t) => t.toFloat32());
+  [free.dq, free.dk, free.dv].forEach((t) => t.dispose());
+  // 4 MiB held by "someone" who gives it back under pressure; the budget leaves room for dq, dk, dv only.
+  let ballast: Tensor | null = Tensor.zeros([1 << 20], { device, category: "activations" });
+  const asked: number[] = [];
+  const remove = device.onMemoryPressure((bytes) => {
+    asked.push(bytes);
+    if (!ballast) return 0;
+    ballast.dispose();
+    ballast = null;
+    return 4 << 20;
+  });
+  const start = device.memory().totalCurrent;
+  device.setMemoryBudget(start + 3 * 4 * 256 * 128 + 64);
+  try {
+    const g = attentionBackward(dout, q, k, v, { out, lse }, s);
+    const got = [g.dq, g.dk, g.dv].map((t) => t.toFloat32());
+    [g.dq, g.dk, g.dv].forEach((t) => t.dispose());
+    assertEquals(asked.length, 1, "asked once, for the scratch");
+    assert(asked[0] > 64, `asked for the missing bytes (${asked[0]})`);
+    got.forEach((x, i) => assertBitEqual(x, reference[i], ["dq", "dk", "dv"][i]));
+  } finally {
+    device.setMemoryBudget(0);
+    remove();
+    (ballast as Tensor | null)?.dispose();
+  }
 });

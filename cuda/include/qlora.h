@@ -35,7 +35,10 @@ extern "C" {
 typedef enum qlora_status {
   QLORA_OK = 0,
   QLORA_ERR_INVALID_ARGUMENT = 1, /* null pointer, bad size, dtype, enum or alignment */
-  QLORA_ERR_OUT_OF_MEMORY = 2,    /* over the memory budget, or the allocator/driver refused */
+  QLORA_ERR_OUT_OF_MEMORY = 2,    /* over the memory budget, or the allocator/driver refused; a call's
+                                     own scratch counts (category workspace) and is reserved before its
+                                     first write, so a call refused this way has written none of its
+                                     outputs and may run again once memory is freed */
   QLORA_ERR_NON_FINITE = 3,       /* NaN or Inf in an input that must be finite */
   QLORA_ERR_NO_DEVICE = 4,        /* CUDA backend: no usable GPU or driver */
   QLORA_ERR_UNSUPPORTED = 5,      /* valid request this backend cannot do */

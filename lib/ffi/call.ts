@@ -16,6 +16,11 @@ import type { QloraSymbols } from "./symbols.ts";
 export interface Native {
   /** The opened library. */
   readonly native: { readonly symbols: QloraSymbols };
+  /**
+   * Asks the memory-pressure handlers to free `bytes` (a paged optimizer moves state pages to host RAM);
+   * returns the bytes freed. A `Device` has it; {@linkcode call} uses it.
+   */
+  relieve?(bytes: number): number;
 }
 
 /** Device memory: a tensor, a page, or a byte offset into one (see {@linkcode offset}). */
@@ -91,6 +96,40 @@ function outOfMemory(on: Native, message: string): OutOfMemoryError {
     current,
     totalCurrent: word("total_current"),
   });
+}
+
+/**
+ * Runs one native call and throws the typed error of its status ({@linkcode check}). When the library
+ * refuses the call for lack of memory (the budget, or the device, had no room for an output or a kernel's
+ * scratch), the pressure handlers of `on` are asked for the missing bytes (the refused request plus
+ * whatever use already exceeds the budget) and the call runs again, as long as they free something.
+ * Safe because a native call that reports out of memory has written none of its outputs (qlora.h:
+ * every backend reserves its scratch before its first write).
+ *
+ * @example
+ * ```ts
+ * import { call } from "./call.ts";
+ * import { getDevice, OutOfMemoryError } from "../../mod.ts";
+ * import { assertEquals, assertThrows } from "@std/assert";
+ * const tries: number[] = [];
+ * const device = { native: getDevice("cpu").native, relieve: (bytes: number) => (tries.push(bytes), tries.length < 3 ? 1 : 0) };
+ * // A call that keeps failing with QLORA_ERR_OUT_OF_MEMORY (2): asked again while relief frees something.
+ * assertThrows(() => call(device, () => 2), OutOfMemoryError);
+ * assertEquals(tries.length, 3);
+ * call(device, () => 0);
+ * ```
+ */
+export function call(on: Native, fn: () => number): void {
+  let status = fn();
+  while (status === STATUS.OUT_OF_MEMORY && on.relieve) {
+    const w = memoryStats(on);
+    const word = (f: keyof typeof LEDGER_SNAPSHOT.offsets) => Number(w[LEDGER_SNAPSHOT.offsets[f] / 8]);
+    const refused = word("refused_bytes"), budget = word("budget");
+    const missing = budget > 0 ? Math.max(refused, word("total_current") + refused - budget) : refused;
+    if (on.relieve(missing) <= 0) break;
+    status = fn();
+  }
+  check(on, status);
 }
 
 /**

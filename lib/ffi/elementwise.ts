@@ -6,7 +6,7 @@
  */
 
 import { DTYPE } from "./abi.ts";
-import { check, code, type DeviceBuffer, type DTypeName, type Native, u64 } from "./call.ts";
+import { call, code, type DeviceBuffer, type DTypeName, type Native, u64 } from "./call.ts";
 
 /**
  * `qlora_cast`: converts `n` values between float dtypes (round to nearest even).
@@ -30,9 +30,10 @@ export function cast(
   dstDtype: DTypeName,
   n: number,
 ): void {
-  check(
+  call(
     on,
-    on.native.symbols.qlora_cast(src.ptr, code(DTYPE, srcDtype), dst.ptr, code(DTYPE, dstDtype), u64(n)),
+    () =>
+      on.native.symbols.qlora_cast(src.ptr, code(DTYPE, srcDtype), dst.ptr, code(DTYPE, dstDtype), u64(n)),
   );
 }
 
@@ -58,9 +59,9 @@ export function fillNormal(
   std: number,
   seed: number,
 ): void {
-  check(
+  call(
     on,
-    on.native.symbols.qlora_fill_normal(buffer.ptr, code(DTYPE, dtype), u64(n), mean, std, u64(seed)),
+    () => on.native.symbols.qlora_fill_normal(buffer.ptr, code(DTYPE, dtype), u64(n), mean, std, u64(seed)),
   );
 }
 
@@ -87,7 +88,7 @@ export function axpby(
   dtype: DTypeName,
   n: number,
 ): void {
-  check(on, on.native.symbols.qlora_axpby(alpha, x.ptr, beta, y.ptr, code(DTYPE, dtype), u64(n)));
+  call(on, () => on.native.symbols.qlora_axpby(alpha, x.ptr, beta, y.ptr, code(DTYPE, dtype), u64(n)));
 }
 
 /**
@@ -112,7 +113,7 @@ export function dropout(
   p: number,
   seed: number,
 ): void {
-  check(on, on.native.symbols.qlora_dropout(x.ptr, y.ptr, code(DTYPE, dtype), u64(n), p, u64(seed)));
+  call(on, () => on.native.symbols.qlora_dropout(x.ptr, y.ptr, code(DTYPE, dtype), u64(n), p, u64(seed)));
 }
 
 /**
@@ -137,8 +138,8 @@ export function fillUniform(
   high: number,
   seed: number,
 ): void {
-  check(
+  call(
     on,
-    on.native.symbols.qlora_fill_uniform(buffer.ptr, code(DTYPE, dtype), u64(n), low, high, u64(seed)),
+    () => on.native.symbols.qlora_fill_uniform(buffer.ptr, code(DTYPE, dtype), u64(n), low, high, u64(seed)),
   );
 }

@@ -8,7 +8,7 @@
 import { DTYPE, QUANT_TYPE } from "./abi.ts";
 import {
   address,
-  check,
+  call,
   code,
   type DeviceBuffer,
   type DTypeName,
@@ -52,26 +52,27 @@ export function gemm(
   strideB: number,
   strideC: number,
 ): void {
-  check(
+  call(
     on,
-    on.native.symbols.qlora_gemm(
-      transA ? 1 : 0,
-      transB ? 1 : 0,
-      u64(m),
-      u64(n),
-      u64(k),
-      alpha,
-      a.ptr,
-      b.ptr,
-      code(DTYPE, abDtype),
-      beta,
-      c.ptr,
-      code(DTYPE, cDtype),
-      u64(batch),
-      u64(strideA),
-      u64(strideB),
-      u64(strideC),
-    ),
+    () =>
+      on.native.symbols.qlora_gemm(
+        transA ? 1 : 0,
+        transB ? 1 : 0,
+        u64(m),
+        u64(n),
+        u64(k),
+        alpha,
+        a.ptr,
+        b.ptr,
+        code(DTYPE, abDtype),
+        beta,
+        c.ptr,
+        code(DTYPE, cDtype),
+        u64(batch),
+        u64(strideA),
+        u64(strideB),
+        u64(strideC),
+      ),
   );
 }
 
@@ -88,7 +89,7 @@ export function gemm(
  */
 export function gemm4bitWorkspace(on: Native, transW: boolean, m: number, n: number, k: number): number {
   const bytes = new BigUint64Array(1);
-  check(on, on.native.symbols.qlora_gemm_4bit_workspace(transW ? 1 : 0, u64(m), u64(n), u64(k), bytes));
+  call(on, () => on.native.symbols.qlora_gemm_4bit_workspace(transW ? 1 : 0, u64(m), u64(n), u64(k), bytes));
   return Number(bytes[0]);
 }
 
@@ -130,25 +131,26 @@ export function gemm4bit(
   workspace: DeviceBuffer | null,
   workspaceBytes: number,
 ): void {
-  check(
+  call(
     on,
-    on.native.symbols.qlora_gemm_4bit(
-      transW ? 1 : 0,
-      u64(m),
-      u64(n),
-      u64(k),
-      alpha,
-      x.ptr,
-      code(DTYPE, xDtype),
-      packed.ptr,
-      absmax.ptr,
-      code(QUANT_TYPE, quantType),
-      u64(blocksize),
-      beta,
-      c.ptr,
-      code(DTYPE, cDtype),
-      address(workspace),
-      u64(workspaceBytes),
-    ),
+    () =>
+      on.native.symbols.qlora_gemm_4bit(
+        transW ? 1 : 0,
+        u64(m),
+        u64(n),
+        u64(k),
+        alpha,
+        x.ptr,
+        code(DTYPE, xDtype),
+        packed.ptr,
+        absmax.ptr,
+        code(QUANT_TYPE, quantType),
+        u64(blocksize),
+        beta,
+        c.ptr,
+        code(DTYPE, cDtype),
+        address(workspace),
+        u64(workspaceBytes),
+      ),
   );
 }

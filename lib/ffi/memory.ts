@@ -8,6 +8,7 @@
 import { CATEGORY, COPY_KIND, STATUS } from "./abi.ts";
 import {
   anyAddress,
+  call,
   type CategoryName,
   check,
   code,
@@ -32,7 +33,7 @@ import {
  */
 export function deviceName(on: Native): string {
   const buf = new Uint8Array(256);
-  check(on, on.native.symbols.qlora_device_name(buf, u64(buf.length)));
+  call(on, () => on.native.symbols.qlora_device_name(buf, u64(buf.length)));
   return new TextDecoder().decode(buf.subarray(0, buf.indexOf(0)));
 }
 
@@ -47,7 +48,7 @@ export function deviceName(on: Native): string {
  * ```
  */
 export function synchronize(on: Native): void {
-  check(on, on.native.symbols.qlora_synchronize());
+  call(on, () => on.native.symbols.qlora_synchronize());
 }
 
 /**
@@ -86,7 +87,7 @@ export function malloc(on: Native, bytes: number, category: CategoryName): Deno.
  * ```
  */
 export function free(on: Native, buffer: DeviceBuffer): void {
-  check(on, on.native.symbols.qlora_free(buffer.ptr));
+  call(on, () => on.native.symbols.qlora_free(buffer.ptr));
 }
 
 /**
@@ -110,9 +111,9 @@ export function memcpy(
   bytes: number,
   kind: CopyKindName,
 ): void {
-  check(
+  call(
     on,
-    on.native.symbols.qlora_memcpy(anyAddress(dst), anyAddress(src), u64(bytes), code(COPY_KIND, kind)),
+    () => on.native.symbols.qlora_memcpy(anyAddress(dst), anyAddress(src), u64(bytes), code(COPY_KIND, kind)),
   );
 }
 
@@ -130,7 +131,7 @@ export function memcpy(
  * ```
  */
 export function memset(on: Native, buffer: DeviceBuffer, value: number, bytes: number): void {
-  check(on, on.native.symbols.qlora_memset(buffer.ptr, value, u64(bytes)));
+  call(on, () => on.native.symbols.qlora_memset(buffer.ptr, value, u64(bytes)));
 }
 
 // qlora_memory_stats lives in call.ts (an out-of-memory error reads the ledger through it).
@@ -147,7 +148,7 @@ export { memoryStats } from "./call.ts";
  * ```
  */
 export function resetPeak(on: Native): void {
-  check(on, on.native.symbols.qlora_reset_peak());
+  call(on, () => on.native.symbols.qlora_reset_peak());
 }
 
 /**
@@ -161,7 +162,7 @@ export function resetPeak(on: Native): void {
  * ```
  */
 export function setMemoryBudget(on: Native, bytes: number): void {
-  check(on, on.native.symbols.qlora_set_memory_budget(u64(bytes)));
+  call(on, () => on.native.symbols.qlora_set_memory_budget(u64(bytes)));
 }
 
 /**
@@ -181,7 +182,7 @@ export function setMemoryBudget(on: Native, bytes: number): void {
  */
 export function hostMalloc(on: Native, bytes: number): DeviceBuffer {
   const { out, read } = pointerOut();
-  check(on, on.native.symbols.qlora_host_malloc(out, u64(bytes)));
+  call(on, () => on.native.symbols.qlora_host_malloc(out, u64(bytes)));
   return { ptr: read()! };
 }
 
@@ -196,7 +197,7 @@ export function hostMalloc(on: Native, bytes: number): DeviceBuffer {
  * ```
  */
 export function hostFree(on: Native, buffer: DeviceBuffer): void {
-  check(on, on.native.symbols.qlora_host_free(buffer.ptr));
+  call(on, () => on.native.symbols.qlora_host_free(buffer.ptr));
 }
 
 /**

@@ -7,7 +7,7 @@
  */
 
 import { DTYPE } from "./abi.ts";
-import { address, check, code, type DeviceBuffer, type DTypeName, type Native, u64 } from "./call.ts";
+import { address, call, code, type DeviceBuffer, type DTypeName, type Native, u64 } from "./call.ts";
 
 /** Sizes of attention: `q` is `[batch, seq, heads, headDim]`, k and v `[batch, seq, kvHeads, headDim]`. */
 export interface AttentionDims {
@@ -48,17 +48,18 @@ export function embeddingForward(
   out: DeviceBuffer,
   dtype: DTypeName,
 ): void {
-  check(
+  call(
     on,
-    on.native.symbols.qlora_embedding_forward(
-      tokens.ptr,
-      u64(rows),
-      table.ptr,
-      u64(vocab),
-      u64(dim),
-      out.ptr,
-      code(DTYPE, dtype),
-    ),
+    () =>
+      on.native.symbols.qlora_embedding_forward(
+        tokens.ptr,
+        u64(rows),
+        table.ptr,
+        u64(vocab),
+        u64(dim),
+        out.ptr,
+        code(DTYPE, dtype),
+      ),
   );
 }
 
@@ -87,17 +88,18 @@ export function embeddingBackward(
   dtable: DeviceBuffer,
   dtype: DTypeName,
 ): void {
-  check(
+  call(
     on,
-    on.native.symbols.qlora_embedding_backward(
-      tokens.ptr,
-      u64(rows),
-      dout.ptr,
-      u64(vocab),
-      u64(dim),
-      dtable.ptr,
-      code(DTYPE, dtype),
-    ),
+    () =>
+      on.native.symbols.qlora_embedding_backward(
+        tokens.ptr,
+        u64(rows),
+        dout.ptr,
+        u64(vocab),
+        u64(dim),
+        dtable.ptr,
+        code(DTYPE, dtype),
+      ),
   );
 }
 
@@ -127,18 +129,19 @@ export function rmsnormForward(
   rstd: DeviceBuffer,
   dtype: DTypeName,
 ): void {
-  check(
+  call(
     on,
-    on.native.symbols.qlora_rmsnorm_forward(
-      x.ptr,
-      weight.ptr,
-      u64(rows),
-      u64(dim),
-      eps,
-      out.ptr,
-      rstd.ptr,
-      code(DTYPE, dtype),
-    ),
+    () =>
+      on.native.symbols.qlora_rmsnorm_forward(
+        x.ptr,
+        weight.ptr,
+        u64(rows),
+        u64(dim),
+        eps,
+        out.ptr,
+        rstd.ptr,
+        code(DTYPE, dtype),
+      ),
   );
 }
 
@@ -172,19 +175,20 @@ export function rmsnormBackward(
   dweight: DeviceBuffer | null,
   dtype: DTypeName,
 ): void {
-  check(
+  call(
     on,
-    on.native.symbols.qlora_rmsnorm_backward(
-      dout.ptr,
-      x.ptr,
-      weight.ptr,
-      rstd.ptr,
-      u64(rows),
-      u64(dim),
-      dx.ptr,
-      address(dweight),
-      code(DTYPE, dtype),
-    ),
+    () =>
+      on.native.symbols.qlora_rmsnorm_backward(
+        dout.ptr,
+        x.ptr,
+        weight.ptr,
+        rstd.ptr,
+        u64(rows),
+        u64(dim),
+        dx.ptr,
+        address(dweight),
+        code(DTYPE, dtype),
+      ),
   );
 }
 
@@ -213,18 +217,19 @@ export function rope(
   inverse: boolean,
   dtype: DTypeName,
 ): void {
-  check(
+  call(
     on,
-    on.native.symbols.qlora_rope(
-      x.ptr,
-      u64(batch),
-      u64(seq),
-      u64(heads),
-      u64(headDim),
-      theta,
-      inverse ? 1 : 0,
-      code(DTYPE, dtype),
-    ),
+    () =>
+      on.native.symbols.qlora_rope(
+        x.ptr,
+        u64(batch),
+        u64(seq),
+        u64(heads),
+        u64(headDim),
+        theta,
+        inverse ? 1 : 0,
+        code(DTYPE, dtype),
+      ),
   );
 }
 
@@ -254,21 +259,22 @@ export function attentionForward(
   lse: DeviceBuffer,
   dtype: DTypeName,
 ): void {
-  check(
+  call(
     on,
-    on.native.symbols.qlora_attention_forward(
-      q.ptr,
-      k.ptr,
-      v.ptr,
-      u64(dims.batch),
-      u64(dims.seq),
-      u64(dims.heads),
-      u64(dims.kvHeads),
-      u64(dims.headDim),
-      out.ptr,
-      lse.ptr,
-      code(DTYPE, dtype),
-    ),
+    () =>
+      on.native.symbols.qlora_attention_forward(
+        q.ptr,
+        k.ptr,
+        v.ptr,
+        u64(dims.batch),
+        u64(dims.seq),
+        u64(dims.heads),
+        u64(dims.kvHeads),
+        u64(dims.headDim),
+        out.ptr,
+        lse.ptr,
+        code(DTYPE, dtype),
+      ),
   );
 }
 
@@ -304,25 +310,26 @@ export function attentionBackward(
   dv: DeviceBuffer,
   dtype: DTypeName,
 ): void {
-  check(
+  call(
     on,
-    on.native.symbols.qlora_attention_backward(
-      dout.ptr,
-      q.ptr,
-      k.ptr,
-      v.ptr,
-      out.ptr,
-      lse.ptr,
-      u64(dims.batch),
-      u64(dims.seq),
-      u64(dims.heads),
-      u64(dims.kvHeads),
-      u64(dims.headDim),
-      dq.ptr,
-      dk.ptr,
-      dv.ptr,
-      code(DTYPE, dtype),
-    ),
+    () =>
+      on.native.symbols.qlora_attention_backward(
+        dout.ptr,
+        q.ptr,
+        k.ptr,
+        v.ptr,
+        out.ptr,
+        lse.ptr,
+        u64(dims.batch),
+        u64(dims.seq),
+        u64(dims.heads),
+        u64(dims.kvHeads),
+        u64(dims.headDim),
+        dq.ptr,
+        dk.ptr,
+        dv.ptr,
+        code(DTYPE, dtype),
+      ),
   );
 }
 
@@ -347,7 +354,10 @@ export function swigluForward(
   out: DeviceBuffer,
   dtype: DTypeName,
 ): void {
-  check(on, on.native.symbols.qlora_swiglu_forward(gate.ptr, up.ptr, u64(n), out.ptr, code(DTYPE, dtype)));
+  call(
+    on,
+    () => on.native.symbols.qlora_swiglu_forward(gate.ptr, up.ptr, u64(n), out.ptr, code(DTYPE, dtype)),
+  );
 }
 
 /**
@@ -374,17 +384,18 @@ export function swigluBackward(
   dup: DeviceBuffer,
   dtype: DTypeName,
 ): void {
-  check(
+  call(
     on,
-    on.native.symbols.qlora_swiglu_backward(
-      dout.ptr,
-      gate.ptr,
-      up.ptr,
-      u64(n),
-      dgate.ptr,
-      dup.ptr,
-      code(DTYPE, dtype),
-    ),
+    () =>
+      on.native.symbols.qlora_swiglu_backward(
+        dout.ptr,
+        gate.ptr,
+        up.ptr,
+        u64(n),
+        dgate.ptr,
+        dup.ptr,
+        code(DTYPE, dtype),
+      ),
   );
 }
 
@@ -415,17 +426,18 @@ export function crossEntropy(
   gradScale: number,
   dtype: DTypeName,
 ): void {
-  check(
+  call(
     on,
-    on.native.symbols.qlora_cross_entropy(
-      logits.ptr,
-      targets.ptr,
-      u64(rows),
-      u64(vocab),
-      losses.ptr,
-      address(dlogits),
-      gradScale,
-      code(DTYPE, dtype),
-    ),
+    () =>
+      on.native.symbols.qlora_cross_entropy(
+        logits.ptr,
+        targets.ptr,
+        u64(rows),
+        u64(vocab),
+        losses.ptr,
+        address(dlogits),
+        gradScale,
+        code(DTYPE, dtype),
+      ),
   );
 }

@@ -7,7 +7,7 @@
  */
 
 import { ADAMW8_SEGMENT, ADAMW_SEGMENT, DTYPE } from "./abi.ts";
-import { check, code, type DeviceBuffer, type DTypeName, type Native, pointerBits, u64 } from "./call.ts";
+import { call, code, type DeviceBuffer, type DTypeName, type Native, pointerBits, u64 } from "./call.ts";
 
 /** One `qlora_adamw_segment`: `n` values of a parameter, its gradient and its f32 states. */
 export interface AdamwSegment {
@@ -127,20 +127,21 @@ function encodeAdamw8(segments: readonly Adamw8Segment[]): Uint8Array<ArrayBuffe
  * ```
  */
 export function adamwStep(on: Native, segments: readonly AdamwSegment[], h: AdamwHyper): void {
-  check(
+  call(
     on,
-    on.native.symbols.qlora_adamw_step(
-      encodeAdamw(segments),
-      u64(segments.length),
-      h.lr,
-      h.beta1,
-      h.beta2,
-      h.eps,
-      h.weightDecay,
-      h.biasCorrection1,
-      h.biasCorrection2,
-      h.gradScale,
-    ),
+    () =>
+      on.native.symbols.qlora_adamw_step(
+        encodeAdamw(segments),
+        u64(segments.length),
+        h.lr,
+        h.beta1,
+        h.beta2,
+        h.eps,
+        h.weightDecay,
+        h.biasCorrection1,
+        h.biasCorrection2,
+        h.gradScale,
+      ),
   );
 }
 
@@ -166,20 +167,21 @@ export function adamwStep(on: Native, segments: readonly AdamwSegment[], h: Adam
  * ```
  */
 export function adamw8Step(on: Native, segments: readonly Adamw8Segment[], h: AdamwHyper): void {
-  check(
+  call(
     on,
-    on.native.symbols.qlora_adamw8_step(
-      encodeAdamw8(segments),
-      u64(segments.length),
-      h.lr,
-      h.beta1,
-      h.beta2,
-      h.eps,
-      h.weightDecay,
-      h.biasCorrection1,
-      h.biasCorrection2,
-      h.gradScale,
-    ),
+    () =>
+      on.native.symbols.qlora_adamw8_step(
+        encodeAdamw8(segments),
+        u64(segments.length),
+        h.lr,
+        h.beta1,
+        h.beta2,
+        h.eps,
+        h.weightDecay,
+        h.biasCorrection1,
+        h.biasCorrection2,
+        h.gradScale,
+      ),
   );
 }
 
@@ -197,7 +199,7 @@ export function adamw8Step(on: Native, segments: readonly Adamw8Segment[], h: Ad
  */
 export function dynamicMapUnsigned(on: Native): Float32Array<ArrayBuffer> {
   const out = new Float32Array(256);
-  check(on, on.native.symbols.qlora_dynamic_map_unsigned(out));
+  call(on, () => on.native.symbols.qlora_dynamic_map_unsigned(out));
   return out;
 }
 
@@ -215,6 +217,6 @@ export function dynamicMapUnsigned(on: Native): Float32Array<ArrayBuffer> {
  */
 export function sumSquares(on: Native, x: DeviceBuffer, dtype: DTypeName, n: number): number {
   const out = new Float64Array(1);
-  check(on, on.native.symbols.qlora_sum_squares(x.ptr, code(DTYPE, dtype), u64(n), out));
+  call(on, () => on.native.symbols.qlora_sum_squares(x.ptr, code(DTYPE, dtype), u64(n), out));
   return out[0];
 }

@@ -7,7 +7,7 @@
 
 import { DTYPE, QUANT_TYPE } from "./abi.ts";
 import {
-  check,
+  call,
   code,
   type DeviceBuffer,
   type DTypeName,
@@ -29,7 +29,7 @@ import {
  */
 export function quantMap(on: Native, quantType: QuantTypeName): Float32Array<ArrayBuffer> {
   const out = new Float32Array(16);
-  check(on, on.native.symbols.qlora_quant_map(code(QUANT_TYPE, quantType), out));
+  call(on, () => on.native.symbols.qlora_quant_map(code(QUANT_TYPE, quantType), out));
   return out;
 }
 
@@ -59,17 +59,18 @@ export function quantize4bit(
   packed: DeviceBuffer,
   absmax: DeviceBuffer,
 ): void {
-  check(
+  call(
     on,
-    on.native.symbols.qlora_quantize_4bit(
-      x.ptr,
-      code(DTYPE, xDtype),
-      u64(n),
-      code(QUANT_TYPE, quantType),
-      u64(blocksize),
-      packed.ptr,
-      absmax.ptr,
-    ),
+    () =>
+      on.native.symbols.qlora_quantize_4bit(
+        x.ptr,
+        code(DTYPE, xDtype),
+        u64(n),
+        code(QUANT_TYPE, quantType),
+        u64(blocksize),
+        packed.ptr,
+        absmax.ptr,
+      ),
   );
 }
 
@@ -101,17 +102,18 @@ export function dequantize4bit(
   out: DeviceBuffer,
   outDtype: DTypeName,
 ): void {
-  check(
+  call(
     on,
-    on.native.symbols.qlora_dequantize_4bit(
-      packed.ptr,
-      absmax.ptr,
-      u64(n),
-      code(QUANT_TYPE, quantType),
-      u64(blocksize),
-      out.ptr,
-      code(DTYPE, outDtype),
-    ),
+    () =>
+      on.native.symbols.qlora_dequantize_4bit(
+        packed.ptr,
+        absmax.ptr,
+        u64(n),
+        code(QUANT_TYPE, quantType),
+        u64(blocksize),
+        out.ptr,
+        code(DTYPE, outDtype),
+      ),
   );
 }
 
@@ -128,7 +130,7 @@ export function dequantize4bit(
  */
 export function dynamicMap(on: Native): Float32Array<ArrayBuffer> {
   const out = new Float32Array(256);
-  check(on, on.native.symbols.qlora_dynamic_map(out));
+  call(on, () => on.native.symbols.qlora_dynamic_map(out));
   return out;
 }
 
@@ -156,16 +158,17 @@ export function doubleQuantize(
   nestedAbsmax: DeviceBuffer,
 ): number {
   const offset = new Float32Array(1);
-  check(
+  call(
     on,
-    on.native.symbols.qlora_double_quantize(
-      absmax.ptr,
-      u64(n),
-      u64(nestedBlocksize),
-      codes.ptr,
-      nestedAbsmax.ptr,
-      offset,
-    ),
+    () =>
+      on.native.symbols.qlora_double_quantize(
+        absmax.ptr,
+        u64(n),
+        u64(nestedBlocksize),
+        codes.ptr,
+        nestedAbsmax.ptr,
+        offset,
+      ),
   );
   return offset[0];
 }
@@ -197,15 +200,16 @@ export function doubleDequantize(
   nestedBlocksize: number,
   absmax: DeviceBuffer,
 ): void {
-  check(
+  call(
     on,
-    on.native.symbols.qlora_double_dequantize(
-      codes.ptr,
-      nestedAbsmax.ptr,
-      offset,
-      u64(n),
-      u64(nestedBlocksize),
-      absmax.ptr,
-    ),
+    () =>
+      on.native.symbols.qlora_double_dequantize(
+        codes.ptr,
+        nestedAbsmax.ptr,
+        offset,
+        u64(n),
+        u64(nestedBlocksize),
+        absmax.ptr,
+      ),
   );
 }

@@ -119,16 +119,28 @@ std::shared_ptr<Gemm> get_gemm(const GemmKey& key) {
 // ledger (category workspace) and freed when the product is done. Called inside an OpenMP parallel
 // region, oneDNN runs the product on the calling thread alone. Throws WorkspaceError when the budget
 // has no room for the scratchpad.
+//
+// A call that writes C in several products (a batch, the 4-bit product's tiles) reserves the largest
+// scratchpad first (ReservedPad): a refusal then comes before the first write, so the call can run again
+// once memory is freed (qlora.h), and its products share the reserved bytes.
+thread_local void* t_pad = nullptr;
+thread_local uint64_t t_pad_bytes = 0;
+
 void run_gemm(const Gemm& g, const void* a, const void* b, void* c) {
   Dnnl& d = dnnl_state();
   thread_local dnnl::stream stream(d.engine);
-  Workspace scratchpad;
-  const qlora_status s = scratchpad.alloc(g.scratchpad.get_size(), "multiply matrices");
-  if (s != QLORA_OK) throw WorkspaceError(s, qlora_last_error());
+  const uint64_t need = g.scratchpad.get_size();
+  Workspace own;
+  void* pad = t_pad;
+  if (need > t_pad_bytes) {  // nothing reserved on this thread (attention's products), or too little
+    const qlora_status s = own.alloc(need, "multiply matrices");
+    if (s != QLORA_OK) throw WorkspaceError(s, qlora_last_error());
+    pad = own.as<void>();
+  }
   dnnl::memory am(g.a, d.engine, const_cast<void*>(a));
   dnnl::memory bm(g.b, d.engine, const_cast<void*>(b));
   dnnl::memory cm(g.c, d.engine, c);
-  dnnl::memory sm(g.scratchpad, d.engine, scratchpad.as<void>());
+  dnnl::memory sm(g.scratchpad, d.engine, pad);
   g.primitive.execute(stream,
                       {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}, {DNNL_ARG_SCRATCHPAD, sm}});
   stream.wait();
@@ -186,18 +198,47 @@ void gemm_loop(const Operands& o, const void* a, const void* b, void* c) {
 // Below this many multiply-adds a product runs as the loop above: oneDNN's call costs more.
 constexpr uint64_t kTinyGemm = 1ull << 14;
 
-// One 2-D product on strided operands: oneDNN, or the loop for tiny or unsupported products.
-void gemm_2d(const Operands& o, const void* a, const void* b, void* c) {
-  if (o.m * o.n * o.k <= kTinyGemm) {
-    gemm_loop(o, a, b, c);
-    return;
-  }
+// The oneDNN product of o, or null for a tiny or unsupported one (the loop computes those).
+std::shared_ptr<Gemm> gemm_for(const Operands& o) {
+  if (o.m * o.n * o.k <= kTinyGemm) return nullptr;
   GemmKey key{o.m, o.n, o.k, o.lda, o.ldb, o.ldc, o.trans_a, o.trans_b, o.ab_dtype, o.c_dtype,
               float_bits(o.alpha), float_bits(o.beta)};
-  std::shared_ptr<Gemm> g = get_gemm(key);
+  return get_gemm(key);
+}
+
+// One 2-D product on strided operands: oneDNN, or the loop for tiny or unsupported products.
+void gemm_2d(const Operands& o, const void* a, const void* b, void* c) {
+  std::shared_ptr<Gemm> g = gemm_for(o);
   if (g) run_gemm(*g, a, b, c);
   else gemm_loop(o, a, b, c);  // slow but correct
 }
+
+// The scratchpad of every product of one call, reserved through the ledger before the call's first
+// write and handed to run_gemm on this thread (t_pad) until it goes out of scope.
+class ReservedPad {
+ public:
+  ReservedPad() = default;
+  ~ReservedPad() {
+    t_pad = nullptr;
+    t_pad_bytes = 0;
+  }
+  ReservedPad(const ReservedPad&) = delete;
+  ReservedPad& operator=(const ReservedPad&) = delete;
+  // Reserves the largest scratchpad of the products of `ops`.
+  qlora_status reserve(std::initializer_list<Operands> ops, const char* fn) {
+    uint64_t bytes = 0;
+    for (const Operands& o : ops)
+      if (std::shared_ptr<Gemm> g = gemm_for(o)) bytes = std::max<uint64_t>(bytes, g->scratchpad.get_size());
+    const qlora_status s = ws_.alloc(bytes, fn);
+    if (s != QLORA_OK) return s;
+    t_pad = ws_.as<void>();
+    t_pad_bytes = bytes;
+    return QLORA_OK;
+  }
+
+ private:
+  Workspace ws_;
+};
 
 // ---- tiles and workspace ----------------------------------------------------------------------
 
@@ -387,6 +428,8 @@ QLORA_API qlora_status qlora_gemm(int32_t trans_a, int32_t trans_b, uint64_t m, 
   const Operands o{trans_a, trans_b, m, n, k, trans_a ? m : k, trans_b ? k : n, n, alpha, beta, ab_dtype, c_dtype};
   const uint64_t ab_size = dtype_size(ab_dtype), c_size = dtype_size(c_dtype);
   try {
+    ReservedPad pad;
+    if ((s = pad.reserve({o}, "multiply matrices")) != QLORA_OK) return s;
     for (uint64_t i = 0; i < batch; i++)
       gemm_2d(o, (const char*)a + i * stride_a * ab_size, (const char*)b + i * stride_b * ab_size,
               (char*)c + i * stride_c * c_size);
@@ -423,9 +466,14 @@ QLORA_API qlora_status qlora_gemm_4bit(int32_t trans_w, uint64_t m, uint64_t n, 
     }
     // Tiles of W in X's dtype, each multiplied into its block of columns of C.
     const uint64_t width = tile_width(trans_w, n, k), c_size = dtype_size(c_dtype);
+    const auto tile = [&](uint64_t cols) {
+      return Operands{0, trans_w, m, cols, k, k, trans_w ? k : cols, n, alpha, beta, x_dtype, c_dtype};
+    };
+    ReservedPad pad;  // the first and the last (narrower) tile's products
+    if ((s = pad.reserve({tile(std::min(width, n)), tile(n % width ? n % width : width)}, fn)) != QLORA_OK) return s;
     for (uint64_t j0 = 0; j0 < n; j0 += width) {
       const uint64_t cols = std::min(width, n - j0);
-      Operands o{0, trans_w, m, cols, k, k, trans_w ? k : cols, n, alpha, beta, x_dtype, c_dtype};
+      const Operands o = tile(cols);
       if (trans_w) dequantize_rows(w, k, j0, cols, workspace, x_dtype);
       else dequantize_columns(w, n, k, j0, cols, workspace, x_dtype);
       gemm_2d(o, x, workspace, (char*)c + j0 * c_size);
