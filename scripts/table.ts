@@ -38,7 +38,8 @@
 import { parseBytes } from "../mod.ts";
 import { writeFileAtomic } from "../lib/atomic_file.ts";
 import { intFlags, parseArgs, runMain, UsageError } from "./_cli.ts";
-import { toMarkdown, writeReport } from "./_report.ts";
+import { toMarkdown } from "./table/format.ts";
+import { writeReport } from "./table/report_html.ts";
 import { DEFAULT_QUALITY } from "./table/quality.ts";
 import { README_RESULT, rewriteReadme, writeReadme } from "./table/readme.ts";
 import { runTable } from "./table/run.ts";

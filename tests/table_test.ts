@@ -1,6 +1,8 @@
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "@std/assert";
 import { CATEGORIES } from "../mod.ts";
-import { MODE_COLUMNS, SEED_ROWS, type Table, toMarkdown } from "../scripts/_report.ts";
+import { MODE_COLUMNS, SEED_ROWS } from "../scripts/table/comparison.ts";
+import { toMarkdown } from "../scripts/table/format.ts";
+import type { Table } from "../scripts/table/types.ts";
 import { extrapolate, type Measurement, type TableResult } from "../scripts/table.ts";
 
 const SCRIPT = new URL("../scripts/table.ts", import.meta.url).pathname;
