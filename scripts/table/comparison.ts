@@ -301,7 +301,7 @@ function comparisonNotes(r: TableInput): string[] {
       "Ledger coverage: over the forward pass of the last measured step, the growth of the ledger's total " +
         "against the growth of the memory the process holds (its native heap by glibc's mallinfo2 on the CPU, " +
         "which also sees oneDNN's and Deno's allocations; the driver's used bytes on CUDA); below 100%, " +
-        "memory the ledger did not see.",
+        "memory the ledger did not see; slightly above, other memory the process released meanwhile.",
       "Timings: the fastest of 3 repeats on the partial models (1 on whole models), after a warm-up step; " +
         "other work on a shared machine makes them noisy, and extrapolated seconds are the least precise " +
         "figures here (full fine-tuning's forward pass is the same dense computation as merged LoRA's).",
