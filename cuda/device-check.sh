@@ -28,8 +28,9 @@
 # The Deno binary: $DENO when set (a path), else ./deno (npx) when it starts, else build/device-bundle.
 #
 # Results: lines "RESULT key=value" from every step, collected with each step's status into
-# $OUT/summary.txt when $OUT is set (else ./device-check-summary.txt); full logs beside it. The summary
-# ends with the ratios against their floors (informative: a ratio below its floor does not fail the run).
+# $OUT/summary.txt when $OUT is set (else build/device-check/device-check-summary.txt); full logs beside
+# it. The summary ends with the ratios against their floors (informative: a ratio below its floor does not
+# fail the run).
 # Exit status: 0 when every step passed or was skipped for want of a tool, 1 when a step failed, timed
 # out or ran out of time, or the CUDA library cannot initialise.
 set -uo pipefail
@@ -51,7 +52,7 @@ done
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo" || exit 2
-out_dir=${OUT:-$repo}
+out_dir=${OUT:-$repo/build/device-check}  # build/ is ignored: a dry run leaves the tree clean
 summary="$out_dir/$([ -n "${OUT:-}" ] && echo summary.txt || echo device-check-summary.txt)"
 logs="$out_dir/device-check-logs"
 mkdir -p "$logs"
