@@ -7,8 +7,9 @@
  */
 
 import { InvalidArgumentError } from "./errors.ts";
-import { type BlockHost, initial, makeProjection, type Proj, projectionShapes } from "./_llama_layers.ts";
+import { type BlockHost, initial, makeProjection, type Proj } from "./_llama_layers.ts";
 import {
+  linearShapes,
   type LlamaOptions,
   MODULE_PATHS,
   TARGET_MODULES,
@@ -134,7 +135,7 @@ export class Block {
     try {
       made.push(this.attnNorm = norm("input_layernorm"));
       made.push(this.mlpNorm = norm("post_attention_layernorm"));
-      const shapes = projectionShapes(c);
+      const shapes = linearShapes(c);
       TARGET_MODULES.forEach((name, j) => {
         const seed = options.seed + 1000 * index + j;
         proj[name] = makeProjection(model, `${prefix}.${MODULE_PATHS[name]}.weight`, shapes[name], {

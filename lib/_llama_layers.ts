@@ -64,30 +64,6 @@ export function initial(
 /** A linear layer of a block: plain, or with LoRA adapters. */
 export type Proj = Linear | LoRALinear;
 
-/**
- * `[out, in]` of each linear layer of a block (grouped-query attention: k and v have kvHeads heads).
- *
- * @example
- * ```ts
- * import { projectionShapes } from "./_llama_layers.ts";
- * import { LLAMA_CONFIGS } from "../mod.ts";
- * import { assertEquals } from "@std/assert";
- * assertEquals(projectionShapes(LLAMA_CONFIGS["7b"]).gate_proj, [11008, 4096]);
- * ```
- */
-export function projectionShapes(c: LlamaConfig): Record<TargetModule, [number, number]> {
-  const hd = c.dim / c.heads;
-  return {
-    q_proj: [c.heads * hd, c.dim],
-    k_proj: [c.kvHeads * hd, c.dim],
-    v_proj: [c.kvHeads * hd, c.dim],
-    o_proj: [c.dim, c.heads * hd],
-    gate_proj: [c.hiddenDim, c.dim],
-    up_proj: [c.hiddenDim, c.dim],
-    down_proj: [c.dim, c.hiddenDim],
-  };
-}
-
 /** How {@linkcode makeProjection} makes one linear layer. */
 export interface ProjectionOptions {
   /** A frozen base with LoRA adapters (16-bit, or NF4 in qlora mode), or a plain layer. */

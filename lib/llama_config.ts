@@ -177,3 +177,29 @@ export function checkConfig(c: LlamaConfig): void {
     );
   }
 }
+
+/**
+ * `[out, in]` of each linear layer of a block.
+ *
+ * @example
+ * ```ts
+ * import { linearShapes, LLAMA_CONFIGS } from "../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * const shapes = linearShapes(LLAMA_CONFIGS["70b"]);
+ * assertEquals(shapes.q_proj, [8192, 8192]);
+ * assertEquals(shapes.k_proj, [1024, 8192]); // grouped-query attention: 8 KV heads of 128
+ * assertEquals(shapes.down_proj, [8192, 28672]);
+ * ```
+ */
+export function linearShapes(config: LlamaConfig): Record<TargetModule, [number, number]> {
+  const hd = config.dim / config.heads;
+  return {
+    q_proj: [config.heads * hd, config.dim],
+    k_proj: [config.kvHeads * hd, config.dim],
+    v_proj: [config.kvHeads * hd, config.dim],
+    o_proj: [config.dim, config.heads * hd],
+    gate_proj: [config.hiddenDim, config.dim],
+    up_proj: [config.hiddenDim, config.dim],
+    down_proj: [config.dim, config.hiddenDim],
+  };
+}

@@ -97,19 +97,32 @@ Deno.test({
   },
 });
 
+/** Attention's shape for the scratch tests: its backward has scratch on both backends. */
+const ATTENTION = { batch: 1, seq: 256, heads: 4, kvHeads: 4, headDim: 32 };
+
+/** q, k, v, dout and the forward's out and lse for {@linkcode ATTENTION}, disposed together. */
+function attentionCase() {
+  const [q, k, v, dout] = [1, 2, 3, 4].map((seed) => Tensor.randn([256, 128], { seed, device }));
+  const { out, lse } = attentionForward(q, k, v, ATTENTION);
+  return {
+    q,
+    k,
+    v,
+    dout,
+    out,
+    lse,
+    [Symbol.dispose]: () => [q, k, v, dout, out, lse].forEach((t) => t.dispose()),
+  };
+}
+
 Deno.test("native scratch is counted under workspace and obeys the budget: a refusal is an OutOfMemoryError with the ledger", () => {
   // Attention's backward has scratch on both backends (CPU: per-thread score blocks; CUDA: f32 row sums).
-  const s = { batch: 1, seq: 256, heads: 4, kvHeads: 4, headDim: 32 };
-  using q = Tensor.randn([256, 128], { seed: 1, device });
-  using k = Tensor.randn([256, 128], { seed: 2, device });
-  using v = Tensor.randn([256, 128], { seed: 3, device });
-  using dout = Tensor.randn([256, 128], { seed: 4, device });
-  const fwd = attentionForward(q, k, v, s);
-  using out = fwd.out, lse = fwd.lse;
+  using a = attentionCase();
+  const backward = () => attentionBackward(a.dout, a.q, a.k, a.v, { out: a.out, lse: a.lse }, ATTENTION);
   // Unbudgeted: the call's scratch shows in the workspace peak, then is gone.
   const start = device.memory();
   device.resetPeak();
-  const g = attentionBackward(dout, q, k, v, { out, lse }, s);
+  const g = backward();
   const after = device.memory();
   g.dq.dispose();
   g.dk.dispose();
@@ -121,7 +134,7 @@ Deno.test("native scratch is counted under workspace and obeys the budget: a ref
   const outputs = 3 * 4 * 256 * 128;
   device.setMemoryBudget(start.totalCurrent + outputs + 64);
   try {
-    const e = assertThrows(() => attentionBackward(dout, q, k, v, { out, lse }, s), OutOfMemoryError);
+    const e = assertThrows(() => backward(), OutOfMemoryError);
     assert(/scratch/.test(e.message), e.message);
     assertEquals(e.details.category, "workspace");
     assert(e.details.requested > 64 && e.details.budget === start.totalCurrent + outputs + 64, e.message);
@@ -132,14 +145,9 @@ Deno.test("native scratch is counted under workspace and obeys the budget: a ref
 });
 
 Deno.test("a kernel refused its scratch runs again once the pressure handlers free memory (nothing written twice)", () => {
-  const s = { batch: 1, seq: 256, heads: 4, kvHeads: 4, headDim: 32 };
-  using q = Tensor.randn([256, 128], { seed: 1, device });
-  using k = Tensor.randn([256, 128], { seed: 2, device });
-  using v = Tensor.randn([256, 128], { seed: 3, device });
-  using dout = Tensor.randn([256, 128], { seed: 4, device });
-  const fwd = attentionForward(q, k, v, s);
-  using out = fwd.out, lse = fwd.lse;
-  const free = attentionBackward(dout, q, k, v, { out, lse }, s); // unbudgeted reference
+  using a = attentionCase();
+  const backward = () => attentionBackward(a.dout, a.q, a.k, a.v, { out: a.out, lse: a.lse }, ATTENTION);
+  const free = backward(); // unbudgeted reference
   const reference = [free.dq, free.dk, free.dv].map((t) => t.toFloat32());
   [free.dq, free.dk, free.dv].forEach((t) => t.dispose());
   // 4 MiB held by "someone" who gives it back under pressure; the budget leaves room for dq, dk, dv only.
@@ -155,7 +163,7 @@ Deno.test("a kernel refused its scratch runs again once the pressure handlers fr
   const start = device.memory().totalCurrent;
   device.setMemoryBudget(start + 3 * 4 * 256 * 128 + 64);
   try {
-    const g = attentionBackward(dout, q, k, v, { out, lse }, s);
+    const g = backward();
     const got = [g.dq, g.dk, g.dv].map((t) => t.toFloat32());
     [g.dq, g.dk, g.dv].forEach((t) => t.dispose());
     assertEquals(asked.length, 1, "asked once, for the scratch");
