@@ -8,7 +8,7 @@
 
 import type { Device } from "./device.ts";
 import { InvalidArgumentError } from "./errors.ts";
-import type { LlamaConfig, TargetModule, TrainMode, WeightSource } from "./llama_config.ts";
+import type { LlamaConfig, TrainMode, WeightSource } from "./llama_config.ts";
 import { Linear, LoRALinear } from "./lora.ts";
 import { Tensor } from "./tensor.ts";
 
