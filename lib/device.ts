@@ -125,28 +125,40 @@ export class Device {
   }
 
   /**
-   * Asks the handlers of {@linkcode Device.onMemoryPressure}, in turn, to free `bytes`; returns what they
-   * freed. A native call the library refused for lack of memory (an output, or a kernel's scratch) runs
-   * again when this frees something (lib/ffi `call`).
+   * Makes room for a request of `requested` bytes that failed for lack of memory: asks the handlers of
+   * {@linkcode Device.onMemoryPressure}, in turn, for what is really missing (the request plus whatever
+   * use already exceeds the budget, when a budget was lowered below current use) until they have freed
+   * it. Returns the bytes the ledger really went down by (0: nothing freed, do not retry). Both
+   * {@linkcode Device.allocate} and a refused native call (lib/ffi `call`: an output or a kernel's
+   * scratch) retry while this frees something.
    *
    * @example
    * ```ts
-   * import { getDevice } from "./device.ts";
+   * import { getDevice, Tensor } from "../mod.ts";
    * import { assertEquals } from "@std/assert";
    * const device = getDevice("cpu");
-   * const remove = device.onMemoryPressure((bytes) => Math.min(bytes, 100));
-   * assertEquals(device.relieve(64), 64);
+   * let held: Tensor | null = Tensor.zeros([256], { device }); // 1 KiB someone gives back under pressure
+   * const remove = device.onMemoryPressure(() => {
+   *   held?.dispose();
+   *   held = null;
+   *   return 1024;
+   * });
+   * assertEquals(device.relieve(64), 1024);
+   * assertEquals(device.relieve(64), 0); // nothing left to give: the ledger did not go down
    * remove();
-   * assertEquals(device.relieve(64), 0);
    * ```
    */
-  relieve(bytes: number): number {
-    let freed = 0;
+  relieve(requested: number): number {
+    const before = this.memory();
+    const missing = before.budget > 0
+      ? Math.max(requested, before.totalCurrent + requested - before.budget)
+      : requested;
+    let claimed = 0;
     for (const handler of [...this.#pressureHandlers]) {
-      if (freed >= bytes) break;
-      freed += Math.max(0, handler(bytes - freed));
+      if (claimed >= missing) break;
+      claimed += Math.max(0, handler(missing - claimed));
     }
-    return freed;
+    return Math.max(0, before.totalCurrent - this.memory().totalCurrent);
   }
 
   /**
@@ -160,14 +172,7 @@ export class Device {
       throw new InvalidArgumentError(`Cannot allocate: ${bytes} is not a positive byte count`);
     }
     let result = ffi.malloc(this, bytes, category); // undefined: out of memory
-    for (const handler of [...this.#pressureHandlers]) {
-      if (result !== undefined) break;
-      // What is really missing: the request plus whatever use already exceeds the budget (a budget
-      // lowered below current use), not the request alone.
-      const snap = this.memory();
-      const missing = snap.budget > 0 ? Math.max(bytes, snap.totalCurrent + bytes - snap.budget) : bytes;
-      if (handler(missing) > 0) result = ffi.malloc(this, bytes, category);
-    }
+    while (result === undefined && this.relieve(bytes) > 0) result = ffi.malloc(this, bytes, category);
     if (result === undefined) {
       const message = lastError(this.native);
       const snap = this.memory();

@@ -17,10 +17,11 @@ export interface Native {
   /** The opened library. */
   readonly native: { readonly symbols: QloraSymbols };
   /**
-   * Asks the memory-pressure handlers to free `bytes` (a paged optimizer moves state pages to host RAM);
-   * returns the bytes freed. A `Device` has it; {@linkcode call} uses it.
+   * Makes room for a refused request of `requested` bytes through the memory-pressure handlers (a paged
+   * optimizer moves state pages to host RAM); returns the bytes freed. A `Device` has it; {@linkcode call}
+   * uses it.
    */
-  relieve?(bytes: number): number;
+  relieve?(requested: number): number;
 }
 
 /** Device memory: a tensor, a page, or a byte offset into one (see {@linkcode offset}). */
@@ -82,8 +83,13 @@ export function memoryStats(on: Native): BigUint64Array<ArrayBuffer> {
 
 const CATEGORIES = enumNames(CATEGORY);
 
-// The ledger's words as an
-// OutOfMemoryError's details: the request the ledger refused last (this call's), the budget, current use.
+// The bytes of the request the ledger refused last (the failed call's).
+function refusedBytes(on: Native): number {
+  return Number(memoryStats(on)[LEDGER_SNAPSHOT.offsets.refused_bytes / 8]);
+}
+
+// The ledger's words as an OutOfMemoryError's details: the request the ledger refused last (this call's),
+// the budget, current use.
 function outOfMemory(on: Native, message: string): OutOfMemoryError {
   const w = memoryStats(on);
   const word = (f: keyof typeof LEDGER_SNAPSHOT.offsets) => Number(w[LEDGER_SNAPSHOT.offsets[f] / 8]);
@@ -101,8 +107,8 @@ function outOfMemory(on: Native, message: string): OutOfMemoryError {
 /**
  * Runs one native call and throws the typed error of its status ({@linkcode check}). When the library
  * refuses the call for lack of memory (the budget, or the device, had no room for an output or a kernel's
- * scratch), the pressure handlers of `on` are asked for the missing bytes (the refused request plus
- * whatever use already exceeds the budget) and the call runs again, as long as they free something.
+ * scratch), `on.relieve` is asked to make room for the refused request and the call runs again, as long
+ * as it frees something.
  * Safe because a native call that reports out of memory has written none of its outputs (qlora.h:
  * every backend reserves its scratch before its first write).
  *
@@ -121,14 +127,7 @@ function outOfMemory(on: Native, message: string): OutOfMemoryError {
  */
 export function call(on: Native, fn: () => number): void {
   let status = fn();
-  while (status === STATUS.OUT_OF_MEMORY && on.relieve) {
-    const w = memoryStats(on);
-    const word = (f: keyof typeof LEDGER_SNAPSHOT.offsets) => Number(w[LEDGER_SNAPSHOT.offsets[f] / 8]);
-    const refused = word("refused_bytes"), budget = word("budget");
-    const missing = budget > 0 ? Math.max(refused, word("total_current") + refused - budget) : refused;
-    if (on.relieve(missing) <= 0) break;
-    status = fn();
-  }
+  while (status === STATUS.OUT_OF_MEMORY && on.relieve?.(refusedBytes(on))) status = fn();
   check(on, status);
 }
 
