@@ -1,7 +1,8 @@
 import { assert, assertEquals, assertStringIncludes, assertThrows } from "@std/assert";
 import { BackendError, getDevice, InvalidArgumentError, NonFiniteError, QloraError, Tensor } from "../mod.ts";
 import { loadLibrary, openLibrary } from "../lib/ffi/library.ts";
-import { ABI_VERSION, Status, symbols } from "../lib/ffi/symbols.ts";
+import { ABI_VERSION, symbols } from "../lib/ffi/abi.ts";
+import { Status } from "../lib/ffi/enums.ts";
 import * as ffi from "../lib/ffi/mod.ts";
 
 const HEADER = new URL("../cuda/include/qlora.h", import.meta.url);

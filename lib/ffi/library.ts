@@ -12,7 +12,8 @@
  */
 
 import { BackendError, InvalidArgumentError, NonFiniteError, QloraError } from "../errors.ts";
-import { ABI_VERSION, type QloraSymbols, symbols } from "./symbols.ts";
+import { ABI_VERSION, symbols } from "./abi.ts";
+import type { QloraSymbols } from "./symbols.ts";
 import { Status } from "./enums.ts";
 
 /** A backend of the native library: the CPU build, the CUDA build, or the CUDA build's kernels emulated on the CPU. */
