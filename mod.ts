@@ -45,6 +45,7 @@ export * from "./lib/batches.ts";
 export * from "./lib/schedule.ts";
 export * from "./lib/trainer.ts";
 export * from "./lib/training_progress.ts";
+export * from "./lib/tiny_base.ts";
 export * from "./lib/resume.ts";
 export {
   bytesPerElement,

@@ -174,10 +174,10 @@ Deno.test("table: a missing base is pretrained and saved, then loaded by the nex
   try {
     const base = `${dir}/sub/tiny-base.safetensors`;
     const first = await table(["--json", "--out", dir], base);
-    assertStringIncludes(first.stderr, "pretraining the base on Brown");
+    assertStringIncludes(first.stderr, "tiny: pretraining on Brown");
     assert((await Deno.stat(base)).isFile, "the pretrained base was not saved");
     const second = await table(["--json", "--out", dir], base);
-    assertStringIncludes(second.stderr, `loaded the pretrained base from ${base}`);
+    assertStringIncludes(second.stderr, `tiny: loaded ${base}`);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

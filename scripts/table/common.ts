@@ -51,13 +51,3 @@ export function merge(model: LlamaModel): void {
 export function oomText(e: OutOfMemoryError, what: string): string {
   return `${what} ran out of the ${(e.details.budget / 2 ** 30).toFixed(2)} GiB budget`;
 }
-/** Whether `path` exists (a file or anything else); other errors than "not found" propagate. */
-export async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
-}

@@ -15,71 +15,17 @@ import {
   type LlamaConfig,
   LlamaModel,
   loadDocuments,
-  loadWeights,
   type MemoryEstimate,
   OutOfMemoryError,
-  ROPE_LAYOUT,
-  saveWeights,
   Tensor,
   TextDataset,
+  tinyBase,
   Trainer,
   type TrainMode,
   type WeightSource,
 } from "../../mod.ts";
-import { ALPHA, exists, merge, oomText, precisionsOf, RANK, zeroBytes } from "./common.ts";
+import { ALPHA, merge, oomText, precisionsOf, RANK, zeroBytes } from "./common.ts";
 import type { TableOptions, TinyResult, TinyRun } from "./types.ts";
-
-export async function tinyBase(
-  o: TableOptions,
-  config: LlamaConfig,
-  tokenizer: ByteTokenizer,
-): Promise<{ weights?: WeightSource; base: string }> {
-  const log = o.log!;
-  let save = Boolean(o.base); // only where there is no file: another config's base is not overwritten
-  if (o.base && await exists(o.base)) {
-    const loaded = await loadWeights(o.base);
-    save = false;
-    if (loaded.ropeLayout !== ROPE_LAYOUT) {
-      log(
-        `tiny: ${o.base} was trained with ${loaded.ropeLayout} RoPE pairs (an earlier version); pretraining again`,
-      );
-      save = true; // our own cache, of no use to this version
-    } else if (JSON.stringify(loaded.config) === JSON.stringify(config)) {
-      log(`tiny: loaded the pretrained base from ${o.base}`);
-      return { weights: loaded.weights, base: `loaded from ${o.base}` };
-    } else {
-      log(`tiny: ${o.base} has another config; pretraining a new base`);
-    }
-  }
-  const docs = await loadDocuments("brown");
-  const brown = TextDataset.fromDocuments(docs, { tokenizer, seed: 0 });
-  log(`tiny: pretraining the base on Brown, full mode, ${o.pretrainSteps} steps of 8x128 tokens`);
-  using model = new LlamaModel(config, { mode: "full" });
-  using trainer = new Trainer(model, datasetSource(brown, 0), {
-    steps: o.pretrainSteps,
-    batchSize: 8,
-    seq: 128,
-    lr: 3e-3,
-    evalBatches: 4,
-    onStep: (i) => {
-      if (i.step % 50 === 0 || i.step === i.steps) {
-        log(`  pretrain ${i.step}/${i.steps} loss ${i.loss.toFixed(3)}`);
-      }
-    },
-  });
-  const r = await trainer.train();
-  const values = model.namedWeights();
-  if (save && o.base) {
-    await Deno.mkdir(o.base.includes("/") ? o.base.slice(0, o.base.lastIndexOf("/")) : ".", {
-      recursive: true,
-    });
-    await saveWeights(model, o.base);
-  }
-  const base =
-    `pretrained here on Brown (${o.pretrainSteps} steps, validation loss ${r.evalLoss.toFixed(3)})` +
-    (save ? `, saved to ${o.base}` : "");
-  return { weights: (name) => values.get(name)?.values, base };
-}
 
 /** Fine-tunes the tiny base in one mode and measures it; throws OutOfMemoryError past the budget. */
 async function tinyRun(
@@ -171,9 +117,21 @@ export async function runTiny(
   const log = o.log!;
   const config = { ...LLAMA_CONFIGS.tiny };
   const tokenizer = new ByteTokenizer({ padVocabTo: 64 });
-  const { weights, base } = await tinyBase(o, config, tokenizer);
+  const base = await tinyBase({
+    path: o.base,
+    config,
+    steps: o.pretrainSteps,
+    tokenizer,
+    log: (line) => log(line.replace(/^tiny base/, "tiny")),
+    onStep: (i) => {
+      if (i.step % 50 === 0 || i.step === i.steps) {
+        log(`  pretrain ${i.step}/${i.steps} loss ${i.loss.toFixed(3)}`);
+      }
+    },
+  });
+  const weights = base.weights;
   const sotu = TextDataset.fromDocuments(await loadDocuments("sotu"), { tokenizer, seed: 0 });
-  if (study && weights) await study({ config, weights, sotu });
+  if (study) await study({ config, weights, sotu });
   // The budget applies to fine-tuning and the large scale, not to pretraining the base.
   if (o.budget) device.setMemoryBudget(o.budget);
   const seq = o.model === "tiny" ? o.seq : 128, batch = o.model === "tiny" ? o.batch : 8;
@@ -206,7 +164,7 @@ export async function runTiny(
   }
   return {
     config,
-    base,
+    base: base.source,
     seq,
     batch,
     steps: o.steps,

@@ -5,7 +5,13 @@
  * @module
  */
 
-import type { Category, LlamaConfig, MemoryEstimate, TrainMode } from "../../mod.ts";
+import {
+  type Category,
+  type LlamaConfig,
+  type MemoryEstimate,
+  TINY_BASE_FILE,
+  type TrainMode,
+} from "../../mod.ts";
 import { DEFAULT_QUALITY, type QualityOptions, type QualityResult } from "./quality.ts";
 
 /** The model shapes the large scale can use. */
@@ -63,7 +69,7 @@ export const DEFAULT_OPTIONS: TableOptions = {
   steps: 40,
   budget: 0,
   maxSeconds: 420,
-  base: "build/tiny-base.safetensors",
+  base: TINY_BASE_FILE,
   pretrainSteps: 300,
   quality: DEFAULT_QUALITY,
 };
