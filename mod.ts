@@ -46,6 +46,8 @@ export * from "./lib/schedule.ts";
 export * from "./lib/trainer.ts";
 export * from "./lib/training_progress.ts";
 export * from "./lib/tiny_base.ts";
+export * from "./lib/stats.ts";
+export * from "./lib/quality.ts";
 export * from "./lib/resume.ts";
 export {
   bytesPerElement,

@@ -18,13 +18,13 @@
  *   linearly to the real layer count; then the whole model is measured (QLoRA first, then LoRA, full)
  *   where the memory of this machine and the time limit (`--max-seconds`, default 420) allow it. With
  *   `--model tiny` only the tiny scale runs, and `--seq`/`--batch` apply to it.
- * - quality (table/quality.ts; skipped with `--no-quality`): the pretrained tiny base with its linear
+ * - quality (lib/quality.ts; skipped with `--no-quality`): the pretrained tiny base with its linear
  *   weights in bf16, NF4, NF4 + double quantization, FP4 and Int4; held-out SOTU perplexity before and after
  *   LoRA/QLoRA fine-tuning (one learning rate chosen by a small sweep; `--quality-seeds` seeds, default 3,
  *   of `--quality-steps` steps, default 30), mean +- std, differences weighed against the seed spread.
  *
  * The code: table/types.ts (result types), table/tiny.ts, table/shape.ts, table/constants.ts,
- * table/quality.ts (the experiments), table/run.ts (all of them), table/comparison.ts, table/claims.ts,
+ * table/run.ts (all of them), table/comparison.ts, table/claims.ts,
  * table/quality_table.ts (the tables), table/format.ts, table/report_html.ts, table/readme.ts (renderings).
  *
  * Every memory figure comes from the ledger; the estimator (lib/estimate.ts) stands beside it. Progress
@@ -35,12 +35,11 @@
  * @module
  */
 
-import { parseBytes } from "../mod.ts";
+import { DEFAULT_QUALITY, parseBytes } from "../mod.ts";
 import { writeFileAtomic } from "../lib/atomic_file.ts";
 import { intFlags, parseArgs, runMain, UsageError } from "./_cli.ts";
 import { toMarkdown } from "./table/format.ts";
 import { writeReport } from "./table/report_html.ts";
-import { DEFAULT_QUALITY } from "./table/quality.ts";
 import { README_RESULT, rewriteReadme, writeReadme } from "./table/readme.ts";
 import { runTable } from "./table/run.ts";
 import { DEFAULT_OPTIONS, type TableOptions } from "./table/types.ts";

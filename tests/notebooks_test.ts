@@ -34,7 +34,7 @@ Deno.test("notebooks: the six walkthroughs exist and each is listed in notebooks
   }
 });
 
-Deno.test("notebooks: Deno kernel, committed without outputs, importing ../mod.ts", () => {
+Deno.test("notebooks: Deno kernel, committed without outputs, importing ../mod.ts and nothing else", () => {
   for (const nb of notebooks()) {
     const spec = nb.metadata.kernelspec as { name?: string } | undefined;
     assertEquals(spec?.name, "deno", `${nb.name}: kernelspec`);
@@ -46,6 +46,9 @@ Deno.test("notebooks: Deno kernel, committed without outputs, importing ../mod.t
     }
     const source = code.map((c) => [c.source].flat().join("")).join("\n");
     assert(source.includes(`"../mod.ts"`), `${nb.name}: does not import ../mod.ts`);
+    // Data flows one way: a notebook uses the library through mod.ts, never lib/ or scripts/ directly.
+    const specifiers = [...source.matchAll(/(?:from|import)\s*\(?\s*"([^"]+)"/g)].map((m) => m[1]);
+    for (const s of specifiers) assertEquals(s, "../mod.ts", `${nb.name}: imports ${s}`);
   }
 });
 

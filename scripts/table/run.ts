@@ -4,12 +4,11 @@
  * @module
  */
 
-import { getDevice } from "../../mod.ts";
+import { getDevice, type QualityResult, runQuality } from "../../mod.ts";
 import { claimsTable } from "./claims.ts";
 import { comparisonTable } from "./comparison.ts";
 import { measureConstants } from "./constants.ts";
 import { runShape } from "./shape.ts";
-import { type QualityResult, runQuality } from "./quality.ts";
 import { qualityTable } from "./quality_table.ts";
 import { runTiny, type TinyInputs } from "./tiny.ts";
 import type { TableOptions, TableResult } from "./types.ts";

@@ -7,12 +7,14 @@
 
 import {
   type Category,
+  DEFAULT_QUALITY,
   type LlamaConfig,
   type MemoryEstimate,
+  type QualityOptions,
+  type QualityResult,
   TINY_BASE_FILE,
   type TrainMode,
 } from "../../mod.ts";
-import { DEFAULT_QUALITY, type QualityOptions, type QualityResult } from "./quality.ts";
 
 /** The model shapes the large scale can use. */
 export type ShapeName = "7b" | "13b" | "70b";

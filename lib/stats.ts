@@ -1,5 +1,5 @@
 /**
- * The statistics of the quality study of `./deno task table`: mean and sample standard deviation over
+ * The statistics of the quality study ({@linkcode runQuality}): mean and sample standard deviation over
  * seeds, and whether the difference between two data types is larger than their seed-to-seed spread.
  *
  * @module
@@ -20,7 +20,7 @@ export interface Spread {
  *
  * @example
  * ```ts
- * import { spread } from "./stats.ts";
+ * import { spread } from "../mod.ts";
  * import { assertAlmostEquals, assertEquals } from "@std/assert";
  * const s = spread([2, 4, 6]);
  * assertEquals([s.mean, s.n], [4, 3]);
@@ -61,7 +61,7 @@ export interface Difference {
  *
  * @example
  * ```ts
- * import { compare } from "./stats.ts";
+ * import { compare } from "../mod.ts";
  * import { assert } from "@std/assert";
  * assert(compare([10, 10.1, 9.9], [11, 11.1, 10.9]).resolved);
  * const d = compare([10, 11, 9], [10.5, 11.5, 9.5]);
@@ -86,7 +86,7 @@ export function compare(a: readonly number[], b: readonly number[]): Difference 
  *
  * @example
  * ```ts
- * import { fmtSpread, spread } from "./stats.ts";
+ * import { fmtSpread, spread } from "../mod.ts";
  * import { assertEquals } from "@std/assert";
  * assertEquals(fmtSpread(spread([1, 2, 3]), 2), "2.00 +- 1.00");
  * ```
