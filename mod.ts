@@ -49,6 +49,7 @@ export * from "./lib/tiny_base.ts";
 export * from "./lib/stats.ts";
 export * from "./lib/quality.ts";
 export * from "./lib/resume.ts";
+export { AtomicFile, type AtomicFileOptions, withAtomicFile, writeFileAtomic } from "./lib/atomic_file.ts";
 export {
   bytesPerElement,
   isSafetensorsDtype,

@@ -11,6 +11,7 @@
 
 import {
   expectedWeights,
+  f32ToBf16,
   formatBytes,
   getDevice,
   hfConfigJson,
@@ -19,9 +20,8 @@ import {
   openModelDir,
   SafetensorsWriter,
   type WeightSource,
+  writeFileAtomic,
 } from "../mod.ts";
-import { writeFileAtomic } from "../lib/atomic_file.ts";
-import { f32ToBf16 } from "../lib/dtype.ts";
 import { parseArgs } from "../scripts/_cli.ts";
 
 const { flags } = parseArgs(Deno.args, {

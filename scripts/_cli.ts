@@ -5,7 +5,7 @@
  * @module
  */
 
-import { TARGET_MODULES, type TargetModule } from "../lib/llama_config.ts";
+import { TARGET_MODULES, type TargetModule } from "../mod.ts";
 
 /** A flag's kind: a boolean switch, or one that takes a value. */
 export type FlagSpec = Record<string, "boolean" | "string">;

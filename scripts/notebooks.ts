@@ -29,7 +29,7 @@
 
 import { fileURLToPath } from "node:url";
 import puppeteer from "puppeteer-core";
-import { withAtomicFile, writeFileAtomic } from "../lib/atomic_file.ts";
+import { withAtomicFile, writeFileAtomic } from "../mod.ts";
 import { type NotebookRun, runNotebookInBrowser } from "./_browser.ts";
 import { type JupyterServer, startJupyterServer } from "./_jupyter.ts";
 import { judge, missingFigures } from "./_notebook_checks.ts";

@@ -35,8 +35,7 @@
  * @module
  */
 
-import { DEFAULT_QUALITY, parseBytes } from "../mod.ts";
-import { writeFileAtomic } from "../lib/atomic_file.ts";
+import { DEFAULT_QUALITY, parseBytes, writeFileAtomic } from "../mod.ts";
 import { intFlags, parseArgs, runMain, UsageError } from "./_cli.ts";
 import { toMarkdown } from "./table/format.ts";
 import { writeReport } from "./table/report_html.ts";

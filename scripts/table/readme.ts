@@ -8,7 +8,7 @@
  * @module
  */
 
-import { writeFileAtomic } from "../../lib/atomic_file.ts";
+import { writeFileAtomic } from "../../mod.ts";
 import { claimsTable } from "./claims.ts";
 import { comparisonTable } from "./comparison.ts";
 import { toMarkdown } from "./format.ts";

@@ -14,8 +14,8 @@ import {
   LLAMA_CONFIGS,
   plot,
   type PlotlyTrace,
+  writeFileAtomic,
 } from "../../mod.ts";
-import { writeFileAtomic } from "../../lib/atomic_file.ts";
 import { esc, TAGS, toHTMLTable } from "./format.ts";
 import type { TableInput, TableResult, Variant } from "./types.ts";
 
