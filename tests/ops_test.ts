@@ -76,6 +76,39 @@ Deno.test("matmul: every transpose, alpha/beta, f32 and bf16, against a float64 
   }
 });
 
+Deno.test("matmul: f32 inputs into a bf16 output and bf16 into f32, every transpose, small and large", () => {
+  // oneDNN has no f32 x f32 -> bf16 product: the CPU computes it itself (a dot-product loop when B is
+  // transposed), above and below the size where it hands products to oneDNN.
+  for (const [m, n, k] of [[7, 5, 3], [33, 65, 17], [96, 80, 72], [2, 300, 64], [1, 400, 64]]) {
+    for (const transA of [false, true]) {
+      for (const transB of [false, true]) {
+        const a = normalValues(m * k, m + 2 * k), b = normalValues(k * n, n + k), c0 = normalValues(m * n, 9);
+        for (const [ab, out] of [["f32", "bf16"], ["bf16", "f32"]] as const) {
+          using ta = Tensor.from(a, { shape: transA ? [k, m] : [m, k], dtype: ab, device });
+          using tb = Tensor.from(b, { shape: transB ? [n, k] : [k, n], dtype: ab, device });
+          using tc = Tensor.from(c0, { shape: [m, n], dtype: out, device });
+          using c0t = Tensor.from(c0, { dtype: out, device });
+          matmul(ta, tb, { transA, transB, alpha: 0.5, beta: -2, out: tc });
+          const want = refGemm(
+            ta.toFloat32(),
+            tb.toFloat32(),
+            m,
+            n,
+            k,
+            transA,
+            transB,
+            0.5,
+            -2,
+            c0t.toFloat32(),
+          );
+          const what = `${ab} -> ${out} ${m}x${n}x${k} tA=${transA} tB=${transB}`;
+          assertClose(tc.toFloat32(), want, out === "f32" ? 1e-5 : 1e-2, what);
+        }
+      }
+    }
+  }
+});
+
 Deno.test("matmul: batches with a shared operand, and beta = 0 ignores NaN in out", () => {
   const [batch, m, n, k] = [3, 4, 5, 6];
   const a = normalValues(batch * m * k, 1), b = normalValues(k * n, 2);

@@ -195,6 +195,51 @@ void gemm_loop(const Operands& o, const void* a, const void* b, void* c) {
   }
 }
 
+// What oneDNN refuses with op(B) transposed (f32 inputs into a bf16 C): each C(i, j) a dot product of
+// op(A)'s row i, gathered once, and row j of B as stored, both contiguous. The loop above would read B
+// with a stride of ldb for every multiply-add (25x slower at 512^3).
+void gemm_loop_dot(const Operands& o, const void* a, const void* b, void* c) {
+  const bool parallel = o.m * o.n * o.k >= (1ull << 20);
+  const bool by_rows = o.m >= (uint64_t)omp_get_max_threads();  // else the columns are split
+#pragma omp parallel if (parallel)
+  {
+    std::vector<float> arow(o.k);
+    const auto dot = [&](uint64_t j) {
+      float s = 0.0f;
+      if (o.ab_dtype == QLORA_F32) {
+        const float* bp = (const float*)b + j * o.ldb;
+#pragma omp simd reduction(+ : s)
+        for (uint64_t p = 0; p < o.k; p++) s += arow[p] * bp[p];
+      } else {
+        const uint16_t* bp = (const uint16_t*)b + j * o.ldb;
+#pragma omp simd reduction(+ : s)
+        for (uint64_t p = 0; p < o.k; p++) s += arow[p] * bf16_to_float(bp[p]);
+      }
+      return s;
+    };
+    const auto store = [&](uint64_t i, uint64_t j, float s) {
+      const uint64_t ci = i * o.ldc + j;
+      float v = o.alpha * s;
+      if (o.beta != 0.0f) v += o.beta * load_float(c, o.c_dtype, ci);
+      store_float(c, o.c_dtype, ci, v);
+    };
+    for (uint64_t i0 = 0; i0 < (by_rows ? 1 : o.m); i0++) {
+      if (by_rows) {
+#pragma omp for schedule(static)
+        for (int64_t ii = 0; ii < (int64_t)o.m; ii++) {
+          const uint64_t i = (uint64_t)ii;
+          for (uint64_t p = 0; p < o.k; p++) arow[p] = load_a(o, a, i, p);
+          for (uint64_t j = 0; j < o.n; j++) store(i, j, dot(j));
+        }
+      } else {
+        for (uint64_t p = 0; p < o.k; p++) arow[p] = load_a(o, a, i0, p);
+#pragma omp for schedule(static)
+        for (int64_t jj = 0; jj < (int64_t)o.n; jj++) store(i0, (uint64_t)jj, dot((uint64_t)jj));
+      }
+    }
+  }
+}
+
 // Below this many multiply-adds a product runs as the loop above: oneDNN's call costs more.
 constexpr uint64_t kTinyGemm = 1ull << 14;
 
@@ -210,7 +255,8 @@ std::shared_ptr<Gemm> gemm_for(const Operands& o) {
 void gemm_2d(const Operands& o, const void* a, const void* b, void* c) {
   std::shared_ptr<Gemm> g = gemm_for(o);
   if (g) run_gemm(*g, a, b, c);
-  else gemm_loop(o, a, b, c);  // slow but correct
+  else if (o.trans_b && o.m * o.n * o.k > kTinyGemm) gemm_loop_dot(o, a, b, c);  // what oneDNN refuses
+  else gemm_loop(o, a, b, c);
 }
 
 // The scratchpad of every product of one call, reserved through the ledger before the call's first
