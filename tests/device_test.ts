@@ -1,4 +1,4 @@
-import { assert, assertEquals, assertInstanceOf, assertThrows } from "@std/assert";
+import { assert, assertEquals, assertInstanceOf, assertStringIncludes, assertThrows } from "@std/assert";
 import {
   backendAvailable,
   getDevice,
@@ -89,4 +89,28 @@ Deno.test("device: peaks follow allocations and resetPeak brings them down to th
   device.resetPeak();
   assertEquals(device.memory().totalPeak, device.memory().totalCurrent);
   device.synchronize();
+});
+
+Deno.test("device: QLORA_CPU_ISA=avx2 runs the CPU backend as on a CPU without AVX-512; other values are refused", async () => {
+  const root = new URL("..", import.meta.url).pathname;
+  const describe = async (isa: string) => {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", 'import { getDevice } from "./mod.ts"; console.log(String(getDevice("cpu")));'],
+      cwd: root,
+      env: { QLORA_BACKEND: "cpu", QLORA_CPU_ISA: isa },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const dec = new TextDecoder();
+    return { code: out.code, text: dec.decode(out.stdout) + dec.decode(out.stderr) };
+  };
+  const avx2 = await describe("avx2");
+  assertEquals(avx2.code, 0, avx2.text);
+  assertStringIncludes(avx2.text, "AVX2 only: QLORA_CPU_ISA=avx2");
+  const native = await describe("native");
+  assertEquals(native.code, 0, native.text);
+  assert(!native.text.includes("AVX2"), native.text);
+  const bad = await describe("sse2");
+  assert(bad.code !== 0, bad.text);
+  assertStringIncludes(bad.text, 'QLORA_CPU_ISA must be native or avx2, got "sse2"');
 });

@@ -10,6 +10,11 @@ namespace qlora {
 
 // Whether this CPU has AVX-512 F and BW (checked once): the 16-lane paths of every file use it.
 bool has_avx512();
+// QLORA_CPU_ISA=avx2: run as on a CPU without AVX-512 (most laptops): has_avx512() is false and oneDNN
+// stops at AVX2, so that those paths are tested on any machine. Unset or "native": what the CPU has;
+// anything else is refused by qlora_init.
+const char* cpu_isa_setting();
+bool avx2_only();
 
 // memcpy split over OpenMP threads for large copies.
 void parallel_copy(void* dst, const void* src, uint64_t bytes);

@@ -63,7 +63,11 @@ struct Dnnl {
 constexpr size_t kMaxCachedGemms = 1024;  // past this the cache starts over (shapes of one model are few)
 
 Dnnl& dnnl_state() {
-  static Dnnl* state = new Dnnl();  // never destroyed: the library is never unloaded (-z nodelete)
+  static Dnnl* state = [] {
+    // Before oneDNN's first primitive, or it has no effect.
+    if (avx2_only()) dnnl::set_max_cpu_isa(dnnl::cpu_isa::avx2);
+    return new Dnnl();  // never destroyed: the library is never unloaded (-z nodelete)
+  }();
   return *state;
 }
 

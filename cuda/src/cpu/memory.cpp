@@ -27,8 +27,18 @@ uint64_t backend_process_used() {
   return (uint64_t)mi.uordblks + (uint64_t)mi.hblkhd;
 }
 
+const char* cpu_isa_setting() {
+  const char* e = getenv("QLORA_CPU_ISA");
+  return e && *e ? e : "native";
+}
+
+bool avx2_only() {
+  static const bool yes = strcmp(cpu_isa_setting(), "avx2") == 0;
+  return yes;
+}
+
 bool has_avx512() {
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  static const bool yes = !avx2_only() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
   return yes;
 }
 
@@ -68,7 +78,13 @@ extern "C" {
 
 QLORA_API const char* qlora_backend_name(void) { return "cpu"; }
 
-QLORA_API qlora_status qlora_init(void) { return QLORA_OK; }
+QLORA_API qlora_status qlora_init(void) {
+  const char* isa = qlora::cpu_isa_setting();
+  if (strcmp(isa, "native") != 0 && strcmp(isa, "avx2") != 0)
+    return qlora::fail(QLORA_ERR_INVALID_ARGUMENT,
+                       "Cannot start the CPU backend: QLORA_CPU_ISA must be native or avx2, got \"%s\"", isa);
+  return QLORA_OK;
+}
 
 QLORA_API qlora_status qlora_device_name(char* buf, uint64_t buf_len) {
   QLORA_CHECK_PTR(buf, "describe the device");
@@ -76,8 +92,9 @@ QLORA_API qlora_status qlora_device_name(char* buf, uint64_t buf_len) {
   uint64_t free_b, total_b;
   qlora::backend_device_memory(&free_b, &total_b);
   char mem[32];
-  snprintf(buf, buf_len, "CPU (%d OpenMP threads, %s RAM, GEMM: oneDNN)", omp_get_max_threads(),
-           qlora::format_bytes(total_b, mem, sizeof mem));
+  snprintf(buf, buf_len, "CPU (%d OpenMP threads, %s RAM, GEMM: oneDNN%s)", omp_get_max_threads(),
+           qlora::format_bytes(total_b, mem, sizeof mem),
+           qlora::avx2_only() ? "; AVX2 only: QLORA_CPU_ISA=avx2" : "");
   return QLORA_OK;
 }
 
