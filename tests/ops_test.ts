@@ -1,4 +1,4 @@
-import { assert, assertAlmostEquals, assertEquals, assertThrows } from "@std/assert";
+import { assert, assertAlmostEquals, assertEquals, assertStringIncludes, assertThrows } from "@std/assert";
 import {
   axpby,
   dropout,
@@ -7,6 +7,7 @@ import {
   InvalidArgumentError,
   matmul,
   matmul4bit,
+  OutOfMemoryError,
   quantize,
   Tensor,
 } from "../mod.ts";
@@ -108,6 +109,40 @@ Deno.test("matmul: f32 inputs into a bf16 output and bf16 into f32, every transp
     }
   }
 });
+
+Deno.test({
+  name:
+    "matmul (CPU): what oneDNN refuses runs on f32 copies counted as workspace; no room is an error that writes nothing",
+  ignore: device.backend !== "cpu",
+  fn() {
+    // f32 x f32 -> bf16 has no oneDNN product: the f32 one runs into an f32 temporary of C, rounded after.
+    const [m, n, k] = [96, 80, 72];
+    using a = Tensor.from(normalValues(m * k, 11), { shape: [m, k], device });
+    using b = Tensor.from(normalValues(k * n, 12), { shape: [n, k], device });
+    using c = Tensor.from(normalValues(m * n, 13), { shape: [m, n], dtype: "bf16", device });
+    const before = c.toFloat32();
+    const start = device.memory();
+    device.setMemoryBudget(start.totalCurrent + 4096); // less than the 30 KiB temporary
+    try {
+      const e = assertThrows(() => matmul(a, b, { transB: true, beta: 1, out: c }), OutOfMemoryError);
+      assertStringIncludes(e.message, "no room for its scratch");
+      assertEquals(e.details.category, "workspace");
+    } finally {
+      device.setMemoryBudget(0);
+    }
+    assertEquals(c.toFloat32(), before, "a refused product wrote nothing");
+    assertEquals(device.memory().totalCurrent, start.totalCurrent);
+    device.resetPeak();
+    matmul(a, b, { transB: true, beta: 1, out: c });
+    assert(
+      device.memory().peak.workspace - start.current.workspace >= m * n * 4,
+      "the f32 temporary is counted",
+    );
+    const want = refGemm(a.toFloat32(), b.toFloat32(), m, n, k, false, true, 1, 1, before);
+    assertClose(c.toFloat32(), want, 1e-2, "after the refusal, with room");
+  },
+});
+if (device.backend !== "cpu") console.log("matmul (CPU) f32 copies: skipped, oneDNN is the CPU backend's");
 
 Deno.test("matmul: batches with a shared operand, and beta = 0 ignores NaN in out", () => {
   const [batch, m, n, k] = [3, 4, 5, 6];

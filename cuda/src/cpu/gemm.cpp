@@ -130,13 +130,13 @@ std::shared_ptr<Gemm> get_gemm(const GemmKey& key) {
 thread_local void* t_pad = nullptr;
 thread_local uint64_t t_pad_bytes = 0;
 
-void run_gemm(const Gemm& g, const void* a, const void* b, void* c) {
+void run_gemm(const Gemm& g, const void* a, const void* b, void* c, void* given_pad = nullptr) {
   Dnnl& d = dnnl_state();
   thread_local dnnl::stream stream(d.engine);
   const uint64_t need = g.scratchpad.get_size();
   Workspace own;
-  void* pad = t_pad;
-  if (need > t_pad_bytes) {  // nothing reserved on this thread (attention's products), or too little
+  void* pad = given_pad ? given_pad : t_pad;
+  if (!given_pad && need > t_pad_bytes) {  // nothing reserved on this thread (attention's products), or too little
     const qlora_status s = own.alloc(need, "multiply matrices");
     if (s != QLORA_OK) throw WorkspaceError(s, qlora_last_error());
     pad = own.as<void>();
@@ -199,51 +199,6 @@ void gemm_loop(const Operands& o, const void* a, const void* b, void* c) {
   }
 }
 
-// What oneDNN refuses with op(B) transposed (f32 inputs into a bf16 C): each C(i, j) a dot product of
-// op(A)'s row i, gathered once, and row j of B as stored, both contiguous. The loop above would read B
-// with a stride of ldb for every multiply-add (25x slower at 512^3).
-void gemm_loop_dot(const Operands& o, const void* a, const void* b, void* c) {
-  const bool parallel = o.m * o.n * o.k >= (1ull << 20);
-  const bool by_rows = o.m >= (uint64_t)omp_get_max_threads();  // else the columns are split
-#pragma omp parallel if (parallel)
-  {
-    std::vector<float> arow(o.k);
-    const auto dot = [&](uint64_t j) {
-      float s = 0.0f;
-      if (o.ab_dtype == QLORA_F32) {
-        const float* bp = (const float*)b + j * o.ldb;
-#pragma omp simd reduction(+ : s)
-        for (uint64_t p = 0; p < o.k; p++) s += arow[p] * bp[p];
-      } else {
-        const uint16_t* bp = (const uint16_t*)b + j * o.ldb;
-#pragma omp simd reduction(+ : s)
-        for (uint64_t p = 0; p < o.k; p++) s += arow[p] * bf16_to_float(bp[p]);
-      }
-      return s;
-    };
-    const auto store = [&](uint64_t i, uint64_t j, float s) {
-      const uint64_t ci = i * o.ldc + j;
-      float v = o.alpha * s;
-      if (o.beta != 0.0f) v += o.beta * load_float(c, o.c_dtype, ci);
-      store_float(c, o.c_dtype, ci, v);
-    };
-    for (uint64_t i0 = 0; i0 < (by_rows ? 1 : o.m); i0++) {
-      if (by_rows) {
-#pragma omp for schedule(static)
-        for (int64_t ii = 0; ii < (int64_t)o.m; ii++) {
-          const uint64_t i = (uint64_t)ii;
-          for (uint64_t p = 0; p < o.k; p++) arow[p] = load_a(o, a, i, p);
-          for (uint64_t j = 0; j < o.n; j++) store(i, j, dot(j));
-        }
-      } else {
-        for (uint64_t p = 0; p < o.k; p++) arow[p] = load_a(o, a, i0, p);
-#pragma omp for schedule(static)
-        for (int64_t jj = 0; jj < (int64_t)o.n; jj++) store(i0, (uint64_t)jj, dot((uint64_t)jj));
-      }
-    }
-  }
-}
-
 // Below this many multiply-adds a product runs as the loop above: oneDNN's call costs more.
 constexpr uint64_t kTinyGemm = 1ull << 14;
 
@@ -255,12 +210,91 @@ std::shared_ptr<Gemm> gemm_for(const Operands& o) {
   return get_gemm(key);
 }
 
-// One 2-D product on strided operands: oneDNN, or the loop for tiny or unsupported products.
+// ---- what oneDNN refuses: its f32 product on f32 copies ----------------------------------------
+// oneDNN 2.6 has no f32 x f32 -> bf16 product, and no bf16 product at all below AVX-512 (most laptops).
+// Such a product runs as oneDNN's f32 one: bf16 operands are copied to f32 (op(A) and op(B) packed, their
+// transposes kept), a bf16 C is computed into an f32 temporary (alpha applied) and then rounded into C
+// with beta. The copies' bytes come from the call's reservation (ReservedPad) or are allocated here,
+// through the ledger either way; the plain loop would be 10-25x slower at 512^3.
+constexpr uint64_t align64(uint64_t x) { return (x + 63) / 64 * 64; }
+
+struct F32Route {
+  std::shared_ptr<Gemm> g;  // null: no route (tiny, already f32, or refused too)
+  uint64_t pad = 0, a = 0, b = 0, c = 0;  // bytes of each part, 64-byte aligned
+  uint64_t bytes() const { return pad + a + b + c; }
+};
+
+F32Route f32_route(const Operands& o) {
+  F32Route r;
+  if (o.m * o.n * o.k <= kTinyGemm || (o.ab_dtype == QLORA_F32 && o.c_dtype == QLORA_F32)) return r;
+  Operands t = o;
+  if (o.ab_dtype != QLORA_F32) {
+    t.ab_dtype = QLORA_F32;
+    t.lda = o.trans_a ? o.m : o.k;
+    t.ldb = o.trans_b ? o.k : o.n;
+    r.a = align64(o.m * o.k * sizeof(float));
+    r.b = align64(o.k * o.n * sizeof(float));
+  }
+  if (o.c_dtype != QLORA_F32) {
+    t.c_dtype = QLORA_F32;
+    t.ldc = o.n;
+    t.beta = 0.0f;
+    r.c = align64(o.m * o.n * sizeof(float));
+  }
+  r.g = gemm_for(t);
+  if (r.g) r.pad = align64(r.g->scratchpad.get_size());
+  return r;
+}
+
+// rows x cols values of src (leading dimension ld, dtype) into dst as packed f32.
+void to_f32(const void* src, int32_t dtype, uint64_t rows, uint64_t cols, uint64_t ld, float* dst) {
+#pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin)
+  for (int64_t r = 0; r < (int64_t)rows; r++)
+    for (uint64_t j = 0; j < cols; j++) dst[(uint64_t)r * cols + j] = load_float(src, dtype, (uint64_t)r * ld + j);
+}
+
+void run_f32_route(const Operands& o, const F32Route& r, const void* a, const void* b, void* c) {
+  Workspace own;
+  char* base = (char*)t_pad;
+  if (r.bytes() > t_pad_bytes) {  // not reserved by the call (attention's products), or too little
+    const qlora_status s = own.alloc(r.bytes(), "multiply matrices");
+    if (s != QLORA_OK) throw WorkspaceError(s, qlora_last_error());
+    base = own.as<char>();
+  }
+  char* p = base + r.pad;
+  const void* a32 = a;
+  const void* b32 = b;
+  if (r.a) {
+    to_f32(a, o.ab_dtype, o.trans_a ? o.k : o.m, o.trans_a ? o.m : o.k, o.lda, (float*)p);
+    to_f32(b, o.ab_dtype, o.trans_b ? o.n : o.k, o.trans_b ? o.k : o.n, o.ldb, (float*)(p + r.a));
+    a32 = p;
+    b32 = p + r.a;
+  }
+  float* c32 = r.c ? (float*)(p + r.a + r.b) : (float*)c;
+  run_gemm(*r.g, a32, b32, c32, r.pad ? base : nullptr);
+  if (!r.c) return;
+#pragma omp parallel for schedule(static) if (o.m * o.n >= kParallelMin)
+  for (int64_t ii = 0; ii < (int64_t)o.m; ii++) {
+    const uint64_t i = (uint64_t)ii;
+    for (uint64_t j = 0; j < o.n; j++) {
+      float v = c32[i * o.n + j];
+      if (o.beta != 0.0f) v += o.beta * load_float(c, o.c_dtype, i * o.ldc + j);
+      store_float(c, o.c_dtype, i * o.ldc + j, v);
+    }
+  }
+}
+
+// One 2-D product on strided operands: oneDNN, its f32 product on f32 copies, or the loop for tiny ones.
 void gemm_2d(const Operands& o, const void* a, const void* b, void* c) {
-  std::shared_ptr<Gemm> g = gemm_for(o);
-  if (g) run_gemm(*g, a, b, c);
-  else if (o.trans_b && o.m * o.n * o.k > kTinyGemm) gemm_loop_dot(o, a, b, c);  // what oneDNN refuses
-  else gemm_loop(o, a, b, c);
+  if (std::shared_ptr<Gemm> g = gemm_for(o)) {
+    run_gemm(*g, a, b, c);
+    return;
+  }
+  if (const F32Route r = f32_route(o); r.g) {
+    run_f32_route(o, r, a, b, c);
+    return;
+  }
+  gemm_loop(o, a, b, c);
 }
 
 // The scratchpad of every product of one call, reserved through the ledger before the call's first
@@ -274,11 +308,13 @@ class ReservedPad {
   }
   ReservedPad(const ReservedPad&) = delete;
   ReservedPad& operator=(const ReservedPad&) = delete;
-  // Reserves the largest scratchpad of the products of `ops`.
+  // Reserves the largest scratchpad of the products of `ops` (with the f32 copies of a refused one).
   qlora_status reserve(std::initializer_list<Operands> ops, const char* fn) {
     uint64_t bytes = 0;
-    for (const Operands& o : ops)
+    for (const Operands& o : ops) {
       if (std::shared_ptr<Gemm> g = gemm_for(o)) bytes = std::max<uint64_t>(bytes, g->scratchpad.get_size());
+      else bytes = std::max<uint64_t>(bytes, f32_route(o).bytes());  // 0 for the loop's products
+    }
     const qlora_status s = ws_.alloc(bytes, fn);
     if (s != QLORA_OK) return s;
     t_pad = ws_.as<void>();
