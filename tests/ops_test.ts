@@ -144,6 +144,25 @@ Deno.test({
 });
 if (device.backend !== "cpu") console.log("matmul (CPU) f32 copies: skipped, oneDNN is the CPU backend's");
 
+Deno.test({
+  name: "matmul4bit (CPU) at batch 1: a bf16 x is converted to f32 in workspace the ledger counts",
+  ignore: device.backend !== "cpu",
+  fn() {
+    const [n, k] = [64, 4096];
+    using w = Tensor.randn([n, k], { std: 0.02, device });
+    using q = quantize(w, { quantType: "nf4", doubleQuant: false });
+    const grown = (dtype: "f32" | "bf16") => {
+      using x = Tensor.randn([1, k], { dtype, device });
+      device.resetPeak();
+      const start = device.memory().current.workspace;
+      using y = matmul4bit(x, q, { transW: true });
+      assertEquals(y.shape, [1, n]);
+      return device.memory().peak.workspace - start;
+    };
+    assertEquals(grown("bf16") - grown("f32"), 4 * k);
+  },
+});
+
 Deno.test("matmul: batches with a shared operand, and beta = 0 ignores NaN in out", () => {
   const [batch, m, n, k] = [3, 4, 5, 6];
   const a = normalValues(batch * m * k, 1), b = normalValues(k * n, 2);

@@ -15,7 +15,6 @@
 #include <mutex>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <tuple>
-#include <vector>
 
 #include "../common/codes.h"
 #include "../common/half.h"
@@ -167,34 +166,20 @@ inline float load_b(const Operands& o, const void* b, uint64_t p, uint64_t j) {
   return load_float(b, o.ab_dtype, o.trans_b ? j * o.ldb + p : p * o.ldb + j);
 }
 
-// Rows of C in parallel; each row accumulates in f32 in order of p.
+// Each C(i, j) a sum in f32 in order of p; no buffer (so nothing outside the ledger). For the tiny
+// products it computes (kTinyGemm multiply-adds at most) the strided reads of B cost nothing worth saving.
 void gemm_loop(const Operands& o, const void* a, const void* b, void* c) {
   const bool parallel = o.m * o.n * o.k >= (1ull << 20) && o.m > 1;
-#pragma omp parallel if (parallel)
-  {
-    std::vector<float> row(o.n);
-#pragma omp for schedule(static)
-    for (int64_t ii = 0; ii < (int64_t)o.m; ii++) {
-      const uint64_t i = (uint64_t)ii;
-      std::fill(row.begin(), row.end(), 0.0f);
-      for (uint64_t p = 0; p < o.k; p++) {
-        const float av = load_a(o, a, i, p);
-        if (o.trans_b) {
-          for (uint64_t j = 0; j < o.n; j++) row[j] += av * load_b(o, b, p, j);
-        } else if (o.ab_dtype == QLORA_F32) {
-          const float* bp = (const float*)b + p * o.ldb;
-          for (uint64_t j = 0; j < o.n; j++) row[j] += av * bp[j];
-        } else {
-          const uint16_t* bp = (const uint16_t*)b + p * o.ldb;
-          for (uint64_t j = 0; j < o.n; j++) row[j] += av * bf16_to_float(bp[j]);
-        }
-      }
-      for (uint64_t j = 0; j < o.n; j++) {
-        const uint64_t ci = i * o.ldc + j;
-        float v = o.alpha * row[j];
-        if (o.beta != 0.0f) v += o.beta * load_float(c, o.c_dtype, ci);
-        store_float(c, o.c_dtype, ci, v);
-      }
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t ii = 0; ii < (int64_t)o.m; ii++) {
+    const uint64_t i = (uint64_t)ii;
+    for (uint64_t j = 0; j < o.n; j++) {
+      float s = 0.0f;
+      for (uint64_t p = 0; p < o.k; p++) s += load_a(o, a, i, p) * load_b(o, b, p, j);
+      const uint64_t ci = i * o.ldc + j;
+      float v = o.alpha * s;
+      if (o.beta != 0.0f) v += o.beta * load_float(c, o.c_dtype, ci);
+      store_float(c, o.c_dtype, ci, v);
     }
   }
 }
@@ -426,12 +411,14 @@ float dot_row_general(const Quant4& w, uint64_t j, uint64_t k, const float* x) {
 
 void gemv_4bit(const Quant4& w, uint64_t n, uint64_t k, float alpha, const void* x, int32_t x_dtype, float beta,
                void* c, int32_t c_dtype) {
-  std::vector<float> xf_store;
+  Workspace xf_store;  // x as f32, through the ledger; a refusal comes before C is written
   const float* xf = (const float*)x;
   if (x_dtype != QLORA_F32) {
-    xf_store.resize(k);
-    for (uint64_t i = 0; i < k; i++) xf_store[i] = load_float(x, x_dtype, i);
-    xf = xf_store.data();
+    const qlora_status s = xf_store.alloc(k * sizeof(float), "multiply by a 4-bit matrix");
+    if (s != QLORA_OK) throw WorkspaceError(s, qlora_last_error());
+    float* conv = xf_store.as<float>();
+    for (uint64_t i = 0; i < k; i++) conv[i] = load_float(x, x_dtype, i);
+    xf = conv;
   }
   const bool fast = has_avx512() && k % w.blocksize == 0;
 #pragma omp parallel for schedule(static) if (n * k >= kParallelMin)
