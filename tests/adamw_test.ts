@@ -1,5 +1,5 @@
-import { assert, assertAlmostEquals, assertEquals } from "@std/assert";
-import { AdamW, getDevice, Tensor, type Trainable } from "../mod.ts";
+import { assert, assertAlmostEquals, assertEquals, assertThrows } from "@std/assert";
+import { AdamW, getDevice, OutOfMemoryError, Tensor, type Trainable } from "../mod.ts";
 import { normalValues } from "./_reference.ts";
 
 const device = getDevice();
@@ -99,4 +99,43 @@ Deno.test("AdamW: bf16 parameters keep an f32 master copy, visible in the ledger
     `the reference moves the weights by ${moved / n} on average: larger than the tolerance`,
   );
   opt2.step();
+});
+
+Deno.test("AdamW: a step's native scratch is ledger workspace; no room for it is an error that changes nothing", () => {
+  const ps = [3000, 10, 70_000].map((n, i) => {
+    const p = Tensor.from(normalValues(n, 30 + i), { device, category: "weights" });
+    const g = Tensor.from(normalValues(n, 40 + i, 0.1), { device, category: "gradients" });
+    return { p, g };
+  });
+  try {
+    using opt = new AdamW(ps.map(({ p, g }, i) => trainable(`p${i}`, p, g)), { lr: 0.01, maxGradNorm: 1 });
+    opt.step(); // the states exist from here on
+    const before = ps.map(({ p }) => p.toFloat32());
+    const start = device.memory();
+    device.setMemoryBudget(start.totalCurrent); // no room for a single byte
+    try {
+      const e = assertThrows(() => opt.step(), OutOfMemoryError);
+      assertEquals(e.details.category, "workspace");
+    } finally {
+      device.setMemoryBudget(0);
+    }
+    ps.forEach(({ p }, i) => assertEquals(p.toFloat32(), before[i], `p${i} changed by a refused step`));
+    assertEquals(device.memory().totalCurrent, start.totalCurrent);
+    device.resetPeak();
+    opt.step();
+    const grew = device.memory().peak.workspace - start.current.workspace;
+    assert(
+      grew >= 8 * (ps.length + 1),
+      `the chunk numbering and the norm's partial sums are counted: ${grew}`,
+    );
+    assert(
+      ps.some(({ p }, i) => p.toFloat32().some((v, j) => v !== before[i][j])),
+      "a step with room updates",
+    );
+  } finally {
+    for (const { p, g } of ps) {
+      p.dispose();
+      g.dispose();
+    }
+  }
 });

@@ -7,8 +7,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <new>
-#include <vector>
 
 #include "../common/adamw.h"
 #include "../common/codes.h"
@@ -112,6 +110,29 @@ struct Chunk {
   const qlora_adamw_segment* seg;
   uint64_t begin, end;
 };
+
+// Where each segment's pieces start in one numbering of all pieces (count + 1 entries, in ledger
+// workspace): piece `k` belongs to the segment whose range holds it (a binary search), so every piece of
+// every segment runs in one parallel loop without a list of them.
+template <typename Segment>
+qlora_status piece_starts(const Segment* segments, uint64_t count, uint64_t piece, Workspace& ws, const char* fn,
+                          uint64_t* total_values) {
+  const qlora_status s = ws.alloc((count + 1) * sizeof(uint64_t), fn);
+  if (s != QLORA_OK) return s;
+  uint64_t* starts = ws.as<uint64_t>();
+  starts[0] = 0;
+  *total_values = 0;
+  for (uint64_t k = 0; k < count; k++) {
+    starts[k + 1] = starts[k] + (segments[k].n + piece - 1) / piece;
+    *total_values += segments[k].n;
+  }
+  return QLORA_OK;
+}
+
+// The segment of piece k: the last s with starts[s] <= k.
+inline uint64_t segment_of(const uint64_t* starts, uint64_t count, uint64_t k) {
+  return (uint64_t)(std::upper_bound(starts, starts + count + 1, k) - starts) - 1;
+}
 
 // The loop of a chunk's dtype combination (6 of them: an f32 param has no master, see check_adamw).
 template <bool kAvx512>
@@ -321,23 +342,19 @@ QLORA_API qlora_status qlora_adamw_step(const qlora_adamw_segment* segments, uin
   const AdamWConstants c =
       adamw_constants(lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2, grad_scale);
   // Every segment cut into chunks: one parallel loop over all of them (one fused step, not a call per tensor).
-  std::vector<Chunk> chunks;
+  Workspace ws;
   uint64_t total = 0;
-  try {
-    for (uint64_t k = 0; k < count; k++) {
-      total += segments[k].n;
-      for (uint64_t b = 0; b < segments[k].n; b += kAdamWChunk)
-        chunks.push_back(Chunk{&segments[k], b, std::min(segments[k].n, b + kAdamWChunk)});
-    }
-  } catch (const std::bad_alloc&) {
-    return fail(QLORA_ERR_OUT_OF_MEMORY, "Cannot take an AdamW step: no host memory for the list of chunks");
-  }
-  const int64_t num = (int64_t)chunks.size();
+  if ((s = piece_starts(segments, count, kAdamWChunk, ws, "take an AdamW step", &total)) != QLORA_OK) return s;
+  const uint64_t* starts = ws.as<uint64_t>();
+  const int64_t num = (int64_t)starts[count];
   const bool avx512 = has_avx512();
 #pragma omp parallel for schedule(static) if (total >= kParallelMin)
   for (int64_t k = 0; k < num; k++) {
-    if (avx512) adamw_chunk<true>(chunks[(size_t)k], c);
-    else adamw_chunk<false>(chunks[(size_t)k], c);
+    const uint64_t seg = segment_of(starts, count, (uint64_t)k);
+    const uint64_t begin = ((uint64_t)k - starts[seg]) * kAdamWChunk;
+    const Chunk chunk{&segments[seg], begin, std::min(segments[seg].n, begin + kAdamWChunk)};
+    if (avx512) adamw_chunk<true>(chunk, c);
+    else adamw_chunk<false>(chunk, c);
   }
   return QLORA_OK;
 }
@@ -350,24 +367,22 @@ QLORA_API qlora_status qlora_adamw8_step(const qlora_adamw8_segment* segments, u
   if (s != QLORA_OK) return s;
   const AdamWConstants c =
       adamw_constants(lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2, grad_scale);
-  std::vector<std::pair<const qlora_adamw8_segment*, uint64_t>> blocks;  // every block of every segment
+  Workspace ws;  // every block of every segment, numbered
   uint64_t total = 0;
-  try {
-    for (uint64_t k = 0; k < count; k++) {
-      total += segments[k].n;
-      for (uint64_t b = 0; b * QLORA_ADAMW8_BLOCK < segments[k].n; b++) blocks.emplace_back(&segments[k], b);
-    }
-  } catch (const std::bad_alloc&) {
-    return fail(QLORA_ERR_OUT_OF_MEMORY, "Cannot take an 8-bit AdamW step: no host memory for the list of blocks");
-  }
+  if ((s = piece_starts(segments, count, QLORA_ADAMW8_BLOCK, ws, "take an 8-bit AdamW step", &total)) != QLORA_OK)
+    return s;
+  const uint64_t* starts = ws.as<uint64_t>();
+  const int64_t num = (int64_t)starts[count];
   const DynamicMap& smap = dynamic_map();
   const DynamicMap& umap = dynamic_map_unsigned();
   const CodeLookup& slook = signed_lookup();
   const CodeLookup& ulook = unsigned_lookup();
   const bool avx512 = has_avx512();
 #pragma omp parallel for schedule(static) if (total >= kParallelMin)
-  for (int64_t k = 0; k < (int64_t)blocks.size(); k++)
-    adamw8_block(*blocks[(size_t)k].first, blocks[(size_t)k].second, c, smap, umap, slook, ulook, avx512);
+  for (int64_t k = 0; k < num; k++) {
+    const uint64_t seg = segment_of(starts, count, (uint64_t)k);
+    adamw8_block(segments[seg], (uint64_t)k - starts[seg], c, smap, umap, slook, ulook, avx512);
+  }
   return QLORA_OK;
 }
 
@@ -375,16 +390,12 @@ QLORA_API qlora_status qlora_sum_squares(const void* x, int32_t dtype, uint64_t 
   qlora_status s = check_sum_squares(x, dtype, out);
   if (s != QLORA_OK) return s;
   const uint64_t chunks = (n + kMeanChunk - 1) / kMeanChunk;
-  std::vector<double> partial;
-  try {
-    partial.resize(chunks);
-  } catch (const std::bad_alloc&) {
-    return fail(QLORA_ERR_OUT_OF_MEMORY, "Cannot sum squares: no host memory for %llu chunk sums",
-                (unsigned long long)chunks);
-  }
-  if (dtype == QLORA_F32) sum_squares_chunks<QLORA_F32>(x, n, partial.data());
-  else if (dtype == QLORA_BF16) sum_squares_chunks<QLORA_BF16>(x, n, partial.data());
-  else sum_squares_chunks<QLORA_F16>(x, n, partial.data());
+  Workspace ws;  // the chunks' sums, in ledger workspace
+  if ((s = ws.alloc(chunks * sizeof(double), "sum squares")) != QLORA_OK) return s;
+  double* partial = ws.as<double>();
+  if (dtype == QLORA_F32) sum_squares_chunks<QLORA_F32>(x, n, partial);
+  else if (dtype == QLORA_BF16) sum_squares_chunks<QLORA_BF16>(x, n, partial);
+  else sum_squares_chunks<QLORA_F16>(x, n, partial);
   double total = 0.0;
   for (uint64_t c = 0; c < chunks; c++) total += partial[c];
   *out = total;
