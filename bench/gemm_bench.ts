@@ -70,3 +70,28 @@ Deno.bench({
     sync();
   },
 });
+
+// What oneDNN refuses (f32 inputs into a bf16 output; every bf16 product under QLORA_CPU_ISA=avx2) runs
+// as its f32 product on f32 copies: the ratio to the plain f32 product is the price of the copies.
+const [Mf, Nf, Kf] = [512, 1024, 1024];
+const af = Tensor.randn([Mf, Kf], { device });
+const bf = Tensor.randn([Nf, Kf], { device });
+const cf32 = Tensor.empty([Mf, Nf], { device });
+const cbf16 = Tensor.empty([Mf, Nf], { dtype: "bf16", device });
+Deno.bench({
+  name: "f32 x f32 -> f32, 512 x 1024 x 1024",
+  group: "a product oneDNN refuses",
+  baseline: true,
+  fn: () => {
+    matmul(af, bf, { transB: true, out: cf32 });
+    sync();
+  },
+});
+Deno.bench({
+  name: "f32 x f32 -> bf16 (f32 product, then rounded)",
+  group: "a product oneDNN refuses",
+  fn: () => {
+    matmul(af, bf, { transB: true, out: cbf16 });
+    sync();
+  },
+});
