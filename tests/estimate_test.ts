@@ -216,10 +216,13 @@ function error(measured: number, estimated: number): number {
  * scratchpads inside a GEMM (oneDNN sizes them itself), at most 512 KiB per thread (measured on 2
  * threads: up to 524,416 bytes beside a 7B QLoRA dequantization tile, 296,320 for one bf16 product).
  * CUDA: 64 KiB for the optimizers' descriptor tables and 8-bit maps and CUB's sort storage (measured:
- * 2,240 bytes for the tiny model's AdamW step).
+ * 2,240 bytes for the tiny model's AdamW step). Under QLORA_CPU_ISA=avx2 oneDNN has no bf16 product: a
+ * refused product runs on f32 copies of its operands, at most 16 MiB (kF32RouteMaxBytes in
+ * cuda/src/cpu/gemm.cpp) beside its scratchpad.
  */
 const UNMODELLED_SCRATCH = getDevice().backend === "cpu"
-  ? navigator.hardwareConcurrency * 512 * 1024
+  ? navigator.hardwareConcurrency * 512 * 1024 +
+    (String(getDevice()).includes("AVX2 only") ? 16 * 2 ** 20 : 0)
   : 64 * 1024;
 
 /** {@linkcode error} for a figure that may exceed its estimate by oneDNN's scratchpads, never fall short. */

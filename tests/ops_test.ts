@@ -163,6 +163,24 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name:
+    "matmul (CPU): a refused product whose f32 copies would pass 16 MiB runs in the loop, a row per thread",
+  ignore: device.backend !== "cpu",
+  fn() {
+    const [m, n, k] = [2100, 2048, 16]; // the f32 temporary of C alone: 17.2 MB
+    using a = Tensor.from(normalValues(m * k, 21), { shape: [m, k], device });
+    using b = Tensor.from(normalValues(k * n, 22), { shape: [k, n], device });
+    using c = Tensor.empty([m, n], { dtype: "bf16", device });
+    device.resetPeak();
+    const start = device.memory().current.workspace;
+    matmul(a, b, { out: c });
+    const grew = device.memory().peak.workspace - start;
+    assert(grew >= 4 * n && grew < 2 ** 20, `the loop's rows, not a copy of C: ${grew} bytes`);
+    assertClose(c.toFloat32(), refGemm(a.toFloat32(), b.toFloat32(), m, n, k, false, false), 1e-2, "loop");
+  },
+});
+
 Deno.test("matmul: batches with a shared operand, and beta = 0 ignores NaN in out", () => {
   const [batch, m, n, k] = [3, 4, 5, 6];
   const a = normalValues(batch * m * k, 1), b = normalValues(k * n, 2);

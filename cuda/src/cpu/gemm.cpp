@@ -166,20 +166,62 @@ inline float load_b(const Operands& o, const void* b, uint64_t p, uint64_t j) {
   return load_float(b, o.ab_dtype, o.trans_b ? j * o.ldb + p : p * o.ldb + j);
 }
 
-// Each C(i, j) a sum in f32 in order of p; no buffer (so nothing outside the ledger). For the tiny
-// products it computes (kTinyGemm multiply-adds at most) the strided reads of B cost nothing worth saving.
-void gemm_loop(const Operands& o, const void* a, const void* b, void* c) {
+// Each C(i, j) a sum in f32 in order of p (both loops give the same bits). A tiny product (kTinyGemm
+// multiply-adds at most, many of them inside attention's threads) sums each element directly, with no
+// buffer. A larger one, which oneDNN refuses and whose f32 copies would be too large (below), accumulates
+// a row of C at a time in a buffer per thread (loop_bytes, through the ledger: the call's reservation or
+// allocated here), reading B row by row.
+uint64_t loop_bytes(const Operands& o) { return (uint64_t)omp_get_max_threads() * o.n * sizeof(float); }
+
+void gemm_loop(const Operands& o, const void* a, const void* b, void* c, bool tiny) {
   const bool parallel = o.m * o.n * o.k >= (1ull << 20) && o.m > 1;
+  if (tiny) {
 #pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t ii = 0; ii < (int64_t)o.m; ii++) {
-    const uint64_t i = (uint64_t)ii;
-    for (uint64_t j = 0; j < o.n; j++) {
-      float s = 0.0f;
-      for (uint64_t p = 0; p < o.k; p++) s += load_a(o, a, i, p) * load_b(o, b, p, j);
-      const uint64_t ci = i * o.ldc + j;
-      float v = o.alpha * s;
-      if (o.beta != 0.0f) v += o.beta * load_float(c, o.c_dtype, ci);
-      store_float(c, o.c_dtype, ci, v);
+    for (int64_t ii = 0; ii < (int64_t)o.m; ii++) {
+      const uint64_t i = (uint64_t)ii;
+      for (uint64_t j = 0; j < o.n; j++) {
+        float s = 0.0f;
+        for (uint64_t p = 0; p < o.k; p++) s += load_a(o, a, i, p) * load_b(o, b, p, j);
+        const uint64_t ci = i * o.ldc + j;
+        float v = o.alpha * s;
+        if (o.beta != 0.0f) v += o.beta * load_float(c, o.c_dtype, ci);
+        store_float(c, o.c_dtype, ci, v);
+      }
+    }
+    return;
+  }
+  Workspace own;
+  float* rows = (float*)t_pad;
+  if (loop_bytes(o) > t_pad_bytes) {
+    const qlora_status s = own.alloc(loop_bytes(o), "multiply matrices");
+    if (s != QLORA_OK) throw WorkspaceError(s, qlora_last_error());
+    rows = own.as<float>();
+  }
+#pragma omp parallel if (parallel)
+  {
+    float* row = rows + (uint64_t)omp_get_thread_num() * o.n;
+#pragma omp for schedule(static)
+    for (int64_t ii = 0; ii < (int64_t)o.m; ii++) {
+      const uint64_t i = (uint64_t)ii;
+      for (uint64_t j = 0; j < o.n; j++) row[j] = 0.0f;
+      for (uint64_t p = 0; p < o.k; p++) {
+        const float av = load_a(o, a, i, p);
+        if (o.trans_b) {
+          for (uint64_t j = 0; j < o.n; j++) row[j] += av * load_b(o, b, p, j);
+        } else if (o.ab_dtype == QLORA_F32) {
+          const float* bp = (const float*)b + p * o.ldb;
+          for (uint64_t j = 0; j < o.n; j++) row[j] += av * bp[j];
+        } else {
+          const uint16_t* bp = (const uint16_t*)b + p * o.ldb;
+          for (uint64_t j = 0; j < o.n; j++) row[j] += av * bf16_to_float(bp[j]);
+        }
+      }
+      for (uint64_t j = 0; j < o.n; j++) {
+        const uint64_t ci = i * o.ldc + j;
+        float v = o.alpha * row[j];
+        if (o.beta != 0.0f) v += o.beta * load_float(c, o.c_dtype, ci);
+        store_float(c, o.c_dtype, ci, v);
+      }
     }
   }
 }
@@ -200,7 +242,10 @@ std::shared_ptr<Gemm> gemm_for(const Operands& o) {
 // Such a product runs as oneDNN's f32 one: bf16 operands are copied to f32 (op(A) and op(B) packed, their
 // transposes kept), a bf16 C is computed into an f32 temporary (alpha applied) and then rounded into C
 // with beta. The copies' bytes come from the call's reservation (ReservedPad) or are allocated here,
-// through the ledger either way; the plain loop would be 10-25x slower at 512^3.
+// through the ledger either way; the plain loop would be 10-25x slower at 512^3. A product whose copies
+// would pass kF32RouteMaxBytes stays in the loop: a copy of a whole weight (an LM head: 0.5 GB as f32) is
+// a transient no one budgets for.
+constexpr uint64_t kF32RouteMaxBytes = 16ull << 20;
 constexpr uint64_t align64(uint64_t x) { return (x + 63) / 64 * 64; }
 
 struct F32Route {
@@ -226,6 +271,7 @@ F32Route f32_route(const Operands& o) {
     t.beta = 0.0f;
     r.c = align64(o.m * o.n * sizeof(float));
   }
+  if (r.a + r.b + r.c > kF32RouteMaxBytes) return F32Route{};
   r.g = gemm_for(t);
   if (r.g) r.pad = align64(r.g->scratchpad.get_size());
   return r;
@@ -279,7 +325,7 @@ void gemm_2d(const Operands& o, const void* a, const void* b, void* c) {
     run_f32_route(o, r, a, b, c);
     return;
   }
-  gemm_loop(o, a, b, c);
+  gemm_loop(o, a, b, c, o.m * o.n * o.k <= kTinyGemm);
 }
 
 // The scratchpad of every product of one call, reserved through the ledger before the call's first
@@ -298,7 +344,8 @@ class ReservedPad {
     uint64_t bytes = 0;
     for (const Operands& o : ops) {
       if (std::shared_ptr<Gemm> g = gemm_for(o)) bytes = std::max<uint64_t>(bytes, g->scratchpad.get_size());
-      else bytes = std::max<uint64_t>(bytes, f32_route(o).bytes());  // 0 for the loop's products
+      else if (o.m * o.n * o.k > kTinyGemm)  // what oneDNN refuses: the f32 route or the loop's rows
+        bytes = std::max<uint64_t>(bytes, f32_route(o).g ? f32_route(o).bytes() : loop_bytes(o));
     }
     const qlora_status s = ws_.alloc(bytes, fn);
     if (s != QLORA_OK) return s;
