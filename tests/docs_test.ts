@@ -2,16 +2,7 @@
  * The JSDoc examples run as tests (`deno test --doc`); these checks keep them able to fail.
  */
 import { assert } from "@std/assert";
-
-const ROOT = new URL("../", import.meta.url);
-
-function* sources(dir: URL): Generator<URL> {
-  for (const entry of Deno.readDirSync(dir)) {
-    const url = new URL(entry.name + (entry.isDirectory ? "/" : ""), dir);
-    if (entry.isDirectory) yield* sources(url);
-    else if (entry.name.endsWith(".ts")) yield url;
-  }
-}
+import { ROOT, sources } from "./_sources.ts";
 
 Deno.test("docs: examples assert with @std/assert, never console.assert (which only logs)", () => {
   const offenders: string[] = [];

@@ -3,16 +3,7 @@
  * when a script reaches into lib/ past mod.ts, or lib/ imports a script.
  */
 import { assertEquals } from "@std/assert";
-
-const ROOT = new URL("../", import.meta.url);
-
-function* sources(dir: URL): Generator<URL> {
-  for (const entry of Deno.readDirSync(dir)) {
-    const url = new URL(entry.name + (entry.isDirectory ? "/" : ""), dir);
-    if (entry.isDirectory) yield* sources(url);
-    else if (entry.name.endsWith(".ts")) yield url;
-  }
-}
+import { ROOT, sources } from "./_sources.ts";
 
 /** The relative module specifiers of a file's imports and re-exports, resolved against `base`. */
 function specifiers(text: string, base: URL): URL[] {
