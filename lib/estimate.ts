@@ -241,7 +241,9 @@ function gemm4bitWorkspace(
     if (m <= 4) return 0; // the fused GEMV
     return Math.max(2 * n * k, 4 * (transW ? k : n));
   }
-  // CPU: one tile of W as f32, 2^20 values of rows (transW) or 2^22 of columns, widths a multiple of 16.
+  // CPU: one tile of W as f32, 2^20 values of rows (transW) or 2^22 of columns, widths a multiple of 16;
+  // none for one row (the fused GEMV).
+  if (m === 1) return 0;
   let width = Math.max(Math.floor((transW ? 2 ** 20 : 2 ** 22) / k), 1);
   if (width >= 16) width = Math.floor(width / 16) * 16;
   return Math.min(width, n) * k * 4;
@@ -412,6 +414,7 @@ export function estimateMemory(config: LlamaConfig, options: EstimateOptions): M
     optimizer_states: states + master * trainable,
     activations: 0,
     workspace: 0,
+    kv_cache: 0,
   };
   const shapes = linearShapes(config);
   if (mode === "qlora") {

@@ -25,8 +25,8 @@ Deno.test("names derived from the generated enums keep their native code order",
   assertEquals(CATEGORIES[abi.CATEGORY.OPTIMIZER_STATES], "optimizer_states");
   assertEquals(
     abi.LEDGER_SNAPSHOT.size / 8,
-    28,
-    "the ledger snapshot is 28 words (ABI 6: process_used, refused_bytes, refused_category)",
+    30,
+    "the ledger snapshot is 30 words (ABI 6: process_used, refused_bytes, refused_category; ABI 7: kv_cache)",
   );
 });
 

@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 /* Bumped on any change of a signature, enum value or struct layout below. */
-#define QLORA_ABI_VERSION 6
+#define QLORA_ABI_VERSION 7
 
 typedef enum qlora_status {
   QLORA_OK = 0,
@@ -62,9 +62,10 @@ typedef enum qlora_category {
   QLORA_CAT_GRADIENTS = 4,
   QLORA_CAT_OPTIMIZER_STATES = 5,
   QLORA_CAT_ACTIVATIONS = 6,
-  QLORA_CAT_WORKSPACE = 7
+  QLORA_CAT_WORKSPACE = 7,
+  QLORA_CAT_KV_CACHE = 8 /* keys and values kept for generation (ABI 7) */
 } qlora_category;
-#define QLORA_NUM_CATEGORIES 8
+#define QLORA_NUM_CATEGORIES 9
 
 /* 4-bit data types: 16 code values in [-1, 1], scaled by each block's absmax. */
 typedef enum qlora_quant_type {
@@ -79,10 +80,10 @@ typedef enum qlora_copy_kind {
   QLORA_DEVICE_TO_DEVICE = 2
 } qlora_copy_kind;
 
-/* Ledger snapshot. Fixed layout: 26 uint64_t, read as an array by foreign callers. ABI 6 added
- * process_used, the process's own view of the memory it holds, to compare with the ledger: every byte
- * the library allocates for a call (its scratch included) is counted under a category while it is
- * held, so what the ledger does not account for shows as the difference. */
+/* Ledger snapshot. Fixed layout: 30 uint64_t (ABI 7: 9 categories), read as an array by foreign
+ * callers. ABI 6 added process_used, the process's own view of the memory it holds, to compare with the
+ * ledger: every byte the library allocates for a call (its scratch included) is counted under a category
+ * while it is held, so what the ledger does not account for shows as the difference. */
 typedef struct qlora_ledger_snapshot {
   uint64_t current[QLORA_NUM_CATEGORIES]; /* bytes live now, per category */
   uint64_t peak[QLORA_NUM_CATEGORIES];    /* highest current[c] since the last peak reset */
@@ -342,6 +343,34 @@ QLORA_API qlora_status qlora_swiglu_backward(const void* dout, const void* gate,
 QLORA_API qlora_status qlora_cross_entropy(const void* logits, const int32_t* targets, uint64_t rows,
                                            uint64_t vocab, float* losses, void* dlogits, float grad_scale,
                                            int32_t dtype);
+
+/* ---- generation: a key/value cache and attention over it --------------------------------------
+ * A layer's cache holds k and v as [batch, capacity, kv_heads, head_dim] each (the dtype of the
+ * activations): the keys and values of every token seen so far, RoPE already applied to the keys.
+ * A generation step appends the new tokens' k and v (qlora_kv_cache_append), then attends the new
+ * queries over the cache (qlora_attention_cached): a prompt (prefill, causal within its tokens) or one
+ * token per sequence (decode). Positions are explicit (qlora_rope_at), so that sequences of a batch padded
+ * on the left start at position 0 at their first real token. ABI 7. */
+
+/* RoPE as qlora_rope, in place on x [rows, heads, head_dim], row r turned to the position positions[r]
+ * (device int32, any value: a negative position turns the other way). */
+QLORA_API qlora_status qlora_rope_at(void* x, uint64_t rows, uint64_t heads, uint64_t head_dim,
+                                     const int32_t* positions, float theta, int32_t inverse, int32_t dtype);
+/* Copies k and v [batch, tokens, kv_dim] (kv_dim = kv_heads * head_dim) into rows at .. at + tokens of
+ * every sequence of k_cache and v_cache [batch, capacity, kv_dim]; at + tokens <= capacity. */
+QLORA_API qlora_status qlora_kv_cache_append(const void* k, const void* v, uint64_t batch, uint64_t tokens,
+                                             uint64_t kv_dim, void* k_cache, void* v_cache, uint64_t capacity,
+                                             uint64_t at, int32_t dtype);
+/* Attention of q [batch, tokens, heads, head_dim], the queries at cache rows past .. past + tokens - 1,
+ * over the cache (their own keys already appended; past + tokens <= capacity): query t of sequence b
+ * attends the keys max(first_key[b], 0) .. past + t of its sequence (first_key: device int32 [batch], the
+ * first real token after left padding; NULL: 0 for every sequence), scale 1/sqrt(head_dim); out like q.
+ * A query with no key to attend (first_key[b] > past + t: a padding position) gets zeros. heads, kv_heads
+ * and head_dim as for qlora_attention_forward. */
+QLORA_API qlora_status qlora_attention_cached(const void* q, const void* k_cache, const void* v_cache,
+                                              uint64_t batch, uint64_t tokens, uint64_t past, uint64_t capacity,
+                                              uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
+                                              const int32_t* first_key, void* out, int32_t dtype);
 
 #ifdef __cplusplus
 }

@@ -222,7 +222,8 @@ void test_memory() {
   expect_status("qlora_malloc", "null out", kInvalid, [](Lib& l, int) { return l.qlora_malloc(nullptr, 64, kWs); });
   expect_status("qlora_malloc", "0 bytes", kInvalid, [&](Lib& l, int) { return l.qlora_malloc(&out, 0, kWs); });
   expect_status("qlora_malloc", "category -1", kInvalid, [&](Lib& l, int) { return l.qlora_malloc(&out, 64, -1); });
-  expect_status("qlora_malloc", "category 8", kInvalid, [&](Lib& l, int) { return l.qlora_malloc(&out, 64, 8); });
+  expect_status("qlora_malloc", fmt("category %d", QLORA_NUM_CATEGORIES), kInvalid,
+                [&](Lib& l, int) { return l.qlora_malloc(&out, 64, QLORA_NUM_CATEGORIES); });
   expect_status("qlora_malloc", "2^47 bytes", QLORA_ERR_OUT_OF_MEMORY,
                 [&](Lib& l, int) { return l.qlora_malloc(&out, 1ull << 47, kWs); });
   expect_status("qlora_free", "a stack address (not from the library)", kInvalid,
@@ -1429,6 +1430,148 @@ void test_attention(Rng& rng) {
   });
 }
 
+// ---- generation: RoPE at positions, the key/value cache, attention over it ----------------------------
+
+void test_rope_at(Rng& rng) {
+  struct Shape {
+    uint64_t rows, heads, hd;
+  };
+  for (int32_t dt : kActDtypes)
+    for (const Shape& sh : {Shape{1, 1, 2}, Shape{5, 3, 16}, Shape{33, 4, 128}})
+      for (int inverse : {0, 1}) {
+        const uint64_t n = sh.rows * sh.heads * sh.hd;
+        // Positions anywhere a cache puts them: 0, large (4,095, 100,000), negative (a padding row).
+        std::vector<int32_t> pos = rng.ints(sh.rows, -40, 5000);
+        pos[0] = sh.rows > 1 ? 100000 : 0;
+        Twin x(Values(rng, n, dt, -2, 2).bytes), p(pos);
+        Case c("qlora_rope_at", fmt("%s %llux%llux%llu%s", dtype_name(dt), (unsigned long long)sh.rows,
+                                    (unsigned long long)sh.heads, (unsigned long long)sh.hd, inverse ? " inverse" : ""));
+        c.run([&](Lib& l, int s) {
+          return l.qlora_rope_at(x[s], sh.rows, sh.heads, sh.hd, p.i32(s), 500000.0f, inverse, dt);
+        });
+        c.compare("x", x, dt, n, rounding_tol(dt));
+      }
+  Twin t(4096), p(std::vector<int32_t>(8, 0));
+  const char* r = "qlora_rope_at";
+  expect_status(r, "rows 0", kInvalid, [&](Lib& l, int s) { return l.qlora_rope_at(t[s], 0, 2, 8, p.i32(s), 1e4f, 0, 0); });
+  expect_status(r, "head_dim 5 (odd)", kInvalid,
+                [&](Lib& l, int s) { return l.qlora_rope_at(t[s], 4, 2, 5, p.i32(s), 1e4f, 0, 0); });
+  expect_status(r, "null positions", kInvalid,
+                [&](Lib& l, int s) { return l.qlora_rope_at(t[s], 4, 2, 8, nullptr, 1e4f, 0, 0); });
+  expect_status(r, "theta -1", kInvalid, [&](Lib& l, int s) { return l.qlora_rope_at(t[s], 4, 2, 8, p.i32(s), -1, 0, 0); });
+  expect_status(r, "dtype f16", kInvalid,
+                [&](Lib& l, int s) { return l.qlora_rope_at(t[s], 4, 2, 8, p.i32(s), 1e4f, 0, QLORA_F16); });
+}
+
+void test_kv_cache_append(Rng& rng) {
+  for (int32_t dt : kActDtypes) {
+    const uint64_t batch = 3, kv_dim = 2 * 64, capacity = 40, es = dtype_size(dt), cache = batch * capacity * kv_dim;
+    Twin kc(Values(rng, cache, dt, -1, 1).bytes), vc(Values(rng, cache, dt, -1, 1).bytes);
+    std::vector<uint8_t> want_k = kc.download(0), want_v = vc.download(0);
+    for (uint64_t at : {(uint64_t)0, (uint64_t)7, (uint64_t)39}) {
+      const uint64_t tokens = at == 39 ? 1 : at == 0 ? 7 : 20, n = batch * tokens * kv_dim;
+      const Values k(rng, n, dt, -1, 1), v(rng, n, dt, -1, 1);
+      Twin tk(k.bytes), tv(v.bytes);
+      Case c("qlora_kv_cache_append", fmt("%s batch 3, %llu tokens at row %llu of 40", dtype_name(dt),
+                                          (unsigned long long)tokens, (unsigned long long)at));
+      c.run([&](Lib& l, int s) {
+        return l.qlora_kv_cache_append(tk[s], tv[s], batch, tokens, kv_dim, kc[s], vc[s], capacity, at, dt);
+      });
+      for (uint64_t b = 0; b < batch; b++) {  // the expected cache: the rows copied, the rest untouched
+        const uint64_t row = kv_dim * es;
+        memcpy(want_k.data() + (b * capacity + at) * row, k.bytes.data() + b * tokens * row, tokens * row);
+        memcpy(want_v.data() + (b * capacity + at) * row, v.bytes.data() + b * tokens * row, tokens * row);
+      }
+      c.compare("k_cache", kc, dt, cache, bit_exact());
+      c.compare("v_cache", vc, dt, cache, bit_exact());
+      for (int s = 0; s < 2; s++) {
+        c.expect_values("k_cache vs the expected copy", want_k.data(), kc.download(s).data(), dt, cache, bit_exact());
+        c.expect_values("v_cache vs the expected copy", want_v.data(), vc.download(s).data(), dt, cache, bit_exact());
+      }
+    }
+  }
+  Twin t(1 << 14);
+  auto append = [&](uint64_t tokens, uint64_t capacity, uint64_t at, int32_t dt) {
+    return [&, tokens, capacity, at, dt](Lib& l, int s) {
+      return l.qlora_kv_cache_append(t[s], t[s], 1, tokens, 8, t[s], t[s], capacity, at, dt);
+    };
+  };
+  const char* f = "qlora_kv_cache_append";
+  expect_status(f, "rows 30 .. 34 past a capacity of 32", kInvalid, append(4, 32, 30, 0));
+  expect_status(f, "at 33 past a capacity of 32", kInvalid, append(1, 32, 33, 0));
+  expect_status(f, "tokens 0", kInvalid, append(0, 32, 0, 0));
+  expect_status(f, "dtype f16", kInvalid, append(1, 32, 0, QLORA_F16));
+  expect_status(f, "null v_cache", kInvalid,
+                [&](Lib& l, int s) { return l.qlora_kv_cache_append(t[s], t[s], 1, 1, 8, t[s], nullptr, 4, 0, 0); });
+}
+
+// Attention over a cache: shapes of a prefill (tokens > 1, from past 0 or after a first chunk) and of
+// decode steps (1 token) over a long cache, with left padding (first_key > 0; rows before it are
+// padding and must come out as zeros, on both libraries).
+struct CachedShape {
+  uint64_t batch, tokens, past, capacity, heads, kv_heads, hd;
+  std::vector<int32_t> first_key;  // empty: NULL
+  std::string name(int32_t dt) const {
+    std::string fk = first_key.empty() ? "NULL" : "";
+    for (size_t i = 0; i < first_key.size(); i++) fk += fmt("%s%d", i ? "," : "", first_key[i]);
+    return fmt("%s b%llu t%llu past %llu cap %llu h %llu/%llu hd %llu fk %s", dtype_name(dt),
+               (unsigned long long)batch, (unsigned long long)tokens, (unsigned long long)past,
+               (unsigned long long)capacity, (unsigned long long)heads, (unsigned long long)kv_heads,
+               (unsigned long long)hd, fk.c_str());
+  }
+};
+
+void test_attention_cached(Rng& rng) {
+  std::vector<CachedShape> shapes = {
+      {1, 1, 0, 1, 1, 1, 2, {}},                 // one token, one key
+      {2, 9, 0, 16, 4, 2, 64, {0, 3}},           // a left-padded prefill
+      {2, 1, 40, 48, 4, 2, 128, {2, 0}},         // a decode step
+      {2, 5, 17, 30, 8, 1, 32, {-3, 20}},        // a chunk; sequence 1 still in its padding (zeros)
+      {1, 70, 30, 100, 4, 4, 64, {}},            // a long chunk after a first one
+      {3, 1, 199, 256, 4, 2, 128, {0, 100, 0}},  // decode over more than one key tile
+  };
+  if (!g_quick) shapes.push_back({1, 1, 4095, 4096, 32, 32, 128, {}});  // LLaMA-2-7B's last token
+  for (int32_t dt : kActDtypes)
+    for (const CachedShape& a : shapes) {
+      const uint64_t q_count = a.batch * a.tokens * a.heads * a.hd, cache = a.batch * a.capacity * a.kv_heads * a.hd;
+      const Values vq(rng, q_count, dt, -2, 2), vk(rng, cache, dt, -2, 2), vv(rng, cache, dt, -1, 1);
+      Twin q(vq.bytes), kc(vk.bytes), vc(vv.bytes), out(q_count * dtype_size(dt)),
+          fk(a.first_key.empty() ? std::vector<int32_t>{0} : a.first_key);
+      Case c("qlora_attention_cached", a.name(dt));
+      c.run([&](Lib& l, int s) {
+        return l.qlora_attention_cached(q[s], kc[s], vc[s], a.batch, a.tokens, a.past, a.capacity, a.heads, a.kv_heads,
+                                        a.hd, a.first_key.empty() ? nullptr : fk.i32(s), out[s], dt);
+      });
+      c.compare("out", out, dt, q_count, attention_out_tol(dt, vv.max));
+      // Padding rows (no key to attend) are zeros on both.
+      std::vector<uint8_t> zeros(a.heads * a.hd * dtype_size(dt), 0);
+      for (uint64_t b = 0; b < a.batch; b++)
+        for (uint64_t t = 0; t < a.tokens; t++)
+          if (!a.first_key.empty() && (int64_t)(a.past + t) < a.first_key[b])
+            for (int s = 0; s < 2; s++)
+              c.expect_values("a padding row", zeros.data(),
+                              out.download(s, zeros.size(), ((b * a.tokens + t) * a.heads * a.hd) * dtype_size(dt))
+                                  .data(),
+                              dt, a.heads * a.hd, bit_exact());
+    }
+  Twin t(1 << 16);
+  auto cached = [&](uint64_t tokens, uint64_t past, uint64_t capacity, uint64_t heads, uint64_t kv, uint64_t hd) {
+    return [&, tokens, past, capacity, heads, kv, hd](Lib& l, int s) {
+      return l.qlora_attention_cached(t[s], t[s], t[s], 1, tokens, past, capacity, heads, kv, hd, nullptr, t[s], 0);
+    };
+  };
+  const char* f = "qlora_attention_cached";
+  expect_status(f, "rows 30 .. 34 past a capacity of 32", kInvalid, cached(4, 30, 32, 2, 2, 8));
+  expect_status(f, "past 33 past a capacity of 32", kInvalid, cached(1, 33, 32, 2, 2, 8));
+  expect_status(f, "capacity 0", kInvalid, cached(1, 0, 0, 2, 2, 8));
+  expect_status(f, "tokens 0", kInvalid, cached(0, 0, 8, 2, 2, 8));
+  expect_status(f, "heads 3, kv_heads 2", kInvalid, cached(1, 0, 8, 3, 2, 8));
+  expect_status(f, "head_dim 256", QLORA_ERR_UNSUPPORTED, cached(1, 0, 8, 2, 2, 256));
+  expect_status(f, "null out", kInvalid, [&](Lib& l, int s) {
+    return l.qlora_attention_cached(t[s], t[s], t[s], 1, 1, 0, 8, 2, 2, 8, nullptr, nullptr, 0);
+  });
+}
+
 // ---- SwiGLU -----------------------------------------------------------------------------------------------
 
 void test_swiglu(Rng& rng) {
@@ -1628,6 +1771,57 @@ void test_model_attention(Rng& rng) {
       }
 }
 
+// Generation's ops against training's on each library: RoPE at positions t equals qlora_rope (bit for
+// bit: the same angles and the same sin/cos), and a prompt appended to a cache and attended in two chunks
+// (prefill then decode steps, as model.generate runs it) equals causal attention over the prompt.
+void test_model_generation(Rng& rng) {
+  for (int32_t dt : kActDtypes) {
+    const uint64_t batch = 2, seq = 21, heads = 4, kv_heads = 2, hd = 64, capacity = 32;
+    const uint64_t n = batch * seq * heads * hd, nk = batch * seq * kv_heads * hd, es = dtype_size(dt);
+    const Values x0(rng, n, dt, -2, 2), k0(rng, nk, dt, -2, 2), v0(rng, nk, dt, -1, 1);
+    {
+      std::vector<int32_t> pos(batch * seq);
+      for (uint64_t r = 0; r < batch * seq; r++) pos[r] = (int32_t)(r % seq);
+      Twin a(x0.bytes), b(x0.bytes), p(pos);
+      Case c("model: rope_at = rope", fmt("%s 2x21x4x64 at positions 0..20", dtype_name(dt)));
+      c.run([&](Lib& l, int s) {
+        qlora_status st = l.qlora_rope(a[s], batch, seq, heads, hd, 10000.0f, 0, dt);
+        return st != QLORA_OK ? st : l.qlora_rope_at(b[s], batch * seq, heads, hd, p.i32(s), 10000.0f, 0, dt);
+      });
+      for (int s = 0; s < 2; s++)
+        c.expect_values(s ? "test: rope_at vs rope" : "ref: rope_at vs rope", a.download(s).data(), b.download(s).data(),
+                        dt, n, bit_exact());
+    }
+    Twin q(x0.bytes), k(k0.bytes), v(v0.bytes), causal(n * es), lse(batch * heads * seq * 4);
+    Twin kc(batch * capacity * kv_heads * hd * es), vc(batch * capacity * kv_heads * hd * es), cached(n * es);
+    const uint64_t first = 13;  // the prefill's tokens; then one token at a time
+    Case c("model: cached = causal attention", fmt("%s b2 seq 21 heads 4/2 hd 64: prefill 13, then 8 steps", dtype_name(dt)));
+    c.run([&](Lib& l, int s) {
+      qlora_status st = l.qlora_attention_forward(q[s], k[s], v[s], batch, seq, heads, kv_heads, hd, causal[s],
+                                                  lse.f32(s), dt);
+      // Per sequence, rows of q/k/v at token t: [b, t, heads or kv_heads, hd]; the steps take a slice of each
+      // sequence's rows, so they run one sequence at a time (batch 1) on offset pointers.
+      for (uint64_t b = 0; b < batch && st == QLORA_OK; b++)
+        for (uint64_t t0 = 0; t0 < seq && st == QLORA_OK; t0 += t0 == 0 ? first : 1) {
+          const uint64_t tokens = t0 == 0 ? first : 1;
+          const uint64_t kv_off = (b * seq + t0) * kv_heads * hd * es, q_off = (b * seq + t0) * heads * hd * es;
+          const uint64_t cache_off = b * capacity * kv_heads * hd * es;
+          st = l.qlora_kv_cache_append((char*)k[s] + kv_off, (char*)v[s] + kv_off, 1, tokens, kv_heads * hd,
+                                       (char*)kc[s] + cache_off, (char*)vc[s] + cache_off, capacity, t0, dt);
+          if (st == QLORA_OK)
+            st = l.qlora_attention_cached((char*)q[s] + q_off, (char*)kc[s] + cache_off, (char*)vc[s] + cache_off, 1,
+                                          tokens, t0, capacity, heads, kv_heads, hd, nullptr, (char*)cached[s] + q_off,
+                                          dt);
+        }
+      return st;
+    });
+    c.compare("cached", cached, dt, n, attention_out_tol(dt, v0.max));
+    for (int s = 0; s < 2; s++)
+      c.expect_values(s ? "test: cached vs causal" : "ref: cached vs causal", causal.download(s).data(),
+                      cached.download(s).data(), dt, n, attention_out_tol(dt, v0.max));
+  }
+}
+
 // ---- the run -----------------------------------------------------------------------------------------
 
 struct Group {
@@ -1661,9 +1855,13 @@ const Group kGroups[] = {
     {"qlora_attention_forward qlora_attention_backward", test_attention},
     {"qlora_swiglu_forward qlora_swiglu_backward", test_swiglu},
     {"qlora_cross_entropy", test_cross_entropy},
+    {"qlora_rope_at", test_rope_at},
+    {"qlora_kv_cache_append", test_kv_cache_append},
+    {"qlora_attention_cached", test_attention_cached},
     {"model: embed+rmsnorm", test_model_norm},
     {"model: rope round trip", test_model_rope},
     {"model: attention layer", test_model_attention},
+    {"model: generation (rope_at, kv cache, cached attention)", test_model_generation},
 };
 
 // The ledger figures that must come back: device bytes, live allocations, host pool bytes.

@@ -38,7 +38,8 @@ namespace parity {
   X(qlora_gemm_4bit) X(qlora_adamw_step) X(qlora_adamw8_step) X(qlora_dynamic_map_unsigned)              \
   X(qlora_sum_squares) X(qlora_embedding_forward) X(qlora_embedding_backward) X(qlora_rmsnorm_forward)   \
   X(qlora_rmsnorm_backward) X(qlora_rope) X(qlora_attention_forward) X(qlora_attention_backward)         \
-  X(qlora_swiglu_forward) X(qlora_swiglu_backward) X(qlora_cross_entropy)
+  X(qlora_swiglu_forward) X(qlora_swiglu_backward) X(qlora_cross_entropy) X(qlora_rope_at)               \
+  X(qlora_kv_cache_append) X(qlora_attention_cached)
 
 struct Lib {
   std::string path;

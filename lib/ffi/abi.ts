@@ -16,10 +16,10 @@
  * ```ts
  * import { ABI_VERSION } from "./abi.ts";
  * import { assert } from "@std/assert";
- * assert(ABI_VERSION === 6);
+ * assert(ABI_VERSION === 7);
  * ```
  */
-export const ABI_VERSION = 6;
+export const ABI_VERSION = 7;
 
 /**
  * `QLORA_NUM_CATEGORIES` of the header.
@@ -28,10 +28,10 @@ export const ABI_VERSION = 6;
  * ```ts
  * import { NUM_CATEGORIES } from "./abi.ts";
  * import { assert } from "@std/assert";
- * assert(NUM_CATEGORIES === 8);
+ * assert(NUM_CATEGORIES === 9);
  * ```
  */
-export const NUM_CATEGORIES = 8;
+export const NUM_CATEGORIES = 9;
 
 /**
  * `QLORA_ADAMW8_BLOCK` of the header.
@@ -105,6 +105,7 @@ export const CATEGORY: Readonly<
     OPTIMIZER_STATES: 5;
     ACTIVATIONS: 6;
     WORKSPACE: 7;
+    KV_CACHE: 8;
   }
 > = Object.freeze({
   WEIGHTS: 0,
@@ -115,6 +116,7 @@ export const CATEGORY: Readonly<
   OPTIMIZER_STATES: 5,
   ACTIVATIONS: 6,
   WORKSPACE: 7,
+  KV_CACHE: 8,
 });
 
 /**
@@ -178,7 +180,7 @@ export interface StructLayout<Field extends string> {
  * ```ts
  * import { LEDGER_SNAPSHOT } from "./abi.ts";
  * import { assert } from "@std/assert";
- * assert(LEDGER_SNAPSHOT.size === 224 && LEDGER_SNAPSHOT.offsets.refused_category === 216);
+ * assert(LEDGER_SNAPSHOT.size === 240 && LEDGER_SNAPSHOT.offsets.refused_category === 232);
  * ```
  */
 export const LEDGER_SNAPSHOT: StructLayout<
@@ -197,23 +199,23 @@ export const LEDGER_SNAPSHOT: StructLayout<
   | "refused_bytes"
   | "refused_category"
 > = Object.freeze({
-  size: 224,
+  size: 240,
   align: 8,
   offsets: Object.freeze({
     current: 0,
-    peak: 64,
-    total_current: 128,
-    total_peak: 136,
-    budget: 144,
-    live_allocations: 152,
-    device_free: 160,
-    device_total: 168,
-    alignment: 176,
-    host_current: 184,
-    host_peak: 192,
-    process_used: 200,
-    refused_bytes: 208,
-    refused_category: 216,
+    peak: 72,
+    total_current: 144,
+    total_peak: 152,
+    budget: 160,
+    live_allocations: 168,
+    device_free: 176,
+    device_total: 184,
+    alignment: 192,
+    host_current: 200,
+    host_peak: 208,
+    process_used: 216,
+    refused_bytes: 224,
+    refused_category: 232,
   }),
 });
 
@@ -455,6 +457,33 @@ export const symbols = {
   },
   qlora_cross_entropy: {
     parameters: ["pointer", "pointer", "u64", "u64", "pointer", "pointer", "f32", "i32"],
+    result: "i32",
+  },
+  // generation: a key/value cache and attention over it
+  qlora_rope_at: {
+    parameters: ["pointer", "u64", "u64", "u64", "pointer", "f32", "i32", "i32"],
+    result: "i32",
+  },
+  qlora_kv_cache_append: {
+    parameters: ["pointer", "pointer", "u64", "u64", "u64", "pointer", "pointer", "u64", "u64", "i32"],
+    result: "i32",
+  },
+  qlora_attention_cached: {
+    parameters: [
+      "pointer",
+      "pointer",
+      "pointer",
+      "u64",
+      "u64",
+      "u64",
+      "u64",
+      "u64",
+      "u64",
+      "u64",
+      "pointer",
+      "pointer",
+      "i32",
+    ],
     result: "i32",
   },
 } as const satisfies Deno.ForeignLibraryInterface;

@@ -441,3 +441,147 @@ export function crossEntropy(
       ),
   );
 }
+
+/**
+ * `qlora_rope_at`: RoPE in place on x `[rows, heads, headDim]`, row r turned to `positions[r]` (i32 on the
+ * device).
+ *
+ * @example
+ * ```ts
+ * import { ropeAt } from "./model.ts";
+ * import { getDevice, Tensor } from "../../mod.ts";
+ * import { assert } from "@std/assert";
+ * using x = Tensor.from([1, 0], { shape: [1, 2] });
+ * using positions = Tensor.from(new Int32Array([1]));
+ * ropeAt(getDevice(), x, 1, 1, 2, positions, 10000, false, "f32"); // head_dim 2: one pair, 1 radian
+ * assert(Math.abs(x.toFloat32()[0] - Math.cos(1)) < 1e-6);
+ * ```
+ */
+export function ropeAt(
+  on: Native,
+  x: DeviceBuffer,
+  rows: number,
+  heads: number,
+  headDim: number,
+  positions: DeviceBuffer,
+  theta: number,
+  inverse: boolean,
+  dtype: DTypeName,
+): void {
+  call(
+    on,
+    () =>
+      on.native.symbols.qlora_rope_at(
+        x.ptr,
+        u64(rows),
+        u64(heads),
+        u64(headDim),
+        positions.ptr,
+        theta,
+        inverse ? 1 : 0,
+        code(DTYPE, dtype),
+      ),
+  );
+}
+
+/** Where a step of generation sits in a key/value cache of `capacity` rows per sequence. */
+export interface CacheDims {
+  /** Sequences. */
+  batch: number;
+  /** New tokens per sequence in this step. */
+  tokens: number;
+  /** Rows per sequence of the cache. */
+  capacity: number;
+  /** Cache row of the first new token (the tokens already cached). */
+  past: number;
+}
+
+/**
+ * `qlora_kv_cache_append`: k and v `[batch, tokens, kvDim]` into rows `past ..` of each sequence of the
+ * caches `[batch, capacity, kvDim]`.
+ *
+ * @example
+ * ```ts
+ * import { kvCacheAppend } from "./model.ts";
+ * import { getDevice, Tensor } from "../../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * using k = Tensor.from([1, 2]), v = Tensor.from([3, 4]);
+ * using kc = Tensor.zeros([3, 2]), vc = Tensor.zeros([3, 2]);
+ * kvCacheAppend(getDevice(), k, v, { batch: 1, tokens: 1, capacity: 3, past: 1 }, 2, kc, vc, "f32");
+ * assertEquals([...kc.toFloat32()], [0, 0, 1, 2, 0, 0]);
+ * ```
+ */
+export function kvCacheAppend(
+  on: Native,
+  k: DeviceBuffer,
+  v: DeviceBuffer,
+  dims: CacheDims,
+  kvDim: number,
+  kCache: DeviceBuffer,
+  vCache: DeviceBuffer,
+  dtype: DTypeName,
+): void {
+  call(
+    on,
+    () =>
+      on.native.symbols.qlora_kv_cache_append(
+        k.ptr,
+        v.ptr,
+        u64(dims.batch),
+        u64(dims.tokens),
+        u64(kvDim),
+        kCache.ptr,
+        vCache.ptr,
+        u64(dims.capacity),
+        u64(dims.past),
+        code(DTYPE, dtype),
+      ),
+  );
+}
+
+/**
+ * `qlora_attention_cached`: q `[batch, tokens, heads, headDim]` (the queries at cache rows `past ..`)
+ * attends each sequence's cached keys from `firstKey[b]` (i32 on the device; null: 0) to its own row.
+ *
+ * @example
+ * ```ts
+ * import { attentionCached } from "./model.ts";
+ * import { getDevice, Tensor } from "../../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * using q = Tensor.from([1, 0]), kc = Tensor.from([1, 0, 0, 0]), vc = Tensor.from([5, 6, 7, 8]);
+ * using out = Tensor.empty([2]);
+ * const dims = { batch: 1, tokens: 1, capacity: 2, past: 0, heads: 1, kvHeads: 1, headDim: 2 };
+ * attentionCached(getDevice(), q, kc, vc, dims, null, out, "f32");
+ * assertEquals([...out.toFloat32()], [5, 6]); // the first token sees its own key only
+ * ```
+ */
+export function attentionCached(
+  on: Native,
+  q: DeviceBuffer,
+  kCache: DeviceBuffer,
+  vCache: DeviceBuffer,
+  dims: CacheDims & Omit<AttentionDims, "batch" | "seq">,
+  firstKey: DeviceBuffer | null,
+  out: DeviceBuffer,
+  dtype: DTypeName,
+): void {
+  call(
+    on,
+    () =>
+      on.native.symbols.qlora_attention_cached(
+        q.ptr,
+        kCache.ptr,
+        vCache.ptr,
+        u64(dims.batch),
+        u64(dims.tokens),
+        u64(dims.past),
+        u64(dims.capacity),
+        u64(dims.heads),
+        u64(dims.kvHeads),
+        u64(dims.headDim),
+        address(firstKey),
+        out.ptr,
+        code(DTYPE, dtype),
+      ),
+  );
+}

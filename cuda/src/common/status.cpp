@@ -32,7 +32,7 @@ const char* dtype_name(int32_t dtype) {
 const char* category_name(int32_t category) {
   static const char* names[QLORA_NUM_CATEGORIES] = {
       "weights",   "quantized_weights", "quant_constants", "adapters",
-      "gradients", "optimizer_states",  "activations",     "workspace"};
+      "gradients", "optimizer_states",  "activations",     "workspace", "kv_cache"};
   if (category < 0 || category >= QLORA_NUM_CATEGORIES) return "an unknown category";
   return names[category];
 }

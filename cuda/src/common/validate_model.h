@@ -138,13 +138,9 @@ inline qlora_status check_rmsnorm_backward(const void* dout, const void* x, cons
   return s;
 }
 
-inline qlora_status check_rope(const void* x, uint64_t batch, uint64_t seq, uint64_t heads, uint64_t head_dim,
-                               float theta, int32_t inverse, int32_t dtype) {
-  const char* fn = "apply rotary embeddings";
-  QLORA_CHECK_PTR(x, fn);
-  qlora_status s = check_act_dtype(dtype, fn);
-  if (s == QLORA_OK) s = check_nonzero(fn, "batch", batch, "seq", seq, "heads", heads, "head_dim", head_dim);
-  if (s != QLORA_OK) return s;
+// What qlora_rope and qlora_rope_at check alike, after their sizes (x, head_dim, theta, inverse, dtype).
+inline qlora_status check_rope_common(const char* fn, const void* x, uint64_t head_dim, float theta, int32_t inverse,
+                                      int32_t dtype) {
   if (head_dim % 2 != 0)
     return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: head_dim %llu is odd", fn, (unsigned long long)head_dim);
   if (!(theta > 0.0f) || theta - theta != 0.0f)
@@ -152,6 +148,15 @@ inline qlora_status check_rope(const void* x, uint64_t batch, uint64_t seq, uint
   if (inverse != 0 && inverse != 1)
     return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: inverse must be 0 or 1, got %d", fn, inverse);
   return check_alignment(x, dtype_size(dtype), fn, "x");
+}
+
+inline qlora_status check_rope(const void* x, uint64_t batch, uint64_t seq, uint64_t heads, uint64_t head_dim,
+                               float theta, int32_t inverse, int32_t dtype) {
+  const char* fn = "apply rotary embeddings";
+  QLORA_CHECK_PTR(x, fn);
+  qlora_status s = check_act_dtype(dtype, fn);
+  if (s == QLORA_OK) s = check_nonzero(fn, "batch", batch, "seq", seq, "heads", heads, "head_dim", head_dim);
+  return s == QLORA_OK ? check_rope_common(fn, x, head_dim, theta, inverse, dtype) : s;
 }
 
 inline qlora_status check_attention_dims(const char* fn, uint64_t batch, uint64_t seq, uint64_t heads,
@@ -270,6 +275,75 @@ inline qlora_status check_cross_entropy(const void* logits, const int32_t* targe
   return s;
 }
 
+// ---- generation (the key/value cache) -----------------------------------------------------------------
+
+inline qlora_status check_rope_at(const void* x, uint64_t rows, uint64_t heads, uint64_t head_dim,
+                                  const int32_t* positions, float theta, int32_t inverse, int32_t dtype) {
+  const char* fn = "apply rotary embeddings at positions";
+  QLORA_CHECK_PTR(x, fn);
+  QLORA_CHECK_PTR(positions, fn);
+  qlora_status s = check_act_dtype(dtype, fn);
+  if (s == QLORA_OK) s = check_nonzero(fn, "rows", rows, "heads", heads, "head_dim", head_dim);
+  if (s == QLORA_OK) s = check_rope_common(fn, x, head_dim, theta, inverse, dtype);
+  if (s == QLORA_OK) s = check_alignment(positions, 4, fn, "positions");
+  return s;
+}
+
+inline qlora_status check_kv_cache_append(const void* k, const void* v, uint64_t batch, uint64_t tokens,
+                                          uint64_t kv_dim, const void* k_cache, const void* v_cache,
+                                          uint64_t capacity, uint64_t at, int32_t dtype) {
+  const char* fn = "append to the key/value cache";
+  QLORA_CHECK_PTR(k, fn);
+  QLORA_CHECK_PTR(v, fn);
+  QLORA_CHECK_PTR(k_cache, fn);
+  QLORA_CHECK_PTR(v_cache, fn);
+  qlora_status s = check_act_dtype(dtype, fn);
+  if (s == QLORA_OK) s = check_nonzero(fn, "batch", batch, "tokens", tokens, "kv_dim", kv_dim, "capacity", capacity);
+  if (s != QLORA_OK) return s;
+  if (at > capacity || tokens > capacity - at)
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: rows %llu .. %llu do not fit a capacity of %llu", fn,
+                (unsigned long long)at, (unsigned long long)(at + tokens), (unsigned long long)capacity);
+  const uint64_t es = dtype_size(dtype);
+  s = check_alignment(k, es, fn, "k");
+  if (s == QLORA_OK) s = check_alignment(v, es, fn, "v");
+  if (s == QLORA_OK) s = check_alignment(k_cache, es, fn, "k_cache");
+  if (s == QLORA_OK) s = check_alignment(v_cache, es, fn, "v_cache");
+  return s;
+}
+
+inline qlora_status check_attention_cached(const void* q, const void* k_cache, const void* v_cache, uint64_t batch,
+                                           uint64_t tokens, uint64_t past, uint64_t capacity, uint64_t heads,
+                                           uint64_t kv_heads, uint64_t head_dim, const int32_t* first_key,
+                                           const void* out, int32_t dtype) {
+  const char* fn = "compute attention over the cache";
+  QLORA_CHECK_PTR(q, fn);
+  QLORA_CHECK_PTR(k_cache, fn);
+  QLORA_CHECK_PTR(v_cache, fn);
+  QLORA_CHECK_PTR(out, fn);
+  qlora_status s = check_act_dtype(dtype, fn);
+  if (s == QLORA_OK) s = check_attention_dims(fn, batch, tokens, heads, kv_heads, head_dim);
+  if (s == QLORA_OK) s = check_nonzero(fn, "capacity", capacity);
+  if (s != QLORA_OK) return s;
+  if (capacity > 0x7fffffffull)
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: capacity must be below 2^31", fn);
+  if (past > capacity || tokens > capacity - past)
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: rows %llu .. %llu do not fit a capacity of %llu", fn,
+                (unsigned long long)past, (unsigned long long)(past + tokens), (unsigned long long)capacity);
+  const uint64_t es = dtype_size(dtype);
+  s = check_alignment(q, es, fn, "q");
+  if (s == QLORA_OK) s = check_alignment(k_cache, es, fn, "k_cache");
+  if (s == QLORA_OK) s = check_alignment(v_cache, es, fn, "v_cache");
+  if (s == QLORA_OK) s = check_alignment(out, es, fn, "out");
+  if (s == QLORA_OK) s = check_alignment_opt(first_key, 4, fn, "first_key");
+  return s;
+}
+
+// The keys query t (cache row past + t) of a sequence attends: [lo, hi) with lo = max(first_key, 0) and
+// hi = past + t + 1; empty (a padding position, zeros out) when lo >= hi.
+QLORA_HD uint64_t cached_first_key(const int32_t* first_key, uint64_t b) {
+  return first_key && first_key[b] > 0 ? (uint64_t)first_key[b] : 0;
+}
+
 // ---- math both backends compute the same way ---------------------------------------------------------
 
 // RoPE frequency of pair i (elements i and i + head_dim / 2 of a head, the half-split layout of
@@ -282,6 +356,8 @@ QLORA_HD float rope_inv_freq(float theta, uint64_t i, uint64_t head_dim) {
 // RoPE angle at position t: t * inv_freq, rounded once from double (exact-ish for t up to 2^24).
 // Backends then take sinf/cosf of it: they agree to float rounding, not bit for bit.
 QLORA_HD float rope_angle(uint64_t t, float inv_freq) { return (float)((double)t * (double)inv_freq); }
+// The same at a signed position (qlora_rope_at): equal to rope_angle for t >= 0.
+QLORA_HD float rope_angle_signed(int64_t t, float inv_freq) { return (float)((double)t * (double)inv_freq); }
 
 // Rotates the pair (a, b) by the angle with cosine c and sine s: (a c - b s, a s + b c). The inverse
 // rotation is the same with -s.

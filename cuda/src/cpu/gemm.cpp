@@ -376,8 +376,10 @@ uint64_t tile_width(int32_t trans_w, uint64_t n, uint64_t k) {
   return std::min(width, n);
 }
 
-// The workspace: one tile as f32 (X's dtype is not known when it is sized; a bf16 tile uses half).
-uint64_t workspace_bytes_for(int32_t trans_w, uint64_t n, uint64_t k) {
+// The workspace: one tile as f32 (X's dtype is not known when it is sized; a bf16 tile uses half); none
+// for one row (m = 1), which the fused GEMV computes.
+uint64_t workspace_bytes_for(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k) {
+  if (m == 1) return 0;  // the fused GEMV dequantizes in registers
   return tile_width(trans_w, n, k) * k * sizeof(float);
 }
 
@@ -563,7 +565,7 @@ QLORA_API qlora_status qlora_gemm_4bit_workspace(int32_t trans_w, uint64_t m, ui
                                                  uint64_t* bytes_out) {
   const qlora_status s = check_gemm_4bit_workspace(trans_w, m, n, k, bytes_out);
   if (s != QLORA_OK) return s;
-  *bytes_out = workspace_bytes_for(trans_w, n, k);
+  *bytes_out = workspace_bytes_for(trans_w, m, n, k);
   return QLORA_OK;
 }
 
@@ -575,7 +577,7 @@ QLORA_API qlora_status qlora_gemm_4bit(int32_t trans_w, uint64_t m, uint64_t n, 
   qlora_status s = check_gemm_4bit(trans_w, m, n, k, x, x_dtype, packed, absmax, quant_type, blocksize, c, c_dtype);
   if (s != QLORA_OK) return s;
   const char* fn = "multiply by a 4-bit matrix";
-  s = check_gemm_4bit_workspace_arg(m, n, k, workspace, workspace_bytes, workspace_bytes_for(trans_w, n, k));
+  s = check_gemm_4bit_workspace_arg(m, n, k, workspace, workspace_bytes, workspace_bytes_for(trans_w, m, n, k));
   if (s != QLORA_OK) return s;
   const Quant4 w{packed, absmax, quant4_table(quant_type)->code, blocksize};
   try {

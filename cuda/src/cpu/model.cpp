@@ -99,13 +99,18 @@ __attribute__((target("avx512f,avx512bw"))) inline void store16(void* p, uint64_
 
 constexpr uint64_t kQueryBlock = 128;
 
+// seq queries per sequence at key positions past .. past + seq - 1 (training: past = 0, the keys are the
+// queries' own rows); k and v hold kv_seq rows per sequence (training: seq; the cache: its capacity).
+// Blocks of block_rows query rows (kQueryBlock, or fewer for a short cached step).
 struct AttnShape {
   uint64_t batch, seq, heads, kv_heads, hd;
+  uint64_t kv_seq = seq, past = 0, block_rows = kQueryBlock;
+  uint64_t keys() const { return past + seq; }         // the most keys a row attends
   uint64_t group() const { return heads / kv_heads; }  // query heads per kv head
   uint64_t ldq() const { return heads * hd; }          // row stride of q, out, dq
   uint64_t ldk() const { return kv_heads * hd; }       // row stride of k, v, dk, dv
   uint64_t q_at(uint64_t b, uint64_t t, uint64_t h) const { return ((b * seq + t) * heads + h) * hd; }
-  uint64_t kv_at(uint64_t b, uint64_t t, uint64_t g) const { return ((b * seq + t) * kv_heads + g) * hd; }
+  uint64_t kv_at(uint64_t b, uint64_t t, uint64_t g) const { return ((b * kv_seq + t) * kv_heads + g) * hd; }
   uint64_t lse_at(uint64_t b, uint64_t h, uint64_t t) const { return (b * heads + h) * seq + t; }
 };
 
@@ -125,11 +130,11 @@ struct AttnScratch {
   float *s = nullptr, *ds = nullptr, *delta = nullptr, *dk = nullptr, *dv = nullptr;
   void *p = nullptr, *dsr = nullptr;
   static uint64_t floats(const AttnShape& a, bool backward) {
-    const uint64_t block = kQueryBlock * a.seq;
+    const uint64_t block = a.block_rows * a.keys();
     return backward ? 4 * block + kQueryBlock + 2 * a.seq * a.hd : 2 * block;
   }
   AttnScratch(float* base, const AttnShape& a, bool backward) {
-    const uint64_t block = kQueryBlock * a.seq;
+    const uint64_t block = a.block_rows * a.keys();
     s = base;
     p = base + block;  // room for f32 even when it holds bf16
     if (!backward) return;
@@ -233,29 +238,43 @@ void for_each_head(uint64_t tasks, float* scratch, uint64_t per_thread, F f) {
   if (error) std::rethrow_exception(error);
 }
 
-// Forward of head h of sequence b, per block of query rows i0 .. i0 + n (keys 0 .. kv = i0 + n):
-//   S = scale * Q_blk K^T                      [n, kv] f32
-//   P = softmax over j <= i of each row, 0 for j > i; lse_i = max + log(sum exp(S - max))
-//   O_blk = P V                                [n, hd]
+// Forward of head h of sequence b, per block of query rows i0 .. i0 + n. Row i is the query at key
+// position past + i and attends the keys lo .. past + i (training: lo = past = 0, causal attention; the
+// cache: lo skips a sequence's left padding). The block's keys are lo .. lo + kv = past + i0 + n:
+//   S = scale * Q_blk K_blk^T                  [n, kv] f32
+//   P = softmax over the keys each row attends, 0 after them; lse_i = max + log(sum exp(S - max))
+//   O_blk = P V_blk                            [n, hd]
+// A row with no key to attend (a padding position) gets zeros, and lse -inf. lse may be NULL (no backward).
 template <int32_t DT>
 void attention_forward_head(const void* q, const void* k, const void* v, const AttnShape& a, uint64_t b,
-                            uint64_t h, void* out, float* lse, AttnScratch& w) {
+                            uint64_t h, uint64_t lo, void* out, float* lse, AttnScratch& w) {
   const float scale = 1.0f / sqrtf((float)a.hd);
   const bool simd = has_avx512();
   const uint64_t g = h / a.group();
-  for (uint64_t i0 = 0; i0 < a.seq; i0 += kQueryBlock) {
-    const uint64_t n = a.seq - i0 < kQueryBlock ? a.seq - i0 : kQueryBlock, kv = i0 + n;
-    gemm_strided(0, 1, n, kv, a.hd, scale, elem<DT>(q, a.q_at(b, i0, h)), a.ldq(), elem<DT>(k, a.kv_at(b, 0, g)),
-                 a.ldk(), 0.0f, w.s, kv, DT, QLORA_F32);
+  for (uint64_t i0 = 0; i0 < a.seq; i0 += a.block_rows) {
+    const uint64_t n = a.seq - i0 < a.block_rows ? a.seq - i0 : a.block_rows, end = a.past + i0 + n;
+    const uint64_t kv = end > lo ? end - lo : 0;
+    if (kv > 0)
+      gemm_strided(0, 1, n, kv, a.hd, scale, elem<DT>(q, a.q_at(b, i0, h)), a.ldq(), elem<DT>(k, a.kv_at(b, lo, g)),
+                   a.ldk(), 0.0f, w.s, kv, DT, QLORA_F32);
 #pragma omp parallel for schedule(static) if (n * kv >= kParallelMin)
     for (int64_t rr = 0; rr < (int64_t)n; rr++) {
-      const uint64_t r = (uint64_t)rr, i = i0 + r;  // row i sees keys 0 .. i
+      const uint64_t r = (uint64_t)rr, last = a.past + i0 + r;  // row i0 + r sees keys lo .. last
       float* srow = w.s + r * kv;
-      lse[a.lse_at(b, h, i)] = simd ? softmax_row_avx512<DT>(srow, i + 1, kv, w.p, r * kv)
-                                    : softmax_row_scalar<DT>(srow, i + 1, kv, w.p, r * kv);
+      float l = -INFINITY;
+      if (last >= lo)
+        l = simd ? softmax_row_avx512<DT>(srow, last - lo + 1, kv, w.p, r * kv)
+                 : softmax_row_scalar<DT>(srow, last - lo + 1, kv, w.p, r * kv);
+      else
+        for (uint64_t j = 0; j < kv; j++) store_float(w.p, DT, r * kv + j, 0.0f);
+      if (lse) lse[a.lse_at(b, h, i0 + r)] = l;
     }
-    gemm_strided(0, 0, n, a.hd, kv, 1.0f, w.p, kv, elem<DT>(v, a.kv_at(b, 0, g)), a.ldk(), 0.0f,
-                 elem<DT>(out, a.q_at(b, i0, h)), a.ldq(), DT, DT);
+    if (kv > 0)
+      gemm_strided(0, 0, n, a.hd, kv, 1.0f, w.p, kv, elem<DT>(v, a.kv_at(b, lo, g)), a.ldk(), 0.0f,
+                   elem<DT>(out, a.q_at(b, i0, h)), a.ldq(), DT, DT);
+    else
+      for (uint64_t r = 0; r < n; r++)
+        for (uint64_t c = 0; c < a.hd; c++) store_float(out, DT, a.q_at(b, i0 + r, h) + c, 0.0f);
   }
 }
 
@@ -595,6 +614,35 @@ QLORA_API qlora_status qlora_rope(void* x, uint64_t batch, uint64_t seq, uint64_
   return QLORA_OK;
 }
 
+// Position by position: each row computes its own angles (a decode step turns one row per sequence).
+QLORA_API qlora_status qlora_rope_at(void* x, uint64_t rows, uint64_t heads, uint64_t head_dim,
+                                     const int32_t* positions, float theta, int32_t inverse, int32_t dtype) {
+  const char* fn = "apply rotary embeddings at positions";
+  qlora_status s = check_rope_at(x, rows, heads, head_dim, positions, theta, inverse, dtype);
+  if (s != QLORA_OK) return s;
+  const uint64_t pairs = head_dim / 2;
+  Workspace table;  // inv_freq of i
+  if ((s = table.alloc(4 * pairs, fn)) != QLORA_OK) return s;
+  float* freq = table.as<float>();
+  for (uint64_t i = 0; i < pairs; i++) freq[i] = rope_inv_freq(theta, i, head_dim);
+  const float sign = inverse ? -1.0f : 1.0f;
+#pragma omp parallel for schedule(static) if (rows * heads * head_dim >= kParallelMin)
+  for (int64_t row = 0; row < (int64_t)rows; row++) {
+    const int64_t t = positions[row];
+    for (uint64_t i = 0; i < pairs; i++) {
+      const float angle = rope_angle_signed(t, freq[i]), c = cosf(angle), sn = sign * sinf(angle);
+      for (uint64_t h = 0; h < heads; h++) {
+        const uint64_t o = ((uint64_t)row * heads + h) * head_dim;
+        float a = load_float(x, dtype, o + i), b = load_float(x, dtype, o + pairs + i);  // half-split pair
+        rope_rotate(a, b, c, sn);
+        store_float(x, dtype, o + i, a);
+        store_float(x, dtype, o + pairs + i, b);
+      }
+    }
+  }
+  return QLORA_OK;
+}
+
 // ---- causal grouped-query attention ----------------------------------------------------------------
 
 QLORA_API qlora_status qlora_attention_forward(const void* q, const void* k, const void* v, uint64_t batch,
@@ -611,8 +659,8 @@ QLORA_API qlora_status qlora_attention_forward(const void* q, const void* k, con
     for_each_head(batch * heads, scratch.as<float>(), per_thread, [&](uint64_t task, float* base) {
       AttnScratch w(base, a, false);
       const uint64_t b = task / heads, h = task % heads;
-      if (dtype == QLORA_F32) attention_forward_head<QLORA_F32>(q, k, v, a, b, h, out, lse, w);
-      else attention_forward_head<QLORA_BF16>(q, k, v, a, b, h, out, lse, w);
+      if (dtype == QLORA_F32) attention_forward_head<QLORA_F32>(q, k, v, a, b, h, 0, out, lse, w);
+      else attention_forward_head<QLORA_BF16>(q, k, v, a, b, h, 0, out, lse, w);
     });
   } catch (...) {
     return library_error(fn);
@@ -639,6 +687,51 @@ QLORA_API qlora_status qlora_attention_backward(const void* dout, const void* q,
       const uint64_t b = task / kv_heads, g = task % kv_heads;
       if (dtype == QLORA_F32) attention_backward_kv_head<QLORA_F32>(dout, q, k, v, out, lse, a, b, g, dq, dk, dv, w);
       else attention_backward_kv_head<QLORA_BF16>(dout, q, k, v, out, lse, a, b, g, dq, dk, dv, w);
+    });
+  } catch (...) {
+    return library_error(fn);
+  }
+  return QLORA_OK;
+}
+
+// ---- generation: the key/value cache ----------------------------------------------------------------
+
+QLORA_API qlora_status qlora_kv_cache_append(const void* k, const void* v, uint64_t batch, uint64_t tokens,
+                                             uint64_t kv_dim, void* k_cache, void* v_cache, uint64_t capacity,
+                                             uint64_t at, int32_t dtype) {
+  qlora_status s = check_kv_cache_append(k, v, batch, tokens, kv_dim, k_cache, v_cache, capacity, at, dtype);
+  if (s != QLORA_OK) return s;
+  const uint64_t row = kv_dim * dtype_size(dtype), bytes = tokens * row;
+  for (uint64_t b = 0; b < batch; b++) {
+    parallel_copy((char*)k_cache + (b * capacity + at) * row, (const char*)k + b * bytes, bytes);
+    parallel_copy((char*)v_cache + (b * capacity + at) * row, (const char*)v + b * bytes, bytes);
+  }
+  return QLORA_OK;
+}
+
+// The training forward's head loop over the cache: kv_seq = capacity, the queries at past .. past + tokens,
+// each sequence's keys from its first_key on.
+QLORA_API qlora_status qlora_attention_cached(const void* q, const void* k_cache, const void* v_cache,
+                                              uint64_t batch, uint64_t tokens, uint64_t past, uint64_t capacity,
+                                              uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
+                                              const int32_t* first_key, void* out, int32_t dtype) {
+  const char* fn = "compute attention over the cache";
+  qlora_status s = check_attention_cached(q, k_cache, v_cache, batch, tokens, past, capacity, heads, kv_heads,
+                                          head_dim, first_key, out, dtype);
+  if (s != QLORA_OK) return s;
+  AttnShape a{batch, tokens, heads, kv_heads, head_dim};
+  a.kv_seq = capacity;
+  a.past = past;
+  a.block_rows = tokens < kQueryBlock ? tokens : kQueryBlock;
+  const uint64_t per_thread = AttnScratch::floats(a, false), n = (uint64_t)omp_get_max_threads() * per_thread;
+  Workspace scratch;
+  if ((s = scratch.alloc(4 * n, fn)) != QLORA_OK) return s;
+  try {
+    for_each_head(batch * heads, scratch.as<float>(), per_thread, [&](uint64_t task, float* base) {
+      AttnScratch w(base, a, false);
+      const uint64_t b = task / heads, h = task % heads, lo = cached_first_key(first_key, b);
+      if (dtype == QLORA_F32) attention_forward_head<QLORA_F32>(q, k_cache, v_cache, a, b, h, lo, out, nullptr, w);
+      else attention_forward_head<QLORA_BF16>(q, k_cache, v_cache, a, b, h, lo, out, nullptr, w);
     });
   } catch (...) {
     return library_error(fn);

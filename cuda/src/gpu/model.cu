@@ -1,5 +1,6 @@
 // gpu/model.cu: the ops of a LLaMA-style model on the GPU (mirrors cpu/model.cpp): embedding, RMSNorm,
-// RoPE, causal grouped-query attention, SwiGLU and cross-entropy, forward and backward side by side.
+// RoPE, causal grouped-query attention, SwiGLU and cross-entropy, forward and backward side by side, and
+// generation's key/value cache.
 // Activations are f32 or bf16, loaded to f32 and computed in f32; argument checks and the shared
 // formulas (RoPE angles, SiLU) come from common/validate_model.h, so both backends accept the same calls
 // and agree to float rounding (expf, sinf, logf and the order of sums differ from the CPU in the last bits).
@@ -15,6 +16,9 @@
 //                 saved. Backward: D = rowsum(dout * out), then one kernel per key tile for dk and dv (all
 //                 query heads of its kv head, so grouped-query sums need no atomics) and one per query
 //                 tile for dq, both recomputing P from lse: deterministic, O(seq) extra memory.
+//                 Over a key/value cache (qlora_attention_cached) the same forward kernel, its queries at
+//                 positions past.., keys from each sequence's first_key, 16-row query tiles for a decode step.
+//   rope_at, kv   RoPE at explicit positions (one thread per pair); the cache append is a strided copy.
 //   swiglu        elementwise.
 //   cross-entropy target check (read back), then one block per row: online max and sum of exp, loss,
 //                 then the gradient (in place when dlogits aliases logits).
@@ -220,6 +224,41 @@ __global__ void rope_kernel(void* x, uint64_t batch, uint64_t seq, uint64_t head
   }
 }
 
+// The same at explicit positions: row r of x [rows, heads, head_dim] turns to positions[r].
+__global__ void rope_at_kernel(void* x, uint64_t rows, uint64_t heads, uint64_t head_dim, const int32_t* positions,
+                               float theta, int32_t inverse, int32_t dtype) {
+  const uint64_t half = head_dim / 2, pairs = heads * half;
+  for (uint64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t t = positions[row];
+    for (uint64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
+      const uint64_t i = p % half;
+      const float angle = rope_angle_signed(t, rope_inv_freq(theta, i, head_dim));
+      float s, c;
+      sincosf(angle, &s, &c);
+      if (inverse) s = -s;
+      const uint64_t at = row * heads * head_dim + (p / half) * head_dim + i;
+      float a = load_float(x, dtype, at), b = load_float(x, dtype, at + half);
+      rope_rotate(a, b, c, s);
+      store_float(x, dtype, at, a);
+      store_float(x, dtype, at + half, b);
+    }
+  }
+}
+
+// ---- the key/value cache ----------------------------------------------------------------------------
+
+// Copies n elements of [batch, tokens, kv_dim] into rows at.. of [batch, capacity, kv_dim], 16-bit or 32-bit
+// words (es bytes each), grid-stride.
+__global__ void kv_append_kernel(const void* src, void* cache, uint64_t tokens, uint64_t kv_dim, uint64_t capacity,
+                                 uint64_t at, uint64_t n, uint64_t es) {
+  const uint64_t per_seq = tokens * kv_dim;
+  for (uint64_t i = global_thread(); i < n; i += grid_threads()) {
+    const uint64_t b = i / per_seq, r = i % per_seq, dst = (b * capacity + at) * kv_dim + r;
+    if (es == 4) ((uint32_t*)cache)[dst] = ((const uint32_t*)src)[i];
+    else ((uint16_t*)cache)[dst] = ((const uint16_t*)src)[i];
+  }
+}
+
 // ---- attention --------------------------------------------------------------------------------------
 // Every attention kernel runs 256 threads as a 16 x 16 grid: tx = tid % 16 picks columns, ty = tid / 16
 // rows; a thread owns rows ty + 16 i and columns tx + 16 j of each tile product (the 16 threads of a row
@@ -241,21 +280,31 @@ struct AttnArgs {
   void* dv;          // backward
   float* lse;        // [batch, heads, seq]
   float* di;         // backward: rowsum(dout * out), like lse
+  const int32_t* first_key;  // forward over a cache: each sequence's first key (NULL: 0)
   uint64_t batch, heads, kv_heads;
   int seq, hd;
+  int past;     // forward over a cache: the key position of query 0 (training: 0)
+  int kv_rows;  // rows per sequence of k and v (training: seq; a cache: its capacity)
   float scale;
   int32_t dtype;
 };
 
-// rows x D tile of a [batch, seq, nh, hd] tensor: rows row0.. of head `head` of batch b, stride ld.
+// rows x D tile of a [batch, rows, nh, hd] tensor: rows row0.. of head `head` of batch b (zeros from row
+// `bound` on), stride ld.
+template <int D, int ROWS>
+__device__ __forceinline__ void load_tile(float* dst, int ld, const void* src, int32_t dtype, uint64_t b,
+                                          uint64_t head, uint64_t nh, int row0, int rows, int bound, int hd) {
+  const uint64_t base = (b * (uint64_t)rows * nh + head) * (uint64_t)hd, row_stride = nh * (uint64_t)hd;
+  for (int e = threadIdx.x; e < ROWS * D; e += kAttnThreads) {
+    const int r = e / D, d = e % D, t = row0 + r;
+    dst[r * ld + d] = (t < bound && d < hd) ? load_float(src, dtype, base + (uint64_t)t * row_stride + d) : 0.0f;
+  }
+}
+// The same for a [batch, seq, nh, hd] tensor, zeros past seq.
 template <int D, int ROWS>
 __device__ __forceinline__ void load_tile(float* dst, int ld, const void* src, int32_t dtype, uint64_t b,
                                           uint64_t head, uint64_t nh, int row0, int seq, int hd) {
-  const uint64_t base = (b * (uint64_t)seq * nh + head) * (uint64_t)hd, row_stride = nh * (uint64_t)hd;
-  for (int e = threadIdx.x; e < ROWS * D; e += kAttnThreads) {
-    const int r = e / D, d = e % D, t = row0 + r;
-    dst[r * ld + d] = (t < seq && d < hd) ? load_float(src, dtype, base + (uint64_t)t * row_stride + d) : 0.0f;
-  }
+  load_tile<D, ROWS>(dst, ld, src, dtype, b, head, nh, row0, seq, seq, hd);
 }
 
 // rows of an f32 [batch, heads, seq] vector (lse, di) into dst; pad past seq.
@@ -356,6 +405,9 @@ __host__ __device__ constexpr int attn_backward_dq_smem() { return 2 * BQ * (D +
 // Forward: one block per (query tile, batch, head), the heaviest (last) query tiles first. Per key tile:
 // S = Q K^T * scale (causal mask), row max m and the thread's share of the row sum l updated online,
 // O rescaled, P = exp(S - m) through shared memory, O += P V. At the end out = O / l, lse = m + log l.
+// Over a cache (qlora_attention_cached), query qi sits at key position past + qi and attends the keys
+// lo .. past + qi of its sequence (lo = its first_key); a row with no key gets zeros. Training: past = 0,
+// lo = 0, kv_rows = seq.
 template <int D, int BQ, int BK>
 __global__ void __launch_bounds__(kAttnThreads) attention_forward_kernel(AttnArgs a) {
   QLORA_EXTERN_SHARED(float, smem);
@@ -370,6 +422,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_forward_kernel(AttnArg
   for (uint64_t w = blockIdx.x; w < qtiles * bh_count; w += gridDim.x) {  // uniform across the block
     const int q0 = (int)(qtiles - 1 - w / bh_count) * BQ;
     const uint64_t bh = w % bh_count, b = bh / a.heads, h = bh % a.heads, kh = h / group;
+    const int lo = (int)cached_first_key(a.first_key, b), keys = a.past + a.seq;
     __syncthreads();  // the previous item is done with shared memory
     load_tile<D, BQ>(qs, LD, a.q, a.dtype, b, h, a.heads, q0, a.seq, a.hd);
     float o[RI][DJ], m[RI], l[RI];
@@ -380,11 +433,11 @@ __global__ void __launch_bounds__(kAttnThreads) attention_forward_kernel(AttnArg
 #pragma unroll
       for (int j = 0; j < DJ; j++) o[i][j] = 0.0f;
     }
-    const int kend = min(a.seq, q0 + BQ);  // causal: no key beyond the tile's last query
-    for (int k0 = 0; k0 < kend; k0 += BK) {
+    const int kend = a.past + min(a.seq, q0 + BQ);  // causal: no key beyond the tile's last query
+    for (int k0 = lo / BK * BK; k0 < kend; k0 += BK) {
       __syncthreads();  // ks, vs and ps are free
-      load_tile<D, BK>(ks, LD, a.k, a.dtype, b, kh, a.kv_heads, k0, a.seq, a.hd);
-      load_tile<D, BK>(vs, D, a.v, a.dtype, b, kh, a.kv_heads, k0, a.seq, a.hd);
+      load_tile<D, BK>(ks, LD, a.k, a.dtype, b, kh, a.kv_heads, k0, a.kv_rows, keys, a.hd);
+      load_tile<D, BK>(vs, D, a.v, a.dtype, b, kh, a.kv_heads, k0, a.kv_rows, keys, a.hd);
       __syncthreads();
       float s[RI][CJ];
       tile_dot<D>(s, qs, LD, ks, LD, ty, tx);
@@ -395,12 +448,12 @@ __global__ void __launch_bounds__(kAttnThreads) attention_forward_kernel(AttnArg
 #pragma unroll
         for (int j = 0; j < CJ; j++) {
           const int kj = k0 + tx + 16 * j;
-          s[i][j] = (kj <= qi && kj < a.seq) ? s[i][j] * a.scale : -INFINITY;
+          s[i][j] = (kj >= lo && kj <= a.past + qi && kj < keys) ? s[i][j] * a.scale : -INFINITY;
           mx = fmaxf(mx, s[i][j]);
         }
         const float m_new = fmaxf(m[i], half_warp_max(mx));
-        // Every row sees key 0 in the first tile, so m_new is finite from then on; the guard keeps a row
-        // with no key yet at zeros instead of NaN.
+        // In training every row sees key 0 in the first tile, so m_new is finite from then on; the guard
+        // keeps a row with no key yet (over a cache: a padding row) at zeros instead of NaN.
         const float m_use = m_new == -INFINITY ? 0.0f : m_new;
         const float alpha = expf(m[i] - m_use);
         float sum = 0.0f;
@@ -421,11 +474,11 @@ __global__ void __launch_bounds__(kAttnThreads) attention_forward_kernel(AttnArg
 #pragma unroll
     for (int i = 0; i < RI; i++) {
       const float lt = half_warp_sum(l[i]);
-      const float inv = 1.0f / lt;
+      const float inv = lt > 0.0f ? 1.0f / lt : 0.0f;  // 0: a row with no key (over a cache) gets zeros
 #pragma unroll
       for (int j = 0; j < DJ; j++) o[i][j] *= inv;
       const int qi = q0 + ty + 16 * i;
-      if (tx == 0 && qi < a.seq) a.lse[bh * (uint64_t)a.seq + qi] = m[i] + logf(lt);
+      if (a.lse && tx == 0 && qi < a.seq) a.lse[bh * (uint64_t)a.seq + qi] = m[i] + logf(lt);
     }
     store_tile(a.o, a.dtype, o, 1.0f, b, h, a.heads, q0, a.seq, a.hd, ty, tx);
   }
@@ -598,12 +651,18 @@ struct AttnTiles<128> {
   static constexpr int kFwdQ = 64, kFwdK = 32, kBwdQ = 32, kBwdK = 32;
 };
 
-template <int D>
-qlora_status attention_forward_d(const AttnArgs& a, const char* what) {
-  constexpr int BQ = AttnTiles<D>::kFwdQ, BK = AttnTiles<D>::kFwdK;
+// The forward with query tiles of BQ rows (training: AttnTiles<D>::kFwdQ; a decode step over a cache, at
+// most 16 queries per sequence: one 16-row tile, not a 64-row tile of mostly empty rows).
+template <int D, int BQ>
+qlora_status attention_forward_tiles(const AttnArgs& a, const char* what) {
+  constexpr int BK = AttnTiles<D>::kFwdK;
   const uint64_t items = ((uint64_t)a.seq + BQ - 1) / BQ * a.batch * a.heads;
   return launch_attention(attention_forward_kernel<D, BQ, BK>, "attention_forward_kernel", a, items,
                           attn_forward_smem<D, BQ, BK>(), what);
+}
+template <int D>
+qlora_status attention_forward_d(const AttnArgs& a, const char* what) {
+  return attention_forward_tiles<D, AttnTiles<D>::kFwdQ>(a, what);
 }
 
 template <int D>
@@ -834,7 +893,7 @@ QLORA_API qlora_status qlora_attention_forward(const void* q, const void* k, con
   a.batch = batch;
   a.heads = heads;
   a.kv_heads = kv_heads;
-  a.seq = (int)seq;
+  a.seq = a.kv_rows = (int)seq;
   a.hd = (int)head_dim;
   a.scale = 1.0f / sqrtf((float)head_dim);
   a.dtype = dtype;
@@ -875,7 +934,7 @@ QLORA_API qlora_status qlora_attention_backward(const void* dout, const void* q,
     a.batch = batch;
     a.heads = heads;
     a.kv_heads = kv_heads;
-    a.seq = (int)seq;
+    a.seq = a.kv_rows = (int)seq;
     a.hd = (int)head_dim;
     a.scale = 1.0f / sqrtf((float)head_dim);
     a.dtype = dtype;
@@ -883,6 +942,60 @@ QLORA_API qlora_status qlora_attention_backward(const void* dout, const void* q,
   }
   const qlora_status freed = scratch_free(di, bytes, what);
   return s != QLORA_OK ? s : freed;
+}
+
+QLORA_API qlora_status qlora_rope_at(void* x, uint64_t rows, uint64_t heads, uint64_t head_dim,
+                                     const int32_t* positions, float theta, int32_t inverse, int32_t dtype) {
+  qlora_status s = check_rope_at(x, rows, heads, head_dim, positions, theta, inverse, dtype);
+  if (s != QLORA_OK) return s;
+  if ((s = gpu_ready()) != QLORA_OK) return s;
+  QLORA_LAUNCH(rope_at_kernel, grid_for(rows, 1), kThreads, 0, gpu_stream())(x, rows, heads, head_dim, positions, theta,
+                                                                          inverse, dtype);
+  return launch_status("apply rotary embeddings at positions");
+}
+
+QLORA_API qlora_status qlora_kv_cache_append(const void* k, const void* v, uint64_t batch, uint64_t tokens,
+                                             uint64_t kv_dim, void* k_cache, void* v_cache, uint64_t capacity,
+                                             uint64_t at, int32_t dtype) {
+  qlora_status s = check_kv_cache_append(k, v, batch, tokens, kv_dim, k_cache, v_cache, capacity, at, dtype);
+  if (s != QLORA_OK) return s;
+  if ((s = gpu_ready()) != QLORA_OK) return s;
+  const uint64_t n = batch * tokens * kv_dim, es = dtype_size(dtype);
+  const char* what = "append to the key/value cache";
+  QLORA_LAUNCH(kv_append_kernel, grid_for(n), kThreads, 0, gpu_stream())(k, k_cache, tokens, kv_dim, capacity, at, n, es);
+  if ((s = launch_status(what)) != QLORA_OK) return s;
+  QLORA_LAUNCH(kv_append_kernel, grid_for(n), kThreads, 0, gpu_stream())(v, v_cache, tokens, kv_dim, capacity, at, n, es);
+  return launch_status(what);
+}
+
+QLORA_API qlora_status qlora_attention_cached(const void* q, const void* k_cache, const void* v_cache,
+                                              uint64_t batch, uint64_t tokens, uint64_t past, uint64_t capacity,
+                                              uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
+                                              const int32_t* first_key, void* out, int32_t dtype) {
+  const char* what = "compute attention over the cache";
+  qlora_status s = check_attention_cached(q, k_cache, v_cache, batch, tokens, past, capacity, heads, kv_heads,
+                                          head_dim, first_key, out, dtype);
+  if (s == QLORA_OK) s = check_head_dim(head_dim, what);
+  if (s != QLORA_OK) return s;
+  if ((s = gpu_ready()) != QLORA_OK) return s;
+  AttnArgs a = {};
+  a.q = q;
+  a.k = k_cache;
+  a.v = v_cache;
+  a.o = out;
+  a.first_key = first_key;
+  a.batch = batch;
+  a.heads = heads;
+  a.kv_heads = kv_heads;
+  a.seq = (int)tokens;
+  a.past = (int)past;
+  a.kv_rows = (int)capacity;
+  a.hd = (int)head_dim;
+  a.scale = 1.0f / sqrtf((float)head_dim);
+  a.dtype = dtype;
+  if (tokens <= 16)
+    return head_dim <= 64 ? attention_forward_tiles<64, 16>(a, what) : attention_forward_tiles<128, 16>(a, what);
+  return head_dim <= 64 ? attention_forward_d<64>(a, what) : attention_forward_d<128>(a, what);
 }
 
 QLORA_API qlora_status qlora_swiglu_forward(const void* gate, const void* up, uint64_t n, void* out,
