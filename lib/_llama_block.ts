@@ -17,20 +17,31 @@ import {
   type WeightSource,
 } from "./llama_config.ts";
 import { LoRALinear, type Trainable } from "./lora.ts";
+import type { KVCache } from "./kv_cache.ts";
 import {
   attentionBackward,
+  attentionCached,
   attentionForward,
   type AttentionResult,
   rmsnormBackward,
   rmsnormForward,
   type RmsnormResult,
   rope,
+  ropeAt,
   swigluBackward,
   swigluForward,
   zero,
 } from "./model_ops.ts";
 import { axpby } from "./ops.ts";
 import { fillOrDispose, Tensor } from "./tensor.ts";
+
+/** One generation step as a block sees it: the new tokens per sequence and their positions (i32, on the device). */
+export interface InferStep {
+  /** New tokens per sequence. */
+  tokens: number;
+  /** Position of each new row, `[batch · tokens]`. */
+  positions: Tensor;
+}
 
 /** What a block keeps from forward for backward. */
 export interface BlockSaved {
@@ -206,6 +217,49 @@ export class Block {
       this.releaseActivations(false);
       throw e;
     }
+  }
+
+  /**
+   * The forward for generation, keeping nothing: q, k and v of the new tokens turned to their positions,
+   * k and v appended to layer `index` of the cache (at its `length`), the queries attending over the cache.
+   * x is `[batch · tokens, dim]`; returns the block's output, like x.
+   */
+  infer(x: Tensor, cache: KVCache, index: number, step: InferStep): Tensor {
+    const c = this.model.config, p = this.proj, headDim = c.dim / c.heads;
+    let out: Tensor;
+    {
+      using x2 = (() => {
+        const n1 = rmsnormForward(x, this.attnNorm, c.normEps);
+        using n1out = n1.out, _rstd = n1.rstd;
+        using att = (() => {
+          using q = p.q_proj.infer(n1out), k = p.k_proj.infer(n1out), v = p.v_proj.infer(n1out);
+          ropeAt(q, step.positions, c.heads, headDim, c.ropeTheta);
+          ropeAt(k, step.positions, c.kvHeads, headDim, c.ropeTheta);
+          cache.append(index, k, v, step.tokens);
+          const s = {
+            batch: cache.batch,
+            tokens: step.tokens,
+            past: cache.length,
+            capacity: cache.capacity,
+            heads: c.heads,
+            kvHeads: c.kvHeads,
+            headDim,
+          };
+          return attentionCached(q, cache.keys(index), cache.values(index), s, cache.firstKeyTensor);
+        })();
+        const x2 = p.o_proj.infer(att);
+        return fillOrDispose(x2, () => axpby(1, x, 1, x2)); // x2 = x + o
+      })();
+      const n2 = rmsnormForward(x2, this.mlpNorm, c.normEps);
+      using n2out = n2.out, _rstd = n2.rstd;
+      using act = (() => {
+        using gate = p.gate_proj.infer(n2out), up = p.up_proj.infer(n2out);
+        return swigluForward(gate, up);
+      })();
+      out = p.down_proj.infer(act);
+      fillOrDispose(out, () => axpby(1, x2, 1, out)); // out = x2 + mlp
+    }
+    return out;
   }
 
   /** Frees what forward kept (the block's and its layers'); the input too unless `keepInput`. */

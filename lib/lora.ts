@@ -19,7 +19,7 @@ import { getDevice } from "./device.ts";
 import { InvalidArgumentError } from "./errors.ts";
 import { axpby, dropout, fillUniform, matmul, matmul4bit } from "./ops.ts";
 import { quantize, type QuantizedTensor } from "./quant.ts";
-import { Tensor } from "./tensor.ts";
+import { fillOrDispose, Tensor } from "./tensor.ts";
 
 /** Compute dtypes of the layers. */
 export type ComputeDType = "f32" | "bf16";
@@ -179,6 +179,12 @@ export class Linear implements Disposable {
   forward(x: Tensor): Tensor {
     checkInput(x, this.inFeatures, this.dtype, "a linear layer");
     this.#input = x;
+    return matmul(x, this.weight, { transB: true });
+  }
+
+  /** `y = x Wᵀ` for inference: keeps nothing for backward. */
+  infer(x: Tensor): Tensor {
+    checkInput(x, this.inFeatures, this.dtype, "a linear layer");
     return matmul(x, this.weight, { transB: true });
   }
 
@@ -494,6 +500,21 @@ export class LoRALinear implements Disposable {
       throw e;
     }
     return y;
+  }
+
+  /**
+   * `y = x Wᵀ + s · x Aᵀ Bᵀ` (or `x W'ᵀ` when merged) for inference: no dropout, nothing kept for backward,
+   * and the dropout stream does not move (generating between training steps leaves training as it was).
+   * An NF4 base goes through the fused 4-bit product (a GEMV at one token).
+   */
+  infer(x: Tensor): Tensor {
+    checkInput(x, this.inFeatures, this.dtype, "a LoRA layer");
+    if (this.#merged) return matmul(x, this.#merged, { transB: true });
+    const y = this.#baseTimes(x, true);
+    return fillOrDispose(y, () => {
+      using h = matmul(x, this.loraA, { transB: true, category: "workspace" });
+      matmul(h, this.loraB, { transB: true, alpha: this.scaling, beta: 1, out: y });
+    });
   }
 
   /** Accumulates dA and dB and returns dx (null with `inputGrad: false`); W gets no gradient. */

@@ -277,6 +277,104 @@ export function attentionBackward(
 }
 
 /**
+ * Rotary position embedding in place at explicit positions: row r of x `[rows, heads · headDim]` turns to
+ * `positions[r]` (an i32 tensor of `rows` values, any integer). Generation's form of {@linkcode rope}: the
+ * new tokens sit at positions after the cached ones, each sequence of a batch at its own.
+ *
+ * @example
+ * ```ts
+ * import { rope, ropeAt, Tensor } from "../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * using a = Tensor.randn([3, 8], { seed: 1 });
+ * using b = a.clone();
+ * rope(a, { batch: 1, seq: 3, heads: 2, headDim: 4 }, 10000, false);
+ * using positions = Tensor.from(new Int32Array([0, 1, 2]));
+ * ropeAt(b, positions, 2, 4, 10000);
+ * assertEquals([...b.toFloat32()], [...a.toFloat32()]); // the same angles, bit for bit
+ * ```
+ */
+export function ropeAt(
+  x: Tensor,
+  positions: Tensor,
+  heads: number,
+  headDim: number,
+  theta: number,
+  inverse = false,
+): void {
+  const what = "rotate at positions";
+  const dtype = actDtype(x, what);
+  const rows = positions.numel;
+  if (positions.dtype !== "i32" || x.numel !== rows * heads * headDim || positions.device !== x.device) {
+    throw new InvalidArgumentError(
+      `Cannot ${what}: x must be [${rows}, ${heads * headDim}] for ${rows} i32 positions on its device`,
+    );
+  }
+  ffi.ropeAt(x.device, x, rows, heads, headDim, positions, theta, inverse, dtype);
+}
+
+/** Where a step's queries sit in a key/value cache and what they attend (see {@linkcode attentionCached}). */
+export interface CachedAttentionShape {
+  /** Sequences. */
+  batch: number;
+  /** New tokens (queries) per sequence. */
+  tokens: number;
+  /** Cache row of the first new token. */
+  past: number;
+  /** Rows per sequence of the cache. */
+  capacity: number;
+  /** Query heads. */
+  heads: number;
+  /** Key/value heads. */
+  kvHeads: number;
+  /** Features per head. */
+  headDim: number;
+}
+
+/**
+ * Attention of new queries q `[batch · tokens, heads · headDim]` over a key/value cache
+ * (`[batch, capacity, kvHeads · headDim]` each; the new tokens' keys already appended at rows `past ..`):
+ * query t attends its sequence's keys `firstKey[b] .. past + t` (an i32 tensor, or null for 0). A query
+ * with no key to attend (left padding) gets zeros. Returns the output, like q.
+ *
+ * @example
+ * ```ts
+ * import { attentionCached, Tensor } from "../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * // One head of 2 features; two cached rows, the second query's.
+ * using q = Tensor.from([0, 0]);
+ * using keys = Tensor.from([1, 0, 0, 1]), values = Tensor.from([1, 2, 3, 4]);
+ * const s = { batch: 1, tokens: 1, past: 1, capacity: 2, heads: 1, kvHeads: 1, headDim: 2 };
+ * using out = attentionCached(q, keys, values, s, null);
+ * assertEquals([...out.toFloat32()], [2, 3]); // equal scores: the mean of the two values
+ * ```
+ */
+export function attentionCached(
+  q: Tensor,
+  keys: Tensor,
+  values: Tensor,
+  s: CachedAttentionShape,
+  firstKey: Tensor | null,
+): Tensor {
+  const what = "attend over the cache";
+  const dtype = actDtype(q, what);
+  same(keys, values, what, "keys and values");
+  if (
+    q.numel !== s.batch * s.tokens * s.heads * s.headDim ||
+    keys.numel !== s.batch * s.capacity * s.kvHeads * s.headDim || keys.dtype !== dtype
+  ) {
+    throw new InvalidArgumentError(`Cannot ${what}: q and the cache do not match ${JSON.stringify(s)}`);
+  }
+  if (firstKey && (firstKey.dtype !== "i32" || firstKey.numel !== s.batch)) {
+    throw new InvalidArgumentError(`Cannot ${what}: firstKey must be i32[${s.batch}]`);
+  }
+  const [out] = ffi.withOutputs(
+    [like(q)],
+    (out) => ffi.attentionCached(q.device, q, keys, values, s, firstKey, out, dtype),
+  );
+  return out;
+}
+
+/**
  * SwiGLU: `silu(gate) * up`.
  *
  * @example
