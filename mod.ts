@@ -69,5 +69,6 @@ export * from "./lib/checkpoint.ts";
 export * from "./lib/plot.ts";
 export * from "./lib/data.ts";
 export * from "./lib/estimate.ts";
+export * from "./lib/estimate_inference.ts";
 export * from "./lib/fit.ts";
 export * from "./lib/tokenizer.ts";

@@ -33,6 +33,7 @@ import {
   type MemoryEstimate,
   type OptimizerKind,
 } from "./estimate.ts";
+import { estimateInference, type InferenceEstimate, type InferenceOptions } from "./estimate_inference.ts";
 import { formatBytes, parseBytes } from "./memory.ts";
 import type { LlamaConfig, TrainMode } from "./llama_config.ts";
 
@@ -232,24 +233,7 @@ export function defaultOptimizer(mode: TrainMode): OptimizerKind {
  * ```
  */
 export function willItFit(config: LlamaConfig, options: FitOptions, gpu: GpuProfile): FitResult {
-  const context = options.context !== undefined
-    ? {
-      bytes: options.context,
-      source: options.contextSource ?? "given" as const,
-      note: options.contextSource === "measured"
-        ? "cudaMemGetInfo: total - free before the first tensor"
-        : "as given",
-    }
-    : {
-      bytes: gpu.generation?.context ?? GENERIC_CONTEXT,
-      source: "typical" as const,
-      note: gpu.generation
-        ? `${gpu.generation.name}, ${gpu.generation.note}`
-        : "a generic figure for a GPU of unknown generation",
-    };
-  if (!Number.isFinite(context.bytes) || context.bytes < 0) {
-    throw new InvalidArgumentError(`Cannot fit: context must be a byte count >= 0, got ${context.bytes}`);
-  }
+  const context = cudaContext(gpu, options.context, options.contextSource);
   const base: EstimateOptions = {
     ...options,
     optimizer: options.optimizer ?? defaultOptimizer(options.mode),
@@ -329,6 +313,121 @@ export function willItFit(config: LlamaConfig, options: FitOptions, gpu: GpuProf
     suggestions,
     verdict: verdictOf(spare, fitsWithPaging, estimate, suggestions),
   };
+}
+
+/** The bytes a GPU takes before the first tensor: given, measured, or its generation's typical figure. */
+function cudaContext(
+  gpu: GpuProfile,
+  bytes?: number,
+  source?: "measured" | "given",
+): FitResult["context"] {
+  const context = bytes !== undefined
+    ? {
+      bytes,
+      source: source ?? "given" as const,
+      note: source === "measured" ? "cudaMemGetInfo: total - free before the first tensor" : "as given",
+    }
+    : {
+      bytes: gpu.generation?.context ?? GENERIC_CONTEXT,
+      source: "typical" as const,
+      note: gpu.generation
+        ? `${gpu.generation.name}, ${gpu.generation.note}`
+        : "a generic figure for a GPU of unknown generation",
+    };
+  if (!Number.isFinite(context.bytes) || context.bytes < 0) {
+    throw new InvalidArgumentError(`Cannot fit: context must be a byte count >= 0, got ${context.bytes}`);
+  }
+  return context;
+}
+
+/** Options of {@linkcode willItFitInference}: the generation, as for the estimator (the kernels are CUDA's). */
+export interface InferenceFitOptions extends Omit<InferenceOptions, "backend"> {
+  /** Bytes the device takes before the first tensor (default: the GPU generation's typical figure). */
+  cudaContext?: number;
+  /** Where `cudaContext` comes from (default "given" when set). */
+  cudaContextSource?: "measured" | "given";
+}
+
+/** The answer of {@linkcode willItFitInference}. */
+export interface InferenceFitResult {
+  /** The GPU. */
+  gpu: GpuProfile;
+  /** Bytes taken before the first tensor, where the figure comes from, and its caveat. */
+  context: FitResult["context"];
+  /** The estimate (CUDA's kernels). */
+  estimate: InferenceEstimate;
+  /** Estimated peak plus the CUDA context. */
+  required: number;
+  /** GPU memory less required (negative: what is missing). */
+  spare: number;
+  /** Whether the generation fits. */
+  fits: boolean;
+  /** Per mode, the longest context (tokens per sequence, prompt at most `prompt`) and the largest batch that fit. */
+  largest: Record<TrainMode, { context: number; batch: number }>;
+  /** "fits with 1.20 GiB to spare" or "needs 0.40 GiB more: try ...". */
+  verdict: string;
+}
+
+/**
+ * Whether generating `context` tokens per sequence fits `gpu`: weights, adapters, the KV cache and a step's
+ * transients (CUDA's kernels) plus the CUDA context, the longest context and largest batch per mode, and
+ * a verdict that names what would fit.
+ *
+ * @example
+ * ```ts
+ * import { gpuProfile, LLAMA_CONFIGS, willItFitInference } from "../mod.ts";
+ * import { assert } from "@std/assert";
+ * // LLaMA-2-7B in QLoRA on a 6 GB card: a 1 GiB cache of 2,048 tokens fits, the 2 GiB of 4,096 do not.
+ * const at = (context: number) =>
+ *   willItFitInference(LLAMA_CONFIGS["7b"], { mode: "qlora", context, prompt: 512 }, gpuProfile("rtx3060-6gb"));
+ * assert(at(2048).fits && at(4096).estimate.bytes.kv_cache === 2 ** 31 && !at(4096).fits);
+ * assert(at(4096).largest.full.context === 0 && at(4096).largest.qlora.context > 2048);
+ * ```
+ */
+export function willItFitInference(
+  config: LlamaConfig,
+  options: InferenceFitOptions,
+  gpu: GpuProfile,
+): InferenceFitResult {
+  const context = cudaContext(gpu, options.cudaContext, options.cudaContextSource);
+  const base: InferenceOptions = { ...options, backend: "cuda" };
+  const need = (o: InferenceOptions) => estimateInference(config, o).peak + context.bytes;
+  const estimate = estimateInference(config, base);
+  const required = estimate.peak + context.bytes, spare = gpu.memory - required;
+  const prompt = base.prompt ?? base.context;
+  const largest = {} as InferenceFitResult["largest"];
+  for (const mode of ["full", "lora", "qlora"] as const) {
+    const o = { ...base, mode, merged: mode === "full" ? undefined : base.merged };
+    largest[mode] = {
+      context: largestWithin(
+        (n) => need({ ...o, context: n, prompt: Math.min(prompt, n) }),
+        gpu.memory,
+        config.maxSeq,
+      ),
+      batch: largestWithin((batch) => need({ ...o, batch }), gpu.memory, 2 ** 16),
+    };
+  }
+  let verdict = `fits with ${formatBytes(spare)} to spare`;
+  if (spare < 0) {
+    const tries: string[] = [];
+    if (base.mode !== "qlora") {
+      const r = need({ ...base, mode: "qlora" });
+      tries.push(
+        `--mode qlora (${
+          r <= gpu.memory
+            ? `fits, ${formatBytes(gpu.memory - r)} to spare`
+            : `saves ${formatBytes(required - r)}`
+        })`,
+      );
+    }
+    const n = largest[base.mode].context;
+    if (n > 0) tries.push(`--context ${n}`);
+    if ((base.batch ?? 1) > 1 && largest[base.mode].batch > 0) {
+      tries.push(`--batch ${largest[base.mode].batch}`);
+    }
+    verdict = `needs ${formatBytes(-spare)} more` + (tries.length ? `: try ${tries.join(", ")}` : "");
+  }
+  return { gpu, context, estimate, required, spare, fits: spare >= 0, largest, verdict };
 }
 
 function verdictOf(

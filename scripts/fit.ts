@@ -2,11 +2,12 @@
  * `./deno task fit --model 7b|13b|70b|tiny|DIR --mode full|lora|qlora [--batch 1] [--seq 512] [--rank 8]
  * [--targets q,k,v,o,gate,up,down] [--checkpointing] [--optimizer adamw|paged|8bit] [--master-weights |
  * --no-master-weights] [--dtype bf16|f32] [--gpu rtx3060-6gb|rtx3060|rtx4090|a100-40|a100-80|h100-80|h200|6GiB]
- * [--context 0.5GiB] [--json]`: will one training step fit the GPU?
+ * [--cuda-context 0.5GiB] [--json]`: will one training step fit the GPU? With `--inference --context N`,
+ * will generating N tokens per sequence fit it (weights, adapters, the KV cache, the largest step)?
  *
  * Prints the estimate by ledger category (lib/estimate.ts, validated against the ledger in
  * tests/estimate_test.ts), the CUDA context on its own line (measured where a CUDA backend runs here and the
- * GPU is this one, else the generation's typical figure, or `--context`), the total against the GPU, the
+ * GPU is this one, else the generation's typical figure, or `--cuda-context`), the total against the GPU, the
  * largest sequence and batch that fit in each mode, and a verdict with estimated suggestions. `DIR` is a
  * Hugging Face model directory (its `config.json`). Defaults are the Trainer's: bf16, rank 8, all seven
  * linears, f32 master weights, PagedAdamW for QLoRA and AdamW otherwise; the GPU defaults to this
@@ -27,6 +28,7 @@ import {
   type GpuProfile,
   gpuProfile,
   hfConfig,
+  type InferenceFitResult,
   LLAMA_CONFIGS,
   type LlamaConfig,
   measuredContext,
@@ -35,13 +37,17 @@ import {
   type TargetModule,
   type TrainMode,
   willItFit,
+  willItFitInference,
 } from "../mod.ts";
 import { intFlags, parseArgs, runMain, targetsFlag, UsageError } from "./_cli.ts";
 
 const USAGE =
   "usage: ./deno task fit --model 7b|13b|70b|tiny|DIR --mode full|lora|qlora [--batch 1] [--seq 512] " +
   "[--rank 8] [--targets q,k,v,o,gate,up,down] [--checkpointing] [--optimizer adamw|paged|8bit] " +
-  "[--master-weights|--no-master-weights] [--dtype bf16|f32] [--gpu NAME|SIZE] [--context BYTES] [--json]\n" +
+  "[--master-weights|--no-master-weights] [--dtype bf16|f32] [--gpu NAME|SIZE] [--cuda-context BYTES] [--json]\n" +
+  "       ./deno task fit --inference --model ... --mode full|lora|qlora [--context maxSeq] [--prompt CONTEXT] " +
+  "[--batch 1] [--merged] [--rank 8] [--targets ...] [--dtype bf16|f32] [--gpu NAME|SIZE] [--cuda-context BYTES] " +
+  "[--json]\n" +
   `  GPUs: ${Object.keys(GPU_PROFILES).join(", ")}, or a size such as 6GiB`;
 
 const NAMES: Record<string, string> = {
@@ -122,9 +128,15 @@ export function fitCommand(argv: string[], cuda: Device | null = localCuda()): F
     "no-master-weights": "boolean",
     dtype: "string",
     gpu: "string",
+    "cuda-context": "string",
     context: "string",
     json: "boolean",
   });
+  if (flags.context !== undefined) {
+    throw new UsageError(
+      "--context is a generation's context in tokens (with --inference); the CUDA context's size is --cuda-context",
+    );
+  }
   if (positional.length) throw new UsageError(`unexpected argument ${positional[0]}`);
   const model = modelOf((flags.model as string | undefined) ?? "7b");
   const mode = ((flags.mode as string | undefined) ?? "qlora") as TrainMode;
@@ -152,22 +164,158 @@ export function fitCommand(argv: string[], cuda: Device | null = localCuda()): F
   if (run.seq > model.config.maxSeq) {
     throw new UsageError(`--seq ${run.seq} exceeds the model's maxSeq ${model.config.maxSeq}`);
   }
-  // The GPU: as named, else this machine's CUDA GPU, else the 6 GiB RTX 3060 of the project's question.
+  const { gpu, context, contextSource } = gpuOf(flags, cuda);
+  const result = willItFit(model.config, { ...run, context, contextSource }, gpu);
+  return { ...result, model: { ...model, parameters: countParameters(model.config).total }, run };
+}
+
+/**
+ * The GPU of a command line: as named, else this machine's CUDA GPU, else the 6 GiB RTX 3060 of the
+ * project's question; and its CUDA context: `--cuda-context`, else measured where the GPU is this one.
+ */
+function gpuOf(
+  flags: Record<string, string | boolean>,
+  cuda: Device | null,
+): { gpu: GpuProfile; context?: number; contextSource?: "measured" | "given" } {
   const total = cuda?.memory().deviceTotal ?? 0;
   const local: GpuProfile | null = cuda
     ? { id: "local", name: cuda.name, memory: total, generation: null }
     : null;
   const gpu = flags.gpu ? gpuProfile(flags.gpu as string) : local ?? GPU_PROFILES["rtx3060-6gb"];
-  let context: number | undefined, contextSource: "measured" | "given" | undefined;
-  if (flags.context !== undefined) {
-    context = parseBytes(flags.context as string);
-    contextSource = "given";
-  } else if (cuda && Math.abs(total - gpu.memory) <= 0.05 * gpu.memory) {
-    context = measuredContext(cuda) ?? undefined; // this GPU is the one asked about: measure it
-    contextSource = context === undefined ? undefined : "measured";
+  if (flags["cuda-context"] !== undefined) {
+    return { gpu, context: parseBytes(flags["cuda-context"] as string), contextSource: "given" };
   }
-  const result = willItFit(model.config, { ...run, context, contextSource }, gpu);
+  if (cuda && Math.abs(total - gpu.memory) <= 0.05 * gpu.memory) {
+    const context = measuredContext(cuda) ?? undefined; // this GPU is the one asked about: measure it
+    return { gpu, context, contextSource: context === undefined ? undefined : "measured" };
+  }
+  return { gpu };
+}
+
+/** What `fit --inference` answers, with the generation it answered for (the `--json` output). */
+export interface InferenceFitReport extends InferenceFitResult {
+  /** The model: a named config or the directory's. */
+  model: { name: string; config: LlamaConfig; parameters: number };
+  /** The generation as estimated, defaults filled in. */
+  run: {
+    mode: TrainMode;
+    context: number;
+    prompt: number;
+    batch: number;
+    dtype: "bf16" | "f32";
+    rank: number;
+    targetModules: TargetModule[];
+    merged: boolean;
+  };
+}
+
+/**
+ * `fit --inference`: will generating `--context` tokens per sequence fit the GPU (weights, adapters, the
+ * KV cache, the largest step: a prefill of `--prompt` tokens, or a decode step)?
+ *
+ * @example
+ * ```ts
+ * import { fitInferenceCommand } from "./fit.ts";
+ * import { assert } from "@std/assert";
+ * const r = fitInferenceCommand(["--inference", "--mode", "qlora", "--context", "2048", "--gpu", "rtx3060-6gb"], null);
+ * assert(r.fits && r.estimate.bytes.kv_cache === 2 ** 30);
+ * ```
+ */
+export function fitInferenceCommand(argv: string[], cuda: Device | null = localCuda()): InferenceFitReport {
+  const { flags, positional } = parseArgs(argv, {
+    inference: "boolean",
+    model: "string",
+    mode: "string",
+    batch: "string",
+    context: "string",
+    prompt: "string",
+    rank: "string",
+    targets: "string",
+    merged: "boolean",
+    dtype: "string",
+    gpu: "string",
+    "cuda-context": "string",
+    json: "boolean",
+  });
+  if (positional.length) throw new UsageError(`unexpected argument ${positional[0]}`);
+  const model = modelOf((flags.model as string | undefined) ?? "7b");
+  const mode = ((flags.mode as string | undefined) ?? "qlora") as TrainMode;
+  if (!["full", "lora", "qlora"].includes(mode)) throw new UsageError("--mode must be full, lora or qlora");
+  if (flags.merged && mode === "full") throw new UsageError("--merged needs --mode lora or qlora");
+  const int = intFlags(flags);
+  const dtype = (flags.dtype ?? "bf16") as "bf16" | "f32";
+  if (dtype !== "bf16" && dtype !== "f32") throw new UsageError("--dtype must be bf16 or f32");
+  const context = int("context", model.config.maxSeq);
+  if (context > model.config.maxSeq) {
+    throw new UsageError(`--context ${context} exceeds the model's maxSeq ${model.config.maxSeq}`);
+  }
+  const prompt = int("prompt", context);
+  if (prompt > context) throw new UsageError(`--prompt ${prompt} is longer than --context ${context}`);
+  const run = {
+    mode,
+    context,
+    prompt,
+    batch: int("batch", 1),
+    dtype,
+    rank: int("rank", 8),
+    targetModules: targetsFlag(flags.targets),
+    merged: flags.merged === true,
+  };
+  const { gpu, context: cudaContext, contextSource } = gpuOf(flags, cuda);
+  const result = willItFitInference(
+    model.config,
+    { ...run, cudaContext, cudaContextSource: contextSource },
+    gpu,
+  );
   return { ...result, model: { ...model, parameters: countParameters(model.config).total }, run };
+}
+
+/**
+ * The text `fit --inference` prints: the generation, the categories, the cache per token, the total, the
+ * longest context per mode, the verdict.
+ *
+ * @example
+ * ```ts
+ * import { fitInferenceCommand, formatInferenceFit } from "./fit.ts";
+ * import { assertStringIncludes } from "@std/assert";
+ * const text = formatInferenceFit(fitInferenceCommand(["--inference", "--mode", "full", "--gpu", "24GiB"], null));
+ * assertStringIncludes(text, "kv_cache");
+ * ```
+ */
+export function formatInferenceFit(r: InferenceFitReport): string {
+  const { run, estimate: e } = r;
+  const mode = { full: "the base alone", lora: "LoRA", qlora: "QLoRA (NF4 base)" }[run.mode];
+  const lines = [
+    `${r.model.name}: ${count(r.model.parameters)} parameters, ${r.model.config.layers} blocks`,
+    `generation: ${mode}${
+      run.mode === "full" ? "" : `, rank ${run.rank} adapters${run.merged ? " merged" : ""}`
+    }, ` +
+    `${run.dtype}, ${run.batch} x ${run.context} tokens of context, a prefill of ${run.prompt} tokens at once`,
+    `gpu: ${r.gpu.name}`,
+    "",
+  ];
+  const row = (name: string, bytes: string, note = "") =>
+    `${name.padEnd(18)} ${bytes.padStart(11)}${note ? `  ${note}` : ""}`;
+  const notes: Partial<Record<string, string>> = {
+    kv_cache: `${formatBytes(e.kvCachePerToken)} per token of context`,
+    activations: "the largest step's transients (the prefill)",
+  };
+  for (const c of CATEGORIES) if (e.bytes[c] > 0) lines.push(row(c, formatBytes(e.bytes[c]), notes[c]));
+  lines.push(row("peak", formatBytes(e.peak), "sum of the categories' peaks"));
+  lines.push(row("CUDA context", formatBytes(r.context.bytes), `${r.context.source}: ${r.context.note}`));
+  lines.push(row("total", formatBytes(r.required), `of ${formatBytes(r.gpu.memory)}`));
+  lines.push("", "largest that fits this GPU (other options as above):");
+  lines.push(
+    `${"mode".padEnd(6)} ${`context at batch ${run.batch}`.padStart(20)} ${
+      `batch at ${run.context}`.padStart(16)
+    }`,
+  );
+  for (const m of ["full", "lora", "qlora"] as const) {
+    const l = r.largest[m], n = (v: number) => v === 0 ? "none" : v.toLocaleString("en-US");
+    lines.push(`${m.padEnd(6)} ${n(l.context).padStart(20)} ${n(l.batch).padStart(16)}`);
+  }
+  lines.push("", `verdict: ${r.verdict}`);
+  return lines.join("\n");
 }
 
 const count = (n: number) =>
@@ -233,7 +381,14 @@ export function formatFit(r: FitReport): string {
 
 if (import.meta.main) {
   await runMain(() => {
-    const r = fitCommand(Deno.args);
-    console.log(Deno.args.includes("--json") ? JSON.stringify(r, null, 2) : formatFit(r));
+    if (Deno.args.includes("--help") || Deno.args.includes("-h")) return console.log(USAGE);
+    const json = Deno.args.includes("--json");
+    if (Deno.args.includes("--inference")) {
+      const r = fitInferenceCommand(Deno.args);
+      console.log(json ? JSON.stringify(r, null, 2) : formatInferenceFit(r));
+    } else {
+      const r = fitCommand(Deno.args);
+      console.log(json ? JSON.stringify(r, null, 2) : formatFit(r));
+    }
   }, USAGE);
 }

@@ -25,6 +25,7 @@ import {
   Tensor,
   type TrainMode,
 } from "../mod.ts";
+import { error, UNMODELLED_SCRATCH, workspaceError } from "./_estimate_judge.ts";
 
 const C7 = LLAMA_CONFIGS["7b"];
 // Hand-computed for LLaMA-2-7B: vocab 32000, dim 4096, 32 layers, MLP 11008, no GQA.
@@ -205,30 +206,6 @@ interface Row {
 
 const rows: Row[] = [];
 const TOLERANCE = 0.02;
-
-/** The relative error of an estimate (0 when both are 0). */
-function error(measured: number, estimated: number): number {
-  return measured === 0 ? (estimated === 0 ? 0 : Infinity) : Math.abs(estimated - measured) / measured;
-}
-
-/**
- * Scratch the estimate does not model and the ledger counts on top of the workspace. CPU: oneDNN's
- * scratchpads inside a GEMM (oneDNN sizes them itself), at most 512 KiB per thread (measured on 2
- * threads: up to 524,416 bytes beside a 7B QLoRA dequantization tile, 296,320 for one bf16 product).
- * CUDA: 64 KiB for the optimizers' descriptor tables and 8-bit maps and CUB's sort storage (measured:
- * 2,240 bytes for the tiny model's AdamW step). Under QLORA_CPU_ISA=avx2 oneDNN has no bf16 product: a
- * refused product runs on f32 copies of its operands, at most 16 MiB (kF32RouteMaxBytes in
- * cuda/src/cpu/gemm.cpp) beside its scratchpad.
- */
-const UNMODELLED_SCRATCH = getDevice().backend === "cpu"
-  ? navigator.hardwareConcurrency * 512 * 1024 +
-    (String(getDevice()).includes("AVX2 only") ? 16 * 2 ** 20 : 0)
-  : 64 * 1024;
-
-/** {@linkcode error} for a figure that may exceed its estimate by oneDNN's scratchpads, never fall short. */
-function workspaceError(measured: number, estimated: number): number {
-  return measured > estimated && measured <= estimated + UNMODELLED_SCRATCH ? 0 : error(measured, estimated);
-}
 
 /**
  * The error of the estimated step peak, the sum of the categories' peaks: an upper bound (plus oneDNN's

@@ -1,6 +1,7 @@
 import { assert, assertEquals, assertStringIncludes, assertThrows } from "@std/assert";
 import {
   type Device,
+  estimateInference,
   estimateMemory,
   GENERIC_CONTEXT,
   getDevice,
@@ -13,7 +14,7 @@ import {
   measuredContext,
   willItFit,
 } from "../mod.ts";
-import { fitCommand, formatFit } from "../scripts/fit.ts";
+import { fitCommand, fitInferenceCommand, formatFit, formatInferenceFit } from "../scripts/fit.ts";
 import { UsageError } from "../scripts/_cli.ts";
 
 const C7 = LLAMA_CONFIGS["7b"];
@@ -123,10 +124,10 @@ Deno.test("fit: the context is measured from the driver on CUDA, never on the CP
   const local = fitCommand(["--model", "7b", "--mode", "qlora"], gpu);
   assertEquals([local.gpu.id, local.gpu.memory, local.context.source], ["local", 12 * GiB, "measured"]);
   assertEquals(local.context.bytes, GiB - 256 * 2 ** 20);
-  // The same card asked by name is measured; another card gets its typical figure; --context wins.
+  // The same card asked by name is measured; another card gets its typical figure; --cuda-context wins.
   assertEquals(fitCommand(["--gpu", "rtx3060"], gpu).context.source, "measured");
   assertEquals(fitCommand(["--gpu", "rtx4090"], gpu).context.source, "typical");
-  const given = fitCommand(["--gpu", "rtx4090", "--context", "1GiB"], gpu).context;
+  const given = fitCommand(["--gpu", "rtx4090", "--cuda-context", "1GiB"], gpu).context;
   assertEquals([given.bytes, given.source], [GiB, "given"]);
 });
 
@@ -221,3 +222,57 @@ function fakeCuda(total: number, free: number, live: number): Device {
   });
   return { backend: "cuda", name: "a fake GPU", memory: () => snapshot } as unknown as Device;
 }
+
+Deno.test("fit --inference: the estimate with CUDA's kernels, the cache per token, the longest context", () => {
+  const r = fitInferenceCommand(
+    [
+      "--inference",
+      "--model",
+      "7b",
+      "--mode",
+      "qlora",
+      "--context",
+      "4096",
+      "--prompt",
+      "512",
+      "--gpu",
+      "rtx4090",
+    ],
+    null,
+  );
+  const e = estimateInference(LLAMA_CONFIGS["7b"], {
+    mode: "qlora",
+    context: 4096,
+    prompt: 512,
+    backend: "cuda",
+  });
+  assertEquals(r.estimate, e);
+  assertEquals(r.required, e.peak + r.context.bytes);
+  assertEquals(e.kvCachePerToken, 512 * 1024);
+  assert(r.fits && r.largest.qlora.context === 4096 && r.largest.full.context > 0);
+  // The longest context that fits a 6 GiB card is the last one that does.
+  const small = fitInferenceCommand(
+    ["--inference", "--mode", "qlora", "--context", "4096", "--gpu", "6GiB"],
+    null,
+  );
+  const n = small.largest.qlora.context;
+  const at = (context: number) =>
+    fitInferenceCommand(
+      ["--inference", "--mode", "qlora", "--context", String(context), "--gpu", "6GiB"],
+      null,
+    );
+  assert(n > 0 && n < 4096 && at(n).fits && !at(n + 1).fits);
+  assertStringIncludes(formatInferenceFit(small), `try --context ${n}`);
+  assertStringIncludes(formatInferenceFit(r), "512.00 KiB per token of context");
+  assertThrows(() => fitCommand(["--context", "4096"], null), UsageError, "--cuda-context");
+  assertThrows(
+    () => fitInferenceCommand(["--inference", "--context", "5000"], null),
+    UsageError,
+    "exceeds the model's maxSeq",
+  );
+  assertThrows(
+    () => fitInferenceCommand(["--inference", "--mode", "full", "--merged"], null),
+    UsageError,
+    "--merged",
+  );
+});
