@@ -238,6 +238,44 @@ void for_each_head(uint64_t tasks, float* scratch, uint64_t per_thread, F f) {
   if (error) std::rethrow_exception(error);
 }
 
+// Elements i .. i + n of a DT buffer into f32 (a typed loop the compiler vectorises).
+template <int32_t DT>
+inline void load_row(const void* p, uint64_t i, uint64_t n, float* out) {
+  for (uint64_t c = 0; c < n; c++) out[c] = DT == QLORA_F32 ? ((const float*)p)[i + c] : load_float(p, DT, i + c);
+}
+
+// One query row over keys lo .. lo + kv (a decode step: a GEMM of one row would cost more to set up than
+// to run, and its shape changes with every step). Scores and the weighted sum of values in f32 with 16
+// independent partial sums per dot product (a fixed order, so the result is the same on every run);
+// the probabilities are rounded to DT before they weight the values, as the GEMM path does.
+template <int32_t DT>
+void attend_one_row(const void* q, uint64_t q_off, const void* k, const void* v, const AttnShape& a, uint64_t b,
+                    uint64_t g, uint64_t lo, uint64_t kv, float scale, bool simd, void* out, uint64_t out_off,
+                    AttnScratch& w) {
+  const uint64_t hd = a.hd;
+  float qrow[128], krow[128], acc[128] = {};  // head_dim <= 128 (check_attention_dims)
+  load_row<DT>(q, q_off, hd, qrow);
+  for (uint64_t j = 0; j < kv; j++) {
+    load_row<DT>(k, a.kv_at(b, lo + j, g), hd, krow);
+    float part[16] = {};
+    uint64_t c = 0;
+    for (; c + 16 <= hd; c += 16)
+      for (int l = 0; l < 16; l++) part[l] += qrow[c + l] * krow[c + l];
+    for (; c < hd; c++) part[c % 16] += qrow[c] * krow[c];
+    float dot = 0.0f;
+    for (int l = 0; l < 16; l++) dot += part[l];
+    w.s[j] = scale * dot;
+  }
+  if (simd) softmax_row_avx512<DT>(w.s, kv, kv, w.p, 0);
+  else softmax_row_scalar<DT>(w.s, kv, kv, w.p, 0);
+  for (uint64_t j = 0; j < kv; j++) {
+    const float pj = load_float(w.p, DT, j);
+    load_row<DT>(v, a.kv_at(b, lo + j, g), hd, krow);
+    for (uint64_t c = 0; c < hd; c++) acc[c] += pj * krow[c];
+  }
+  for (uint64_t c = 0; c < hd; c++) store_float(out, DT, out_off + c, acc[c]);
+}
+
 // Forward of head h of sequence b, per block of query rows i0 .. i0 + n. Row i is the query at key
 // position past + i and attends the keys lo .. past + i (training: lo = past = 0, causal attention; the
 // cache: lo skips a sequence's left padding). The block's keys are lo .. lo + kv = past + i0 + n:
@@ -254,6 +292,10 @@ void attention_forward_head(const void* q, const void* k, const void* v, const A
   for (uint64_t i0 = 0; i0 < a.seq; i0 += a.block_rows) {
     const uint64_t n = a.seq - i0 < a.block_rows ? a.seq - i0 : a.block_rows, end = a.past + i0 + n;
     const uint64_t kv = end > lo ? end - lo : 0;
+    if (n == 1 && kv > 0 && !lse) {  // a decode step over the cache
+      attend_one_row<DT>(q, a.q_at(b, i0, h), k, v, a, b, g, lo, kv, scale, simd, out, a.q_at(b, i0, h), w);
+      continue;
+    }
     if (kv > 0)
       gemm_strided(0, 1, n, kv, a.hd, scale, elem<DT>(q, a.q_at(b, i0, h)), a.ldq(), elem<DT>(k, a.kv_at(b, lo, g)),
                    a.ldk(), 0.0f, w.s, kv, DT, QLORA_F32);
