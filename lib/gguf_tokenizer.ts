@@ -16,6 +16,11 @@
  * the tokenizer: `config.json`'s `vocab_size`) get `[PAD<id>]`, UNUSED, score -1000, as the converter
  * writes them. Special ids and `add_bos_token`/`add_eos_token` come from `HFTokenizer`'s conventions.
  *
+ * Byte fallback differs where a byte has no `<0xXX>` token: transformers gives `<unk>`, llama.cpp throws
+ * (an uncaught C++ exception: the process aborts), also on text its host tokenizes by itself
+ * (node-llama-cpp tokenizes "some test text here" when it loads a model). LLaMA's and Mistral's
+ * vocabularies have all 256; a tokenizer that lacks some is refused unless `allowMissingByteTokens`.
+ *
  * @module
  */
 
@@ -55,31 +60,45 @@ function addsSpacePrefix(tj: Json): boolean {
   return false;
 }
 
+/** Options of {@linkcode ggufTokenizerFromFiles} and {@linkcode ggufTokenizerMetadata}. */
+export interface GGUFTokenizerOptions {
+  /** Rows of the model's embedding, to pad the token list to (default: config.json's `vocab_size`, else the tokenizer's size). */
+  vocabSize?: number;
+  /** Write a tokenizer that lacks some of the 256 `<0xXX>` tokens (llama.cpp aborts on text with such a byte). */
+  allowMissingByteTokens?: boolean;
+}
+
 /**
  * The `tokenizer.ggml.*` metadata of a tokenizer given as parsed files (see `HFTokenizerFiles`), its
- * token list padded to `vocabSize` (the model's embedding rows; default: the tokenizer's own).
+ * token list padded to `vocabSize`.
  *
- * @throws {InvalidArgumentError} for a tokenizer that is not BPE with byte fallback, or larger than
- * `vocabSize`; `TokenizerFileError` for files `HFTokenizer` cannot use.
+ * @throws {InvalidArgumentError} for a tokenizer that is not BPE with byte fallback, that lacks byte
+ * tokens (unless allowed), or that is larger than `vocabSize`; `TokenizerFileError` for files
+ * `HFTokenizer` cannot use.
  *
  * @example
  * ```ts
  * import { ggufTokenizerFromFiles } from "./gguf_tokenizer.ts";
- * import { assertEquals } from "@std/assert";
+ * import { assertEquals, assertThrows } from "@std/assert";
  * const tokenizer = {
  *   added_tokens: [{ id: 0, content: "<unk>", special: true }, { id: 1, content: "</s>", special: true }],
  *   normalizer: { type: "Replace", pattern: { String: " " }, content: "▁" },
  *   model: { type: "BPE", byte_fallback: true, unk_token: "<unk>",
  *     vocab: { "<unk>": 0, "</s>": 1, "<0x0A>": 2, "▁": 3, "a": 4, "▁a": 5 }, merges: ["▁ a"] },
  * };
- * const m = ggufTokenizerFromFiles({ tokenizer, tokenizerConfig: { eos_token: "</s>" } }, 8);
+ * const files = { tokenizer, tokenizerConfig: { eos_token: "</s>" } };
+ * assertThrows(() => ggufTokenizerFromFiles(files), Error, "255 of the 256 byte tokens");
+ * const m = ggufTokenizerFromFiles(files, { vocabSize: 8, allowMissingByteTokens: true });
  * assertEquals(m.get("tokenizer.ggml.tokens")?.type, "array");
  * const tokens = m.get("tokenizer.ggml.tokens"), types = m.get("tokenizer.ggml.token_type");
  * assertEquals(tokens?.type === "array" && tokens.values.at(-1), "[PAD7]");
  * assertEquals(types?.type === "array" && [...types.values], [2, 3, 6, 1, 1, 1, 5, 5]);
  * ```
  */
-export function ggufTokenizerFromFiles(files: HFTokenizerFiles, vocabSize?: number): GGUFMetadata {
+export function ggufTokenizerFromFiles(
+  files: HFTokenizerFiles,
+  options: GGUFTokenizerOptions = {},
+): GGUFMetadata {
   const tok = HFTokenizer.fromFiles(files);
   const where = files.source ? `${files.source.replace(/\/*$/, "/")}tokenizer.json` : "tokenizer.json";
   const fail = (why: string) => new InvalidArgumentError(`Cannot export the tokenizer of ${where}: ${why}`);
@@ -91,11 +110,25 @@ export function ggufTokenizerFromFiles(files: HFTokenizerFiles, vocabSize?: numb
         (model.type === "BPE" ? " without byte_fallback (a byte-level BPE, as Llama 3's)" : ""),
     );
   }
-  const n = vocabSize ?? tok.vocabSize;
+  const vocab = model.vocab as Record<string, number>;
+  const missing = Array.from(
+    { length: 256 },
+    (_, b) => `<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`,
+  )
+    .filter((t) => !(t in vocab));
+  if (missing.length && !options.allowMissingByteTokens) {
+    throw fail(
+      `${missing.length} of the 256 byte tokens (${
+        missing.slice(0, 3).join(", ")
+      }...) are missing: llama.cpp ` +
+        "aborts on text with a byte it has no token for (transformers gives <unk>)",
+    );
+  }
+  const n = options.vocabSize ?? tok.vocabSize;
   if (tok.size > n) throw fail(`it has ${tok.size} ids, more than the model's ${n} rows`);
   const tokens: string[] = new Array(n).fill(undefined);
   const types: number[] = new Array(n).fill(GGUF_TOKEN_TYPES.UNUSED);
-  for (const [text, id] of Object.entries(model.vocab as Record<string, number>)) {
+  for (const [text, id] of Object.entries(vocab)) {
     tokens[id] = text;
     types[id] = /^<0x[0-9A-Fa-f]{2}>$/.test(text) ? GGUF_TOKEN_TYPES.BYTE : GGUF_TOKEN_TYPES.NORMAL;
   }
@@ -145,13 +178,16 @@ export function ggufTokenizerFromFiles(files: HFTokenizerFiles, vocabSize?: numb
  * import { ggufTokenizerMetadata } from "./gguf_tokenizer.ts";
  * import { assertEquals } from "@std/assert";
  * const dir = new URL("../tests/data/tokenizer/tiny", import.meta.url).pathname;
- * const m = await ggufTokenizerMetadata(dir);
+ * const m = await ggufTokenizerMetadata(dir, { allowMissingByteTokens: true }); // it has 3 of the 256
  * const tokens = m.get("tokenizer.ggml.tokens");
  * assertEquals(tokens?.type === "array" && tokens.values.length, 64); // config.json's vocab_size
  * assertEquals(m.get("tokenizer.ggml.bos_token_id"), { type: "u32", value: 1 });
  * ```
  */
-export async function ggufTokenizerMetadata(dir: string, vocabSize?: number): Promise<GGUFMetadata> {
+export async function ggufTokenizerMetadata(
+  dir: string,
+  options: GGUFTokenizerOptions = {},
+): Promise<GGUFMetadata> {
   const read = async (name: string, required: boolean) => {
     try {
       return JSON.parse(await Deno.readTextFile(`${dir}/${name}`));
@@ -170,5 +206,5 @@ export async function ggufTokenizerMetadata(dir: string, vocabSize?: number): Pr
     tokenizerConfig: await read("tokenizer_config.json", false),
     config: await read("config.json", false),
     source: dir,
-  }, vocabSize);
+  }, options);
 }
