@@ -146,7 +146,7 @@ export function ggufTokenizerFromFiles(
   });
   const scores = tokens.map((t, id) => {
     if (t === undefined || types[id] !== GGUF_TOKEN_TYPES.NORMAL) return -1000;
-    return -(rank.get(t) ?? merges.length);
+    return 0 - (rank.get(t) ?? merges.length);
   });
   tokens.forEach((t, id) => tokens[id] = t ?? `[PAD${id}]`);
   const u32 = (v: number) => ggufValue("u32", v);

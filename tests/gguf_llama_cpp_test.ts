@@ -7,6 +7,7 @@ import {
   exportGGUF,
   getDevice,
   GGML_TYPES,
+  ggufArray,
   ggufPlain,
   GGUFReader,
   ggufTensorName,
@@ -191,6 +192,17 @@ async function withoutPermutation(from: string, to: string): Promise<void> {
   await writer.close();
 }
 
+/** A copy of a GGUF file with every token's score -1000, as llama.cpp's converter writes a tokenizer.json's. */
+async function withFlatScores(from: string, to: string): Promise<void> {
+  using reader = await GGUFReader.open(from);
+  const metadata = new Map(reader.metadata);
+  const n = (reader.value("tokenizer.ggml.scores") as number[]).length;
+  metadata.set("tokenizer.ggml.scores", ggufArray("f32", new Array(n).fill(-1000)));
+  await using writer = await GGUFWriter.create(to, metadata, reader.tensors);
+  for (const t of reader.tensors) await writer.write(t.name, await reader.readRaw(t.name));
+  await writer.close();
+}
+
 /** A model on the weights a GGUF file holds (dequantized, q/k un-permuted): what llama.cpp should compute. */
 async function modelOf(path: string): Promise<LlamaModel> {
   using reader = await GGUFReader.open(path);
@@ -232,6 +244,7 @@ Deno.test("llama.cpp runs our GGUF exports: header, tokenizer, greedy tokens, lo
       await exportGGUF(model, `${tmp}/${type}.gguf`, { type, metadata, name: "tiny" });
     }
     await withoutPermutation(`${tmp}/bf16.gguf`, `${tmp}/unpermuted.gguf`);
+    await withFlatScores(`${tmp}/bf16.gguf`, `${tmp}/flat-scores.gguf`);
 
     const prompt = [...tokenizer.encode("hello world")];
     const ours = greedyTokens(model, prompt, NEW_TOKENS);
@@ -248,21 +261,21 @@ Deno.test("llama.cpp runs our GGUF exports: header, tokenizer, greedy tokens, lo
     const names = [...types, "unpermuted"];
     const t0 = performance.now();
     const answer = await llamaCpp(
-      names.map((name, i) => ({
+      [...names, "flat-scores"].map((name, i) => ({
         path: `${tmp}/${name}.gguf`,
-        prompt,
-        generate: NEW_TOKENS,
-        forced,
-        ...(i === 0 ? { texts, detokenize: texts.map((s) => [...tokenizer.encode(s, { bos: false })]) } : {}),
+        ...(i < names.length ? { prompt, generate: NEW_TOKENS, forced } : {}),
+        ...(i === 0 || i === names.length
+          ? { texts, detokenize: texts.map((s) => [...tokenizer.encode(s, { bos: false })]) }
+          : {}),
       })),
       tmp,
     );
     console.log(
-      `llama.cpp ${JSON.stringify(answer.llamaCpp)} ran ${names.length} files in ${
+      `llama.cpp ${JSON.stringify(answer.llamaCpp)} ran ${names.length + 1} files in ${
         ((performance.now() - t0) / 1000).toFixed(1)
       } s`,
     );
-    const results = Object.fromEntries(names.map((n, i) => [n, answer.results[i]]));
+    const results = Object.fromEntries([...names, "flat-scores"].map((n, i) => [n, answer.results[i]]));
 
     // Its own GGUF parser reads the header we wrote: every metadata value, every tensor's place.
     for (const type of types) {
@@ -286,6 +299,11 @@ Deno.test("llama.cpp runs our GGUF exports: header, tokenizer, greedy tokens, lo
     assertEquals([bf16.special.bos, bf16.special.eos], [tokenizer.bos, tokenizer.eos]);
     assertEquals(bf16.tokenize, texts.map((s) => [...tokenizer.encode(s, { bos: false })]));
     assertEquals(bf16.detokenize, texts);
+    // With the converter's flat scores llama.cpp merges the leftmost pair first: "w  hello" comes out
+    // w|▁▁|h|e|ll|o where BPE's ranks give ▁w|▁|▁hello.
+    const flat = results["flat-scores"].tokenize;
+    assertNotEquals(flat[1], bf16.tokenize[1]);
+    assertEquals(flat[1].map((id) => tokenizer.idToToken(id)), ["▁w", "▁▁", "h", "e", "ll", "o"]);
 
     // BF16 holds the model's weights exactly: the same greedy tokens, log-probabilities within rounding.
     const oursForced = logitRows(model, forced);
