@@ -332,9 +332,11 @@ function dequantize4(bytes: Uint8Array, type: GGMLType, value: (q: number) => nu
   return out;
 }
 
+const TABLE = Int8Array.from(IQ4_NL_VALUES);
+
 /** ggml's `best_index_int8`: the index of the table value nearest x (ties to the upper one). */
 function nearestIndex(x: number): number {
-  const v = IQ4_NL_VALUES;
+  const v = TABLE;
   if (x <= v[0]) return 0;
   if (x >= v[15]) return 15;
   let lo = 0, hi = 15;
@@ -346,17 +348,21 @@ function nearestIndex(x: number): number {
   return x - v[hi - 1] < v[hi] - x ? hi - 1 : hi;
 }
 
-/** Σ w·q·x and Σ w·q² (f32 sums, as ggml) of the codes `1/d` gives one block, the codes put in `codes`. */
-function fit(x: Float32Array, w: Float32Array, id: number, codes?: Uint8Array): [number, number] {
+/** Σ w·q·x and Σ w·q² of a fit, as `fit` leaves them. */
+const sums = new Float64Array(2);
+
+/** Σ w·q·x and Σ w·q² (f32 sums, as ggml) of the codes `1/d` gives one block (into `sums`), the codes into `codes`. */
+function fit(x: Float32Array, w: Float32Array, id: number, codes?: Uint8Array): void {
   let sumqx = 0, sumq2 = 0;
   for (let j = 0; j < QK; j++) {
     const l = nearestIndex(fr(id * x[j]));
     if (codes) codes[j] = l;
-    const q = IQ4_NL_VALUES[l];
-    sumqx = fr(sumqx + fr(fr(w[j] * q) * x[j]));
-    sumq2 = fr(sumq2 + fr(fr(w[j] * q) * q));
+    const q = TABLE[l], wq = fr(w[j] * q);
+    sumqx = fr(sumqx + fr(wq * x[j]));
+    sumq2 = fr(sumq2 + fr(wq * q));
   }
-  return [sumqx, sumq2];
+  sums[0] = sumqx;
+  sums[1] = sumq2;
 }
 
 /**
@@ -389,11 +395,12 @@ export function quantizeIQ4_NL(values: Float32Array): Uint8Array {
     let d = 0;
     if (amax >= 1e-15) {
       d = fr(-max / v0);
-      let [sumqx, sumq2] = fit(x, w, fr(1 / d));
-      d = sumq2 > 0 ? fr(sumqx / sumq2) : 0;
-      let best = fr(d * sumqx);
+      fit(x, w, fr(1 / d));
+      d = sums[1] > 0 ? fr(sums[0] / sums[1]) : 0;
+      let best = fr(d * sums[0]);
       for (let itry = -7; itry <= 7; itry++) {
-        [sumqx, sumq2] = fit(x, w, fr((itry + v0) / max));
+        fit(x, w, fr((itry + v0) / max));
+        const sumqx = sums[0], sumq2 = sums[1];
         if (sumq2 > 0 && fr(sumqx * sumqx) > fr(best * sumq2)) {
           d = fr(sumqx / sumq2);
           best = fr(d * sumqx);
