@@ -77,84 +77,93 @@ async function adapterConfig(dir: string): Promise<{ rank: number; alpha: number
   return { rank: rank as number, alpha, targets: targets as TargetModule[] };
 }
 
-if (Deno.args.includes("--help") || Deno.args.includes("-h")) {
-  console.log(HELP);
-  Deno.exit(0);
+async function main(): Promise<void> {
+  if (Deno.args.includes("--help") || Deno.args.includes("-h")) {
+    console.log(HELP);
+    return;
+  }
+  await runMain(async () => {
+    const { positional, flags } = parseArgs(Deno.args, {
+      model: "string",
+      gguf: "string",
+      adapter: "string",
+      mode: "string",
+      type: "string",
+      "keep-embeddings-bf16": "boolean",
+      dtype: "string",
+      name: "string",
+      "allow-missing-byte-tokens": "boolean",
+    });
+    if (positional.length) throw new UsageError(`unexpected argument ${positional[0]}`);
+    const modelDir = flags.model as string | undefined, out = flags.gguf as string | undefined;
+    if (!modelDir || !out) throw new UsageError("--model and --gguf are required");
+    const mode = (flags.mode ?? "lora") as string;
+    if (mode !== "lora" && mode !== "qlora") {
+      throw new UsageError(`--mode must be lora or qlora, got ${mode}`);
+    }
+    const type = (flags.type ?? "bf16") as GGUFWeightType;
+    if (!GGUF_WEIGHT_TYPES.includes(type)) {
+      throw new UsageError(`--type must be one of ${GGUF_WEIGHT_TYPES.join(", ")}, got ${flags.type}`);
+    }
+    const dtype = (flags.dtype ?? "bf16") as string;
+    if (dtype !== "bf16" && dtype !== "f32") {
+      throw new UsageError(`--dtype must be bf16 or f32, got ${dtype}`);
+    }
+    const adapterDir = flags.adapter as string | undefined;
+    const name = (flags.name as string | undefined) ?? modelDir.replace(/\/+$/, "").split("/").pop()!;
+
+    const t0 = performance.now();
+    using dir = await openModelDir(modelDir);
+    const config = dir.hf.config;
+    const metadata = await ggufTokenizerMetadata(modelDir, {
+      vocabSize: config.vocabSize,
+      allowMissingByteTokens: Boolean(flags["allow-missing-byte-tokens"]),
+    });
+    const adapter = adapterDir ? await adapterConfig(adapterDir) : null;
+    using model = new LlamaModel(config, {
+      mode: adapter || mode === "qlora" ? mode : "lora",
+      dtype,
+      weights: dir.weights,
+      rank: adapter?.rank ?? 8,
+      alpha: adapter?.alpha ?? 16,
+      targetModules: adapter?.targets ?? (mode === "qlora" ? TARGET_MODULES : []),
+    });
+    if (adapterDir) await loadAdapter(model, adapterDir);
+    console.log(
+      `loaded ${modelDir} (${formatBytes(dir.bytes)} of ${dir.hf.dtype ?? "float"} weights, ` +
+        `${config.layers} blocks, vocabulary ${config.vocabSize})` +
+        (adapter
+          ? ` with the adapter ${adapterDir} (rank ${adapter.rank}, alpha ${adapter.alpha}, ${
+            adapter.targets.join(",")
+          }) ` +
+            `on the ${mode === "qlora" ? "NF4" : dtype} base, merged`
+          : mode === "qlora"
+          ? ", its linear weights through NF4"
+          : ""),
+    );
+    const bar = new ProgressBar("export");
+    const report = await exportGGUF(model, out, {
+      type,
+      keepEmbeddingsBf16: Boolean(flags["keep-embeddings-bf16"]),
+      name,
+      metadata,
+      onTensor: (_, i, n) => bar.update((i + 1) / n),
+    });
+    bar.done();
+    const types = Object.entries(report.tensorsPerType).map(([t, n]) => `${t} ${n}`).join(", ");
+    console.log(
+      `wrote ${out}: ${report.bytes.toLocaleString("en-US")} bytes (${formatBytes(report.bytes)}), ` +
+        `${report.tensors.length} tensors (${types}), ${
+          report.elements.toLocaleString("en-US")
+        } weights at ` +
+        `${report.bitsPerWeight.toFixed(3)} bits per weight, in ${
+          ((performance.now() - t0) / 1000).toFixed(1)
+        } s`,
+    );
+    if (report.fallbacks.length) {
+      console.log(`stored as BF16 (rows not a multiple of 32): ${report.fallbacks.join(", ")}`);
+    }
+  }, USAGE);
 }
 
-await runMain(async () => {
-  const { positional, flags } = parseArgs(Deno.args, {
-    model: "string",
-    gguf: "string",
-    adapter: "string",
-    mode: "string",
-    type: "string",
-    "keep-embeddings-bf16": "boolean",
-    dtype: "string",
-    name: "string",
-    "allow-missing-byte-tokens": "boolean",
-  });
-  if (positional.length) throw new UsageError(`unexpected argument ${positional[0]}`);
-  const modelDir = flags.model as string | undefined, out = flags.gguf as string | undefined;
-  if (!modelDir || !out) throw new UsageError("--model and --gguf are required");
-  const mode = (flags.mode ?? "lora") as string;
-  if (mode !== "lora" && mode !== "qlora") throw new UsageError(`--mode must be lora or qlora, got ${mode}`);
-  const type = (flags.type ?? "bf16") as GGUFWeightType;
-  if (!GGUF_WEIGHT_TYPES.includes(type)) {
-    throw new UsageError(`--type must be one of ${GGUF_WEIGHT_TYPES.join(", ")}, got ${flags.type}`);
-  }
-  const dtype = (flags.dtype ?? "bf16") as string;
-  if (dtype !== "bf16" && dtype !== "f32") throw new UsageError(`--dtype must be bf16 or f32, got ${dtype}`);
-  const adapterDir = flags.adapter as string | undefined;
-  const name = (flags.name as string | undefined) ?? modelDir.replace(/\/+$/, "").split("/").pop()!;
-
-  const t0 = performance.now();
-  using dir = await openModelDir(modelDir);
-  const config = dir.hf.config;
-  const metadata = await ggufTokenizerMetadata(modelDir, {
-    vocabSize: config.vocabSize,
-    allowMissingByteTokens: Boolean(flags["allow-missing-byte-tokens"]),
-  });
-  const adapter = adapterDir ? await adapterConfig(adapterDir) : null;
-  using model = new LlamaModel(config, {
-    mode: adapter || mode === "qlora" ? mode : "lora",
-    dtype,
-    weights: dir.weights,
-    rank: adapter?.rank ?? 8,
-    alpha: adapter?.alpha ?? 16,
-    targetModules: adapter?.targets ?? (mode === "qlora" ? TARGET_MODULES : []),
-  });
-  if (adapterDir) await loadAdapter(model, adapterDir);
-  console.log(
-    `loaded ${modelDir} (${formatBytes(dir.bytes)} of ${dir.hf.dtype ?? "float"} weights, ` +
-      `${config.layers} blocks, vocabulary ${config.vocabSize})` +
-      (adapter
-        ? ` with the adapter ${adapterDir} (rank ${adapter.rank}, alpha ${adapter.alpha}, ${
-          adapter.targets.join(",")
-        }) ` +
-          `on the ${mode === "qlora" ? "NF4" : dtype} base, merged`
-        : mode === "qlora"
-        ? ", its linear weights through NF4"
-        : ""),
-  );
-  const bar = new ProgressBar("export");
-  const report = await exportGGUF(model, out, {
-    type,
-    keepEmbeddingsBf16: Boolean(flags["keep-embeddings-bf16"]),
-    name,
-    metadata,
-    onTensor: (_, i, n) => bar.update((i + 1) / n),
-  });
-  bar.done();
-  const types = Object.entries(report.tensorsPerType).map(([t, n]) => `${t} ${n}`).join(", ");
-  console.log(
-    `wrote ${out}: ${report.bytes.toLocaleString("en-US")} bytes (${formatBytes(report.bytes)}), ` +
-      `${report.tensors.length} tensors (${types}), ${report.elements.toLocaleString("en-US")} weights at ` +
-      `${report.bitsPerWeight.toFixed(3)} bits per weight, in ${
-        ((performance.now() - t0) / 1000).toFixed(1)
-      } s`,
-  );
-  if (report.fallbacks.length) {
-    console.log(`stored as BF16 (rows not a multiple of 32): ${report.fallbacks.join(", ")}`);
-  }
-}, USAGE);
+if (import.meta.main) await main();

@@ -218,7 +218,7 @@ Deno.test("GGUF round trip: every value type, every tensor type, 64-byte alignme
       ["empty", ggufArray("i32", [])],
     ]);
     const types: GGMLType[] = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "IQ4_NL"];
-    const tensors = types.map((type, i) => ({ name: `t.${type}`, type, shape: [3, 64] }));
+    const tensors = types.map((type) => ({ name: `t.${type}`, type, shape: [3, 64] }));
     const values = types.map((_, i) => gaussian(192, 10 + i));
     const path = `${dir}/all.gguf`;
     const writer = await GGUFWriter.create(path, metadata, tensors, { alignment: 64 });
