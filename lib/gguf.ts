@@ -209,7 +209,11 @@ export function ggufLlamaMetadata(
 }
 
 /** The tensors of the file in the order of `model.weights()`, with their Hugging Face names. */
-function plan(c: LlamaConfig, type: GGMLType, keepBf16: boolean): { hf: string; entry: GGUFTensorEntry }[] {
+function plan(
+  c: LlamaConfig,
+  type: GGMLType,
+  keepBf16: boolean,
+): { hf: string; entry: GGUFTensorEntry; fallback: boolean }[] {
   const hd = c.dim / c.heads;
   const shapes: [string, number[]][] = [["model.embed_tokens.weight", [c.vocabSize, c.dim]]];
   for (let i = 0; i < c.layers; i++) {
@@ -229,9 +233,9 @@ function plan(c: LlamaConfig, type: GGMLType, keepBf16: boolean): { hf: string; 
   shapes.push(["model.norm.weight", [c.dim]], ["lm_head.weight", [c.vocabSize, c.dim]]);
   return shapes.map(([hf, shape]) => {
     const outer = hf === "model.embed_tokens.weight" || hf === "lm_head.weight";
-    let t: GGMLType = shape.length === 1 ? "F32" : outer && keepBf16 ? "BF16" : type;
-    if (shape.at(-1)! % GGML_TYPES[t].blockSize !== 0) t = "BF16";
-    return { hf, entry: { name: ggufTensorName(hf), type: t, shape } };
+    const t: GGMLType = shape.length === 1 ? "F32" : outer && keepBf16 ? "BF16" : type;
+    const fallback = shape.at(-1)! % GGML_TYPES[t].blockSize !== 0;
+    return { hf, entry: { name: ggufTensorName(hf), type: fallback ? "BF16" : t, shape }, fallback };
   });
 }
 
@@ -315,11 +319,7 @@ export async function exportGGUF(
     dataBytes += t.byteLength;
     tensorsPerType[t.type] = (tensorsPerType[t.type] ?? 0) + 1;
   }
-  const fallbacks = tensors.filter((t) =>
-    t.entry.shape.length === 2 && t.entry.type === "BF16" && type !== "bf16"
-  )
-    .filter((t) => !(options.keepEmbeddingsBf16 && /^(token_embd|output)\./.test(t.entry.name)))
-    .map((t) => t.entry.name);
+  const fallbacks = tensors.filter((t) => t.fallback).map((t) => t.entry.name);
   return {
     path,
     bytes: writer.fileSize,

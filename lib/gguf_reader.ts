@@ -288,23 +288,6 @@ export class GGUFReader implements Disposable {
     return decodeTensor(this.info(name).type, await this.readRaw(name));
   }
 
-  /** Bits per element of the tensors of the file (data bytes × 8 / elements), and elements per type. */
-  summary(): {
-    elements: number;
-    dataBytes: number;
-    bitsPerWeight: number;
-    tensorsPerType: Record<string, number>;
-  } {
-    let elements = 0, dataBytes = 0;
-    const tensorsPerType: Record<string, number> = {};
-    for (const t of this.tensors) {
-      elements += t.shape.reduce((a, b) => a * b, 1);
-      dataBytes += t.byteLength;
-      tensorsPerType[t.type] = (tensorsPerType[t.type] ?? 0) + 1;
-    }
-    return { elements, dataBytes, bitsPerWeight: elements ? (8 * dataBytes) / elements : 0, tensorsPerType };
-  }
-
   /** Closes the file. */
   close(): void {
     try {
