@@ -20,7 +20,13 @@
  */
 
 import { InvalidArgumentError } from "./errors.ts";
-import { type GGUFMetadata, type GGUFTensorEntry, type GGUFTensorInfo, ggufValue } from "./gguf_format.ts";
+import {
+  GGUF_DEFAULT_ALIGNMENT,
+  type GGUFMetadata,
+  type GGUFTensorEntry,
+  type GGUFTensorInfo,
+  ggufValue,
+} from "./gguf_format.ts";
 import { encodeTensor, GGML_TYPES, type GGMLType } from "./gguf_quant.ts";
 import { GGUFWriter } from "./gguf_writer.ts";
 import type { LlamaConfig } from "./llama_config.ts";
@@ -193,6 +199,7 @@ export function ggufLlamaMetadata(
     ["general.architecture", ggufValue("string", "llama")],
     ["general.name", ggufValue("string", options.name ?? "llama")],
     ["general.file_type", u32(FILE_TYPE[type])],
+    ["general.alignment", u32(GGUF_DEFAULT_ALIGNMENT)],
   ]);
   if (type !== "bf16") m.set("general.quantization_version", u32(2));
   m.set("llama.vocab_size", u32(c.vocabSize));
