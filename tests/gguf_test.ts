@@ -528,9 +528,10 @@ Deno.test("export BF16 of a LoRA model: the merged weights (W + s·B·A), names,
         v("general.architecture"),
         v("general.name"),
         v("general.file_type"),
+        v("general.alignment"),
         v("general.quantization_version"),
       ],
-      ["llama", "small", 32, undefined],
+      ["llama", "small", 32, 32, undefined],
     );
     assertEquals(
       [
