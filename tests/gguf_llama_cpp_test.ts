@@ -308,6 +308,7 @@ Deno.test("llama.cpp runs our GGUF exports: header, tokenizer, greedy tokens, lo
     // BF16 holds the model's weights exactly: the same greedy tokens, log-probabilities within rounding.
     const oursForced = logitRows(model, forced);
     const bf16Error = Math.max(...bf16.forced!.map((row, p) => maxDiff(row, logSoftmax(oursForced[p]))));
+    assertLess(bf16Error, TOLERANCE.bf16, "BF16: llama.cpp's log-probabilities against ours");
     const margins = oursForced.slice(prompt.length - 1, -1).map(margin);
     assertGreater(Math.min(...margins), 2 * bf16Error, "the fixture's greedy steps are no near-ties");
     assertEquals(bf16.greedy!.tokens, ours);
