@@ -96,13 +96,12 @@ export function argmax(row: ArrayLike<number>): number {
 }
 
 /**
- * Our greedy continuation of `prompt`: `n` tokens, each the argmax of the last row of a full forward pass
- * over everything so far (to be replaced by `model.generate` once it exists).
+ * Our greedy continuation of `prompt`: `n` tokens from `model.generate` (the KV-cache path, whose logits
+ * tests/generation_test.ts checks against full forward passes).
  */
-export function greedyTokens(model: LlamaModel, prompt: readonly number[], n: number): number[] {
-  const ids = [...prompt];
-  for (let i = 0; i < n; i++) ids.push(argmax(logitRows(model, ids).at(-1)!));
-  return ids.slice(prompt.length);
+export async function greedyTokens(model: LlamaModel, prompt: readonly number[], n: number): Promise<number[]> {
+  const [tokens] = await model.generate(prompt, { maxNewTokens: n }).collect();
+  return tokens;
 }
 
 /** log-softmax of a row. */

@@ -247,7 +247,7 @@ Deno.test("llama.cpp runs our GGUF exports: header, tokenizer, greedy tokens, lo
     await withFlatScores(`${tmp}/bf16.gguf`, `${tmp}/flat-scores.gguf`);
 
     const prompt = [...tokenizer.encode("hello world")];
-    const ours = greedyTokens(model, prompt, NEW_TOKENS);
+    const ours = await greedyTokens(model, prompt, NEW_TOKENS);
     assertGreater(new Set(ours).size, 8, `a greedy continuation worth comparing: ${ours}`);
     const forced = [...prompt, ...ours];
     const texts = [
@@ -340,7 +340,7 @@ Deno.test("llama.cpp runs our GGUF exports: header, tokenizer, greedy tokens, lo
         // weights as our dequantizer reads them, not of the original weights.
         assertLess(error, fromOriginal / 4, `${type}: llama.cpp follows our dequantized weights`);
       }
-      const ownGreedy = greedyTokens(exported, prompt, NEW_TOKENS);
+      const ownGreedy = await greedyTokens(exported, prompt, NEW_TOKENS);
       if (type === "q8_0") {
         assertGreater(
           agreeing(r.greedy!.tokens, ours),
