@@ -73,8 +73,10 @@ export interface GenerationStats {
   decodeTokensPerSecond: number;
   /** New tokens per sequence (a stop token included). */
   newTokens: number[];
-  /** Rows per sequence the cache held at the end. */
+  /** Rows per sequence filled at the end (the prompt and every new token but the last). */
   cacheRows: number;
+  /** Rows per sequence allocated at the end (what `cacheBytes` pays for). */
+  cacheCapacity: number;
   /** Most bytes the cache held. */
   cacheBytes: number;
 }
@@ -240,7 +242,7 @@ export class Generation implements AsyncIterable<GenerationStep> {
           prefillSeconds,
           decodeSteps,
           decodeSeconds,
-          cache.length,
+          cache,
           cacheBytes,
         );
         yield {
@@ -262,7 +264,7 @@ export class Generation implements AsyncIterable<GenerationStep> {
     prefillSeconds: number,
     decodeSteps: number,
     decodeSeconds: number,
-    cacheRows: number,
+    cache: KVCache,
     cacheBytes: number,
   ): GenerationStats {
     const batch = this.sequences.length;
@@ -277,7 +279,8 @@ export class Generation implements AsyncIterable<GenerationStep> {
       decodeSeconds,
       decodeTokensPerSecond: decodeSeconds > 0 ? decoded / decodeSeconds : 0,
       newTokens,
-      cacheRows,
+      cacheRows: cache.length,
+      cacheCapacity: cache.capacity,
       cacheBytes,
     };
   }

@@ -91,7 +91,7 @@ async function run(gen: Generation, tokenizer: HFTokenizer, label: string): Prom
     `  prefill ${s.batch} x ${s.promptTokens} tokens in ${s.prefillSeconds.toFixed(3)} s ` +
       `(${s.prefillTokensPerSecond.toFixed(1)} tok/s); decode ${s.decodeSteps} steps in ` +
       `${s.decodeSeconds.toFixed(3)} s (${s.decodeTokensPerSecond.toFixed(2)} tok/s); ` +
-      `KV cache ${formatBytes(s.cacheBytes)} for ${s.cacheRows} rows`,
+      `KV cache ${formatBytes(s.cacheBytes)} for ${s.cacheCapacity} rows`,
   );
   return streams.map((t) => t.text);
 }

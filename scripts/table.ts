@@ -63,7 +63,8 @@ export { runTable } from "./table/run.ts";
 
 const USAGE = "usage: ./deno task table [--model tiny|7b|13b|70b] [--layers N] [--seq N] [--batch N] " +
   "[--steps N] [--budget 6GiB] [--json] [--out DIR] [--max-seconds S] [--base WEIGHTS|none] [--pretrain-steps N] " +
-  "[--no-quality] [--quality-seeds N] [--quality-steps N] [--readme] [--readme-from FILE]";
+  "[--no-quality] [--quality-seeds N] [--quality-steps N] [--prefill 64,512] [--decode-steps 8] [--readme] " +
+  "[--readme-from FILE]";
 
 if (import.meta.main) {
   // On a shared machine, OpenMP threads that spin while waiting slow each other down tenfold on small ops;
@@ -85,6 +86,8 @@ if (import.meta.main) {
       "no-quality": "boolean",
       "quality-seeds": "string",
       "quality-steps": "string",
+      prefill: "string",
+      "decode-steps": "string",
       readme: "boolean",
       "readme-from": "string",
     });
@@ -110,6 +113,16 @@ if (import.meta.main) {
       maxSeconds: int("max-seconds", DEFAULT_OPTIONS.maxSeconds),
       base: flags.base === "none" ? null : (flags.base as string | undefined) ?? DEFAULT_OPTIONS.base,
       pretrainSteps: int("pretrain-steps", DEFAULT_OPTIONS.pretrainSteps),
+      prefill: flags.prefill === undefined
+        ? DEFAULT_OPTIONS.prefill
+        : String(flags.prefill).split(",").map((v) => {
+          const n = Number(v);
+          if (!Number.isSafeInteger(n) || n <= 0) {
+            throw new UsageError(`--prefill: ${v} is not a positive integer`);
+          }
+          return n;
+        }),
+      decodeSteps: int("decode-steps", DEFAULT_OPTIONS.decodeSteps),
       quality: flags["no-quality"] ? null : {
         ...DEFAULT_QUALITY,
         seeds: int("quality-seeds", DEFAULT_QUALITY.seeds),

@@ -99,7 +99,11 @@ export function argmax(row: ArrayLike<number>): number {
  * Our greedy continuation of `prompt`: `n` tokens from `model.generate` (the KV-cache path, whose logits
  * tests/generation_test.ts checks against full forward passes).
  */
-export async function greedyTokens(model: LlamaModel, prompt: readonly number[], n: number): Promise<number[]> {
+export async function greedyTokens(
+  model: LlamaModel,
+  prompt: readonly number[],
+  n: number,
+): Promise<number[]> {
   const [tokens] = await model.generate(prompt, { maxNewTokens: n }).collect();
   return tokens;
 }

@@ -134,7 +134,10 @@ for (const mode of ["full", "lora", "qlora"] as const) {
     const [tokens] = await g.collect();
     assertEquals(tokens, greedyReference(m, prompt, 12));
     const s = g.stats!;
-    assertEquals([s.batch, s.promptTokens, s.decodeSteps, s.newTokens[0], s.cacheRows], [1, 5, 11, 12, 16]);
+    assertEquals(
+      [s.batch, s.promptTokens, s.decodeSteps, s.newTokens[0], s.cacheRows, s.cacheCapacity],
+      [1, 5, 11, 12, 16, 17],
+    );
     assert(s.prefillTokensPerSecond > 0 && s.decodeTokensPerSecond > 0);
   });
 }

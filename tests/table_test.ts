@@ -1,4 +1,4 @@
-import { assert, assertEquals, assertMatch, assertStringIncludes } from "@std/assert";
+import { assert, assertAlmostEquals, assertEquals, assertMatch, assertStringIncludes } from "@std/assert";
 import { CATEGORIES } from "../mod.ts";
 import { MODE_COLUMNS, SEED_ROWS } from "../scripts/table/comparison.ts";
 import { toMarkdown } from "../scripts/table/format.ts";
@@ -57,7 +57,8 @@ function checkComparison(t: Table): void {
       "Memory: activations (peak)",
       "Memory: peak",
       "Training tokens/s",
-      "Inference tokens/s",
+      "Prefill tokens/s",
+      "Decode tokens/s",
       "Validation loss",
     ]
   ) {
@@ -192,12 +193,23 @@ Deno.test("table: extrapolation by layer count is linear in bytes, counts and se
     trainable: w / 2,
     buildSeconds: s,
     stepSeconds: s,
-    inferSeconds: s,
+    inference: {
+      prefill: [{ tokens: 64, seconds: s }],
+      decodeSeconds: s / 10,
+      decodeSteps: 8,
+      bytes: Object.fromEntries(
+        CATEGORIES.map((c) => [c, c === "kv_cache" ? w / 10 : 0]),
+      ) as Measurement["bytes"],
+      cacheRows: 65,
+    },
     tokens: 64,
   });
   const x = extrapolate(m(1, 100 + 10, 1.5), m(2, 100 + 20, 2), 32);
   assertEquals([x.layers, x.bytes.weights, x.totalPeak, x.parameters], [32, 420, 420, 210]);
   assertEquals(x.stepSeconds, 17);
+  // Generation's seconds and bytes the same way.
+  assertEquals([x.inference.prefill[0].seconds, x.inference.bytes.kv_cache], [17, 42]);
+  assertAlmostEquals(x.inference.decodeSeconds, 1.7, 1e-12);
   // A noisy, non-increasing pair of timings scales in proportion instead.
   assertEquals(extrapolate(m(1, 110, 2), m(2, 120, 1.5), 32).stepSeconds, 24);
   // Bytes that do not grow with the blocks stay constant (they were multiplied by layers / 2 before).
@@ -233,9 +245,34 @@ Deno.test({
       "1",
       "--max-seconds",
       "1",
+      "--prefill",
+      "16,32",
+      "--decode-steps",
+      "2",
     ]);
     const r = JSON.parse(stdout) as TableResult;
     assert(r.shape !== null, "a 7B shape");
+    // Generation: prefills of 16 and 32 tokens and 2 decode steps, the KV cache counted by the ledger
+    // (bf16: 2 * 2 blocks * 4096 * 2 B per row, over the 32-token prefill and its first token).
+    const two = r.shape.cells.qlora.points[1].inference;
+    assertEquals([two.prefill.map((p) => p.tokens), two.decodeSteps, two.cacheRows], [[16, 32], 2, 33]);
+    assertEquals(two.bytes.kv_cache, 33 * 2 * 2 * 4096 * 2);
+    assertEquals(r.shape.kvCache, { rows: 4096, bytes: 2 ** 31 }); // the whole context's cache, allocated
+    for (
+      const label of [
+        "Prefill tokens/s (7b) (16 tokens",
+        "Prefill tokens/s (7b) (32 tokens",
+        "Decode tokens/s",
+      ]
+    ) {
+      const row = r.comparison.rows.find((x) => x[0].startsWith(label))!;
+      assert(row, label);
+      assertMatch(
+        row[3],
+        /tok\/s, [0-9.]+x merged LoRA \[extrapolated\]$/,
+        `${label}: QLoRA against merged LoRA`,
+      );
+    }
     for (const mode of ["full", "lora", "qlora"] as const) {
       const cell = r.shape.cells[mode];
       assertEquals([cell.how, cell.points.length, cell.points.map((p) => p.layers)], ["extrapolated", 2, [

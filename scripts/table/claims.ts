@@ -74,6 +74,7 @@ export function claimsTable(r: TableInput): Table {
   memoryClaims(r, add, p7);
   rtx3060Claim(r, add);
   constantsClaims(r, add);
+  inferenceClaim(r, add);
   paperClaims(r, add);
   return {
     title: "Claims checked",
@@ -229,6 +230,50 @@ function constantsClaims(r: TableInput, add: Add): void {
         fmtBytes(per65)
       } ` +
         "for 65B parameters, as the paper says (about 3 GB)",
+  );
+}
+
+/** Decode and prompt tokens per second of a column (its largest scale measured), or null. */
+function speeds(
+  r: TableInput,
+  v: "lora" | "qlora",
+): { decode: number; prefill: number; tokens: number; tag: string } | null {
+  const cell = r.shape?.cells[v];
+  const t = cell?.value?.inference ?? r.tiny.runs.find((x) => x.mode === v)?.inference;
+  if (!t || t.prefill.length === 0) return null;
+  const p = t.prefill[t.prefill.length - 1];
+  const tag = cell?.value ? `${r.shape!.name} [${TAGS[cell.how]}]` : "tiny";
+  return { decode: 1 / t.decodeSeconds, prefill: p.tokens / p.seconds, tokens: p.tokens, tag };
+}
+
+/**
+ * The table's last row: QLoRA's inference against merged LoRA's, as generation measures it (decode at
+ * batch 1, and a prompt's prefill). "Slightly slower" holds for a ratio in [0.8, 1).
+ */
+function inferenceClaim(r: TableInput, add: Add): void {
+  const lora = speeds(r, "lora"), qlora = speeds(r, "qlora");
+  if (!lora || !qlora) return;
+  const decode = qlora.decode / lora.decode, prefill = qlora.prefill / lora.prefill;
+  const judge = (x: number) => x >= 1 ? "faster" : x >= 0.8 ? "slightly slower" : "much slower";
+  const verdicts = [judge(decode), judge(prefill)];
+  add(
+    "QLoRA inference is slightly slower than LoRA (due to dequantization)",
+    SEED,
+    "slightly slower",
+    `${qlora.tag}: decode at batch 1 ${decode.toFixed(2)}x merged LoRA (${qlora.decode.toFixed(1)} vs ` +
+      `${lora.decode.toFixed(1)} tok/s); a ${qlora.tokens}-token prompt ${prefill.toFixed(2)}x ` +
+      `(${qlora.prefill.toFixed(1)} vs ${lora.prefill.toFixed(1)} tok/s)`,
+    verdicts.every((v) => v === "slightly slower")
+      ? "holds"
+      : `does not hold, because decoding is ${verdicts[0]} (${
+        decode >= 1
+          ? "it reads every weight once per token, NF4 a quarter of bf16's bytes"
+          : "the 4-bit path costs more per weight than the bytes it saves"
+      }) and a prompt ${verdicts[1]} (${
+        prefill >= 1
+          ? "the 4-bit product beats the bf16 GEMM"
+          : "compute-bound, it pays for dequantizing each 4-bit tile"
+      })`,
   );
 }
 

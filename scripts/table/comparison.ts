@@ -5,9 +5,16 @@
  * @module
  */
 
-import { CATEGORIES, type Category, type MemoryEstimate } from "../../mod.ts";
+import {
+  CATEGORIES,
+  type Category,
+  estimateInference,
+  kvCacheBytes,
+  type MemoryEstimate,
+} from "../../mod.ts";
+import { RANK } from "./common.ts";
 import { fmtBytes, fmtCount, pct, signedPct, TAGS, tps } from "./format.ts";
-import type { Precisions, ShapeCell, Table, TableInput, TinyRun, Variant } from "./types.ts";
+import type { InferenceTimes, Precisions, ShapeCell, Table, TableInput, TinyRun, Variant } from "./types.ts";
 
 /** The seed document's row labels, in order. */
 export const SEED_ROWS = [
@@ -29,7 +36,8 @@ interface Column {
   trainable: number;
   precisions: Precisions | null;
   trainTps: number;
-  inferTps: number;
+  /** Generation at batch 1 (null: not measured). */
+  inference: InferenceTimes | null;
   tag: string;
   missing?: string;
   /** The ledger's coverage of the process's memory over a forward pass (NaN: not measured). */
@@ -47,7 +55,7 @@ function shapeColumn(cell: ShapeCell): Column {
     trainable: v?.trainable ?? cell.estimate.trainable,
     precisions: cell.precisions,
     trainTps: v ? v.tokens / v.stepSeconds : 0,
-    inferTps: v ? v.tokens / v.inferSeconds : 0,
+    inference: v?.inference ?? null,
     tag: TAGS[cell.how],
     coverage: v?.coverage ?? NaN,
     missing: v ? undefined : `${cell.how}${cell.note ? `: ${cell.note}` : ""}`,
@@ -63,7 +71,7 @@ function tinyColumn(run: TinyRun): Column {
     trainable: run.trainable,
     precisions: run.precisions,
     trainTps: run.trainTokensPerSecond,
-    inferTps: run.inferTokensPerSecond,
+    inference: run.inference,
     tag: "whole",
     missing: run.oom,
     coverage: NaN,
@@ -71,6 +79,20 @@ function tinyColumn(run: TinyRun): Column {
 }
 
 const baseBytes = (b: Record<Category, number>) => b.weights + b.quantized_weights;
+
+/** Prefill tokens per second of the `i`-th prompt length (0 when not measured). */
+const prefillTps = (c: Column, i: number) => {
+  const p = c.inference?.prefill[i];
+  return p ? p.tokens / p.seconds : 0;
+};
+/** Decode tokens per second at batch 1 (0 when not measured). */
+const decodeTps = (c: Column) => c.inference ? 1 / c.inference.decodeSeconds : 0;
+
+/** QLoRA's figure against merged LoRA's, as "1.37x merged LoRA" (empty for the other columns). */
+function ratioToMerged(cols: Column[], i: number, f: (c: Column) => number): string {
+  const merged = f(cols[1]);
+  return i === 2 && merged > 0 && f(cols[2]) > 0 ? `, ${(f(cols[2]) / merged).toFixed(2)}x merged LoRA` : "";
+}
 
 function memCell(col: Column, measured: number, estimated: number): string {
   if (col.missing) return col.missing;
@@ -181,16 +203,26 @@ function seedRows({ cols, tagged }: Columns): string[][] {
   rows.push([SEED_ROWS[1], ...prec.base]);
   rows.push([SEED_ROWS[2], ...prec.adapter]);
   rows.push([SEED_ROWS[3], ...cols.map((_, i) => bottleneck(cols, i))]);
-  const merged = cols[1].inferTps;
+  const last = (c: Column) => (c.inference?.prefill.length ?? 1) - 1;
   rows.push([
     SEED_ROWS[4],
     ...cols.map((c, i) => {
-      if (c.missing) return c.missing;
+      if (c.missing || !c.inference) return c.missing ?? "not measured";
       const dtype = cols[0].precisions?.base ?? "16-bit";
-      const what =
-        [`dense ${dtype}`, `adapters merged into the ${dtype} base`, "NF4 base dequantized tile by tile"][i];
-      const ratio = i === 2 && merged > 0 ? `, ${(c.inferTps / merged).toFixed(2)}x merged LoRA` : "";
-      return tagged(c, `${tps(c.inferTps)} (${what}${ratio})`);
+      const what = [
+        `dense ${dtype}`,
+        `adapters merged into the ${dtype} base`,
+        "NF4 base and unmerged adapters: the fused 4-bit GEMV at one token, tiles dequantized for a prompt",
+      ][i];
+      const prefill = (x: Column) => prefillTps(x, last(x));
+      return tagged(
+        c,
+        `decode ${tps(decodeTps(c))}${ratioToMerged(cols, i, decodeTps)}; prefill of ` +
+          `${c.inference.prefill[last(c)].tokens} tokens ${tps(prefill(c))}${
+            ratioToMerged(cols, i, prefill)
+          } ` +
+          `(${what})`,
+      );
     }),
   ]);
   return rows;
@@ -254,7 +286,40 @@ function speedAndLossRows({ r, cols, tinyCols, at, tagged }: Columns): string[][
   const shape = r.shape;
   if (shape) {
     rows.push([`Training tokens/s${at}`, ...cols.map((c) => tagged(c, tps(c.trainTps)))]);
-    rows.push([`Inference tokens/s${at}`, ...cols.map((c) => tagged(c, tps(c.inferTps)))]);
+    for (const [i, p] of (cols.find((c) => c.inference)?.inference?.prefill ?? []).entries()) {
+      rows.push([
+        `Prefill tokens/s${at} (${p.tokens} tokens, batch 1)`,
+        ...cols.map((c, j) =>
+          c.inference
+            ? tagged(c, tps(prefillTps(c, i)) + ratioToMerged(cols, j, (x) => prefillTps(x, i)))
+            : c.missing ?? "-"
+        ),
+      ]);
+    }
+    rows.push([
+      `Decode tokens/s${at} (batch 1, KV cache)`,
+      ...cols.map((c, j) =>
+        c.inference ? tagged(c, tps(decodeTps(c)) + ratioToMerged(cols, j, decodeTps)) : c.missing ?? "-"
+      ),
+    ]);
+    rows.push([
+      `Memory: KV cache${at}`,
+      ...cols.map((c, j) => {
+        if (!c.inference) return c.missing ?? "-";
+        const rows = c.inference.cacheRows, mode = (["full", "lora", "qlora"] as const)[j];
+        const est = estimateInference(shape.config, { mode, context: rows, prompt: rows - 1, rank: RANK });
+        const max = shape.kvCache;
+        const whole = max
+          ? `; ${max.rows.toLocaleString("en-US")} tokens: ${fmtBytes(max.bytes)} (est ${
+            fmtBytes(kvCacheBytes(shape.config, { rows: max.rows, dtype: "bf16" }))
+          }, allocated)`
+          : "";
+        return tagged(
+          c,
+          `${memCell(c, c.inference.bytes.kv_cache, est.bytes.kv_cache)} at ${rows} tokens${whole}`,
+        );
+      }),
+    ]);
     const covered = (c: Column) =>
       c.missing ??
         (Number.isFinite(c.coverage)
@@ -271,7 +336,13 @@ function speedAndLossRows({ r, cols, tinyCols, at, tagged }: Columns): string[][
     `Training tokens/s (tiny, ${tiny.batch}x${tiny.seq})`,
     ...tinyCols.map((c) => c.missing ?? tps(c.trainTps)),
   ]);
-  rows.push(["Inference tokens/s (tiny)", ...tinyCols.map((c) => c.missing ?? tps(c.inferTps))]);
+  rows.push([
+    `Prefill tokens/s (tiny, ${
+      tinyCols.find((c) => c.inference)?.inference?.prefill[0].tokens ?? 64
+    } tokens)`,
+    ...tinyCols.map((c) => c.missing ?? tps(prefillTps(c, 0))),
+  ]);
+  rows.push(["Decode tokens/s (tiny, batch 1)", ...tinyCols.map((c) => c.missing ?? tps(decodeTps(c)))]);
   rows.push([
     `Validation loss (tiny, SOTU, before -> after ${tiny.steps} steps)`,
     ...tiny.runs.map((t) => t.oom ?? `${t.lossBefore.toFixed(3)} -> ${t.lossAfter.toFixed(3)}`),

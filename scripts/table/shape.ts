@@ -11,6 +11,7 @@ import {
   CATEGORIES,
   type Device,
   estimateMemory,
+  KVCache,
   ledgerCoverage,
   LLAMA_CONFIGS,
   type LlamaConfig,
@@ -23,7 +24,9 @@ import {
 } from "../../mod.ts";
 import { UsageError } from "../_cli.ts";
 import { ALPHA, freeMemory, merge, oomText, precisionsOf, RANK, zeroBytes } from "./common.ts";
+import { measureGeneration } from "./inference.ts";
 import type {
+  InferenceTimes,
   Measurement,
   Precisions,
   ShapeCell,
@@ -40,7 +43,7 @@ import { VARIANTS } from "./types.ts";
  * forward passes for inference: a warm-up, then `reps` timed ones of which the fastest counts (the
  * least disturbed by other work on the machine). Throws OutOfMemoryError when the budget is too small.
  */
-function measureModel(
+async function measureModel(
   config: LlamaConfig,
   mode: TrainMode,
   masters: boolean[],
@@ -48,7 +51,8 @@ function measureModel(
   batch: number,
   device: Device,
   reps: number,
-): { measurements: Measurement[]; precisions: Precisions } {
+  o: Pick<TableOptions, "prefill" | "decodeSteps">,
+): Promise<{ measurements: Measurement[]; precisions: Precisions }> {
   const t0 = performance.now();
   using model = new LlamaModel(config, { mode, dtype: "bf16", rank: RANK, alpha: ALPHA, seed: 1 });
   const buildSeconds = (performance.now() - t0) / 1000;
@@ -81,24 +85,23 @@ function measureModel(
       trainable: model.trainableParameters,
       buildSeconds,
       stepSeconds,
-      inferSeconds: 0,
+      inference: { prefill: [], decodeSeconds: 0, decodeSteps: 0, bytes: zeroBytes(), cacheRows: 0 },
       tokens: n,
       coverage,
     });
   }
   const precisions = precisionsOf(model);
   if (mode === "lora") merge(model);
-  model.forward(tokens, targets, { backward: false }); // warm-up (first touch of merged weights)
-  model.releaseActivations();
-  let inferSeconds = Infinity;
-  for (let i = 0; i < reps; i++) {
-    const i0 = performance.now();
-    model.forward(tokens, targets, { backward: false });
-    model.releaseActivations();
-    inferSeconds = Math.min(inferSeconds, (performance.now() - i0) / 1000);
-  }
-  for (const m of measurements) m.inferSeconds = inferSeconds;
+  const inference = await measureGeneration(model, device, o, reps);
+  for (const m of measurements) m.inference = inference;
   return { measurements, precisions };
+}
+
+/** The progress line's generation figures. */
+function inferenceLine(m: Measurement): string {
+  const t = m.inference;
+  return t.prefill.map((p) => `prefill ${p.tokens} ${p.seconds.toFixed(2)} s`).join(", ") +
+    `, decode ${(1000 * t.decodeSeconds).toFixed(0)} ms/token`;
 }
 
 /** Extrapolates a measurement linearly in the layer count from two partial models (a, b blocks). */
@@ -122,11 +125,34 @@ export function extrapolate(a: Measurement, b: Measurement, layers: number): Mea
     trainable: linear(a.trainable, b.trainable),
     buildSeconds: f(a.buildSeconds, b.buildSeconds),
     stepSeconds: f(a.stepSeconds, b.stepSeconds),
-    inferSeconds: f(a.inferSeconds, b.inferSeconds),
+    inference: extrapolateInference(a.inference, b.inference, f, linear),
     tokens: b.tokens,
     // Measured, not extrapolated: the lower of the two models'.
     coverage: Math.min(a.coverage ?? NaN, b.coverage ?? NaN),
   };
+}
+
+/** Generation's figures extrapolated as the step's: seconds by `f`, bytes by `linear`. */
+function extrapolateInference(
+  a: InferenceTimes,
+  b: InferenceTimes,
+  f: (va: number, vb: number) => number,
+  linear: (va: number, vb: number) => number,
+): InferenceTimes {
+  const bytes = zeroBytes();
+  for (const c of CATEGORIES) bytes[c] = linear(a.bytes[c], b.bytes[c]);
+  return {
+    prefill: b.prefill.map((p, i) => ({ tokens: p.tokens, seconds: f(a.prefill[i].seconds, p.seconds) })),
+    decodeSeconds: f(a.decodeSeconds, b.decodeSeconds),
+    decodeSteps: b.decodeSteps,
+    bytes,
+    cacheRows: b.cacheRows,
+  };
+}
+
+/** Seconds of generation's measurements: the prefills and the decode steps. */
+function inferenceSeconds(t: InferenceTimes): number {
+  return t.prefill.reduce((s, p) => s + p.seconds, 0) + t.decodeSeconds * t.decodeSteps;
 }
 
 function variantMode(v: Variant): TrainMode {
@@ -195,7 +221,22 @@ export async function runShape(
   await measurePartials(run);
   settleCells(run);
   await measureWholes(run);
-  return { name, config, seq, batch, partialLayers: N, cells };
+  return { name, config, seq, batch, partialLayers: N, cells, kvCache: allocateKVCache(config, device) };
+}
+
+/**
+ * The ledger's bytes of a bf16 KV cache for the model's whole context (allocated, not filled: the cache of
+ * a 4,096-token generation without the minutes of running it), or undefined where it does not fit.
+ */
+function allocateKVCache(config: LlamaConfig, device: Device): { rows: number; bytes: number } | undefined {
+  const before = device.memory().current.kv_cache;
+  try {
+    using cache = new KVCache(config, { capacity: config.maxSeq, dtype: "bf16", device });
+    return { rows: cache.capacity, bytes: device.memory().current.kv_cache - before };
+  } catch (e) {
+    if (e instanceof OutOfMemoryError) return undefined;
+    throw e;
+  }
 }
 
 /** Partial models: 1 and N real-size blocks, as far as this machine's memory allows. */
@@ -218,7 +259,7 @@ async function measurePartials(run: ShapeRun): Promise<void> {
         }, step of ${batch}x${seq} tokens`,
       );
       try {
-        const { measurements, precisions } = measureModel(
+        const { measurements, precisions } = await measureModel(
           partial,
           g.mode,
           g.mode === "full" ? [false, true] : [true],
@@ -226,6 +267,7 @@ async function measurePartials(run: ShapeRun): Promise<void> {
           batch,
           device,
           3,
+          run.o,
         );
         g.variants.forEach((v, i) => {
           cells[v].points.push(measurements[i]);
@@ -233,8 +275,10 @@ async function measurePartials(run: ShapeRun): Promise<void> {
         });
         const m = measurements[measurements.length - 1];
         log(
-          `  built in ${m.buildSeconds.toFixed(1)} s, step ${m.stepSeconds.toFixed(2)} s, forward ` +
-            `${m.inferSeconds.toFixed(2)} s, peak ${(m.totalPeak / 1e9).toFixed(2)} GB`,
+          `  built in ${m.buildSeconds.toFixed(1)} s, step ${m.stepSeconds.toFixed(2)} s, ${
+            inferenceLine(m)
+          }, ` +
+            `peak ${(m.totalPeak / 1e9).toFixed(2)} GB`,
         );
       } catch (e) {
         if (!(e instanceof OutOfMemoryError)) throw e;
@@ -278,7 +322,9 @@ async function measureWholes(run: ShapeRun): Promise<void> {
     const c = cells[g.variants[0]];
     if (c.how !== "extrapolated" || !c.extrapolated) continue;
     const x = c.extrapolated;
-    const projected = 1.3 * (x.buildSeconds + 2 * x.stepSeconds * g.variants.length + 2 * x.inferSeconds) + 5;
+    const projected =
+      1.3 * (x.buildSeconds + 2 * x.stepSeconds * g.variants.length + 2 * inferenceSeconds(x.inference)) +
+      5;
     const elapsed = (performance.now() - started) / 1000;
     const need = Math.max(...g.variants.map((v) => cells[v].estimate.peak));
     if (need > 0.8 * freeMemory(device)) {
@@ -301,7 +347,7 @@ async function measureWholes(run: ShapeRun): Promise<void> {
         `the build prints nothing until done)`,
     );
     try {
-      const { measurements, precisions } = measureModel(
+      const { measurements, precisions } = await measureModel(
         config,
         g.mode,
         g.mode === "full" ? [false, true] : [true],
@@ -309,6 +355,7 @@ async function measureWholes(run: ShapeRun): Promise<void> {
         batch,
         device,
         1,
+        o,
       );
       g.variants.forEach((v, i) => {
         const cell = cells[v];
@@ -322,8 +369,10 @@ async function measureWholes(run: ShapeRun): Promise<void> {
       });
       const m = measurements[0];
       log(
-        `  built in ${m.buildSeconds.toFixed(1)} s, step ${m.stepSeconds.toFixed(2)} s, forward ` +
-          `${m.inferSeconds.toFixed(2)} s, peak ${(m.totalPeak / 1e9).toFixed(2)} GB`,
+        `  built in ${m.buildSeconds.toFixed(1)} s, step ${m.stepSeconds.toFixed(2)} s, ${
+          inferenceLine(m)
+        }, ` +
+          `peak ${(m.totalPeak / 1e9).toFixed(2)} GB`,
       );
     } catch (e) {
       if (!(e instanceof OutOfMemoryError)) throw e;

@@ -17,7 +17,6 @@ import {
   loadDocuments,
   type MemoryEstimate,
   OutOfMemoryError,
-  Tensor,
   TextDataset,
   tinyBase,
   Trainer,
@@ -25,11 +24,13 @@ import {
   type WeightSource,
 } from "../../mod.ts";
 import { ALPHA, merge, oomText, precisionsOf, RANK, zeroBytes } from "./common.ts";
+import { measureGeneration } from "./inference.ts";
 import type { TableOptions, TinyResult, TinyRun } from "./types.ts";
 
 /** Fine-tunes the tiny base in one mode and measures it; throws OutOfMemoryError past the budget. */
 async function tinyRun(
   o: TableOptions,
+  device: Device,
   mode: TrainMode,
   config: LlamaConfig,
   weights: WeightSource | undefined,
@@ -64,20 +65,9 @@ async function tinyRun(
   const r = await trainer.train();
   const bytes = zeroBytes();
   for (const h of r.history) for (const c of CATEGORIES) bytes[c] = Math.max(bytes[c], h.memory.peak[c]);
-  // Inference: forward passes only, with merged adapters for LoRA and the NF4 base for QLoRA.
+  // Inference: generation with merged adapters for LoRA, the NF4 base and unmerged adapters for QLoRA.
   if (mode === "lora") merge(model);
-  const ids = new Int32Array(seq * batch).map((_, i) => (i * 7919 + 13) % config.vocabSize);
-  using x = Tensor.from(ids, { shape: [batch, seq] });
-  using y = Tensor.from(ids, { shape: [batch, seq] });
-  model.forward(x, y, { backward: false });
-  model.releaseActivations();
-  let best = Infinity;
-  for (let i = 0; i < 5; i++) {
-    const i0 = performance.now();
-    model.forward(x, y, { backward: false });
-    model.releaseActivations();
-    best = Math.min(best, (performance.now() - i0) / 1000);
-  }
+  const inference = await measureGeneration(model, device, o, 3);
   const perStep = r.history.map((h) => h.tokensPerSecond).sort((a, b) => a - b);
   return {
     mode,
@@ -87,7 +77,7 @@ async function tinyRun(
     parameters: model.parameters,
     trainable: model.trainableParameters,
     trainTokensPerSecond: perStep[Math.floor(perStep.length / 2)],
-    inferTokensPerSecond: (seq * batch) / best,
+    inference,
     lossBefore: before.loss,
     lossAfter: r.evalLoss,
     history: r.history.map((h) => ({ step: h.step, loss: h.loss, evalLoss: h.evalLoss })),
@@ -139,7 +129,7 @@ export async function runTiny(
   for (const mode of ["full", "lora", "qlora"] as const) {
     const estimate = estimateMemory(config, { mode, seq, batch, dtype: "f32", rank: RANK });
     try {
-      runs.push(await tinyRun(o, mode, config, weights, sotu, seq, batch, estimate));
+      runs.push(await tinyRun(o, device, mode, config, weights, sotu, seq, batch, estimate));
     } catch (e) {
       if (!(e instanceof OutOfMemoryError)) throw e;
       const oom = "does not fit: " + oomText(e, `the tiny model (${mode})`);
@@ -152,7 +142,7 @@ export async function runTiny(
         parameters: estimate.parameters,
         trainable: estimate.trainable,
         trainTokensPerSecond: 0,
-        inferTokensPerSecond: 0,
+        inference: null,
         lossBefore: NaN,
         lossAfter: NaN,
         history: [],

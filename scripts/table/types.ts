@@ -56,6 +56,10 @@ export interface TableOptions {
   base: string | null;
   /** Pretraining steps on Brown when there is no base to load. */
   pretrainSteps: number;
+  /** Prompt lengths of the prefill figures (batch 1; capped by a model's maxSeq). */
+  prefill: number[];
+  /** Decode steps timed after the first prompt length. */
+  decodeSteps: number;
   /** The quality study on the tiny base (null: skipped). */
   quality: Omit<QualityOptions, "log"> | null;
   /** Progress lines (default: stderr with the elapsed time). */
@@ -73,6 +77,8 @@ export const DEFAULT_OPTIONS: TableOptions = {
   maxSeconds: 420,
   base: TINY_BASE_FILE,
   pretrainSteps: 300,
+  prefill: [64, 512],
+  decodeSteps: 8,
   quality: DEFAULT_QUALITY,
 };
 
@@ -92,8 +98,8 @@ export interface Measurement {
   buildSeconds: number;
   /** Seconds of one training step (forward, backward, optimizer), after a first step. */
   stepSeconds: number;
-  /** Seconds of one forward pass without backward (merged adapters for LoRA, NF4 base for QLoRA). */
-  inferSeconds: number;
+  /** Generation at batch 1 (merged adapters for LoRA, the NF4 base and unmerged adapters for QLoRA). */
+  inference: InferenceTimes;
   /** Tokens per step. */
   tokens: number;
   /**
@@ -102,6 +108,20 @@ export interface Measurement {
    * the models that ran, never extrapolated. Absent in results saved before it existed.
    */
   coverage?: number;
+}
+
+/** Generation at batch 1 with a KV cache (scripts/table/inference.ts). */
+export interface InferenceTimes {
+  /** Prefills: prompt tokens and the seconds of the fastest run (into an empty cache, the first token chosen). */
+  prefill: { tokens: number; seconds: number }[];
+  /** Seconds per decode step after the shortest prompt (the fastest run's mean over its steps). */
+  decodeSeconds: number;
+  /** Decode steps per run. */
+  decodeSteps: number;
+  /** The ledger's peaks per category over the longest prefill (with its cache). */
+  bytes: Record<Category, number>;
+  /** Rows of that prefill's cache (allocated: the prompt and its first new token). */
+  cacheRows: number;
 }
 
 /** The precisions of the tensors of a model, read from them. */
@@ -152,6 +172,8 @@ export interface ShapeResult {
   partialLayers: number;
   /** Per variant. */
   cells: Record<Variant, ShapeCell>;
+  /** A bf16 KV cache for the model's whole context, allocated once: its rows and the ledger's bytes. */
+  kvCache?: { rows: number; bytes: number };
 }
 
 /** One mode at the tiny scale. */
@@ -170,8 +192,8 @@ export interface TinyRun {
   trainable: number;
   /** Training tokens per second: the median of the steps (evaluations not counted). */
   trainTokensPerSecond: number;
-  /** Forward-only tokens per second, fastest of 5 (merged adapters for LoRA, NF4 base for QLoRA). */
-  inferTokensPerSecond: number;
+  /** Generation at batch 1 (merged adapters for LoRA, the NF4 base and unmerged adapters for QLoRA); null when it did not fit. */
+  inference: InferenceTimes | null;
   /** Validation loss before fine-tuning. */
   lossBefore: number;
   /** Validation loss after. */
