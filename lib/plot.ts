@@ -292,6 +292,76 @@ export async function show(figure: Figure, options: ShowOptions = {}): Promise<v
 }
 
 /**
+ * One output of a notebook cell updated in place while the cell runs: a figure redrawn as data arrives (a
+ * KV cache growing token by token), or text streamed as a model writes it. The first `show` displays it,
+ * each later one replaces it (`Deno.jupyter.display` with a display id); each waits, as {@linkcode show}
+ * does, until the bundle has left the kernel. Outside the kernel it prints nothing (the caller's own
+ * output goes to the console).
+ *
+ * @example
+ * ```ts
+ * import { LiveDisplay, plot } from "../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * const sent: [string, boolean][] = [];
+ * const live = new LiveDisplay({
+ *   display: (bundle, options) => void sent.push([String(bundle["text/plain"]), options.update]),
+ *   sleep: () => Promise.resolve(),
+ * });
+ * await live.text("The state of the");
+ * await live.text("The state of the Union");
+ * await live.show(plot([{ type: "bar", x: ["a"], y: [1] }], { title: "done" }));
+ * assertEquals(sent, [["The state of the", false], ["The state of the Union", true], ['Figure "done": bar (1 points)', true]]);
+ * ```
+ */
+export class LiveDisplay {
+  readonly #id = `qlora-live-${crypto.randomUUID()}`;
+  readonly #display: LiveDisplayOptions["display"] | null;
+  readonly #sleep: (ms: number) => Promise<void>;
+  #shown = false;
+
+  /** A display that appears on its first `show` or `text`. */
+  constructor(options: LiveDisplayOptions = {}) {
+    this.#display = options.display ?? liveKernelDisplay();
+    this.#sleep = options.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
+  }
+
+  /** Shows (then replaces) the output with a figure, or any object with a Jupyter MIME bundle. */
+  async show(content: { [JUPYTER_DISPLAY](): Record<string, unknown> }): Promise<void> {
+    if (!this.#display) return;
+    const bundle = content[JUPYTER_DISPLAY]();
+    await this.#display(bundle, { raw: true, display_id: this.#id, update: this.#shown });
+    this.#shown = true;
+    await this.#sleep(flushDelayMs(bundleBytes(bundle)));
+  }
+
+  /** Shows (then replaces) the output with preformatted text. */
+  text(text: string): Promise<void> {
+    return this.show({
+      [JUPYTER_DISPLAY]: () => ({
+        "text/plain": text,
+        "text/html": `<pre style="white-space: pre-wrap">${escapeHtml(text)}</pre>`,
+      }),
+    });
+  }
+}
+
+/** Options of {@linkcode LiveDisplay}. */
+export interface LiveDisplayOptions {
+  /** Where bundles go (default: `Deno.jupyter.display` in Deno's kernel, else nowhere); for tests. */
+  display?: (
+    bundle: Record<string, unknown>,
+    options: { raw: true; display_id: string; update: boolean },
+  ) => Promise<void> | void;
+  /** Waits for a while (default: a timer); for tests. */
+  sleep?: (ms: number) => Promise<void>;
+}
+
+function liveKernelDisplay(): LiveDisplayOptions["display"] | null {
+  const display = kernelDisplay();
+  return display ? (bundle, options) => display(bundle, options as unknown as { raw: true }) : null;
+}
+
+/**
  * A figure from plotly traces and layout, shown when it is a cell's value.
  *
  * @example

@@ -59,6 +59,11 @@ export const KEY_FIGURES: Record<string, KeyFigure[]> = {
   "06_qlora_end_to_end.ipynb": [
     { cell: "06-13", output: '"78,848"', text: "78,848" },
     { cell: "06-21", output: "live bytes: 0 B at the start, 0 B now", text: "the ledger is back to 0 B" },
+    {
+      cell: "06-gen-5",
+      output: "LLaMA-2-7B: 512.00 KiB per token, 2.00 GiB at 4,096 tokens",
+      text: "2 GiB at 4,096\ntokens",
+    },
   ],
 };
 

@@ -16,7 +16,7 @@
  * - the real shapes of `--model` (default 7b) with synthetic weights, one step of (`--batch`, `--seq`):
  *   every mode is measured on 1- and N-block real-size models (`--layers N`, default 2) and extrapolated
  *   linearly to the real layer count; then the whole model is measured (QLoRA first, then LoRA, full)
- *   where the memory of this machine and the time limit (`--max-seconds`, default 420) allow it. With
+ *   where the memory of this machine and the time limit (`--max-seconds`, default 600) allow it. With
  *   `--model tiny` only the tiny scale runs, and `--seq`/`--batch` apply to it.
  * - quality (lib/quality.ts; skipped with `--no-quality`): the pretrained tiny base with its linear
  *   weights in bf16, NF4, NF4 + double quantization, FP4 and Int4; held-out SOTU perplexity before and after

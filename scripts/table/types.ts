@@ -74,7 +74,7 @@ export const DEFAULT_OPTIONS: TableOptions = {
   batch: 1,
   steps: 40,
   budget: 0,
-  maxSeconds: 420,
+  maxSeconds: 600,
   base: TINY_BASE_FILE,
   pretrainSteps: 300,
   prefill: [64, 512],
