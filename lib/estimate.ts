@@ -329,6 +329,45 @@ export function matmul4bitWorkspace(
   return constants + gemm4bitWorkspace(options.backend ?? "cpu", transW, tokens, n, k);
 }
 
+/**
+ * The base model's bytes: every weight in 16/32 bits (`e` bytes each), or for QLoRA the adapted linears in
+ * 4 bits with their constants and the rest (embeddings, LM head, norms, linears without adapters) in 16/32
+ * bits; `merged16` adds a 16-bit copy of each adapted linear (a merged QLoRA layer keeps one).
+ *
+ * @example
+ * ```ts
+ * import { baseWeightBytes, LLAMA_CONFIGS, TARGET_MODULES } from "../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * const q = baseWeightBytes(LLAMA_CONFIGS["7b"], "qlora", TARGET_MODULES, 2);
+ * assertEquals(q.weights, 2 * (2 * 32000 * 4096 + 65 * 4096)); // embeddings, LM head and norms in bf16
+ * assertEquals(q.quantized_weights, 6_476_005_376 / 2); // two 4-bit codes a byte
+ * ```
+ */
+export function baseWeightBytes(
+  config: LlamaConfig,
+  mode: TrainMode,
+  targets: readonly TargetModule[],
+  e: number,
+  options: QuantStorageOptions & { merged16?: boolean } = {},
+): { weights: number; quantized_weights: number; quant_constants: number } {
+  const p = countParameters(config);
+  if (mode !== "qlora") return { weights: p.total * e, quantized_weights: 0, quant_constants: 0 };
+  const shapes = linearShapes(config);
+  let sixteen = p.embedding + p.lmHead + p.norms, quantized = 0, constants = 0;
+  for (const m of MODULES) {
+    const n = shapes[m][0] * shapes[m][1];
+    if (!targets.includes(m)) {
+      sixteen += config.layers * n;
+      continue;
+    }
+    const q = quantizedBytes(n, options);
+    quantized += config.layers * q.packed;
+    constants += config.layers * q.constants;
+    if (options.merged16) sixteen += config.layers * n;
+  }
+  return { weights: sixteen * e, quantized_weights: quantized, quant_constants: constants };
+}
+
 /** The element counts of every tensor the optimizer trains, for per-tensor rounding (8-bit absmax). */
 function trainableTensors(
   config: LlamaConfig,
@@ -417,22 +456,7 @@ export function estimateMemory(config: LlamaConfig, options: EstimateOptions): M
     kv_cache: 0,
   };
   const shapes = linearShapes(config);
-  if (mode === "qlora") {
-    let frozen16 = 0;
-    for (const m of MODULES) {
-      const n = shapes[m][0] * shapes[m][1];
-      if (!targets.includes(m)) {
-        frozen16 += n;
-        continue;
-      }
-      const q = quantizedBytes(n, options);
-      bytes.quantized_weights += config.layers * q.packed;
-      bytes.quant_constants += config.layers * q.constants;
-    }
-    bytes.weights = (p.embedding + p.lmHead + p.norms + config.layers * frozen16) * e;
-  } else {
-    bytes.weights = p.total * e;
-  }
+  Object.assign(bytes, baseWeightBytes(config, mode, targets, e, options));
   // Activations per token (bytes).
   const { dim, hiddenDim: hid, heads, layers } = config;
   const kv = config.kvHeads * (dim / heads);

@@ -20,9 +20,8 @@
 import { InvalidArgumentError } from "./errors.ts";
 import {
   adapterParameters,
-  countParameters,
+  baseWeightBytes,
   matmul4bitWorkspace,
-  quantizedBytes,
   type QuantStorageOptions,
 } from "./estimate.ts";
 import { kvCacheBytes } from "./kv_cache.ts";
@@ -98,26 +97,10 @@ export function estimateInference(config: LlamaConfig, options: InferenceOptions
   const backend = options.backend ?? "cpu";
   const threads = options.threads ?? navigator.hardwareConcurrency;
   const targets = mode === "full" ? [] : options.targetModules ?? TARGET_MODULES;
-  const p = countParameters(config), shapes = linearShapes(config);
+  const shapes = linearShapes(config);
   const bytes = Object.fromEntries(CATEGORIES.map((c) => [c, 0])) as Record<Category, number>;
   bytes.adapters = mode === "full" ? 0 : adapterParameters(config, rank, targets) * e;
-  if (mode === "qlora") {
-    let frozen16 = 0, merged16 = 0;
-    for (const m of TARGET_MODULES) {
-      const n = shapes[m][0] * shapes[m][1];
-      if (!targets.includes(m)) {
-        frozen16 += n;
-        continue;
-      }
-      const q = quantizedBytes(n, options);
-      bytes.quantized_weights += config.layers * q.packed;
-      bytes.quant_constants += config.layers * q.constants;
-      if (options.merged) merged16 += n;
-    }
-    bytes.weights = (p.embedding + p.lmHead + p.norms + config.layers * (frozen16 + merged16)) * e;
-  } else {
-    bytes.weights = p.total * e;
-  }
+  Object.assign(bytes, baseWeightBytes(config, mode, targets, e, { ...options, merged16: options.merged }));
   bytes.kv_cache = kvCacheBytes(config, { rows: context, batch, dtype });
 
   const { dim, hiddenDim: hid, heads } = config, hd = dim / heads, kv = config.kvHeads * hd;

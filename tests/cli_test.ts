@@ -11,25 +11,9 @@ import {
 } from "../mod.ts";
 import { f32ToBf16 } from "../lib/dtype.ts";
 import { assertBitEqual, normalValues, referenceDoubleQuantize, referenceQuantize } from "./_reference.ts";
+import { runScript } from "./_run_script.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname;
-
-async function run(
-  script: string,
-  args: string[],
-  cwd?: string,
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const cmd = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${ROOT}scripts/${script}`, ...args],
-    cwd,
-    env: { QLORA_BACKEND: "cpu" },
-    stdout: "piped",
-    stderr: "piped",
-  });
-  const out = await cmd.output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const run = (script: string, args: string[], cwd?: string) => runScript(script, args, { cwd });
 
 const bytes = (a: Float32Array | Uint16Array) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 

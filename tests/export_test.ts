@@ -12,18 +12,12 @@ import {
   openModelDir,
   saveCheckpoint,
 } from "../mod.ts";
-import { CONFIG, ROOT, tinyModelDir } from "./_gguf_model.ts";
+import { CONFIG, tinyModelDir } from "./_gguf_model.ts";
+import { runScript } from "./_run_script.ts";
 
 async function exportScript(args: string[]): Promise<{ code: number; out: string }> {
-  const cmd = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${ROOT}scripts/export.ts`, ...args],
-    env: { QLORA_BACKEND: "cpu" },
-    stdout: "piped",
-    stderr: "piped",
-  });
-  const r = await cmd.output();
-  const dec = new TextDecoder();
-  return { code: r.code, out: dec.decode(r.stdout) + dec.decode(r.stderr) };
+  const r = await runScript("export.ts", args);
+  return { code: r.code, out: r.stdout + r.stderr };
 }
 
 const SMALL = { ...CONFIG, layers: 2 };

@@ -2,6 +2,7 @@
 // tokenizer of tests/data/tokenizer/tiny): the loss falls, the PEFT adapter reloads onto the base with the
 // same logits, and the merged export reloads with the merged model's logits.
 import { assert, assertEquals, assertStringIncludes } from "@std/assert";
+import { runScript } from "./_run_script.ts";
 import {
   getDevice,
   LlamaModel,
@@ -27,15 +28,8 @@ const CONFIG = {
 };
 
 async function finetune(args: string[]): Promise<{ code: number; out: string }> {
-  const cmd = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${ROOT}scripts/finetune.ts`, ...args],
-    env: { QLORA_BACKEND: "cpu" },
-    stdout: "piped",
-    stderr: "piped",
-  });
-  const r = await cmd.output();
-  const dec = new TextDecoder();
-  return { code: r.code, out: dec.decode(r.stdout) + dec.decode(r.stderr) };
+  const r = await runScript("finetune.ts", args);
+  return { code: r.code, out: r.stdout + r.stderr };
 }
 
 /** A tiny random LLaMA saved as a model directory with the tiny tokenizer. */

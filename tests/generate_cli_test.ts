@@ -10,12 +10,11 @@ import {
   LlamaModel,
   LoRALinear,
   saveCheckpoint,
-  saveModelDir,
   TARGET_MODULES,
 } from "../mod.ts";
+import { tinyModelDir } from "./_gguf_model.ts";
+import { runScript } from "./_run_script.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname;
-const TOKENIZER = `${ROOT}tests/data/tokenizer/tiny`;
 const CONFIG = {
   vocabSize: 64,
   dim: 32,
@@ -29,16 +28,7 @@ const CONFIG = {
 };
 const PROMPT = "hello world";
 
-async function generate(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const r = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${ROOT}scripts/generate.ts`, ...args],
-    env: { QLORA_BACKEND: "cpu" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: r.code, out: dec.decode(r.stdout), err: dec.decode(r.stderr) };
-}
+const generate = (args: string[]) => runScript("generate.ts", args);
 
 /** The library's own greedy completion of PROMPT (f32, as the commands below run). */
 async function completion(dir: string, adapter: string | null, mode: "full" | "qlora"): Promise<string> {
@@ -67,14 +57,7 @@ Deno.test("generate: streams the library's greedy text, with and without an adap
   try {
     const dir = `${tmp}/tiny-llama`, adapter = `${tmp}/adapter`;
     {
-      using base = new LlamaModel(CONFIG, { mode: "full", seed: 1, std: 0.3, device: getDevice("cpu") });
-      await saveModelDir(base, dir, {
-        dtype: "f32",
-        config: { bos_token_id: 1, eos_token_id: 2, pad_token_id: 3 },
-      });
-      for (const f of ["tokenizer.json", "tokenizer_config.json"]) {
-        await Deno.copyFile(`${TOKENIZER}/${f}`, `${dir}/${f}`);
-      }
+      await tinyModelDir(dir, { config: CONFIG, seed: 1, std: 0.3, bytes: false });
       using tuned = new LlamaModel(CONFIG, { mode: "qlora", rank: 4, alpha: 8, device: getDevice("cpu") });
       for (let i = 0; i < CONFIG.layers; i++) {
         for (const name of TARGET_MODULES) {
@@ -87,25 +70,25 @@ Deno.test("generate: streams the library's greedy text, with and without an adap
     const common = ["--model", dir, "--prompt", PROMPT, "--max-new-tokens", "12", "--dtype", "f32"];
 
     const plain = await generate(common);
-    assertEquals(plain.code, 0, plain.err);
+    assertEquals(plain.code, 0, plain.stderr);
     const want = await completion(dir, null, "full");
-    assertStringIncludes(plain.out, `${PROMPT}${want}\n`);
-    assert(/decode \d+ steps in [0-9.]+ s \([0-9.]+ tok\/s\)/.test(plain.out), plain.out);
-    assertStringIncludes(plain.out, "prefill 1 x 3 tokens");
-    assertStringIncludes(plain.out, "kv_cache");
-    assertStringIncludes(plain.out, "weights");
+    assertStringIncludes(plain.stdout, `${PROMPT}${want}\n`);
+    assert(/decode \d+ steps in [0-9.]+ s \([0-9.]+ tok\/s\)/.test(plain.stdout), plain.stdout);
+    assertStringIncludes(plain.stdout, "prefill 1 x 3 tokens");
+    assertStringIncludes(plain.stdout, "kv_cache");
+    assertStringIncludes(plain.stdout, "weights");
 
     const tuned = await generate([...common, "--adapter", adapter]);
-    assertEquals(tuned.code, 0, tuned.err);
+    assertEquals(tuned.code, 0, tuned.stderr);
     const wantTuned = await completion(dir, adapter, "qlora");
     assertNotEquals(wantTuned, want, "the adapter changes nothing: the test cannot tell");
-    assertStringIncludes(tuned.out, `adapter: ${PROMPT}${wantTuned}\n`);
+    assertStringIncludes(tuned.stdout, `adapter: ${PROMPT}${wantTuned}\n`);
 
     const both = await generate([...common, "--adapter", adapter, "--compare"]);
-    assertEquals(both.code, 0, both.err);
+    assertEquals(both.code, 0, both.stderr);
     const base4 = await completion(dir, null, "qlora"); // the NF4 base alone
-    assertStringIncludes(both.out, `base: ${PROMPT}${base4}\n`);
-    assertStringIncludes(both.out, `adapter: ${PROMPT}${wantTuned}\n`);
+    assertStringIncludes(both.stdout, `base: ${PROMPT}${base4}\n`);
+    assertStringIncludes(both.stdout, `adapter: ${PROMPT}${wantTuned}\n`);
   } finally {
     await Deno.remove(tmp, { recursive: true });
   }
@@ -117,7 +100,7 @@ Deno.test("generate: --help lists every option; bad command lines fail with a me
   for (
     const flag of ["--model", "--prompt", "--adapter", "--mode", "--compare", "--temperature", "--top-p"]
   ) {
-    assertStringIncludes(help.out, flag);
+    assertStringIncludes(help.stdout, flag);
   }
   for (
     const [args, message] of [
@@ -130,7 +113,7 @@ Deno.test("generate: --help lists every option; bad command lines fail with a me
     ] as const
   ) {
     const r = await generate([...args]);
-    assertEquals(r.code, 1, `${args.join(" ")}: ${r.out}`);
-    assertStringIncludes(r.err, message);
+    assertEquals(r.code, 1, `${args.join(" ")}: ${r.stdout}`);
+    assertStringIncludes(r.stderr, message);
   }
 });

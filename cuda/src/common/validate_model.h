@@ -353,11 +353,10 @@ QLORA_HD float rope_inv_freq(float theta, uint64_t i, uint64_t head_dim) {
   return (float)pow((double)theta, -2.0 * (double)i / (double)head_dim);
 }
 
-// RoPE angle at position t: t * inv_freq, rounded once from double (exact-ish for t up to 2^24).
-// Backends then take sinf/cosf of it: they agree to float rounding, not bit for bit.
-QLORA_HD float rope_angle(uint64_t t, float inv_freq) { return (float)((double)t * (double)inv_freq); }
-// The same at a signed position (qlora_rope_at): equal to rope_angle for t >= 0.
-QLORA_HD float rope_angle_signed(int64_t t, float inv_freq) { return (float)((double)t * (double)inv_freq); }
+// RoPE angle at position t: t * inv_freq, rounded once from double (exact-ish for |t| up to 2^24; a
+// negative position, qlora_rope_at's, turns the other way). Backends then take sinf/cosf of it: they agree
+// to float rounding, not bit for bit.
+QLORA_HD float rope_angle(int64_t t, float inv_freq) { return (float)((double)t * (double)inv_freq); }
 
 // Rotates the pair (a, b) by the angle with cosine c and sine s: (a c - b s, a s + b c). The inverse
 // rotation is the same with -s.

@@ -492,6 +492,27 @@ __attribute__((target("avx512f,avx512bw"))) void swiglu_backward_avx512(const vo
   }
 }
 
+// Attention's forward over every (sequence, head) task, with the scratch of one call: training's causal
+// attention (first_key NULL, lse kept) and generation's over a cache (qlora_attention_cached).
+qlora_status attention_forward(const void* q, const void* k, const void* v, const AttnShape& a,
+                               const int32_t* first_key, void* out, float* lse, int32_t dtype, const char* fn) {
+  const uint64_t per_thread = AttnScratch::floats(a, false), n = (uint64_t)omp_get_max_threads() * per_thread;
+  Workspace scratch;
+  const qlora_status s = scratch.alloc(4 * n, fn);
+  if (s != QLORA_OK) return s;
+  try {
+    for_each_head(a.batch * a.heads, scratch.as<float>(), per_thread, [&](uint64_t task, float* base) {
+      AttnScratch w(base, a, false);
+      const uint64_t b = task / a.heads, h = task % a.heads, lo = cached_first_key(first_key, b);
+      if (dtype == QLORA_F32) attention_forward_head<QLORA_F32>(q, k, v, a, b, h, lo, out, lse, w);
+      else attention_forward_head<QLORA_BF16>(q, k, v, a, b, h, lo, out, lse, w);
+    });
+  } catch (...) {
+    return library_error(fn);
+  }
+  return QLORA_OK;
+}
+
 // Elementwise work in chunks of kChunk elements (a multiple of 16) over the OpenMP threads.
 constexpr uint64_t kChunk = 1 << 14;
 
@@ -635,7 +656,7 @@ QLORA_API qlora_status qlora_rope(void* x, uint64_t batch, uint64_t seq, uint64_
 #pragma omp parallel for schedule(static) if (seq * pairs >= kParallelMin)
   for (int64_t t = 0; t < (int64_t)seq; t++)
     for (uint64_t i = 0; i < pairs; i++) {
-      const float angle = rope_angle((uint64_t)t, freq[i]);
+      const float angle = rope_angle(t, freq[i]);
       cs[2 * ((uint64_t)t * pairs + i)] = cosf(angle);
       cs[2 * ((uint64_t)t * pairs + i) + 1] = sign * sinf(angle);
     }
@@ -672,7 +693,7 @@ QLORA_API qlora_status qlora_rope_at(void* x, uint64_t rows, uint64_t heads, uin
   for (int64_t row = 0; row < (int64_t)rows; row++) {
     const int64_t t = positions[row];
     for (uint64_t i = 0; i < pairs; i++) {
-      const float angle = rope_angle_signed(t, freq[i]), c = cosf(angle), sn = sign * sinf(angle);
+      const float angle = rope_angle(t, freq[i]), c = cosf(angle), sn = sign * sinf(angle);
       for (uint64_t h = 0; h < heads; h++) {
         const uint64_t o = ((uint64_t)row * heads + h) * head_dim;
         float a = load_float(x, dtype, o + i), b = load_float(x, dtype, o + pairs + i);  // half-split pair
@@ -693,21 +714,7 @@ QLORA_API qlora_status qlora_attention_forward(const void* q, const void* k, con
   const char* fn = "compute attention";
   qlora_status s = check_attention_forward(q, k, v, batch, seq, heads, kv_heads, head_dim, out, lse, dtype);
   if (s != QLORA_OK) return s;
-  const AttnShape a{batch, seq, heads, kv_heads, head_dim};
-  const uint64_t per_thread = AttnScratch::floats(a, false), n = (uint64_t)omp_get_max_threads() * per_thread;
-  Workspace scratch;
-  if ((s = scratch.alloc(4 * n, fn)) != QLORA_OK) return s;
-  try {
-    for_each_head(batch * heads, scratch.as<float>(), per_thread, [&](uint64_t task, float* base) {
-      AttnScratch w(base, a, false);
-      const uint64_t b = task / heads, h = task % heads;
-      if (dtype == QLORA_F32) attention_forward_head<QLORA_F32>(q, k, v, a, b, h, 0, out, lse, w);
-      else attention_forward_head<QLORA_BF16>(q, k, v, a, b, h, 0, out, lse, w);
-    });
-  } catch (...) {
-    return library_error(fn);
-  }
-  return QLORA_OK;
+  return attention_forward(q, k, v, AttnShape{batch, seq, heads, kv_heads, head_dim}, nullptr, out, lse, dtype, fn);
 }
 
 QLORA_API qlora_status qlora_attention_backward(const void* dout, const void* q, const void* k, const void* v,
@@ -765,20 +772,7 @@ QLORA_API qlora_status qlora_attention_cached(const void* q, const void* k_cache
   a.kv_seq = capacity;
   a.past = past;
   a.block_rows = tokens < kQueryBlock ? tokens : kQueryBlock;
-  const uint64_t per_thread = AttnScratch::floats(a, false), n = (uint64_t)omp_get_max_threads() * per_thread;
-  Workspace scratch;
-  if ((s = scratch.alloc(4 * n, fn)) != QLORA_OK) return s;
-  try {
-    for_each_head(batch * heads, scratch.as<float>(), per_thread, [&](uint64_t task, float* base) {
-      AttnScratch w(base, a, false);
-      const uint64_t b = task / heads, h = task % heads, lo = cached_first_key(first_key, b);
-      if (dtype == QLORA_F32) attention_forward_head<QLORA_F32>(q, k_cache, v_cache, a, b, h, lo, out, nullptr, w);
-      else attention_forward_head<QLORA_BF16>(q, k_cache, v_cache, a, b, h, lo, out, nullptr, w);
-    });
-  } catch (...) {
-    return library_error(fn);
-  }
-  return QLORA_OK;
+  return attention_forward(q, k_cache, v_cache, a, first_key, out, nullptr, dtype, fn);
 }
 
 // ---- SwiGLU (outputs may alias the inputs: each element is loaded before it is stored) ---------------

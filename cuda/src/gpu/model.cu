@@ -202,12 +202,13 @@ __global__ void rmsnorm_dweight_sum_kernel(const float* partial, uint64_t chunks
 
 // ---- RoPE -----------------------------------------------------------------------------------------
 
-// Blocks over the (batch, position) rows, threads over the heads * head_dim / 2 pairs of a row.
-__global__ void rope_kernel(void* x, uint64_t batch, uint64_t seq, uint64_t heads, uint64_t head_dim, float theta,
-                            int32_t inverse, int32_t dtype) {
+// Blocks over the rows, threads over the heads * head_dim / 2 pairs of a row. Row r turns to position
+// positions[r] (qlora_rope_at), or without positions to r % seq (qlora_rope: [batch, seq] rows).
+__global__ void rope_kernel(void* x, uint64_t rows, uint64_t seq, const int32_t* positions, uint64_t heads,
+                            uint64_t head_dim, float theta, int32_t inverse, int32_t dtype) {
   const uint64_t half = head_dim / 2, pairs = heads * half;
-  for (uint64_t row = blockIdx.x; row < batch * seq; row += gridDim.x) {
-    const uint64_t t = row % seq;
+  for (uint64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t t = positions ? (int64_t)positions[row] : (int64_t)(row % seq);
     for (uint64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
       const uint64_t i = p % half;
       const float angle = rope_angle(t, rope_inv_freq(theta, i, head_dim));
@@ -215,27 +216,6 @@ __global__ void rope_kernel(void* x, uint64_t batch, uint64_t seq, uint64_t head
       sincosf(angle, &s, &c);
       if (inverse) s = -s;
       // pair p of the row: head p / half, elements i and i + half of that head (half-split layout)
-      const uint64_t at = row * heads * head_dim + (p / half) * head_dim + i;
-      float a = load_float(x, dtype, at), b = load_float(x, dtype, at + half);
-      rope_rotate(a, b, c, s);
-      store_float(x, dtype, at, a);
-      store_float(x, dtype, at + half, b);
-    }
-  }
-}
-
-// The same at explicit positions: row r of x [rows, heads, head_dim] turns to positions[r].
-__global__ void rope_at_kernel(void* x, uint64_t rows, uint64_t heads, uint64_t head_dim, const int32_t* positions,
-                               float theta, int32_t inverse, int32_t dtype) {
-  const uint64_t half = head_dim / 2, pairs = heads * half;
-  for (uint64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    const int64_t t = positions[row];
-    for (uint64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
-      const uint64_t i = p % half;
-      const float angle = rope_angle_signed(t, rope_inv_freq(theta, i, head_dim));
-      float s, c;
-      sincosf(angle, &s, &c);
-      if (inverse) s = -s;
       const uint64_t at = row * heads * head_dim + (p / half) * head_dim + i;
       float a = load_float(x, dtype, at), b = load_float(x, dtype, at + half);
       rope_rotate(a, b, c, s);
@@ -871,8 +851,8 @@ QLORA_API qlora_status qlora_rope(void* x, uint64_t batch, uint64_t seq, uint64_
   qlora_status s = check_rope(x, batch, seq, heads, head_dim, theta, inverse, dtype);
   if (s != QLORA_OK) return s;
   if ((s = gpu_ready()) != QLORA_OK) return s;
-  QLORA_LAUNCH(rope_kernel, grid_for(batch * seq, 1), kThreads, 0, gpu_stream())(x, batch, seq, heads, head_dim, theta,
-                                                                      inverse, dtype);
+  QLORA_LAUNCH(rope_kernel, grid_for(batch * seq, 1), kThreads, 0, gpu_stream())(x, batch * seq, seq, nullptr, heads,
+                                                                                head_dim, theta, inverse, dtype);
   return launch_status("apply rotary embeddings");
 }
 
@@ -949,8 +929,8 @@ QLORA_API qlora_status qlora_rope_at(void* x, uint64_t rows, uint64_t heads, uin
   qlora_status s = check_rope_at(x, rows, heads, head_dim, positions, theta, inverse, dtype);
   if (s != QLORA_OK) return s;
   if ((s = gpu_ready()) != QLORA_OK) return s;
-  QLORA_LAUNCH(rope_at_kernel, grid_for(rows, 1), kThreads, 0, gpu_stream())(x, rows, heads, head_dim, positions, theta,
-                                                                          inverse, dtype);
+  QLORA_LAUNCH(rope_kernel, grid_for(rows, 1), kThreads, 0, gpu_stream())(x, rows, rows, positions, heads, head_dim,
+                                                                       theta, inverse, dtype);
   return launch_status("apply rotary embeddings at positions");
 }
 
