@@ -15,8 +15,8 @@ const outBf16 = Tensor.empty([N], { dtype: "bf16", device });
 const copySrc = Tensor.empty([N], { device });
 const copySrc16 = Tensor.empty([N], { dtype: "bf16", device });
 
-function dequantizeInto(out: Tensor, absmax: Tensor): void {
-  ffi.dequantize4bit(device, q.packed, absmax, N, "nf4", 64, out, out.dtype);
+function dequantizeInto(out: Tensor): void {
+  ffi.dequantize4bit(device, q.weight4(), N, out, out.dtype);
   device.synchronize();
 }
 function copy(dst: Tensor, src: Tensor): void {
@@ -35,7 +35,7 @@ Deno.bench({
 Deno.bench({
   name: `NF4 dequantize -> f32 (${label})`,
   group: "dequantize f32",
-  fn: () => dequantizeInto(outF32, q.absmax!),
+  fn: () => dequantizeInto(outF32),
 });
 Deno.bench({
   name: "copy 128 MiB (bf16 output bytes)",
@@ -46,7 +46,7 @@ Deno.bench({
 Deno.bench({
   name: `NF4 dequantize -> bf16 (${label})`,
   group: "dequantize bf16",
-  fn: () => dequantizeInto(outBf16, q.absmax!),
+  fn: () => dequantizeInto(outBf16),
 });
 Deno.bench({
   name: `NF4 + double quant dequantize -> bf16 (${label})`,

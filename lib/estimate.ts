@@ -229,6 +229,9 @@ export interface MemoryEstimate {
   minimum: number;
 }
 
+/** Rows of X the CPU's fused 4-bit products take (`kGemvMaxRows` in cuda/src/cpu/dequant4.h). */
+const CPU_FUSED_ROWS = 8;
+
 /** Bytes of the 4-bit GEMM workspace for `x [m, k] · op(W)`, as each backend's `qlora_gemm_4bit_workspace`. */
 function gemm4bitWorkspace(
   backend: "cpu" | "cuda",
@@ -242,8 +245,8 @@ function gemm4bitWorkspace(
     return Math.max(2 * n * k, 4 * (transW ? k : n));
   }
   // CPU: one tile of W as f32, 2^20 values of rows (transW) or 2^22 of columns, widths a multiple of 16;
-  // none for one row (the fused GEMV).
-  if (m === 1) return 0;
+  // none for a few rows (the fused products).
+  if (m <= CPU_FUSED_ROWS) return 0;
   let width = Math.max(Math.floor((transW ? 2 ** 20 : 2 ** 22) / k), 1);
   if (width >= 16) width = Math.floor(width / 16) * 16;
   return Math.min(width, n) * k * 4;
@@ -303,9 +306,12 @@ export function nativeScratchBytes(
 }
 
 /**
- * Bytes of the workspace `matmul4bit` allocates for `x [tokens, ·]` times a 4-bit weight `[out, in]`:
- * the dequantization tile or whole-weight copy of the backend, plus the f32 absmax restored from
- * double-quantized constants. `transW` true is forward (`x Wᵀ`), false the input gradient (`dy W`).
+ * Bytes of workspace a 4-bit product holds for `x [tokens, ·]` times a 4-bit weight `[out, in]`, its own
+ * and the native library's through the ledger: the backend's workspace (`qlora_gemm_4bit_workspace`: the
+ * CPU's dequantization tile, CUDA's whole-weight copy, none for a few rows), on CUDA the f32 absmax it
+ * restores from double-quantized constants, and on the CPU's fused path for a few rows X widened to f32
+ * (bf16 X) and the f32 h of a LoRA bypass of `rank` (forward only). `transW` true is forward (`x Wᵀ`),
+ * false the input gradient (`dy W`).
  *
  * @example
  * ```ts
@@ -314,19 +320,27 @@ export function nativeScratchBytes(
  * // LLaMA-2-7B's gate_proj on CUDA: the whole weight in bf16 (90 MB) and its 704,512 absmax in f32.
  * assertEquals(matmul4bitWorkspace([11008, 4096], 512, true, { backend: "cuda" }), 2 * 11008 * 4096 + 4 * 704_512);
  * assertEquals(matmul4bitWorkspace([11008, 4096], 4, true, { backend: "cuda" }), 4 * 704_512); // fused GEMV
+ * // The CPU decoding one bf16 token with a rank-8 bypass: x and h in f32, W decoded in registers.
+ * assertEquals(matmul4bitWorkspace([11008, 4096], 1, true, { dtype: "bf16", rank: 8 }), 4 * 4096 + 4 * 8);
  * ```
  */
 export function matmul4bitWorkspace(
   shape: readonly [number, number],
   tokens: number,
   transW: boolean,
-  options: QuantStorageOptions & { backend?: "cpu" | "cuda" } = {},
+  options: QuantStorageOptions & { backend?: "cpu" | "cuda"; dtype?: "f32" | "bf16"; rank?: number } = {},
 ): number {
   const [out, inp] = shape;
-  const blocks = Math.ceil((out * inp) / (options.blocksize ?? 64));
-  const constants = (options.doubleQuant ?? true) ? 4 * blocks : 0;
+  const backend = options.backend ?? "cpu";
   const [n, k] = transW ? [out, inp] : [inp, out];
-  return constants + gemm4bitWorkspace(options.backend ?? "cpu", transW, tokens, n, k);
+  const own = gemm4bitWorkspace(backend, transW, tokens, n, k);
+  if (backend === "cuda") {
+    const blocks = Math.ceil((out * inp) / (options.blocksize ?? 64));
+    return own + ((options.doubleQuant ?? true) ? 4 * blocks : 0);
+  }
+  if (tokens > CPU_FUSED_ROWS) return own;
+  const widened = options.dtype === "bf16" ? 4 * tokens * k : 0;
+  return widened + (transW && options.rank ? 4 * tokens * options.rank : 0);
 }
 
 /**
@@ -491,7 +505,7 @@ export function estimateMemory(config: LlamaConfig, options: EstimateOptions): M
       const dh = tokens * rank * e;
       let w = dh;
       if (mode === "qlora") {
-        const q = { ...options, backend };
+        const q = { ...options, backend, dtype, rank };
         const forward = matmul4bitWorkspace(shapes[m], tokens, true, q);
         const noInput = !inputGrad && ["q_proj", "k_proj", "v_proj"].includes(m);
         w = Math.max(forward, noInput ? dh : dh + matmul4bitWorkspace(shapes[m], tokens, false, q));

@@ -10,9 +10,10 @@
  * input, residual, normalised input, gate, up and SwiGLU output (e · P · (3·dim + 3·hidden)), or the
  * down projection's output beside them (e · P · (4·dim + hidden)), each with a norm's f32 row scale; after
  * the blocks, each sequence's last row, the final norm and the logits (e · batch · (2·dim + vocab)).
- * Workspace: the step's token ids and positions (i32), and the largest of the kernels' scratch (attention
- * over the cache on the CPU: per thread, 2 · min(128, tokens) · (past + tokens) floats), a LoRA layer's
- * r-wide h, a 4-bit product's tile (none for one row: the fused GEMV) and restored constants.
+ * Workspace: the step's token ids and positions (i32), and the largest of the kernels' scratch (on the CPU
+ * attention over the cache, per thread 2 · min(128, tokens) · (past + tokens) floats, and RoPE's
+ * frequencies), a LoRA layer's r-wide h, a 4-bit product's tile (none for a few rows: the fused products)
+ * and on CUDA its restored constants, and a prefill's row index of each sequence's last token.
  *
  * @module
  */
@@ -109,16 +110,19 @@ export function estimateInference(config: LlamaConfig, options: InferenceOptions
     const block = e * rows * Math.max(4 * dim + 2 * kv, 3 * dim + 3 * hid, 4 * dim + hid) + 4 * rows;
     const tail = Math.max(e * (rows + batch) * dim, e * batch * (2 * dim + config.vocabSize) + 4 * batch);
     const ids = 8 * rows; // token ids and positions
-    let kernel = 4 * (hd / 2); // RoPE's frequencies
+    // The rows of each sequence's last token, gathered after the blocks of a prefill (i32 per sequence).
+    let kernel = tokens > 1 ? 4 * batch : 0;
     if (backend === "cpu") {
-      kernel = Math.max(kernel, 4 * threads * 2 * Math.min(128, tokens) * (past + tokens));
+      // RoPE's frequencies; attention over the cache, per thread (CUDA's kernels keep both on chip).
+      kernel = Math.max(kernel, 4 * (hd / 2), 4 * threads * 2 * Math.min(128, tokens) * (past + tokens));
     }
     for (const m of targets) {
-      const h = options.merged ? 0 : rows * rank * e;
-      const product = mode === "qlora" && !options.merged
-        ? matmul4bitWorkspace(shapes[m], rows, true, { ...options, backend })
+      if (options.merged) continue;
+      const h = rows * rank * e; // the bypass's h, beside the 4-bit product's own workspace
+      const product = mode === "qlora"
+        ? matmul4bitWorkspace(shapes[m], rows, true, { ...options, backend, dtype, rank })
         : 0;
-      kernel = Math.max(kernel, h, product);
+      kernel = Math.max(kernel, h + product);
     }
     return { activations: Math.max(block, tail), workspace: ids + kernel };
   };

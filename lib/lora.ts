@@ -472,6 +472,14 @@ export class LoRALinear implements Disposable {
     this.#step = step;
   }
 
+  /** `x Wᵀ + s · (x Aᵀ) Bᵀ` over the 4-bit base in one native call, `h = x Aᵀ` written. */
+  #fused(x: Tensor, h: Tensor): Tensor {
+    return matmul4bit(x, this.quantized!, {
+      transW: true,
+      lora: { a: this.loraA, b: this.loraB, h, scaling: this.scaling },
+    });
+  }
+
   #baseTimes(x: Tensor, transW: boolean, out?: Tensor, beta = 0): Tensor {
     if (this.quantized) return matmul4bit(x, this.quantized, { transW, out, beta });
     return matmul(x, this.base!, { transB: transW, out, beta });
@@ -488,6 +496,18 @@ export class LoRALinear implements Disposable {
     if (this.#merged) return matmul(x, this.#merged, { transB: true });
     const p = this.training ? this.dropoutP : 0;
     const seed = options.dropoutSeed ?? this.#seed + 1000003 * ++this.#step;
+    if (this.quantized && p === 0) {
+      // The 4-bit product and the bypass in one native call (h = x Aᵀ kept for backward).
+      const h = Tensor.empty([x.shape[0], this.rank], { dtype: this.dtype, device: x.device });
+      try {
+        const y = this.#fused(x, h);
+        this.#saved = { x, h, seed, p };
+        return y;
+      } catch (e) {
+        h.dispose();
+        throw e;
+      }
+    }
     const y = this.#baseTimes(x, true);
     try {
       using dropped = p > 0 ? dropout(x, p, seed, undefined, "workspace") : null;
@@ -510,6 +530,14 @@ export class LoRALinear implements Disposable {
   infer(x: Tensor): Tensor {
     checkInput(x, this.inFeatures, this.dtype, "a LoRA layer");
     if (this.#merged) return matmul(x, this.#merged, { transB: true });
+    if (this.quantized) {
+      using h = Tensor.empty([x.shape[0], this.rank], {
+        dtype: this.dtype,
+        category: "workspace",
+        device: x.device,
+      });
+      return this.#fused(x, h);
+    }
     const y = this.#baseTimes(x, true);
     return fillOrDispose(y, () => {
       using h = matmul(x, this.loraA, { transB: true, category: "workspace" });

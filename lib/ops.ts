@@ -149,12 +149,19 @@ export interface Matmul4bitOptions {
   dtype?: FloatDType;
   /** Category of a new output (default "activations"). */
   category?: Category;
+  /**
+   * A LoRA layer's bypass added in the same call (`transW` true): `out += scaling * (x Aᵀ) Bᵀ`, with
+   * `h = x Aᵀ` written (kept for the backward pass). A `[rank, in]`, B `[out, rank]`, h `[rows, rank]`, all in
+   * x's dtype.
+   */
+  lora?: { a: Tensor; b: Tensor; h: Tensor; scaling: number };
 }
 
 /**
  * `out = alpha * x @ op(dequant(w)) + beta * out` with `w` a 2-D 4-bit matrix, never materialising a
- * 16-bit copy of it on the CPU: tiles are dequantized into a workspace allocated for the call (counted
- * under "workspace"). Double-quantized constants are restored into the workspace first.
+ * 16-bit copy of it: a few rows of x (decoding) in one pass over w that decodes each block in registers,
+ * more rows through tiles dequantized into a workspace allocated for the call (counted under
+ * "workspace"). Double-quantized constants are read as they are.
  *
  * @example
  * ```ts
@@ -191,12 +198,27 @@ export function matmul4bit(x: Tensor, w: QuantizedTensor, options: Matmul4bitOpt
     );
   }
   const dev = x.device;
+  const lora = options.lora;
+  if (lora) {
+    const r = lora.a.shape[0];
+    const shapes = [[lora.a, [r, k]], [lora.b, [n, r]], [lora.h, [m, r]]] as const;
+    if (
+      !options.transW ||
+      shapes.some(([t, s]) => t.dtype !== x.dtype || t.shape.join() !== s.join() || t.device !== dev)
+    ) {
+      throw new InvalidArgumentError(
+        `Cannot ${what}: a LoRA bypass (forward only) needs A [r, ${k}], B [${n}, r] and h [${m}, r] in ${x.dtype}`,
+      );
+    }
+  }
   const bytes = ffi.gemm4bitWorkspace(dev, options.transW, m, n, k);
   const out = outputFor([m, n], options, x, what);
   return fillOrDispose(out, () => {
-    using constants = w.nested ? w.constants() : null;
     using workspace = bytes > 0
       ? Tensor.empty([bytes], { dtype: "u8", category: "workspace", device: dev })
+      : null;
+    const bypass = lora
+      ? { a: lora.a, b: lora.b, h: lora.h, rank: lora.a.shape[0], scaling: lora.scaling, dtype: x.dtype }
       : null;
     ffi.gemm4bit(
       dev,
@@ -207,10 +229,8 @@ export function matmul4bit(x: Tensor, w: QuantizedTensor, options: Matmul4bitOpt
       options.alpha ?? 1,
       x,
       x.dtype,
-      w.packed,
-      constants ?? w.absmax!,
-      w.quantType,
-      w.blocksize,
+      w.weight4(),
+      bypass,
       options.beta ?? 0,
       out,
       out.dtype,

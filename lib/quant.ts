@@ -218,8 +218,8 @@ export class QuantizedTensor implements Disposable {
   }
 
   /**
-   * Restores the values into an existing float tensor of the same size (a reused workspace: nothing
-   * is allocated but, with double quantization, the f32 constants for the duration of the call).
+   * Restores the values into an existing float tensor of the same size (a reused workspace: nothing is
+   * allocated; double-quantized constants are decoded on the fly).
    *
    * @example
    * ```ts
@@ -238,8 +238,7 @@ export class QuantizedTensor implements Disposable {
           (out.device !== this.device ? " on another device" : ""),
       );
     }
-    using constants = this.nested ? this.constants() : null;
-    this.#dequantizeRange(out, constants ?? this.absmax!, 0, this.numel);
+    this.#dequantizeRange(out, 0, this.numel);
   }
 
   /**
@@ -257,10 +256,11 @@ export class QuantizedTensor implements Disposable {
    * ```
    */
   async dequantizeAsync(options: { dtype?: FloatDType; category?: Category } = {}): Promise<Tensor> {
+    // Chunks start on a nested block's boundary, so that each chunk's constants are a suffix of the arrays.
+    const chunk = Math.max(CHUNK, this.blocksize * (this.nested?.blocksize ?? 1));
     const [out] = await ffi.withOutputsAsync([() => this.#dequantizeTarget(options)], async (out) => {
-      using constants = this.nested ? this.constants() : null;
-      for (let start = 0; start < this.numel; start += CHUNK) {
-        this.#dequantizeRange(out, constants ?? this.absmax!, start, Math.min(CHUNK, this.numel - start));
+      for (let start = 0; start < this.numel; start += chunk) {
+        this.#dequantizeRange(out, start, Math.min(chunk, this.numel - start));
         await yieldToEventLoop();
       }
     });
@@ -277,18 +277,46 @@ export class QuantizedTensor implements Disposable {
     });
   }
 
-  #dequantizeRange(out: Tensor, absmax: Tensor, start: number, count: number): void {
+  #dequantizeRange(out: Tensor, start: number, count: number): void {
     const esize = out.byteLength / out.numel;
-    ffi.dequantize4bit(
-      this.device,
-      ffi.offset(this.packed, start / 2),
-      ffi.offset(absmax, (start / this.blocksize) * 4),
-      count,
-      this.quantType,
-      this.blocksize,
-      ffi.offset(out, start * esize),
-      out.dtype,
-    );
+    ffi.dequantize4bit(this.device, this.weight4(start), count, ffi.offset(out, start * esize), out.dtype);
+  }
+
+  /**
+   * The tensor as the native functions read it (`qlora_weight4`): codes and plain or double-quantized
+   * scales, from value `start` on (a multiple of the blocksize, and with double quantization of the
+   * blocksize times the nested blocksize).
+   *
+   * @example
+   * ```ts
+   * import { quantize, Tensor } from "../mod.ts";
+   * import { assert } from "@std/assert";
+   * using w = Tensor.randn([64, 64]);
+   * using q = quantize(w);
+   * assert(q.weight4().nested?.blocksize === 256);
+   * ```
+   */
+  weight4(start = 0): ffi.Weight4 {
+    const block = start / this.blocksize, n = this.nested;
+    if (!Number.isInteger(block) || (n && !Number.isInteger(block / n.blocksize))) {
+      throw new InvalidArgumentError(
+        `Cannot describe a 4-bit tensor from value ${start}: not a block's start`,
+      );
+    }
+    return {
+      packed: ffi.offset(this.packed, start / 2),
+      absmax: this.absmax ? ffi.offset(this.absmax, block * 4) : null,
+      nested: n
+        ? {
+          codes: ffi.offset(n.codes, block),
+          absmax: ffi.offset(n.absmax, (block / n.blocksize) * 4),
+          offset: n.offset,
+          blocksize: n.blocksize,
+        }
+        : null,
+      quantType: this.quantType,
+      blocksize: this.blocksize,
+    };
   }
 
   /** Frees every part. */

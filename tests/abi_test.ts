@@ -105,6 +105,8 @@ Deno.test({
       }
       assertEquals(parsed.structs.map((s) => s.name), [
         "qlora_ledger_snapshot",
+        "qlora_weight4",
+        "qlora_lora4",
         "qlora_adamw_segment",
         "qlora_adamw8_segment",
       ]);

@@ -87,7 +87,8 @@ Deno.test("bad arguments at the C boundary return errors with messages, never a 
   const misaligned = Deno.UnsafePointer.offset(p, 1);
   assertEquals(s.qlora_quantize_4bit(misaligned, 0, 32n, 0, 64n, packed, absmax), Status.INVALID_ARGUMENT);
   assertStringIncludes(last(), "aligned");
-  assertEquals(s.qlora_dequantize_4bit(packed, absmax, 64n, 0, 64n, p, 4), Status.INVALID_ARGUMENT);
+  assertEquals(s.qlora_dequantize_4bit(new Uint8Array(56), 64n, p, 0), Status.INVALID_ARGUMENT); // a null packed
+  assertStringIncludes(last(), "packed codes are null");
   assertEquals(
     s.qlora_double_quantize(absmax, 1n, 256n, packed, absmax, null as unknown as BufferSource),
     Status.INVALID_ARGUMENT,

@@ -90,9 +90,10 @@ for (const v of VARIANTS) {
     }
     assertEquals(cache.length, PROMPT.length);
     const cached = new Float32Array(rows.flatMap((r) => [...r]));
-    // f32: the cached path sums in another order (attention blocks, the GEMV at one row); bf16 rounds
-    // every activation to 8 bits of mantissa, and the two paths round at different places.
-    assertClose(cached, full, v.dtype === "f32" ? 1e-5 : 0.03, name);
+    // f32: the cached path sums in another order (attention blocks, the fused 4-bit products at a few
+    // rows); bf16 rounds every activation to 8 bits of mantissa, the two paths round at different places
+    // (1 ulp apart in one layer: 0.03 at logits of 4 to 8), and two random layers (std 0.3) amplify that.
+    assertClose(cached, full, v.dtype === "f32" ? 1e-5 : 0.06, name);
   });
 }
 

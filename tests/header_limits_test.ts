@@ -5,7 +5,7 @@
  */
 import { assert, assertEquals } from "@std/assert";
 import { loadLibrary, type NativeLibrary } from "../lib/ffi/library.ts";
-import { CATEGORY, DTYPE, QUANT_TYPE, STATUS } from "../lib/ffi/abi.ts";
+import { CATEGORY, DTYPE, LEDGER_SNAPSHOT, QUANT_TYPE, STATUS, WEIGHT4 } from "../lib/ffi/abi.ts";
 
 const HEADER = await Deno.readTextFile(new URL("../cuda/include/qlora.h", import.meta.url));
 
@@ -51,9 +51,9 @@ class Buffers implements Disposable {
 }
 
 function ledgerTotal(lib: NativeLibrary): bigint {
-  const snap = new BigUint64Array(64);
+  const snap = new BigUint64Array(LEDGER_SNAPSHOT.size / 8);
   assertEquals(lib.symbols.qlora_memory_stats(snap), STATUS.OK);
-  return snap[2 * 8]; // total_current follows current[8] and peak[8]
+  return snap[LEDGER_SNAPSHOT.offsets.total_current / 8];
 }
 
 function open(): NativeLibrary {
@@ -67,6 +67,20 @@ function blocksizeCandidates(lo: number, hi: number): number[] {
   const out = [0, lo - 2, lo + 2, lo + 16, hi - 2, hi + 2];
   for (let b = Math.max(1, lo / 4); b <= hi * 4; b *= 2) out.push(b);
   return out.filter((b) => b >= 0);
+}
+
+/** A `qlora_weight4` with plain absmax, NF4, as the native functions read it. */
+function weight4(
+  packed: Deno.PointerValue,
+  absmax: Deno.PointerValue,
+  blocksize: number,
+): Uint8Array<ArrayBuffer> {
+  const bytes = new Uint8Array(WEIGHT4.size), view = new DataView(bytes.buffer);
+  view.setBigUint64(WEIGHT4.offsets.packed, Deno.UnsafePointer.value(packed), true);
+  view.setBigUint64(WEIGHT4.offsets.absmax, Deno.UnsafePointer.value(absmax), true);
+  view.setInt32(WEIGHT4.offsets.quant_type, QUANT_TYPE.NF4, true);
+  view.setBigUint64(WEIGHT4.offsets.blocksize, BigInt(blocksize), true);
+  return bytes;
 }
 
 Deno.test("blocksize: the stated power-of-two range is exactly what quantize and dequantize accept", () => {
@@ -84,7 +98,7 @@ Deno.test("blocksize: the stated power-of-two range is exactly what quantize and
     const want = valid ? STATUS.OK : STATUS.INVALID_ARGUMENT;
     const q = s.qlora_quantize_4bit(x, DTYPE.F32, BigInt(n), QUANT_TYPE.NF4, BigInt(bs), packed, absmax);
     assertEquals(q, want, `quantize, blocksize ${bs}`);
-    const d = s.qlora_dequantize_4bit(packed, absmax, BigInt(n), QUANT_TYPE.NF4, BigInt(bs), out, DTYPE.F32);
+    const d = s.qlora_dequantize_4bit(weight4(packed, absmax, bs), BigInt(n), out, DTYPE.F32);
     assertEquals(d, want, `dequantize, blocksize ${bs}`);
   }
   assert(/n \(> 0\)/.test(docOf("quantize_4bit")));

@@ -145,7 +145,7 @@ Deno.test({
 if (device.backend !== "cpu") console.log("matmul (CPU) f32 copies: skipped, oneDNN is the CPU backend's");
 
 Deno.test({
-  name: "matmul4bit (CPU) at batch 1: a bf16 x is converted to f32 in workspace the ledger counts",
+  name: "matmul4bit (CPU) at batch 1: a bf16 x is rearranged or widened in workspace the ledger counts",
   ignore: device.backend !== "cpu",
   fn() {
     const [n, k] = [64, 4096];
@@ -159,7 +159,10 @@ Deno.test({
       assertEquals(y.shape, [1, n]);
       return device.memory().peak.workspace - start;
     };
-    assertEquals(grown("bf16") - grown("f32"), 4 * k);
+    // A copy of x: rearranged for the bf16 dot-product kernel (2 bytes a value, with AVX512_BF16), or
+    // widened to f32 (4 bytes) where the f32 kernels run.
+    const extra = grown("bf16") - grown("f32");
+    assert(extra === 2 * k || extra === 4 * k, `${extra} bytes`);
   },
 });
 

@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 /* Bumped on any change of a signature, enum value or struct layout below. */
-#define QLORA_ABI_VERSION 7
+#define QLORA_ABI_VERSION 8
 
 typedef enum qlora_status {
   QLORA_OK = 0,
@@ -179,11 +179,26 @@ QLORA_API qlora_status qlora_quant_map(int32_t quant_type, float* out16);
  * has absmax 0 and dequantizes to zeros. NaN/Inf in x: QLORA_ERR_NON_FINITE. */
 QLORA_API qlora_status qlora_quantize_4bit(const void* x, int32_t x_dtype, uint64_t n, int32_t quant_type,
                                            uint64_t blocksize, uint8_t* packed, float* absmax);
-/* out[i] = code[nibble(i)] * absmax[i / blocksize] for n (> 0) values, written as out_dtype (f32, bf16,
- * f16); blocksize as for qlora_quantize_4bit. */
-QLORA_API qlora_status qlora_dequantize_4bit(const uint8_t* packed, const float* absmax, uint64_t n,
-                                             int32_t quant_type, uint64_t blocksize, void* out,
-                                             int32_t out_dtype);
+/* A stored 4-bit tensor (ABI 8): the packed codes as qlora_quantize_4bit makes them and one scale per
+ * block, plain (absmax) or double-quantized (the codes, nested absmax and offset qlora_double_quantize
+ * makes of them). The functions that read a weight decode a double-quantized block's scale on the fly,
+ * absmax[b] = map[absmax_codes[b]] * nested_absmax[b / nested_blocksize] + offset (each operation rounded
+ * on its own, as qlora_double_dequantize), so no f32 copy of the constants is ever made. Fixed layout,
+ * 56 bytes. */
+typedef struct qlora_weight4 {
+  const uint8_t* packed;        /* (n+1)/2 bytes, the first value of a pair in the high nibble, device */
+  const float* absmax;          /* ceil(n/blocksize) f32, device; NULL when double-quantized */
+  const uint8_t* absmax_codes;  /* double-quantized: ceil(n/blocksize) codes of the signed dynamic map */
+  const float* nested_absmax;   /* double-quantized: ceil(blocks/nested_blocksize) f32 */
+  float offset;                 /* double-quantized: the mean of the absmax, added back (finite) */
+  int32_t quant_type;           /* qlora_quant_type */
+  uint64_t blocksize;           /* as for qlora_quantize_4bit */
+  uint64_t nested_blocksize;    /* double-quantized: a power of two in 32..4096; else ignored */
+} qlora_weight4;
+
+/* out[i] = code[nibble(i)] * absmax[i / blocksize] for n (> 0) values of w (blocksize as for
+ * qlora_quantize_4bit), written as out_dtype (f32, bf16, f16). */
+QLORA_API qlora_status qlora_dequantize_4bit(const qlora_weight4* w, uint64_t n, void* out, int32_t out_dtype);
 
 /* ---- 8-bit dynamic maps and double quantization of the constants ------------------------ */
 
@@ -221,18 +236,29 @@ QLORA_API qlora_status qlora_gemm(int32_t trans_a, int32_t trans_b, uint64_t m, 
  * as for qlora_gemm_4bit. */
 QLORA_API qlora_status qlora_gemm_4bit_workspace(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k,
                                                  uint64_t* bytes_out);
-/* C = alpha * X @ op(dequant(W)) + beta * C without a 16-bit copy of the whole W on the CPU (tiles
- * dequantized into the workspace), with a reused workspace or a fused GEMV on CUDA. X is m x k; W
- * (packed 4-bit codes + f32 absmax per block, as qlora_quantize_4bit makes them) is stored n x k
- * (trans_w = 1: the forward pass of a linear layer, C = X W^T) or k x n (trans_w = 0: the input
- * gradient, dX = dY W). X and C are f32 or bf16; products accumulate in f32. m, n, k > 0 and below
- * 2^31; blocksize as for qlora_quantize_4bit; workspace (4-byte aligned) of at least the bytes
- * qlora_gemm_4bit_workspace gives, or anything when that is 0. */
+/* A LoRA bypass added to a 4-bit product (ABI 8): C += scaling * (X A^T) B^T, the rank-r update of a
+ * LoRA layer over a frozen 4-bit base, with h = X A^T written for the backward pass. A is rank x k and B
+ * is n x rank, h is m x rank, all of dtype (X's). Fixed layout, 40 bytes. */
+typedef struct qlora_lora4 {
+  const void* a;   /* rank x k, device */
+  const void* b;   /* n x rank, device */
+  void* h;         /* m x rank, device: X A^T (overwritten) */
+  uint64_t rank;   /* > 0 */
+  float scaling;   /* alpha / rank (finite) */
+  int32_t dtype;   /* of a, b and h: X's */
+} qlora_lora4;
+
+/* C = alpha * X @ op(dequant(W)) + beta * C without a 16-bit copy of the whole W: a few rows of X
+ * (decoding a batch of tokens: up to 8 on the CPU, 4 on CUDA) in one pass over W that decodes each block
+ * in registers (a GEMV); more rows through tiles of W dequantized into the workspace. X is m x k; W is stored n x k (trans_w = 1: the
+ * forward pass of a linear layer, C = X W^T) or k x n (trans_w = 0: the input gradient, dX = dY W). X and
+ * C are f32 or bf16; products accumulate in f32. m, n, k > 0 and below 2^31; workspace (4-byte aligned) of
+ * at least the bytes qlora_gemm_4bit_workspace gives, or anything when that is 0. lora (trans_w = 1 only;
+ * NULL: none) adds a LoRA layer's bypass in the same call. */
 QLORA_API qlora_status qlora_gemm_4bit(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k, float alpha,
-                                       const void* x, int32_t x_dtype, const uint8_t* packed,
-                                       const float* absmax, int32_t quant_type, uint64_t blocksize,
-                                       float beta, void* c, int32_t c_dtype, void* workspace,
-                                       uint64_t workspace_bytes);
+                                       const void* x, int32_t x_dtype, const qlora_weight4* w,
+                                       const qlora_lora4* lora, float beta, void* c, int32_t c_dtype,
+                                       void* workspace, uint64_t workspace_bytes);
 
 /* ---- optimizers ------------------------------------------------------------------------- */
 

@@ -136,11 +136,16 @@ void bench_quant(const Sizes& s) {
   const double t_copy =
       time_it(s.quant_iters, [&] { q(L.qlora_memcpy(out16, x, n * 2, QLORA_DEVICE_TO_DEVICE), "memcpy d2d"); });
   const double copy_bw = 2.0 * n * 2 / t_copy / gb;  // read + write
+  qlora_weight4 w{};
+  w.packed = packed;
+  w.absmax = absmax;
+  w.quant_type = QLORA_NF4;
+  w.blocksize = bs;
   const double t_dq16 = time_it(s.quant_iters, [&] {
-    q(L.qlora_dequantize_4bit(packed, absmax, n, QLORA_NF4, bs, out16, QLORA_BF16), "dequantize_4bit bf16");
+    q(L.qlora_dequantize_4bit(&w, n, out16, QLORA_BF16), "dequantize_4bit bf16");
   });
   const double t_dq32 = time_it(s.quant_iters, [&] {
-    q(L.qlora_dequantize_4bit(packed, absmax, n, QLORA_NF4, bs, out32, QLORA_F32), "dequantize_4bit f32");
+    q(L.qlora_dequantize_4bit(&w, n, out32, QLORA_F32), "dequantize_4bit f32");
   });
   // Quantize checks its input for NaN each call (a wait for the device): still a fair end-to-end figure.
   const double t_q = time_it(std::max(1, s.quant_iters / 2), [&] {
@@ -190,10 +195,13 @@ void bench_gemv(const Sizes& s) {
     q(L.qlora_gemm_4bit_workspace(1, m, n, k, &ws), "gemm_4bit_workspace");
     Pool wpool;
     void* dws = ws ? wpool.get(ws) : nullptr;
+    qlora_weight4 w{};
+    w.packed = packed;
+    w.absmax = absmax;
+    w.quant_type = QLORA_NF4;
+    w.blocksize = bs;
     const double t4 = time_it(s.gemv_iters, [&] {
-      q(L.qlora_gemm_4bit(1, m, n, k, 1.0f, x, QLORA_BF16, packed, absmax, QLORA_NF4, bs, 0.0f, c, QLORA_BF16,
-                          dws, ws),
-        "gemv nf4");
+      q(L.qlora_gemm_4bit(1, m, n, k, 1.0f, x, QLORA_BF16, &w, nullptr, 0.0f, c, QLORA_BF16, dws, ws), "gemv nf4");
     });
     const double bytes16 = n * k * 2.0, bytes4 = n * k / 2.0 + n * k / bs * 4.0;
     printf("RESULT gemv_m%llu_%llux%llu bf16_us=%s (%s GB/s) nf4_us=%s (%s GB/s) nf4_speedup=%s\n",

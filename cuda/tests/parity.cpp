@@ -75,6 +75,16 @@ struct Values {
 };
 
 uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
+
+// A 4-bit weight descriptor with plain absmax (the double-quantized fields are set by the callers that use them).
+qlora_weight4 plain4(const uint8_t* packed, const float* absmax, int32_t qt, uint64_t bs) {
+  qlora_weight4 w{};
+  w.packed = packed;
+  w.absmax = absmax;
+  w.quant_type = qt;
+  w.blocksize = bs;
+  return w;
+}
 const char* tn(int t) { return t ? "T" : "N"; }
 
 // ---- library: names, init, device description, synchronize ------------------------------------------
@@ -597,7 +607,8 @@ void test_quantize_4bit(Rng& rng) {
           Case c("qlora_dequantize_4bit", fmt("type %d -> %s n %llu blocksize %llu", qt, dtype_name(od),
                                               (unsigned long long)n, (unsigned long long)bs));
           c.run([&](Lib& l, int s) {
-            return l.qlora_dequantize_4bit(packed.u8(s), absmax.f32(s), n, qt, bs, out[s], od);
+            const qlora_weight4 w = plain4(packed.u8(s), absmax.f32(s), qt, bs);
+            return l.qlora_dequantize_4bit(&w, n, out[s], od);
           });
           c.compare("out", out, od, n, bit_exact());
           if (dt == QLORA_F32) break;  // f32 -> f32 once
@@ -612,10 +623,50 @@ void test_quantize_4bit(Rng& rng) {
         Twin out(n * dtype_size(od));
         Case c("qlora_dequantize_4bit",
                fmt("type %d -> %s n %llu, random codes", qt, dtype_name(od), (unsigned long long)n));
-        c.run(
-            [&](Lib& l, int s) { return l.qlora_dequantize_4bit(packed.u8(s), absmax.f32(s), n, qt, bs, out[s], od); });
+        c.run([&](Lib& l, int s) {
+          const qlora_weight4 w = plain4(packed.u8(s), absmax.f32(s), qt, bs);
+          return l.qlora_dequantize_4bit(&w, n, out[s], od);
+        });
         c.compare("out", out, od, n, bit_exact());
       }
+  }
+  {
+    // Double-quantized constants read as they are: the same bits as dequantizing with the absmax that
+    // qlora_double_dequantize restores from them, on each library.
+    const uint64_t n = pick(30001, (1u << 20) + 3), bs = 64, blocks = ceil_div(n, bs), nbs = 256;
+    Twin x(encode(rng.normals(n, 0.05f), QLORA_F32)), packed((n + 1) / 2, QLORA_CAT_QUANTIZED_WEIGHTS),
+        absmax(blocks * 4, QLORA_CAT_QUANT_CONSTANTS), codes(blocks, QLORA_CAT_QUANT_CONSTANTS),
+        nested(ceil_div(blocks, nbs) * 4, QLORA_CAT_QUANT_CONSTANTS), restored(blocks * 4);
+    float offset = 0.0f;
+    if (lib(0).qlora_quantize_4bit(x[0], QLORA_F32, n, QLORA_NF4, bs, packed.u8(0), absmax.f32(0)) != QLORA_OK ||
+        lib(0).qlora_double_quantize(absmax.f32(0), blocks, nbs, codes.u8(0), nested.f32(0), &offset) != QLORA_OK)
+      throw std::runtime_error(std::string("ref: quantizing failed: ") + lib(0).qlora_last_error());
+    for (Twin* t : {&packed, &codes, &nested}) {
+      const std::vector<uint8_t> bytes = t->download(0);
+      t->upload(bytes.data(), bytes.size());
+    }
+    for (int32_t od : kFloatDtypes) {
+      Twin out(n * dtype_size(od)), want(n * dtype_size(od));
+      Case c("qlora_dequantize_4bit", fmt("nf4 double-quantized -> %s n %llu", dtype_name(od), (unsigned long long)n));
+      c.run([&](Lib& l, int s) {
+        qlora_weight4 w = plain4(packed.u8(s), nullptr, QLORA_NF4, bs);
+        w.absmax_codes = codes.u8(s);
+        w.nested_absmax = nested.f32(s);
+        w.offset = offset;
+        w.nested_blocksize = nbs;
+        return l.qlora_dequantize_4bit(&w, n, out[s], od);
+      });
+      c.compare("out", out, od, n, bit_exact());
+      for (int s = 0; s < 2; s++) {
+        const qlora_weight4 w = plain4(packed.u8(s), restored.f32(s), QLORA_NF4, bs);
+        if (lib(s).qlora_double_dequantize(codes.u8(s), nested.f32(s), offset, blocks, nbs, restored.f32(s)) !=
+                QLORA_OK ||
+            lib(s).qlora_dequantize_4bit(&w, n, want[s], od) != QLORA_OK)
+          throw std::runtime_error(std::string(kSide[s]) + ": the restored absmax path failed");
+        c.expect_values(s ? "test vs its restored absmax" : "ref vs its restored absmax", want.download(s).data(),
+                        out.download(s).data(), od, n, bit_exact());
+      }
+    }
   }
   // Error paths: x holds 200 finite values (f32, or another dtype with a NaN or an Inf at [150]).
   std::vector<float> v = rng.normals(200, 1.0f);
@@ -652,20 +703,38 @@ void test_quantize_4bit(Rng& rng) {
                     QLORA_ERR_NON_FINITE, quantize(200, 1, 64, dt));
     }
   const char* d4 = "qlora_dequantize_4bit";
-  auto dequantize = [&](uint64_t n, int32_t qt, uint64_t bs, int32_t od) {
-    return [&, n, qt, bs, od](Lib& l, int s) {
-      return l.qlora_dequantize_4bit(packed.u8(s), absmax.f32(s), n, qt, bs, x[s], od);
+  auto dequantize = [&](uint64_t n, int32_t od, void (*edit)(qlora_weight4&)) {
+    return [&, n, od, edit](Lib& l, int s) {
+      qlora_weight4 w = plain4(packed.u8(s), absmax.f32(s), QLORA_NF4, 64);
+      edit(w);
+      return l.qlora_dequantize_4bit(&w, n, x[s], od);
     };
   };
-  expect_status(d4, "n 0", kInvalid, dequantize(0, 0, 64, QLORA_F32));
-  expect_status(d4, "blocksize 48", kInvalid, dequantize(100, 0, 48, QLORA_F32));
-  expect_status(d4, "quant type -1", kInvalid, dequantize(100, -1, 64, QLORA_F32));
-  expect_status(d4, "out dtype i32", kInvalid, dequantize(100, 0, 64, QLORA_I32));
+  expect_status(d4, "n 0", kInvalid, dequantize(0, QLORA_F32, [](qlora_weight4&) {}));
+  expect_status(d4, "blocksize 48", kInvalid, dequantize(100, QLORA_F32, [](qlora_weight4& w) { w.blocksize = 48; }));
+  expect_status(d4, "quant type -1", kInvalid, dequantize(100, QLORA_F32, [](qlora_weight4& w) { w.quant_type = -1; }));
+  expect_status(d4, "out dtype i32", kInvalid, dequantize(100, QLORA_I32, [](qlora_weight4&) {}));
+  expect_status(d4, "null packed", kInvalid, dequantize(100, QLORA_F32, [](qlora_weight4& w) { w.packed = nullptr; }));
+  expect_status(d4, "no absmax and no double-quantized constants", kInvalid,
+                dequantize(100, QLORA_F32, [](qlora_weight4& w) { w.absmax = nullptr; }));
+  expect_status(d4, "double-quantized, nested blocksize 0", kInvalid, dequantize(100, QLORA_F32, [](qlora_weight4& w) {
+                  w.absmax_codes = w.packed;
+                  w.nested_absmax = w.absmax;
+                  w.absmax = nullptr;
+                }));
+  expect_status(d4, "double-quantized, offset NaN", kInvalid, dequantize(100, QLORA_F32, [](qlora_weight4& w) {
+                  w.absmax_codes = w.packed;
+                  w.nested_absmax = w.absmax;
+                  w.absmax = nullptr;
+                  w.nested_blocksize = 256;
+                  w.offset = NAN;
+                }));
+  expect_status(d4, "null descriptor", kInvalid,
+                [&](Lib& l, int s) { return l.qlora_dequantize_4bit(nullptr, 100, x[s], QLORA_F32); });
   expect_status(d4, "null out", kInvalid, [&](Lib& l, int s) {
-    return l.qlora_dequantize_4bit(packed.u8(s), absmax.f32(s), 100, 0, 64, nullptr, 0);
+    const qlora_weight4 w = plain4(packed.u8(s), absmax.f32(s), QLORA_NF4, 64);
+    return l.qlora_dequantize_4bit(&w, 100, nullptr, QLORA_F32);
   });
-  expect_status(d4, "null absmax", kInvalid,
-                [&](Lib& l, int s) { return l.qlora_dequantize_4bit(packed.u8(s), nullptr, 100, 0, 64, x[s], 0); });
 }
 
 // ---- double quantization (bit-exact: the mean in the fixed order of codes.h) ---------------------------
@@ -824,46 +893,82 @@ void test_gemm(Rng& rng) {
 
 // ---- GEMM with a 4-bit matrix --------------------------------------------------------------------------
 
-// W (stored n x k when trans_w, else k x n) quantized by REF, the same codes on both sides.
+// W (stored n x k when trans_w, else k x n) quantized by REF, the same codes on both sides; with `dq`, its
+// constants double-quantized by REF too and read as they are (no f32 absmax).
 struct Weight4 {
   uint64_t n, k, bs;
   int32_t qt;
+  bool dq;
+  float offset = 0.0f;
   double max;  // the largest |dequantized value|: the largest absmax (codes lie in [-1, 1])
-  std::unique_ptr<Twin> packed, absmax;
-  Weight4(Rng& rng, uint64_t n_, uint64_t k_, int32_t qt_, uint64_t bs_) : n(n_), k(k_), bs(bs_), qt(qt_) {
+  std::unique_ptr<Twin> packed, absmax, codes, nested;
+  Weight4(Rng& rng, uint64_t n_, uint64_t k_, int32_t qt_, uint64_t bs_, bool dq_ = false)
+      : n(n_), k(k_), bs(bs_), qt(qt_), dq(dq_) {
     const uint64_t count = n * k, blocks = ceil_div(count, bs);
     Twin w(encode(rng.normals(count, 0.05f), QLORA_F32));
     packed = std::make_unique<Twin>((count + 1) / 2, QLORA_CAT_QUANTIZED_WEIGHTS);
     absmax = std::make_unique<Twin>(blocks * 4, QLORA_CAT_QUANT_CONSTANTS);
     if (lib(0).qlora_quantize_4bit(w[0], QLORA_F32, count, qt, bs, packed->u8(0), absmax->f32(0)) != QLORA_OK)
       throw std::runtime_error(std::string("ref: qlora_quantize_4bit failed: ") + lib(0).qlora_last_error());
-    const std::vector<uint8_t> codes = packed->download(0), scales = absmax->download(0);
-    packed->upload(codes.data(), codes.size());
-    absmax->upload(scales.data(), scales.size());
+    if (dq) {
+      codes = std::make_unique<Twin>(blocks, QLORA_CAT_QUANT_CONSTANTS);
+      nested = std::make_unique<Twin>(ceil_div(blocks, 256) * 4, QLORA_CAT_QUANT_CONSTANTS);
+      if (lib(0).qlora_double_quantize(absmax->f32(0), blocks, 256, codes->u8(0), nested->f32(0), &offset) != QLORA_OK ||
+          lib(0).qlora_double_dequantize(codes->u8(0), nested->f32(0), offset, blocks, 256, absmax->f32(0)) != QLORA_OK)
+        throw std::runtime_error(std::string("ref: double quantization failed: ") + lib(0).qlora_last_error());
+    }
+    for (Twin* t : {packed.get(), absmax.get(), codes.get(), nested.get()}) {
+      if (!t) continue;
+      const std::vector<uint8_t> bytes = t->download(0);
+      t->upload(bytes.data(), bytes.size());
+    }
+    const std::vector<uint8_t> scales = absmax->download(0);
     max = 0.0;
     for (uint64_t i = 0; i < blocks; i++) max = std::fmax(max, decode(scales.data(), QLORA_F32, i));
   }
+  // The descriptor of side s (double-quantized: codes, nested absmax and offset; no absmax).
+  qlora_weight4 desc(int s) const {
+    qlora_weight4 w = plain4(packed->u8(s), dq ? nullptr : absmax->f32(s), qt, bs);
+    if (dq) {
+      w.absmax_codes = codes->u8(s);
+      w.nested_absmax = nested->f32(s);
+      w.offset = offset;
+      w.nested_blocksize = 256;
+    }
+    return w;
+  }
 };
 
-void gemm4_case(Rng& rng, const Weight4& w, int tw, uint64_t m, int32_t xd, int32_t cd, float alpha, float beta) {
+// One product; with a rank, a LoRA bypass (A, B uniform in [-0.5, 0.5), scaling 2) whose h is compared too.
+void gemm4_case(Rng& rng, const Weight4& w, int tw, uint64_t m, int32_t xd, int32_t cd, float alpha, float beta,
+                uint64_t rank = 0) {
   const uint64_t n = w.n, k = w.k;
   Values x(rng, m * k, xd, -1, 1);
   Values c0 = beta == 0.0f ? Values(std::vector<float>(m * n, NAN), cd) : Values(rng, m * n, cd, -1, 1);
   Twin tx(x.bytes), tc(c0.bytes);
+  const Values a(rng, std::max<uint64_t>(rank, 1) * k, xd, -0.5f, 0.5f), b(rng, n * std::max<uint64_t>(rank, 1), xd, -0.5f, 0.5f);
+  Twin ta(a.bytes), tb(b.bytes), th(std::max<uint64_t>(rank, 1) * m * dtype_size(xd));
   uint64_t ws[2] = {0, 0};
   for (int s = 0; s < 2; s++)
     if (lib(s).qlora_gemm_4bit_workspace(tw, m, n, k, &ws[s]) != QLORA_OK)
       throw std::runtime_error(std::string(kSide[s]) + ": qlora_gemm_4bit_workspace failed");
   Twin work(PerSide{ws[0], ws[1]});  // each library's own size (a side needing none gets NULL)
-  Case c("qlora_gemm_4bit", fmt("type %d bs %llu x %s->%s m%llu n%llu k%llu %s%s", w.qt, (unsigned long long)w.bs,
-                                dtype_name(xd), dtype_name(cd), (unsigned long long)m, (unsigned long long)n,
-                                (unsigned long long)k, tw ? "XW^T" : "XW", beta == 0.0f ? "" : " b1"));
+  Case c("qlora_gemm_4bit", fmt("type %d bs %llu%s x %s->%s m%llu n%llu k%llu %s%s%s", w.qt, (unsigned long long)w.bs,
+                                w.dq ? " dq" : "", dtype_name(xd), dtype_name(cd), (unsigned long long)m,
+                                (unsigned long long)n, (unsigned long long)k, tw ? "XW^T" : "XW",
+                                beta == 0.0f ? "" : " b1", rank ? fmt(" lora r%llu", (unsigned long long)rank).c_str() : ""));
   c.run([&](Lib& l, int s) {
-    return l.qlora_gemm_4bit(tw, m, n, k, alpha, tx[s], xd, w.packed->u8(s), w.absmax->f32(s), w.qt, w.bs, beta, tc[s],
-                             cd, work[s], ws[s]);
+    const qlora_weight4 d = w.desc(s);
+    qlora_lora4 lora{ta[s], tb[s], th[s], rank, 2.0f, xd};
+    return l.qlora_gemm_4bit(tw, m, n, k, alpha, tx[s], xd, &d, rank ? &lora : nullptr, beta, tc[s], cd, work[s], ws[s]);
   });
   const double e_in = xd == QLORA_BF16 ? 0x1p-8 : 1e-5;
-  c.compare("C", tc, cd, m * n, gemm_tol(alpha, x.max, w.max, k, e_in, beta, beta == 0.0f ? 0.0 : c0.max, cd));
+  // The bypass adds scaling * h . B, h = x . A: at most 2 * (k/2) * (rank/2) in size, within the product's
+  // tolerance scaled by it.
+  const double bypass = rank ? 2.0 * 0.5 * (double)k * 0.5 * (double)rank * 0.5 : 0.0;
+  c.compare("C", tc, cd, m * n,
+            gemm_tol(alpha, x.max, w.max + bypass / (double)k, k, e_in, beta, beta == 0.0f ? 0.0 : c0.max, cd));
+  if (rank) c.compare("h", th, xd, m * rank, gemm_tol(1.0f, x.max, 0.5, k, e_in, 0.0f, 0.0, xd));
 }
 
 void test_gemm_4bit(Rng& rng) {
@@ -888,6 +993,16 @@ void test_gemm_4bit(Rng& rng) {
       gemm4_case(rng, w, 1, 1, QLORA_F32, QLORA_F32, 0.75f, 0.0f);
       gemm4_case(rng, w, 0, 9, QLORA_BF16, QLORA_F32, 0.75f, 0.5f);
     }
+  // Double-quantized constants read as they are, at every row count the fused paths take and above; a
+  // LoRA bypass in the same call.
+  for (int tw : {1, 0}) {
+    const Weight4 w(rng, 160, 128, QLORA_NF4, 64, true);
+    for (uint64_t m : {(uint64_t)1, (uint64_t)2, (uint64_t)4, (uint64_t)7, (uint64_t)8, (uint64_t)13})
+      gemm4_case(rng, w, tw, m, m % 2 ? QLORA_BF16 : QLORA_F32, m % 2 ? QLORA_BF16 : QLORA_F32, 1.0f, 0.0f);
+    if (tw)
+      for (uint64_t m : {(uint64_t)1, (uint64_t)3, (uint64_t)8, (uint64_t)21})
+        for (int32_t xd : kActDtypes) gemm4_case(rng, w, 1, m, xd, xd, 1.0f, m == 3 ? 1.0f : 0.0f, 8);
+  }
   // Workspace sizes are each backend's own (they tile differently): both must answer, no comparison.
   // The description shows the sizes of a first call; the timed call must give the same again.
   for (uint64_t m : {(uint64_t)1, (uint64_t)17})
@@ -922,8 +1037,11 @@ void test_gemm_4bit(Rng& rng) {
   auto product = [&](Call a) {
     return [&, a](Lib& l, int s) {
       const uint64_t wsb = a.small_ws ? need[s] - 1 : need[s];
-      return l.qlora_gemm_4bit(a.tw, a.m, 96, 80, 1.0f, x[s], a.xd, w.packed->u8(s), w.absmax->f32(s), a.qt, a.bs, 0.0f,
-                               c[s], a.cd, a.null_ws ? nullptr : work[s], wsb);
+      qlora_weight4 d = w.desc(s);
+      d.quant_type = a.qt;
+      d.blocksize = a.bs;
+      return l.qlora_gemm_4bit(a.tw, a.m, 96, 80, 1.0f, x[s], a.xd, &d, nullptr, 0.0f, c[s], a.cd,
+                               a.null_ws ? nullptr : work[s], wsb);
     };
   };
   const char* g4 = "qlora_gemm_4bit";
@@ -947,10 +1065,29 @@ void test_gemm_4bit(Rng& rng) {
   bad_call("quant type 3", [](Call& a) { a.qt = 3; });
   bad_call("blocksize 48", [](Call& a) { a.bs = 48; });
   bad_call("m 0", [](Call& a) { a.m = 0; });
-  expect_status(g4, "null absmax", kInvalid, [&](Lib& l, int s) {
-    return l.qlora_gemm_4bit(1, 17, 96, 80, 1.0f, x[s], 0, w.packed->u8(s), nullptr, 0, 64, 0.0f, c[s], 0, work[s],
-                             need[s]);
+  expect_status(g4, "no absmax and no double-quantized constants", kInvalid, [&](Lib& l, int s) {
+    qlora_weight4 d = w.desc(s);
+    d.absmax = nullptr;
+    return l.qlora_gemm_4bit(1, 17, 96, 80, 1.0f, x[s], 0, &d, nullptr, 0.0f, c[s], 0, work[s], need[s]);
   });
+  expect_status(g4, "null descriptor", kInvalid, [&](Lib& l, int s) {
+    return l.qlora_gemm_4bit(1, 17, 96, 80, 1.0f, x[s], 0, nullptr, nullptr, 0.0f, c[s], 0, work[s], need[s]);
+  });
+  // The LoRA bypass: forward only, X's dtype, a rank, a finite scale, every buffer.
+  Twin lora_buf(96 * 8 * 4);
+  auto with_lora = [&](int tw, auto edit) {
+    return [&, tw, edit](Lib& l, int s) {
+      const qlora_weight4 d = w.desc(s);
+      qlora_lora4 lora{lora_buf[s], lora_buf[s], lora_buf[s], 8, 2.0f, QLORA_F32};
+      edit(lora);
+      return l.qlora_gemm_4bit(tw, 17, 96, 80, 1.0f, x[s], 0, &d, &lora, 0.0f, c[s], 0, work[s], need[s]);
+    };
+  };
+  expect_status(g4, "LoRA bypass with trans_w 0", kInvalid, with_lora(0, [](qlora_lora4&) {}));
+  expect_status(g4, "LoRA rank 0", kInvalid, with_lora(1, [](qlora_lora4& a) { a.rank = 0; }));
+  expect_status(g4, "LoRA dtype bf16 with f32 X", kInvalid, with_lora(1, [](qlora_lora4& a) { a.dtype = QLORA_BF16; }));
+  expect_status(g4, "LoRA scaling Inf", kInvalid, with_lora(1, [](qlora_lora4& a) { a.scaling = INFINITY; }));
+  expect_status(g4, "LoRA null h", kInvalid, with_lora(1, [](qlora_lora4& a) { a.h = nullptr; }));
 }
 
 // ---- AdamW and 8-bit AdamW (bit-exact: the same f32 operations in the same order) ----------------------

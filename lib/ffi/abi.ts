@@ -16,10 +16,10 @@
  * ```ts
  * import { ABI_VERSION } from "./abi.ts";
  * import { assert } from "@std/assert";
- * assert(ABI_VERSION === 7);
+ * assert(ABI_VERSION === 8);
  * ```
  */
-export const ABI_VERSION = 7;
+export const ABI_VERSION = 8;
 
 /**
  * `QLORA_NUM_CATEGORIES` of the header.
@@ -220,6 +220,58 @@ export const LEDGER_SNAPSHOT: StructLayout<
 });
 
 /**
+ * Layout of `struct qlora_weight4` (LP64, natural alignment): its size in bytes, its alignment and
+ * the byte offset of each field.
+ *
+ * @example
+ * ```ts
+ * import { WEIGHT4 } from "./abi.ts";
+ * import { assert } from "@std/assert";
+ * assert(WEIGHT4.size === 56 && WEIGHT4.offsets.nested_blocksize === 48);
+ * ```
+ */
+export const WEIGHT4: StructLayout<
+  | "packed"
+  | "absmax"
+  | "absmax_codes"
+  | "nested_absmax"
+  | "offset"
+  | "quant_type"
+  | "blocksize"
+  | "nested_blocksize"
+> = Object.freeze({
+  size: 56,
+  align: 8,
+  offsets: Object.freeze({
+    packed: 0,
+    absmax: 8,
+    absmax_codes: 16,
+    nested_absmax: 24,
+    offset: 32,
+    quant_type: 36,
+    blocksize: 40,
+    nested_blocksize: 48,
+  }),
+});
+
+/**
+ * Layout of `struct qlora_lora4` (LP64, natural alignment): its size in bytes, its alignment and
+ * the byte offset of each field.
+ *
+ * @example
+ * ```ts
+ * import { LORA4 } from "./abi.ts";
+ * import { assert } from "@std/assert";
+ * assert(LORA4.size === 40 && LORA4.offsets.dtype === 36);
+ * ```
+ */
+export const LORA4: StructLayout<"a" | "b" | "h" | "rank" | "scaling" | "dtype"> = Object.freeze({
+  size: 40,
+  align: 8,
+  offsets: Object.freeze({ a: 0, b: 8, h: 16, rank: 24, scaling: 32, dtype: 36 }),
+});
+
+/**
  * Layout of `struct qlora_adamw_segment` (LP64, natural alignment): its size in bytes, its alignment and
  * the byte offset of each field.
  *
@@ -328,10 +380,7 @@ export const symbols = {
     parameters: ["pointer", "i32", "u64", "i32", "u64", "pointer", "pointer"],
     result: "i32",
   },
-  qlora_dequantize_4bit: {
-    parameters: ["pointer", "pointer", "u64", "i32", "u64", "pointer", "i32"],
-    result: "i32",
-  },
+  qlora_dequantize_4bit: { parameters: ["buffer", "u64", "pointer", "i32"], result: "i32" },
   // 8-bit dynamic maps and double quantization of the constants
   qlora_dynamic_map: { parameters: ["buffer"], result: "i32" },
   qlora_dynamic_map_unsigned: { parameters: ["buffer"], result: "i32" },
@@ -375,10 +424,8 @@ export const symbols = {
       "f32",
       "pointer",
       "i32",
-      "pointer",
-      "pointer",
-      "i32",
-      "u64",
+      "buffer",
+      "buffer",
       "f32",
       "pointer",
       "i32",

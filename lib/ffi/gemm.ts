@@ -5,7 +5,7 @@
  * @module
  */
 
-import { DTYPE, QUANT_TYPE } from "./abi.ts";
+import { DTYPE, LORA4 } from "./abi.ts";
 import {
   address,
   call,
@@ -13,9 +13,10 @@ import {
   type DeviceBuffer,
   type DTypeName,
   type Native,
-  type QuantTypeName,
+  pointerBits,
   u64,
 } from "./call.ts";
+import { encodeWeight4, type Weight4 } from "./quant.ts";
 
 /**
  * `qlora_gemm`: for each of `batch` matrices, `C = alpha * op(A) @ op(B) + beta * C` with op(A)
@@ -93,10 +94,38 @@ export function gemm4bitWorkspace(on: Native, transW: boolean, m: number, n: num
   return Number(bytes[0]);
 }
 
+/** A LoRA bypass as `qlora_lora4` describes it: `C += scaling * (X Aᵀ) Bᵀ`, `h = X Aᵀ` written. */
+export interface Lora4 {
+  /** A, rank x k. */
+  a: DeviceBuffer;
+  /** B, n x rank. */
+  b: DeviceBuffer;
+  /** h, m x rank (overwritten). */
+  h: DeviceBuffer;
+  /** The rank. */
+  rank: number;
+  /** alpha / rank. */
+  scaling: number;
+  /** dtype of A, B and h (X's). */
+  dtype: DTypeName;
+}
+
+function encodeLora4(l: Lora4): Uint8Array<ArrayBuffer> {
+  const bytes = new Uint8Array(LORA4.size);
+  const view = new DataView(bytes.buffer), at = LORA4.offsets;
+  view.setBigUint64(at.a, pointerBits(l.a), true);
+  view.setBigUint64(at.b, pointerBits(l.b), true);
+  view.setBigUint64(at.h, pointerBits(l.h), true);
+  view.setBigUint64(at.rank, u64(l.rank), true);
+  view.setFloat32(at.scaling, l.scaling, true);
+  view.setInt32(at.dtype, code(DTYPE, l.dtype), true);
+  return bytes;
+}
+
 /**
- * `qlora_gemm_4bit`: `C = alpha * X @ op(dequant(W)) + beta * C`, X m x k, W stored n x k (`transW`)
- * or k x n as packed codes and f32 absmax; `workspace` of {@linkcode gemm4bitWorkspace} bytes (null
- * when it needs none).
+ * `qlora_gemm_4bit`: `C = alpha * X @ op(dequant(W)) + beta * C`, X m x k, W stored n x k (`transW`) or
+ * k x n; with `lora` (forward only) a LoRA layer's bypass in the same call; `workspace` of
+ * {@linkcode gemm4bitWorkspace} bytes (null when it needs none).
  *
  * @example
  * ```ts
@@ -107,8 +136,8 @@ export function gemm4bitWorkspace(on: Native, transW: boolean, m: number, n: num
  * using q = quantize(w, { doubleQuant: false });
  * using x = Tensor.from(new Array(64).fill(1), { shape: [1, 64] });
  * using c = Tensor.empty([1, 64]);
- * using ws = Tensor.empty([1 << 16], { dtype: "u8", category: "workspace" });
- * gemm4bit(getDevice(), true, 1, 64, 64, 1, x, "f32", q.packed, q.absmax!, "nf4", 64, 0, c, "f32", ws, 1 << 16);
+ * const weight = { packed: q.packed, absmax: q.absmax, nested: null, quantType: "nf4", blocksize: 64 } as const;
+ * gemm4bit(getDevice(), true, 1, 64, 64, 1, x, "f32", weight, null, 0, c, "f32", null, 0);
  * assert(c.toFloat32().every((v) => v === 32));
  * ```
  */
@@ -121,16 +150,15 @@ export function gemm4bit(
   alpha: number,
   x: DeviceBuffer,
   xDtype: DTypeName,
-  packed: DeviceBuffer,
-  absmax: DeviceBuffer,
-  quantType: QuantTypeName,
-  blocksize: number,
+  w: Weight4,
+  lora: Lora4 | null,
   beta: number,
   c: DeviceBuffer,
   cDtype: DTypeName,
   workspace: DeviceBuffer | null,
   workspaceBytes: number,
 ): void {
+  const desc = encodeWeight4(w), bypass = lora ? encodeLora4(lora) : null;
   call(
     on,
     () =>
@@ -142,10 +170,8 @@ export function gemm4bit(
         alpha,
         x.ptr,
         code(DTYPE, xDtype),
-        packed.ptr,
-        absmax.ptr,
-        code(QUANT_TYPE, quantType),
-        u64(blocksize),
+        desc,
+        bypass,
         beta,
         c.ptr,
         code(DTYPE, cDtype),

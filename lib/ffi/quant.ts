@@ -5,13 +5,14 @@
  * @module
  */
 
-import { DTYPE, QUANT_TYPE } from "./abi.ts";
+import { DTYPE, QUANT_TYPE, WEIGHT4 } from "./abi.ts";
 import {
   call,
   code,
   type DeviceBuffer,
   type DTypeName,
   type Native,
+  pointerBits,
   type QuantTypeName,
   u64,
 } from "./call.ts";
@@ -74,9 +75,51 @@ export function quantize4bit(
   );
 }
 
+/** A stored 4-bit tensor as `qlora_weight4` describes it: packed codes and plain or double-quantized scales. */
+export interface Weight4 {
+  /** Packed codes, two a byte. */
+  packed: DeviceBuffer;
+  /** One f32 absmax per block, or null when double-quantized. */
+  absmax: DeviceBuffer | null;
+  /** Double-quantized scales: u8 codes of the signed dynamic map, f32 nested absmax, the offset, the nested blocksize. */
+  nested: { codes: DeviceBuffer; absmax: DeviceBuffer; offset: number; blocksize: number } | null;
+  /** The 4-bit type. */
+  quantType: QuantTypeName;
+  /** Values per block. */
+  blocksize: number;
+}
+
 /**
- * `qlora_dequantize_4bit`: `out[i] = code[nibble(i)] * absmax[i / blocksize]` for `n` values, written
- * as `outDtype`.
+ * The bytes of a `qlora_weight4` (the layout abi.ts generates), for a native call that reads the weight.
+ *
+ * @example
+ * ```ts
+ * import { encodeWeight4 } from "./quant.ts";
+ * import { WEIGHT4 } from "./abi.ts";
+ * import { Tensor } from "../../mod.ts";
+ * import { assert } from "@std/assert";
+ * using packed = Tensor.zeros([32], { dtype: "u8" }), absmax = Tensor.zeros([1]);
+ * const bytes = encodeWeight4({ packed, absmax, nested: null, quantType: "nf4", blocksize: 64 });
+ * assert(bytes.length === WEIGHT4.size && new DataView(bytes.buffer).getBigUint64(WEIGHT4.offsets.blocksize, true) === 64n);
+ * ```
+ */
+export function encodeWeight4(w: Weight4): Uint8Array<ArrayBuffer> {
+  const bytes = new Uint8Array(WEIGHT4.size);
+  const view = new DataView(bytes.buffer), at = WEIGHT4.offsets;
+  view.setBigUint64(at.packed, pointerBits(w.packed), true);
+  view.setBigUint64(at.absmax, pointerBits(w.absmax), true);
+  view.setBigUint64(at.absmax_codes, pointerBits(w.nested?.codes ?? null), true);
+  view.setBigUint64(at.nested_absmax, pointerBits(w.nested?.absmax ?? null), true);
+  view.setFloat32(at.offset, w.nested?.offset ?? 0, true);
+  view.setInt32(at.quant_type, code(QUANT_TYPE, w.quantType), true);
+  view.setBigUint64(at.blocksize, u64(w.blocksize), true);
+  view.setBigUint64(at.nested_blocksize, u64(w.nested?.blocksize ?? 0), true);
+  return bytes;
+}
+
+/**
+ * `qlora_dequantize_4bit`: `out[i] = code[nibble(i)] * scale(i / blocksize)` for `n` values of `w`, written
+ * as `outDtype` (a double-quantized scale decoded on the fly).
  *
  * @example
  * ```ts
@@ -88,33 +131,19 @@ export function quantize4bit(
  * using absmax = Tensor.empty([1]);
  * quantize4bit(getDevice(), x, "f32", 64, "nf4", 64, packed, absmax);
  * using out = Tensor.empty([64]);
- * dequantize4bit(getDevice(), packed, absmax, 64, "nf4", 64, out, "f32");
+ * dequantize4bit(getDevice(), { packed, absmax, nested: null, quantType: "nf4", blocksize: 64 }, 64, out, "f32");
  * assert(out.toFloat32().every((v) => v === -2));
  * ```
  */
 export function dequantize4bit(
   on: Native,
-  packed: DeviceBuffer,
-  absmax: DeviceBuffer,
+  w: Weight4,
   n: number,
-  quantType: QuantTypeName,
-  blocksize: number,
   out: DeviceBuffer,
   outDtype: DTypeName,
 ): void {
-  call(
-    on,
-    () =>
-      on.native.symbols.qlora_dequantize_4bit(
-        packed.ptr,
-        absmax.ptr,
-        u64(n),
-        code(QUANT_TYPE, quantType),
-        u64(blocksize),
-        out.ptr,
-        code(DTYPE, outDtype),
-      ),
-  );
+  const desc = encodeWeight4(w);
+  call(on, () => on.native.symbols.qlora_dequantize_4bit(desc, u64(n), out.ptr, code(DTYPE, outDtype)));
 }
 
 /**

@@ -33,23 +33,52 @@ inline qlora_status check_quantize_4bit(const void* x, int32_t x_dtype, uint64_t
   return s;
 }
 
-inline qlora_status check_dequantize_4bit(const uint8_t* packed, const float* absmax, uint64_t n,
-                                          int32_t quant_type, uint64_t blocksize, const void* out,
-                                          int32_t out_dtype) {
+// A qlora_weight4 (its pointers, type, block sizes, and the offset of double-quantized constants), checked
+// once by every function that reads one. fn names the call for the messages.
+inline qlora_status check_weight4(const qlora_weight4* w, const char* fn) {
+  if (w == nullptr) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: the weight descriptor is null", fn);
+  if (w->packed == nullptr) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: the weight's packed codes are null", fn);
+  if (!quant4_table(w->quant_type))
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: quant type %d is not nf4 (0), fp4 (1) or int4 (2)", fn,
+                w->quant_type);
+  if (!valid_blocksize(w->blocksize))
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: blocksize %llu is not a power of two in 32..4096", fn,
+                (unsigned long long)w->blocksize);
+  if (w->absmax) return check_alignment(w->absmax, 4, fn, "absmax");
+  if (w->absmax_codes == nullptr || w->nested_absmax == nullptr)
+    return fail(QLORA_ERR_INVALID_ARGUMENT,
+                "Cannot %s: the weight has no absmax and no double-quantized constants (absmax_codes, "
+                "nested_absmax)",
+                fn);
+  if (!valid_blocksize(w->nested_blocksize))
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: nested blocksize %llu is not a power of two in 32..4096",
+                fn, (unsigned long long)w->nested_blocksize);
+  if (w->offset - w->offset != 0.0f)
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: the double-quantized offset is not finite", fn);
+  return check_alignment(w->nested_absmax, 4, fn, "nested_absmax");
+}
+
+inline qlora_status check_dequantize_4bit(const qlora_weight4* w, uint64_t n, const void* out, int32_t out_dtype) {
   const char* fn = "dequantize 4-bit values";
-  QLORA_CHECK_PTR(packed, fn);
-  QLORA_CHECK_PTR(absmax, fn);
   QLORA_CHECK_PTR(out, fn);
   QLORA_CHECK_FLOAT_DTYPE(out_dtype, fn);
   if (n == 0) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: n is 0", fn);
-  if (!quant4_table(quant_type))
-    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: quant type %d is not nf4 (0), fp4 (1) or int4 (2)", fn, quant_type);
-  if (!valid_blocksize(blocksize))
-    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: blocksize %llu is not a power of two in 32..4096", fn,
-                (unsigned long long)blocksize);
-  qlora_status s = check_alignment(out, dtype_size(out_dtype), fn, "out");
-  if (s == QLORA_OK) s = check_alignment(absmax, 4, fn, "absmax");
+  qlora_status s = check_weight4(w, fn);
+  if (s == QLORA_OK) s = check_alignment(out, dtype_size(out_dtype), fn, "out");
   return s;
+}
+
+// The scale of block b of w: its absmax, or decoded from the double-quantized constants exactly as
+// qlora_double_dequantize computes it (map[code] * nested, then + offset, each rounded on its own).
+// map is the signed dynamic map's 256 values (dynamic_map().code on the host).
+QLORA_HD float weight4_scale(const qlora_weight4& w, uint64_t b, const float* map) {
+  if (w.absmax) return w.absmax[b];
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(__fmul_rn(map[w.absmax_codes[b]], w.nested_absmax[b / w.nested_blocksize]), w.offset);
+#else
+  const float scaled = map[w.absmax_codes[b]] * w.nested_absmax[b / w.nested_blocksize];
+  return scaled + w.offset;
+#endif
 }
 
 inline qlora_status check_double_quantize(const float* absmax, uint64_t n, uint64_t nested_blocksize,
@@ -181,27 +210,37 @@ inline qlora_status check_gemm(int32_t trans_a, int32_t trans_b, uint64_t m, uin
 }
 
 inline qlora_status check_gemm_4bit(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k, const void* x,
-                                    int32_t x_dtype, const uint8_t* packed, const float* absmax, int32_t quant_type,
-                                    uint64_t blocksize, const void* c, int32_t c_dtype) {
+                                    int32_t x_dtype, const qlora_weight4* w, const qlora_lora4* lora, const void* c,
+                                    int32_t c_dtype) {
   const char* fn = "multiply by a 4-bit matrix";
   QLORA_CHECK_PTR(x, fn);
-  QLORA_CHECK_PTR(packed, fn);
-  QLORA_CHECK_PTR(absmax, fn);
   QLORA_CHECK_PTR(c, fn);
   if (trans_w != 0 && trans_w != 1) return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: trans_w must be 0 or 1", fn);
   if ((x_dtype != QLORA_F32 && x_dtype != QLORA_BF16) || (c_dtype != QLORA_F32 && c_dtype != QLORA_BF16))
     return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: X and C must be f32 or bf16, got %s and %s", fn,
                 dtype_name(x_dtype), dtype_name(c_dtype));
-  if (!quant4_table(quant_type))
-    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: quant type %d is not nf4 (0), fp4 (1) or int4 (2)", fn,
-                quant_type);
-  if (!valid_blocksize(blocksize))
-    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: blocksize %llu is not a power of two in 32..4096", fn,
-                (unsigned long long)blocksize);
-  qlora_status s = check_gemm_dims(fn, m, n, k);
+  qlora_status s = check_weight4(w, fn);
+  if (s == QLORA_OK) s = check_gemm_dims(fn, m, n, k);
   if (s == QLORA_OK) s = check_alignment(x, dtype_size(x_dtype), fn, "X");
   if (s == QLORA_OK) s = check_alignment(c, dtype_size(c_dtype), fn, "C");
-  if (s == QLORA_OK) s = check_alignment(absmax, 4, fn, "absmax");
+  if (s != QLORA_OK || lora == nullptr) return s;
+  // The LoRA bypass: forward only, in X's dtype, a finite scale, three buffers.
+  if (trans_w != 1)
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: a LoRA bypass goes with trans_w = 1 (the forward pass)", fn);
+  if (lora->a == nullptr || lora->b == nullptr || lora->h == nullptr)
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: the LoRA bypass needs a, b and h", fn);
+  if (lora->dtype != x_dtype)
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: the LoRA bypass is %s, X is %s", fn, dtype_name(lora->dtype),
+                dtype_name(x_dtype));
+  if (lora->rank == 0 || lora->rank >= (1ull << 31))
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: the LoRA rank must be in 1..2^31-1, got %llu", fn,
+                (unsigned long long)lora->rank);
+  if (lora->scaling - lora->scaling != 0.0f)
+    return fail(QLORA_ERR_INVALID_ARGUMENT, "Cannot %s: the LoRA scaling is not finite", fn);
+  const uint64_t es = dtype_size(x_dtype);
+  s = check_alignment(lora->a, es, fn, "LoRA A");
+  if (s == QLORA_OK) s = check_alignment(lora->b, es, fn, "LoRA B");
+  if (s == QLORA_OK) s = check_alignment(lora->h, es, fn, "LoRA h");
   return s;
 }
 

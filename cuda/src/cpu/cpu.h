@@ -10,6 +10,10 @@ namespace qlora {
 
 // Whether this CPU has AVX-512 F and BW (checked once): the 16-lane paths of every file use it.
 bool has_avx512();
+// Whether it also has AVX512_BF16 (vdpbf16ps: bf16 dot products into f32), with AVX-512 on.
+bool has_avx512_bf16();
+// Whether this CPU has AVX2 and FMA (checked once): the 8-lane paths where AVX-512 is absent or turned off.
+bool has_avx2();
 // QLORA_CPU_ISA=avx2: run as on a CPU without AVX-512 (most laptops): has_avx512() is false and oneDNN
 // stops at AVX2, so that those paths are tested on any machine. Unset or "native": what the CPU has;
 // anything else is refused by qlora_init.

@@ -72,20 +72,20 @@ void dequantize_bytes(const uint8_t* packed, uint64_t nbytes, float amax, const 
 }
 
 void dequantize_range(const Quant4& w, uint64_t begin, uint64_t end, void* out, int32_t dtype) {
-  const uint64_t esize = dtype_size(dtype);
+  const uint64_t esize = dtype_size(dtype), bs = w.d.blocksize;
   uint64_t i = begin;
   if (i < end && (i & 1)) {
-    store_float(out, dtype, 0, quant4_value(w, i));
+    store_float(out, dtype, 0, w.value(i));
     i++;
   }
   while (i < end) {
-    const uint64_t block = i / w.blocksize;
-    const uint64_t stop = std::min(end, (block + 1) * w.blocksize);
+    const uint64_t block = i / bs;
+    const uint64_t stop = std::min(end, (block + 1) * bs);
     const uint64_t nbytes = (stop - i) / 2;
-    dequantize_bytes(w.packed + i / 2, nbytes, w.absmax[block], w.table, (char*)out + (i - begin) * esize, dtype);
+    dequantize_bytes(w.d.packed + i / 2, nbytes, w.scale(block), w.table, (char*)out + (i - begin) * esize, dtype);
     i += 2 * nbytes;
     if (i < stop) {  // an odd end
-      store_float(out, dtype, i - begin, quant4_value(w, i));
+      store_float(out, dtype, i - begin, w.value(i));
       i++;
     }
   }

@@ -15,6 +15,7 @@
 #include <mutex>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <tuple>
+#include <vector>
 
 #include "../common/codes.h"
 #include "../common/half.h"
@@ -340,7 +341,7 @@ class ReservedPad {
   ReservedPad(const ReservedPad&) = delete;
   ReservedPad& operator=(const ReservedPad&) = delete;
   // Reserves the largest scratchpad of the products of `ops` (with the f32 copies of a refused one).
-  qlora_status reserve(std::initializer_list<Operands> ops, const char* fn) {
+  qlora_status reserve(const std::vector<Operands>& ops, const char* fn) {
     uint64_t bytes = 0;
     for (const Operands& o : ops) {
       if (std::shared_ptr<Gemm> g = gemm_for(o)) bytes = std::max<uint64_t>(bytes, g->scratchpad.get_size());
@@ -377,9 +378,9 @@ uint64_t tile_width(int32_t trans_w, uint64_t n, uint64_t k) {
 }
 
 // The workspace: one tile as f32 (X's dtype is not known when it is sized; a bf16 tile uses half); none
-// for one row (m = 1), which the fused GEMV computes.
+// for at most kGemvMaxRows rows, which the fused products compute.
 uint64_t workspace_bytes_for(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k) {
-  if (m == 1) return 0;  // the fused GEMV dequantizes in registers
+  if (m <= kGemvMaxRows) return 0;  // the fused products decode in registers
   return tile_width(trans_w, n, k) * k * sizeof(float);
 }
 
@@ -405,103 +406,6 @@ void dequantize_columns(const Quant4& w, uint64_t n, uint64_t k, uint64_t j0, ui
   for (int64_t r = 0; r < (int64_t)k; r++) {
     const uint64_t begin = (uint64_t)r * n + j0;
     dequantize_range(w, begin, begin + cols, (char*)ws + (uint64_t)r * cols * esize, dtype);
-  }
-}
-
-// ---- m = 1, trans_w = 1: a fused dequantize-dot per row of W --------------------------------
-
-// Dot of row j of W (k values, whole blocks: k % blocksize == 0) with x (f32). Each block's codes
-// are summed against x first, then scaled by the block's absmax once.
-__attribute__((target("avx512f,avx512bw"))) float dot_row_avx512(const Quant4& w, uint64_t j, uint64_t k,
-                                                                 const float* x) {
-  const __m512 codes = _mm512_loadu_ps(w.table);
-  const __m128i low4 = _mm_set1_epi8(0x0f);
-  const uint64_t blocks = k / w.blocksize, half = w.blocksize / 2;
-  const uint8_t* p = w.packed + j * (k / 2);
-  const float* amax = w.absmax + j * blocks;
-  __m512 acc = _mm512_setzero_ps();
-  for (uint64_t blk = 0; blk < blocks; blk++) {
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-    const uint8_t* pb = p + blk * half;
-    const float* xb = x + blk * w.blocksize;
-    for (uint64_t i = 0; i < half; i += 16) {
-      __m128i b = _mm_loadu_si128((const __m128i*)(pb + i));
-      __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
-      __m128i lo = _mm_and_si128(b, low4);
-      __m512 v0 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(hi, lo)), codes);
-      __m512 v1 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(hi, lo)), codes);
-      s0 = _mm512_fmadd_ps(v0, _mm512_loadu_ps(xb + 2 * i), s0);
-      s1 = _mm512_fmadd_ps(v1, _mm512_loadu_ps(xb + 2 * i + 16), s1);
-    }
-    acc = _mm512_fmadd_ps(_mm512_add_ps(s0, s1), _mm512_set1_ps(amax[blk]), acc);
-  }
-  alignas(64) float lanes[16];  // (_mm512_reduce_add_ps trips GCC 12's -Wuninitialized in its header)
-  _mm512_store_ps(lanes, acc);
-  float sum = 0.0f;
-  for (int l = 0; l < 16; l++) sum += lanes[l];
-  return sum;
-}
-
-// Any shape: the row in chunks dequantized to f32 on the stack, then a dot with x.
-float dot_row_general(const Quant4& w, uint64_t j, uint64_t k, const float* x) {
-  constexpr uint64_t kChunk = 1024;
-  alignas(64) float buf[kChunk];
-  float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (uint64_t c0 = 0; c0 < k; c0 += kChunk) {
-    const uint64_t len = std::min(kChunk, k - c0);
-    dequantize_range(w, j * k + c0, j * k + c0 + len, buf, QLORA_F32);
-    uint64_t i = 0;
-    for (; i + 8 <= len; i += 8)
-      for (int l = 0; l < 8; l++) lanes[l] += buf[i + l] * x[c0 + i + l];
-    for (; i < len; i++) lanes[0] += buf[i] * x[c0 + i];
-  }
-  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
-}
-
-void gemv_4bit(const Quant4& w, uint64_t n, uint64_t k, float alpha, const void* x, int32_t x_dtype, float beta,
-               void* c, int32_t c_dtype) {
-  Workspace xf_store;  // x as f32, through the ledger; a refusal comes before C is written
-  const float* xf = (const float*)x;
-  if (x_dtype != QLORA_F32) {
-    const qlora_status s = xf_store.alloc(k * sizeof(float), "multiply by a 4-bit matrix");
-    if (s != QLORA_OK) throw WorkspaceError(s, qlora_last_error());
-    float* conv = xf_store.as<float>();
-    for (uint64_t i = 0; i < k; i++) conv[i] = load_float(x, x_dtype, i);
-    xf = conv;
-  }
-  const bool fast = has_avx512() && k % w.blocksize == 0;
-#pragma omp parallel for schedule(static) if (n * k >= kParallelMin)
-  for (int64_t jj = 0; jj < (int64_t)n; jj++) {
-    const uint64_t j = (uint64_t)jj;
-    const float dot = fast ? dot_row_avx512(w, j, k, xf) : dot_row_general(w, j, k, xf);
-    float v = alpha * dot;
-    if (beta != 0.0f) v += beta * load_float(c, c_dtype, j);
-    store_float(c, c_dtype, j, v);
-  }
-}
-
-// m = 1, trans_w = 0: c = alpha * x @ W + beta * c with W stored k x n. Threads own blocks of
-// columns; each row of W adds x[r] times its dequantized segment to an f32 accumulator.
-void gemv_4bit_rows(const Quant4& w, uint64_t n, uint64_t k, float alpha, const void* x, int32_t x_dtype,
-                    float beta, void* c, int32_t c_dtype) {
-  constexpr uint64_t kColumns = 1024;
-  const int64_t chunks = (int64_t)((n + kColumns - 1) / kColumns);
-#pragma omp parallel for schedule(static) if (n * k >= kParallelMin)
-  for (int64_t t = 0; t < chunks; t++) {
-    alignas(64) float acc[kColumns];
-    alignas(64) float buf[kColumns];
-    const uint64_t j0 = (uint64_t)t * kColumns, cols = std::min(kColumns, n - j0);
-    for (uint64_t j = 0; j < cols; j++) acc[j] = 0.0f;
-    for (uint64_t r = 0; r < k; r++) {
-      const float xr = load_float(x, x_dtype, r);
-      dequantize_range(w, r * n + j0, r * n + j0 + cols, buf, QLORA_F32);
-      for (uint64_t j = 0; j < cols; j++) acc[j] += xr * buf[j];
-    }
-    for (uint64_t j = 0; j < cols; j++) {
-      float v = alpha * acc[j];
-      if (beta != 0.0f) v += beta * load_float(c, c_dtype, j0 + j);
-      store_float(c, c_dtype, j0 + j, v);
-    }
   }
 }
 
@@ -570,29 +474,38 @@ QLORA_API qlora_status qlora_gemm_4bit_workspace(int32_t trans_w, uint64_t m, ui
 }
 
 QLORA_API qlora_status qlora_gemm_4bit(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k, float alpha,
-                                       const void* x, int32_t x_dtype, const uint8_t* packed,
-                                       const float* absmax, int32_t quant_type, uint64_t blocksize,
-                                       float beta, void* c, int32_t c_dtype, void* workspace,
-                                       uint64_t workspace_bytes) {
-  qlora_status s = check_gemm_4bit(trans_w, m, n, k, x, x_dtype, packed, absmax, quant_type, blocksize, c, c_dtype);
+                                       const void* x, int32_t x_dtype, const qlora_weight4* weight,
+                                       const qlora_lora4* lora, float beta, void* c, int32_t c_dtype,
+                                       void* workspace, uint64_t workspace_bytes) {
+  qlora_status s = check_gemm_4bit(trans_w, m, n, k, x, x_dtype, weight, lora, c, c_dtype);
   if (s != QLORA_OK) return s;
   const char* fn = "multiply by a 4-bit matrix";
   s = check_gemm_4bit_workspace_arg(m, n, k, workspace, workspace_bytes, workspace_bytes_for(trans_w, m, n, k));
   if (s != QLORA_OK) return s;
-  const Quant4 w{packed, absmax, quant4_table(quant_type)->code, blocksize};
+  const Quant4 w(*weight);
   try {
-    if (m == 1) {  // batch-1 inference: fused dequantize and multiply, no workspace used
-      if (trans_w) gemv_4bit(w, n, k, alpha, x, x_dtype, beta, c, c_dtype);
-      else gemv_4bit_rows(w, n, k, alpha, x, x_dtype, beta, c, c_dtype);
+    if (m <= kGemvMaxRows) {  // decoding: W streamed once, decoded in registers (gemv4.cpp)
+      gemv4(w, trans_w, m, n, k, alpha, x, x_dtype, lora, beta, c, c_dtype);
       return QLORA_OK;
     }
-    // Tiles of W in X's dtype, each multiplied into its block of columns of C.
+    // Tiles of W in X's dtype, each multiplied into its block of columns of C; the LoRA bypass's two
+    // products after them.
     const uint64_t width = tile_width(trans_w, n, k), c_size = dtype_size(c_dtype);
     const auto tile = [&](uint64_t cols) {
       return Operands{0, trans_w, m, cols, k, k, trans_w ? k : cols, n, alpha, beta, x_dtype, c_dtype};
     };
-    ReservedPad pad;  // the first and the last (narrower) tile's products
-    if ((s = pad.reserve({tile(std::min(width, n)), tile(n % width ? n % width : width)}, fn)) != QLORA_OK) return s;
+    std::vector<Operands> products = {tile(std::min(width, n)), tile(n % width ? n % width : width)};
+    Operands down{}, up{};
+    if (lora) {
+      const uint64_t r = lora->rank;
+      down = Operands{0, 1, m, r, k, k, k, r, 1.0f, 0.0f, x_dtype, lora->dtype};              // h = X A^T
+      up = Operands{0, 1, m, n, r, r, r, n, lora->scaling, 1.0f, lora->dtype, c_dtype};  // C += s h B^T
+      products.push_back(down);
+      products.push_back(up);
+    }
+    ReservedPad pad;  // the first and the last (narrower) tile's products, and the bypass's
+    if ((s = pad.reserve(products, fn)) != QLORA_OK) return s;
+    if (lora) gemm_2d(down, x, lora->a, lora->h);
     for (uint64_t j0 = 0; j0 < n; j0 += width) {
       const uint64_t cols = std::min(width, n - j0);
       const Operands o = tile(cols);
@@ -600,6 +513,7 @@ QLORA_API qlora_status qlora_gemm_4bit(int32_t trans_w, uint64_t m, uint64_t n, 
       else dequantize_columns(w, n, k, j0, cols, workspace, x_dtype);
       gemm_2d(o, x, workspace, (char*)c + j0 * c_size);
     }
+    if (lora) gemm_2d(up, lora->h, lora->b, c);
   } catch (...) {
     return library_error(fn);
   }

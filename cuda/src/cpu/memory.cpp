@@ -42,6 +42,16 @@ bool has_avx512() {
   return yes;
 }
 
+bool has_avx512_bf16() {
+  static const bool yes = has_avx512() && __builtin_cpu_supports("avx512bf16");
+  return yes;
+}
+
+bool has_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+}
+
 void parallel_copy(void* dst, const void* src, uint64_t bytes) {
   const uint64_t chunk = 1ull << 22;  // 4 MiB per task
   if (bytes < 2 * chunk) {

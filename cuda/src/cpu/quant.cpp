@@ -201,13 +201,11 @@ QLORA_API qlora_status qlora_quantize_4bit(const void* x, int32_t x_dtype, uint6
   return QLORA_OK;
 }
 
-QLORA_API qlora_status qlora_dequantize_4bit(const uint8_t* packed, const float* absmax, uint64_t n,
-                                             int32_t quant_type, uint64_t blocksize, void* out,
-                                             int32_t out_dtype) {
-  qlora_status s = check_dequantize_4bit(packed, absmax, n, quant_type, blocksize, out, out_dtype);
+QLORA_API qlora_status qlora_dequantize_4bit(const qlora_weight4* weight, uint64_t n, void* out, int32_t out_dtype) {
+  qlora_status s = check_dequantize_4bit(weight, n, out, out_dtype);
   if (s != QLORA_OK) return s;
-  const Quant4 w{packed, absmax, quant4_table(quant_type)->code, blocksize};
-  const uint64_t esize = dtype_size(out_dtype);
+  const Quant4 w(*weight);
+  const uint64_t esize = dtype_size(out_dtype), blocksize = w.d.blocksize;
   const int64_t blocks = (int64_t)((n + blocksize - 1) / blocksize);
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (int64_t b = 0; b < blocks; b++) {

@@ -44,6 +44,26 @@ __device__ __forceinline__ void decode8(uint32_t word, float scale, const float*
   }
 }
 
+// The f32 scales of a stored tensor's blocks as the kernels read them: its absmax, or for double-quantized
+// constants their decoding (qlora_double_dequantize's kernel) into stream-ordered scratch counted by the
+// ledger, freed with this object (after the work queued on the stream that reads it).
+class Absmax {
+ public:
+  Absmax() = default;
+  ~Absmax();
+  Absmax(const Absmax&) = delete;
+  Absmax& operator=(const Absmax&) = delete;
+  // The scales of w's blocks covering n values; QLORA_OK or the failed allocation or launch.
+  qlora_status of(const qlora_weight4& w, uint64_t n, const char* what);
+  const float* get() const { return p_; }
+
+ private:
+  const float* p_ = nullptr;
+  float* scratch_ = nullptr;
+  uint64_t bytes_ = 0;
+  const char* what_ = "";
+};
+
 // Queues out[i] = value first + i of the stored tensor, i < count, as dtype (f32, bf16 or f16), on
 // gpu_stream() (gpu_ready() has succeeded; blocksize a power of two >= 32). Returns the launch status.
 qlora_status dequantize_4bit_range(const uint8_t* packed, const float* absmax, uint64_t first, uint64_t count,

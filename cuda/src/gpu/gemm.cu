@@ -537,50 +537,15 @@ uint64_t workspace_bytes_for(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k
 
 bool aligned(const void* p, uint64_t a) { return (uintptr_t)p % a == 0; }
 
-}  // namespace
-
-const char* gpu_gemm_library() { return gemm_library().name; }
-
-}  // namespace qlora
-
-using namespace qlora;
-
-extern "C" {
-
-QLORA_API qlora_status qlora_gemm(int32_t trans_a, int32_t trans_b, uint64_t m, uint64_t n, uint64_t k,
-                                  float alpha, const void* a, const void* b, int32_t ab_dtype, float beta,
-                                  void* c, int32_t c_dtype, uint64_t batch, uint64_t stride_a,
-                                  uint64_t stride_b, uint64_t stride_c) {
-  qlora_status s = check_gemm(trans_a, trans_b, m, n, k, a, b, ab_dtype, c, c_dtype, batch);
-  if (s != QLORA_OK) return s;
-  if ((s = gpu_ready()) != QLORA_OK) return s;
-  // Leading dimensions of the contiguous matrices: A is m x k or k x m, B is k x n or n x k, C is m x n.
-  const Gemm g = {trans_a, trans_b, m, n, k, alpha, beta, a, trans_a ? m : k, stride_a, b, trans_b ? k : n, stride_b,
-                  ab_dtype, c, n, stride_c, c_dtype, batch};
-  return run_gemm(g, "multiply matrices");
-}
-
-QLORA_API qlora_status qlora_gemm_4bit_workspace(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k,
-                                                 uint64_t* bytes_out) {
-  const qlora_status s = check_gemm_4bit_workspace(trans_w, m, n, k, bytes_out);
-  if (s != QLORA_OK) return s;
-  *bytes_out = workspace_bytes_for(trans_w, m, n, k);  // a formula: no device needed
-  return QLORA_OK;
-}
-
-QLORA_API qlora_status qlora_gemm_4bit(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k, float alpha,
-                                       const void* x, int32_t x_dtype, const uint8_t* packed,
-                                       const float* absmax, int32_t quant_type, uint64_t blocksize,
-                                       float beta, void* c, int32_t c_dtype, void* workspace,
-                                       uint64_t workspace_bytes) {
-  const char* what = "multiply by a 4-bit matrix";
-  qlora_status s = check_gemm_4bit(trans_w, m, n, k, x, x_dtype, packed, absmax, quant_type, blocksize, c, c_dtype);
-  if (s != QLORA_OK) return s;
-  s = check_gemm_4bit_workspace_arg(m, n, k, workspace, workspace_bytes, workspace_bytes_for(trans_w, m, n, k));
-  if (s != QLORA_OK) return s;
-  if ((s = gpu_ready()) != QLORA_OK) return s;
-  const Codes16 codes = codes16(quant_type);
-  const uint32_t block_shift = log2_pow2(blocksize);
+// C = alpha X op(W) + beta C with W's scales as f32 (the entry point's work but the bypass).
+qlora_status gemm_4bit_base(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k, float alpha, const void* x,
+                            int32_t x_dtype, const qlora_weight4& w, const float* absmax, float beta, void* c,
+                            int32_t c_dtype, void* workspace, uint64_t workspace_bytes, const char* what) {
+  qlora_status s = QLORA_OK;
+  const uint8_t* packed = w.packed;
+  const Codes16 codes = codes16(w.quant_type);
+  const uint32_t block_shift = log2_pow2(w.blocksize);
+  const uint64_t blocksize = w.blocksize;
   const bool x_bf16 = x_dtype == QLORA_BF16;
 
   if (m <= kGemvMaxRows) {
@@ -616,6 +581,63 @@ QLORA_API qlora_status qlora_gemm_4bit(int32_t trans_w, uint64_t m, uint64_t n, 
     if ((s = run_gemm(g, what)) != QLORA_OK) return s;
   }
   return QLORA_OK;
+}
+
+}  // namespace
+
+const char* gpu_gemm_library() { return gemm_library().name; }
+
+}  // namespace qlora
+
+using namespace qlora;
+
+extern "C" {
+
+QLORA_API qlora_status qlora_gemm(int32_t trans_a, int32_t trans_b, uint64_t m, uint64_t n, uint64_t k,
+                                  float alpha, const void* a, const void* b, int32_t ab_dtype, float beta,
+                                  void* c, int32_t c_dtype, uint64_t batch, uint64_t stride_a,
+                                  uint64_t stride_b, uint64_t stride_c) {
+  qlora_status s = check_gemm(trans_a, trans_b, m, n, k, a, b, ab_dtype, c, c_dtype, batch);
+  if (s != QLORA_OK) return s;
+  if ((s = gpu_ready()) != QLORA_OK) return s;
+  // Leading dimensions of the contiguous matrices: A is m x k or k x m, B is k x n or n x k, C is m x n.
+  const Gemm g = {trans_a, trans_b, m, n, k, alpha, beta, a, trans_a ? m : k, stride_a, b, trans_b ? k : n, stride_b,
+                  ab_dtype, c, n, stride_c, c_dtype, batch};
+  return run_gemm(g, "multiply matrices");
+}
+
+QLORA_API qlora_status qlora_gemm_4bit_workspace(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k,
+                                                 uint64_t* bytes_out) {
+  const qlora_status s = check_gemm_4bit_workspace(trans_w, m, n, k, bytes_out);
+  if (s != QLORA_OK) return s;
+  *bytes_out = workspace_bytes_for(trans_w, m, n, k);  // a formula: no device needed
+  return QLORA_OK;
+}
+
+QLORA_API qlora_status qlora_gemm_4bit(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k, float alpha,
+                                       const void* x, int32_t x_dtype, const qlora_weight4* weight,
+                                       const qlora_lora4* lora, float beta, void* c, int32_t c_dtype,
+                                       void* workspace, uint64_t workspace_bytes) {
+  const char* what = "multiply by a 4-bit matrix";
+  qlora_status s = check_gemm_4bit(trans_w, m, n, k, x, x_dtype, weight, lora, c, c_dtype);
+  if (s != QLORA_OK) return s;
+  s = check_gemm_4bit_workspace_arg(m, n, k, workspace, workspace_bytes, workspace_bytes_for(trans_w, m, n, k));
+  if (s != QLORA_OK) return s;
+  if ((s = gpu_ready()) != QLORA_OK) return s;
+  Absmax scales;
+  if ((s = scales.of(*weight, n * k, what)) != QLORA_OK) return s;
+  if (lora) {  // h = X A^T first; C += s h B^T after the base product
+    const uint64_t r = lora->rank;
+    Gemm down = {0, 1, m, r, k, 1.0f, 0.0f, x, k, 0, lora->a, k, 0, x_dtype, lora->h, r, 0, lora->dtype, 1};
+    if ((s = run_gemm(down, what)) != QLORA_OK) return s;
+  }
+  if ((s = gemm_4bit_base(trans_w, m, n, k, alpha, x, x_dtype, *weight, scales.get(), beta, c, c_dtype, workspace,
+                          workspace_bytes, what)) != QLORA_OK)
+    return s;
+  if (!lora) return QLORA_OK;
+  const uint64_t r = lora->rank;
+  Gemm up = {0, 1, m, n, r, lora->scaling, 1.0f, lora->h, r, 0, lora->b, r, 0, lora->dtype, c, n, 0, c_dtype, 1};
+  return run_gemm(up, what);
 }
 
 }  // extern "C"

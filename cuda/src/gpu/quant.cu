@@ -270,6 +270,28 @@ qlora_status dequantize_4bit_range(const uint8_t* packed, const float* absmax, u
   return launch_status(what);
 }
 
+Absmax::~Absmax() {
+  if (scratch_) scratch_free(scratch_, bytes_, what_);
+}
+
+qlora_status Absmax::of(const qlora_weight4& w, uint64_t n, const char* what) {
+  if (w.absmax) {
+    p_ = w.absmax;
+    return QLORA_OK;
+  }
+  const uint64_t blocks = (n + w.blocksize - 1) / w.blocksize;
+  qlora_status s = scratch_malloc((void**)&scratch_, blocks * sizeof(float), what);
+  if (s != QLORA_OK) return s;
+  bytes_ = blocks * sizeof(float);
+  what_ = what;
+  Codes256 map;
+  memcpy(map.v, dynamic_map().code, sizeof map.v);
+  QLORA_LAUNCH(double_dequantize_kernel, grid_for(blocks), kThreads, 0, gpu_stream())(
+      w.absmax_codes, w.nested_absmax, w.offset, blocks, log2_pow2(w.nested_blocksize), map, scratch_);
+  p_ = scratch_;
+  return launch_status(what);
+}
+
 }  // namespace qlora
 
 using namespace qlora;
@@ -302,14 +324,15 @@ QLORA_API qlora_status qlora_quantize_4bit(const void* x, int32_t x_dtype, uint6
               std::isnan(load_float(&raw, x_dtype, 0)) ? "NaN" : "Inf");
 }
 
-QLORA_API qlora_status qlora_dequantize_4bit(const uint8_t* packed, const float* absmax, uint64_t n,
-                                             int32_t quant_type, uint64_t blocksize, void* out,
-                                             int32_t out_dtype) {
-  qlora_status s = check_dequantize_4bit(packed, absmax, n, quant_type, blocksize, out, out_dtype);
+QLORA_API qlora_status qlora_dequantize_4bit(const qlora_weight4* w, uint64_t n, void* out, int32_t out_dtype) {
+  qlora_status s = check_dequantize_4bit(w, n, out, out_dtype);
   if (s != QLORA_OK) return s;
   if ((s = gpu_ready()) != QLORA_OK) return s;
-  return dequantize_4bit_range(packed, absmax, 0, n, blocksize, codes16(quant_type), out, out_dtype,
-                               "dequantize 4-bit values");
+  const char* what = "dequantize 4-bit values";
+  Absmax absmax;
+  if ((s = absmax.of(*w, n, what)) != QLORA_OK) return s;
+  return dequantize_4bit_range(w->packed, absmax.get(), 0, n, w->blocksize, codes16(w->quant_type), out, out_dtype,
+                               what);
 }
 
 QLORA_API qlora_status qlora_double_quantize(const float* absmax, uint64_t n, uint64_t nested_blocksize,
