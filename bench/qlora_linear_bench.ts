@@ -1,9 +1,17 @@
-// The QLoRA layer against the LoRA layer it replaces, measured in the same run: LLaMA-2-7B's up_proj
-// (4096 -> 11008), rank-8 adapters, bf16 activations; the NF4 base with double quantization against the
-// bf16 base (each group's baseline). Decoding (1 and 8 tokens: one pass over W, memory-bound, where NF4's
-// quarter of the bytes should show), a prompt's prefill (512 tokens: compute-bound), and a training
-// step's forward and backward at 512. Each name carries the floor the project sets for its ratio
-// (issue "4-bit faster than 16-bit"): Deno's summary prints the measured one beside it.
+// The QLoRA layer against the 16-bit layer it replaces, measured in the same run: LLaMA-2-7B's up_proj
+// (4096 -> 11008), rank-8 adapters, bf16 activations, the NF4 base with double quantization. Each group's
+// baseline is the bf16 layer; each name carries the floor the project sets for the ratio (issue "4-bit
+// faster than 16-bit"), and Deno's summary prints the measured one beside it.
+//
+//   1 and 8 tokens: decoding (one pass over W, memory-bound: NF4 reads 4.127 bits a weight against 16,
+//     so the ideal ratio is 3.88x); both layers unmerged.
+//   64 tokens: a short prompt's prefill against the merged LoRA layer (a plain bf16 linear), the fastest
+//     16-bit inference there is.
+//   512 tokens: a long prompt or a training step, compute-bound: forward, the input gradient alone, and
+//     forward + backward.
+//
+// `deno task bench` runs this file twice: on the CPU's native paths, and with QLORA_CPU_ISA=avx2 as on a
+// CPU without AVX-512 (there the bf16 baseline has no bf16 instructions either: its product runs in f32).
 import { fillUniform, getDevice, LoRALinear, Tensor } from "../mod.ts";
 
 const device = getDevice();
@@ -13,32 +21,59 @@ const layers = {
   bf16: LoRALinear.fromWeight(weight, { rank: RANK, alpha: 16, base: "bf16" }),
   nf4: LoRALinear.fromWeight(weight, { rank: RANK, alpha: 16, base: "nf4", computeDtype: "bf16" }),
 };
+const merged = LoRALinear.fromWeight(weight, { rank: RANK, alpha: 16, base: "bf16" });
 weight.dispose();
-for (const l of Object.values(layers)) fillUniform(l.loraB, -0.01, 0.01, 1); // a trained-looking bypass
+for (const l of [...Object.values(layers), merged]) fillUniform(l.loraB, -0.01, 0.01, 1); // a trained-looking bypass
+merged.merge();
 const sync = () => device.synchronize();
+const plural = (t: number) => `${t} token${t > 1 ? "s" : ""}`;
 
-for (const [tokens, floor] of [[1, 3.0], [8, 1.5], [512, 1.0]] as const) {
+for (const [tokens, floor] of [[1, 3.0], [8, 1.5], [64, 1.0], [512, 1.0]] as const) {
   const x = Tensor.randn([tokens, IN], { dtype: "bf16", device, seed: tokens });
-  for (const base of ["bf16", "nf4"] as const) {
-    Deno.bench({
-      name: base === "bf16"
-        ? `LoRA layer, bf16 base, ${tokens} token${tokens > 1 ? "s" : ""}`
-        : `QLoRA layer, NF4 + DQ base (floor ${floor}x)`,
-      group: `up_proj forward, ${tokens} token${tokens > 1 ? "s" : ""}`,
-      baseline: base === "bf16",
-      fn: () => {
-        layers[base].infer(x).dispose();
-        sync();
-      },
-    });
-  }
+  const baseline = tokens === 64 ? merged : layers.bf16;
+  const group = `up_proj forward, ${plural(tokens)}`;
+  Deno.bench({
+    name: tokens === 64
+      ? `merged LoRA layer (bf16 linear), ${plural(tokens)}`
+      : `LoRA layer, bf16 base, ${plural(tokens)}`,
+    group,
+    baseline: true,
+    fn: () => {
+      baseline.infer(x).dispose();
+      sync();
+    },
+  });
+  Deno.bench({
+    name: `QLoRA layer, NF4 + DQ base (floor ${floor.toFixed(1)}x)`,
+    group,
+    fn: () => {
+      layers.nf4.infer(x).dispose();
+      sync();
+    },
+  });
 }
 
 const x512 = Tensor.randn([512, IN], { dtype: "bf16", device, seed: 2 });
 const dy = Tensor.randn([512, OUT], { dtype: "bf16", device, seed: 3 });
 for (const base of ["bf16", "nf4"] as const) {
+  const name = base === "bf16"
+    ? "LoRA layer, bf16 base, 512 tokens"
+    : "QLoRA layer, NF4 + DQ base (floor 1.0x)";
   Deno.bench({
-    name: base === "bf16" ? "LoRA layer, bf16 base, 512 tokens" : "QLoRA layer, NF4 + DQ base (floor 1.0x)",
+    name,
+    group: "up_proj backward (the input gradient and the adapters'), 512 tokens",
+    baseline: base === "bf16",
+    fn: (b) => {
+      layers[base].forward(x512).dispose(); // keeps x for the backward, outside the timed part
+      sync();
+      b.start();
+      layers[base].backward(dy).dispose();
+      sync();
+      b.end();
+    },
+  });
+  Deno.bench({
+    name,
     group: "up_proj forward + backward (training), 512 tokens",
     baseline: base === "bf16",
     fn: () => {

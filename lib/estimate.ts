@@ -310,8 +310,8 @@ export function nativeScratchBytes(
  * and the native library's through the ledger: the backend's workspace (`qlora_gemm_4bit_workspace`: the
  * CPU's dequantization tile, CUDA's whole-weight copy, none for a few rows), on CUDA the f32 absmax it
  * restores from double-quantized constants, and on the CPU's fused path for a few rows X widened to f32
- * (bf16 X) and the f32 h of a LoRA bypass of `rank` (forward only). `transW` true is forward (`x Wᵀ`),
- * false the input gradient (`dy W`).
+ * (bf16 X), forward also the rows' f32 dot products with every row of W and, for a LoRA bypass of `rank`,
+ * its h and Bᵀ in f32. `transW` true is forward (`x Wᵀ`), false the input gradient (`dy W`).
  *
  * @example
  * ```ts
@@ -320,8 +320,10 @@ export function nativeScratchBytes(
  * // LLaMA-2-7B's gate_proj on CUDA: the whole weight in bf16 (90 MB) and its 704,512 absmax in f32.
  * assertEquals(matmul4bitWorkspace([11008, 4096], 512, true, { backend: "cuda" }), 2 * 11008 * 4096 + 4 * 704_512);
  * assertEquals(matmul4bitWorkspace([11008, 4096], 4, true, { backend: "cuda" }), 4 * 704_512); // fused GEMV
- * // The CPU decoding one bf16 token with a rank-8 bypass: x and h in f32, W decoded in registers.
- * assertEquals(matmul4bitWorkspace([11008, 4096], 1, true, { dtype: "bf16", rank: 8 }), 4 * 4096 + 4 * 8);
+ * // The CPU decoding one bf16 token with a rank-8 bypass: x, the row's 11,008 dot products, h and Bᵀ in
+ * // f32, W decoded in registers.
+ * const ws = matmul4bitWorkspace([11008, 4096], 1, true, { dtype: "bf16", rank: 8 });
+ * assertEquals(ws, 4 * (4096 + 11008 + 8 + 8 * 11008));
  * ```
  */
 export function matmul4bitWorkspace(
@@ -339,8 +341,12 @@ export function matmul4bitWorkspace(
     return own + ((options.doubleQuant ?? true) ? 4 * blocks : 0);
   }
   if (tokens > CPU_FUSED_ROWS) return own;
+  // The fused products' scratch (gemv4_scratch_bytes in cuda/src/cpu/gemv4.cpp): bf16 X widened to f32
+  // (or rearranged in half of it); forward, also the f32 dot products of X's rows with every row of W
+  // and the bypass's f32 h.
   const widened = options.dtype === "bf16" ? 4 * tokens * k : 0;
-  return widened + (transW && options.rank ? 4 * tokens * options.rank : 0);
+  if (!transW) return widened;
+  return widened + 4 * tokens * n + (options.rank ? 4 * (tokens + n) * options.rank : 0);
 }
 
 /**

@@ -1003,6 +1003,16 @@ void test_gemm_4bit(Rng& rng) {
       for (uint64_t m : {(uint64_t)1, (uint64_t)3, (uint64_t)8, (uint64_t)21})
         for (int32_t xd : kActDtypes) gemm4_case(rng, w, 1, m, xd, xd, 1.0f, m == 3 ? 1.0f : 0.0f, 8);
   }
+  // Many rows of bf16 X over whole blocks (the CPU's panel-decoding GEMM where the CPU has AVX512_BF16):
+  // every type, plain and double-quantized constants, rows past a block of X (64) and a panel of W (4)
+  // that do not divide evenly, beta, C in both dtypes, and a bypass.
+  for (int32_t qt : {QLORA_NF4, QLORA_FP4, QLORA_INT4}) {
+    const bool dq = qt != QLORA_FP4;
+    const Weight4 w(rng, 163, 256, qt, qt == QLORA_INT4 ? 128 : 64, dq);
+    for (uint64_t m : {(uint64_t)9, (uint64_t)30, pick(67, 131)})
+      gemm4_case(rng, w, 1, m, QLORA_BF16, m == 30 ? QLORA_F32 : QLORA_BF16, 0.5f, m == 9 ? 1.0f : 0.0f,
+                 qt == QLORA_NF4 ? 8 : 0);
+  }
   // Workspace sizes are each backend's own (they tile differently): both must answer, no comparison.
   // The description shows the sizes of a first call; the timed call must give the same again.
   for (uint64_t m : {(uint64_t)1, (uint64_t)17})

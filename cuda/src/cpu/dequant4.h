@@ -38,10 +38,29 @@ void dequantize_bytes(const uint8_t* packed, uint64_t nbytes, float amax, const 
 // Any range: an odd start or end is written on its own, the rest block by block.
 void dequantize_range(const Quant4& w, uint64_t begin, uint64_t end, void* out, int32_t dtype);
 
-// The fused products of at most kGemvMaxRows rows of X (gemv4.cpp): C = alpha * X op(W) + beta * C
-// (+ the LoRA bypass, trans_w = 1), each block of W decoded once, in registers, for every row of X.
+// The fused products (gemv4.cpp): C = alpha * X op(W) + beta * C (+ the LoRA bypass, trans_w = 1), each
+// block of W decoded in registers, never stored. trans_w = 1 takes X in chunks of up to kGemvMaxRows rows,
+// one pass over W each; trans_w = 0 at most kGemvMaxRows rows. gemv4_scratch_bytes: the scratch it takes
+// through the ledger (rank 0: no bypass).
 constexpr uint64_t kGemvMaxRows = 8;
 void gemv4(const Quant4& w, int32_t trans_w, uint64_t m, uint64_t n, uint64_t k, float alpha, const void* x,
            int32_t x_dtype, const qlora_lora4* lora, float beta, void* c, int32_t c_dtype);
+uint64_t gemv4_scratch_bytes(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k, int32_t x_dtype, uint64_t rank);
+
+// The fused 4-bit GEMM of many rows of bf16 X (gemm4.cpp): C = alpha * X W^T + beta * C, W stored n x k,
+// each panel of W decoded once per block of X into the thread's cache and multiplied by vdpbf16ps.
+// Applies on CPUs with AVX512_BF16, blocks of at least 64 values and k a multiple of the blocksize.
+// Scratch: gemm4_bf16_scratch_bytes, taken from the caller's when large enough, else through the ledger.
+// Rows of bf16 X (row stride k, k a multiple of 64; AVX-512 BW) as the bf16 kernels read them, into xb
+// with row stride ldb: per 64 values, the 32 at even positions, then the 32 at odd ones (a 4-bit byte holds
+// one of each).
+void arrange_pairs(const uint16_t* x, uint64_t rows, uint64_t k, uint16_t* xb, uint64_t ldb);
+// Up to kGemm4MaxRows rows: above, dequantized tiles multiplied by oneDNN's bf16 GEMM are faster (measured
+// on Zen 5: oneDNN's kernel runs closer to the peak than this one's, and the decode is paid once per tile).
+constexpr uint64_t kGemm4MaxRows = 64;
+bool gemm4_bf16_applies(const Quant4& w, int32_t trans_w, uint64_t k, int32_t x_dtype);
+uint64_t gemm4_bf16_scratch_bytes(uint64_t m, uint64_t k);
+void gemm4_bf16(const Quant4& w, uint64_t m, uint64_t n, uint64_t k, float alpha, const void* x, float beta, void* c,
+                int32_t c_dtype, void* scratch, uint64_t scratch_bytes);
 
 }  // namespace qlora

@@ -23,6 +23,7 @@
 #include "../common/status.h"
 #include "cpu.h"
 #include "dequant4.h"
+#include "decode4.h"
 
 // GCC 12 warns inside its own AVX-512 headers (_mm512_undefined_*); the warning is not about this code.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -54,33 +55,97 @@ class RowsF32 {
   const float* p_ = nullptr;
 };
 
-// The LoRA bypass's h = X A^T (m x rank, f32 sums of k products, rounded to the dtype into lora->h) and,
-// for the epilogue, h as f32 as it was stored.
-void lora_h(const qlora_lora4& lora, const float* x, uint64_t m, uint64_t k, float* hf) {
+// Values as f32: f32 as they are, bf16 by its bits (loops over these vectorize).
+inline float as_f32(float v) { return v; }
+inline float as_f32(uint16_t v) { return bits_float((uint32_t)v << 16); }
+
+// Sum of x[c] * a[c] for c < k, in 16 f32 lanes (lane c % 16) added in order at the end.
+template <typename TX, typename TA>
+float dot16(const TX* x, const TA* a, uint64_t k) {
+  float part[16] = {};
+  uint64_t c = 0;
+  for (; c + 16 <= k; c += 16)
+    for (int l = 0; l < 16; l++) part[l] += as_f32(x[c + l]) * as_f32(a[c + l]);
+  for (; c < k; c++) part[c % 16] += as_f32(x[c]) * as_f32(a[c]);
+  float sum = 0.0f;
+  for (int l = 0; l < 16; l++) sum += part[l];
+  return sum;
+}
+
+// The LoRA bypass's first product, h = X A^T (m x rank, rounded to the dtype into lora->h), and for the
+// epilogue h as f32 as it was stored, times the scaling (hs). X is read as stored (f32 or bf16).
+template <typename TX, typename TA>
+void lora_h_typed(const qlora_lora4& lora, const TX* x, uint64_t m, uint64_t k, float* hs) {
   const uint64_t r = lora.rank;
+  const TA* a = (const TA*)lora.a;
 #pragma omp parallel for schedule(static) if (m * r * k >= kParallelMin)
   for (int64_t t = 0; t < (int64_t)(m * r); t++) {
     const uint64_t row = (uint64_t)t / r, q = (uint64_t)t % r;
-    float part[16] = {};
-    for (uint64_t c = 0; c < k; c++) part[c % 16] += x[row * k + c] * load_float(lora.a, lora.dtype, q * k + c);
-    float sum = 0.0f;
-    for (int l = 0; l < 16; l++) sum += part[l];
-    store_float(lora.h, lora.dtype, (uint64_t)t, sum);
-    hf[t] = load_float(lora.h, lora.dtype, (uint64_t)t);
+    store_float(lora.h, lora.dtype, (uint64_t)t, dot16(x + row * k, a + q * k, k));
+    hs[t] = lora.scaling * load_float(lora.h, lora.dtype, (uint64_t)t);
   }
 }
 
-// C[r][j] = alpha * dot + beta * C[r][j] + scaling * h[r] . B[j], rounded once to C's dtype.
-inline void store_output(void* c, int32_t c_dtype, uint64_t at, float alpha, float dot, float beta,
-                         const qlora_lora4* lora, const float* hrow, uint64_t j) {
-  float v = alpha * dot;
-  if (beta != 0.0f) v += beta * load_float(c, c_dtype, at);
-  if (lora) {
-    float u = 0.0f;
-    for (uint64_t q = 0; q < lora->rank; q++) u += hrow[q] * load_float(lora->b, lora->dtype, j * lora->rank + q);
-    v += lora->scaling * u;
+void lora_h(const qlora_lora4& lora, const void* x, int32_t x_dtype, uint64_t m, uint64_t k, float* hs) {
+  const bool xb = x_dtype == QLORA_BF16, ab = lora.dtype == QLORA_BF16;
+  if (xb && ab) lora_h_typed<uint16_t, uint16_t>(lora, (const uint16_t*)x, m, k, hs);
+  else if (xb) lora_h_typed<uint16_t, float>(lora, (const uint16_t*)x, m, k, hs);
+  else if (ab) lora_h_typed<float, uint16_t>(lora, (const float*)x, m, k, hs);
+  else lora_h_typed<float, float>(lora, (const float*)x, m, k, hs);
+}
+
+// B^T as f32 (rank x n) for the epilogue's loops along n.
+void transpose_b(const qlora_lora4& lora, uint64_t n, float* bt) {
+  const uint64_t r = lora.rank;
+#pragma omp parallel for schedule(static) if (n * r >= kParallelMin)
+  for (int64_t j = 0; j < (int64_t)n; j++)
+    for (uint64_t q = 0; q < r; q++) bt[q * n + (uint64_t)j] = load_float(lora.b, lora.dtype, (uint64_t)j * r + q);
+}
+
+// `len` values of a row of C: alpha * d[j] + beta * c[j] + sum_q hs[q] * bt[q * ldbt + j] (rank terms;
+// none without a bypass), rounded once to C's dtype (CT: float, or uint16_t for bf16).
+template <typename CT>
+void epilogue_row(CT* c, const float* d, uint64_t len, float alpha, float beta, const float* hs, const float* bt,
+                  uint64_t rank, uint64_t ldbt) {
+  alignas(64) float v[256];
+  for (uint64_t a = 0; a < len; a += 256) {
+    const uint64_t w = std::min<uint64_t>(256, len - a);
+    for (uint64_t j = 0; j < w; j++) v[j] = alpha * d[a + j];
+    if (beta != 0.0f)
+      for (uint64_t j = 0; j < w; j++) v[j] += beta * as_f32(c[a + j]);
+    if (rank) {
+      alignas(64) float u[256] = {};
+      for (uint64_t q = 0; q < rank; q++)
+        for (uint64_t j = 0; j < w; j++) u[j] += hs[q] * bt[q * ldbt + a + j];
+      for (uint64_t j = 0; j < w; j++) v[j] += u[j];
+    }
+    if constexpr (sizeof(CT) == 2) {
+      for (uint64_t j = 0; j < w; j++) c[a + j] = float_to_bf16(v[j]);
+    } else {
+      for (uint64_t j = 0; j < w; j++) c[a + j] = v[j];
+    }
   }
-  store_float(c, c_dtype, at, v);
+}
+
+// Row r of C, `len` values from `at` (an element index into C, dtype c_dtype), from d (and the bypass).
+inline void epilogue_at(void* c, int32_t c_dtype, uint64_t at, const float* d, uint64_t len, float alpha, float beta,
+                        const float* hs, const float* bt, uint64_t rank, uint64_t ldbt) {
+  if (c_dtype == QLORA_BF16) epilogue_row((uint16_t*)c + at, d, len, alpha, beta, hs, bt, rank, ldbt);
+  else epilogue_row((float*)c + at, d, len, alpha, beta, hs, bt, rank, ldbt);
+}
+
+// C's rows [0, m) from their dot products (dots: m x n, f32) and the bypass (hs: m x rank; bt: rank x n).
+void epilogue(void* c, int32_t c_dtype, const float* dots, uint64_t m, uint64_t n, float alpha, float beta,
+              const float* hs, const float* bt, uint64_t rank) {
+  constexpr uint64_t kChunk = 1024;
+  const int64_t chunks = (int64_t)((n + kChunk - 1) / kChunk);
+#pragma omp parallel for schedule(static) collapse(2) if (m * n >= kParallelMin)
+  for (int64_t r = 0; r < (int64_t)m; r++)
+    for (int64_t t = 0; t < chunks; t++) {
+      const uint64_t j0 = (uint64_t)t * kChunk, len = std::min(n - j0, kChunk);
+      epilogue_at(c, c_dtype, (uint64_t)r * n + j0, dots + (uint64_t)r * n + j0, len, alpha, beta,
+                  rank ? hs + (uint64_t)r * rank : nullptr, rank ? bt + j0 : nullptr, rank, n);
+    }
 }
 
 // The 16 scaled codes of a block: code * scale, rounded to bf16 (nearest even, as float_to_bf16 for finite
@@ -103,19 +168,18 @@ __attribute__((target("avx2,fma"))) inline __m256 scaled_table_avx2(__m256 codes
   return _mm256_castsi256_ps(_mm256_and_si256(u, _mm256_set1_epi32((int)0xffff0000u)));
 }
 
-// The 16 lanes' sum in a fixed order.
-__attribute__((target("avx512f"))) inline float sum16(__m512 v) {
-  alignas(64) float lanes[16];
-  _mm512_store_ps(lanes, v);
-  float sum = 0.0f;
-  for (int l = 0; l < 16; l++) sum += lanes[l];
-  return sum;
-}
-
 // A value of W as X's dtype would hold it: bf16 rounding for bf16 X.
 inline float as_x_dtype(float v, bool bf16) { return bf16 ? bf16_to_float(float_to_bf16(v)) : v; }
 
 // ---- trans_w = 1: the kernels, each over blocks [b0, b1) of R consecutive rows of W ------------------
+// Values of K per tile: the tile of X (M rows) stays in L1 (Zen 5: 48 KiB) while every row of W of this
+// thread passes over it; the dot products of a row add up tile by tile (partial sums in `dots`).
+constexpr uint64_t kTileValues = 1024;
+constexpr int kMaxGroup = 8;  // rows of W per kernel call, at most
+// The scales of a tile's blocks for one row of W, decoded before the kernel runs (blocks of at least 32
+// values); a kernel over R rows reads R of them.
+using TileScales = float[kTileValues / 32];
+
 // A kernel adds, for every row r of X and row j0 + q of W, the dot product of the values of the blocks
 // [b0, b1) of that row of W with the matching values of x[r], into out[r][q].
 
@@ -123,39 +187,50 @@ inline float as_x_dtype(float v, bool bf16) { return bf16 ? bf16_to_float(float_
 // scaled table rounded to bf16 (the values dequantize_range gives as bf16, bit for bit), then vdpbf16ps
 // (exact products of bf16 values, f32 sums). The decode needs no shuffle: the high nibbles of 32 bytes are
 // W's even values, the low nibbles its odd ones, and X comes rearranged to match (xb: per 64 values, the
-// 32 even ones then the 32 odd ones; see arrange_bf16). Blocks of at least 64 values.
+// 32 even ones then the 32 odd ones; see arrange_pairs). Blocks of at least 64 values.
+//
+// Per 64 values, the R rows of W are decoded first, then each row of X loads its two vectors once for
+// all R. vdpbf16ps shares the two multiply pipes with the decode's lookups and conversions, so the
+// larger M * R, the closer to their two products a cycle (measured on Zen 5: 37 of 64 MACs a cycle at
+// M = 8, R = 2, against 10 at M = 1, where the memory bounds it anyway).
 template <int M, int R>
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) void dots_bf16(const Quant4& w, uint64_t k, uint64_t j0,
-                                                                      uint64_t b0, uint64_t b1, const uint16_t* xb,
-                                                                      float (&out)[M][R]) {
+                                                                      uint64_t b0, uint64_t b1, const TileScales* sc,
+                                                                      const uint16_t* xb, float (&out)[M][R]) {
   const __m512 codes = _mm512_loadu_ps(w.table);
   const __m512i low4 = _mm512_set1_epi16(0x0f);
   const uint64_t bs = w.d.blocksize, blocks = k / bs;
   __m512 acc[M][R];
+#pragma GCC unroll 16
   for (int r = 0; r < M; r++)
+#pragma GCC unroll 16
     for (int q = 0; q < R; q++) acc[r][q] = _mm512_setzero_ps();
   for (uint64_t blk = b0; blk < b1; blk++) {
     __m512i table[R];
     const uint8_t* p[R];
+#pragma GCC unroll 16
     for (int q = 0; q < R; q++) {
-      const uint64_t row_block = (j0 + q) * blocks + blk;
-      // code * scale rounded to bf16 (nearest even), 16 words in the low half of the table
-      __m512i u = _mm512_castps_si512(_mm512_mul_ps(codes, _mm512_set1_ps(w.scale(row_block))));
-      u = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)),
-                                               _mm512_set1_epi32(0x7fff)));
-      table[q] = _mm512_castsi256_si512(_mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
-      p[q] = w.d.packed + row_block * (bs / 2);
+      table[q] = bf16_table(codes, sc[q][blk - b0]);
+      p[q] = w.d.packed + ((j0 + q) * blocks + blk) * (bs / 2);
     }
     const uint16_t* xg = xb + blk * bs;
     for (uint64_t i = 0; i < bs / 2; i += 32) {  // 32 bytes: 64 values
+      __m512bh even[R], odd[R];
+#pragma GCC unroll 16
       for (int q = 0; q < R; q++) {
         const __m512i bytes = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(p[q] + i)));
-        const __m512bh even = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(bytes, 4), table[q]);
-        const __m512bh odd = (__m512bh)_mm512_permutexvar_epi16(_mm512_and_si512(bytes, low4), table[q]);
-        for (int r = 0; r < M; r++) {
-          const uint16_t* xr = xg + (uint64_t)r * k + 2 * i;
-          acc[r][q] = _mm512_dpbf16_ps(acc[r][q], even, (__m512bh)_mm512_loadu_si512((const void*)xr));
-          acc[r][q] = _mm512_dpbf16_ps(acc[r][q], odd, (__m512bh)_mm512_loadu_si512((const void*)(xr + 32)));
+        even[q] = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(bytes, 4), table[q]);
+        odd[q] = (__m512bh)_mm512_permutexvar_epi16(_mm512_and_si512(bytes, low4), table[q]);
+      }
+#pragma GCC unroll 16
+      for (int r = 0; r < M; r++) {
+        const uint16_t* xr = xg + (uint64_t)r * k + 2 * i;
+        const __m512bh x0 = (__m512bh)_mm512_loadu_si512((const void*)xr);
+        const __m512bh x1 = (__m512bh)_mm512_loadu_si512((const void*)(xr + 32));
+#pragma GCC unroll 16
+        for (int q = 0; q < R; q++) {
+          acc[r][q] = _mm512_dpbf16_ps(acc[r][q], even[q], x0);
+          acc[r][q] = _mm512_dpbf16_ps(acc[r][q], odd[q], x1);
         }
       }
     }
@@ -167,7 +242,8 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void dots_bf16(const Quan
 // f32 X, AVX-512: the scaled f32 table looked up with vpermps, 32 values per 16 bytes, FMA into X.
 template <int M, int R>
 __attribute__((target("avx512f,avx512bw"))) void dots_f32_avx512(const Quant4& w, uint64_t k, uint64_t j0, uint64_t b0,
-                                                                  uint64_t b1, const float* x, float (&out)[M][R]) {
+                                                                  uint64_t b1, const TileScales* sc, const float* x,
+                                                                  float (&out)[M][R]) {
   const __m512 codes = _mm512_loadu_ps(w.table);
   const __m128i low4 = _mm_set1_epi8(0x0f);
   const uint64_t bs = w.d.blocksize, blocks = k / bs;
@@ -179,7 +255,7 @@ __attribute__((target("avx512f,avx512bw"))) void dots_f32_avx512(const Quant4& w
     const uint8_t* p[R];
     for (int q = 0; q < R; q++) {
       const uint64_t row_block = (j0 + q) * blocks + blk;
-      table[q] = _mm512_mul_ps(codes, _mm512_set1_ps(w.scale(row_block)));
+      table[q] = _mm512_mul_ps(codes, _mm512_set1_ps(sc[q][blk - b0]));
       p[q] = w.d.packed + row_block * (bs / 2);
     }
     const float* xb = x + blk * bs;
@@ -204,7 +280,8 @@ __attribute__((target("avx512f,avx512bw"))) void dots_f32_avx512(const Quant4& w
 // tables picked by bit 3 of the code.
 template <int M, int R>
 __attribute__((target("avx2,fma"))) void dots_avx2(const Quant4& w, uint64_t k, uint64_t j0, uint64_t b0, uint64_t b1,
-                                                   bool bf16, const float* x, float (&out)[M][R]) {
+                                                   const TileScales* sc, bool bf16, const float* x,
+                                                   float (&out)[M][R]) {
   const __m256 codes_lo = _mm256_loadu_ps(w.table), codes_hi = _mm256_loadu_ps(w.table + 8);
   const __m128i low4 = _mm_set1_epi8(0x0f);
   const __m256i eight = _mm256_set1_epi32(8);
@@ -217,7 +294,7 @@ __attribute__((target("avx2,fma"))) void dots_avx2(const Quant4& w, uint64_t k, 
     const uint8_t* p[R];
     for (int q = 0; q < R; q++) {
       const uint64_t row_block = (j0 + q) * blocks + blk;
-      const float scale = w.scale(row_block);
+      const float scale = sc[q][blk - b0];
       tlo[q] = scaled_table_avx2(codes_lo, scale, bf16);
       thi[q] = scaled_table_avx2(codes_hi, scale, bf16);
       p[q] = w.d.packed + row_block * (bs / 2);
@@ -269,89 +346,81 @@ void dots_general(const Quant4& w, uint64_t m, uint64_t k, uint64_t j, bool bf16
   }
 }
 
-// X (bf16, m x k) as dots_bf16 reads it: per 64 values, the 32 at even positions, then the 32 at odd ones.
-void arrange_bf16(const void* x, uint64_t m, uint64_t k, uint16_t* xb) {
-  const uint16_t* s = (const uint16_t*)x;
-  for (uint64_t r = 0; r < m; r++)
-    for (uint64_t g = 0; g < k; g += 64)
-      for (uint64_t i = 0; i < 32; i++) {
-        xb[r * k + g + i] = s[r * k + g + 2 * i];
-        xb[r * k + g + 32 + i] = s[r * k + g + 2 * i + 1];
-      }
-}
-
 // ---- trans_w = 1: the driver ---------------------------------------------------------------------------
 // Rows of W per kernel call (R) for M rows of X, so that the accumulators (M * R vectors) and the tables
-// fit the 32 vector registers of AVX-512, or AVX2's 16.
+// fit the 32 vector registers of AVX-512, or AVX2's 16: each vector of X loaded serves R rows of W.
 template <int M>
 constexpr int rows_avx512() {
-  return M == 1 ? 8 : M == 2 ? 4 : M <= 4 ? 2 : 1;
+  return M == 1 ? 8 : M == 2 ? 6 : M <= 4 ? 4 : 2;
 }
 template <int M>
 constexpr int rows_avx2() {
   return M == 1 ? 2 : 1;
 }
 
-// Values of K per tile: the tile of X (M rows) stays in L1 (Zen 5: 48 KiB) while every row of W of this
-// thread passes over it; the dot products of a row add up tile by tile (partial sums in `dots`).
-constexpr uint64_t kTileValues = 2048;
-
 enum class Kernel { kBf16, kF32Avx512, kAvx2, kGeneral };
 
+// One kernel call: rows [j0, j0 + G) of W over blocks [b0, b1), added into part.
+template <int M, int G>
+void dots_group(Kernel kernel, const Quant4& w, uint64_t k, uint64_t j0, uint64_t b0, uint64_t b1,
+                const TileScales* sc, bool bf16, const float* x, const uint16_t* xb, float (&part)[M][G]) {
+  if (kernel == Kernel::kBf16) dots_bf16<M, G>(w, k, j0, b0, b1, sc, xb, part);
+  else if (kernel == Kernel::kF32Avx512) dots_f32_avx512<M, G>(w, k, j0, b0, b1, sc, x, part);
+  else dots_avx2<M, G>(w, k, j0, b0, b1, sc, bf16, x, part);
+}
+
+// dots (M x n, f32) = the rows of X times every row of W.
 template <int M>
-void forward_rows(const Quant4& w, uint64_t n, uint64_t k, float alpha, bool bf16, Kernel kernel, const float* x,
-                  const uint16_t* xb, const qlora_lora4* lora, const float* h, float beta, void* c, int32_t c_dtype,
-                  float* dots) {
+void forward_rows(const Quant4& w, uint64_t n, uint64_t k, bool bf16, Kernel kernel, const float* x,
+                  const uint16_t* xb, float* dots) {
   constexpr int R = rows_avx512<M>(), R2 = rows_avx2<M>();
+  static_assert(R <= kMaxGroup && R2 <= kMaxGroup, "a group has at most kMaxGroup rows of scales");
   const int group = kernel == Kernel::kAvx2 ? R2 : kernel == Kernel::kGeneral ? 1 : R;
   const uint64_t bs = w.d.blocksize, blocks = k / bs;
   const uint64_t tile_blocks = std::max<uint64_t>(1, kTileValues / bs);
   const int64_t groups = (int64_t)((n + group - 1) / group);
-  std::fill(dots, dots + (uint64_t)M * n, 0.0f);  // dots[j * M + r]
+  std::fill(dots, dots + (uint64_t)M * n, 0.0f);
 #pragma omp parallel if (n * k >= kParallelMin)
   {
+    TileScales sc[kMaxGroup];
     for (uint64_t b0 = 0; b0 < (kernel == Kernel::kGeneral ? 1 : blocks); b0 += tile_blocks) {
       const uint64_t b1 = std::min(blocks, b0 + tile_blocks);
 #pragma omp for schedule(static) nowait
       for (int64_t g = 0; g < groups; g++) {  // the same rows for each thread at every tile
         const uint64_t j0 = (uint64_t)g * group;
         const int rows = (int)std::min<uint64_t>(group, n - j0);
-        float part[M][R] = {};
+        float part[M][R > R2 ? R : R2] = {};
         if (kernel == Kernel::kGeneral) {
-          if (b0 > 0) continue;  // the whole row at the first tile
           for (int q = 0; q < rows; q++) {
             float col[kGemvMaxRows];
             dots_general(w, M, k, j0 + q, bf16, x, col);
             for (int r = 0; r < M; r++) part[r][q] = col[r];
           }
-        } else if (rows < group) {  // the last rows of W, one at a time
-          for (int q = 0; q < rows; q++) {
-            float one[M][1] = {};
-            if (kernel == Kernel::kBf16) dots_bf16<M, 1>(w, k, j0 + q, b0, b1, xb, one);
-            else if (kernel == Kernel::kF32Avx512) dots_f32_avx512<M, 1>(w, k, j0 + q, b0, b1, x, one);
-            else dots_avx2<M, 1>(w, k, j0 + q, b0, b1, bf16, x, one);
-            for (int r = 0; r < M; r++) part[r][q] = one[r][0];
-          }
-        } else if (kernel == Kernel::kBf16) {
-          dots_bf16<M, R>(w, k, j0, b0, b1, xb, part);
-        } else if (kernel == Kernel::kF32Avx512) {
-          dots_f32_avx512<M, R>(w, k, j0, b0, b1, x, part);
         } else {
-          float p2[M][R2] = {};
-          dots_avx2<M, R2>(w, k, j0, b0, b1, bf16, x, p2);
-          for (int r = 0; r < M; r++)
-            for (int q = 0; q < R2; q++) part[r][q] = p2[r][q];
+          for (int q = 0; q < rows; q++) block_scales(w, (j0 + q) * blocks + b0, b1 - b0, sc[q]);
+          if (rows < group) {  // the last rows of W, one at a time
+            for (int q = 0; q < rows; q++) {
+              float one[M][1] = {};
+              dots_group<M, 1>(kernel, w, k, j0 + q, b0, b1, sc + q, bf16, x, xb, one);
+              for (int r = 0; r < M; r++) part[r][q] = one[r][0];
+            }
+          } else if (group == R) {
+            float p[M][R] = {};
+            dots_group<M, R>(kernel, w, k, j0, b0, b1, sc, bf16, x, xb, p);
+            for (int r = 0; r < M; r++)
+              for (int q = 0; q < R; q++) part[r][q] = p[r][q];
+          } else {
+            float p[M][R2] = {};
+            dots_group<M, R2>(kernel, w, k, j0, b0, b1, sc, bf16, x, xb, p);
+            for (int r = 0; r < M; r++)
+              for (int q = 0; q < R2; q++) part[r][q] = p[r][q];
+          }
         }
-        for (int q = 0; q < rows; q++)
-          for (int r = 0; r < M; r++) dots[(j0 + q) * M + r] += part[r][q];
+        for (int r = 0; r < M; r++)
+          for (int q = 0; q < rows; q++) dots[(uint64_t)r * n + j0 + q] += part[r][q];
       }
     }
   }
-#pragma omp parallel for schedule(static) if (n * M >= kParallelMin)
-  for (int64_t jj = 0; jj < (int64_t)n; jj++)
-    for (int r = 0; r < M; r++)
-      store_output(c, c_dtype, (uint64_t)r * n + (uint64_t)jj, alpha, dots[(uint64_t)jj * M + r], beta, lora,
-                   lora ? h + (uint64_t)r * lora->rank : nullptr, (uint64_t)jj);
 }
 
 // ---- trans_w = 0: dX = dY W, W stored k x n ------------------------------------------------------------
@@ -412,12 +481,33 @@ void backward_columns(const Quant4& w, uint64_t m, uint64_t n, uint64_t k, float
     if (vector) accumulate_columns_avx512(w, m, n, k, j0, cols, bf16, x, acc);
     else accumulate_columns_general(w, m, n, k, j0, cols, bf16, x, acc, buf);
     for (uint64_t r = 0; r < m; r++)
-      for (uint64_t j = 0; j < cols; j++)
-        store_output(c, c_dtype, r * n + j0 + j, alpha, acc[r * cols + j], beta, nullptr, nullptr, 0);
+      epilogue_at(c, c_dtype, r * n + j0, acc + r * cols, cols, alpha, beta, nullptr, nullptr, 0, 0);
   }
 }
 
 }  // namespace
+
+__attribute__((target("avx512f,avx512bw"))) void arrange_pairs(const uint16_t* x, uint64_t rows, uint64_t k,
+                                                                uint16_t* xb, uint64_t ldb) {
+  alignas(64) uint16_t even[32], odd[32];
+  for (int i = 0; i < 32; i++) even[i] = (uint16_t)(2 * i), odd[i] = (uint16_t)(2 * i + 1);
+  const __m512i ie = _mm512_load_si512(even), io = _mm512_load_si512(odd);
+#pragma omp parallel for schedule(static) if (rows * k >= kParallelMin)
+  for (int64_t r = 0; r < (int64_t)rows; r++)
+    for (uint64_t g = 0; g < k; g += 64) {  // two vpermt2w per 64 values
+      const __m512i a = _mm512_loadu_si512((const void*)(x + r * k + g));
+      const __m512i b = _mm512_loadu_si512((const void*)(x + r * k + g + 32));
+      _mm512_storeu_si512((void*)(xb + r * ldb + g), _mm512_permutex2var_epi16(a, ie, b));
+      _mm512_storeu_si512((void*)(xb + r * ldb + g + 32), _mm512_permutex2var_epi16(a, io, b));
+    }
+}
+
+uint64_t gemv4_scratch_bytes(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k, int32_t x_dtype, uint64_t rank) {
+  const uint64_t x = x_dtype == QLORA_BF16 ? 4 : 0;  // per value of X: widened to f32 (or rearranged bf16)
+  if (!trans_w) return x * m * k;
+  const uint64_t rows = std::min(m, kGemvMaxRows);
+  return x * rows * k + 4 * rows * n + 4 * (m + n) * rank;
+}
 
 void gemv4(const Quant4& w, int32_t trans_w, uint64_t m, uint64_t n, uint64_t k, float alpha, const void* x,
            int32_t x_dtype, const qlora_lora4* lora, float beta, void* c, int32_t c_dtype) {
@@ -434,48 +524,49 @@ void gemv4(const Quant4& w, int32_t trans_w, uint64_t m, uint64_t n, uint64_t k,
     backward_columns(w, m, n, k, alpha, bf16, xf.get(), beta, c, c_dtype, has_avx512() ? 2 : 0);
     return;
   }
-  // Scratch through the ledger, allocated before any output is written: X widened to f32 (or rearranged
-  // for the bf16 kernel), the LoRA bypass's h in f32, and the dot products of every row of W.
-  Workspace xs, hs, ds;
+  // Scratch through the ledger (gemv4_scratch_bytes), allocated before any output is written: a chunk of
+  // up to kGemvMaxRows rows of X widened to f32 (or rearranged for the bf16 kernel, in half of it), the
+  // dot products of those rows with every row of W, and for the bypass h (times the scaling) and B^T in f32.
+  const uint64_t rows = std::min(m, kGemvMaxRows), rank = lora ? lora->rank : 0;
+  Workspace xs, ds, hs, bts;
   const char* fn = kFn;
-  const uint64_t x_bytes = kernel == Kernel::kBf16 ? m * k * 2 : bf16 ? m * k * 4 : 0;
-  qlora_status s = xs.alloc(x_bytes, fn);
-  if (s == QLORA_OK && lora) s = hs.alloc(m * lora->rank * sizeof(float), fn);
-  if (s == QLORA_OK) s = ds.alloc(m * n * sizeof(float), fn);
+  qlora_status s = xs.alloc(bf16 ? rows * k * 4 : 0, fn);
+  if (s == QLORA_OK) s = ds.alloc(rows * n * sizeof(float), fn);
+  if (s == QLORA_OK) s = hs.alloc(m * rank * sizeof(float), fn);
+  if (s == QLORA_OK) s = bts.alloc(n * rank * sizeof(float), fn);
   if (s != QLORA_OK) throw WorkspaceError(s, qlora_last_error());
-  const float* xf = (const float*)x;
-  const uint16_t* xb = nullptr;
-  if (kernel == Kernel::kBf16) {
-    arrange_bf16(x, m, k, xs.as<uint16_t>());
-    xb = xs.as<uint16_t>();
-  } else if (bf16) {
-    float* f = xs.as<float>();
-    for (uint64_t i = 0; i < m * k; i++) f[i] = load_float(x, x_dtype, i);
-    xf = f;
-  }
-  float* h = lora ? hs.as<float>() : nullptr;
   if (lora) {
-    // h = X A^T from X as f32 (widened here when the bf16 kernel runs on the rearranged copy)
-    Workspace wide;
-    if (kernel == Kernel::kBf16) {
-      if ((s = wide.alloc(m * k * sizeof(float), fn)) != QLORA_OK) throw WorkspaceError(s, qlora_last_error());
-      float* f = wide.as<float>();
-      for (uint64_t i = 0; i < m * k; i++) f[i] = load_float(x, x_dtype, i);
-      lora_h(*lora, f, m, k, h);
-    } else {
-      lora_h(*lora, xf, m, k, h);
-    }
+    lora_h(*lora, x, x_dtype, m, k, hs.as<float>());
+    transpose_b(*lora, n, bts.as<float>());
   }
+  const uint64_t x_size = dtype_size(x_dtype), c_size = dtype_size(c_dtype);
   float* dots = ds.as<float>();
-  switch (m) {
-    case 1: return forward_rows<1>(w, n, k, alpha, bf16, kernel, xf, xb, lora, h, beta, c, c_dtype, dots);
-    case 2: return forward_rows<2>(w, n, k, alpha, bf16, kernel, xf, xb, lora, h, beta, c, c_dtype, dots);
-    case 3: return forward_rows<3>(w, n, k, alpha, bf16, kernel, xf, xb, lora, h, beta, c, c_dtype, dots);
-    case 4: return forward_rows<4>(w, n, k, alpha, bf16, kernel, xf, xb, lora, h, beta, c, c_dtype, dots);
-    case 5: return forward_rows<5>(w, n, k, alpha, bf16, kernel, xf, xb, lora, h, beta, c, c_dtype, dots);
-    case 6: return forward_rows<6>(w, n, k, alpha, bf16, kernel, xf, xb, lora, h, beta, c, c_dtype, dots);
-    case 7: return forward_rows<7>(w, n, k, alpha, bf16, kernel, xf, xb, lora, h, beta, c, c_dtype, dots);
-    default: return forward_rows<8>(w, n, k, alpha, bf16, kernel, xf, xb, lora, h, beta, c, c_dtype, dots);
+  // Chunks of rows of X, each one pass over W (decoded once per chunk, in registers).
+  for (uint64_t r0 = 0; r0 < m; r0 += rows) {
+    const uint64_t mc = std::min(rows, m - r0);
+    const void* xc = (const char*)x + r0 * k * x_size;
+    const float* xf = (const float*)xc;
+    const uint16_t* xb = nullptr;
+    if (kernel == Kernel::kBf16) {
+      arrange_pairs((const uint16_t*)xc, mc, k, xs.as<uint16_t>(), k);
+      xb = xs.as<uint16_t>();
+    } else if (bf16) {
+      float* f = xs.as<float>();
+      for (uint64_t i = 0; i < mc * k; i++) f[i] = load_float(xc, x_dtype, i);
+      xf = f;
+    }
+    switch (mc) {
+      case 1: forward_rows<1>(w, n, k, bf16, kernel, xf, xb, dots); break;
+      case 2: forward_rows<2>(w, n, k, bf16, kernel, xf, xb, dots); break;
+      case 3: forward_rows<3>(w, n, k, bf16, kernel, xf, xb, dots); break;
+      case 4: forward_rows<4>(w, n, k, bf16, kernel, xf, xb, dots); break;
+      case 5: forward_rows<5>(w, n, k, bf16, kernel, xf, xb, dots); break;
+      case 6: forward_rows<6>(w, n, k, bf16, kernel, xf, xb, dots); break;
+      case 7: forward_rows<7>(w, n, k, bf16, kernel, xf, xb, dots); break;
+      default: forward_rows<8>(w, n, k, bf16, kernel, xf, xb, dots); break;
+    }
+    epilogue((char*)c + r0 * n * c_size, c_dtype, dots, mc, n, alpha, beta, lora ? hs.as<float>() + r0 * rank : nullptr,
+             bts.as<float>(), rank);
   }
 }
 
