@@ -31,6 +31,7 @@ export { fillOrDispose, type RandnOptions, shapeSize, Tensor, type TensorOptions
 export * from "./lib/quant.ts";
 export * from "./lib/ops.ts";
 export * from "./lib/lora.ts";
+export * from "./lib/linear_speed.ts";
 export * from "./lib/optimizer.ts";
 export * from "./lib/adamw.ts";
 export * from "./lib/adamw8bit.ts";
