@@ -166,10 +166,11 @@ struct SearchAvx512 {
         t2(_mm512_loadu_ps(s.level[2])),
         magnitude(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)s.magnitude))),
         sign_magnitude(s.sign_magnitude) {}
-  // The codes of 16 values x (as f32), scaled by inv.
+  // The codes of 16 values x (as f32), scaled by inv (kSign: the table is sign-magnitude).
+  template <bool kSign>
   QLORA_AVX512 __m512i codes(__m512 x, __m512 inv) const {
     const __m512 v = _mm512_mul_ps(x, inv);
-    if (sign_magnitude) {
+    if (kSign) {
       const __m512 a = _mm512_abs_ps(v);
       __m512i idx = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(a, top, _CMP_GT_OQ), _mm512_set1_epi32(4));
       idx = _mm512_mask_or_epi32(idx, _mm512_cmp_ps_mask(a, _mm512_permutexvar_ps(idx, t0), _CMP_GT_OQ), idx,
@@ -200,8 +201,9 @@ QLORA_AVX512 inline void pack32_avx512(__m512i a, __m512i b, uint8_t* out) {
 }
 
 // 16 values from x (f32 or bf16) as f32.
-QLORA_AVX512 inline __m512 load16_avx512(const void* x, int32_t dtype, uint64_t j) {
-  if (dtype == QLORA_F32) return _mm512_loadu_ps((const float*)x + j);
+template <bool kBf16>
+QLORA_AVX512 inline __m512 load16_avx512(const void* x, uint64_t j) {
+  if (!kBf16) return _mm512_loadu_ps((const float*)x + j);
   const __m256i h = _mm256_loadu_si256((const __m256i*)((const uint16_t*)x + j));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
@@ -222,26 +224,42 @@ QLORA_AVX512 inline uint32_t absmax_bits_avx512(const void* x, int32_t dtype, ui
   return _mm512_reduce_max_epu32(m) << 16;
 }
 
-// Blocks [b0, b1) of x (whole blocks of bs values, f32 or bf16); *bad when one holds NaN or Inf.
-QLORA_AVX512 void quantize_blocks_avx512(const void* x, int32_t dtype, uint64_t bs, uint64_t b0, uint64_t b1,
+template <bool kBf16, bool kSign>
+QLORA_AVX512 void quantize_blocks_avx512_t(const void* x, int32_t dtype, uint64_t bs, uint64_t b0, uint64_t b1,
                                          const SearchTables& tables, uint8_t* packed, float* absmax, bool* bad) {
   const SearchAvx512 search(tables);
   const uint64_t esize = dtype_size(dtype);
-  for (uint64_t b = b0; b < b1; b++) {
-    const void* xb = (const char*)x + b * bs * esize;
-    const uint32_t amax_bits = absmax_bits_avx512(xb, dtype, bs);
-    if (amax_bits >= 0x7f800000u) {
-      *bad = true;
-      continue;
+  // Groups of blocks (up to kMaxBlock values, in L1): every block's absmax and 1 / absmax first, then the
+  // codes, so that no block's codes wait on its own reduction and division.
+  const uint64_t group = std::max<uint64_t>(1, kMaxBlock / bs);
+  float inv_of[kMaxBlock / 32];
+  for (uint64_t g0 = b0; g0 < b1; g0 += group) {
+    const uint64_t g1 = std::min(b1, g0 + group);
+    for (uint64_t b = g0; b < g1; b++) {
+      const uint32_t amax_bits = absmax_bits_avx512((const char*)x + b * bs * esize, dtype, bs);
+      if (amax_bits >= 0x7f800000u) *bad = true;
+      const float amax = bits_float(amax_bits & 0x7fffffffu);
+      absmax[b] = amax;
+      inv_of[b - g0] = amax > 0.0f ? 1.0f / amax : 0.0f;
     }
-    const float amax = bits_float(amax_bits);
-    const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 1.0f / amax : 0.0f);
-    uint8_t* p = packed + b * bs / 2;
-    for (uint64_t j = 0; j < bs; j += 32)
-      pack32_avx512(search.codes(load16_avx512(xb, dtype, j), inv), search.codes(load16_avx512(xb, dtype, j + 16), inv),
-                    p + j / 2);
-    absmax[b] = amax;
+    for (uint64_t b = g0; b < g1; b++) {
+      const void* xb = (const char*)x + b * bs * esize;
+      const __m512 inv = _mm512_set1_ps(inv_of[b - g0]);
+      uint8_t* p = packed + b * bs / 2;
+      for (uint64_t j = 0; j < bs; j += 32)
+        pack32_avx512(search.codes<kSign>(load16_avx512<kBf16>(xb, j), inv),
+                      search.codes<kSign>(load16_avx512<kBf16>(xb, j + 16), inv), p + j / 2);
+    }
   }
+}
+
+// Blocks [b0, b1) of x (whole blocks of bs values, f32 or bf16); *bad when one holds NaN or Inf.
+void quantize_blocks_avx512(const void* x, int32_t dtype, uint64_t bs, uint64_t b0, uint64_t b1,
+                         const SearchTables& tables, uint8_t* packed, float* absmax, bool* bad) {
+  const bool bf16 = dtype == QLORA_BF16, sign = tables.sign_magnitude;
+  auto run = bf16 ? (sign ? quantize_blocks_avx512_t<true, true> : quantize_blocks_avx512_t<true, false>)
+                  : (sign ? quantize_blocks_avx512_t<false, true> : quantize_blocks_avx512_t<false, false>);
+  run(x, dtype, bs, b0, b1, tables, packed, absmax, bad);
 }
 
 struct SearchAvx2 {
@@ -257,9 +275,10 @@ struct SearchAvx2 {
     t1 = _mm256_loadu_ps(sign_magnitude ? s.level[1] : s.half[1]);
     t2 = _mm256_loadu_ps(s.half[2]);
   }
+  template <bool kSign>
   QLORA_AVX2 __m256i codes(__m256 x, __m256 inv) const {
     const __m256 v = _mm256_mul_ps(x, inv);
-    if (sign_magnitude) {
+    if (kSign) {
       const __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v);
       __m256i idx = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(a, top, _CMP_GT_OQ)), _mm256_set1_epi32(4));
       __m256i m = _mm256_castps_si256(_mm256_cmp_ps(a, _mm256_permutevar8x32_ps(t0, idx), _CMP_GT_OQ));
@@ -292,8 +311,9 @@ QLORA_AVX2 inline void pack32_avx2(__m256i a, __m256i b, __m256i c, __m256i d, u
   _mm_storeu_si128((__m128i*)out, r);
 }
 
-QLORA_AVX2 inline __m256 load8_avx2(const void* x, int32_t dtype, uint64_t j) {
-  if (dtype == QLORA_F32) return _mm256_loadu_ps((const float*)x + j);
+template <bool kBf16>
+QLORA_AVX2 inline __m256 load8_avx2(const void* x, uint64_t j) {
+  if (!kBf16) return _mm256_loadu_ps((const float*)x + j);
   const __m128i h = _mm_loadu_si128((const __m128i*)((const uint16_t*)x + j));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
@@ -317,26 +337,44 @@ QLORA_AVX2 inline uint32_t absmax_bits_avx2(const void* x, int32_t dtype, uint64
   return (uint32_t)_mm_cvtsi128_si32(r);
 }
 
-QLORA_AVX2 void quantize_blocks_avx2(const void* x, int32_t dtype, uint64_t bs, uint64_t b0, uint64_t b1,
+template <bool kBf16, bool kSign>
+QLORA_AVX2 void quantize_blocks_avx2_t(const void* x, int32_t dtype, uint64_t bs, uint64_t b0, uint64_t b1,
                                      const SearchTables& tables, uint8_t* packed, float* absmax, bool* bad) {
   const SearchAvx2 search(tables);
   const uint64_t esize = dtype_size(dtype);
-  for (uint64_t b = b0; b < b1; b++) {
-    const void* xb = (const char*)x + b * bs * esize;
-    const uint32_t amax_bits = absmax_bits_avx2(xb, dtype, bs);
-    if (amax_bits >= 0x7f800000u) {
-      *bad = true;
-      continue;
+  // Groups of blocks (up to kMaxBlock values, in L1): every block's absmax and 1 / absmax first, then the
+  // codes, so that no block's codes wait on its own reduction and division.
+  const uint64_t group = std::max<uint64_t>(1, kMaxBlock / bs);
+  float inv_of[kMaxBlock / 32];
+  for (uint64_t g0 = b0; g0 < b1; g0 += group) {
+    const uint64_t g1 = std::min(b1, g0 + group);
+    for (uint64_t b = g0; b < g1; b++) {
+      const uint32_t amax_bits = absmax_bits_avx2((const char*)x + b * bs * esize, dtype, bs);
+      if (amax_bits >= 0x7f800000u) *bad = true;
+      const float amax = bits_float(amax_bits & 0x7fffffffu);
+      absmax[b] = amax;
+      inv_of[b - g0] = amax > 0.0f ? 1.0f / amax : 0.0f;
     }
-    const float amax = bits_float(amax_bits);
-    const __m256 inv = _mm256_set1_ps(amax > 0.0f ? 1.0f / amax : 0.0f);
-    uint8_t* p = packed + b * bs / 2;
-    for (uint64_t j = 0; j < bs; j += 32)
-      pack32_avx2(search.codes(load8_avx2(xb, dtype, j), inv), search.codes(load8_avx2(xb, dtype, j + 8), inv),
-                  search.codes(load8_avx2(xb, dtype, j + 16), inv), search.codes(load8_avx2(xb, dtype, j + 24), inv),
-                  p + j / 2);
-    absmax[b] = amax;
+    for (uint64_t b = g0; b < g1; b++) {
+      const void* xb = (const char*)x + b * bs * esize;
+      const __m256 inv = _mm256_set1_ps(inv_of[b - g0]);
+      uint8_t* p = packed + b * bs / 2;
+      for (uint64_t j = 0; j < bs; j += 32)
+        pack32_avx2(search.codes<kSign>(load8_avx2<kBf16>(xb, j), inv),
+                    search.codes<kSign>(load8_avx2<kBf16>(xb, j + 8), inv),
+                    search.codes<kSign>(load8_avx2<kBf16>(xb, j + 16), inv),
+                    search.codes<kSign>(load8_avx2<kBf16>(xb, j + 24), inv), p + j / 2);
+    }
   }
+}
+
+// Blocks [b0, b1) of x (whole blocks of bs values, f32 or bf16); *bad when one holds NaN or Inf.
+void quantize_blocks_avx2(const void* x, int32_t dtype, uint64_t bs, uint64_t b0, uint64_t b1,
+                         const SearchTables& tables, uint8_t* packed, float* absmax, bool* bad) {
+  const bool bf16 = dtype == QLORA_BF16, sign = tables.sign_magnitude;
+  auto run = bf16 ? (sign ? quantize_blocks_avx2_t<true, true> : quantize_blocks_avx2_t<true, false>)
+                  : (sign ? quantize_blocks_avx2_t<false, true> : quantize_blocks_avx2_t<false, false>);
+  run(x, dtype, bs, b0, b1, tables, packed, absmax, bad);
 }
 
 // Quantizes one block of len values (len even, or odd for the very last block).
