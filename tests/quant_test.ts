@@ -3,6 +3,7 @@ import {
   dynamicMap,
   getDevice,
   InvalidArgumentError,
+  matmul4bit,
   NonFiniteError,
   quantizationError,
   quantize,
@@ -211,4 +212,125 @@ Deno.test("quantize: bad options are refused before any native call", () => {
   assertThrows(() => quantize(u), InvalidArgumentError, "f32, bf16 or f16");
   using q = quantize(x);
   assertThrows(() => q.dequantize({ dtype: "i32" as "f32" }), InvalidArgumentError);
+});
+
+// ---- the vector kernels (AVX-512, AVX2 with QLORA_CPU_ISA=avx2) against the plain reference ----------------
+
+/** Dequantized values of q in `dtype` against the reference (f32 bit for bit; 16-bit = the f32 result rounded). */
+function checkDequantize(q: ReturnType<typeof quantize>, n: number, what: string, halves = true) {
+  using c = q.constants();
+  const want = referenceDequantize(
+    q.packed.toArray() as Uint8Array,
+    c.toFloat32(),
+    n,
+    quantMap(q.quantType, device),
+    q.blocksize,
+  );
+  using got = q.dequantize({ dtype: "f32" });
+  assertBitEqual(got.toFloat32(), want, `${what} -> f32`);
+  if (!halves) return;
+  using want32 = Tensor.from(want, { device });
+  for (const dtype of ["bf16", "f16"] as const) {
+    using got16 = q.dequantize({ dtype });
+    using want16 = want32.cast(dtype);
+    assertBitEqual(got16.toArray() as Uint16Array, want16.toArray() as Uint16Array, `${what} -> ${dtype}`);
+  }
+}
+
+Deno.test("dequantize: every type, plain and double-quantized, to f32/bf16/f16, ragged sizes, bit for bit", () => {
+  const shapes = [[1, 64], [33, 32], [95, 32], [4097, 32], [333, 128], [5000, 4096], [70001, 64], [
+    65536 + 3,
+    256,
+  ]];
+  for (const quantType of TYPES) {
+    for (const doubleQuant of [false, true]) {
+      for (const [n, blocksize] of shapes) {
+        using x = Tensor.from(normalValues(n, n + blocksize, 0.5), { device });
+        using q = quantize(x, { quantType, blocksize, doubleQuant });
+        checkDequantize(q, n, `${quantType}${doubleQuant ? "+dq" : ""} n=${n} bs=${blocksize}`);
+      }
+    }
+  }
+});
+
+Deno.test("dequantize: f32 outputs over 32 MiB (streamed, many tasks) equal the reference", () => {
+  const n = (8 << 20) + 37; // 32 MiB of f32 and a ragged tail
+  using x = Tensor.randn([n], { seed: 11, std: 0.02, device });
+  for (const [quantType, doubleQuant] of [["nf4", true], ["fp4", false]] as const) {
+    using q = quantize(x, { quantType, doubleQuant });
+    checkDequantize(q, n, `${quantType}${doubleQuant ? "+dq" : ""} n=${n}`, false);
+  }
+});
+
+Deno.test("quantize: values on, just below and just above every threshold, f32 and bf16 inputs, bit for bit", () => {
+  const bits = new Uint32Array(1), f = new Float32Array(bits.buffer);
+  const step = (v: number, d: number) => { // the next f32 after v towards +inf (d = 1) or -inf (d = -1)
+    f[0] = v;
+    if (v === 0) return d * 1e-45;
+    bits[0] += (v > 0) === (d > 0) ? 1 : -1;
+    return f[0];
+  };
+  for (const quantType of TYPES) {
+    const table = quantMap(quantType, device);
+    const thresholds = quantType === "fp4"
+      ? FP4_THRESHOLDS.flatMap((t) => [t, -t])
+      : Array.from({ length: 15 }, (_, k) => Math.fround((table[k] + table[k + 1]) / 2));
+    const values = thresholds.flatMap((t) => [t, step(t, 1), step(t, -1)]);
+    values.push(0, -0, 1e-45, -1e-45, 1, -1, step(1, -1), step(-1, 1), ...table);
+    for (const [blocksize, scale] of [[32, 1], [64, 3.7], [256, 1e-3]]) {
+      // Blocks of blocksize values, absmax 1 (first value), then the values: x * (1 / absmax) is the value.
+      const x: number[] = [];
+      for (let i = 0; i < values.length; i += blocksize - 1) {
+        const block = [1, ...values.slice(i, i + blocksize - 1)];
+        while (block.length < blocksize) block.push(0.5);
+        x.push(...block.map((v) => v * scale));
+      }
+      x.push(0.25, -0.75, 0.125); // a ragged last block
+      const x32 = new Float32Array(x);
+      using t32 = Tensor.from(x32, { device });
+      using t16 = t32.cast("bf16");
+      using back = t16.cast("f32");
+      for (const [input, values32] of [[t32, x32], [t16, back.toFloat32()]] as const) {
+        using q = quantize(input, { quantType, blocksize, doubleQuant: false });
+        const want = referenceQuantize(values32, quantType, blocksize);
+        const what = `${quantType} ${input.dtype} bs=${blocksize} scale=${scale}`;
+        assertBitEqual(q.absmax!.toArray() as Float32Array, want.absmax, `${what} absmax`);
+        assertBitEqual(q.packed.toArray() as Uint8Array, want.packed, `${what} packed`);
+      }
+    }
+  }
+});
+
+Deno.test("4-bit GEMM tiles (more than 8 rows) decode odd starts and ragged rows as dequantize does", () => {
+  // One-hot rows of X pick rows (transW false: W is k x n, C = X W) or columns (transW true: W is n x k,
+  // C = X W^T) of W exactly, so C holds the values the tiles decoded, row ranges starting at odd values.
+  const [n, k, m] = [33, 65, 12];
+  for (const [quantType, doubleQuant] of [["nf4", false], ["fp4", true], ["int4", true]] as const) {
+    for (const transW of [false, true]) {
+      const shape = transW ? [n, k] : [k, n];
+      using w = Tensor.randn(shape, { seed: 5, std: 0.5, device });
+      using q = quantize(w, { quantType, doubleQuant, blocksize: 32 });
+      for (const dtype of ["f32", "bf16"] as const) {
+        using wd = q.dequantize({ dtype });
+        const wv = wd.toFloat32();
+        const pick = Array.from({ length: m }, (_, r) => (r * 7 + 3) % k);
+        const xs = new Float32Array(m * k);
+        pick.forEach((p, r) => xs[r * k + p] = 1);
+        using x32 = Tensor.from(xs, { device, shape: [m, k] });
+        using x = x32.cast(dtype);
+        using c = matmul4bit(x, q, { transW });
+        const got = c.toFloat32();
+        for (let r = 0; r < m; r++) {
+          for (let j = 0; j < n; j++) {
+            const want = transW ? wv[j * k + pick[r]] : wv[pick[r] * n + j];
+            if (got[r * n + j] !== want) {
+              throw new Error(
+                `${quantType} transW ${transW} ${dtype}: C[${r}, ${j}] = ${got[r * n + j]}, W gives ${want}`,
+              );
+            }
+          }
+        }
+      }
+    }
+  }
 });

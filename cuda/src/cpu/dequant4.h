@@ -13,30 +13,48 @@
 namespace qlora {
 
 // A stored 4-bit tensor (a qlora_weight4) with its type's 16 code values and the dynamic map that decodes
-// double-quantized scales.
+// double-quantized scales. Block sizes are powers of two: block and nested indices are shifts.
 struct Quant4 {
   qlora_weight4 d;
-  const float* table;  // quant4_table(d.quant_type)->code
-  const float* map;    // dynamic_map().code
+  const float* table;     // quant4_table(d.quant_type)->code
+  const float* map;       // dynamic_map().code
+  unsigned block_shift;   // log2(d.blocksize)
+  unsigned nested_shift;  // log2(d.nested_blocksize) when double-quantized
 
-  explicit Quant4(const qlora_weight4& w) : d(w), table(quant4_table(w.quant_type)->code), map(dynamic_map().code) {}
-  // The scale of block b.
-  float scale(uint64_t b) const { return weight4_scale(d, b, map); }
+  explicit Quant4(const qlora_weight4& w)
+      : d(w),
+        table(quant4_table(w.quant_type)->code),
+        map(dynamic_map().code),
+        block_shift((unsigned)__builtin_ctzll(w.blocksize | (1ull << 63))),
+        nested_shift((unsigned)__builtin_ctzll(w.nested_blocksize | (1ull << 63))) {}
+  // The scale of block b: weight4_scale's arithmetic (map[code] * nested, then + offset, each rounded).
+  float scale(uint64_t b) const {
+    if (d.absmax) return d.absmax[b];
+    const float scaled = map[d.absmax_codes[b]] * d.nested_absmax[b >> nested_shift];
+    return scaled + d.offset;
+  }
   // Value i as f32.
   float value(uint64_t i) const {
     const uint8_t byte = d.packed[i / 2];
-    return table[(i & 1) ? (byte & 15) : (byte >> 4)] * scale(i / d.blocksize);
+    return table[(i & 1) ? (byte & 15) : (byte >> 4)] * scale(i >> block_shift);
   }
 };
 
 // nbytes packed bytes (2 * nbytes values, all in one block of scale amax) into out[0, 2 * nbytes) as
-// dtype (f32, bf16 or f16); AVX-512 where the CPU has it (f32 and bf16), else value by value.
+// dtype (f32, bf16 or f16).
 void dequantize_bytes(const uint8_t* packed, uint64_t nbytes, float amax, const float* table, void* out,
                       int32_t dtype);
 
-// Values [begin, end) of w (flat, as stored) into out[0, end - begin) as dtype (f32, bf16 or f16).
-// Any range: an odd start or end is written on its own, the rest block by block.
+// Values [begin, end) of w (flat, as stored) into out[0, end - begin) as dtype (f32, bf16 or f16). Any
+// range: an odd start or end is written on its own, the whole pairs between run block by block in one
+// loop (AVX-512, AVX2 or portable, by the CPU and QLORA_CPU_ISA), each block's 16 scaled codes built in
+// registers. Cheap enough per call for short ranges (a row of a tile).
 void dequantize_range(const Quant4& w, uint64_t begin, uint64_t end, void* out, int32_t dtype);
+
+// The same, for outputs that will not be read back soon (larger than the caches): when out is 64-byte
+// aligned and begin a multiple of 32, whole 32-value steps are written with streaming stores (no read
+// for ownership, no cache pollution), then fenced.
+void dequantize_range_streaming(const Quant4& w, uint64_t begin, uint64_t end, void* out, int32_t dtype);
 
 // The fused products (gemv4.cpp): C = alpha * X op(W) + beta * C (+ the LoRA bypass, trans_w = 1), each
 // block of W decoded in registers, never stored. trans_w = 1 takes X in chunks of up to kGemvMaxRows rows,
