@@ -244,10 +244,10 @@ function gemm4bitWorkspace(
     if (m <= 4) return 0; // the fused GEMV
     return Math.max(2 * n * k, 4 * (transW ? k : n));
   }
-  // CPU: one tile of W as f32, 2^20 values of rows (transW) or 2^22 of columns, widths a multiple of 16;
-  // none for a few rows (the fused products).
+  // CPU: one tile of W as f32, 2^22 values of rows (transW) or of columns, widths a multiple of 16; none
+  // for a few rows (the fused products).
   if (m <= CPU_FUSED_ROWS) return 0;
-  let width = Math.max(Math.floor((transW ? 2 ** 20 : 2 ** 22) / k), 1);
+  let width = Math.max(Math.floor(2 ** 22 / k), 1);
   if (width >= 16) width = Math.floor(width / 16) * 16;
   return Math.min(width, n) * k * 4;
 }
