@@ -14,7 +14,8 @@
 #                     with QLORA_GEMM=builtin (the built-in kernels)
 #   4. bench          build/qlora_bench LIB (cuda/tests/bench.cpp): NF4 dequantize / quantize bandwidth as
 #                     a ratio to a device-to-device copy, bf16 GEMM TFLOP/s (cuBLAS path, then the built-in
-#                     kernels), NF4 GEMV vs bf16 GEMV
+#                     kernels), NF4 GEMV vs bf16 GEMV and vs the copy bandwidth, the 4-bit GEMM at 7B's
+#                     up_proj vs the bf16 GEMM
 #   5. torch          torch.matmul bf16 GEMM and GEMV on the same GPU: the reference of the GEMM ratio
 #   6. deno-tests     QLORA_BACKEND=cuda: ./deno task test where npx works; else the bundle of
 #                     scripts/device_bundle.sh (build/device-bundle, carried here): deno test --cached-only
@@ -316,10 +317,14 @@ fi
     echo "; emulated: the figures mean nothing for a GPU"))"
   awk '
     {
+      r = ""; f = ""
       for (i = 2; i <= NF; i++) {
         split($i, kv, "=")
         if (kv[1] == "ratio_to_copy") ratio[$2] = kv[2]
+        if (kv[1] == "ratio") r = kv[2]
+        if (kv[1] == "floor") f = kv[2]
       }
+      if (r != "" && f != "") { judged[++judged_n] = $2; judged_r[judged_n] = r; judged_f[judged_n] = f }
       split($2, kv, "=")
       value[kv[1]] = kv[2]
     }
@@ -327,6 +332,7 @@ fi
       printf "%-44s %8.3g  (floor %.2f) %s\n", what, r, floor, (r >= floor ? "PASS" : "BELOW FLOOR")
     }
     END {
+      for (i = 1; i <= judged_n; i++) floor_line(judged[i], judged_r[i], judged_f[i])
       n = split("nf4_dequant_bf16 nf4_dequant_f32 nf4_quant_from_bf16", names, " ")
       for (i = 1; i <= n; i++)
         for (k in ratio)

@@ -16,7 +16,7 @@
  * | gradients         | every weight, 2 B            | adapters only, 2 B                            |
  * | optimizer_states  | 8 B (m, v in f32; 8-bit: 2 B + 8 B per 256) + 4 B f32 master with mixed precision | the same, per adapter weight |
  * | activations       | what forward keeps for backward, per token and block, plus backward's transient peak | the same, plus each adapter's r-wide h |
- * | workspace         | the cross-entropy's f32 losses; the kernels' own scratch | LoRA: dh in backward; QLoRA: the 4-bit GEMM's dequantization tile (CPU) or whole 16-bit weight (CUDA) and restored constants |
+ * | workspace         | the cross-entropy's f32 losses; the kernels' own scratch | LoRA: dh in backward; QLoRA: the 4-bit GEMM's dequantization tile (CPU; none on CUDA) |
  *
  * The kernels' scratch ({@linkcode nativeScratchBytes}) is counted as the native library allocates it
  * through the ledger, held for one call: on the CPU, per thread, attention's score blocks and the
@@ -184,7 +184,8 @@ export interface EstimateOptions extends QuantStorageOptions {
   optimizer?: OptimizerKind;
   /**
    * Whose 4-bit GEMM workspace to count (default `cpu`): the CPU backend dequantizes a cache-sized f32
-   * tile at a time, the CUDA backend a whole weight in 16 bits (none for at most 4 rows, its fused GEMV).
+   * tile at a time; the CUDA backend needs none (its GEMV decodes W in registers, its GEMM decodes tiles
+   * of W into shared memory).
    */
   backend?: "cpu" | "cuda";
   /**
@@ -240,10 +241,7 @@ function gemm4bitWorkspace(
   n: number,
   k: number,
 ): number {
-  if (backend === "cuda") {
-    if (m <= 4) return 0; // the fused GEMV
-    return Math.max(2 * n * k, 4 * (transW ? k : n));
-  }
+  if (backend === "cuda") return 0; // W decoded in registers (GEMV) or in shared memory (tiles)
   // CPU: one tile of W as f32, 2^22 values of rows (transW) or of columns, widths a multiple of 16; none
   // for a few rows (the fused products).
   if (m <= CPU_FUSED_ROWS) return 0;
@@ -308,18 +306,18 @@ export function nativeScratchBytes(
 /**
  * Bytes of workspace a 4-bit product holds for `x [tokens, ·]` times a 4-bit weight `[out, in]`, its own
  * and the native library's through the ledger: the backend's workspace (`qlora_gemm_4bit_workspace`: the
- * CPU's dequantization tile, CUDA's whole-weight copy, none for a few rows), on CUDA the f32 absmax it
- * restores from double-quantized constants, and on the CPU's fused path for a few rows X widened to f32
- * (bf16 X), forward also the rows' f32 dot products with every row of W and, for a LoRA bypass of `rank`,
- * its h and Bᵀ in f32. `transW` true is forward (`x Wᵀ`), false the input gradient (`dy W`).
+ * CPU's dequantization tile, none for a few rows; none on CUDA, which decodes W and its double-quantized
+ * constants where it reads them), and on the CPU's fused path for a few rows X widened to f32 (bf16 X),
+ * forward also the rows' f32 dot products with every row of W and, for a LoRA bypass of `rank`, its h and
+ * Bᵀ in f32. `transW` true is forward (`x Wᵀ`), false the input gradient (`dy W`).
  *
  * @example
  * ```ts
  * import { matmul4bitWorkspace } from "../mod.ts";
  * import { assertEquals } from "@std/assert";
- * // LLaMA-2-7B's gate_proj on CUDA: the whole weight in bf16 (90 MB) and its 704,512 absmax in f32.
- * assertEquals(matmul4bitWorkspace([11008, 4096], 512, true, { backend: "cuda" }), 2 * 11008 * 4096 + 4 * 704_512);
- * assertEquals(matmul4bitWorkspace([11008, 4096], 4, true, { backend: "cuda" }), 4 * 704_512); // fused GEMV
+ * // LLaMA-2-7B's gate_proj on CUDA: nothing, whether 512 tokens (tiles decoded in shared memory) or 4 (GEMV).
+ * assertEquals(matmul4bitWorkspace([11008, 4096], 512, true, { backend: "cuda" }), 0);
+ * assertEquals(matmul4bitWorkspace([11008, 4096], 4, true, { backend: "cuda" }), 0);
  * // The CPU decoding one bf16 token with a rank-8 bypass: x, the row's 11,008 dot products, h and Bᵀ in
  * // f32, W decoded in registers.
  * const ws = matmul4bitWorkspace([11008, 4096], 1, true, { dtype: "bf16", rank: 8 });
@@ -336,10 +334,7 @@ export function matmul4bitWorkspace(
   const backend = options.backend ?? "cpu";
   const [n, k] = transW ? [out, inp] : [inp, out];
   const own = gemm4bitWorkspace(backend, transW, tokens, n, k);
-  if (backend === "cuda") {
-    const blocks = Math.ceil((out * inp) / (options.blocksize ?? 64));
-    return own + ((options.doubleQuant ?? true) ? 4 * blocks : 0);
-  }
+  if (backend === "cuda") return own;
   if (tokens > CPU_FUSED_ROWS) return own;
   // The fused products' scratch (gemv4_scratch_bytes in cuda/src/cpu/gemv4.cpp): bf16 X widened to f32
   // (or rearranged in half of it); forward, also the f32 dot products of X's rows with every row of W

@@ -12,8 +12,8 @@
  * the blocks, each sequence's last row, the final norm and the logits (e · batch · (2·dim + vocab)).
  * Workspace: the step's token ids and positions (i32), and the largest of the kernels' scratch (on the CPU
  * attention over the cache, per thread 2 · min(128, tokens) · (past + tokens) floats, and RoPE's
- * frequencies), a LoRA layer's r-wide h, a 4-bit product's tile (none for a few rows: the fused products)
- * and on CUDA its restored constants, and a prefill's row index of each sequence's last token.
+ * frequencies), a LoRA layer's r-wide h, a 4-bit product's tile (on the CPU; none for a few rows: the fused
+ * products; none on CUDA), and a prefill's row index of each sequence's last token.
  *
  * @module
  */

@@ -353,7 +353,7 @@ export function formatFit(r: FitReport): string {
       e.pageable ? `${formatBytes(e.pageable)} pageable to host` : "",
     ].filter(Boolean).join("; "),
     activations: `${formatBytes(e.activationsPerToken.saved + e.activationsPerToken.transient)} per token`,
-    workspace: run.mode === "qlora" ? "dequantized 16-bit weight of the 4-bit GEMM (CUDA)" : "",
+    workspace: run.mode === "qlora" ? "the kernels' scratch (CUDA's 4-bit GEMM needs none)" : "",
   };
   const row = (name: string, bytes: string, note = "") =>
     `${name.padEnd(18)} ${bytes.padStart(11)}${note ? `  ${note}` : ""}`;

@@ -250,8 +250,9 @@ typedef struct qlora_lora4 {
 
 /* C = alpha * X @ op(dequant(W)) + beta * C without a 16-bit copy of the whole W: a few rows of X
  * (decoding a batch of tokens: up to 8 on the CPU, 4 on CUDA) in one pass over W that decodes each block
- * in registers (a GEMV); more rows through tiles of W decoded into the workspace (on CPUs with AVX512_BF16,
- * up to 64 bf16 rows: small panels that stay in cache). X is m x k; W is stored n x k (trans_w = 1: the
+ * in registers (a GEMV); more rows through tiles of W decoded where they are multiplied: on the CPU into
+ * the workspace (on CPUs with AVX512_BF16, up to 64 bf16 rows: small panels that stay in cache), on CUDA
+ * into shared memory (no workspace). X is m x k; W is stored n x k (trans_w = 1: the
  * forward pass of a linear layer, C = X W^T) or k x n (trans_w = 0: the input gradient, dX = dY W). X and
  * C are f32 or bf16; products accumulate in f32. m, n, k > 0 and below 2^31; workspace (4-byte aligned) of
  * at least the bytes qlora_gemm_4bit_workspace gives, or anything when that is 0. lora (trans_w = 1 only;

@@ -4,10 +4,15 @@
 //     bandwidth of a device-to-device copy (qlora_memcpy kind 2) of the same machine
 //   - bf16 GEMM TFLOP/s (labelled with QLORA_GEMM: "default" is cuBLAS where the backend finds it,
 //     "builtin" the built-in kernels); device-check.sh divides it by torch.matmul's figure
-//   - NF4 GEMV (m = 1 and 4) against a bf16 GEMV of the same shape, as a speedup
+//   - NF4 GEMV (m = 1 and 4; plain and double-quantized constants; with a rank-8 LoRA bypass) against a
+//     bf16 GEMV of the same shape, as a speedup, and its read bandwidth as a share of a device-to-device
+//     copy's (the limit: a GEMV reads W once, so it can go no faster than W's bytes at copy speed)
+//   - the 4-bit GEMM at LLaMA-2-7B's up_proj (512 x 11008 x 4096, forward X W^T and input gradient dY W)
+//     against qlora_gemm on the same shape with a bf16 W (cuBLAS where the backend finds it), as a ratio
+//   Lines with ratio= and floor= are judged against the floor in device-check.sh's summary (informative).
 //
 //   g++ -std=c++17 -O2 -Wall -Wextra -Icuda/include -o build/qlora_bench cuda/tests/bench.cpp -ldl
-//   build/qlora_bench LIB.so [--small] [--only quant|gemm|gemv] [--gemm-size N] [--info]
+//   build/qlora_bench LIB.so [--small] [--only quant|gemm|gemv|gemm4] [--gemm-size N] [--info]
 //
 // --small   tiny sizes and few iterations: seconds on the emulated backend (libqlora_cuda_emu.so)
 // --only    one benchmark (repeatable); --gemm-size the GEMM's m = n = k (default 8192, small 64)
@@ -34,7 +39,7 @@ namespace {
   X(qlora_abi_version) X(qlora_backend_name) X(qlora_init) X(qlora_last_error) X(qlora_device_name) \
   X(qlora_synchronize) X(qlora_malloc) X(qlora_free) X(qlora_memcpy) X(qlora_fill_normal)           \
   X(qlora_gemm) X(qlora_gemm_4bit_workspace) X(qlora_gemm_4bit) X(qlora_quantize_4bit)              \
-  X(qlora_dequantize_4bit)
+  X(qlora_dequantize_4bit) X(qlora_double_quantize)
 
 struct Lib {
 #define X(f) decltype(&::f) f = nullptr;
@@ -117,10 +122,12 @@ struct Sizes {
   int gemm_iters;
   uint64_t gemv;     // W is gemv x gemv
   int gemv_iters;
+  uint64_t gemm4_m, gemm4_n, gemm4_k;  // X is m x k, W (a linear layer's weight) n x k
+  int gemm4_iters;
 };
 
-const Sizes kFull = {256ull << 20, 10, 8192, 10, 8192, 50};
-const Sizes kSmall = {1ull << 18, 2, 64, 2, 256, 2};
+const Sizes kFull = {256ull << 20, 10, 8192, 10, 8192, 50, 512, 11008, 4096, 20};
+const Sizes kSmall = {1ull << 18, 2, 64, 2, 256, 2, 64, 256, 256, 2};
 
 void bench_quant(const Sizes& s) {
   const uint64_t n = s.quant_n, bs = 64;
@@ -176,43 +183,117 @@ void bench_gemm(const Sizes& s, const char* label) {
   fflush(stdout);
 }
 
+// A weight quantized to NF4 (blocksize 64) from w16 (n x k, bf16), with or without double-quantized
+// constants (nested blocks of 256), as a qlora_weight4 over the pool's buffers.
+qlora_weight4 nf4_weight(Pool& pool, const void* w16, uint64_t n, uint64_t k, bool dq) {
+  const uint64_t bs = 64, blocks = n * k / bs;
+  auto* packed = (uint8_t*)pool.get(n * k / 2);
+  auto* absmax = (float*)pool.get(blocks * 4);
+  q(L.qlora_quantize_4bit(w16, QLORA_BF16, n * k, QLORA_NF4, bs, packed, absmax), "quantize_4bit");
+  qlora_weight4 w{};
+  w.packed = packed;
+  w.quant_type = QLORA_NF4;
+  w.blocksize = bs;
+  if (!dq) {
+    w.absmax = absmax;
+    return w;
+  }
+  auto* codes = (uint8_t*)pool.get(blocks);
+  auto* nested = (float*)pool.get((blocks + 255) / 256 * 4);
+  q(L.qlora_double_quantize(absmax, blocks, 256, codes, nested, &w.offset), "double_quantize");
+  w.absmax_codes = codes;
+  w.nested_absmax = nested;
+  w.nested_blocksize = 256;
+  return w;
+}
+
+// qlora_gemm_4bit with the workspace the backend asks for (none on CUDA).
+double time_gemm4(int iters, int32_t trans_w, uint64_t m, uint64_t n, uint64_t k, const void* x,
+                  const qlora_weight4& w, const qlora_lora4* lora, void* c) {
+  uint64_t ws = 0;
+  q(L.qlora_gemm_4bit_workspace(trans_w, m, n, k, &ws), "gemm_4bit_workspace");
+  Pool wpool;
+  void* dws = ws ? wpool.get(ws) : nullptr;
+  return time_it(iters, [&] {
+    q(L.qlora_gemm_4bit(trans_w, m, n, k, 1.0f, x, QLORA_BF16, &w, lora, 0.0f, c, QLORA_BF16, dws, ws), "gemm_4bit");
+  });
+}
+
 void bench_gemv(const Sizes& s) {
-  const uint64_t n = s.gemv, k = s.gemv, bs = 64;  // W stored n x k, as a linear layer's weight
+  const uint64_t n = s.gemv, k = s.gemv, rank = 8;  // W stored n x k, as a linear layer's weight
   Pool pool;
   void* w16 = pool.get(n * k * 2);
-  auto* packed = (uint8_t*)pool.get(n * k / 2);
-  auto* absmax = (float*)pool.get(n * k / bs * 4);
   void* x = pool.get(4 * k * 2);
   void* c = pool.get(4 * n * 2);
   q(L.qlora_fill_normal(w16, QLORA_BF16, n * k, 0.0f, 0.02f, 3), "fill_normal");
   q(L.qlora_fill_normal(x, QLORA_BF16, 4 * k, 0.0f, 1.0f, 4), "fill_normal");
-  q(L.qlora_quantize_4bit(w16, QLORA_BF16, n * k, QLORA_NF4, bs, packed, absmax), "quantize_4bit");
+  const qlora_weight4 plain = nf4_weight(pool, w16, n, k, false), dq = nf4_weight(pool, w16, n, k, true);
+  void* a = pool.get(rank * k * 2);
+  void* b = pool.get(n * rank * 2);
+  void* h = pool.get(4 * rank * 2);
+  q(L.qlora_fill_normal(a, QLORA_BF16, rank * k, 0.0f, 0.02f, 5), "fill_normal");
+  q(L.qlora_fill_normal(b, QLORA_BF16, n * rank, 0.0f, 0.02f, 6), "fill_normal");
+  const qlora_lora4 lora{a, b, h, rank, 2.0f, QLORA_BF16};
+  // The limit: W's bytes at the bandwidth of a device-to-device copy (read + write) of W in bf16.
+  void* copy = pool.get(n * k * 2);
+  const double t_copy = time_it(s.gemv_iters, [&] {
+    q(L.qlora_memcpy(copy, w16, n * k * 2, QLORA_DEVICE_TO_DEVICE), "memcpy d2d");
+  });
+  const double copy_bw = 2.0 * n * k * 2 / t_copy / 1e9;
+  printf("RESULT gemv_copy_d2d_GBps=%s (the bandwidth limit of the GEMVs below)\n", fmt(copy_bw).c_str());
+  const double bytes16 = n * k * 2.0, bytes4 = n * k / 2.0 + n * k / 64 * 4.0, bytes4dq = n * k / 2.0 + n * k / 64.0;
   for (uint64_t m : {1ull, 4ull}) {
     const double t16 = time_it(s.gemv_iters, [&] {
       q(L.qlora_gemm(0, 1, m, n, k, 1.0f, x, w16, QLORA_BF16, 0.0f, c, QLORA_BF16, 1, 0, 0, 0), "gemv bf16");
     });
-    uint64_t ws = 0;  // 0 on CUDA for m <= 4 (the fused GEMV); asked anyway, so any backend runs this
-    q(L.qlora_gemm_4bit_workspace(1, m, n, k, &ws), "gemm_4bit_workspace");
-    Pool wpool;
-    void* dws = ws ? wpool.get(ws) : nullptr;
-    qlora_weight4 w{};
-    w.packed = packed;
-    w.absmax = absmax;
-    w.quant_type = QLORA_NF4;
-    w.blocksize = bs;
-    const double t4 = time_it(s.gemv_iters, [&] {
-      q(L.qlora_gemm_4bit(1, m, n, k, 1.0f, x, QLORA_BF16, &w, nullptr, 0.0f, c, QLORA_BF16, dws, ws), "gemv nf4");
-    });
-    const double bytes16 = n * k * 2.0, bytes4 = n * k / 2.0 + n * k / bs * 4.0;
-    printf("RESULT gemv_m%llu_%llux%llu bf16_us=%s (%s GB/s) nf4_us=%s (%s GB/s) nf4_speedup=%s\n",
+    const double t4 = time_gemm4(s.gemv_iters, 1, m, n, k, x, plain, nullptr, c);
+    const double t4dq = time_gemm4(s.gemv_iters, 1, m, n, k, x, dq, nullptr, c);
+    const double t4lora = time_gemm4(s.gemv_iters, 1, m, n, k, x, dq, &lora, c);
+    const double bw4 = bytes4 / t4 / 1e9, bw4dq = bytes4dq / t4dq / 1e9;
+    printf("RESULT gemv_m%llu_%llux%llu_nf4_vs_bf16 bf16_us=%s (%s GB/s) nf4_us=%s (%s GB/s) ratio=%s floor=2.50\n",
            (unsigned long long)m, (unsigned long long)n, (unsigned long long)k, fmt(t16 * 1e6).c_str(),
-           fmt(bytes16 / t16 / 1e9).c_str(), fmt(t4 * 1e6).c_str(), fmt(bytes4 / t4 / 1e9).c_str(), fmt(t16 / t4).c_str());
+           fmt(bytes16 / t16 / 1e9).c_str(), fmt(t4 * 1e6).c_str(), fmt(bw4).c_str(), fmt(t16 / t4).c_str());
+    printf("RESULT gemv_m%llu_nf4_of_copy_bandwidth ratio=%s floor=0.70 (W's %s MB read at %s GB/s)\n",
+           (unsigned long long)m, fmt(bw4 / copy_bw).c_str(), fmt(bytes4 / 1e6).c_str(), fmt(bw4).c_str());
+    printf("RESULT gemv_m%llu_nf4_dq nf4_dq_us=%s (%s GB/s, of_copy=%s) lora_r8_us=%s lora_overhead=%s\n",
+           (unsigned long long)m, fmt(t4dq * 1e6).c_str(), fmt(bw4dq).c_str(), fmt(bw4dq / copy_bw).c_str(),
+           fmt(t4lora * 1e6).c_str(), fmt(t4lora / t4dq).c_str());
+    fflush(stdout);
+  }
+}
+
+// The 4-bit GEMM of many rows (a training step's or a prompt's tokens): compute-bound, so its reference is
+// the same product with a bf16 W through qlora_gemm (cuBLAS where found). Forward C = X W^T and the input
+// gradient dX = dY W, W double-quantized NF4 (the QLoRA default).
+void bench_gemm4(const Sizes& s) {
+  const uint64_t m = s.gemm4_m, n = s.gemm4_n, k = s.gemm4_k;
+  Pool pool;
+  void* w16 = pool.get(n * k * 2);
+  void* x = pool.get(m * (n > k ? n : k) * 2);  // X (m x k) or dY (m x n)
+  void* c = pool.get(m * (n > k ? n : k) * 2);
+  q(L.qlora_fill_normal(w16, QLORA_BF16, n * k, 0.0f, 0.02f, 7), "fill_normal");
+  q(L.qlora_fill_normal(x, QLORA_BF16, m * (n > k ? n : k), 0.0f, 1.0f, 8), "fill_normal");
+  const qlora_weight4 w = nf4_weight(pool, w16, n, k, true);
+  const double flops = 2.0 * m * n * k;
+  for (int32_t trans_w : {1, 0}) {
+    // forward: C (m x n) = X W^T; backward: dX (m x k) = dY (m x n) W, W stored n x k ("k x n" for trans_w 0)
+    const double t16 = time_it(s.gemm4_iters, [&] {
+      if (trans_w)
+        q(L.qlora_gemm(0, 1, m, n, k, 1.0f, x, w16, QLORA_BF16, 0.0f, c, QLORA_BF16, 1, 0, 0, 0), "gemm bf16");
+      else
+        q(L.qlora_gemm(0, 0, m, k, n, 1.0f, x, w16, QLORA_BF16, 0.0f, c, QLORA_BF16, 1, 0, 0, 0), "gemm bf16");
+    });
+    const double t4 = trans_w ? time_gemm4(s.gemm4_iters, 1, m, n, k, x, w, nullptr, c)
+                              : time_gemm4(s.gemm4_iters, 0, m, k, n, x, w, nullptr, c);
+    printf("RESULT gemm4_%s_%llux%llux%llu_nf4_vs_bf16 bf16_TFLOPs=%s nf4_TFLOPs=%s ratio=%s floor=0.50\n",
+           trans_w ? "XWt" : "dYW", (unsigned long long)m, (unsigned long long)n, (unsigned long long)k,
+           fmt(flops / t16 / 1e12).c_str(), fmt(flops / t4 / 1e12).c_str(), fmt(t16 / t4).c_str());
     fflush(stdout);
   }
 }
 
 int usage_error(const char* argv0) {
-  fprintf(stderr, "usage: %s LIB.so [--small] [--only quant|gemm|gemv]... [--gemm-size N] [--info]\n", argv0);
+  fprintf(stderr, "usage: %s LIB.so [--small] [--only quant|gemm|gemv|gemm4]... [--gemm-size N] [--info]\n", argv0);
   return 2;
 }
 
@@ -241,7 +322,7 @@ int main(int argc, char** argv) {
   }
   if (!path) return usage_error(argv[0]);
   for (const std::string& o : only)
-    if (o != "quant" && o != "gemm" && o != "gemv") return usage_error(argv[0]);
+    if (o != "quant" && o != "gemm" && o != "gemv" && o != "gemm4") return usage_error(argv[0]);
 
   const std::string err = L.open(path);
   if (!err.empty()) {
@@ -274,6 +355,7 @@ int main(int argc, char** argv) {
     if (wanted("quant")) bench_quant(s);
     if (wanted("gemm")) bench_gemm(s, label.c_str());
     if (wanted("gemv")) bench_gemv(s);
+    if (wanted("gemm4")) bench_gemm4(s);
   } catch (const std::exception& e) {
     printf("bench: FAILED %s\n", e.what());
     return 1;

@@ -1013,6 +1013,31 @@ void test_gemm_4bit(Rng& rng) {
       gemm4_case(rng, w, 1, m, QLORA_BF16, m == 30 ? QLORA_F32 : QLORA_BF16, 0.5f, m == 9 ? 1.0f : 0.0f,
                  qt == QLORA_NF4 ? 8 : 0);
   }
+  // The kernels' fast paths: rows of W in whole words (k % 32 == 0; k = 2080 is two and a bit warp steps of
+  // 1024 values of CUDA's GEMV), n % 8 == 0 but not a multiple of the tiles, each quant type, block sizes
+  // from 32 to 4096 (longer than a row), plain and double-quantized scales, at each row count of the GEMVs
+  // (1..4), of the CPU's (6) and above (130: two row tiles of CUDA's tensor-core kernel), with and without
+  // a LoRA bypass (rank 40: more than a warp's lanes).
+  struct Fast {
+    int32_t qt;
+    uint64_t bs;
+    bool dq;
+  };
+  const std::vector<Fast> fast = g_quick ? std::vector<Fast>{{QLORA_NF4, 64, true}, {QLORA_FP4, 32, false}}
+                                         : std::vector<Fast>{{QLORA_NF4, 64, true},
+                                                             {QLORA_NF4, 256, false},
+                                                             {QLORA_FP4, 32, false},
+                                                             {QLORA_INT4, 4096, true}};
+  for (const Fast& f : fast)
+    for (int tw : {1, 0}) {
+      const Weight4 w(rng, 72, 2080, f.qt, f.bs, f.dq);
+      for (uint64_t m : {(uint64_t)1, (uint64_t)2, (uint64_t)3, (uint64_t)4, (uint64_t)6, (uint64_t)130}) {
+        const int32_t xd = m == 1 || m == 3 || m == 6 ? QLORA_F32 : QLORA_BF16, cd = m == 3 ? QLORA_BF16 : xd;
+        gemm4_case(rng, w, tw, m, xd, cd, 1.0f, m == 2 ? 0.5f : 0.0f);
+        if (tw && (m == 2 || m == 130)) gemm4_case(rng, w, 1, m, m == 2 ? QLORA_F32 : QLORA_BF16, cd, 1.0f, 0.0f, 8);
+        if (tw && m == 1 && !g_quick) gemm4_case(rng, w, 1, m, QLORA_BF16, QLORA_BF16, 1.0f, 1.0f, 40);
+      }
+    }
   // Workspace sizes are each backend's own (they tile differently): both must answer, no comparison.
   // The description shows the sizes of a first call; the timed call must give the same again.
   for (uint64_t m : {(uint64_t)1, (uint64_t)17})

@@ -3,9 +3,10 @@
 //   qlora_gemm          cuBLAS where the machine has it (loaded at run time: the build needs no cuBLAS
 //                       headers or libraries), else the built-in tiled kernels below: bf16 on tensor
 //                       cores (WMMA, f32 accumulation), f32 with f32 FMAs.
-//   qlora_gemm_4bit     m <= 4: a fused GEMV that dequantizes the 4-bit codes on the fly (no workspace);
-//                       m > 4: W dequantized into the caller's workspace (in row chunks when it is
-//                       smaller than W at X's dtype), then the GEMM above.
+//   qlora_gemm_4bit     m <= 4: the fused GEMV of gemv4.cu (W read once, decoded in registers, the LoRA
+//                       bypass's update in its epilogue); m > 4: tiled GEMMs below whose W tiles are
+//                       decoded from the codes straight into shared memory (bf16 X on tensor cores). No
+//                       workspace: W never exists in 16 or 32 bits outside a thread block.
 //
 // QLORA_GEMM=builtin in the environment (read once) skips cuBLAS, so that the built-in kernels can be
 // checked on a machine that has it.
@@ -18,8 +19,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <type_traits>
 
-#include "../common/codes.h"
 #include "../common/half.h"
 #include "../common/status.h"
 #include "../common/validate.h"
@@ -158,12 +159,6 @@ __device__ __forceinline__ void store_output(void* c, int32_t c_dtype, uint64_t 
   float v = __fmul_rn(alpha, acc);
   if (beta != 0.0f) v = __fadd_rn(v, __fmul_rn(beta, load_float(c, c_dtype, idx)));
   store_float(c, c_dtype, idx, v);
-}
-
-// Sum over the 32 lanes of a warp (butterfly: every lane gets the same result).
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
 }
 
 // ---- built-in GEMM kernels ----------------------------------------------------------------
@@ -351,236 +346,215 @@ qlora_status run_gemm(const Gemm& g, const char* what) {
   return builtin_gemm(g, what);
 }
 
-// ---- 4-bit: fused GEMV and dequantization into the workspace ------------------------------
+// ---- 4-bit: tiles of W decoded into shared memory --------------------------------------------
+// More rows of X than the fused GEMV takes (m > kGemvMaxRows): a tiled GEMM whose W tiles are decoded
+// from the 4-bit codes straight into shared memory (dequant4.cuh's decoder, scales decoded on the fly),
+// so W never exists in 16 or 32 bits outside a thread block and the product needs no workspace. W's
+// values are those qlora_dequantize_4bit gives in X's dtype, products accumulate in f32: the result is
+// dequantize-then-multiply up to the order of summation.
 
-// Everything a 4-bit kernel needs, by value. W's value at flat index f (along the stored W) is
-// code[nibble f] * absmax[f >> block_shift], the first value of a byte in its high nibble.
-struct Quant4Args {
+// The operands but W, by value. X is m x k; C is m x n; W is stored n x k (kTransW) or k x n.
+struct Gemm4Args {
   const void* x;
   uint64_t m, n, k;
-  const uint8_t* packed;
-  const float* absmax;
-  uint32_t block_shift;
-  Codes16 codes;
   float alpha, beta;
   void* c;
-  int32_t x_dtype, c_dtype;
-  bool vectors;  // the aligned fast path applies (see each kernel)
+  int32_t c_dtype;
+  bool x_vectors;  // bf16 X's rows read as 16-byte vectors: k % 8 == 0, X 16-byte aligned
+  bool w_words;    // W's tile rows read as 32-bit words of codes: the stored row length % 8 == 0, packed
+                   // 4-byte aligned (each word then holds 8 values of one quantization block)
 };
 
-// Eight consecutive values of X from element offset (a multiple of 8 of a 16-byte aligned X).
-template <bool kBf16>
-__device__ __forceinline__ void load_x8(const void* x, uint64_t offset, float* v) {
-  if (kBf16) {
-    const uint4 u = *(const uint4*)((const uint16_t*)x + offset);
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int q = 0; q < 4; q++) {
-      v[2 * q] = bf16_to_float((uint16_t)(w[q] & 0xffffu));
-      v[2 * q + 1] = bf16_to_float((uint16_t)(w[q] >> 16));
-    }
-  } else {
-    const float4 lo = *(const float4*)((const float*)x + offset), hi = *(const float4*)((const float*)x + offset + 4);
-    v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w, v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
-  }
-}
+// bf16 X on tensor cores: 256 threads (8 warps as 4 x 2, each a 32 x 32 piece of C as 2 x 2 WMMA fragments
+// of 16 x 16 x 16, bf16 inputs, f32 accumulators) per 128 x 64 tile of C, K in steps of 64. Per step the
+// X tile (128 x 64) is read as 16-byte vectors, and the W tile (64 x 64 values: 512 words of codes, two per
+// thread) is decoded to bf16 into shared memory, each word to one 16-byte piece of a tile row. W is read as
+// 4-bit codes once per 128 rows of X; tiles go down the rows of X first (tile t: rows t % tiles_m), so that
+// the blocks running together share W's tiles in L2. trans_w = 1 keeps the W tile as stored, (j, p): the
+// col_major matrix_b of WMMA; trans_w = 0 keeps (p, j): row_major. The epilogue goes fragment by fragment
+// through a per-warp 16 x 16 staging tile (alpha, beta, C's dtype, the edges).
+constexpr int kW4Threads = 256, kW4M = 128, kW4N = 64, kW4K = 64;
+constexpr int kW4Ld = kW4K + 8;  // padded rows of both tiles (bf16): multiples of 16 bytes
+constexpr int kW4LdS = 16 + 4;   // the staging tile's rows (f32)
 
-template <bool kBf16>
-__device__ __forceinline__ float load_x(const void* x, uint64_t i) {
-  return kBf16 ? bf16_to_float(((const uint16_t*)x)[i]) : ((const float*)x)[i];
-}
-
-// C = X W^T with W stored n x k (trans_w = 1), M = m <= 4 rows of X: one warp per row j of W, lanes
-// along k. Fast path (vectors: k % 8 == 0, packed 4-byte and X 16-byte aligned): each lane takes 8
-// values (one 32-bit word of codes, one absmax: blocks hold multiples of 8) per step, four steps
-// loaded before use, so a warp reads 4 x 128 contiguous bytes of W at once. Otherwise value by value.
-template <int M, bool kBf16>
-__global__ void gemv_4bit_rows_kernel(Quant4Args g) {
-  __shared__ float code[16];
-  if (threadIdx.x < 16) code[threadIdx.x] = g.codes.v[threadIdx.x];
-  __syncthreads();
-  const uint32_t lane = threadIdx.x & 31;
-  const uint64_t warps = grid_threads() / 32;
-  for (uint64_t j = global_thread() / 32; j < g.n; j += warps) {  // uniform across the warp
-    float acc[M];
+template <bool kTransW>
+__global__ void __launch_bounds__(kW4Threads) gemm4_bf16_wmma_kernel(Quant4 w, Gemm4Args g) {
+  using namespace nvcuda;
+  __shared__ __align__(32) __nv_bfloat16 xs[kW4M * kW4Ld];  // (i, p) of X
+  __shared__ __align__(32) __nv_bfloat16 ws[kW4N * kW4Ld];  // (j, p) of W (kTransW), else (p, j)
+  __shared__ __align__(32) float stage[kW4Threads / 32][16 * kW4LdS];
+  __shared__ float map[256];
+  load_map(w, map);
+  const float code = lane_code(w);
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, wr = warp / 2, wc = warp % 2;
+  const uint16_t* x = (const uint16_t*)g.x;
+  const uint64_t tiles_m = (g.m + kW4M - 1) / kW4M, tiles = tiles_m * ((g.n + kW4N - 1) / kW4N);
+  for (uint64_t t = blockIdx.x; t < tiles; t += gridDim.x) {  // uniform across the block
+    const uint64_t i0 = t % tiles_m * kW4M, j0 = t / tiles_m * kW4N;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
 #pragma unroll
-    for (int r = 0; r < M; r++) acc[r] = 0.0f;
-    const uint64_t row = j * g.k;
-    if (g.vectors) {
-      const uint32_t* words = (const uint32_t*)(g.packed + row / 2);
-      for (uint64_t base = 8 * lane; base < g.k; base += 4 * 256) {
-        uint32_t word[4];
-        float scale[4];
+    for (int fi = 0; fi < 2; fi++)
 #pragma unroll
-        for (int u = 0; u < 4; u++) {
-          const uint64_t p = base + 256 * u;
-          word[u] = p < g.k ? words[p / 8] : 0u;
-          scale[u] = p < g.k ? g.absmax[(row + p) >> g.block_shift] : 0.0f;
+      for (int fj = 0; fj < 2; fj++) wmma::fill_fragment(acc[fi][fj], 0.0f);
+    for (uint64_t p0 = 0; p0 < g.k; p0 += kW4K) {
+      // X: 128 rows x 64 values, zeros outside X
+      if (g.x_vectors) {
+        for (int e = tid; e < kW4M * kW4K / 8; e += kW4Threads) {
+          const int ii = e / (kW4K / 8), pv = e % (kW4K / 8);
+          const uint64_t i = i0 + ii, p = p0 + 8 * pv;
+          *(uint4*)(xs + ii * kW4Ld + 8 * pv) =
+              i < g.m && p < g.k ? *(const uint4*)(x + i * g.k + p) : make_uint4(0, 0, 0, 0);
         }
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-          const uint64_t p = base + 256 * u;
-          if (p >= g.k) break;
-          float w[8];
-          decode8(word[u], scale[u], code, w);
-#pragma unroll
-          for (int r = 0; r < M; r++) {
-            float xv[8];
-            load_x8<kBf16>(g.x, r * g.k + p, xv);
-#pragma unroll
-            for (int e = 0; e < 8; e++) acc[r] = fmaf(xv[e], w[e], acc[r]);
-          }
-        }
-      }
-    } else {
-      for (uint64_t p = lane; p < g.k; p += 32) {
-        const float w = quant4_at(g.packed, g.absmax, g.block_shift, code, row + p);
-#pragma unroll
-        for (int r = 0; r < M; r++) acc[r] = fmaf(load_x<kBf16>(g.x, r * g.k + p), w, acc[r]);
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < M; r++) acc[r] = warp_sum(acc[r]);
-    if (lane == 0)
-#pragma unroll
-      for (int r = 0; r < M; r++) store_output(g.c, g.c_dtype, r * g.n + j, acc[r], g.alpha, g.beta);
-  }
-}
-
-// C = X W with W stored k x n (trans_w = 0), M = m <= 4: a thread block takes 64 columns of W as
-// 8 lanes x 8 columns, times 32 slices of k (p = slice, slice + 32, ...), so that a warp reads 4 rows x
-// 32 contiguous bytes of W per step. Fast path (vectors: n % 8 == 0, packed 4-byte aligned): one
-// 32-bit word of codes per row step. The 32 partial sums of a column are added in a fixed order.
-constexpr int kColThreads = 256, kColSlices = 32, kColsPerBlock = 64;
-
-template <int M, bool kBf16>
-__global__ void __launch_bounds__(kColThreads) gemv_4bit_cols_kernel(Quant4Args g) {
-  __shared__ float code[16];
-  __shared__ float partial[kColSlices][M][kColsPerBlock];
-  if (threadIdx.x < 16) code[threadIdx.x] = g.codes.v[threadIdx.x];
-  __syncthreads();
-  const int lane8 = threadIdx.x % 8, slice = threadIdx.x / 8;
-  const uint64_t groups = (g.n + kColsPerBlock - 1) / kColsPerBlock;
-  for (uint64_t grp = blockIdx.x; grp < groups; grp += gridDim.x) {  // uniform across the block
-    const uint64_t j0 = grp * kColsPerBlock + 8 * lane8;
-    float acc[M][8];
-#pragma unroll
-    for (int r = 0; r < M; r++)
-#pragma unroll
-      for (int e = 0; e < 8; e++) acc[r][e] = 0.0f;
-#pragma unroll 4
-    for (uint64_t p = slice; p < g.k; p += kColSlices) {
-      float w[8];
-      if (g.vectors && j0 + 8 <= g.n) {
-        const uint64_t f = p * g.n + j0;  // a multiple of 8
-        decode8(*(const uint32_t*)(g.packed + f / 2), g.absmax[f >> g.block_shift], code, w);
       } else {
-#pragma unroll
-        for (int e = 0; e < 8; e++) {
-          w[e] = j0 + e < g.n ? quant4_at(g.packed, g.absmax, g.block_shift, code, p * g.n + j0 + e) : 0.0f;
+        for (int e = tid; e < kW4M * kW4K; e += kW4Threads) {
+          const int ii = e / kW4K, pp = e % kW4K;
+          const uint64_t i = i0 + ii, p = p0 + pp;
+          xs[ii * kW4Ld + pp] = __ushort_as_bfloat16(i < g.m && p < g.k ? x[i * g.k + p] : 0);
         }
       }
+      // W: 64 x 64 values decoded to bf16, zeros outside W
+      if (g.w_words) {
+        for (int e = tid; e < kW4N * kW4K / 8; e += kW4Threads) {  // two words per thread
+          const int row = e / 8, col = 8 * (e % 8);  // of the tile as kept: (j, p) or (p, j)
+          const uint64_t j = j0 + (kTransW ? row : col), p = p0 + (kTransW ? col : row);
+          const bool valid = j < g.n && p < g.k;
+          const uint64_t f = kTransW ? j * g.k + p : p * g.n + j;
+          float v[8];
+          decode8(valid ? *(const uint32_t*)(w.packed + f / 2) : 0u,
+                  valid ? block_scale(w, map, f >> w.block_shift) : 0.0f, code, v);
+          uint32_t pair[4];
 #pragma unroll
-      for (int r = 0; r < M; r++) {
-        const float xv = load_x<kBf16>(g.x, r * g.k + p);
-#pragma unroll
-        for (int e = 0; e < 8; e++) acc[r][e] = fmaf(xv, w[e], acc[r][e]);
+          for (int q = 0; q < 4; q++) pair[q] = float_to_bf16(v[2 * q]) | (uint32_t)float_to_bf16(v[2 * q + 1]) << 16;
+          *(uint4*)(ws + row * kW4Ld + col) = make_uint4(pair[0], pair[1], pair[2], pair[3]);
+        }
+      } else {
+        for (int e = tid; e < kW4N * kW4K; e += kW4Threads) {  // sixteen values per thread
+          const int row = e / kW4K, col = e % kW4K;
+          const uint64_t j = j0 + (kTransW ? row : col), p = p0 + (kTransW ? col : row);
+          const float v = decode1(w, map, code, kTransW ? j * g.k + p : p * g.n + j, j < g.n && p < g.k);
+          ws[row * kW4Ld + col] = __ushort_as_bfloat16(float_to_bf16(v));
+        }
       }
+      __syncthreads();
+#pragma unroll
+      for (int kk = 0; kk < kW4K; kk += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa[2];
+        using LayoutB = typename std::conditional<kTransW, wmma::col_major, wmma::row_major>::type;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, LayoutB> fb[2];
+#pragma unroll
+        for (int f = 0; f < 2; f++) {
+          wmma::load_matrix_sync(fa[f], xs + (wr * 32 + f * 16) * kW4Ld + kk, kW4Ld);
+          const int j = wc * 32 + f * 16;
+          wmma::load_matrix_sync(fb[f], kTransW ? ws + j * kW4Ld + kk : ws + kk * kW4Ld + j, kW4Ld);
+        }
+#pragma unroll
+        for (int fi = 0; fi < 2; fi++)
+#pragma unroll
+          for (int fj = 0; fj < 2; fj++) wmma::mma_sync(acc[fi][fj], fa[fi], fb[fj], acc[fi][fj]);
+      }
+      __syncthreads();  // xs and ws are rewritten by the next step
+    }
+    float* st = stage[warp];
+#pragma unroll
+    for (int fi = 0; fi < 2; fi++)
+#pragma unroll
+      for (int fj = 0; fj < 2; fj++) {
+        wmma::store_matrix_sync(st, acc[fi][fj], kW4LdS, wmma::mem_row_major);
+        __syncwarp();
+        for (int e = lane; e < 16 * 16; e += 32) {
+          const uint64_t i = i0 + wr * 32 + fi * 16 + e / 16, j = j0 + wc * 32 + fj * 16 + e % 16;
+          if (i < g.m && j < g.n)
+            store_output(g.c, g.c_dtype, i * g.n + j, st[e / 16 * kW4LdS + e % 16], g.alpha, g.beta);
+        }
+        __syncwarp();  // st is rewritten by the next fragment
+      }
+  }
+}
+
+// f32 X with f32 FMAs: 256 threads, each a 4 x 4 grid of a 64 x 64 tile of C (rows ty + 16r, columns
+// tx + 16c), K in steps of 32. Per step the X tile is read value by value along k (coalesced), and the W
+// tile (32 x 64 values: 256 words of codes, one per thread) is decoded to f32 into shared memory, kept as
+// (p, j) for either layout of W. Rows of the shared tiles are padded to 65 floats.
+constexpr int kF4K = 32, kF4Ld = kTile + 1;
+
+template <bool kTransW>
+__global__ void __launch_bounds__(kFmaThreads) gemm4_f32_kernel(Quant4 w, Gemm4Args g) {
+  __shared__ float xs[kF4K * kF4Ld];  // (p, i) of X
+  __shared__ float ws[kF4K * kF4Ld];  // (p, j) of op(W)
+  __shared__ float map[256];
+  load_map(w, map);
+  const float code = lane_code(w);
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const float* x = (const float*)g.x;
+  const uint64_t tiles_m = (g.m + kTile - 1) / kTile, tiles = tiles_m * ((g.n + kTile - 1) / kTile);
+  for (uint64_t t = blockIdx.x; t < tiles; t += gridDim.x) {  // uniform across the block
+    const uint64_t i0 = t % tiles_m * kTile, j0 = t / tiles_m * kTile;
+    float acc[4][4] = {};
+    for (uint64_t p0 = 0; p0 < g.k; p0 += kF4K) {
+      for (int e = tid; e < kTile * kF4K; e += kFmaThreads) {
+        const int ii = e / kF4K, pp = e % kF4K;
+        const uint64_t i = i0 + ii, p = p0 + pp;
+        xs[pp * kF4Ld + ii] = i < g.m && p < g.k ? x[i * g.k + p] : 0.0f;
+      }
+      if (g.w_words) {  // one word per thread: 8 values along W's stored rows
+        const int row = kTransW ? tid / 4 : tid / 8, col = kTransW ? 8 * (tid % 4) : 8 * (tid % 8);
+        const uint64_t j = j0 + (kTransW ? row : col), p = p0 + (kTransW ? col : row);
+        const bool valid = j < g.n && p < g.k;
+        const uint64_t f = kTransW ? j * g.k + p : p * g.n + j;
+        float v[8];
+        decode8(valid ? *(const uint32_t*)(w.packed + f / 2) : 0u,
+                valid ? block_scale(w, map, f >> w.block_shift) : 0.0f, code, v);
+#pragma unroll
+        for (int e = 0; e < 8; e++) ws[kTransW ? (col + e) * kF4Ld + row : row * kF4Ld + col + e] = v[e];
+      } else {
+        for (int e = tid; e < kTile * kF4K; e += kFmaThreads) {  // eight values per thread
+          const int jj = kTransW ? e / kF4K : e % kTile, pp = kTransW ? e % kF4K : e / kTile;
+          const uint64_t j = j0 + jj, p = p0 + pp;
+          ws[pp * kF4Ld + jj] = decode1(w, map, code, kTransW ? j * g.k + p : p * g.n + j, j < g.n && p < g.k);
+        }
+      }
+      __syncthreads();
+#pragma unroll
+      for (int pp = 0; pp < kF4K; pp++) {
+        float av[4], bv[4];
+#pragma unroll
+        for (int r = 0; r < 4; r++) av[r] = xs[pp * kF4Ld + ty + 16 * r];
+#pragma unroll
+        for (int c = 0; c < 4; c++) bv[c] = ws[pp * kF4Ld + tx + 16 * c];
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+#pragma unroll
+          for (int c = 0; c < 4; c++) acc[r][c] = fmaf(av[r], bv[c], acc[r][c]);
+      }
+      __syncthreads();
     }
 #pragma unroll
-    for (int r = 0; r < M; r++)
+    for (int r = 0; r < 4; r++)
 #pragma unroll
-      for (int e = 0; e < 8; e++) partial[slice][r][8 * lane8 + e] = acc[r][e];
-    __syncthreads();
-    for (int t = threadIdx.x; t < M * kColsPerBlock; t += kColThreads) {
-      const int r = t / kColsPerBlock, jj = t % kColsPerBlock;
-      const uint64_t j = grp * kColsPerBlock + jj;
-      if (j >= g.n) continue;
-      float sum = 0.0f;
-      for (int s = 0; s < kColSlices; s++) sum += partial[s][r][jj];
-      store_output(g.c, g.c_dtype, r * g.n + j, sum, g.alpha, g.beta);
-    }
-    __syncthreads();  // partial is rewritten by the next group
+      for (int c = 0; c < 4; c++) {
+        const uint64_t i = i0 + ty + 16 * r, j = j0 + tx + 16 * c;
+        if (i < g.m && j < g.n) store_output(g.c, g.c_dtype, i * g.n + j, acc[r][c], g.alpha, g.beta);
+      }
   }
-}
-
-template <int M, bool kBf16>
-void launch_gemv(int32_t trans_w, const Quant4Args& g) {
-  if (trans_w) {
-    QLORA_LAUNCH((gemv_4bit_rows_kernel<M, kBf16>), grid_for(32 * g.n), kThreads, 0, gpu_stream())(g);
-  } else {
-    const uint64_t groups = (g.n + kColsPerBlock - 1) / kColsPerBlock;
-    QLORA_LAUNCH((gemv_4bit_cols_kernel<M, kBf16>), (unsigned)(groups < kMaxGrid ? groups : kMaxGrid), kColThreads, 0,
-                                      gpu_stream())(g);
-  }
-}
-
-template <bool kBf16>
-void launch_gemv_rows(int32_t trans_w, const Quant4Args& g) {
-  switch (g.m) {
-    case 1: return launch_gemv<1, kBf16>(trans_w, g);
-    case 2: return launch_gemv<2, kBf16>(trans_w, g);
-    case 3: return launch_gemv<3, kBf16>(trans_w, g);
-    default: return launch_gemv<4, kBf16>(trans_w, g);
-  }
-}
-
-constexpr uint64_t kGemvMaxRows = 4;  // m <= 4: the fused GEMV; above, dequantize + GEMM
-
-// Workspace of the dequantize + GEMM path: W at 2 bytes a value (a bf16 W in one piece; an f32 W in
-// row chunks of half of it), but at least one row of W at 4 bytes.
-uint64_t workspace_bytes_for(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k) {
-  if (m <= kGemvMaxRows) return 0;
-  const uint64_t row = trans_w ? k : n;  // values in a row of the stored W
-  return 2 * n * k > 4 * row ? 2 * n * k : 4 * row;
 }
 
 bool aligned(const void* p, uint64_t a) { return (uintptr_t)p % a == 0; }
 
-// C = alpha X op(W) + beta C with W's scales as f32 (the entry point's work but the bypass).
-qlora_status gemm_4bit_base(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k, float alpha, const void* x,
-                            int32_t x_dtype, const qlora_weight4& w, const float* absmax, float beta, void* c,
-                            int32_t c_dtype, void* workspace, uint64_t workspace_bytes, const char* what) {
-  qlora_status s = QLORA_OK;
-  const uint8_t* packed = w.packed;
-  const Codes16 codes = codes16(w.quant_type);
-  const uint32_t block_shift = log2_pow2(w.blocksize);
-  const uint64_t blocksize = w.blocksize;
-  const bool x_bf16 = x_dtype == QLORA_BF16;
-
-  if (m <= kGemvMaxRows) {
-    Quant4Args g = {x, m, n, k, packed, absmax, block_shift, codes, alpha, beta, c, x_dtype, c_dtype, false};
-    g.vectors = trans_w ? (k % 8 == 0 && aligned(packed, 4) && aligned(x, 16)) : (n % 8 == 0 && aligned(packed, 4));
-    if (x_bf16)
-      launch_gemv_rows<true>(trans_w, g);
-    else
-      launch_gemv_rows<false>(trans_w, g);
-    return launch_status(what);
-  }
-
-  // Dequantize W (at X's dtype) into the workspace, as many whole rows of the stored W at a time as fit,
-  // and multiply each chunk: trans_w = 1, rows j0.. of W give the columns j0.. of C; trans_w = 0, rows
-  // p0.. of W are a slice of k, added onto C (beta for the first slice, then 1).
-  const uint64_t esize = dtype_size(x_dtype);
-  const uint64_t rows = trans_w ? n : k, row_len = trans_w ? k : n;
-  uint64_t chunk = workspace_bytes / (row_len * esize);
-  if (chunk > rows) chunk = rows;
-  for (uint64_t r0 = 0; r0 < rows; r0 += chunk) {
-    const uint64_t count = (rows - r0 < chunk ? rows - r0 : chunk) * row_len, first = r0 * row_len;
-    s = dequantize_4bit_range(packed, absmax, first, count, blocksize, codes, workspace, x_dtype, what);
-    if (s != QLORA_OK) return s;
-    const uint64_t chunk_rows = count / row_len;
-    Gemm g;
-    if (trans_w) {  // C[:, r0:r0+chunk_rows] = alpha X W_chunk^T + beta C[:, ...]
-      g = {0, 1, m, chunk_rows, k, alpha, beta, x, k, 0, workspace, k, 0, x_dtype,
-           (char*)c + r0 * dtype_size(c_dtype), n, 0, c_dtype, 1};
-    } else {  // C = alpha X[:, r0:r0+chunk_rows] W_chunk + (r0 == 0 ? beta : 1) C
-      g = {0, 0, m, n, chunk_rows, alpha, r0 == 0 ? beta : 1.0f, (const char*)x + r0 * esize, k, 0, workspace, n, 0,
-           x_dtype, c, n, 0, c_dtype, 1};
-    }
-    if ((s = run_gemm(g, what)) != QLORA_OK) return s;
-  }
-  return QLORA_OK;
+// C = alpha X op(W) + beta C for m > kGemvMaxRows (the entry point's work but the bypass).
+qlora_status gemm4_tiled(const Quant4& w, int32_t trans_w, uint64_t m, uint64_t n, uint64_t k, float alpha,
+                         const void* x, int32_t x_dtype, float beta, void* c, int32_t c_dtype, const char* what) {
+  const bool bf16 = x_dtype == QLORA_BF16;
+  Gemm4Args g = {x, m, n, k, alpha, beta, c, c_dtype, false, false};
+  g.x_vectors = bf16 && k % 8 == 0 && aligned(x, 16);
+  g.w_words = (trans_w ? k : n) % 8 == 0 && aligned(w.packed, 4);
+  const uint64_t tm = bf16 ? kW4M : kTile, tn = bf16 ? kW4N : kTile;
+  const uint64_t tiles = ((m + tm - 1) / tm) * ((n + tn - 1) / tn);
+  const unsigned grid = (unsigned)(tiles < kMaxGrid ? tiles : kMaxGrid);
+  if (bf16 && trans_w) QLORA_LAUNCH((gemm4_bf16_wmma_kernel<true>), grid, kW4Threads, 0, gpu_stream())(w, g);
+  else if (bf16) QLORA_LAUNCH((gemm4_bf16_wmma_kernel<false>), grid, kW4Threads, 0, gpu_stream())(w, g);
+  else if (trans_w) QLORA_LAUNCH((gemm4_f32_kernel<true>), grid, kFmaThreads, 0, gpu_stream())(w, g);
+  else QLORA_LAUNCH((gemm4_f32_kernel<false>), grid, kFmaThreads, 0, gpu_stream())(w, g);
+  return launch_status(what);
 }
 
 }  // namespace
@@ -610,7 +584,7 @@ QLORA_API qlora_status qlora_gemm_4bit_workspace(int32_t trans_w, uint64_t m, ui
                                                  uint64_t* bytes_out) {
   const qlora_status s = check_gemm_4bit_workspace(trans_w, m, n, k, bytes_out);
   if (s != QLORA_OK) return s;
-  *bytes_out = workspace_bytes_for(trans_w, m, n, k);  // a formula: no device needed
+  *bytes_out = 0;  // none: W is decoded in registers (the GEMV) or in shared memory (the tiles)
   return QLORA_OK;
 }
 
@@ -621,19 +595,16 @@ QLORA_API qlora_status qlora_gemm_4bit(int32_t trans_w, uint64_t m, uint64_t n, 
   const char* what = "multiply by a 4-bit matrix";
   qlora_status s = check_gemm_4bit(trans_w, m, n, k, x, x_dtype, weight, lora, c, c_dtype);
   if (s != QLORA_OK) return s;
-  s = check_gemm_4bit_workspace_arg(m, n, k, workspace, workspace_bytes, workspace_bytes_for(trans_w, m, n, k));
-  if (s != QLORA_OK) return s;
   if ((s = gpu_ready()) != QLORA_OK) return s;
-  Absmax scales;
-  if ((s = scales.of(*weight, n * k, what)) != QLORA_OK) return s;
+  const Quant4 w = quant4(*weight);
+  // A few rows: one pass over W, the bypass's h first and its update in the same kernel's epilogue.
+  if (m <= kGemvMaxRows) return gemv4(w, trans_w, m, n, k, alpha, x, x_dtype, lora, beta, c, c_dtype, what);
   if (lora) {  // h = X A^T first; C += s h B^T after the base product
     const uint64_t r = lora->rank;
     Gemm down = {0, 1, m, r, k, 1.0f, 0.0f, x, k, 0, lora->a, k, 0, x_dtype, lora->h, r, 0, lora->dtype, 1};
     if ((s = run_gemm(down, what)) != QLORA_OK) return s;
   }
-  if ((s = gemm_4bit_base(trans_w, m, n, k, alpha, x, x_dtype, *weight, scales.get(), beta, c, c_dtype, workspace,
-                          workspace_bytes, what)) != QLORA_OK)
-    return s;
+  if ((s = gemm4_tiled(w, trans_w, m, n, k, alpha, x, x_dtype, beta, c, c_dtype, what)) != QLORA_OK) return s;
   if (!lora) return QLORA_OK;
   const uint64_t r = lora->rank;
   Gemm up = {0, 1, m, n, r, lora->scaling, 1.0f, lora->h, r, 0, lora->b, r, 0, lora->dtype, c, n, 0, c_dtype, 1};

@@ -150,31 +150,33 @@ __device__ __forceinline__ void store32(void* out, int32_t dtype, uint64_t first
   }
 }
 
-// One thread per 32 values out[i0..i0 + 32) (values first + i0.. of the stored tensor). A quantization
-// block holds a multiple of 32 values, so with first % 32 == 0 the group has one absmax, read once;
-// then, for 16-byte aligned buffers (vectors), a full group is one 16-byte load and 16-byte stores. The
+// One thread per 32 values out[i0..i0 + 32), walked warp by warp (the decoder is warp-collective): a
+// quantization block holds a multiple of 32 values, so a group has one scale, decoded once; then, for
+// 16-byte aligned buffers (vectors), a full group is one 16-byte load of codes and 16-byte stores. The
 // final partial group, and every group otherwise, go value by value.
-__global__ void dequantize_4bit_kernel(const uint8_t* packed, const float* absmax, uint64_t first, uint64_t count,
-                                       uint32_t block_shift, Codes16 codes, void* out, int32_t dtype, bool vectors) {
-  __shared__ float code[16];
-  if (threadIdx.x < 16) code[threadIdx.x] = codes.v[threadIdx.x];
-  __syncthreads();
-  const uint64_t groups = (count + 31) / 32;
-  for (uint64_t g = global_thread(); g < groups; g += grid_threads()) {
-    const uint64_t i0 = 32 * g;
-    if (vectors && i0 + 32 <= count) {
-      const uint64_t f = first + i0;
-      const uint4 bytes = *(const uint4*)(packed + f / 2);
+__global__ void dequantize_4bit_kernel(Quant4 w, uint64_t count, void* out, int32_t dtype, bool vectors) {
+  __shared__ float map[256];
+  load_map(w, map);
+  const float code = lane_code(w);
+  const uint64_t groups = (count + 31) / 32, lane = threadIdx.x & 31;
+  for (uint64_t g0 = global_thread() - lane; g0 < groups; g0 += grid_threads()) {  // uniform across the warp
+    const uint64_t g = g0 + lane, i0 = 32 * g;
+    const bool whole = vectors && i0 + 32 <= count;
+    if (vectors) {
+      const uint4 bytes = whole ? *(const uint4*)(w.packed + i0 / 2) : make_uint4(0, 0, 0, 0);
+      const float scale = whole ? block_scale(w, map, i0 >> w.block_shift) : 0.0f;
       const uint32_t words[4] = {bytes.x, bytes.y, bytes.z, bytes.w};
-      const float scale = absmax[f >> block_shift];
       float v[32];
 #pragma unroll
       for (int q = 0; q < 4; q++) decode8(words[q], scale, code, v + 8 * q);
-      store32(out, dtype, i0, v);
-    } else {
-      for (uint64_t i = i0; i < count && i < i0 + 32; i++)
-        store_float(out, dtype, i, quant4_at(packed, absmax, block_shift, code, first + i));
+      if (whole) store32(out, dtype, i0, v);
     }
+    const bool slow = g < groups && !whole;
+    if (__any_sync(0xffffffffu, slow))
+      for (uint64_t i = i0; i < i0 + 32; i++) {
+        const float v = decode1(w, map, code, i, slow && i < count);
+        if (slow && i < count) store_float(out, dtype, i, v);
+      }
   }
 }
 
@@ -261,37 +263,6 @@ __global__ void double_dequantize_kernel(const uint8_t* codes, const float* nest
 
 }  // namespace
 
-qlora_status dequantize_4bit_range(const uint8_t* packed, const float* absmax, uint64_t first, uint64_t count,
-                                   uint64_t blocksize, const Codes16& codes, void* out, int32_t dtype,
-                                   const char* what) {
-  const bool vectors = first % 32 == 0 && (uintptr_t)packed % 16 == 0 && (uintptr_t)out % 16 == 0;
-  QLORA_LAUNCH(dequantize_4bit_kernel, grid_for((count + 31) / 32), kThreads, 0, gpu_stream())(
-      packed, absmax, first, count, log2_pow2(blocksize), codes, out, dtype, vectors);
-  return launch_status(what);
-}
-
-Absmax::~Absmax() {
-  if (scratch_) scratch_free(scratch_, bytes_, what_);
-}
-
-qlora_status Absmax::of(const qlora_weight4& w, uint64_t n, const char* what) {
-  if (w.absmax) {
-    p_ = w.absmax;
-    return QLORA_OK;
-  }
-  const uint64_t blocks = (n + w.blocksize - 1) / w.blocksize;
-  qlora_status s = scratch_malloc((void**)&scratch_, blocks * sizeof(float), what);
-  if (s != QLORA_OK) return s;
-  bytes_ = blocks * sizeof(float);
-  what_ = what;
-  Codes256 map;
-  memcpy(map.v, dynamic_map().code, sizeof map.v);
-  QLORA_LAUNCH(double_dequantize_kernel, grid_for(blocks), kThreads, 0, gpu_stream())(
-      w.absmax_codes, w.nested_absmax, w.offset, blocks, log2_pow2(w.nested_blocksize), map, scratch_);
-  p_ = scratch_;
-  return launch_status(what);
-}
-
 }  // namespace qlora
 
 using namespace qlora;
@@ -328,11 +299,10 @@ QLORA_API qlora_status qlora_dequantize_4bit(const qlora_weight4* w, uint64_t n,
   qlora_status s = check_dequantize_4bit(w, n, out, out_dtype);
   if (s != QLORA_OK) return s;
   if ((s = gpu_ready()) != QLORA_OK) return s;
-  const char* what = "dequantize 4-bit values";
-  Absmax absmax;
-  if ((s = absmax.of(*w, n, what)) != QLORA_OK) return s;
-  return dequantize_4bit_range(w->packed, absmax.get(), 0, n, w->blocksize, codes16(w->quant_type), out, out_dtype,
-                               what);
+  const bool vectors = (uintptr_t)w->packed % 16 == 0 && (uintptr_t)out % 16 == 0;
+  QLORA_LAUNCH(dequantize_4bit_kernel, grid_for((n + 31) / 32), kThreads, 0, gpu_stream())(quant4(*w), n, out,
+                                                                                           out_dtype, vectors);
+  return launch_status("dequantize 4-bit values");
 }
 
 QLORA_API qlora_status qlora_double_quantize(const float* absmax, uint64_t n, uint64_t nested_blocksize,
