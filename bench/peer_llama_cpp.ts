@@ -166,6 +166,7 @@ async function main(): Promise<void> {
     { engine: "qlora-lab", weights: "NF4+DQ", sixteenBit: false, prompt: [], decode: [] },
   ];
   let peer: RunnerAnswer | null = null;
+  const loads: number[] = []; // the 1-minute load average after each round: other work on the machine
   for (let r = 0; r < reps; r++) {
     if (files) {
       peer = await llamaCppRound(files, { threads, prompt: ids, decode, warmup }, cache);
@@ -180,6 +181,7 @@ async function main(): Promise<void> {
       samples[i].prompt.push(p);
       samples[i].decode.push(d);
     }
+    loads.push(Deno.loadavg()[0]);
     const f = (i: number) =>
       `${samples[i].prompt.at(-1)?.toFixed(0) ?? "-"}/${samples[i].decode.at(-1)?.toFixed(1) ?? "-"}`;
     log(
@@ -217,6 +219,17 @@ async function main(): Promise<void> {
       "counters (the llama_decode calls); ours are model.generate's (the model and the greedy choice). " +
       `Load average at the end ${load()}.`,
   );
+  const cores = navigator.hardwareConcurrency, busiest = Math.max(...loads);
+  // Our run keeps `threads` cores busy; more than one core's worth beyond the machine's is other work.
+  if (busiest > cores + 1) {
+    console.log(
+      `Note: the machine was busy (1-minute load average up to ${
+        busiest.toFixed(1)
+      } on ${cores} cores during ` +
+        "the rounds): spin-waiting threads on oversubscribed cores slow both engines, unevenly; rerun when " +
+        "it is quiet for figures to rely on.",
+    );
+  }
   if (flags.json) {
     await Deno.writeTextFile(
       flags.json as string,
@@ -228,6 +241,7 @@ async function main(): Promise<void> {
           promptTokens,
           decodeSteps: decode,
           reps,
+          loadAverages: loads,
           threads: { ours: threads, llamaCpp: peer?.results.map((f) => f.threads) ?? null },
           llamaCpp: peer
             ? { ...peer.llamaCpp, cpuVariant: peer.cpuVariant, node: peer.node, systemInfo: peer.systemInfo }
