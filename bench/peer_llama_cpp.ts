@@ -214,6 +214,13 @@ async function main(): Promise<void> {
         `decode ${(ob.decode / lc.decode).toFixed(2)}x.`,
     );
   }
+  if (reps > 1) {
+    const list = (xs: number[]) => xs.map((x) => x >= 100 ? x.toFixed(0) : x.toFixed(1)).join(", ");
+    console.log("Every round (prompt tok/s | decode tok/s), for the spread behind the medians:");
+    for (const s of samples.filter((s) => s.prompt.length)) {
+      console.log(`  ${s.engine} ${s.weights}: ${list(s.prompt)} | ${list(s.decode)}`);
+    }
+  }
   console.log(
     `Decode: ${decode} steps after the ${promptTokens}-token prompt. llama.cpp's figures are its own ` +
       "counters (the llama_decode calls); ours are model.generate's (the model and the greedy choice). " +
