@@ -5,10 +5,14 @@
  *
  * Floors (CPU backend): bf16 GEMM >= 0.9x PyTorch; NF4 linear >= 0.7x our bf16 linear.
  *
+ * It prints which BLAS, oneDNN and how many threads torch uses (bench/torch_info.py, read by
+ * bench/_torch_blas.ts), and no ratio against torch on the reference BLAS.
+ *
  * @module
  */
 
 import { getDevice, LoRALinear, matmul, matmul4bit, quantize, Tensor } from "../mod.ts";
+import { type TorchBlas, torchBlas } from "./_torch_blas.ts";
 
 const device = getDevice();
 const threads = navigator.hardwareConcurrency;
@@ -50,7 +54,9 @@ function ours(s: Shape): number {
   return (2 * s.m * s.n * s.k) / t / 1e9;
 }
 
-async function torch(list: Shape[]): Promise<{ version: string; gflops: number[] } | string> {
+async function torch(
+  list: Shape[],
+): Promise<{ version: string; blas: TorchBlas; gflops: number[] } | string> {
   try {
     // Debian's python3 has python3-torch; a python3 earlier on PATH (pyenv, venv) may not.
     const python = await Deno.stat("/usr/bin/python3").then(() => "/usr/bin/python3", () => "python3");
@@ -69,7 +75,8 @@ async function torch(list: Shape[]): Promise<{ version: string; gflops: number[]
       return `python3 torch failed: ${new TextDecoder().decode(out.stderr).trim().split("\n").pop()}`;
     }
     const res = JSON.parse(new TextDecoder().decode(out.stdout));
-    return { version: res.torch, gflops: res.results.map((r: { gflops: number }) => r.gflops) };
+    const gflops = res.results.map((r: { gflops: number }) => r.gflops);
+    return { version: res.torch, blas: torchBlas(res.info), gflops };
   } catch (e) {
     return `python3 not available (${(e as Error).message})`;
   }
@@ -79,6 +86,8 @@ console.log(`GEMM on ${device} (${threads} threads), median of ${REPEATS}\n`);
 const ourGflops = shapes.map(ours);
 const ref = await torch(shapes);
 if (typeof ref === "string") console.log(`PyTorch column skipped: ${ref} (apt-get install python3-torch)\n`);
+else console.log(`PyTorch: ${ref.blas.summary}${ref.blas.refusal ? `; ${ref.blas.refusal}` : ""}\n`);
+const refusal = typeof ref === "string" ? null : ref.blas.refusal;
 console.log(
   `| shape | dtype | qlora-lab GFLOP/s | PyTorch${
     typeof ref === "string" ? "" : " " + ref.version
@@ -91,12 +100,16 @@ shapes.forEach((s, i) => {
   const mark = s.dtype === "bf16" && Number.isFinite(ratio)
     ? (ratio >= 0.9 ? " (floor 0.9: ok)" : " (floor 0.9: BELOW)")
     : "";
+  const cell = refusal ? "no ratio" : Number.isFinite(ratio) ? ratio.toFixed(2) + "x" + mark : "-";
   console.log(
-    `| ${s.label} | ${s.dtype} | ${ourGflops[i].toFixed(1)} | ${Number.isFinite(t) ? t.toFixed(1) : "-"} | ${
-      Number.isFinite(ratio) ? ratio.toFixed(2) + "x" : "-"
-    }${mark} |`,
+    `| ${s.label} | ${s.dtype} | ${ourGflops[i].toFixed(1)} | ${
+      Number.isFinite(t) ? t.toFixed(1) : "-"
+    } | ${cell} |`,
   );
 });
+if (refusal) {
+  console.log(`\n${refusal}: its GFLOP/s are shown, no ratio (install libopenblas0 for a real one).`);
+}
 
 // The 4-bit linear against our bf16 linear, same shape: the table's "slightly slower".
 console.log(

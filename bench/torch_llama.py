@@ -5,8 +5,9 @@ of a plain PyTorch LLaMA with the shapes, dtype and thread count of ours, per mo
     {"threads": 2, "runs": [{"name": "tiny", "config": {...LlamaConfig}, "mode": "full"|"lora"|"qlora",
       "dtype": "f32"|"bf16", "batch": 8, "seq": 128, "rank": 8, "alpha": 16, "warmup": 2, "steps": 5}]}
 
-and prints JSON: {"torch": version, "threads": n, "results": [{"name", "mode", "ms", "best_ms", "forward_ms",
-"backward_ms", "optimizer_ms", "loss", "note"}]} (medians over `steps` steps after `warmup` steps; best_ms: the fastest step).
+and prints JSON: {"torch": version, "threads": n, "info": {...}, "results": [{"name", "mode", "ms", "best_ms",
+"forward_ms", "backward_ms", "optimizer_ms", "loss", "note"}]} (medians over `steps` steps after `warmup` steps;
+best_ms: the fastest step; info: what torch runs on, from torch_info.py: BLAS, oneDNN, threads).
 
 The model is the same as lib/model.ts: token embedding, RMSNorm (in f32, as Hugging Face does), rotary
 embeddings on half-split pairs (x[i], x[i + d/2]) rotated by t * theta^(-2i/d) (transformers' layout), causal attention with an
@@ -34,6 +35,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch_info import torch_info
 
 # bitsandbytes' NF4 code table (quantiles of N(0, 1) with an exact zero).
 NF4 = [
@@ -251,8 +253,8 @@ def main():
     for r in req["runs"]:
         results.append(run(r))
         print(f"torch {r['name']} {r['mode']}: {results[-1]['ms']:.1f} ms", file=sys.stderr, flush=True)
-    json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "results": results},
-              sys.stdout)
+    json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "info": torch_info(),
+               "results": results}, sys.stdout)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """PyTorch reference for bench/gemm_vs_torch.ts: times torch.matmul for the shapes given as JSON on stdin
-and prints GFLOP/s as JSON. Used only for comparison in benchmarks; the library never depends on it."""
+and prints GFLOP/s as JSON, with what torch runs on (torch_info.py: BLAS, oneDNN, threads). Used only for
+comparison in benchmarks; the library never depends on it."""
 import json
 import sys
 import time
 
 import torch
+from torch_info import torch_info
 
 
 def gflops(m, n, k, dtype, threads, repeats):
@@ -27,12 +29,13 @@ def gflops(m, n, k, dtype, threads, repeats):
 
 def main():
     req = json.load(sys.stdin)
+    torch.set_num_threads(req["threads"])
     results = [
         {"m": s["m"], "n": s["n"], "k": s["k"], "dtype": s["dtype"],
          "gflops": gflops(s["m"], s["n"], s["k"], s["dtype"], req["threads"], req["repeats"])}
         for s in req["shapes"]
     ]
-    json.dump({"torch": torch.__version__, "results": results}, sys.stdout)
+    json.dump({"torch": torch.__version__, "info": torch_info(), "results": results}, sys.stdout)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@
  *
  * Floors: our step at most 1.0x PyTorch's time; QLoRA weights memory at most 1/3 of LoRA's.
  *
+ * It prints which BLAS, oneDNN and how many threads torch uses (bench/torch_info.py, read by
+ * bench/_torch_blas.ts), and no ratio against torch on the reference BLAS.
+ *
  * Options: `--only tiny|7b`, `--modes full,lora,qlora`, `--seq N` (7B block, default 256).
  *
  * @module
@@ -25,6 +28,7 @@ import {
   Tensor,
   type TrainMode,
 } from "../mod.ts";
+import { type TorchBlas, torchBlas } from "./_torch_blas.ts";
 
 const device = getDevice();
 const threads = navigator.hardwareConcurrency;
@@ -151,7 +155,10 @@ interface TorchResult extends Timing {
   note: string;
 }
 
-async function torch(b: Bench, mode: TrainMode): Promise<{ version: string; result: TorchResult } | string> {
+async function torch(
+  b: Bench,
+  mode: TrainMode,
+): Promise<{ version: string; blas: TorchBlas; result: TorchResult } | string> {
   try {
     // Debian's python3 has python3-torch; a python3 earlier on PATH (pyenv, venv) may not.
     const python = await Deno.stat("/usr/bin/python3").then(() => "/usr/bin/python3", () => "python3");
@@ -170,7 +177,7 @@ async function torch(b: Bench, mode: TrainMode): Promise<{ version: string; resu
       return `python3 torch failed: ${new TextDecoder().decode(out.stderr).trim().split("\n").pop()}`;
     }
     const res = JSON.parse(new TextDecoder().decode(out.stdout));
-    return { version: res.torch, result: res.results[0] };
+    return { version: res.torch, blas: torchBlas(res.info), result: res.results[0] };
   } catch (e) {
     return `python3 not available (${(e as Error).message})`;
   }
@@ -189,13 +196,17 @@ interface Row {
 }
 const rows: Row[] = [];
 let version = "";
+let blas: TorchBlas | null = null;
 const skipped: string[] = [];
 for (const b of benches) {
   for (const mode of modes) {
     const o = ours(b, mode);
     const t = await torch(b, mode);
     if (typeof t === "string") skipped.push(`${b.name} ${mode}: ${t}`);
-    else version = t.version;
+    else {
+      version = t.version;
+      blas = t.blas;
+    }
     const tr = typeof t === "string" ? null : t.result;
     console.error(
       `${b.name} ${mode}: ours ${o.timing.ms.toFixed(1)} ms, torch ${tr ? tr.ms.toFixed(1) : "-"} ms`,
@@ -204,6 +215,8 @@ for (const b of benches) {
   }
 }
 for (const s of skipped) console.log(`PyTorch skipped: ${s} (apt-get install python3-torch)`);
+if (blas) console.log(`PyTorch: ${blas.summary}${blas.refusal ? `; ${blas.refusal}` : ""}`);
+const refusal = blas?.refusal ?? null;
 
 const f1 = (x: number) => x.toFixed(1);
 console.log(`\nMedian step times; load average at the end ${load()}\n`);
@@ -218,13 +231,19 @@ for (const r of rows) {
   const mark = Number.isFinite(ratio) ? (ratio >= 1 ? " (floor 1.0: ok)" : " (floor 1.0: BELOW)") : "";
   const phases = (t: Timing) => `${f1(t.forward_ms)} / ${f1(t.backward_ms)} / ${f1(t.optimizer_ms)}`;
   const best = r.torch
-    ? `${f1(r.ours.best_ms)} / ${f1(r.torch.best_ms)}, ${(r.torch.best_ms / r.ours.best_ms).toFixed(2)}x`
+    ? `${f1(r.ours.best_ms)} / ${f1(r.torch.best_ms)}, ${
+      refusal ? "no ratio" : `${(r.torch.best_ms / r.ours.best_ms).toFixed(2)}x`
+    }`
     : "-";
+  const cell = refusal ? "no ratio" : Number.isFinite(ratio) ? ratio.toFixed(2) + "x" + mark : "-";
   console.log(
-    `| ${r.bench.label} | ${r.mode} | ${f1(r.ours.ms)} | ${r.torch ? f1(r.torch.ms) : "-"} | ${
-      Number.isFinite(ratio) ? ratio.toFixed(2) + "x" : "-"
-    }${mark} | ${best} | ${phases(r.ours)} | ${r.torch ? phases(r.torch) : "-"} |`,
+    `| ${r.bench.label} | ${r.mode} | ${f1(r.ours.ms)} | ${
+      r.torch ? f1(r.torch.ms) : "-"
+    } | ${cell} | ${best} | ${phases(r.ours)} | ${r.torch ? phases(r.torch) : "-"} |`,
   );
+}
+if (refusal) {
+  console.log(`\n${refusal}: its times are shown, no ratio (install libopenblas0 for a real one).`);
 }
 const notes = [...new Set(rows.map((r) => r.torch?.note).filter((n) => n))];
 for (const n of notes) {

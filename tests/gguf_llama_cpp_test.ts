@@ -1,7 +1,8 @@
 // llama.cpp itself reads our GGUF exports (node-llama-cpp 3.21.1's prebuilt CPU binary, installed with npm
 // under build/llama-cpp/ on first use and driven by tests/_llama_cpp_runner.mjs under Node.js): its GGUF
 // parser reads the header we wrote, its tokenizer tokenizes as HFTokenizer does, and its greedy tokens and
-// logits match our model's. Skipped, with the reason, only where the npm registry cannot be reached.
+// logits match our model's. Skipped, with the reason, only where the npm registry cannot be reached
+// (scripts/_node_llama_cpp.ts installs it).
 import { assertEquals, assertGreater, assertLess, assertNotEquals } from "@std/assert";
 import {
   exportGGUF,
@@ -29,87 +30,13 @@ import {
   ROOT,
   tinyModelDir,
 } from "./_gguf_model.ts";
+import { ensureNodeLlamaCpp, NODE_LLAMA_CPP_MODULES, runCommand } from "../scripts/_node_llama_cpp.ts";
 
-const VERSION = "3.21.1";
-const CACHE = `${ROOT}build/llama-cpp`;
-const MODULES = `${CACHE}/node_modules`;
 const NEW_TOKENS = 16;
 // The fixture: std 0.15 keeps the three blocks from amplifying rounding errors chaotically (at 0.3 a 0.04
 // rounding difference grows to 0.4 in the logits), and seed 39 gives greedy steps whose top-2 logit margins
 // are all at least 0.16, 3x llama.cpp's BF16 rounding error, so "same greedy tokens" is a fair demand.
 const SEED = 39, STD = 0.15;
-
-/** node-llama-cpp's package of prebuilt binaries for this machine. */
-function platformPackage(): string | null {
-  const { os, arch } = Deno.build;
-  const name = os === "linux"
-    ? { x86_64: "linux-x64", aarch64: "linux-arm64" }[arch]
-    : os === "darwin"
-    ? { x86_64: "mac-x64", aarch64: "mac-arm64-metal" }[arch]
-    : os === "windows" && arch === "x86_64"
-    ? "win-x64"
-    : undefined;
-  return name ? `@node-llama-cpp/${name}` : null;
-}
-
-async function run(
-  cmd: string,
-  args: string[],
-  cwd?: string,
-): Promise<{ code: number; out: string; err: string }> {
-  const r = await new Deno.Command(cmd, { args, cwd, stdout: "piped", stderr: "piped" }).output();
-  const dec = new TextDecoder();
-  return { code: r.code, out: dec.decode(r.stdout), err: dec.decode(r.stderr) };
-}
-
-/**
- * Installs node-llama-cpp under build/llama-cpp/ unless it is there; the reason to skip where npm cannot
- * reach its registry (no network), null when ready. Any other failure throws.
- */
-async function ensureNodeLlamaCpp(): Promise<string | null> {
-  const platform = platformPackage();
-  if (!platform) throw new Error(`node-llama-cpp has no prebuilt binary for ${Deno.build.target}`);
-  const installed = async (pkg: string) => {
-    try {
-      return JSON.parse(await Deno.readTextFile(`${MODULES}/${pkg}/package.json`)).version === VERSION;
-    } catch {
-      return false;
-    }
-  };
-  if (await installed("node-llama-cpp") && await installed(platform)) return null;
-  await Deno.mkdir(CACHE, { recursive: true });
-  await Deno.writeTextFile(`${CACHE}/package.json`, '{ "private": true }\n');
-  const t0 = performance.now();
-  let r;
-  try {
-    r = await run("npm", [
-      "install",
-      "--omit=optional",
-      "--ignore-scripts",
-      "--no-audit",
-      "--no-fund",
-      "--no-save",
-      `node-llama-cpp@${VERSION}`,
-      `${platform}@${VERSION}`,
-    ], CACHE);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return "npm is not installed";
-    throw e;
-  }
-  if (r.code !== 0) {
-    const text = r.out + r.err;
-    const code = /\b(ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENETUNREACH|EHOSTUNREACH)\b/.exec(
-      text,
-    );
-    if (code || /^npm error network/m.test(text)) {
-      const line = text.split("\n").find((l) => /request to|network/.test(l))?.replace(/^npm error\s*/, "");
-      return `npm cannot reach its registry (${code?.[1] ?? "network error"}): ${line ?? "see npm's log"}`;
-    }
-    throw new Error(`npm install of node-llama-cpp failed:\n${text}`);
-  }
-  console.log(`installed node-llama-cpp ${VERSION} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-  return null;
-}
 
 interface Job {
   path: string;
@@ -138,7 +65,7 @@ interface LlamaCppResult {
 async function llamaCpp(jobs: Job[], dir: string): Promise<{ llamaCpp: unknown; results: LlamaCppResult[] }> {
   const request = `${dir}/request.json`;
   await Deno.writeTextFile(request, JSON.stringify({ models: jobs }));
-  const r = await run("node", [`${ROOT}tests/_llama_cpp_runner.mjs`, MODULES, request]);
+  const r = await runCommand("node", [`${ROOT}tests/_llama_cpp_runner.mjs`, NODE_LLAMA_CPP_MODULES, request]);
   assertEquals(r.code, 0, `the llama.cpp runner failed:\n${r.err}\n${r.out}`);
   return JSON.parse(r.out.trim().split("\n").at(-1)!);
 }
