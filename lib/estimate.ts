@@ -233,10 +233,12 @@ export interface MemoryEstimate {
 /** Rows of X the CPU's fused 4-bit products take (`kGemvMaxRows` in cuda/src/cpu/dequant4.h). */
 const CPU_FUSED_ROWS = 8;
 
-/** Bytes of the 4-bit GEMM workspace for `x [m, k] · op(W)`, as each backend's `qlora_gemm_4bit_workspace`. */
+/**
+ * Bytes of the 4-bit GEMM workspace for `x [m, k] · op(W)` (either direction: the same tile size), as each
+ * backend's `qlora_gemm_4bit_workspace`.
+ */
 function gemm4bitWorkspace(
   backend: "cpu" | "cuda",
-  transW: boolean,
   m: number,
   n: number,
   k: number,
@@ -333,7 +335,7 @@ export function matmul4bitWorkspace(
   const [out, inp] = shape;
   const backend = options.backend ?? "cpu";
   const [n, k] = transW ? [out, inp] : [inp, out];
-  const own = gemm4bitWorkspace(backend, transW, tokens, n, k);
+  const own = gemm4bitWorkspace(backend, tokens, n, k);
   if (backend === "cuda") return own;
   if (tokens > CPU_FUSED_ROWS) return own;
   // The fused products' scratch (gemv4_scratch_bytes in cuda/src/cpu/gemv4.cpp): bf16 X widened to f32
