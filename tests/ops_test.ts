@@ -77,6 +77,41 @@ Deno.test("matmul: every transpose, alpha/beta, f32 and bf16, against a float64 
   }
 });
 
+Deno.test("matmul: a decode step's bf16 product (1-4 rows of x against W stored n x k), f32 and bf16 out", () => {
+  // On CPUs with AVX512_BF16 these products run in cuda/src/cpu/gemv16.cpp (not oneDNN): rows of W in groups
+  // of 4 (n not a multiple: a short last group), k in steps of 32 (the rest masked, odd k included).
+  for (const [m, n, k] of [[1, 4099, 40], [2, 37, 4101], [3, 1000, 35], [4, 513, 64], [1, 262, 127]]) {
+    const x = normalValues(m * k, 7 * m + k), w = normalValues(n * k, n + k), c0 = normalValues(m * n, 11);
+    for (const out of ["bf16", "f32"] as const) {
+      for (const beta of [0, -2]) {
+        using tx = Tensor.from(x, { shape: [m, k], dtype: "bf16", device });
+        using tw = Tensor.from(w, { shape: [n, k], dtype: "bf16", device });
+        using tc = Tensor.from(c0, { shape: [m, n], dtype: out, device });
+        using c0t = Tensor.from(c0, { dtype: out, device });
+        matmul(tx, tw, { transB: true, alpha: 0.5, beta, out: tc });
+        const want = refGemm(
+          tx.toFloat32(),
+          tw.toFloat32(),
+          m,
+          n,
+          k,
+          false,
+          true,
+          0.5,
+          beta,
+          c0t.toFloat32(),
+        );
+        assertClose(
+          tc.toFloat32(),
+          want,
+          out === "f32" ? 1e-5 : 1e-2,
+          `bf16 -> ${out} ${m}x${n}x${k} beta ${beta}`,
+        );
+      }
+    }
+  }
+});
+
 Deno.test("matmul: f32 inputs into a bf16 output and bf16 into f32, every transpose, small and large", () => {
   // oneDNN has no f32 x f32 -> bf16 product: the CPU computes it itself (a dot-product loop when B is
   // transposed), above and below the size where it hands products to oneDNN.

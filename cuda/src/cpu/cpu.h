@@ -69,4 +69,13 @@ struct WorkspaceError : std::exception {
 // Work below this many elements runs on one thread: a parallel region costs more than it saves.
 constexpr uint64_t kParallelMin = 1ull << 15;
 
+// A 16-bit decode step's product (gemv16.cpp): C (ldc) = alpha * X W^T + beta * C for up to kGemv16MaxRows
+// rows of bf16 X (row stride k) and bf16 W stored n x k, C f32 or bf16, on CPUs with AVX512_BF16 (otherwise
+// gemv16_applies is false and oneDNN runs it).
+constexpr uint64_t kGemv16MaxRows = 4;
+bool gemv16_applies(int32_t trans_a, int32_t trans_b, uint64_t m, uint64_t k, uint64_t lda, uint64_t ldb,
+                    int32_t ab_dtype);
+void gemv16(uint64_t m, uint64_t n, uint64_t k, float alpha, const void* x, const void* w, float beta, void* c,
+            int32_t c_dtype, uint64_t ldc);
+
 }  // namespace qlora

@@ -1,6 +1,7 @@
-// cpu/gemm.cpp: matrix products on the CPU through oneDNN's matmul primitive, and the product with a
-// 4-bit matrix: up to 8 rows of X fused (gemv4.cpp), up to 64 rows of bf16 X through panels decoded into
-// cache (gemm4.cpp), more rows dequantized tile by tile into the caller's workspace for oneDNN.
+// cpu/gemm.cpp: matrix products on the CPU through oneDNN's matmul primitive (a decode step's few bf16 rows
+// against W stored n x k through gemv16.cpp instead), and the product with a 4-bit matrix: up to 8 rows of
+// X fused (gemv4.cpp), up to 64 rows of bf16 X through panels decoded into cache (gemm4.cpp), more rows
+// dequantized tile by tile into the caller's workspace for oneDNN.
 // gpu/gemm.cu mirrors this file.
 //
 // oneDNN was chosen by measurement (2 threads, AMD EPYC Zen 4): bf16 about 800-930 GFLOP/s, the same
@@ -319,7 +320,17 @@ void run_f32_route(const Operands& o, const F32Route& r, const void* a, const vo
 }
 
 // One 2-D product on strided operands: oneDNN, its f32 product on f32 copies, or the loop for tiny ones.
+// A decode step's 16-bit product (a few rows against W n x k, large enough to matter): a kernel of our own,
+// closer to the read bandwidth than oneDNN's (gemv16.cpp).
+bool gemv16_route(const Operands& o) {
+  return o.n * o.k >= kParallelMin && gemv16_applies(o.trans_a, o.trans_b, o.m, o.k, o.lda, o.ldb, o.ab_dtype);
+}
+
 void gemm_2d(const Operands& o, const void* a, const void* b, void* c) {
+  if (gemv16_route(o)) {
+    gemv16(o.m, o.n, o.k, o.alpha, a, b, o.beta, c, o.c_dtype, o.ldc);
+    return;
+  }
   if (std::shared_ptr<Gemm> g = gemm_for(o)) {
     run_gemm(*g, a, b, c);
     return;
@@ -346,6 +357,7 @@ class ReservedPad {
   qlora_status reserve(const std::vector<Operands>& ops, const char* fn) {
     uint64_t bytes = 0;
     for (const Operands& o : ops) {
+      if (gemv16_route(o)) continue;  // no scratch
       if (std::shared_ptr<Gemm> g = gemm_for(o)) bytes = std::max<uint64_t>(bytes, g->scratchpad.get_size());
       else if (o.m * o.n * o.k > kTinyGemm)  // what oneDNN refuses: the f32 route or the loop's rows
         bytes = std::max<uint64_t>(bytes, f32_route(o).g ? f32_route(o).bytes() : loop_bytes(o));
