@@ -32,4 +32,9 @@ Deno.test("measureLinearSpeed: plain constants are 4.5 bits a weight", () => {
 Deno.test("measureLinearSpeed: bad sizes are refused before anything is allocated", () => {
   assertThrows(() => measureLinearSpeed(device, [0, 64], [1]), InvalidArgumentError, "out must be");
   assertThrows(() => measureLinearSpeed(device, [64, 64], [1, 2.5]), InvalidArgumentError, "tokens must be");
+  assertThrows(
+    () => measureLinearSpeed(device, [64, 64], [1], { copies: 0 }),
+    InvalidArgumentError,
+    "copies must be",
+  );
 });
