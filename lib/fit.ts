@@ -377,11 +377,13 @@ export interface InferenceFitResult {
  * ```ts
  * import { gpuProfile, LLAMA_CONFIGS, willItFitInference } from "../mod.ts";
  * import { assert } from "@std/assert";
- * // LLaMA-2-7B in QLoRA on a 6 GB card: a 1 GiB cache of 2,048 tokens fits, the 2 GiB of 4,096 do not.
- * const at = (context: number) =>
- *   willItFitInference(LLAMA_CONFIGS["7b"], { mode: "qlora", context, prompt: 512 }, gpuProfile("rtx3060-6gb"));
- * assert(at(2048).fits && at(4096).estimate.bytes.kv_cache === 2 ** 31 && !at(4096).fits);
- * assert(at(4096).largest.full.context === 0 && at(4096).largest.qlora.context > 2048);
+ * // LLaMA-2-7B in QLoRA on a 6 GB card: a 1 GiB cache of 2,048 tokens fits with a GiB to spare; the 2 GiB
+ * // of 4,096 fit just (CUDA decodes the 4-bit weights with no workspace), two sequences of 4,096 do not.
+ * const gpu = gpuProfile("rtx3060-6gb");
+ * const at = (context: number, batch = 1) =>
+ *   willItFitInference(LLAMA_CONFIGS["7b"], { mode: "qlora", context, prompt: 512, batch }, gpu);
+ * assert(at(2048).fits && at(4096).estimate.bytes.kv_cache === 2 ** 31 && at(4096).fits && !at(4096, 2).fits);
+ * assert(at(4096).largest.full.context === 0 && at(4096).largest.qlora.context === 4096);
  * ```
  */
 export function willItFitInference(
