@@ -272,7 +272,7 @@ function inferenceClaim(r: TableInput, add: Add): void {
       }) and a prompt ${verdicts[1]} (${
         prefill >= 1
           ? "the 4-bit product beats the bf16 GEMM"
-          : "compute-bound, it pays for dequantizing each 4-bit tile"
+          : "compute-bound: each tile of W is decoded before the bf16 multiply, and the decode is not free"
       })`,
   );
 }

@@ -212,7 +212,8 @@ function seedRows({ cols, tagged }: Columns): string[][] {
       const what = [
         `dense ${dtype}`,
         `adapters merged into the ${dtype} base`,
-        "NF4 base and unmerged adapters: the fused 4-bit GEMV at one token, tiles dequantized for a prompt",
+        "NF4 base and unmerged adapters, one fused call per layer: W decoded in registers at one token, in " +
+        "cache-sized panels or tiles for a prompt",
       ][i];
       const prefill = (x: Column) => prefillTps(x, last(x));
       return tagged(
