@@ -246,9 +246,10 @@ std::shared_ptr<Gemm> gemm_for(const Operands& o) {
 // Such a product runs as oneDNN's f32 one: bf16 operands are copied to f32 (op(A) and op(B) packed, their
 // transposes kept), a bf16 C is computed into an f32 temporary (alpha applied) and then rounded into C
 // with beta. The copies' bytes come from the call's reservation (ReservedPad) or are allocated here,
-// through the ledger either way; the plain loop would be 10-25x slower at 512^3. A product whose copies
-// would pass kF32RouteMaxBytes stays in the loop: a copy of a whole weight (an LM head: 0.5 GB as f32) is
-// a transient no one budgets for.
+// through the ledger either way; the plain loop would be 10-25x slower at 512^3. The copies of one route
+// stay within kF32RouteMaxBytes (a copy of a whole weight, an LM head: 0.5 GB as f32, is a transient no
+// one budgets for): a larger product runs in tiles of columns (f32_tile_columns below), and only one whose
+// copy of op(A) alone is too large stays in the loop.
 constexpr uint64_t kF32RouteMaxBytes = 16ull << 20;
 constexpr uint64_t align64(uint64_t x) { return (x + 63) / 64 * 64; }
 
@@ -319,13 +320,38 @@ void run_f32_route(const Operands& o, const F32Route& r, const void* a, const vo
   }
 }
 
-// One 2-D product on strided operands: oneDNN, its f32 product on f32 copies, or the loop for tiny ones.
+// A refused product too large for one f32 route (a 7B weight: 180 MB as f32) runs in tiles of columns of C
+// (rows of W when B is transposed), each an f32 route of its own within kF32RouteMaxBytes: op(A) is copied
+// again per tile (a small cost next to the tile's product), B and C tile by tile. Without it such products
+// fell to the plain loop, minutes for one 7B training step's GEMM on an AVX2 CPU. 0: no tiling (the
+// product is tiny, oneDNN takes it, one route holds it, or op(A)'s copy alone is too large).
+uint64_t f32_tile_columns(const Operands& o) {
+  if (o.m * o.n * o.k <= kTinyGemm || (o.ab_dtype == QLORA_F32 && o.c_dtype == QLORA_F32)) return 0;
+  if (gemm_for(o) || f32_route(o).g) return 0;
+  const uint64_t a = o.ab_dtype != QLORA_F32 ? align64(o.m * o.k * sizeof(float)) : 0;
+  const uint64_t per_column =
+      (o.ab_dtype != QLORA_F32 ? o.k * sizeof(float) : 0) + (o.c_dtype != QLORA_F32 ? o.m * sizeof(float) : 0);
+  if (a + 128 >= kF32RouteMaxBytes / 2) return 0;
+  uint64_t columns = (kF32RouteMaxBytes - a - 128) / per_column;  // 128: the copies' alignment
+  if (columns >= 16) columns = columns / 16 * 16;
+  return columns < o.n ? columns : 0;
+}
+
+// Columns [j0, j0 + columns) of o's product: the same A, B and C from column j0 on (their strides kept).
+Operands column_tile(const Operands& o, uint64_t columns) {
+  Operands t = o;
+  t.n = columns;
+  return t;
+}
+
 // A decode step's 16-bit product (a few rows against W n x k, large enough to matter): a kernel of our own,
 // closer to the read bandwidth than oneDNN's (gemv16.cpp).
 bool gemv16_route(const Operands& o) {
   return o.n * o.k >= kParallelMin && gemv16_applies(o.trans_a, o.trans_b, o.m, o.k, o.lda, o.ldb, o.ab_dtype);
 }
 
+// One 2-D product on strided operands: the decode-step kernel, oneDNN, its f32 product on f32 copies (whole
+// or in tiles of columns), or the loop for tiny ones.
 void gemm_2d(const Operands& o, const void* a, const void* b, void* c) {
   if (gemv16_route(o)) {
     gemv16(o.m, o.n, o.k, o.alpha, a, b, o.beta, c, o.c_dtype, o.ldc);
@@ -337,6 +363,17 @@ void gemm_2d(const Operands& o, const void* a, const void* b, void* c) {
   }
   if (const F32Route r = f32_route(o); r.g) {
     run_f32_route(o, r, a, b, c);
+    return;
+  }
+  if (const uint64_t columns = f32_tile_columns(o)) {
+    const uint64_t ab_size = dtype_size(o.ab_dtype), c_size = dtype_size(o.c_dtype);
+    for (uint64_t j0 = 0; j0 < o.n; j0 += columns) {
+      const Operands t = column_tile(o, std::min(columns, o.n - j0));
+      const void* bt = (const char*)b + (o.trans_b ? j0 * o.ldb : j0) * ab_size;
+      void* ct = (char*)c + j0 * c_size;
+      if (const F32Route r = f32_route(t); r.g) run_f32_route(t, r, a, bt, ct);
+      else gemm_loop(t, a, bt, ct, false);
+    }
     return;
   }
   gemm_loop(o, a, b, c, o.m * o.n * o.k <= kTinyGemm);
@@ -358,9 +395,14 @@ class ReservedPad {
     uint64_t bytes = 0;
     for (const Operands& o : ops) {
       if (gemv16_route(o)) continue;  // no scratch
-      if (std::shared_ptr<Gemm> g = gemm_for(o)) bytes = std::max<uint64_t>(bytes, g->scratchpad.get_size());
-      else if (o.m * o.n * o.k > kTinyGemm)  // what oneDNN refuses: the f32 route or the loop's rows
-        bytes = std::max<uint64_t>(bytes, f32_route(o).g ? f32_route(o).bytes() : loop_bytes(o));
+      if (std::shared_ptr<Gemm> g = gemm_for(o)) {
+        bytes = std::max<uint64_t>(bytes, g->scratchpad.get_size());
+      } else if (o.m * o.n * o.k > kTinyGemm) {  // what oneDNN refuses: an f32 route (whole or a tile's), or the loop
+        const uint64_t columns = f32_tile_columns(o);
+        const Operands t = columns ? column_tile(o, columns) : o;
+        const F32Route r = f32_route(t);
+        bytes = std::max<uint64_t>(bytes, r.g ? r.bytes() : loop_bytes(t));
+      }
     }
     const qlora_status s = ws_.alloc(bytes, fn);
     if (s != QLORA_OK) return s;
