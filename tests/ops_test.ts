@@ -42,36 +42,43 @@ function refGemm(
   return c;
 }
 
+/** One product of random operands, C = 0.5 op(A) op(B) + beta C, checked against {@linkcode refGemm}. */
+function checkMatmul(
+  [m, n, k]: readonly number[],
+  o: {
+    transA?: boolean;
+    transB?: boolean;
+    ab: "f32" | "bf16";
+    out: "f32" | "bf16";
+    beta?: number;
+    seed?: number;
+  },
+  rel: number,
+): void {
+  const { transA = false, transB = false, ab, out, beta = -2, seed = 0 } = o;
+  const a = normalValues(m * k, seed + m + k), b = normalValues(k * n, seed + n + 3 * k);
+  const c0 = normalValues(m * n, seed + 5);
+  using ta = Tensor.from(a, { shape: transA ? [k, m] : [m, k], dtype: ab, device });
+  using tb = Tensor.from(b, { shape: transB ? [n, k] : [k, n], dtype: ab, device });
+  using tc = Tensor.from(c0, { shape: [m, n], dtype: out, device });
+  using c0t = Tensor.from(c0, { dtype: out, device });
+  matmul(ta, tb, { transA, transB, alpha: 0.5, beta, out: tc });
+  const want = refGemm(ta.toFloat32(), tb.toFloat32(), m, n, k, transA, transB, 0.5, beta, c0t.toFloat32());
+  assertClose(
+    tc.toFloat32(),
+    want,
+    rel,
+    `${ab} -> ${out} ${m}x${n}x${k} tA=${transA} tB=${transB} beta=${beta}`,
+  );
+}
+
+const TRANSPOSES = [[false, false], [false, true], [true, false], [true, true]] as const;
+
 Deno.test("matmul: every transpose, alpha/beta, f32 and bf16, against a float64 reference", () => {
-  for (const [m, n, k] of [[1, 1, 1], [7, 5, 3], [33, 65, 17], [64, 8, 300], [3, 200, 8]]) {
-    for (const transA of [false, true]) {
-      for (const transB of [false, true]) {
-        const a = normalValues(m * k, m + k), b = normalValues(k * n, n + 3 * k), c0 = normalValues(m * n, 5);
-        for (const dtype of ["f32", "bf16"] as const) {
-          using ta = Tensor.from(a, { shape: transA ? [k, m] : [m, k], dtype, device });
-          using tb = Tensor.from(b, { shape: transB ? [n, k] : [k, n], dtype, device });
-          using tc = Tensor.from(c0, { shape: [m, n], dtype, device });
-          matmul(ta, tb, { transA, transB, alpha: 0.5, beta: -2, out: tc });
-          using c0t = Tensor.from(c0, { dtype, device });
-          const want = refGemm(
-            ta.toFloat32(),
-            tb.toFloat32(),
-            m,
-            n,
-            k,
-            transA,
-            transB,
-            0.5,
-            -2,
-            c0t.toFloat32(),
-          );
-          assertClose(
-            tc.toFloat32(),
-            want,
-            dtype === "f32" ? 1e-5 : 2e-2,
-            `${dtype} ${m}x${n}x${k} tA=${transA} tB=${transB}`,
-          );
-        }
+  for (const shape of [[1, 1, 1], [7, 5, 3], [33, 65, 17], [64, 8, 300], [3, 200, 8]]) {
+    for (const [transA, transB] of TRANSPOSES) {
+      for (const dtype of ["f32", "bf16"] as const) {
+        checkMatmul(shape, { transA, transB, ab: dtype, out: dtype }, dtype === "f32" ? 1e-5 : 2e-2);
       }
     }
   }
@@ -80,33 +87,10 @@ Deno.test("matmul: every transpose, alpha/beta, f32 and bf16, against a float64 
 Deno.test("matmul: a decode step's bf16 product (1-4 rows of x against W stored n x k), f32 and bf16 out", () => {
   // On CPUs with AVX512_BF16 these products run in cuda/src/cpu/gemv16.cpp (not oneDNN): rows of W in groups
   // of 4 (n not a multiple: a short last group), k in steps of 32 (the rest masked, odd k included).
-  for (const [m, n, k] of [[1, 4099, 40], [2, 37, 4101], [3, 1000, 35], [4, 513, 64], [1, 262, 127]]) {
-    const x = normalValues(m * k, 7 * m + k), w = normalValues(n * k, n + k), c0 = normalValues(m * n, 11);
+  for (const shape of [[1, 4099, 40], [2, 37, 4101], [3, 1000, 35], [4, 513, 64], [1, 262, 127]]) {
     for (const out of ["bf16", "f32"] as const) {
       for (const beta of [0, -2]) {
-        using tx = Tensor.from(x, { shape: [m, k], dtype: "bf16", device });
-        using tw = Tensor.from(w, { shape: [n, k], dtype: "bf16", device });
-        using tc = Tensor.from(c0, { shape: [m, n], dtype: out, device });
-        using c0t = Tensor.from(c0, { dtype: out, device });
-        matmul(tx, tw, { transB: true, alpha: 0.5, beta, out: tc });
-        const want = refGemm(
-          tx.toFloat32(),
-          tw.toFloat32(),
-          m,
-          n,
-          k,
-          false,
-          true,
-          0.5,
-          beta,
-          c0t.toFloat32(),
-        );
-        assertClose(
-          tc.toFloat32(),
-          want,
-          out === "f32" ? 1e-5 : 1e-2,
-          `bf16 -> ${out} ${m}x${n}x${k} beta ${beta}`,
-        );
+        checkMatmul(shape, { transB: true, ab: "bf16", out, beta }, out === "f32" ? 1e-5 : 1e-2);
       }
     }
   }
@@ -116,30 +100,9 @@ Deno.test("matmul: a bf16 product whose f32 copies pass 16 MiB, every transpose 
   // Under QLORA_CPU_ISA=avx2 (deno task test:avx2) oneDNN has no bf16 product: it runs as f32 products on f32
   // copies, and a B this large (2,100 x 2,048: 17 MB as f32) in tiles of columns of C, each with its own
   // copies (cuda/src/cpu/gemm.cpp, f32_tile_columns). With AVX-512 the same calls run in bf16.
-  const [m, n, k] = [8, 2100, 2048];
-  for (const transA of [false, true]) {
-    for (const transB of [false, true]) {
-      const a = normalValues(m * k, 13), b = normalValues(k * n, 17), c0 = normalValues(m * n, 19);
-      for (const out of ["bf16", "f32"] as const) {
-        using ta = Tensor.from(a, { shape: transA ? [k, m] : [m, k], dtype: "bf16", device });
-        using tb = Tensor.from(b, { shape: transB ? [n, k] : [k, n], dtype: "bf16", device });
-        using tc = Tensor.from(c0, { shape: [m, n], dtype: out, device });
-        using c0t = Tensor.from(c0, { dtype: out, device });
-        matmul(ta, tb, { transA, transB, alpha: 0.5, beta: -2, out: tc });
-        const want = refGemm(
-          ta.toFloat32(),
-          tb.toFloat32(),
-          m,
-          n,
-          k,
-          transA,
-          transB,
-          0.5,
-          -2,
-          c0t.toFloat32(),
-        );
-        assertClose(tc.toFloat32(), want, out === "f32" ? 1e-5 : 1e-2, `-> ${out} tA=${transA} tB=${transB}`);
-      }
+  for (const [transA, transB] of TRANSPOSES) {
+    for (const out of ["bf16", "f32"] as const) {
+      checkMatmul([8, 2100, 2048], { transA, transB, ab: "bf16", out }, out === "f32" ? 1e-5 : 1e-2);
     }
   }
 });
@@ -147,31 +110,10 @@ Deno.test("matmul: a bf16 product whose f32 copies pass 16 MiB, every transpose 
 Deno.test("matmul: f32 inputs into a bf16 output and bf16 into f32, every transpose, small and large", () => {
   // oneDNN has no f32 x f32 -> bf16 product: the CPU computes it itself (a dot-product loop when B is
   // transposed), above and below the size where it hands products to oneDNN.
-  for (const [m, n, k] of [[7, 5, 3], [33, 65, 17], [96, 80, 72], [2, 300, 64], [1, 400, 64]]) {
-    for (const transA of [false, true]) {
-      for (const transB of [false, true]) {
-        const a = normalValues(m * k, m + 2 * k), b = normalValues(k * n, n + k), c0 = normalValues(m * n, 9);
-        for (const [ab, out] of [["f32", "bf16"], ["bf16", "f32"]] as const) {
-          using ta = Tensor.from(a, { shape: transA ? [k, m] : [m, k], dtype: ab, device });
-          using tb = Tensor.from(b, { shape: transB ? [n, k] : [k, n], dtype: ab, device });
-          using tc = Tensor.from(c0, { shape: [m, n], dtype: out, device });
-          using c0t = Tensor.from(c0, { dtype: out, device });
-          matmul(ta, tb, { transA, transB, alpha: 0.5, beta: -2, out: tc });
-          const want = refGemm(
-            ta.toFloat32(),
-            tb.toFloat32(),
-            m,
-            n,
-            k,
-            transA,
-            transB,
-            0.5,
-            -2,
-            c0t.toFloat32(),
-          );
-          const what = `${ab} -> ${out} ${m}x${n}x${k} tA=${transA} tB=${transB}`;
-          assertClose(tc.toFloat32(), want, out === "f32" ? 1e-5 : 1e-2, what);
-        }
+  for (const shape of [[7, 5, 3], [33, 65, 17], [96, 80, 72], [2, 300, 64], [1, 400, 64]]) {
+    for (const [transA, transB] of TRANSPOSES) {
+      for (const [ab, out] of [["f32", "bf16"], ["bf16", "f32"]] as const) {
+        checkMatmul(shape, { transA, transB, ab, out }, out === "f32" ? 1e-5 : 1e-2);
       }
     }
   }
