@@ -323,11 +323,11 @@ void run_f32_route(const Operands& o, const F32Route& r, const void* a, const vo
 // A refused product too large for one f32 route (a 7B weight: 180 MB as f32) runs in tiles of columns of C
 // (rows of W when B is transposed), each an f32 route of its own within kF32RouteMaxBytes: op(A) is copied
 // again per tile (a small cost next to the tile's product), B and C tile by tile. Without it such products
-// fell to the plain loop, minutes for one 7B training step's GEMM on an AVX2 CPU. 0: no tiling (the
-// product is tiny, oneDNN takes it, one route holds it, or op(A)'s copy alone is too large).
+// fell to the plain loop, minutes for one 7B training step's GEMM on an AVX2 CPU. Asked only of a product
+// oneDNN refused and one route could not take; 0: no tiling (tiny, all f32, every column fits one tile, or
+// op(A)'s copy alone is too large).
 uint64_t f32_tile_columns(const Operands& o) {
   if (o.m * o.n * o.k <= kTinyGemm || (o.ab_dtype == QLORA_F32 && o.c_dtype == QLORA_F32)) return 0;
-  if (gemm_for(o) || f32_route(o).g) return 0;
   const uint64_t a = o.ab_dtype != QLORA_F32 ? align64(o.m * o.k * sizeof(float)) : 0;
   const uint64_t per_column =
       (o.ab_dtype != QLORA_F32 ? o.k * sizeof(float) : 0) + (o.c_dtype != QLORA_F32 ? o.m * sizeof(float) : 0);
@@ -398,9 +398,11 @@ class ReservedPad {
       if (std::shared_ptr<Gemm> g = gemm_for(o)) {
         bytes = std::max<uint64_t>(bytes, g->scratchpad.get_size());
       } else if (o.m * o.n * o.k > kTinyGemm) {  // what oneDNN refuses: an f32 route (whole or a tile's), or the loop
-        const uint64_t columns = f32_tile_columns(o);
-        const Operands t = columns ? column_tile(o, columns) : o;
-        const F32Route r = f32_route(t);
+        F32Route r = f32_route(o);
+        Operands t = o;
+        if (!r.g) {
+          if (const uint64_t columns = f32_tile_columns(o)) r = f32_route(t = column_tile(o, columns));
+        }
         bytes = std::max<uint64_t>(bytes, r.g ? r.bytes() : loop_bytes(t));
       }
     }
