@@ -242,6 +242,25 @@ __global__ void __launch_bounds__(kWmmaThreads) gemm_bf16_wmma_kernel(Gemm g) {
 
 // f32 A and B: 256 threads, each a 4 x 4 grid of C (rows ty + 16r, columns tx + 16c) with f32 FMAs;
 // K in steps of 16. Rows of the shared tiles are padded to 65 floats (no bank conflicts either way).
+// The FMA kernels' inner product over one staged slice: K values of k, op(A)'s and op(B)'s slices in shared
+// memory as (p, i) and (p, j) with leading dimension Ld; thread (tx, ty) owns rows ty + 16 r and columns
+// tx + 16 c of the tile, in registers.
+template <int K, int Ld>
+__device__ __forceinline__ void fma_tile(const float* as, const float* bs, int tx, int ty, float (&acc)[4][4]) {
+#pragma unroll
+  for (int pp = 0; pp < K; pp++) {
+    float av[4], bv[4];
+#pragma unroll
+    for (int r = 0; r < 4; r++) av[r] = as[pp * Ld + ty + 16 * r];
+#pragma unroll
+    for (int c = 0; c < 4; c++) bv[c] = bs[pp * Ld + tx + 16 * c];
+#pragma unroll
+    for (int r = 0; r < 4; r++)
+#pragma unroll
+      for (int c = 0; c < 4; c++) acc[r][c] = fmaf(av[r], bv[c], acc[r][c]);
+  }
+}
+
 constexpr int kFmaThreads = 256, kFmaK = 16, kLdF = kTile + 1;
 
 __global__ void __launch_bounds__(kFmaThreads) gemm_f32_kernel(Gemm g) {
@@ -265,18 +284,7 @@ __global__ void __launch_bounds__(kFmaThreads) gemm_f32_kernel(Gemm g) {
         bs[qq * kLdF + jj] = j < g.n && q < g.k ? (g.trans_b ? b[j * g.ldb + q] : b[q * g.ldb + j]) : 0.0f;
       }
       __syncthreads();
-#pragma unroll
-      for (int pp = 0; pp < kFmaK; pp++) {
-        float av[4], bv[4];
-#pragma unroll
-        for (int r = 0; r < 4; r++) av[r] = as[pp * kLdF + ty + 16 * r];
-#pragma unroll
-        for (int c = 0; c < 4; c++) bv[c] = bs[pp * kLdF + tx + 16 * c];
-#pragma unroll
-        for (int r = 0; r < 4; r++)
-#pragma unroll
-          for (int c = 0; c < 4; c++) acc[r][c] = fmaf(av[r], bv[c], acc[r][c]);
-      }
+      fma_tile<kFmaK, kLdF>(as, bs, tx, ty, acc);
       __syncthreads();
     }
 #pragma unroll
@@ -514,18 +522,7 @@ __global__ void __launch_bounds__(kFmaThreads) gemm4_f32_kernel(Quant4 w, Gemm4A
         }
       }
       __syncthreads();
-#pragma unroll
-      for (int pp = 0; pp < kF4K; pp++) {
-        float av[4], bv[4];
-#pragma unroll
-        for (int r = 0; r < 4; r++) av[r] = xs[pp * kF4Ld + ty + 16 * r];
-#pragma unroll
-        for (int c = 0; c < 4; c++) bv[c] = ws[pp * kF4Ld + tx + 16 * c];
-#pragma unroll
-        for (int r = 0; r < 4; r++)
-#pragma unroll
-          for (int c = 0; c < 4; c++) acc[r][c] = fmaf(av[r], bv[c], acc[r][c]);
-      }
+      fma_tile<kF4K, kF4Ld>(xs, ws, tx, ty, acc);
       __syncthreads();
     }
 #pragma unroll
