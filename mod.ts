@@ -28,6 +28,7 @@ export {
   setMemoryBudget,
 } from "./lib/device.ts";
 export { fillOrDispose, type RandnOptions, shapeSize, Tensor, type TensorOptions } from "./lib/tensor.ts";
+export { HostTensor } from "./lib/host_tensor.ts";
 export * from "./lib/quant.ts";
 export * from "./lib/ops.ts";
 export * from "./lib/lora.ts";

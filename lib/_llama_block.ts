@@ -126,7 +126,9 @@ export class Block {
   constructor(
     readonly model: BlockHost,
     index: number,
-    options: Required<Omit<LlamaOptions, "device" | "weights">> & { weights?: WeightSource },
+    options: Required<Omit<LlamaOptions, "device" | "weights" | "offloadCheckpoints" | "lossChunk">> & {
+      weights?: WeightSource;
+    },
   ) {
     const c = model.config, dtype = model.dtype, device = model.device;
     const prefix = `model.layers.${index}`;

@@ -40,6 +40,7 @@
 import { InvalidArgumentError } from "./errors.ts";
 import type { Category } from "./memory.ts";
 import {
+  defaultLossChunk,
   linearShapes,
   type LlamaConfig,
   TARGET_MODULES,
@@ -175,6 +176,13 @@ export interface EstimateOptions extends QuantStorageOptions {
   targetModules?: readonly TargetModule[];
   /** Keep only each block's input and recompute the rest in backward (default false). */
   checkpointing?: boolean;
+  /** With checkpointing, keep the blocks' inputs in the host pool instead (default false). */
+  offloadCheckpoints?: boolean;
+  /**
+   * Rows of the LM head and the loss at a time (0: all at once; default
+   * {@linkcode defaultLossChunk}, as `LlamaModel`).
+   */
+  lossChunk?: number;
   /** f32 master copies of bf16 trainables, counted under optimizer_states (default true). */
   masterWeights?: boolean;
   /**
@@ -216,6 +224,11 @@ export interface MemoryEstimate {
   activationsPerToken: { saved: number; transient: number };
   /** Of optimizer_states, the f32 master copies of bf16 trainables. */
   masterWeights: number;
+  /**
+   * Bytes the step keeps in the host pool, outside the device and its budget: the offloaded checkpoints
+   * (every block's input), at their peak.
+   */
+  host: number;
   /** Of optimizer_states, what a paged optimizer can hold in host RAM (its m and v pages); 0 otherwise. */
   pageable: number;
   /**
@@ -232,6 +245,22 @@ export interface MemoryEstimate {
 
 /** Rows of X the CPU's fused 4-bit products take (`kGemvMaxRows` in cuda/src/cpu/dequant4.h). */
 const CPU_FUSED_ROWS = 8;
+
+/** Rows of bf16 X the CPU's fused 4-bit panel GEMM takes (`kGemm4MaxRows` in cuda/src/cpu/dequant4.h). */
+const CPU_GEMM4_ROWS = 64;
+
+/** The longest inner dimension oneDNN's bf16 products were measured to run without f32 accumulators. */
+const ONEDNN_UNSPLIT_K = 3072;
+
+/** The CPU backend's threads (OpenMP's default: the host's logical cores), checked. */
+function cpuThreads(threads = navigator.hardwareConcurrency): number {
+  if (!Number.isSafeInteger(threads) || threads <= 0) {
+    throw new InvalidArgumentError(
+      `Cannot estimate memory: threads must be a positive integer, got ${threads}`,
+    );
+  }
+  return threads;
+}
 
 /**
  * Bytes of the 4-bit GEMM workspace for `x [m, k] · op(W)` (either direction: the same tile size), as each
@@ -277,10 +306,20 @@ const CPU_QUERY_BLOCK = 128;
  */
 export function nativeScratchBytes(
   config: LlamaConfig,
-  options: { seq: number; batch: number; mode: TrainMode; backend?: "cpu" | "cuda"; threads?: number },
+  options: {
+    seq: number;
+    batch: number;
+    mode: TrainMode;
+    backend?: "cpu" | "cuda";
+    threads?: number;
+    lossChunk?: number;
+  },
 ): number {
   const { seq, batch, mode } = options;
   const tokens = seq * batch, hd = config.dim / config.heads;
+  const chunk = options.lossChunk ?? tokens;
+  // One cross-entropy call's f32 losses, and in chunks its rows' targets too (the workspace's).
+  const lossBytes = chunk > 0 && chunk < tokens ? 8 * chunk : 4 * tokens;
   if ((options.backend ?? "cpu") === "cuda") {
     const perChunk = Math.max(Math.floor(tokens / 1024) + 1, 32);
     return Math.max(
@@ -289,17 +328,12 @@ export function nativeScratchBytes(
       mode === "full" ? 12 * tokens : 0,
     );
   }
-  const threads = options.threads ?? navigator.hardwareConcurrency;
-  if (!Number.isSafeInteger(threads) || threads <= 0) {
-    throw new InvalidArgumentError(
-      `Cannot estimate memory: threads must be a positive integer, got ${threads}`,
-    );
-  }
+  const threads = cpuThreads(options.threads);
   const block = CPU_QUERY_BLOCK * seq;
   return Math.max(
     4 * threads * 2 * block,
     4 * threads * (4 * block + CPU_QUERY_BLOCK + 2 * seq * hd),
-    4 * threads * config.vocabSize + 4 * tokens, // beside the f32 losses it writes (workspace too)
+    4 * threads * config.vocabSize + lossBytes, // beside the f32 losses it writes (workspace too)
     4 * (hd / 2 + seq * hd),
     mode === "full" ? 4 * (2 * tokens + config.vocabSize) : 0,
   );
@@ -311,7 +345,9 @@ export function nativeScratchBytes(
  * CPU's dequantization tile, none for a few rows; none on CUDA, which decodes W and its double-quantized
  * constants where it reads them), and on the CPU's fused path for a few rows X widened to f32 (bf16 X),
  * forward also the rows' f32 dot products with every row of W and, for a LoRA bypass of `rank`, its h and
- * Bᵀ in f32. `transW` true is forward (`x Wᵀ`), false the input gradient (`dy W`).
+ * Bᵀ in f32; past 64 rows of bf16 X and an inner dimension of 3,072, oneDNN's f32 accumulators for each
+ * tile's product (per thread, rows x the tile's columns, in its scratchpad). `transW` true is forward (`x Wᵀ`), false the input gradient
+ * (`dy W`).
  *
  * @example
  * ```ts
@@ -330,13 +366,27 @@ export function matmul4bitWorkspace(
   shape: readonly [number, number],
   tokens: number,
   transW: boolean,
-  options: QuantStorageOptions & { backend?: "cpu" | "cuda"; dtype?: "f32" | "bf16"; rank?: number } = {},
+  options: QuantStorageOptions & {
+    backend?: "cpu" | "cuda";
+    dtype?: "f32" | "bf16";
+    rank?: number;
+    threads?: number;
+  } = {},
 ): number {
   const [out, inp] = shape;
   const backend = options.backend ?? "cpu";
   const [n, k] = transW ? [out, inp] : [inp, out];
   const own = gemm4bitWorkspace(backend, tokens, n, k);
   if (backend === "cuda") return own;
+  if (tokens > CPU_GEMM4_ROWS && options.dtype === "bf16" && k > ONEDNN_UNSPLIT_K) {
+    // Past the fused panel kernel's rows, oneDNN multiplies each bf16 tile of W into bf16 C, and where the
+    // inner dimension is long it splits it and sums the parts in f32 accumulators in its scratchpad, one
+    // set per thread: rows x the tile's columns (measured with Debian's oneDNN: exactly that at k = 4,096
+    // and 11,008 from 128 rows on, e.g. 32 MiB for 7B's q_proj at 4,096 tokens on 2 threads, 16 MiB on
+    // 1; none at k <= 3,072).
+    const columns = own / (4 * k);
+    return own + 4 * cpuThreads(options.threads) * tokens * columns;
+  }
   if (tokens > CPU_FUSED_ROWS) return own;
   // The fused products' scratch (gemv4_scratch_bytes in cuda/src/cpu/gemv4.cpp): bf16 X widened to f32
   // (or rearranged in half of it); forward, also the f32 dot products of X's rows with every row of W
@@ -413,13 +463,17 @@ function trainableTensors(
  *   the residual, gate, up and the SwiGLU output (e · (6·dim + 2·kvDim + 3·hiddenDim)), two f32 row scales,
  *   the f32 log-sum-exp per head, and each adapter's r-wide h;
  * - with checkpointing, per block only its input and the adapters' h (a LoRA layer keeps h until its
- *   next forward), plus one block recomputed in backward;
- * - the tail: the last hidden state, the final norm's output and scale, the logits;
+ *   next forward), plus one block recomputed in backward; with `offloadCheckpoints` the inputs wait in
+ *   the host pool (`host`) and only the recomputed block's is on the device;
+ * - the tail: the last hidden state, the final norm's output and scale, the logits, or where the tokens
+ *   are more than `lossChunk` (the LM head and the loss in chunks) the final norm output's gradient;
  * - on top, in the last block's backward, the largest set of gradients live at once: the incoming
  *   gradient with d(act), d(gate), d(up) (dim + 3·hidden), or d(gate), d(up) and both halves of d(norm2)
- *   (3·dim + 2·hidden), or attention's d(x2), dq, dk, dv, d(norm1) and a projection's part (5·dim + 2·kvDim).
+ *   (3·dim + 2·hidden), or attention's d(x2), dq, dk, dv, d(norm1) and a projection's part (5·dim + 2·kvDim);
+ *   or, if larger, one chunk of the LM head in forward: its rows of the final norm's output, their logits
+ *   and their input gradient.
  *
- * Workspace: the cross-entropy's f32 losses, a LoRA layer's dh (r-wide) in backward, and for QLoRA each
+ * Workspace: the cross-entropy's f32 losses (in chunks, a chunk's losses and targets), a LoRA layer's dh (r-wide) in backward, and for QLoRA each
  * 4-bit product's workspace ({@linkcode matmul4bitWorkspace}), whichever is largest at one time.
  *
  * @example
@@ -479,10 +533,26 @@ export function estimateMemory(config: LlamaConfig, options: EstimateOptions): M
   const kv = config.kvHeads * (dim / heads);
   const lora = mode === "full" ? 0 : targets.length * rank * e;
   const core = e * (6 * dim + 2 * kv + 3 * hid) + 8 + 4 * heads;
-  const tail = e * (2 * dim + config.vocabSize) + 4; // last hidden, final norm, logits, final rstd
+  const tokens = seq * batch;
+  const lossChunk = options.lossChunk ?? defaultLossChunk(config, dtype);
+  if (!Number.isSafeInteger(lossChunk) || lossChunk < 0) {
+    throw refuse(`lossChunk must be an integer >= 0, got ${lossChunk}`);
+  }
+  const offload = options.offloadCheckpoints ?? false;
+  if (offload && !options.checkpointing) throw refuse("offloadCheckpoints needs checkpointing");
+  // In chunks, the LM head's backward runs in forward: the gradient of the final norm's output waits for
+  // backward (and goes at its start) instead of the logits (kept to the end).
+  const chunked = lossChunk > 0 && lossChunk < tokens;
   const ids = 8; // token ids and targets, i32
-  const saved = ids + tail +
-    (options.checkpointing ? layers * (e * dim + lora) + core - e * dim : layers * (core + lora));
+  // The last hidden state, the final norm's output and rstd, and unchunked the logits.
+  const tail = e * (2 * dim + (chunked ? 0 : config.vocabSize)) + 4;
+  // Forward keeps every block's activations, or with checkpointing only each block's input (offloaded:
+  // none) and the adapters' h; backward adds one block recomputed (its input back from the host pool).
+  const blocksForward = options.checkpointing
+    ? layers * ((offload ? 0 : e * dim) + lora)
+    : layers * (core + lora);
+  const blocks = options.checkpointing ? blocksForward + core - (offload ? 0 : e * dim) : blocksForward;
+  const saved = ids + tail + blocks;
   // The first block of a LoRA or QLoRA model computes no input gradient (nothing below it trains).
   const inputGrad = mode === "full" || layers > 1;
   // Live at once in the last block's backward, with the incoming gradient: in the MLP d(act), d(gate) and
@@ -499,16 +569,20 @@ export function estimateMemory(config: LlamaConfig, options: EstimateOptions): M
       ? e * (5 * dim + 2 * kv) - freed(["down_proj", "gate_proj", "up_proj", "o_proj", "q_proj"])
       : e * (3 * dim + 2 * kv) - freed(["down_proj", "gate_proj", "up_proj", "o_proj"]),
   );
-  const tokens = seq * batch;
-  bytes.activations = tokens * (saved + transient);
+  // In chunks, the LM head's peak in forward: what forward keeps, the gradient of the final norm's output
+  // and one chunk's rows of that output, their logits and their input gradient.
+  const chunkPeak = chunked
+    ? tokens * (ids + tail + blocksForward + e * dim) + lossChunk * e * (config.vocabSize + 2 * dim)
+    : 0;
+  bytes.activations = Math.max(tokens * (saved + transient), chunkPeak);
   // Workspace: the largest set live at one time.
-  let workspace = 4 * tokens; // the cross-entropy's f32 losses
+  let workspace = chunked ? 8 * lossChunk : 4 * tokens; // the cross-entropy's f32 losses (and targets)
   if (mode !== "full") {
     for (const m of targets) {
       const dh = tokens * rank * e;
       let w = dh;
       if (mode === "qlora") {
-        const q = { ...options, backend, dtype, rank };
+        const q = { ...options, backend, dtype, rank, threads: options.threads };
         const forward = matmul4bitWorkspace(shapes[m], tokens, true, q);
         const noInput = !inputGrad && ["q_proj", "k_proj", "v_proj"].includes(m);
         w = Math.max(forward, noInput ? dh : dh + matmul4bitWorkspace(shapes[m], tokens, false, q));
@@ -517,7 +591,14 @@ export function estimateMemory(config: LlamaConfig, options: EstimateOptions): M
     }
   }
   // The kernels' scratch, held for one call each.
-  const scratch = nativeScratchBytes(config, { seq, batch, mode, backend, threads: options.threads });
+  const scratch = nativeScratchBytes(config, {
+    seq,
+    batch,
+    mode,
+    backend,
+    threads: options.threads,
+    lossChunk,
+  });
   bytes.workspace = Math.max(workspace, scratch);
   const peak = Object.values(bytes).reduce((a, b) => a + b, 0);
   const pageable = optimizer === "paged" ? states : 0;
@@ -529,6 +610,7 @@ export function estimateMemory(config: LlamaConfig, options: EstimateOptions): M
     perTrainable: { gradients: e, optimizerStates: bytes.optimizer_states / trainable },
     activationsPerToken: { saved, transient },
     masterWeights: master * trainable,
+    host: offload ? layers * tokens * e * dim : 0,
     pageable,
     peak,
     minimum: peak - pageable + pagePair,

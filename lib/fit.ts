@@ -158,7 +158,10 @@ export function measuredContext(device: Device): number | null {
   return Math.max(0, s.deviceTotal - s.deviceFree - s.totalCurrent);
 }
 
-/** Options of {@linkcode willItFit}: the run, as for the estimator (the workspace is CUDA's). */
+/**
+ * Options of {@linkcode willItFit}: the run, as for the estimator (the workspace is CUDA's), its
+ * `checkpointing`, `offloadCheckpoints` and `lossChunk` included; the largest shapes are searched with them.
+ */
 export interface FitOptions extends Omit<EstimateOptions, "backend"> {
   /** Bytes the device takes before the first tensor (default: the GPU generation's typical figure). */
   context?: number;
@@ -220,7 +223,8 @@ export function defaultOptimizer(mode: TrainMode): OptimizerKind {
  * Whether one training step of `config` fits `gpu`: the estimate by category (CUDA workspace) plus the
  * context, the largest sequence and batch per mode, and a verdict with suggestions that are each
  * estimated, not guessed. Options the caller leaves out take the Trainer's defaults (bf16, rank 8, all
- * seven targets, f32 master weights, PagedAdamW for QLoRA and AdamW otherwise).
+ * seven targets, f32 master weights, PagedAdamW for QLoRA and AdamW otherwise). Checkpoints offloaded
+ * to the host pool (`offloadCheckpoints`) are outside the GPU: in `estimate.host`, not in `required`.
  *
  * @example
  * ```ts
@@ -229,6 +233,7 @@ export function defaultOptimizer(mode: TrainMode): OptimizerKind {
  * const r = willItFit(LLAMA_CONFIGS["7b"], { mode: "lora", seq: 2048, batch: 4 }, gpuProfile("rtx4090"));
  * assert(!r.fits && r.verdict.startsWith("needs"));
  * assert(r.suggestions.some((s) => s.flag === "--checkpointing" && s.saves > 0));
+ * assert(r.suggestions.some((s) => s.flag === "--checkpointing --offload-checkpoints" && s.saves > 0));
  * assert(r.largest.qlora.seq > r.largest.lora.seq && r.largest.full.seq === 0);
  * ```
  */
@@ -261,6 +266,13 @@ export function willItFit(config: LlamaConfig, options: FitOptions, gpu: GpuProf
   if (!fits) {
     const alternatives: [string, Partial<EstimateOptions>][] = [];
     if (!base.checkpointing) alternatives.push(["--checkpointing", { checkpointing: true }]);
+    if (!base.offloadCheckpoints) {
+      alternatives.push(
+        base.checkpointing
+          ? ["--offload-checkpoints", { offloadCheckpoints: true }]
+          : ["--checkpointing --offload-checkpoints", { checkpointing: true, offloadCheckpoints: true }],
+      );
+    }
     if (base.optimizer !== "8bit") alternatives.push(["--optimizer 8bit", { optimizer: "8bit" }]);
     if (base.mode !== "full" && (base.rank ?? 8) > 4) alternatives.push(["--rank 4", { rank: 4 }]);
     if ((base.dtype ?? "bf16") === "bf16" && (base.masterWeights ?? true)) {
@@ -276,7 +288,11 @@ export function willItFit(config: LlamaConfig, options: FitOptions, gpu: GpuProf
     if (!suggestions.some((s) => s.fits && same(s.flag))) {
       // No one change is enough in this mode: all of those that help, together.
       const helping = alternatives.filter(([flag]) => suggestions.some((s) => s.flag === flag));
-      const together = helping.filter(([flag]) => same(flag));
+      // "--checkpointing" goes without saying beside "--checkpointing --offload-checkpoints".
+      const within = (flag: string, other: string) => other !== flag && other.startsWith(`${flag} `);
+      const together = helping.filter(([flag]) =>
+        same(flag) && !helping.some(([other]) => within(flag, other))
+      );
       const r = need(Object.assign({ ...base }, ...together.map(([, c]) => c)));
       if (together.length > 1 && r < required) {
         suggestions.push({

@@ -32,10 +32,14 @@ export interface LlamaConfig {
 
 /**
  * Named configurations: `tiny` trains on 2 CPU cores in minutes; `7b`, `13b` and `70b` are the real
- * shapes of LLaMA-2 for memory experiments with synthetic weights (override `layers` to measure a few
- * real-size blocks).
+ * shapes of LLaMA-2, and `8b` those of LLaMA-3.1-8B (grouped-query attention with 8 KV heads, a
+ * 128,256-word vocabulary, RoPE base 500,000), for memory experiments with synthetic weights (override
+ * `layers` to measure a few real-size blocks). `8b` leaves out LLaMA-3.1's "llama3" RoPE frequency
+ * scaling, which this library does not implement (a Hugging Face config that asks for it is refused by
+ * name): the shapes, and so every byte, are the real model's; its `maxSeq` is the 8,192 tokens of
+ * LLaMA-3's pretraining context rather than the 131,072 the scaling reaches.
  */
-export const LLAMA_CONFIGS: Readonly<Record<"tiny" | "7b" | "13b" | "70b", LlamaConfig>> = {
+export const LLAMA_CONFIGS: Readonly<Record<"tiny" | "7b" | "8b" | "13b" | "70b", LlamaConfig>> = {
   tiny: {
     vocabSize: 320,
     dim: 128,
@@ -57,6 +61,17 @@ export const LLAMA_CONFIGS: Readonly<Record<"tiny" | "7b" | "13b" | "70b", Llama
     maxSeq: 4096,
     normEps: 1e-5,
     ropeTheta: 10000,
+  },
+  "8b": {
+    vocabSize: 128256,
+    dim: 4096,
+    layers: 32,
+    heads: 32,
+    kvHeads: 8,
+    hiddenDim: 14336,
+    maxSeq: 8192,
+    normEps: 1e-5,
+    ropeTheta: 500000,
   },
   "13b": {
     vocabSize: 32000,
@@ -115,6 +130,18 @@ export interface LlamaOptions {
   targetModules?: readonly TargetModule[];
   /** Recompute each block in backward instead of keeping its activations (default false). */
   checkpointing?: boolean;
+  /**
+   * With `checkpointing`, keep each block's saved input in the host pool (pinned host memory on CUDA,
+   * counted by the ledger's host figures, outside the device budget) and bring it back just before that
+   * block's recompute (default false).
+   */
+  offloadCheckpoints?: boolean;
+  /**
+   * Rows (tokens) of the LM head and the cross-entropy computed at a time, so the logits of a long
+   * sequence and their gradient are never whole in memory; 0 computes all rows at once. Default:
+   * {@linkcode defaultLossChunk} (the rows whose logits fit 32 MiB).
+   */
+  lossChunk?: number;
   /** Standard deviation of the synthetic initial weights (default 0.02). */
   std?: number;
   /** Seed of the weights (default 0). */
@@ -202,4 +229,23 @@ export function linearShapes(config: LlamaConfig): Record<TargetModule, [number,
     up_proj: [config.hiddenDim, config.dim],
     down_proj: [config.dim, config.hiddenDim],
   };
+}
+
+/** Bytes of logits one chunk of the LM head and the loss may hold by default (32 MiB). */
+export const LOSS_CHUNK_BYTES = 32 * 2 ** 20;
+
+/**
+ * The default rows per chunk of the LM head and the loss: as many as have logits within
+ * {@linkcode LOSS_CHUNK_BYTES} (at least 1). A step whose tokens fit one chunk is computed whole.
+ *
+ * @example
+ * ```ts
+ * import { defaultLossChunk, LLAMA_CONFIGS } from "../mod.ts";
+ * import { assertEquals } from "@std/assert";
+ * assertEquals(defaultLossChunk(LLAMA_CONFIGS["7b"], "bf16"), 524); // 524 x 32,000 bf16 logits: 32 MiB
+ * assertEquals(defaultLossChunk(LLAMA_CONFIGS["8b"], "bf16"), 130);
+ * ```
+ */
+export function defaultLossChunk(config: LlamaConfig, dtype: "f32" | "bf16"): number {
+  return Math.max(1, Math.floor(LOSS_CHUNK_BYTES / (config.vocabSize * (dtype === "bf16" ? 2 : 4))));
 }

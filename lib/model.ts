@@ -8,7 +8,9 @@
  * - `qlora`: the same with the block weights in NF4 with double quantization.
  *
  * The forward and backward passes are written out op by op, llm.c style; every buffer goes through the
- * ledger. Gradient checkpointing (per block) keeps only each block's input and recomputes the rest.
+ * ledger. Gradient checkpointing (per block) keeps only each block's input and recomputes the rest; with
+ * offload those inputs wait in the host pool. The LM head and the loss run over chunks of tokens, so the
+ * logits of a long sequence are never whole in memory.
  *
  * @module
  */
@@ -20,6 +22,7 @@ import { Block, disposeSaved } from "./_llama_block.ts";
 import { initial } from "./_llama_layers.ts";
 import {
   checkConfig,
+  defaultLossChunk,
   type LlamaConfig,
   type LlamaOptions,
   MODULE_PATHS,
@@ -40,6 +43,23 @@ import {
 import { type GenerateOptions, Generation, type Prompt } from "./generation.ts";
 import type { KVCache } from "./kv_cache.ts";
 import { Tensor } from "./tensor.ts";
+import { HostTensor } from "./host_tensor.ts";
+
+/** What a forward keeps for backward. */
+interface Pending {
+  tokens: Tensor;
+  /** Each block's input (disposed where offloaded). */
+  inputs: Tensor[];
+  /** With offloaded checkpoints, each block's input in the host pool. */
+  parked: HostTensor[];
+  final: RmsnormResult;
+  /** The logits' gradient (all rows at once), or null where the loss ran in chunks. */
+  logits: Tensor | null;
+  /** The gradient of the final norm's output (the loss ran in chunks), or null. */
+  dfinal: Tensor | null;
+  /** The last block's output. */
+  hidden: Tensor;
+}
 
 /**
  * A LLaMA model in one of three training modes.
@@ -68,15 +88,17 @@ export class LlamaModel implements Disposable {
   readonly device: Device;
   /** Whether blocks recompute their activations in backward. */
   checkpointing: boolean;
+  /** With checkpointing, whether each block's saved input waits in the host pool until its recompute. */
+  offloadCheckpoints: boolean;
+  /** Rows of the LM head and the loss computed at a time (0: all at once). */
+  lossChunk: number;
   readonly #embed: Tensor;
   readonly #blocks: Block[] = [];
   readonly #finalNorm: Tensor;
   readonly #lmHead: Linear;
   #embedGrad: Tensor | null = null;
   #finalNormGrad: Tensor | null = null;
-  #pending:
-    | { tokens: Tensor; inputs: Tensor[]; final: RmsnormResult; logits: Tensor; hidden: Tensor }
-    | null = null;
+  #pending: Pending | null = null;
   /** Batch and sequence of the last forward. */
   batch = 0;
   /** Sequence length of the last forward. */
@@ -95,6 +117,16 @@ export class LlamaModel implements Disposable {
     this.dtype = options.dtype ?? "f32";
     this.device = options.device ?? getDevice();
     this.checkpointing = options.checkpointing ?? false;
+    this.offloadCheckpoints = options.offloadCheckpoints ?? false;
+    if (this.offloadCheckpoints && !this.checkpointing) {
+      throw new InvalidArgumentError("Cannot build a model: offloadCheckpoints needs checkpointing");
+    }
+    this.lossChunk = options.lossChunk ?? defaultLossChunk(c, this.dtype);
+    if (!Number.isSafeInteger(this.lossChunk) || this.lossChunk < 0) {
+      throw new InvalidArgumentError(
+        `Cannot build a model: lossChunk must be an integer >= 0 (0: all rows at once), got ${this.lossChunk}`,
+      );
+    }
     const o = {
       mode,
       dtype: this.dtype,
@@ -310,12 +342,12 @@ export class LlamaModel implements Disposable {
       device: this.device,
       category: "workspace",
     });
-    this.forward(tokens, ignored, { backward: false });
-    try {
-      return this.#pending!.logits.clone();
-    } finally {
-      this.#release();
-    }
+    this.#forward(tokens, ignored, false, 0); // every row's logits at once: they are the result
+    const p = this.#pending!;
+    const logits = p.logits!;
+    p.logits = null;
+    this.#release();
+    return logits;
   }
 
   /**
@@ -410,9 +442,15 @@ export class LlamaModel implements Disposable {
 
   /**
    * The mean cross-entropy of predicting `targets` from `tokens` (both i32 `[batch, seq]`, -1 targets
-   * ignored). Keeps what backward needs; the gradient of the logits is computed here (fused, as llm.c).
+   * ignored). Keeps what backward needs; the gradient of the logits is computed here (fused, as llm.c), and
+   * where the rows are more than {@linkcode LlamaModel.lossChunk}, the LM head's backward too, chunk by
+   * chunk, so that only the gradient of the final norm's output waits for backward.
    */
   forward(tokens: Tensor, targets: Tensor, options: { backward?: boolean } = {}): number {
+    return this.#forward(tokens, targets, options.backward ?? true, this.lossChunk);
+  }
+
+  #forward(tokens: Tensor, targets: Tensor, backward: boolean, lossChunk: number): number {
     if (tokens.shape.length !== 2 || targets.shape.join() !== tokens.shape.join()) {
       throw new InvalidArgumentError(
         "Cannot run the model: tokens and targets must be i32 [batch, seq] of one shape",
@@ -425,7 +463,8 @@ export class LlamaModel implements Disposable {
     this.#release();
     this.batch = batch;
     this.seq = seq;
-    const inputs: Tensor[] = [];
+    const offload = this.checkpointing && this.offloadCheckpoints;
+    const inputs: Tensor[] = [], parked: HostTensor[] = [];
     const made: Tensor[] = []; // freed if anything fails (out of memory, a bad target)
     try {
       let x = embeddingForward(tokens, this.#embed);
@@ -435,20 +474,65 @@ export class LlamaModel implements Disposable {
         const y = block.forward(x);
         made.push(y);
         if (this.checkpointing) disposeSaved(block.saved, true), block.saved = null;
+        if (offload) parked.push(HostTensor.from(x)), x.dispose(); // back on the device for its recompute
         x = y;
       }
       const final = rmsnormForward(x, this.#finalNorm, this.config.normEps);
       made.push(final.out, final.rstd);
-      const logits = this.#lmHead.forward(final.out);
-      made.push(logits);
-      const { loss } = crossEntropy(logits, targets, options.backward ?? true);
-      this.#pending = { tokens, inputs, final, logits, hidden: x };
+      const rows = batch * seq;
+      if (lossChunk === 0 || rows <= lossChunk) {
+        const logits = this.#lmHead.forward(final.out);
+        made.push(logits);
+        const { loss } = crossEntropy(logits, targets, backward);
+        this.#pending = { tokens, inputs, parked, final, logits, dfinal: null, hidden: x };
+        return loss;
+      }
+      const { loss, dfinal } = this.#chunkedLoss(final.out, targets, backward, lossChunk);
+      if (dfinal) made.push(dfinal);
+      this.#pending = { tokens, inputs, parked, final, logits: null, dfinal, hidden: x };
       return loss;
     } catch (e) {
       for (const t of made) if (!t.disposed) t.dispose();
+      for (const h of parked) h.dispose();
       this.#release();
       throw e;
     }
+  }
+
+  /**
+   * The LM head and the cross-entropy over `chunk` rows at a time: each chunk's logits are made, turned into
+   * their gradient and, with `backward`, sent through the LM head's backward (dW added for a trained head)
+   * before the next chunk; returns the mean loss over every counted row and d(final norm output).
+   */
+  #chunkedLoss(
+    h: Tensor,
+    targets: Tensor,
+    backward: boolean,
+    chunk: number,
+  ): { loss: number; dfinal: Tensor | null } {
+    const rows = h.shape[0];
+    const host = targets.toArray() as Int32Array;
+    const counted = host.reduce((c, t) => c + (t === -1 ? 0 : 1), 0);
+    const dfinal = backward ? Tensor.empty(h.shape, { dtype: h.dtype, device: h.device }) : null;
+    let sum = 0;
+    try {
+      for (let r = 0; r < rows; r += chunk) {
+        const n = Math.min(chunk, rows - r);
+        using x = h.rows(r, r + n);
+        using t = Tensor.from(host.subarray(r, r + n), { device: h.device, category: "workspace" });
+        using logits = this.#lmHead.forward(x);
+        sum += crossEntropy(logits, t, backward, { counted }).loss * counted;
+        if (!dfinal) continue;
+        using dx = this.#lmHead.backward(logits);
+        dfinal.setRows(r, dx);
+      }
+    } catch (e) {
+      this.#lmHead.releaseActivations();
+      dfinal?.dispose();
+      throw e;
+    }
+    this.#lmHead.releaseActivations();
+    return { loss: counted ? sum / counted : 0, dfinal };
   }
 
   /** Gradients of the last forward's loss: adds into every trainable's gradient. */
@@ -458,7 +542,8 @@ export class LlamaModel implements Disposable {
     const full = this.mode === "full";
     let d: Tensor | null = null;
     try {
-      d = this.#lmHead.backward(p.logits);
+      if (p.dfinal) d = p.dfinal, p.dfinal = null; // the chunked LM head's backward ran in forward
+      else d = this.#lmHead.backward(p.logits!);
       if (full) {
         this.#finalNormGrad ??= Tensor.zeros([this.config.dim], {
           dtype: this.dtype,
@@ -477,11 +562,14 @@ export class LlamaModel implements Disposable {
       d = dh;
       for (let i = this.#blocks.length - 1; i >= 0; i--) {
         const block = this.#blocks[i];
-        if (this.checkpointing) block.recompute(p.inputs[i]).dispose(); // this block's activations, same masks
+        // An offloaded input comes back from the host pool for its block's recompute and goes after.
+        using restored = p.parked.length ? p.parked[i].toDevice() : null;
+        if (this.checkpointing) block.recompute(restored ?? p.inputs[i]).dispose(); // same masks
         // Frozen embeddings (lora, qlora): nothing needs the gradient of the first block's input.
         const dx: Tensor | null = block.backward(d, true, full || i > 0);
         d.dispose();
         d = dx;
+        if (p.parked.length) p.parked[i].dispose();
         if (!d) break;
       }
       if (full) {
@@ -515,9 +603,10 @@ export class LlamaModel implements Disposable {
   #release(): void {
     const p = this.#pending;
     if (p) {
-      for (const t of [...p.inputs, p.final.out, p.final.rstd, p.logits, p.hidden]) {
-        if (!t.disposed) t.dispose();
+      for (const t of [...p.inputs, p.final.out, p.final.rstd, p.logits, p.dfinal, p.hidden]) {
+        if (t && !t.disposed) t.dispose();
       }
+      for (const h of p.parked) h.dispose();
     }
     for (const b of this.#blocks) b.releaseActivations(true);
     this.#pending = null;

@@ -425,6 +425,8 @@ export function swigluBackward(dout: Tensor, gate: Tensor, up: Tensor): { dgate:
 /**
  * Softmax cross-entropy of logits `[rows, vocab]` against i32 targets (-1 = ignored). Returns the mean
  * loss over counted rows; with `backward`, writes `(softmax - onehot) / counted` over the logits in place.
+ * A chunk of a longer batch passes the whole batch's count as `options.counted`: its gradient is then
+ * scaled as the whole batch's, and its loss is its share of the whole batch's mean.
  *
  * @example
  * ```ts
@@ -439,6 +441,7 @@ export function crossEntropy(
   logits: Tensor,
   targets: Tensor,
   backward: boolean,
+  options: { counted?: number } = {},
 ): { loss: number; counted: number } {
   const what = "compute the cross-entropy";
   const dtype = actDtype(logits, what);
@@ -447,7 +450,13 @@ export function crossEntropy(
   }
   const [rows, vocab] = logits.shape;
   const host = targets.toArray() as Int32Array;
-  const counted = host.reduce((c, t) => c + (t === -1 ? 0 : 1), 0);
+  const own = host.reduce((c, t) => c + (t === -1 ? 0 : 1), 0);
+  const counted = options.counted ?? own;
+  if (!Number.isSafeInteger(counted) || counted < own) {
+    throw new InvalidArgumentError(
+      `Cannot ${what}: counted must be an integer >= the ${own} counted targets here, got ${counted}`,
+    );
+  }
   using losses = Tensor.empty([rows], { category: "workspace", device: logits.device });
   ffi.crossEntropy(
     logits.device,

@@ -330,6 +330,76 @@ export class Tensor implements Disposable {
     return fillOrDispose(out, () => out.copyFrom(this));
   }
 
+  /**
+   * A copy of rows `[start, end)` along the first dimension, in a new tensor of the same dtype (and
+   * category, unless given).
+   *
+   * @example
+   * ```ts
+   * import { Tensor } from "./tensor.ts";
+   * import { assertEquals } from "@std/assert";
+   * using t = Tensor.from([1, 2, 3, 4, 5, 6], { shape: [3, 2] });
+   * using r = t.rows(1, 3);
+   * assertEquals([r.shape, [...r.toFloat32()]], [[2, 2], [3, 4, 5, 6]]);
+   * ```
+   */
+  rows(start: number, end: number, options: { category?: Category } = {}): Tensor {
+    const rowBytes = this.#rowBytes(start, end - start, "copy rows of");
+    const out = new Tensor([end - start, ...this.shape.slice(1)], {
+      dtype: this.dtype,
+      category: options.category ?? this.category,
+      device: this.device,
+    });
+    return fillOrDispose(
+      out,
+      () =>
+        ffi.memcpy(this.device, out, ffi.offset(this, start * rowBytes), out.byteLength, "device_to_device"),
+    );
+  }
+
+  /**
+   * Copies every row of `src` (same dtype, device and row shape) into this tensor's rows from `start` on.
+   *
+   * @example
+   * ```ts
+   * import { Tensor } from "./tensor.ts";
+   * import { assertEquals } from "@std/assert";
+   * using t = Tensor.zeros([3, 2]);
+   * using r = Tensor.from([7, 8], { shape: [1, 2] });
+   * t.setRows(2, r);
+   * assertEquals([...t.toFloat32()], [0, 0, 0, 0, 7, 8]);
+   * ```
+   */
+  setRows(start: number, src: Tensor): void {
+    const count = src.shape[0] ?? 1;
+    const rowBytes = this.#rowBytes(start, count, "set rows of");
+    if (
+      src.dtype !== this.dtype || src.device !== this.device ||
+      src.shape.slice(1).join() !== this.shape.slice(1).join()
+    ) {
+      throw new InvalidArgumentError(
+        `Cannot set rows of a ${this.dtype}[${this.shape.join(", ")}] tensor from a ${src.dtype}` +
+          `[${src.shape.join(", ")}] tensor${src.device !== this.device ? " on another device" : ""}`,
+      );
+    }
+    ffi.memcpy(this.device, ffi.offset(this, start * rowBytes), src, src.byteLength, "device_to_device");
+  }
+
+  /** Bytes per row along the first dimension, after checking `[start, start + count)` is within it. */
+  #rowBytes(start: number, count: number, what: string): number {
+    const rows = this.shape[0] ?? 1;
+    if (
+      this.shape.length === 0 || !Number.isSafeInteger(start) || !Number.isSafeInteger(count) || start < 0 ||
+      count <= 0 || start + count > rows
+    ) {
+      throw new InvalidArgumentError(
+        `Cannot ${what} a tensor of shape [${this.shape.join(", ")}]: rows [${start}, ${start + count}) ` +
+          `are not within [0, ${rows})`,
+      );
+    }
+    return this.byteLength / rows;
+  }
+
   /** Frees the device memory now; later uses throw. Calling it twice is harmless. */
   dispose(): void {
     if (this.#ptr === null) return;

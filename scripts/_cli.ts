@@ -5,7 +5,7 @@
  * @module
  */
 
-import { TARGET_MODULES, type TargetModule } from "../mod.ts";
+import { parseBytes, TARGET_MODULES, type TargetModule } from "../mod.ts";
 
 /** A flag's kind: a boolean switch, or one that takes a value. */
 export type FlagSpec = Record<string, "boolean" | "string">;
@@ -68,6 +68,108 @@ export function intFlags(
     if (!Number.isSafeInteger(v) || v <= 0) throw new UsageError(`--${name} must be a positive integer`);
     return v;
   };
+}
+
+/** A memory budget from `--budget SIZE [--reserve SIZE]`, in bytes. */
+export interface BudgetFlags {
+  /** `--budget`: the device's memory, as a card's size ("6GiB"). */
+  budget: number;
+  /**
+   * `--reserve`: what the device keeps for itself and no ledger sees (the CUDA context, the libraries'
+   * workspaces); 0 when absent.
+   */
+  reserve: number;
+  /** The ledger's budget: `budget - reserve`. */
+  ledger: number;
+}
+
+/** A byte-size flag's value; a size that does not parse is a {@linkcode UsageError}. */
+function sizeFlag(flags: Record<string, string | boolean>, name: string): number {
+  try {
+    return parseBytes(String(flags[name]));
+  } catch (e) {
+    throw new UsageError(`--${name}: ${(e as Error).message}`);
+  }
+}
+
+/**
+ * `--budget SIZE [--reserve SIZE]`: the ledger's budget is the budget less the reserve (the device's own
+ * overhead, which no ledger sees), so `--budget 6GiB --reserve 0.31GiB` behaves like a 6 GiB card. Null
+ * without `--budget`; `--reserve` without `--budget`, a budget of 0 or a reserve that leaves nothing of
+ * the budget is a {@linkcode UsageError}.
+ *
+ * @example
+ * ```ts
+ * import { budgetFlags } from "./_cli.ts";
+ * import { assertEquals, assertThrows } from "@std/assert";
+ * assertEquals(budgetFlags({ budget: "6GiB", reserve: "512MiB" })?.ledger, 5.5 * 2 ** 30);
+ * assertEquals(budgetFlags({ budget: "6GiB" })?.ledger, 6 * 2 ** 30);
+ * assertEquals(budgetFlags({}), null);
+ * assertThrows(() => budgetFlags({ reserve: "1GiB" }), Error, "--reserve needs --budget");
+ * assertThrows(() => budgetFlags({ budget: "1GiB", reserve: "1GiB" }), Error, "smaller than --budget");
+ * ```
+ */
+export function budgetFlags(flags: Record<string, string | boolean>): BudgetFlags | null {
+  if (flags.budget === undefined) {
+    if (flags.reserve !== undefined) {
+      throw new UsageError("--reserve needs --budget: the reserve is taken out of the budget");
+    }
+    return null;
+  }
+  const budget = sizeFlag(flags, "budget");
+  if (!(budget > 0)) throw new UsageError(`--budget must be a size > 0, such as 6GiB; got ${flags.budget}`);
+  const reserve = flags.reserve === undefined ? 0 : sizeFlag(flags, "reserve");
+  if (reserve >= budget) {
+    throw new UsageError(
+      `--reserve ${flags.reserve} must be smaller than --budget ${flags.budget}: it is taken out of the budget`,
+    );
+  }
+  return { budget, reserve, ledger: budget - reserve };
+}
+
+/** A training step's memory savers from the command line, as `LlamaOptions` takes them. */
+export interface StepMemoryFlags {
+  /** `--checkpointing`: recompute each block in backward. */
+  checkpointing: boolean;
+  /** `--offload-checkpoints`: the checkpoints in the host pool (needs `--checkpointing`). */
+  offloadCheckpoints: boolean;
+  /** `--loss-chunk N`: rows of the LM head and the loss at a time (0: all); absent: the model's default. */
+  lossChunk?: number;
+}
+
+/**
+ * `--checkpointing`, `--offload-checkpoints` and `--loss-chunk N` (an integer >= 0, 0 the whole step at
+ * once). `--offload-checkpoints` without `--checkpointing` is a {@linkcode UsageError}: without
+ * checkpointing there are no checkpoints to offload.
+ *
+ * @example
+ * ```ts
+ * import { stepMemoryFlags } from "./_cli.ts";
+ * import { assertEquals, assertThrows } from "@std/assert";
+ * assertEquals(stepMemoryFlags({ checkpointing: true, "offload-checkpoints": true, "loss-chunk": "0" }), {
+ *   checkpointing: true,
+ *   offloadCheckpoints: true,
+ *   lossChunk: 0,
+ * });
+ * assertEquals(stepMemoryFlags({}), { checkpointing: false, offloadCheckpoints: false });
+ * assertThrows(() => stepMemoryFlags({ "offload-checkpoints": true }), Error, "needs --checkpointing");
+ * assertThrows(() => stepMemoryFlags({ "loss-chunk": "-1" }), Error, "--loss-chunk");
+ * ```
+ */
+export function stepMemoryFlags(flags: Record<string, string | boolean>): StepMemoryFlags {
+  const checkpointing = flags.checkpointing === true;
+  const offloadCheckpoints = flags["offload-checkpoints"] === true;
+  if (offloadCheckpoints && !checkpointing) {
+    throw new UsageError(
+      "--offload-checkpoints needs --checkpointing: it moves the block inputs that checkpointing keeps",
+    );
+  }
+  if (flags["loss-chunk"] === undefined) return { checkpointing, offloadCheckpoints };
+  const lossChunk = Number(flags["loss-chunk"]);
+  if (!Number.isSafeInteger(lossChunk) || lossChunk < 0) {
+    throw new UsageError("--loss-chunk must be an integer >= 0 (rows at a time; 0: all at once)");
+  }
+  return { checkpointing, offloadCheckpoints, lossChunk };
 }
 
 /**

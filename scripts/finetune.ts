@@ -1,9 +1,10 @@
 /**
- * `./deno task finetune --model DIR --data FILE|brown|sotu|moby-dick --mode lora|qlora [--budget 6GiB]
- * [--steps 100] [--batch 4] [--seq 256] [--lr 2e-4] [--rank 8] [--alpha 16] [--targets q,k,v,o,gate,up,down]
- * [--dtype bf16|f32] [--checkpointing] [--out DIR] [--checkpoint-every N] [--keep 3] [--resume [DIR]]
- * [--merge] [--verify] [--seed N]`: fine-tunes a Hugging Face LLaMA model directory (config.json,
- * safetensors shards, tokenizer.json) with LoRA or QLoRA.
+ * `./deno task finetune --model DIR --data FILE|brown|sotu|moby-dick --mode lora|qlora [--budget 6GiB
+ * [--reserve 0.31GiB]] [--steps 100] [--batch 4] [--seq 256] [--lr 2e-4] [--rank 8] [--alpha 16]
+ * [--targets q,k,v,o,gate,up,down] [--dtype bf16|f32] [--checkpointing [--offload-checkpoints]]
+ * [--loss-chunk N] [--out DIR] [--checkpoint-every N] [--keep 3] [--resume [DIR]] [--merge] [--verify]
+ * [--seed N]`: fine-tunes a Hugging Face LLaMA model directory (config.json, safetensors shards,
+ * tokenizer.json) with LoRA or QLoRA.
  *
  * - Data: JSON Lines of `{"text": ...}` or `{"prompt": ..., "completion": ...}` (the loss on the completion
  *   only), or a bundled corpus by name.
@@ -15,6 +16,12 @@
  *   `OUT/checkpoint-NNNNNN/` every `--checkpoint-every` steps (default a tenth of the run) and at the end,
  *   the newest `--keep` kept. `--resume` (or `--resume OUT`) continues an interrupted run from the latest
  *   complete one, with the same flags; torn checkpoints are skipped, other flags refused by name.
+ * - Memory: `--budget SIZE` caps the ledger (an OutOfMemoryError past it); `--reserve SIZE` takes the
+ *   device's own overhead out of it (the CUDA context and the libraries' workspaces, which no ledger
+ *   sees), so `--budget 6GiB --reserve 0.31GiB` behaves like a 6 GiB card. `--checkpointing` recomputes
+ *   each block in backward from its saved input, which `--offload-checkpoints` keeps in the host pool
+ *   instead of on the device; `--loss-chunk N` computes the LM head and the loss N rows at a time (0: all
+ *   at once; default: the rows whose logits fit 32 MiB).
  * - `--verify`: reloads the adapter onto a fresh copy of the base and, with `--merge`, the merged export,
  *   and compares their logits with the model in memory (loads the base again: meant for small models).
  *
@@ -39,13 +46,22 @@ import {
   TextDataset,
   Trainer,
 } from "../mod.ts";
-import { intFlags, parseArgs, runMain, takeOptionalFlag, targetsFlag, UsageError } from "./_cli.ts";
+import {
+  budgetFlags,
+  intFlags,
+  parseArgs,
+  runMain,
+  stepMemoryFlags,
+  takeOptionalFlag,
+  targetsFlag,
+  UsageError,
+} from "./_cli.ts";
 
 const USAGE =
   "usage: ./deno task finetune --model DIR --data FILE.jsonl|brown|sotu|moby-dick --mode lora|qlora " +
-  "[--budget 6GiB] [--steps 100] [--batch 4] [--seq 256] [--lr 2e-4] [--rank 8] [--alpha 16] " +
-  "[--targets q,k,v,o,gate,up,down] [--dtype bf16|f32] [--checkpointing] [--out DIR] [--checkpoint-every N] " +
-  "[--keep 3] [--resume [DIR]] [--merge] [--verify]";
+  "[--budget 6GiB [--reserve 0.31GiB]] [--steps 100] [--batch 4] [--seq 256] [--lr 2e-4] [--rank 8] " +
+  "[--alpha 16] [--targets q,k,v,o,gate,up,down] [--dtype bf16|f32] [--checkpointing [--offload-checkpoints]] " +
+  "[--loss-chunk N] [--out DIR] [--checkpoint-every N] [--keep 3] [--resume [DIR]] [--merge] [--verify]";
 
 const CORPORA = ["brown", "sotu", "moby-dick"] as const;
 
@@ -63,6 +79,7 @@ await runMain(async () => {
     data: "string",
     mode: "string",
     budget: "string",
+    reserve: "string",
     steps: "string",
     batch: "string",
     seq: "string",
@@ -72,6 +89,8 @@ await runMain(async () => {
     targets: "string",
     dtype: "string",
     checkpointing: "boolean",
+    "offload-checkpoints": "boolean",
+    "loss-chunk": "string",
     out: "string",
     merge: "boolean",
     verify: "boolean",
@@ -89,9 +108,10 @@ await runMain(async () => {
   const targetModules = targetsFlag(flags.targets);
   const steps = int("steps", 100), batchSize = int("batch", 4), seed = flags.seed ? int("seed", 1) : 0;
   const rank = int("rank", 8), alpha = flags.alpha ? Number(flags.alpha) : 16;
+  const memory = stepMemoryFlags(flags), budget = budgetFlags(flags);
 
   const device = getDevice();
-  if (flags.budget) device.setMemoryBudget(flags.budget as string);
+  if (budget) device.setMemoryBudget(budget.ledger);
   const name = modelDir.replace(/\/+$/, "").split("/").pop()!;
   const out = (flags.out as string | undefined) ??
     (typeof resume === "string"
@@ -122,7 +142,7 @@ await runMain(async () => {
     alpha,
     dtype,
     targetModules,
-    checkpointing: Boolean(flags.checkpointing),
+    ...memory,
     seed,
   };
   using model = new LlamaModel(config, { ...options, weights: dir.weights });

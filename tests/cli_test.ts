@@ -1,9 +1,10 @@
-import { assert, assertEquals, assertStringIncludes } from "@std/assert";
+import { assert, assertEquals, assertStringIncludes, assertThrows } from "@std/assert";
 import {
   dequantizeCheckpoint,
   dynamicMap,
   getDevice,
   InvalidArgumentError,
+  parseBytes,
   quantizeCheckpoint,
   readSafetensors,
   SafetensorsReader,
@@ -12,6 +13,7 @@ import {
 import { f32ToBf16 } from "../lib/dtype.ts";
 import { assertBitEqual, normalValues, referenceDoubleQuantize, referenceQuantize } from "./_reference.ts";
 import { runScript } from "./_run_script.ts";
+import { budgetFlags, stepMemoryFlags, UsageError } from "../scripts/_cli.ts";
 
 const run = (script: string, args: string[], cwd?: string) => runScript(script, args, { cwd });
 
@@ -228,5 +230,62 @@ Deno.test("quantizeCheckpoint and dequantizeCheckpoint refuse OUT = IN itself wi
     assertStringIncludes(e2.message, "Cannot dequantize: IN and OUT are the same file");
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("--budget and --reserve: the ledger's budget is the budget less the reserve; bad pairs are usage errors", () => {
+  const GiB = 2 ** 30;
+  const b = budgetFlags({ budget: "6GiB", reserve: "0.31GiB" })!;
+  assertEquals([b.budget, b.reserve], [6 * GiB, parseBytes("0.31GiB")]);
+  assertEquals(b.ledger, b.budget - b.reserve);
+  assert(b.ledger > 5.68 * GiB && b.ledger < 5.7 * GiB, `${b.ledger}`);
+  assertEquals(budgetFlags({ budget: "1000", reserve: "1" })?.ledger, 999);
+  assertEquals(budgetFlags({ budget: "6GiB" }), { budget: 6 * GiB, reserve: 0, ledger: 6 * GiB });
+  assertEquals(budgetFlags({ budget: "6GiB", reserve: "0" })?.ledger, 6 * GiB);
+  assertEquals(budgetFlags({}), null);
+  for (
+    const [flags, message] of [
+      [{ reserve: "1GiB" }, "--reserve needs --budget"],
+      [{ budget: "1GiB", reserve: "1GiB" }, "must be smaller than --budget"],
+      [{ budget: "1GiB", reserve: "2GiB" }, "must be smaller than --budget"],
+      [{ budget: "0" }, "--budget must be a size > 0"],
+      [{ budget: "six" }, "--budget: Cannot parse a byte size"],
+      [{ budget: "6GiB", reserve: "-1" }, "--reserve: Cannot parse a byte size"],
+    ] as const
+  ) {
+    assertThrows(() => budgetFlags(flags), UsageError, message, JSON.stringify(flags));
+  }
+});
+
+Deno.test("--offload-checkpoints needs --checkpointing; --loss-chunk is an integer >= 0", () => {
+  assertEquals(stepMemoryFlags({ checkpointing: true, "offload-checkpoints": true }), {
+    checkpointing: true,
+    offloadCheckpoints: true,
+  });
+  assertEquals(stepMemoryFlags({ "loss-chunk": "0" }), {
+    checkpointing: false,
+    offloadCheckpoints: false,
+    lossChunk: 0,
+  });
+  assertEquals(stepMemoryFlags({ "loss-chunk": "256" }).lossChunk, 256);
+  assertThrows(() => stepMemoryFlags({ "offload-checkpoints": true }), UsageError, "needs --checkpointing");
+  for (const bad of ["-1", "1.5", "x"]) {
+    assertThrows(() => stepMemoryFlags({ "loss-chunk": bad }), UsageError, "--loss-chunk", bad);
+  }
+});
+
+Deno.test("train: --reserve without --budget, a reserve past the budget, and offload without checkpointing exit 1", async () => {
+  for (
+    const [args, message] of [
+      [["--reserve", "1GiB"], "--reserve needs --budget"],
+      [["--budget", "1GiB", "--reserve", "2GiB"], "must be smaller than --budget"],
+      [["--offload-checkpoints"], "--offload-checkpoints needs --checkpointing"],
+      [["--checkpointing", "--loss-chunk", "-4"], "--loss-chunk"],
+    ] as const
+  ) {
+    const r = await run("train.ts", [...args]);
+    assertEquals(r.code, 1, `${args.join(" ")}: ${r.stdout}`);
+    assertStringIncludes(r.stderr, message);
+    assertStringIncludes(r.stderr, "usage: ./deno task train");
   }
 });

@@ -8,6 +8,7 @@ import {
   CATEGORIES,
   type Category,
   countParameters,
+  defaultLossChunk,
   estimateMemory,
   type EstimateOptions,
   getDevice,
@@ -134,12 +135,22 @@ Deno.test("estimate: optimizers, paging and the 4-bit workspace of each backend"
   assertEquals([paged.pageable, paged.masterWeights], [8 * ADAPTERS_7B, 4 * ADAPTERS_7B]);
   assertEquals(paged.minimum, paged.peak - 8 * ADAPTERS_7B + 4 * 2 ** 20);
   assertEquals([plain.pageable, plain.minimum], [0, plain.peak]);
-  // Workspace: the CPU dequantizes a tile of W (down_proj backward: the tile and dh); CUDA decodes W where
+  // Workspace: the CPU dequantizes a tile of W (down_proj backward: the tile, oneDNN's f32 accumulators
+  // for its 512 rows and dh); CUDA decodes W where
   // it reads it (no 4-bit workspace), so its largest is a kernel's own scratch: RMSNorm's partial column
   // sums, 4 · ceil(tokens / 32) · dim.
   const cuda = at({ backend: "cuda" }), cpu = at({});
   assertEquals(cuda.bytes.workspace, 4 * 16 * 4096);
-  assertEquals(cpu.bytes.workspace, matmul4bitWorkspace([4096, 11008], 512, false) + 512 * 8 * 2);
+  const tile = matmul4bitWorkspace([4096, 11008], 512, false);
+  assertEquals(tile, 1024 * 4096 * 4);
+  assertEquals(
+    cpu.bytes.workspace,
+    matmul4bitWorkspace([4096, 11008], 512, false, { dtype: "bf16" }) + 512 * 8 * 2,
+  );
+  assertEquals(
+    matmul4bitWorkspace([4096, 11008], 512, false, { dtype: "bf16", threads: 2 }),
+    tile + 2 * 512 * 1024 * 4,
+  );
   assertEquals(at({ backend: "cuda", seq: 4 }).bytes.workspace, 4 * 1 * 4096); // the GEMV: none either
 });
 
@@ -239,9 +250,14 @@ interface Setup {
   targetModules?: TargetModule[];
   optimizer: OptimizerKind;
   masterWeights: boolean;
-  /** batch x seq, checkpointing: the first step also allocates the gradients, so its total is not compared. */
-  shapes: [number, number, boolean][];
+  /**
+   * batch x seq, checkpointing, and optionally offloaded checkpoints and the LM head's chunk: the first
+   * step also allocates the gradients, so its total is not compared.
+   */
+  shapes: Shape[];
 }
+
+type Shape = [number, number, boolean] | [number, number, boolean, { offload?: boolean; lossChunk?: number }];
 
 /**
  * Builds the model once, runs one step (forward, backward, optimizer) per shape after a peak reset, and
@@ -260,13 +276,16 @@ function validate(s: Setup): void {
     });
     const Opt = { adamw: AdamW, paged: PagedAdamW, "8bit": AdamW8bit }[s.optimizer];
     using opt = new Opt(model.trainables(), { masterWeights: s.masterWeights });
-    s.shapes.forEach(([batch, seq, checkpointing], step) => {
+    s.shapes.forEach(([batch, seq, checkpointing, more], step) => {
       const ids = new Int32Array(batch * seq).map((_, i) => (i * 7 + 3) % s.config.vocabSize);
       using x = Tensor.from(ids, { shape: [batch, seq] });
       using y = Tensor.from(ids.map((t) => (t + 1) % s.config.vocabSize), { shape: [batch, seq] });
       model.checkpointing = checkpointing;
+      model.offloadCheckpoints = more?.offload ?? false;
+      model.lossChunk = more?.lossChunk ?? defaultLossChunk(s.config, s.dtype);
       model.zeroGrad();
       device.resetPeak();
+      const host = device.memory().hostCurrent;
       model.forward(x, y);
       model.backward();
       opt.step();
@@ -279,12 +298,19 @@ function validate(s: Setup): void {
         rank: s.rank ?? 8,
         targetModules: s.targetModules,
         checkpointing,
+        offloadCheckpoints: more?.offload,
+        lossChunk: more?.lossChunk,
         optimizer: s.optimizer,
         masterWeights: s.masterWeights,
         backend,
       });
+      assert(
+        error(snap.hostPeak - host, e.host) <= TOLERANCE,
+        `${s.label} host pool: ledger ${snap.hostPeak - host}, estimate ${e.host}`,
+      );
       assertEquals([model.parameters, model.trainableParameters], [e.parameters, e.trainable]);
-      const shape = `${batch}x${seq}${checkpointing ? " ckpt" : ""}`;
+      const shape = `${batch}x${seq}${checkpointing ? " ckpt" : ""}${more?.offload ? " offload" : ""}` +
+        (more?.lossChunk ? ` chunk ${more.lossChunk}` : "");
       const row: Row = {
         label: s.label,
         shape,
@@ -320,7 +346,14 @@ const GQA: LlamaConfig = {
   normEps: 1e-5,
   ropeTheta: 10000,
 };
-const SMALL: [number, number, boolean][] = [[1, 64, false], [2, 32, true], [3, 40, false], [4, 16, true]];
+const SMALL: Shape[] = [[1, 64, false], [2, 32, true], [3, 40, false], [4, 16, true]];
+// Offloaded checkpoints and the LM head in chunks (a last chunk shorter than the others).
+const LONG: Shape[] = [[1, 64, false], [2, 32, true, { offload: true }], [1, 64, false, { lossChunk: 10 }], [
+  3,
+  20,
+  true,
+  { offload: true, lossChunk: 7 },
+]];
 
 Deno.test("estimate: within 2% of the ledger per category, tiny and GQA models, every mode", () => {
   for (const mode of ["full", "lora", "qlora"] as const) {
@@ -346,6 +379,15 @@ Deno.test("estimate: within 2% of the ledger per category, tiny and GQA models, 
       masterWeights: mode !== "full",
       shapes: SMALL,
     });
+    validate({
+      label: `tiny bf16 ${mode}, offload and chunks`,
+      config: LLAMA_CONFIGS.tiny,
+      mode,
+      dtype: "bf16",
+      optimizer: "adamw",
+      masterWeights: true,
+      shapes: LONG,
+    });
   }
 });
 
@@ -364,7 +406,7 @@ Deno.test({
       dtype: "bf16",
       optimizer: "paged",
       masterWeights: true,
-      shapes: [[1, 64, false], [2, 32, true]],
+      shapes: [[1, 64, false], [2, 32, true], [1, 600, true, { offload: true }]],
     });
     validate({
       label: "7B x1 lora",

@@ -44,6 +44,17 @@ async function tinyModelDir(dir: string): Promise<void> {
   }
 }
 
+/** 40 prompt/completion pairs as JSON Lines. */
+async function writePairs(path: string): Promise<void> {
+  const pairs = ["hello", "hell", "hallo", "he", "wor"].flatMap((p, i) =>
+    Array.from(
+      { length: 8 },
+      (_, j) => ({ prompt: `${p} `, completion: j % 2 ? "world!" : `hello${"?".repeat(i % 3)}` }),
+    )
+  );
+  await Deno.writeTextFile(path, pairs.map((p) => JSON.stringify(p)).join("\n") + "\n");
+}
+
 function logLine(out: string, prefix: string): string {
   const line = out.split("\n").find((l) => l.startsWith(prefix));
   assert(line, `no line starting with "${prefix}" in:\n${out}`);
@@ -55,13 +66,7 @@ Deno.test("finetune: QLoRA on prompt/completion pairs; the adapter and the merge
   try {
     const model = `${tmp}/tiny-llama`;
     await tinyModelDir(model);
-    const pairs = ["hello", "hell", "hallo", "he", "wor"].flatMap((p, i) =>
-      Array.from(
-        { length: 8 },
-        (_, j) => ({ prompt: `${p} `, completion: j % 2 ? "world!" : `hello${"?".repeat(i % 3)}` }),
-      )
-    );
-    await Deno.writeTextFile(`${tmp}/data.jsonl`, pairs.map((p) => JSON.stringify(p)).join("\n") + "\n");
+    await writePairs(`${tmp}/data.jsonl`);
     const out = `${tmp}/out`;
     const r = await finetune([
       "--model",
@@ -151,4 +156,59 @@ Deno.test("finetune: refuses a missing model directory and bad flags with a clea
   const bad = await finetune(["--model", "x", "--data", "brown", "--mode", "full"]);
   assertEquals(bad.code, 1);
   assertStringIncludes(bad.out, "--mode must be lora or qlora");
+  for (
+    const [args, message] of [
+      [["--reserve", "1GiB"], "--reserve needs --budget"],
+      [["--budget", "1GiB", "--reserve", "1GiB"], "must be smaller than --budget"],
+      [["--offload-checkpoints"], "--offload-checkpoints needs --checkpointing"],
+      [["--loss-chunk", "1.5"], "--loss-chunk"],
+    ] as const
+  ) {
+    const r = await finetune(["--model", "x", "--data", "brown", "--mode", "lora", ...args]);
+    assertEquals(r.code, 1, `${args.join(" ")}: ${r.out}`);
+    assertStringIncludes(r.out, message);
+  }
+});
+
+Deno.test("finetune: --budget less --reserve is the ledger's budget; --offload-checkpoints puts the checkpoints in the host pool", async () => {
+  const tmp = await Deno.makeTempDir();
+  try {
+    const model = `${tmp}/tiny-llama`, data = `${tmp}/data.jsonl`;
+    await tinyModelDir(model);
+    await writePairs(data);
+    const common = [
+      "--model",
+      model,
+      "--data",
+      data,
+      "--mode",
+      "lora",
+      "--steps",
+      "2",
+      "--batch",
+      "2",
+      "--seq",
+      "16",
+      "--dtype",
+      "f32",
+      "--budget",
+      "1GiB",
+      "--reserve",
+      "256MiB",
+      "--checkpointing",
+      "--loss-chunk",
+      "8",
+    ];
+    const kept = await finetune([...common, "--out", `${tmp}/kept`]);
+    assertEquals(kept.code, 0, kept.out);
+    const total = logLine(kept.out, "total ");
+    assertStringIncludes(total, "budget 768.00 MiB"); // 1 GiB less 256 MiB
+    assert(!kept.out.includes("host pool"), kept.out);
+    const off = await finetune([...common, "--offload-checkpoints", "--out", `${tmp}/off`]);
+    assertEquals(off.code, 0, off.out);
+    const host = logLine(off.out, "host pool");
+    assert(!/peak +0 B/.test(host), host);
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
 });

@@ -1,5 +1,7 @@
 import { assert, assertEquals, assertStringIncludes, assertThrows } from "@std/assert";
 import {
+  countParameters,
+  defaultLossChunk,
   type Device,
   estimateInference,
   estimateMemory,
@@ -92,7 +94,9 @@ Deno.test("fit: the largest sequence and batch per mode are the last that fit", 
 Deno.test("fit: suggestions are estimated, the largest saving first, and say which fit", () => {
   const r = willItFit(C7, { mode: "qlora", seq: 512, batch: 1 }, RTX3060);
   assert(!r.fits && r.spare < 0, "7B QLoRA at 512 tokens without checkpointing needs more than 6 GiB");
-  assert(r.verdict.startsWith(`needs `) && r.verdict.includes("try --checkpointing (fits"), r.verdict);
+  assert(r.verdict.startsWith(`needs `) && r.verdict.includes(", --checkpointing (fits"), r.verdict);
+  // Offloading the checkpoints too saves more, so it comes first.
+  assert(r.verdict.includes("try --checkpointing --offload-checkpoints (fits"), r.verdict);
   const ckpt = r.suggestions.find((s) => s.flag === "--checkpointing")!;
   const again = willItFit(C7, { mode: "qlora", seq: 512, batch: 1, checkpointing: true }, RTX3060);
   assertEquals([ckpt.required, ckpt.saves, ckpt.fits], [again.required, r.required - again.required, true]);
@@ -103,7 +107,8 @@ Deno.test("fit: suggestions are estimated, the largest saving first, and say whi
   // Full fine-tuning on 24 GiB: no single change is enough, so the helpful ones are also tried together.
   const full = willItFit(C7, { mode: "full", seq: 512, batch: 1 }, gpuProfile("rtx4090"));
   assert(!full.fits && full.suggestions[0].flag === "--mode qlora" && full.suggestions[0].fits, full.verdict);
-  assert(full.suggestions.some((s) => s.flag === "--checkpointing --optimizer 8bit --no-master-weights"));
+  const together = "--checkpointing --offload-checkpoints --optimizer 8bit --no-master-weights";
+  assert(full.suggestions.some((s) => s.flag === together), full.suggestions.map((s) => s.flag).join("; "));
 });
 
 Deno.test("fit: a paged optimizer that does not fit resident can fit by paging its states out", () => {
@@ -141,6 +146,8 @@ Deno.test("fit: the command line, a model directory and the text it prints", () 
     rank: 8,
     targetModules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     checkpointing: false,
+    offloadCheckpoints: false,
+    lossChunk: defaultLossChunk(C7, "bf16"),
     optimizer: "adamw",
     masterWeights: true,
   });
@@ -172,6 +179,8 @@ Deno.test("fit: the command line, a model directory and the text it prints", () 
       ["--targets", "qkv"],
       ["--master-weights", "--no-master-weights"],
       ["--model", "/nonexistent/model"],
+      ["--offload-checkpoints"],
+      ["--checkpointing", "--loss-chunk", "-1"],
       ["extra"],
     ]
   ) {
@@ -275,4 +284,122 @@ Deno.test("fit --inference: the estimate with CUDA's kernels, the cache per toke
     UsageError,
     "--merged",
   );
+});
+
+Deno.test("fit: --budget SIZE --reserve SIZE asks what --gpu SIZE --cuda-context SIZE asks", () => {
+  const run = ["--model", "7b", "--mode", "qlora", "--checkpointing", "--seq", "2048"];
+  const budget = fitCommand([...run, "--budget", "6GiB", "--reserve", "0.31GiB"], null);
+  const gpu = fitCommand([...run, "--gpu", "6GiB", "--cuda-context", "0.31GiB"], null);
+  assertEquals(budget, gpu);
+  assertEquals([budget.gpu.memory, budget.context.bytes], [6 * GiB, Math.round(0.31 * GiB)]);
+  assertEquals(budget.required, budget.estimate.peak + Math.round(0.31 * GiB));
+  // No reserve: the ledger may use the whole budget, as `train --budget` without --reserve; a measured
+  // context is not taken (the budget is the ledger's).
+  const whole = fitCommand([...run, "--budget", "6GiB"], fakeCuda(6 * GiB, 5 * GiB, 0));
+  assertEquals(whole, fitCommand([...run, "--gpu", "6GiB", "--cuda-context", "0"], null));
+  assertEquals(whole.required, budget.required - Math.round(0.31 * GiB));
+  assertEquals(
+    fitCommand([...run, "--budget", "6GiB", "--cuda-context", "1GiB"], null),
+    fitCommand([...run, "--gpu", "6GiB", "--cuda-context", "1GiB"], null),
+  );
+  // The same for a generation.
+  const inf = ["--inference", "--mode", "qlora", "--context", "2048"];
+  assertEquals(
+    fitInferenceCommand([...inf, "--budget", "6GiB", "--reserve", "320MiB"], null),
+    fitInferenceCommand([...inf, "--gpu", "6GiB", "--cuda-context", "320MiB"], null),
+  );
+  for (
+    const [bad, message] of [
+      [["--gpu", "6GiB", "--budget", "6GiB"], "--gpu and --budget"],
+      [["--budget", "6GiB", "--reserve", "1GiB", "--cuda-context", "1GiB"], "--reserve and --cuda-context"],
+      [["--gpu", "6GiB", "--reserve", "1GiB"], "--reserve needs --budget"],
+      [["--budget", "6GiB", "--reserve", "6GiB"], "must be smaller than --budget"],
+      [["--budget", "rtx4090"], "--budget: Cannot parse"],
+    ] as const
+  ) {
+    assertThrows(() => fitCommand([...run, ...bad], null), UsageError, message, bad.join(" "));
+    assertThrows(() => fitInferenceCommand([...inf, ...bad], null), UsageError, message, bad.join(" "));
+  }
+});
+
+Deno.test("fit: --offload-checkpoints moves the checkpoints to the host pool: a lower step peak, 7B QLoRA at 4,096 tokens in 6 GiB", () => {
+  const run = ["--model", "7b", "--mode", "qlora", "--checkpointing", "--seq", "4096"];
+  const card = ["--budget", "6GiB", "--reserve", "0.31GiB"];
+  const kept = fitCommand([...run, ...card], null);
+  const off = fitCommand([...run, ...card, "--offload-checkpoints"], null);
+  assertEquals([kept.run.offloadCheckpoints, off.run.offloadCheckpoints], [false, true]);
+  // The estimate is the estimator's for the run, the offload passed through.
+  assertEquals(
+    off.estimate,
+    estimateMemory(C7, { ...off.run, backend: "cuda", offloadCheckpoints: true, optimizer: "paged" }),
+  );
+  assertEquals(kept.estimate.host, 0);
+  assert(off.estimate.host > 0, `host ${off.estimate.host}`);
+  const saved = kept.estimate.peak - off.estimate.peak;
+  assert(saved > 0 && saved <= off.estimate.host, `saves ${saved} of ${off.estimate.host} offloaded`);
+  assert(off.fits, off.verdict);
+  const text = formatFit(off);
+  assertStringIncludes(text, "gradient checkpointing offloaded to the host");
+  const line = text.split("\n").find((l) => l.startsWith("host pool"));
+  assert(line, text);
+  assertStringIncludes(line, "offloaded checkpoints, outside the GPU");
+  // After the categories, before the step peak.
+  const lines = text.split("\n");
+  assert(lines.indexOf(line) < lines.findIndex((l) => l.startsWith("step peak")), text);
+  assert(!formatFit(kept).includes("host pool"), formatFit(kept));
+  assertThrows(
+    () => fitCommand(["--model", "7b", "--seq", "4096", "--offload-checkpoints"], null),
+    UsageError,
+    "--offload-checkpoints needs --checkpointing",
+  );
+});
+
+Deno.test("fit: offload as a suggestion, and the largest shapes searched with it", () => {
+  const o = { mode: "qlora" as const, seq: 4096, batch: 1, checkpointing: true, context: 0 };
+  const kept = willItFit(C7, o, gpuProfile("80GiB"));
+  const off = willItFit(C7, { ...o, offloadCheckpoints: true }, gpuProfile("80GiB"));
+  assert(off.required < kept.required, `${off.required} < ${kept.required}`);
+  // A card between the two: checkpointing alone does not fit, the offload does.
+  const gpu = gpuProfile(String(Math.floor((off.required + kept.required) / 2)));
+  const r = willItFit(C7, o, gpu);
+  assert(!r.fits, r.verdict);
+  const s = r.suggestions.find((s) => s.flag === "--offload-checkpoints");
+  assert(s, r.suggestions.map((s) => s.flag).join("; "));
+  assertEquals([s.required, s.fits], [off.required, true]);
+  assertStringIncludes(r.verdict, "--offload-checkpoints (fits");
+  // Without checkpointing: both flags together, never the offload alone.
+  const none = willItFit(C7, { ...o, checkpointing: false }, gpu);
+  const both = none.suggestions.find((s) => s.flag === "--checkpointing --offload-checkpoints");
+  assert(both && both.required === off.required, none.suggestions.map((s) => s.flag).join("; "));
+  assert(!none.suggestions.some((s) => s.flag === "--offload-checkpoints"));
+  // With the offload on, it is not suggested again.
+  assert(
+    !willItFit(C7, { ...o, offloadCheckpoints: true, seq: 4096, batch: 8 }, gpu).suggestions.some((s) =>
+      s.flag.includes("--offload-checkpoints")
+    ),
+  );
+  // The largest batch per mode is the last that fits with the offload.
+  const need = (batch: number) =>
+    estimateMemory(C7, { ...o, batch, offloadCheckpoints: true, optimizer: "paged", backend: "cuda" }).peak;
+  const { batch } = willItFit(C7, { ...o, offloadCheckpoints: true }, gpu).largest.qlora;
+  assert(batch >= 1 && need(batch) <= gpu.memory && need(batch + 1) > gpu.memory, `batch ${batch}`);
+  assert(batch >= r.largest.qlora.batch);
+});
+
+Deno.test("fit: --loss-chunk reaches the estimate (0: the whole LM head at once); 8b is LLaMA-3.1-8B", () => {
+  const run = ["--model", "8b", "--mode", "qlora", "--checkpointing", "--seq", "4096", "--gpu", "24GiB"];
+  const chunked = fitCommand(run, null), whole = fitCommand([...run, "--loss-chunk", "0"], null);
+  assertEquals(chunked.model.name, "LLaMA-3.1-8B");
+  assertEquals(chunked.model.parameters, countParameters(LLAMA_CONFIGS["8b"]).total);
+  assert(Math.abs(chunked.model.parameters - 8.03e9) < 0.01e9, `${chunked.model.parameters}`);
+  assertEquals([chunked.run.lossChunk, whole.run.lossChunk], [
+    defaultLossChunk(LLAMA_CONFIGS["8b"], "bf16"),
+    0,
+  ]);
+  const opts = { ...whole.run, optimizer: "paged" as const, backend: "cuda" as const };
+  assertEquals(whole.estimate, estimateMemory(LLAMA_CONFIGS["8b"], opts));
+  // 4,096 rows of 128,256 bf16 logits are 1 GiB: chunks of 130 rows keep far less.
+  assert(whole.estimate.peak > chunked.estimate.peak, `${whole.estimate.peak} > ${chunked.estimate.peak}`);
+  assertStringIncludes(formatFit(chunked), `loss in chunks of ${chunked.run.lossChunk} rows`);
+  assert(!formatFit(whole).includes("loss in chunks"));
 });

@@ -69,8 +69,10 @@ Deno.test("generate: streams the library's greedy text, with and without an adap
     }
     const common = ["--model", dir, "--prompt", PROMPT, "--max-new-tokens", "12", "--dtype", "f32"];
 
-    const plain = await generate(common);
+    // A budget with a reserve: the ledger's budget is the difference, and the text is the same.
+    const plain = await generate([...common, "--budget", "1GiB", "--reserve", "0.25GiB"]);
     assertEquals(plain.code, 0, plain.stderr);
+    assertStringIncludes(plain.stdout, "budget 768.00 MiB");
     const want = await completion(dir, null, "full");
     assertStringIncludes(plain.stdout, `${PROMPT}${want}\n`);
     assert(/decode \d+ steps in [0-9.]+ s \([0-9.]+ tok\/s\)/.test(plain.stdout), plain.stdout);
@@ -98,7 +100,17 @@ Deno.test("generate: --help lists every option; bad command lines fail with a me
   const help = await generate(["--help"]);
   assertEquals(help.code, 0);
   for (
-    const flag of ["--model", "--prompt", "--adapter", "--mode", "--compare", "--temperature", "--top-p"]
+    const flag of [
+      "--model",
+      "--prompt",
+      "--adapter",
+      "--mode",
+      "--compare",
+      "--temperature",
+      "--top-p",
+      "--budget",
+      "--reserve",
+    ]
   ) {
     assertStringIncludes(help.stdout, flag);
   }
@@ -110,6 +122,8 @@ Deno.test("generate: --help lists every option; bad command lines fail with a me
       [["--model", "x", "--prompt", "a", "--compare"], "need --adapter"],
       [["--model", "x", "--prompt", "a", "--top-p", "2"], "--top-p"],
       [["--model", "x", "--prompt", "a", "--frobnicate"], "unknown flag --frobnicate"],
+      [["--model", "x", "--prompt", "a", "--reserve", "1GiB"], "--reserve needs --budget"],
+      [["--model", "x", "--prompt", "a", "--budget", "1GiB", "--reserve", "2GiB"], "smaller than --budget"],
     ] as const
   ) {
     const r = await generate([...args]);

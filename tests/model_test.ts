@@ -120,6 +120,70 @@ Deno.test("model: gradient checkpointing gives the same gradients and less peak 
   assert(b.peak < a.peak, `checkpointing peak ${b.peak} < ${a.peak}`);
 });
 
+/** One step's loss, gradients, device peak above the start and host pool peak above the start. */
+function step(config: LlamaConfig, options: ConstructorParameters<typeof LlamaModel>[1]) {
+  using model = new LlamaModel(config, { seed: 2, ...options });
+  const { tokens, targets } = batch(4, 16, 9);
+  try {
+    device.resetPeak();
+    const before = device.memory();
+    const loss = model.forward(tokens, targets);
+    model.backward();
+    const after = device.memory();
+    assertEquals(after.hostCurrent, before.hostCurrent, "the host pool is back where it was");
+    return {
+      loss,
+      g: model.trainables().map((t) => t.grad!.toFloat32()),
+      peak: after.totalPeak - before.totalCurrent,
+      hostPeak: after.hostPeak - before.hostCurrent,
+    };
+  } finally {
+    tokens.dispose();
+    targets.dispose();
+  }
+}
+
+for (const mode of ["full", "qlora"] as TrainMode[]) {
+  Deno.test(`model (${mode}): offloaded checkpoints give the same gradients with the inputs in the host pool`, () => {
+    const kept = step(SMALL, { mode, rank: 4, checkpointing: true });
+    const off = step(SMALL, { mode, rank: 4, checkpointing: true, offloadCheckpoints: true });
+    assertEquals(off.loss, kept.loss);
+    off.g.forEach((g, i) => assertEquals(g, kept.g[i], `trainable ${i}`));
+    // Every block's input ([64 rows, 32] f32) waits in the host pool; one at a time comes back.
+    const input = 4 * 16 * SMALL.dim * 4;
+    assertGreater(off.hostPeak, SMALL.layers * input - 1);
+    assertEquals(kept.hostPeak, 0);
+    assert(off.peak <= kept.peak - (SMALL.layers - 1) * input, `offloaded peak ${off.peak} vs ${kept.peak}`);
+  });
+}
+
+for (const mode of ["full", "lora", "qlora"] as TrainMode[]) {
+  Deno.test(`model (${mode}): the LM head and the loss in chunks give the loss and gradients of one pass`, () => {
+    const wide = { ...SMALL, vocabSize: 512 }; // logits 16x the width of a hidden state
+    const whole = step(wide, { mode, rank: 4, lossChunk: 0 });
+    const chunked = step(wide, { mode, rank: 4, lossChunk: 5 }); // 64 rows: 12 chunks of 5 and one of 4
+    assertAlmostEquals(chunked.loss, whole.loss, 1e-6 * whole.loss);
+    chunked.g.forEach((g, i) => {
+      const ref = whole.g[i];
+      const scale = ref.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+      const err = g.reduce((m, v, j) => Math.max(m, Math.abs(v - ref[j])), 0);
+      assert(err <= 1e-5 * scale, `trainable ${i}: max error ${err} of scale ${scale}`);
+    });
+    // The logits' gradient ([64, 512] f32) never exists whole; d(final norm) ([64, 32]) waits instead.
+    assert(chunked.peak < whole.peak - 64 * (512 - 2 * 32) * 4, `peak ${chunked.peak} vs ${whole.peak}`);
+  });
+}
+
+Deno.test("model: offload needs checkpointing; a loss chunk is an integer >= 0", () => {
+  assertThrows(
+    () => new LlamaModel(SMALL, { offloadCheckpoints: true }),
+    InvalidArgumentError,
+    "checkpointing",
+  );
+  assertThrows(() => new LlamaModel(SMALL, { lossChunk: -1 }), InvalidArgumentError, "lossChunk");
+  assertThrows(() => new LlamaModel(SMALL, { lossChunk: 1.5 }), InvalidArgumentError, "lossChunk");
+});
+
 Deno.test("model: the three modes train what they should and keep what the ledger says", () => {
   const counts: Record<string, number> = {};
   for (const mode of ["full", "lora", "qlora"] as TrainMode[]) {

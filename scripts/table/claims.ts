@@ -170,6 +170,15 @@ function rtx3060Claim(r: TableInput, add: Add): void {
     : qlora.value - cpuWorkspace + fit.estimate.bytes.workspace + fit.context.bytes;
   const fits = fit.fits && (measuredNeed === null || measuredNeed <= gpu.memory);
   const maxSeq = fit.largest.qlora.seq;
+  // The longest a step of batch 1 reaches with the blocks' inputs in host memory (and the loss in chunks).
+  const offloaded = willItFit(
+    LLAMA_CONFIGS["7b"],
+    { mode: "qlora", seq, batch, checkpointing: true, offloadCheckpoints: true },
+    gpu,
+  ).largest.qlora.seq;
+  const longest = `${offloaded.toLocaleString("en-US")} with checkpoints offloaded to host memory${
+    offloaded >= LLAMA_CONFIGS["7b"].maxSeq ? " (LLaMA-2-7B's whole context)" : ""
+  }`;
   add(
     "QLoRA fits a 6 GB RTX 3060",
     seed,
@@ -180,11 +189,11 @@ function rtx3060Claim(r: TableInput, add: Add): void {
       formatBytes(fit.context.bytes)
     } (${fit.context.source}) = ${formatBytes(fit.required)} of ${formatBytes(gpu.memory)}${
       measuredNeed === null ? "" : ` (measured peak + context: ${formatBytes(measuredNeed)})`
-    }; fits up to seq ${maxSeq.toLocaleString("en-US")} at batch ${batch}`,
+    }; fits up to seq ${maxSeq.toLocaleString("en-US")} at batch ${batch}, ${longest}`,
     (fits
       ? `holds at this sequence length (${fit.verdict}; up to seq ~${
         maxSeq.toLocaleString("en-US")
-      } at batch ${batch}, the CUDA context counted)`
+      } at batch ${batch}, ~${longest}, the CUDA context counted)`
       : `does not hold, because at ${batch}x${seq} tokens deno task fit says: ${fit.verdict}`) +
       (qlora.estimated ? " (estimate)" : ""),
   );
