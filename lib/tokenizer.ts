@@ -35,7 +35,8 @@
  * @module
  */
 
-import { Tokenizer as HFCoreTokenizer } from "@huggingface/tokenizers";
+// deno-lint-ignore no-import-prefix -- a full specifier: mod.ts imports from any folder, no deno.json needed
+import { Tokenizer as HFCoreTokenizer } from "npm:@huggingface/tokenizers@0.2.0";
 import { InvalidArgumentError, QloraError } from "./errors.ts";
 
 /** Options of a {@linkcode Tokenizer}'s `encode` ({@linkcode ByteTokenizer.encode}, `HFTokenizer.encode`). */
