@@ -312,12 +312,19 @@ export async function quantizeCheckpoint(
 
 /** One 4-bit weight found in a checkpoint in the bitsandbytes layout, with its parsed quant state. */
 export interface QuantGroup {
+  /** The weight's name (`model.layers.0.self_attn.q_proj.weight`). */
   name: string;
+  /** NF4 or FP4. */
   quantType: QuantType;
+  /** Values per absmax. */
   blocksize: number;
+  /** The dtype the weight had before quantization (its quant state's `dtype`). */
   dtype: FloatDType;
+  /** The weight's shape. */
   shape: number[];
+  /** Double quantization's nested blocksize and offset, or null without it. */
   nested: { blocksize: number; offset: number } | null;
+  /** The checkpoint's keys this weight uses (the packed codes and every quant-state tensor). */
   keys: string[];
 }
 

@@ -31,7 +31,11 @@ export type PressureHandler = (bytesNeeded: number) => number;
  * ```
  */
 export class Device {
-  /** The opened native library (read by the wrappers of lib/ffi only; not a user API). */
+  /**
+   * The opened native library (read by the wrappers of lib/ffi only; not a user API).
+   *
+   * @internal
+   */
   readonly native: NativeLibrary;
   /** "cpu", "cuda" or "cuda-emu" (the CUDA kernels on the CPU emulator). */
   readonly backend: Backend;

@@ -10,7 +10,13 @@ import { DTYPE } from "./ffi/abi.ts";
 import { enumNames } from "./ffi/enums.ts";
 
 /** Element types a {@linkcode Tensor} can hold: `"f32" | "bf16" | "f16" | "u8" | "i32"` (`qlora_dtype`). */
-export type DType = Lowercase<keyof typeof DTYPE>;
+export type DType = "f32" | "bf16" | "f16" | "u8" | "i32";
+
+/** Compile-time proof that {@linkcode DType} is the header's `enum qlora_dtype`, no more and no less. */
+const _dtypeIsTheAbis: Same<DType, Lowercase<keyof typeof DTYPE>> = true;
+
+/** `true` when A and B are the same union, else `never`. */
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : never) : never;
 
 /** Floating-point element types. */
 export type FloatDType = "f32" | "bf16" | "f16";

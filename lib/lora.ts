@@ -190,6 +190,7 @@ export class Linear implements Disposable {
 
   /** Accumulates `dW += dyᵀ x` and returns `dx = dy W` (null with `inputGrad: false`). */
   backward(dy: Tensor, options?: BackwardOptions & { inputGrad?: true }): Tensor;
+  /** Accumulates `dW += dyᵀ x` and returns `dx = dy W`, or null with `inputGrad: false`. */
   backward(dy: Tensor, options: BackwardOptions): Tensor | null;
   backward(dy: Tensor, options: BackwardOptions = {}): Tensor | null {
     const x = this.#input;
@@ -547,6 +548,7 @@ export class LoRALinear implements Disposable {
 
   /** Accumulates dA and dB and returns dx (null with `inputGrad: false`); W gets no gradient. */
   backward(dy: Tensor, options?: BackwardOptions & { inputGrad?: true }): Tensor;
+  /** Accumulates dA and dB and returns dx, or null with `inputGrad: false`; W gets no gradient. */
   backward(dy: Tensor, options: BackwardOptions): Tensor | null;
   backward(dy: Tensor, options: BackwardOptions = {}): Tensor | null {
     const saved = this.#saved;

@@ -26,9 +26,23 @@ export const JUPYTER_DISPLAY: unique symbol = Symbol.for("Jupyter.display") as t
 /**
  * What an allocation is for; the ledger keeps current and peak bytes per category: `"weights"`,
  * `"quantized_weights"`, `"quant_constants"`, `"adapters"`, `"gradients"`, `"optimizer_states"`,
- * `"activations"` or `"workspace"` (`qlora_category`).
+ * `"activations"`, `"workspace"` or `"kv_cache"` (`qlora_category`).
  */
-export type Category = Lowercase<keyof typeof CATEGORY>;
+export type Category =
+  | "weights"
+  | "quantized_weights"
+  | "quant_constants"
+  | "adapters"
+  | "gradients"
+  | "optimizer_states"
+  | "activations"
+  | "workspace"
+  | "kv_cache";
+
+/** Compile-time proof that {@linkcode Category} is the header's `enum qlora_category`, no more and no less. */
+const _categoryIsTheAbis: [Category] extends [Lowercase<keyof typeof CATEGORY>]
+  ? ([Lowercase<keyof typeof CATEGORY>] extends [Category] ? true : never)
+  : never = true;
 
 /** Every category, in native code order (`qlora_category`). */
 export const CATEGORIES: readonly Category[] = enumNames(CATEGORY);

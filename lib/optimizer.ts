@@ -133,7 +133,11 @@ export abstract class OptimizerBase implements Disposable {
   lr: number;
   /** Steps taken. */
   stepCount = 0;
-  /** The hyperparameters, defaults filled in and checked. */
+  /**
+   * The hyperparameters, defaults filled in and checked.
+   *
+   * @internal
+   */
   protected readonly h: Hyper;
   /** f32 master copies of bf16 parameters (null for f32 ones, or when masterWeights is false). */
   protected readonly masters: (Tensor | null)[];
@@ -207,7 +211,11 @@ export abstract class OptimizerBase implements Disposable {
     return { gradNorm, clipScale };
   }
 
-  /** The hyperparameters of the step being taken, as the fused native steps take them. */
+  /**
+   * The hyperparameters of the step being taken, as the fused native steps take them.
+   *
+   * @internal
+   */
   protected hyper(clipScale: number): ffi.AdamwHyper {
     const t = this.stepCount;
     return {
@@ -222,7 +230,11 @@ export abstract class OptimizerBase implements Disposable {
     };
   }
 
-  /** Runs one fused native AdamW step over the segments. */
+  /**
+   * Runs one fused native AdamW step over the segments.
+   *
+   * @internal
+   */
   protected fused(segments: ffi.AdamwSegment[], clipScale: number): void {
     ffi.adamwStep(this.device, segments, this.hyper(clipScale));
   }

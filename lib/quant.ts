@@ -20,7 +20,12 @@ import type { Category } from "./memory.ts";
 import { Tensor } from "./tensor.ts";
 
 /** The 4-bit data types: `"nf4" | "fp4" | "int4"` (`qlora_quant_type`). */
-export type QuantType = Lowercase<keyof typeof QUANT_TYPE>;
+export type QuantType = "nf4" | "fp4" | "int4";
+
+/** Compile-time proof that {@linkcode QuantType} is the header's `enum qlora_quant_type`, no more and no less. */
+const _quantTypeIsTheAbis: [QuantType] extends [Lowercase<keyof typeof QUANT_TYPE>]
+  ? ([Lowercase<keyof typeof QUANT_TYPE>] extends [QuantType] ? true : never)
+  : never = true;
 
 /** Every 4-bit type, in native code order (`qlora_quant_type`). */
 export const QUANT_TYPES: readonly QuantType[] = enumNames(QUANT_TYPE);
@@ -295,6 +300,8 @@ export class QuantizedTensor implements Disposable {
    * using q = quantize(w);
    * assert(q.weight4().nested?.blocksize === 256);
    * ```
+   *
+   * @internal
    */
   weight4(start = 0): ffi.Weight4 {
     const block = start / this.blocksize, n = this.nested;
