@@ -21,13 +21,13 @@ import {
   type CheckpointEntry,
   dropoutSteps,
   listCheckpoints,
-  pauseForTest,
   pruneCheckpoints,
   readTrainingCheckpoint,
   saveCheckpoint,
   type TrainingState,
   writeTrainingCheckpoint,
 } from "./resume.ts";
+import { pauseForTest } from "./test_hooks.ts";
 import { learningRate } from "./schedule.ts";
 import { Tensor } from "./tensor.ts";
 import type { StepInfo } from "./training_progress.ts";
