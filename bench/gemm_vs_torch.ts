@@ -12,7 +12,15 @@
  */
 
 import { getDevice, LoRALinear, matmul, matmul4bit, quantize, Tensor } from "../mod.ts";
+import { helpText, parseCommandLine } from "../scripts/_cli.ts";
 import { type TorchBlas, torchBlas } from "./_torch_blas.ts";
+
+const USAGE = helpText("./deno task bench:torch", [], [
+  "GEMM against PyTorch CPU (python3-torch) in the same run, with the same thread count; the NF4 linear",
+  "against our bf16 linear; merged against unmerged LoRA inference. Floors: bf16 GEMM >= 0.9x PyTorch,",
+  "NF4 linear >= 0.7x our bf16 linear.",
+]);
+parseCommandLine({}, USAGE); // --help, or no flags: before the device loads
 
 const device = getDevice();
 const threads = navigator.hardwareConcurrency;

@@ -22,14 +22,24 @@
  */
 
 import { getDevice, type LlamaModel } from "../mod.ts";
-import { intFlags, parseArgs, runMain, UsageError } from "../scripts/_cli.ts";
+import { helpText, intFlags, parseArgs, runMain, UsageError } from "../scripts/_cli.ts";
 import { ensureNodeLlamaCpp, NODE_LLAMA_CPP_MODULES, runCommand } from "../scripts/_node_llama_cpp.ts";
 import { mergeAll, PEER_GGUF_TYPES, PEER_SHAPES, peerGGUFFiles, peerModel } from "./_peer_models.ts";
 import { peerBar, peerRows, type PeerSamples, peerTableMarkdown } from "./_peer_table.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
-const USAGE = "usage: ./deno task bench:peer [--quick] [--reps N] [--prompt N] [--decode N] [--seed N] " +
-  "[--cache DIR] [--json FILE]";
+const USAGE = helpText("./deno task bench:peer [--quick] [--reps N] [--prompt N] [--decode N] [options]", [
+  ["--quick", "a tiny model and 1 round (for the test); default off (4 blocks of LLaMA-2-7B's width)"],
+  ["--reps N", "rounds, the engines in turn; default 5 (1 with --quick)"],
+  ["--prompt N", "prompt tokens, processed in one batch; default 512 (32 with --quick)"],
+  ["--decode N", "decode steps after the prompt, a token at a time; default 32 (8 with --quick)"],
+  ["--seed N", "seed of the synthetic weights; default 1"],
+  ["--cache DIR", "the GGUF files, kept for the next run; default build/peer-bench/"],
+  ["--json FILE", "also write the result as JSON to FILE; default none"],
+], [
+  "llama.cpp's CPU backend (node-llama-cpp) on BF16, Q4_0 and IQ4_NL GGUF files and ours as bf16 and NF4",
+  "on the same model: prompt and decode tokens/s, the medians over the rounds, and the ratios.",
+]);
 const GGUF_LABEL: Record<string, string> = { bf16: "BF16", q4_0: "Q4_0", iq4_nl: "IQ4_NL" };
 
 /** What llama.cpp's runner answers (see bench/_llama_cpp_peer.mjs). */

@@ -28,14 +28,26 @@ import {
   Tensor,
   type TrainMode,
 } from "../mod.ts";
+import { helpText, parseCommandLine } from "../scripts/_cli.ts";
 import { type TorchBlas, torchBlas } from "./_torch_blas.ts";
+
+const USAGE = helpText("./deno task bench:train [--only tiny|7b] [--modes full,lora,qlora] [--seq N]", [
+  ["--only tiny|7b", "one benchmark: the tiny model (f32, batch 8, seq 128) or one 7B block; default both"],
+  ["--modes full,lora,qlora", "the modes measured; default all three"],
+  ["--seq N", "tokens per sequence of the 7B block (bf16, batch 1); default 256"],
+], [
+  "A training step of ours against the same model in PyTorch CPU (python3-torch), same shapes and threads,",
+  "in the same run; the 7B block's ledger per mode. Floors: our step at most 1.0x PyTorch's time; QLoRA",
+  "weights memory at most 1/3 of LoRA's.",
+]);
+// --help, or the flags: before the device loads.
+const { flags } = parseCommandLine({ only: "string", modes: "string", seq: "string" }, USAGE);
 
 const device = getDevice();
 const threads = navigator.hardwareConcurrency;
 
 function arg(name: string): string | undefined {
-  const i = Deno.args.indexOf(`--${name}`);
-  return i >= 0 ? Deno.args[i + 1] : undefined;
+  return flags[name] as string | undefined;
 }
 
 interface Bench {

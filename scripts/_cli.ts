@@ -1,6 +1,7 @@
 /**
- * Small helpers shared by the command-line scripts: flag parsing with clear errors, a progress bar on
- * stderr, and a failure path that prints "error: ..." and exits 1.
+ * Small helpers shared by the command-line scripts: flag parsing with clear errors, the help every command
+ * prints for `--help` or `-h` (one format: {@linkcode helpText}), a progress bar on stderr, and a failure
+ * path that prints "error: ..." and exits 1.
  *
  * @module
  */
@@ -277,16 +278,111 @@ export class ProgressBar {
 }
 
 /**
- * Runs a script's main function: errors print "error: message" (plus the usage for a
- * {@linkcode UsageError}) and exit with status 1 instead of a stack trace.
+ * One option of a command's help: the flag as typed, with its argument (`--steps N`, `--mode full|lora`),
+ * and what it does, ending in its default (`; default 64`, `; default off`, `; required`).
+ */
+export type HelpOption = readonly [flag: string, description: string];
+
+/** The line every command's help ends its options with. */
+const HELP_OPTION: HelpOption = ["-h, --help", "print this help and exit"];
+
+/**
+ * A command's help in the scripts' one format: `usage: ` and the synopsis (further synopses aligned under
+ * the first), then one line per option, its flag padded to the longest, and `-h, --help` last; then the
+ * `notes`, if any, after a blank line. {@linkcode runMain} and {@linkcode parseCommandLine} print it for
+ * `--help` or `-h`, and after a {@linkcode UsageError}.
  *
  * @example
  * ```ts
- * import { runMain } from "./_cli.ts";
- * await runMain(() => {}, "usage: nothing");
+ * import { helpText } from "./_cli.ts";
+ * import { assertEquals } from "@std/assert";
+ * const help = helpText("./deno task demo [--steps N]", [
+ *   ["--steps N", "training steps; default 200"],
+ *   ["--json", "print the result as JSON; default off"],
+ * ]);
+ * assertEquals(help.split("\n"), [
+ *   "usage: ./deno task demo [--steps N]",
+ *   "  --steps N   training steps; default 200",
+ *   "  --json      print the result as JSON; default off",
+ *   "  -h, --help  print this help and exit",
+ * ]);
+ * ```
+ */
+export function helpText(
+  synopsis: string | readonly string[],
+  options: readonly HelpOption[],
+  notes: readonly string[] = [],
+): string {
+  const lines = (typeof synopsis === "string" ? [synopsis] : synopsis).map((s, i) =>
+    `${i === 0 ? "usage: " : "       "}${s}`
+  );
+  const all = [...options, HELP_OPTION];
+  const width = Math.max(...all.map(([flag]) => flag.length));
+  lines.push(...all.map(([flag, what]) => `  ${flag.padEnd(width)}  ${what}`));
+  if (notes.length) lines.push("", ...notes);
+  return lines.join("\n");
+}
+
+/**
+ * Whether a command line asks for the help: `--help` or `-h` anywhere in it.
+ *
+ * @example
+ * ```ts
+ * import { helpRequested } from "./_cli.ts";
+ * import { assert } from "@std/assert";
+ * assert(helpRequested(["--steps", "4", "-h"]) && helpRequested(["--help"]));
+ * assert(!helpRequested(["--steps", "4"]));
+ * ```
+ */
+export function helpRequested(argv: readonly string[] = Deno.args): boolean {
+  return argv.includes("--help") || argv.includes("-h");
+}
+
+/** Prints the usage and exits 0 when `argv` asks for the help. */
+function exitOnHelp(usage: string, argv: readonly string[]): void {
+  if (!helpRequested(argv)) return;
+  console.log(usage);
+  Deno.exit(0);
+}
+
+/**
+ * {@linkcode parseArgs} for a script that runs at its top level, without {@linkcode runMain} (the bench
+ * entry points): `--help` or `-h` prints the usage and exits 0 before anything else runs; a bad command
+ * line prints "error: ..." and the usage and exits 1.
+ *
+ * @example
+ * ```ts
+ * import { parseCommandLine } from "./_cli.ts";
+ * import { assertEquals } from "@std/assert";
+ * const { flags } = parseCommandLine({ seq: "string", quick: "boolean" }, "usage: bench", ["--seq", "64"]);
+ * assertEquals(flags, { seq: "64" });
+ * ```
+ */
+export function parseCommandLine(spec: FlagSpec, usage: string, argv: string[] = Deno.args): ParsedArgs {
+  exitOnHelp(usage, argv);
+  try {
+    return parseArgs(argv, spec);
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    console.error(`error: ${e.message}`);
+    console.error(usage);
+    Deno.exit(1);
+  }
+}
+
+/**
+ * Runs a script's main function: `--help` or `-h` anywhere in `Deno.args` prints the usage and exits 0
+ * before `main` runs; errors print "error: message" (plus the usage for a {@linkcode UsageError}) and
+ * exit with status 1 instead of a stack trace.
+ *
+ * @example
+ * ```ts
+ * import { helpText, runMain } from "./_cli.ts";
+ * await runMain(() => {}, helpText("./deno task nothing", []));
  * ```
  */
 export async function runMain(main: () => Promise<void> | void, usage: string): Promise<void> {
+  exitOnHelp(usage, Deno.args);
   try {
     await main();
   } catch (e) {

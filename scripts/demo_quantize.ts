@@ -9,7 +9,7 @@
  */
 
 import { formatBytes, getDevice, quantizationError, quantize, type QuantizeOptions, Tensor } from "../mod.ts";
-import { parseArgs, runMain } from "./_cli.ts";
+import { helpText, parseArgs, runMain } from "./_cli.ts";
 
 // LLaMA-2-7B: 32 blocks of q, k, v, o (4096 x 4096) and gate, up (11008 x 4096), down (4096 x 11008);
 // embeddings and LM head (32000 x 4096 each) stay 16-bit in QLoRA.
@@ -24,6 +24,9 @@ const BLOCK_SHAPES: [string, number, number][] = [
   ["down_proj", 4096, 11008],
 ];
 const EMBED_PARAMS = 2 * 32000 * 4096;
+const USAGE = helpText("./deno task demo [--backend cpu|cuda|auto]", [
+  ["--backend cpu|cuda|auto", "the device (auto: CUDA where it runs, else the CPU); default auto"],
+], ["Quantizes one LLaMA-2-7B-shaped block to NF4 and FP4 and scales the ledger's figures to the whole 7B."]);
 
 await runMain(() => {
   const { flags } = parseArgs(Deno.args, { backend: "string" });
@@ -95,7 +98,7 @@ await runMain(() => {
     } bits per parameter` +
       ` (${((saved / linear) * 65e9 / 2 ** 30).toFixed(2)} GiB per 65B parameters)`,
   );
-}, "usage: ./deno task demo [--backend cpu|cuda|auto]");
+}, USAGE);
 
 function printTable(rows: string[][]): void {
   const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));

@@ -8,10 +8,17 @@
  */
 
 import { dequantizeCheckpoint, type FloatDType, getDevice } from "../mod.ts";
-import { parseArgs, runMain, UsageError } from "./_cli.ts";
+import { helpText, parseArgs, runMain, UsageError } from "./_cli.ts";
 import { formatRow, formatTotal } from "./quantize.ts";
 
-const USAGE = "usage: ./deno task dequantize IN.safetensors OUT.safetensors [--dtype f32|bf16|f16]";
+const USAGE = helpText("./deno task dequantize IN.safetensors OUT.safetensors [--dtype f32|bf16|f16]", [
+  ["IN.safetensors", "a checkpoint with 4-bit weights in the bitsandbytes layout; required"],
+  ["OUT.safetensors", "the file to write (atomically; not IN itself); required"],
+  [
+    "--dtype f32|bf16|f16",
+    "the dtype of the restored weights; default the one each weight's quant state records",
+  ],
+], ["Other tensors are copied."]);
 
 await runMain(async () => {
   const { positional, flags } = parseArgs(Deno.args, { dtype: "string" });

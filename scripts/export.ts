@@ -25,35 +25,29 @@ import {
   TARGET_MODULES,
   type TargetModule,
 } from "../mod.ts";
-import { parseArgs, ProgressBar, runMain, UsageError } from "./_cli.ts";
+import { helpText, parseArgs, ProgressBar, runMain, UsageError } from "./_cli.ts";
 
-const OPTIONS: [string, string][] = [
-  ["--model DIR", "Hugging Face LLaMA model directory (config.json, safetensors, tokenizer.json); required"],
-  ["--gguf OUT.gguf", "the file to write (atomically); required"],
-  ["--adapter DIR", "PEFT adapter to merge in (default: none)"],
-  ["--mode lora|qlora", "base the adapter is merged into: 16-bit (lora) or NF4 (qlora) (default: lora)"],
-  ["--type bf16|q8_0|q4_0|iq4_nl", "type of the matrices; norms stay F32 (default: bf16)"],
-  ["--keep-embeddings-bf16", "keep token_embd and output in BF16 whatever --type is (default: off)"],
-  ["--dtype bf16|f32", "dtype the model is loaded and merged in (default: bf16)"],
-  ["--name NAME", "general.name (default: the model directory's name)"],
+const USAGE = helpText(
+  "./deno task export --model DIR --gguf OUT.gguf [--adapter DIR] [--mode lora|qlora] [options]",
   [
-    "--allow-missing-byte-tokens",
-    "write a tokenizer lacking some <0xXX> tokens (llama.cpp aborts on such bytes)",
+    [
+      "--model DIR",
+      "Hugging Face LLaMA directory (config.json, safetensors, tokenizer.json); required",
+    ],
+    ["--gguf OUT.gguf", "the file to write (atomically); required"],
+    ["--adapter DIR", "PEFT adapter to merge in; default none"],
+    ["--mode lora|qlora", "base the adapter is merged into: 16-bit (lora) or NF4 (qlora); default lora"],
+    ["--type bf16|q8_0|q4_0|iq4_nl", "type of the matrices; norms stay F32; default bf16"],
+    ["--keep-embeddings-bf16", "keep token_embd and output in BF16 whatever --type is; default off"],
+    ["--dtype bf16|f32", "dtype the model is loaded and merged in; default bf16"],
+    ["--name NAME", "general.name; default the model directory's name"],
+    [
+      "--allow-missing-byte-tokens",
+      "write a tokenizer lacking <0xXX> tokens (llama.cpp aborts on them); default off",
+    ],
   ],
-  ["--help, -h", "print this help and exit"],
-];
-
-const USAGE = "usage: ./deno task export --model DIR --gguf OUT.gguf [--adapter DIR] [--mode lora|qlora] " +
-  "[--type bf16|q8_0|q4_0|iq4_nl] [--keep-embeddings-bf16] [--dtype bf16|f32] [--name NAME] " +
-  "[--allow-missing-byte-tokens]";
-
-const HELP = [
-  "Writes a Hugging Face LLaMA model (with a PEFT adapter merged in) as one GGUF file for llama.cpp.",
-  "",
-  USAGE,
-  "",
-  ...OPTIONS.map(([flag, what]) => `  ${flag.padEnd(30)} ${what}`),
-].join("\n");
+  ["Writes a Hugging Face LLaMA model (with a PEFT adapter merged in) as one GGUF file for llama.cpp."],
+);
 
 /** The adapter's rank, alpha and target modules, from its `adapter_config.json`. */
 async function adapterConfig(dir: string): Promise<{ rank: number; alpha: number; targets: TargetModule[] }> {
@@ -78,10 +72,6 @@ async function adapterConfig(dir: string): Promise<{ rank: number; alpha: number
 }
 
 async function main(): Promise<void> {
-  if (Deno.args.includes("--help") || Deno.args.includes("-h")) {
-    console.log(HELP);
-    return;
-  }
   await runMain(async () => {
     const { positional, flags } = parseArgs(Deno.args, {
       model: "string",

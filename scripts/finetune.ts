@@ -48,6 +48,7 @@ import {
 } from "../mod.ts";
 import {
   budgetFlags,
+  helpText,
   intFlags,
   parseArgs,
   runMain,
@@ -57,11 +58,68 @@ import {
   UsageError,
 } from "./_cli.ts";
 
-const USAGE =
-  "usage: ./deno task finetune --model DIR --data FILE.jsonl|brown|sotu|moby-dick --mode lora|qlora " +
-  "[--budget 6GiB [--reserve 0.31GiB]] [--steps 100] [--batch 4] [--seq 256] [--lr 2e-4] [--rank 8] " +
-  "[--alpha 16] [--targets q,k,v,o,gate,up,down] [--dtype bf16|f32] [--checkpointing [--offload-checkpoints]] " +
-  "[--loss-chunk N] [--out DIR] [--checkpoint-every N] [--keep 3] [--resume [DIR]] [--merge] [--verify]";
+const USAGE = helpText(
+  "./deno task finetune --model DIR --data FILE.jsonl|brown|sotu|moby-dick [--mode lora|qlora] [options]",
+  [
+    [
+      "--model DIR",
+      "Hugging Face LLaMA directory (config.json, safetensors, tokenizer.json); required",
+    ],
+    [
+      "--data FILE.jsonl|NAME",
+      'JSON Lines ({"text"} or {"prompt","completion"}) or brown, sotu, moby-dick; required',
+    ],
+    [
+      "--mode lora|qlora",
+      "LoRA (16-bit base, AdamW) or QLoRA (NF4 base, PagedAdamW); default qlora",
+    ],
+    ["--steps N", "training steps; default 100"],
+    ["--batch N", "sequences per step; default 4"],
+    ["--seq N", "tokens per sequence (at most the model's maxSeq); default 256"],
+    ["--lr L", "peak learning rate (warm-up of min(10, steps / 10) steps); default 2e-4"],
+    ["--rank R", "rank of the LoRA adapters; default 8"],
+    ["--alpha A", "LoRA alpha: the adapters' update is scaled by alpha / rank; default 16"],
+    [
+      "--targets q,k,v,o,gate,up,down",
+      "the linears that get adapters (with or without _proj); default all seven",
+    ],
+    ["--dtype bf16|f32", "weights and activations; default bf16"],
+    ["--seed N", "seed of the adapters and the data's split and order (>= 1); default 0"],
+    ["--checkpointing", "recompute each block in backward from its saved input; default off"],
+    [
+      "--offload-checkpoints",
+      "keep those inputs in the host pool (needs --checkpointing); default off",
+    ],
+    [
+      "--loss-chunk N",
+      "LM head and loss rows at a time (0: all); default those whose logits fit 32 MiB",
+    ],
+    ["--budget SIZE", "cap the ledger, such as 6GiB (an OutOfMemoryError past it); default none"],
+    [
+      "--reserve SIZE",
+      "the device's overhead (CUDA context, workspaces), out of --budget; default 0",
+    ],
+    [
+      "--out DIR",
+      "the adapter and checkpoints; default build/finetune/NAME-MODE (NAME: --model's)",
+    ],
+    [
+      "--checkpoint-every N",
+      "steps between checkpoints (OUT/checkpoint-NNNNNN/); default a tenth of --steps",
+    ],
+    ["--keep K", "the newest K checkpoints are kept; default 3"],
+    [
+      "--resume [DIR]",
+      "go on from the latest checkpoint of DIR (or --out), same flags; default off",
+    ],
+    [
+      "--merge",
+      "also write OUT/merged/: the merged model, transformers' layout; default off",
+    ],
+    ["--verify", "reload the adapter (and merged model), compare their logits; default off"],
+  ],
+  ["--budget 6GiB --reserve 0.31GiB behaves like a 6 GiB card."],
+);
 
 const CORPORA = ["brown", "sotu", "moby-dick"] as const;
 

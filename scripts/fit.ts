@@ -50,6 +50,7 @@ import {
 } from "../mod.ts";
 import {
   budgetFlags,
+  helpText,
   intFlags,
   parseArgs,
   runMain,
@@ -58,15 +59,51 @@ import {
   UsageError,
 } from "./_cli.ts";
 
-const USAGE =
-  "usage: ./deno task fit --model 7b|8b|13b|70b|tiny|DIR --mode full|lora|qlora [--batch 1] [--seq 512] " +
-  "[--rank 8] [--targets q,k,v,o,gate,up,down] [--checkpointing [--offload-checkpoints]] [--loss-chunk N] " +
-  "[--optimizer adamw|paged|8bit] [--master-weights|--no-master-weights] [--dtype bf16|f32] " +
-  "[--gpu NAME|SIZE [--cuda-context BYTES] | --budget SIZE [--reserve SIZE]] [--json]\n" +
-  "       ./deno task fit --inference --model ... --mode full|lora|qlora [--context maxSeq] [--prompt CONTEXT] " +
-  "[--batch 1] [--merged] [--rank 8] [--targets ...] [--dtype bf16|f32] " +
-  "[--gpu NAME|SIZE [--cuda-context BYTES] | --budget SIZE [--reserve SIZE]] [--json]\n" +
-  `  GPUs: ${Object.keys(GPU_PROFILES).join(", ")}, or a size such as 6GiB`;
+const USAGE = helpText([
+  "./deno task fit [--model 7b|8b|13b|70b|tiny|DIR] [--mode full|lora|qlora] [options]",
+  "./deno task fit --inference [--model ...] [--mode full|lora|qlora] [--context N] [--prompt N] [options]",
+], [
+  [
+    "--model 7b|8b|13b|70b|tiny|DIR",
+    "a model's shapes, or a Hugging Face model directory's config.json; default 7b",
+  ],
+  ["--mode full|lora|qlora", "full fine-tuning, LoRA, or QLoRA (NF4 base); default qlora"],
+  ["--batch N", "sequences per step (per generation with --inference); default 1"],
+  ["--seq N", "tokens per sequence (training); default 512"],
+  ["--rank R", "rank of the LoRA adapters; default 8"],
+  [
+    "--targets q,k,v,o,gate,up,down",
+    "the linears that get adapters (with or without _proj); default all seven",
+  ],
+  ["--dtype bf16|f32", "weights and activations; default bf16"],
+  ["--checkpointing", "recompute each block in backward from its saved input (training); default off"],
+  ["--offload-checkpoints", "keep those inputs in the host pool (needs --checkpointing); default off"],
+  [
+    "--loss-chunk N",
+    "LM head and loss rows at a time (0: all); default those whose logits fit 32 MiB",
+  ],
+  [
+    "--optimizer adamw|paged|8bit",
+    "AdamW, PagedAdamW or AdamW8bit (training); default paged for qlora, else adamw",
+  ],
+  ["--master-weights", "f32 master copies of bf16 trainable weights (training); default on"],
+  ["--no-master-weights", "no f32 master copies: the optimizer updates the bf16 weights; default off"],
+  ["--gpu NAME|SIZE", "the GPU (names below); default this machine's CUDA GPU, else rtx3060-6gb"],
+  [
+    "--cuda-context SIZE",
+    "the CUDA context; default measured if --gpu is this GPU, else typical",
+  ],
+  ["--budget SIZE", "as --gpu SIZE: the question of deno task train --budget SIZE; default none"],
+  ["--reserve SIZE", "with --budget: as --cuda-context SIZE; default 0"],
+  [
+    "--inference",
+    "ask about generation (weights, KV cache, a step), not training; default off",
+  ],
+  ["--context N", "tokens of context per sequence (with --inference); default the model's maxSeq"],
+  ["--prompt N", "tokens of the prefill done at once (with --inference); default --context"],
+  ["--merged", "adapters merged into the weights (--inference, lora, qlora); default off"],
+  ["--json", "print the report as JSON; default off (text)"],
+], [`GPUs: ${Object.keys(GPU_PROFILES).join(", ")}, or a size such as 6GiB`]);
 
 const NAMES: Record<string, string> = {
   tiny: "tiny LLaMA",
@@ -437,7 +474,6 @@ export function formatFit(r: FitReport): string {
 
 if (import.meta.main) {
   await runMain(() => {
-    if (Deno.args.includes("--help") || Deno.args.includes("-h")) return console.log(USAGE);
     const json = Deno.args.includes("--json");
     if (Deno.args.includes("--inference")) {
       const r = fitInferenceCommand(Deno.args);

@@ -389,6 +389,17 @@ export async function expectedAbiFile(): Promise<string> {
 }
 
 if (import.meta.main) {
+  if (Deno.args.includes("--help") || Deno.args.includes("-h")) {
+    console.log(
+      "usage: ./deno task gen:abi\n  -h, --help  print this help and exit\n\n" +
+        "Writes lib/ffi/abi.ts (the dlopen symbol table, defines, enums and struct layouts) from cuda/include/qlora.h.",
+    );
+    Deno.exit(0);
+  }
+  if (Deno.args.length) {
+    console.error(`error: unexpected argument ${Deno.args[0]}\nusage: ./deno task gen:abi`);
+    Deno.exit(1);
+  }
   const text = await expectedAbiFile();
   await Deno.writeTextFile(ABI_PATH, text);
   console.log(`wrote ${ABI_PATH.pathname.replace(ROOT.pathname, "")} (${text.split("\n").length - 1} lines)`);

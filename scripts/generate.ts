@@ -23,41 +23,46 @@ import {
   type TargetModule,
   TextStream,
 } from "../mod.ts";
-import { budgetFlags, parseArgs, runMain, UsageError } from "./_cli.ts";
+import { budgetFlags, helpText, parseArgs, runMain, UsageError } from "./_cli.ts";
 
-const OPTIONS: [string, string][] = [
+const USAGE = helpText(
+  "./deno task generate --model DIR --prompt TEXT [--adapter DIR] [--mode full|lora|qlora] [options]",
   [
-    "--model DIR",
-    "a Hugging Face LLaMA model directory (config.json, safetensors, tokenizer.json); required",
+    [
+      "--model DIR",
+      "Hugging Face LLaMA directory (config.json, safetensors, tokenizer.json); required",
+    ],
+    ["--prompt TEXT", "the prompt; required unless --prompts is given"],
+    ["--prompts FILE", "one prompt per line, generated as one batch (padded on the left); default none"],
+    [
+      "--adapter DIR",
+      "a PEFT adapter (adapter_config.json, adapter_model.safetensors); default none",
+    ],
+    [
+      "--mode full|lora|qlora",
+      "base in 16 bits (full, lora) or NF4 (qlora); default qlora with --adapter, else full",
+    ],
+    ["--merge", "merge the adapter into the weights (dequantized for qlora); default off"],
+    ["--compare", "answer with the base first, then with the adapter (needs --adapter); default off"],
+    ["--max-new-tokens N", "new tokens per prompt at most; default 64"],
+    ["--temperature T", "0 is greedy; above 0 samples; default 0"],
+    ["--top-k K", "sample among the K most likely tokens (0: all); default 0"],
+    ["--top-p P", "sample among the most likely tokens reaching probability P; default 1"],
+    ["--repetition-penalty R", "divide (multiply) the positive (negative) logits of tokens seen; default 1"],
+    ["--seed N", "seed of the draws; default 0"],
+    ["--dtype bf16|f32", "weights and activations; default bf16"],
+    ["--budget SIZE", "a memory budget such as 6GiB (an OutOfMemoryError past it); default none"],
+    [
+      "--reserve SIZE",
+      "the device's overhead (CUDA context, workspaces), out of --budget; default 0",
+    ],
+    ["--grow-by N", "grow the KV cache in chunks of N rows; default 0 (allocated whole at the start)"],
+    [
+      "--no-bos",
+      "no BOS before the prompt; default off (BOS where the tokenizer adds it)",
+    ],
   ],
-  ["--prompt TEXT", "the prompt; required unless --prompts is given"],
-  ["--prompts FILE", "one prompt per line, generated as one batch (padded on the left)"],
-  ["--adapter DIR", "a PEFT adapter (adapter_config.json, adapter_model.safetensors) on the base; none"],
-  [
-    "--mode full|lora|qlora",
-    "the base in 16 bits (full, lora) or in NF4 (qlora); qlora with --adapter, else full",
-  ],
-  ["--merge", "merge the adapter into the weights (a dequantized copy for qlora); unmerged"],
-  ["--compare", "answer with the base first, then with the adapter (needs --adapter); off"],
-  ["--max-new-tokens N", "new tokens per prompt at most; 64"],
-  ["--temperature T", "0 is greedy; above 0 samples; 0"],
-  ["--top-k K", "sample among the K most likely tokens (0: all); 0"],
-  ["--top-p P", "sample among the most likely tokens reaching probability P; 1"],
-  ["--repetition-penalty R", "divide (multiply) the positive (negative) logits of tokens seen; 1"],
-  ["--seed N", "seed of the draws; 0"],
-  ["--dtype bf16|f32", "weights and activations; bf16"],
-  ["--budget SIZE", "a memory budget such as 6GiB (an OutOfMemoryError past it); none"],
-  [
-    "--reserve SIZE",
-    "the device's own overhead (CUDA context, workspaces), taken out of --budget for the ledger; 0",
-  ],
-  ["--grow-by N", "grow the KV cache in chunks of N rows instead of allocating it whole; 0"],
-  ["--no-bos", "do not put the tokenizer's BOS before the prompt; BOS where the tokenizer adds it"],
-  ["-h, --help", "print this help"],
-];
-const USAGE =
-  "usage: ./deno task generate --model DIR --prompt TEXT [--adapter DIR] [--mode full|lora|qlora] " +
-  "[options]\n" + OPTIONS.map(([o, d]) => `  ${o.padEnd(24)} ${d}`).join("\n");
+);
 
 /** The numeric flag `name` (default `fallback`), checked by `ok`. */
 function num(
@@ -107,10 +112,6 @@ async function run(gen: Generation, tokenizer: HFTokenizer, label: string): Prom
 if (!Deno.env.get("OMP_WAIT_POLICY")) Deno.env.set("OMP_WAIT_POLICY", "passive");
 
 await runMain(async () => {
-  if (Deno.args.includes("--help") || Deno.args.includes("-h")) {
-    console.log(USAGE);
-    return;
-  }
   const { flags, positional } = parseArgs(Deno.args, {
     model: "string",
     prompt: "string",

@@ -28,11 +28,31 @@ import {
   PagedAdamW,
   Tensor,
 } from "../mod.ts";
-import { budgetFlags, intFlags, parseArgs, runMain, UsageError } from "./_cli.ts";
+import { budgetFlags, helpText, intFlags, parseArgs, runMain, UsageError } from "./_cli.ts";
 
-const USAGE =
-  "usage: ./deno task long-context [--model 7b|8b] [--seq 4096] [--budget 6GiB] [--reserve 0.31GiB] " +
-  "[--layers N] [--no-offload] [--loss-chunk N] [--compare] [--json]";
+const USAGE = helpText("./deno task long-context [--model 7b|8b] [--seq N] [--budget SIZE] [options]", [
+  ["--model 7b|8b", "LLaMA-2-7B or LLaMA-3.1-8B shapes, synthetic weights; default 7b"],
+  ["--seq N", "tokens of the one sequence (at most the model's maxSeq); default 4096"],
+  ["--budget SIZE", "the device's memory; the ledger's budget is --budget less --reserve; default 6GiB"],
+  ["--reserve SIZE", "the device's own overhead (CUDA context, workspaces); default 0.31GiB"],
+  [
+    "--layers N",
+    "real-size blocks measured (the estimate too); default all of the model's",
+  ],
+  ["--no-offload", "keep the checkpointed block inputs on the device, not in the host pool; default off"],
+  [
+    "--loss-chunk N",
+    "LM head and loss rows at a time (0: all); default those whose logits fit 32 MiB",
+  ],
+  [
+    "--compare",
+    "then time the step without the budget, with and without offloading, twice each; default off",
+  ],
+  ["--json", "print the result as JSON; default off"],
+], [
+  "One QLoRA step (bf16, rank 8 on all seven linears, gradient checkpointing, PagedAdamW with f32 master",
+  "weights, batch 1): the ledger's peak per category against lib/estimate.ts, the host pool, the verdict.",
+]);
 
 const NAMES = { "7b": "LLaMA-2-7B", "8b": "LLaMA-3.1-8B" } as const;
 

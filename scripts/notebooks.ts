@@ -31,6 +31,7 @@ import { fileURLToPath } from "node:url";
 import puppeteer from "puppeteer-core";
 import { withAtomicFile, writeFileAtomic } from "../mod.ts";
 import { type NotebookRun, runNotebookInBrowser } from "./_browser.ts";
+import { helpText, parseArgs, runMain, UsageError } from "./_cli.ts";
 import { type JupyterServer, startJupyterServer } from "./_jupyter.ts";
 import { judge, missingFigures } from "./_notebook_checks.ts";
 
@@ -466,9 +467,9 @@ async function runInBrowser(selected: string[], jupyter: string): Promise<void> 
 }
 
 async function runNotebooks(args: string[]): Promise<void> {
-  const plain = args.includes("--plain");
-  const nbclient = plain || args.includes("--nbclient");
-  const names = args.filter((a) => a !== "--nbclient" && a !== "--plain");
+  const { positional: names, flags } = parseArgs(args, { nbclient: "boolean", plain: "boolean" });
+  const plain = flags.plain === true;
+  const nbclient = plain || flags.nbclient === true;
   const jupyter = (await findJupyter()) ?? fail("Jupyter is missing: run ./deno task kernel first");
   const selected = selectNotebooks(names, jupyter);
   Deno.mkdirSync(OUT, { recursive: true });
@@ -479,10 +480,11 @@ async function runNotebooks(args: string[]): Promise<void> {
 
 /** `./deno task jupyter`: the classic Notebook at the repository root until Ctrl+C. */
 async function serve(args: string[]): Promise<void> {
-  const i = args.indexOf("--port");
-  const port = i >= 0 ? Number(args[i + 1]) : 8888;
+  const { positional, flags } = parseArgs(args, { port: "string" });
+  if (positional.length) throw new UsageError(`unexpected argument ${positional[0]}`);
+  const port = flags.port === undefined ? 8888 : Number(flags.port);
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
-    fail(`--port wants a port number, got ${args[i + 1]}`);
+    fail(`--port wants a port number, got ${flags.port}`);
   }
   await installKernel();
   const jupyter = (await findJupyter()) ?? fail("Jupyter is missing: run ./deno task kernel first");
@@ -517,10 +519,34 @@ Server log: ${server.log}`);
   Deno.exit(0);
 }
 
+const USAGE = helpText([
+  "./deno task kernel                                             (scripts/notebooks.ts install)",
+  "./deno task notebooks [--nbclient | --plain] [NAME.ipynb...]   (scripts/notebooks.ts run)",
+  "./deno task jupyter [--port N]                                 (scripts/notebooks.ts serve)",
+], [
+  ["NAME.ipynb...", "run: the notebooks to run; default every notebooks/*.ipynb"],
+  ["--nbclient", "run: headless through nbclient (execute_notebook.py), no browser; default off (Chromium)"],
+  ["--plain", "run: through the stock nbclient, as jupyter nbconvert --execute runs them; default off"],
+  ["--port N", "serve: the port on 127.0.0.1 (any free one when it is taken); default 8888"],
+], [
+  "install: Jupyter where missing, and the Deno kernelspec from a stable copy of this Deno.",
+  "run: every notebook in Chromium through Jupyter, judged as rendered; outputs under build/notebooks/.",
+  "serve: the classic Jupyter Notebook at the repository root on 127.0.0.1 until Ctrl+C.",
+]);
+
 if (import.meta.main) {
-  const [command, ...rest] = Deno.args;
-  if (command === "install") await installKernel();
-  else if (command === "run") await runNotebooks(rest);
-  else if (command === "serve") await serve(rest);
-  else fail("usage: notebooks.ts install | run [--nbclient | --plain] [NAME.ipynb...] | serve [--port N]");
+  await runMain(async () => {
+    const [command, ...rest] = Deno.args;
+    if (command === "install") {
+      const { positional } = parseArgs(rest, {});
+      if (positional.length) throw new UsageError(`unexpected argument ${positional[0]}`);
+      await installKernel();
+    } else if (command === "run") await runNotebooks(rest);
+    else if (command === "serve") await serve(rest);
+    else {
+      throw new UsageError(
+        command === undefined ? "expected a command: install, run or serve" : `unknown command ${command}`,
+      );
+    }
+  }, USAGE);
 }

@@ -9,7 +9,15 @@
  */
 
 import { AdamW, formatBytes, getDevice, Linear, OutOfMemoryError, PagedAdamW, Tensor } from "../mod.ts";
-import { parseArgs, runMain } from "./_cli.ts";
+import { helpText, parseArgs, runMain } from "./_cli.ts";
+
+const USAGE = helpText("./deno task paging-demo [--width N] [--layers N]", [
+  ["--width N", "the layers' width: N x N weights, f32; default 1024"],
+  ["--layers N", "linear layers fine-tuned in full; default 4"],
+], [
+  "One step with an activation spike under a budget: AdamW runs out of memory, PagedAdamW pages its states",
+  "to the host and succeeds, with the parameters of an unpaged run without a budget.",
+]);
 
 await runMain(() => {
   const { flags } = parseArgs(Deno.args, { width: "string", layers: "string" });
@@ -79,4 +87,4 @@ await runMain(() => {
     `\nparameters after the step, paged vs unpaged without a budget: ${same ? "identical" : "DIFFERENT"}`,
   );
   if (!same || typeof plain !== "string") Deno.exit(1);
-}, "usage: ./deno task paging-demo [--width 1024] [--layers 4]");
+}, USAGE);

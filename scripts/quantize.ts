@@ -10,10 +10,21 @@
  */
 
 import { formatBytes, getDevice, quantizeCheckpoint, type TensorReport } from "../mod.ts";
-import { parseArgs, ProgressBar, runMain, UsageError } from "./_cli.ts";
+import { helpText, parseArgs, ProgressBar, runMain, UsageError } from "./_cli.ts";
 
-const USAGE =
-  "usage: ./deno task quantize IN.safetensors OUT.safetensors [--quant-type nf4|fp4] [--blocksize 64] [--no-double-quant] [--skip REGEX]";
+const USAGE = helpText("./deno task quantize IN.safetensors OUT.safetensors [options]", [
+  ["IN.safetensors", "the checkpoint to quantize; required"],
+  ["OUT.safetensors", "the file to write (atomically; not IN itself); required"],
+  ["--quant-type nf4|fp4", "the 4-bit data type; default nf4"],
+  ["--blocksize N", "weights per absmax constant, a power of two from 32 to 4096; default 64"],
+  [
+    "--no-double-quant",
+    "keep the absmax constants in f32, not quantized to 8 bits; default off (double quant)",
+  ],
+  ["--skip REGEX", "copy the tensors whose name matches REGEX unquantized; default none"],
+], [
+  "Every 2-D floating-point tensor is quantized in the bitsandbytes / transformers layout; others are copied.",
+]);
 
 /** Prints one report row. */
 export function formatRow(r: TensorReport): string {

