@@ -15,68 +15,123 @@
  * @module
  */
 
-export * from "./lib/errors.ts";
-export * from "./lib/dtype.ts";
-export * from "./lib/memory.ts";
-export { type Backend, libraryPath } from "./lib/ffi/library.ts";
+// The public API, layer by layer (lib/<layer>/mod.ts; tests/layering_test.ts keeps the order). Where a
+// layer's mod.ts also serves the layers above with internals, its public names are listed.
 export {
-  backendAvailable,
-  Device,
-  getDevice,
-  memory,
-  type PressureHandler,
-  setMemoryBudget,
-} from "./lib/device.ts";
-export { fillOrDispose, type RandnOptions, shapeSize, Tensor, type TensorOptions } from "./lib/tensor.ts";
-export { HostTensor } from "./lib/host_tensor.ts";
-export * from "./lib/quant.ts";
-export * from "./lib/ops.ts";
-export * from "./lib/lora.ts";
-export * from "./lib/linear_speed.ts";
-export * from "./lib/optimizer.ts";
-export * from "./lib/adamw.ts";
-export * from "./lib/adamw8bit.ts";
-export * from "./lib/paged_adamw.ts";
-export * from "./lib/model_ops.ts";
-export * from "./lib/llama_config.ts";
-export * from "./lib/model.ts";
-export * from "./lib/kv_cache.ts";
-export * from "./lib/sampling.ts";
-export * from "./lib/generation.ts";
-export * from "./lib/text_stream.ts";
-export * from "./lib/weights_file.ts";
-export * from "./lib/model_dir.ts";
-export * from "./lib/examples.ts";
-export * from "./lib/batches.ts";
-export * from "./lib/schedule.ts";
-export * from "./lib/trainer.ts";
-export * from "./lib/training_progress.ts";
-export * from "./lib/tiny_base.ts";
-export * from "./lib/stats.ts";
-export * from "./lib/quality.ts";
-export * from "./lib/resume.ts";
-export { AtomicFile, type AtomicFileOptions, withAtomicFile, writeFileAtomic } from "./lib/atomic_file.ts";
+  BackendError,
+  type CategoryBytes,
+  DisposedError,
+  InvalidArgumentError,
+  NonFiniteError,
+  type OutOfMemoryDetails,
+  OutOfMemoryError,
+  QloraError,
+  SafetensorsError,
+  Xorshift128,
+} from "./lib/base/mod.ts";
+export { type Backend, libraryPath } from "./lib/native/mod.ts";
+export * from "./lib/core/mod.ts";
+export * from "./lib/nn/mod.ts";
 export {
+  type Batch,
+  type BatchOptions,
+  BatchSampler,
+  type BatchSource,
+  ByteTokenizer,
+  type ByteTokenizerJSON,
+  type ByteTokenizerOptions,
+  CORPUS_NAMES,
+  type CorpusDocument,
+  type CorpusName,
+  datasetSource,
+  type DocumentSplit,
+  type EncodedPair,
+  type EncodeOptions,
+  encodePair,
+  type EncodePairOptions,
+  type Example,
+  exampleSource,
+  type ExampleSourceOptions,
+  fingerprint,
+  type HFDecodeOptions,
+  HFTokenizer,
+  type HFTokenizerFiles,
+  loadCorpus,
+  type LoadCorpusOptions,
+  loadDocuments,
+  parseExamples,
+  type SamplerState,
+  stripBrownTags,
+  TextDataset,
+  type TextDatasetOptions,
+  TextStream,
+  type TokenBatch,
+  type Tokenizer,
+  TokenizerFileError,
+} from "./lib/data/mod.ts";
+export {
+  AtomicFile,
+  type AtomicFileOptions,
   bytesPerElement,
+  decodeTensor,
+  dequantizeCheckpoint,
+  dequantizeIQ4_NL,
+  dequantizeQ4_0,
+  dequantizeQ8_0,
+  encodeTensor,
+  GGML_TYPES,
+  ggmlTensorBytes,
+  type GGMLType,
+  type GGMLTypeInfo,
+  ggmlTypeName,
+  ggmlTypeOf,
+  GGUF_DEFAULT_ALIGNMENT,
+  GGUF_MAGIC,
+  GGUF_TOKEN_TYPES,
+  GGUF_VALUE_TYPES,
+  GGUF_VERSION,
+  ggufArray,
+  type GGUFMetadata,
+  ggufPlain,
+  GGUFReader,
+  type GGUFScalar,
+  type GGUFScalarType,
+  type GGUFTensorEntry,
+  type GGUFTensorInfo,
+  ggufTokenizerFromFiles,
+  ggufTokenizerMetadata,
+  type GGUFTokenizerOptions,
+  type GGUFValue,
+  ggufValue,
+  GGUFWriter,
+  type GGUFWriterOptions,
+  IQ4_NL_VALUES,
   isSafetensorsDtype,
+  loadQuantGroup,
+  parseGroup,
   parseSafetensorsHeader,
+  type QuantGroup,
+  quantizeCheckpoint,
+  type QuantizeCheckpointOptions,
+  quantizeIQ4_NL,
+  quantizeQ4_0,
+  quantizeQ8_0,
+  readSafetensors,
   type SafetensorsDtype,
   type SafetensorsHeader,
+  SafetensorsReader,
+  SafetensorsWriter,
+  STATE_KEY,
+  type TensorData,
   type TensorEntry,
   type TensorInfo,
-} from "./lib/safetensors_header.ts";
-export * from "./lib/safetensors_reader.ts";
-export * from "./lib/safetensors_writer.ts";
-export * from "./lib/checkpoint.ts";
-export * from "./lib/plot.ts";
-export * from "./lib/data.ts";
-export * from "./lib/estimate.ts";
-export * from "./lib/estimate_inference.ts";
-export * from "./lib/fit.ts";
-export * from "./lib/tokenizer.ts";
-export * from "./lib/gguf_quant.ts";
-export * from "./lib/gguf_format.ts";
-export * from "./lib/gguf_writer.ts";
-export * from "./lib/gguf_reader.ts";
-export * from "./lib/gguf_tokenizer.ts";
-export * from "./lib/gguf.ts";
+  type TensorReport,
+  withAtomicFile,
+  writeFileAtomic,
+  writeSafetensors,
+} from "./lib/io/mod.ts";
+export * from "./lib/optim/mod.ts";
+export * from "./lib/llama/mod.ts";
+export * from "./lib/train/mod.ts";
+export * from "./lib/estimate/mod.ts";
+export * from "./lib/lab/mod.ts";

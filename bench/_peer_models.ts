@@ -21,7 +21,7 @@ import {
   LoRALinear,
 } from "../mod.ts";
 
-/** The start of an atomic write's temporary file (lib/atomic_file.ts), left behind by a killed run. */
+/** The start of an atomic write's temporary file (lib/io/atomic_file.ts), left behind by a killed run. */
 const TEMP_PREFIX = ".qlora-tmp-";
 
 /** The llama.cpp file types compared, 16-bit first. */

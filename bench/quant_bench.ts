@@ -12,7 +12,7 @@
 // printed at the end give each bench's throughput ratio (copy's median time / the bench's median time)
 // beside its floor. Absolute times depend on the machine and its load; the ratios are the figures to read.
 import { getDevice, quantize, type QuantizedTensor, Tensor } from "../mod.ts";
-import * as ffi from "../lib/ffi/mod.ts";
+import * as ffi from "../lib/native/mod.ts";
 
 const N = 64 << 20;
 const TILE = 1 << 20;

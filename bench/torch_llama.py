@@ -9,7 +9,7 @@ and prints JSON: {"torch": version, "threads": n, "info": {...}, "results": [{"n
 "forward_ms", "backward_ms", "optimizer_ms", "loss", "note"}]} (medians over `steps` steps after `warmup` steps;
 best_ms: the fastest step; info: what torch runs on, from torch_info.py: BLAS, oneDNN, threads).
 
-The model is the same as lib/model.ts: token embedding, RMSNorm (in f32, as Hugging Face does), rotary
+The model is the same as lib/llama/model.ts: token embedding, RMSNorm (in f32, as Hugging Face does), rotary
 embeddings on half-split pairs (x[i], x[i + d/2]) rotated by t * theta^(-2i/d) (transformers' layout), causal attention with an
 explicit softmax (torch 1.13 has no scaled_dot_product_attention), SwiGLU MLP, untied LM head,
 cross-entropy. Modes:

@@ -17,7 +17,7 @@ the run says so; a cell error is never retried.
 
 `--plain` runs the stock nbclient instead (no grace period), as `jupyter nbconvert --execute` or any other
 tool would: the notebooks must show every figure there too (they display them with `await show(fig)`,
-which waits until the kernel has sent the figure; see lib/plot.ts).
+which waits until the kernel has sent the figure; see lib/lab/plot.ts).
 
 Exit status: 0 when every cell ran, 1 on a cell error (the error is printed), 2 on bad arguments.
 """

@@ -7,7 +7,7 @@
  * `--inference --context N`, will generating N tokens per sequence fit it (weights, adapters, the KV cache,
  * the largest step)?
  *
- * Prints the estimate by ledger category (lib/estimate.ts, validated against the ledger in
+ * Prints the estimate by ledger category (lib/estimate/estimate.ts, validated against the ledger in
  * tests/estimate_test.ts), the host pool that `--offload-checkpoints` fills with the checkpoints (outside
  * the GPU), the CUDA context on its own line (measured where a CUDA backend runs here and the GPU is this
  * one, else the generation's typical figure, or `--cuda-context`), the total against the GPU, the largest

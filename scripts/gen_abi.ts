@@ -1,5 +1,5 @@
 /**
- * `./deno task gen:abi`: writes `lib/ffi/abi.ts` from `cuda/include/qlora.h`, so that the TypeScript
+ * `./deno task gen:abi`: writes `lib/native/abi.ts` from `cuda/include/qlora.h`, so that the TypeScript
  * side of the ABI is never typed by hand twice: the `Deno.dlopen` symbol table, the `#define`d integers,
  * every enum, and the size and field offsets of every struct. `tests/abi_test.ts` regenerates it in
  * memory and fails when the checked-in file is stale.
@@ -202,7 +202,7 @@ function memberKeys(members: [string, number][]): [string, number][] {
 }
 
 /**
- * The text of `lib/ffi/abi.ts` (before `deno fmt`).
+ * The text of `lib/native/abi.ts` (before `deno fmt`).
  *
  * @example
  * ```ts
@@ -345,8 +345,8 @@ const ROOT = new URL("../", import.meta.url);
 /** `cuda/include/qlora.h`. */
 export const HEADER_PATH: URL = new URL("cuda/include/qlora.h", ROOT);
 
-/** `lib/ffi/abi.ts`. */
-export const ABI_PATH: URL = new URL("lib/ffi/abi.ts", ROOT);
+/** `lib/native/abi.ts`. */
+export const ABI_PATH: URL = new URL("lib/native/abi.ts", ROOT);
 
 /**
  * Formats TypeScript with `deno fmt` under this repository's settings (line width 110).
@@ -375,7 +375,7 @@ export async function formatTs(text: string): Promise<string> {
 }
 
 /**
- * The formatted contents `lib/ffi/abi.ts` must have for the header as it is now.
+ * The formatted contents `lib/native/abi.ts` must have for the header as it is now.
  *
  * @example
  * ```ts
@@ -392,7 +392,7 @@ if (import.meta.main) {
   if (Deno.args.includes("--help") || Deno.args.includes("-h")) {
     console.log(
       "usage: ./deno task gen:abi\n  -h, --help  print this help and exit\n\n" +
-        "Writes lib/ffi/abi.ts (the dlopen symbol table, defines, enums and struct layouts) from cuda/include/qlora.h.",
+        "Writes lib/native/abi.ts (the dlopen symbol table, defines, enums and struct layouts) from cuda/include/qlora.h.",
     );
     Deno.exit(0);
   }

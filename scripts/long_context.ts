@@ -7,7 +7,7 @@
  * pool (unless `--no-offload`) and the LM head and the loss in chunks (`--loss-chunk`, default the
  * library's).
  *
- * Prints the ledger's peak per category beside the estimate of lib/estimate.ts, the host pool's peak, the
+ * Prints the ledger's peak per category beside the estimate of lib/estimate/estimate.ts, the host pool's peak, the
  * step time and the verdict: trained, or the OutOfMemoryError with its ledger. `--layers N` measures N
  * real-size blocks instead of all of them (minutes instead of an hour on two CPU cores; the estimate is
  * then of those N too). `--compare` then runs the same step again without the budget and without
@@ -51,7 +51,7 @@ const USAGE = helpText("./deno task long-context [--model 7b|8b] [--seq N] [--bu
   ["--json", "print the result as JSON; default off"],
 ], [
   "One QLoRA step (bf16, rank 8 on all seven linears, gradient checkpointing, PagedAdamW with f32 master",
-  "weights, batch 1): the ledger's peak per category against lib/estimate.ts, the host pool, the verdict.",
+  "weights, batch 1): the ledger's peak per category against lib/estimate/estimate.ts, the host pool, the verdict.",
 ]);
 
 const NAMES = { "7b": "LLaMA-2-7B", "8b": "LLaMA-3.1-8B" } as const;

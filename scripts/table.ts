@@ -18,7 +18,7 @@
  *   linearly to the real layer count; then the whole model is measured (QLoRA first, then LoRA, full)
  *   where the memory of this machine and the time limit (`--max-seconds`, default 600) allow it. With
  *   `--model tiny` only the tiny scale runs, and `--seq`/`--batch` apply to it.
- * - quality (lib/quality.ts; skipped with `--no-quality`): the pretrained tiny base with its linear
+ * - quality (lib/lab/quality.ts; skipped with `--no-quality`): the pretrained tiny base with its linear
  *   weights in bf16, NF4, NF4 + double quantization, FP4 and Int4; held-out SOTU perplexity before and after
  *   LoRA/QLoRA fine-tuning (one learning rate chosen by a small sweep; `--quality-seeds` seeds, default 3,
  *   of `--quality-steps` steps, default 30), mean +- std, differences weighed against the seed spread.
@@ -27,7 +27,7 @@
  * table/run.ts (all of them), table/comparison.ts, table/claims.ts,
  * table/quality_table.ts (the tables), table/format.ts, table/report_html.ts, table/readme.ts (renderings).
  *
- * Every memory figure comes from the ledger; the estimator (lib/estimate.ts) stands beside it. Progress
+ * Every memory figure comes from the ledger; the estimator (lib/estimate/estimate.ts) stands beside it. Progress
  * goes to stderr, the tables to stdout (`--json`: the whole result as JSON). The command sets
  * `OMP_WAIT_POLICY=passive` unless it is set: on a shared machine, spinning OpenMP threads slow small
  * ops down tenfold.

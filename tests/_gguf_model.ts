@@ -9,7 +9,7 @@ import {
   unpermuteRope,
   type WeightSource,
 } from "../mod.ts";
-import { Xorshift128 } from "../lib/random.ts";
+import { Xorshift128 } from "../lib/base/random.ts";
 
 export const ROOT = new URL("..", import.meta.url).pathname;
 export const TOKENIZER = `${ROOT}tests/data/tokenizer/tiny`;

@@ -1,7 +1,7 @@
 // A small training run for tests/resume_test.ts, in its own process so that the test can kill it with
 // SIGKILL: `deno run -A tests/_resume_child.ts '<json RunSpec>'`. It trains a tiny LLaMA with resumable
 // checkpoints in `dir` (resuming when asked) and prints `RESULT {json}` at the end. The test pauses it at
-// a chosen point with QLORA_TEST_PAUSE_AT (see pauseForTest in lib/test_hooks.ts) and kills it there.
+// a chosen point with QLORA_TEST_PAUSE_AT (see pauseForTest in lib/base/test_hooks.ts) and kills it there.
 import {
   type BatchSource,
   ByteTokenizer,

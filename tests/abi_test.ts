@@ -1,20 +1,20 @@
 /**
- * `lib/ffi/abi.ts` is generated from `cuda/include/qlora.h` (`./deno task gen:abi`): it must be up to
+ * `lib/native/abi.ts` is generated from `cuda/include/qlora.h` (`./deno task gen:abi`): it must be up to
  * date, and its enum values and struct layouts must be what a C++ compiler makes of the header.
  */
 import { assert, assertEquals } from "@std/assert";
-import * as abi from "../lib/ffi/abi.ts";
-import { DTYPES } from "../lib/dtype.ts";
-import { CATEGORIES } from "../lib/memory.ts";
-import { QUANT_TYPES } from "../lib/quant.ts";
+import * as abi from "../lib/native/abi.ts";
+import { DTYPES } from "../lib/core/dtype.ts";
+import { CATEGORIES } from "../lib/core/memory.ts";
+import { QUANT_TYPES } from "../lib/core/quant.ts";
 import { expectedAbiFile, HEADER_PATH, parseHeader } from "../scripts/gen_abi.ts";
 
-Deno.test("lib/ffi/abi.ts is what scripts/gen_abi.ts makes of qlora.h today (not stale)", async () => {
-  const actual = await Deno.readTextFile(new URL("../lib/ffi/abi.ts", import.meta.url));
+Deno.test("lib/native/abi.ts is what scripts/gen_abi.ts makes of qlora.h today (not stale)", async () => {
+  const actual = await Deno.readTextFile(new URL("../lib/native/abi.ts", import.meta.url));
   const expected = await expectedAbiFile();
   assert(
     actual === expected,
-    "lib/ffi/abi.ts is stale (cuda/include/qlora.h or scripts/gen_abi.ts changed): run ./deno task gen:abi",
+    "lib/native/abi.ts is stale (cuda/include/qlora.h or scripts/gen_abi.ts changed): run ./deno task gen:abi",
   );
 });
 

@@ -1,5 +1,5 @@
 import { assert, assertEquals, assertRejects } from "@std/assert";
-import { AtomicFile, TEMP_PREFIX, withAtomicFile, writeFileAtomic } from "../lib/atomic_file.ts";
+import { AtomicFile, TEMP_PREFIX, withAtomicFile, writeFileAtomic } from "../lib/io/atomic_file.ts";
 import {
   dequantizeCheckpoint,
   getDevice,

@@ -10,7 +10,7 @@ import {
   SafetensorsReader,
   writeSafetensors,
 } from "../mod.ts";
-import { f32ToBf16 } from "../lib/dtype.ts";
+import { f32ToBf16 } from "../lib/core/dtype.ts";
 import { assertBitEqual, normalValues, referenceDoubleQuantize, referenceQuantize } from "./_reference.ts";
 import { runScript } from "./_run_script.ts";
 import { budgetFlags, stepMemoryFlags, UsageError } from "../scripts/_cli.ts";

@@ -1,9 +1,9 @@
 import { assert, assertEquals, assertStringIncludes, assertThrows } from "@std/assert";
 import { BackendError, getDevice, InvalidArgumentError, NonFiniteError, QloraError, Tensor } from "../mod.ts";
-import { loadLibrary, openLibrary } from "../lib/ffi/library.ts";
-import { ABI_VERSION, symbols } from "../lib/ffi/abi.ts";
-import { Status } from "../lib/ffi/enums.ts";
-import * as ffi from "../lib/ffi/mod.ts";
+import { loadLibrary, openLibrary } from "../lib/native/library.ts";
+import { ABI_VERSION, symbols } from "../lib/native/abi.ts";
+import { Status } from "../lib/native/enums.ts";
+import * as ffi from "../lib/native/mod.ts";
 
 const HEADER = new URL("../cuda/include/qlora.h", import.meta.url);
 
@@ -138,10 +138,10 @@ async function sources(dir: URL, prefix = ""): Promise<{ path: string; text: str
   return out;
 }
 
-Deno.test("every ABI function of the symbol table has exactly one typed wrapper in lib/ffi", async () => {
+Deno.test("every ABI function of the symbol table has exactly one typed wrapper in lib/native", async () => {
   const calls = new Map<string, string[]>();
-  for (const { path, text } of await sources(new URL("ffi/", LIB), "lib/ffi/")) {
-    if (path === "lib/ffi/abi.ts") continue; // the table itself
+  for (const { path, text } of await sources(new URL("native/", LIB), "lib/native/")) {
+    if (path === "lib/native/abi.ts") continue; // the table itself
     for (const m of text.matchAll(/\bsymbols\.(qlora_\w+)\s*\(/g)) {
       calls.set(m[1], [...calls.get(m[1]) ?? [], path]);
     }
@@ -151,17 +151,17 @@ Deno.test("every ABI function of the symbol table has exactly one typed wrapper 
   const twice = [...calls].filter(([, where]) => where.length > 1).map(([name, where]) =>
     `${name}: ${where}`
   );
-  assertEquals(twice, [], "ABI functions called from more than one place in lib/ffi");
+  assertEquals(twice, [], "ABI functions called from more than one place in lib/native");
   const unknown = [...calls.keys()].filter((name) => !(name in symbols));
   assertEquals(unknown, [], "calls of functions the symbol table does not have");
 });
 
-Deno.test("no module outside lib/ffi calls the symbols, and no bench reaches Device.native", async () => {
+Deno.test("no module outside lib/native calls the symbols, and no bench reaches Device.native", async () => {
   const offenders: string[] = [];
   for (const { path, text } of await sources(LIB, "lib/")) {
-    if (path.startsWith("lib/ffi/")) continue;
+    if (path.startsWith("lib/native/")) continue;
     if (/symbols\./.test(text)) offenders.push(`${path}: symbols.`);
-    if (/\.native\b(?!\s*=)/.test(text.replace(/^\s*(\*|\/\/).*$/gm, "")) && path !== "lib/device.ts") {
+    if (/\.native\b(?!\s*=)/.test(text.replace(/^\s*(\*|\/\/).*$/gm, "")) && path !== "lib/core/device.ts") {
       offenders.push(`${path}: .native`);
     }
   }

@@ -34,7 +34,7 @@ import {
   quantizeQ8_0,
   unpermuteRope,
 } from "../mod.ts";
-import { Xorshift128 } from "../lib/random.ts";
+import { Xorshift128 } from "../lib/base/random.ts";
 import { CONFIG, randomWeights, tinyTokenizerWithBytes, TOKENIZER } from "./_gguf_model.ts";
 
 const cpu = getDevice("cpu");

@@ -4,8 +4,8 @@
  * it on the CPU and on `QLORA_BACKEND=cuda-emu`). A doc line that drifts from the checks fails here.
  */
 import { assert, assertEquals } from "@std/assert";
-import { loadLibrary, type NativeLibrary } from "../lib/ffi/library.ts";
-import { CATEGORY, DTYPE, LEDGER_SNAPSHOT, QUANT_TYPE, STATUS, WEIGHT4 } from "../lib/ffi/abi.ts";
+import { loadLibrary, type NativeLibrary } from "../lib/native/library.ts";
+import { CATEGORY, DTYPE, LEDGER_SNAPSHOT, QUANT_TYPE, STATUS, WEIGHT4 } from "../lib/native/abi.ts";
 
 const HEADER = await Deno.readTextFile(new URL("../cuda/include/qlora.h", import.meta.url));
 

@@ -1,8 +1,8 @@
 /**
- * Data flows one way: notebooks and scripts -> mod.ts -> lib/* -> lib/ffi -> the C ABI. These checks fail
+ * Data flows one way: notebooks and scripts -> mod.ts -> lib/* -> lib/native -> the C ABI. These checks fail
  * when a script reaches into lib/ past mod.ts, or lib/ imports a script.
  */
-import { assertEquals } from "@std/assert";
+import { assert, assertEquals } from "@std/assert";
 import { ROOT, sources } from "./_sources.ts";
 
 /** The relative module specifiers of a file's imports and re-exports, resolved against `base`. */
@@ -27,11 +27,11 @@ Deno.test("layering: scripts use the library through mod.ts, never lib/ directly
   assertEquals(offenders, []);
 });
 
-Deno.test("layering: benches go through mod.ts; only lib/ffi/mod.ts, to time the raw native calls", () => {
+Deno.test("layering: benches go through mod.ts; only lib/native/mod.ts, to time the raw native calls", () => {
   const offenders: string[] = [];
   for (const url of sources(new URL("bench/", ROOT))) {
     for (const target of imports(url)) {
-      if (target.startsWith("lib/") && target !== "lib/ffi/mod.ts") {
+      if (target.startsWith("lib/") && target !== "lib/native/mod.ts") {
         offenders.push(`${rel(url)} -> ${target}`);
       }
     }
@@ -47,6 +47,56 @@ Deno.test("layering: lib/ imports neither scripts nor mod.ts (its JSDoc examples
     }
   }
   assertEquals(offenders, []);
+});
+
+/** lib/'s folders, lowest first: a folder's modules import from its own folder and from folders below. */
+const LAYERS = ["base", "native", "core", "nn", "data", "io", "optim", "llama", "train", "estimate", "lab"];
+
+Deno.test("layering: lib/ is one folder per layer, each with a mod.ts, nothing loose", () => {
+  const entries = [...Deno.readDirSync(new URL("lib/", ROOT))];
+  assertEquals(entries.filter((e) => !e.isDirectory).map((e) => e.name), [], "files directly in lib/");
+  assertEquals(entries.map((e) => e.name).sort(), [...LAYERS].sort());
+  for (const layer of LAYERS) {
+    const mod = new URL(`lib/${layer}/mod.ts`, ROOT);
+    assertEquals(Deno.statSync(mod).isFile, true, `lib/${layer}/mod.ts`);
+  }
+});
+
+/** The layer of a path under lib/ ("lib/core/tensor.ts" -> "core"), or null. */
+const layerOf = (path: string) => path.startsWith("lib/") ? path.split("/")[1] : null;
+
+/** Every import that breaks the layering: upward, or into another layer past its mod.ts. */
+function layeringOffenders(edges: [from: string, to: string][]): string[] {
+  const offenders: string[] = [];
+  for (const [from, to] of edges) {
+    const a = layerOf(from), b = layerOf(to);
+    if (b === null || a === b) continue;
+    if (to !== `lib/${b}/mod.ts`) offenders.push(`${from} -> ${to} (past lib/${b}/mod.ts)`);
+    if (a !== null && LAYERS.indexOf(b) > LAYERS.indexOf(a)) offenders.push(`${from} -> ${to} (upward)`);
+  }
+  return offenders;
+}
+
+Deno.test("layering: lib/'s layers import downward only, and another layer only through its mod.ts", () => {
+  const edges: [string, string][] = [];
+  for (const url of [...sources(new URL("lib/", ROOT)), new URL("mod.ts", ROOT)]) {
+    for (const target of imports(url)) edges.push([rel(url), target]);
+  }
+  assert(edges.length > 100, `${edges.length} imports seen`);
+  assertEquals(layeringOffenders(edges), []);
+});
+
+Deno.test("layering: the layering check catches an upward import and one past a mod.ts", () => {
+  assertEquals(layeringOffenders([["lib/core/tensor.ts", "lib/llama/mod.ts"]]), [
+    "lib/core/tensor.ts -> lib/llama/mod.ts (upward)",
+  ]);
+  assertEquals(layeringOffenders([["lib/llama/model.ts", "lib/core/tensor.ts"]]), [
+    "lib/llama/model.ts -> lib/core/tensor.ts (past lib/core/mod.ts)",
+  ]);
+  assertEquals(layeringOffenders([["mod.ts", "lib/native/abi.ts"]]), [
+    "mod.ts -> lib/native/abi.ts (past lib/native/mod.ts)",
+  ]);
+  assertEquals(layeringOffenders([["lib/llama/model.ts", "lib/llama/_llama_block.ts"]]), []);
 });
 
 Deno.test("layering: the import scanner sees what it must", () => {

@@ -1,5 +1,5 @@
 import { assert, assertEquals, assertThrows } from "@std/assert";
-import { SafetensorsError } from "../lib/errors.ts";
+import { SafetensorsError } from "../lib/base/errors.ts";
 import {
   bytesPerElement,
   encodeSafetensorsHeader,
@@ -7,7 +7,7 @@ import {
   parseHeaderLength,
   parseSafetensorsHeader,
   type SafetensorsDtype,
-} from "../lib/safetensors_header.ts";
+} from "../lib/io/safetensors_header.ts";
 import { encode } from "./_safetensors_files.ts";
 
 Deno.test("bytesPerElement covers every dtype and refuses unknown ones", () => {

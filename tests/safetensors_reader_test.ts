@@ -1,7 +1,7 @@
 import { assertEquals, assertRejects, assertStringIncludes, assertThrows } from "@std/assert";
-import { SafetensorsError } from "../lib/errors.ts";
-import { readSafetensors, SafetensorsReader } from "../lib/safetensors_reader.ts";
-import { writeSafetensors } from "../lib/safetensors_writer.ts";
+import { SafetensorsError } from "../lib/base/errors.ts";
+import { readSafetensors, SafetensorsReader } from "../lib/io/safetensors_reader.ts";
+import { writeSafetensors } from "../lib/io/safetensors_writer.ts";
 import { encode, pattern, rawFile, withDir } from "./_safetensors_files.ts";
 
 Deno.test("every malformed file is a SafetensorsError naming the file, never a crash", async () => {

@@ -1,8 +1,12 @@
 import { assert, assertEquals, assertRejects } from "@std/assert";
-import { SafetensorsError } from "../lib/errors.ts";
-import { bytesPerElement, parseSafetensorsHeader, type SafetensorsDtype } from "../lib/safetensors_header.ts";
-import { readSafetensors, SafetensorsReader } from "../lib/safetensors_reader.ts";
-import { SafetensorsWriter, writeSafetensors } from "../lib/safetensors_writer.ts";
+import { SafetensorsError } from "../lib/base/errors.ts";
+import {
+  bytesPerElement,
+  parseSafetensorsHeader,
+  type SafetensorsDtype,
+} from "../lib/io/safetensors_header.ts";
+import { readSafetensors, SafetensorsReader } from "../lib/io/safetensors_reader.ts";
+import { SafetensorsWriter, writeSafetensors } from "../lib/io/safetensors_writer.ts";
 import { encode, le64, pattern, rawFile, withDir } from "./_safetensors_files.ts";
 
 Deno.test("round trip of every dtype, an empty tensor and a 0-d tensor, in the order given", async () => {
@@ -248,7 +252,7 @@ Deno.test("a process killed while writing leaves the previous file whole (not tr
     const path = `${dir}/tiny-base.safetensors`;
     const old = pattern(256, 3);
     await writeSafetensors(path, [{ name: "w", dtype: "U8", shape: [256], data: old }]);
-    const module = new URL("../lib/safetensors_writer.ts", import.meta.url).href;
+    const module = new URL("../lib/io/safetensors_writer.ts", import.meta.url).href;
     const code = `
       import { SafetensorsWriter } from ${JSON.stringify(module)};
       const w = await SafetensorsWriter.create(${

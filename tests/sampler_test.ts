@@ -1,6 +1,6 @@
 import { assertEquals, assertNotEquals, assertThrows } from "@std/assert";
 import { BatchSampler, fingerprint, InvalidArgumentError, loadCorpus, TextDataset } from "../mod.ts";
-import { checkPositive } from "../lib/sampler.ts";
+import { checkPositive } from "../lib/data/sampler.ts";
 
 Deno.test("sampler: the batch sampler is deterministic for a seed, differs across seeds, targets shift by one", async () => {
   const data = TextDataset.fromText(await loadCorpus("moby-dick"));

@@ -1,7 +1,7 @@
 import { assert, assertEquals, assertRejects, assertThrows } from "@std/assert";
-import { ByteTokenizer, loadDocuments, TextDataset } from "../lib/data.ts";
-import { InvalidArgumentError } from "../lib/errors.ts";
-import { encodePair, HFTokenizer, type Tokenizer, TokenizerFileError } from "../lib/tokenizer.ts";
+import { ByteTokenizer, loadDocuments, TextDataset } from "../lib/data/data.ts";
+import { InvalidArgumentError } from "../lib/base/errors.ts";
+import { encodePair, HFTokenizer, type Tokenizer, TokenizerFileError } from "../lib/data/tokenizer.ts";
 import {
   llama2Reference,
   llama2TokenizerJSON,

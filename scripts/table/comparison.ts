@@ -359,7 +359,7 @@ function comparisonNotes(r: TableInput): string[] {
     : `tiny LLaMA (f32), ${r.tiny.batch}x${r.tiny.seq} tokens`;
   const notes = [
     `Main scale: ${scale}. Memory in decimal GB/MB from the ledger (peak per category during ` +
-    `the training steps); "est" is lib/estimate.ts for the same setup, with the difference.`,
+    `the training steps); "est" is lib/estimate/estimate.ts for the same setup, with the difference.`,
   ];
   if (shape) {
     for (const v of ["full", "full-mixed", "lora", "qlora"] as Variant[]) {

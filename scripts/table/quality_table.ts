@@ -1,5 +1,5 @@
 /**
- * The quality table of `./deno task table` (the study: lib/quality.ts): perplexity per base data type
+ * The quality table of `./deno task table` (the study: lib/lab/quality.ts): perplexity per base data type
  * before and after fine-tuning, the differences weighed against the seed-to-seed spread, and the verdict
  * on the claim that NF4 preserves much higher accuracy than Int4.
  *
