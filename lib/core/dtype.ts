@@ -6,8 +6,7 @@
  */
 
 import { InvalidArgumentError } from "../base/mod.ts";
-import { DTYPE } from "../native/mod.ts";
-import { enumNames } from "../native/mod.ts";
+import { DTYPE, enumNames } from "../native/mod.ts";
 
 /** Element types a {@linkcode Tensor} can hold: `"f32" | "bf16" | "f16" | "u8" | "i32"` (`qlora_dtype`). */
 export type DType = "f32" | "bf16" | "f16" | "u8" | "i32";

@@ -6,8 +6,7 @@
  */
 
 import { InvalidArgumentError } from "../base/mod.ts";
-import { CATEGORY, LEDGER_SNAPSHOT } from "../native/mod.ts";
-import { enumNames } from "../native/mod.ts";
+import { CATEGORY, enumNames, LEDGER_SNAPSHOT } from "../native/mod.ts";
 
 /**
  * The key under which Deno's Jupyter kernel looks for a rich display method: an object with a

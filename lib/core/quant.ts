@@ -13,8 +13,7 @@
 import type { Device } from "./device.ts";
 import { assertFloatDType, type FloatDType } from "./dtype.ts";
 import { InvalidArgumentError } from "../base/mod.ts";
-import { QUANT_TYPE } from "../native/mod.ts";
-import { enumNames } from "../native/mod.ts";
+import { enumNames, QUANT_TYPE } from "../native/mod.ts";
 import * as ffi from "../native/mod.ts";
 import type { Category } from "./memory.ts";
 import { Tensor } from "./tensor.ts";

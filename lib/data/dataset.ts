@@ -7,8 +7,7 @@
 
 import { ByteTokenizer } from "./byte_tokenizer.ts";
 import type { CorpusDocument } from "./corpus.ts";
-import { InvalidArgumentError } from "../base/mod.ts";
-import { Xorshift128 } from "../base/mod.ts";
+import { InvalidArgumentError, Xorshift128 } from "../base/mod.ts";
 import { type Batch, type BatchOptions, BatchSampler, checkPositive } from "./sampler.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 

@@ -13,9 +13,8 @@
  */
 
 import { TextDataset } from "./dataset.ts";
-import { Xorshift128 } from "../base/mod.ts";
+import { InvalidArgumentError, Xorshift128 } from "../base/mod.ts";
 import { fingerprint, type SamplerState } from "./sampler.ts";
-import { InvalidArgumentError } from "../base/mod.ts";
 import { encodePair, type Tokenizer } from "./tokenizer.ts";
 import { type BatchSource, datasetSource, type TokenBatch } from "./batches.ts";
 

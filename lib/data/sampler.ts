@@ -5,8 +5,7 @@
  * @module
  */
 
-import { InvalidArgumentError } from "../base/mod.ts";
-import { Xorshift128 } from "../base/mod.ts";
+import { InvalidArgumentError, Xorshift128 } from "../base/mod.ts";
 
 /**
  * A batch of next-token examples. `inputs` and `targets` are row-major `[batchSize, seqLen]`: token `t`

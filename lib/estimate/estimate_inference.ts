@@ -25,8 +25,8 @@ import {
   matmul4bitWorkspace,
   type QuantStorageOptions,
 } from "./estimate.ts";
-import { kvCacheBytes } from "../llama/mod.ts";
 import {
+  kvCacheBytes,
   linearShapes,
   type LlamaConfig,
   TARGET_MODULES,

@@ -24,7 +24,7 @@
  * @module
  */
 
-import type { Device } from "../core/mod.ts";
+import { type Device, formatBytes, parseBytes } from "../core/mod.ts";
 import { InvalidArgumentError } from "../base/mod.ts";
 import {
   estimateMemory,
@@ -34,7 +34,6 @@ import {
   type OptimizerKind,
 } from "./estimate.ts";
 import { estimateInference, type InferenceEstimate, type InferenceOptions } from "./estimate_inference.ts";
-import { formatBytes, parseBytes } from "../core/mod.ts";
 import type { LlamaConfig, TrainMode } from "../llama/mod.ts";
 
 /** A GPU generation and what a process typically loses to it before its first tensor. */

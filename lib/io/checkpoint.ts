@@ -14,21 +14,22 @@
  * @module
  */
 
-import type { Device } from "../core/mod.ts";
-import { type FloatDType, toFloat32 } from "../core/mod.ts";
-import { InvalidArgumentError, SafetensorsError } from "../base/mod.ts";
 import {
+  type Device,
   dynamicMap,
+  type FloatDType,
   quantizationError,
   quantizeAsync,
   QuantizedTensor,
   quantMap,
   type QuantType,
+  Tensor,
+  toFloat32,
 } from "../core/mod.ts";
+import { InvalidArgumentError, SafetensorsError } from "../base/mod.ts";
 import type { SafetensorsDtype } from "./safetensors_header.ts";
 import { SafetensorsReader } from "./safetensors_reader.ts";
 import { SafetensorsWriter } from "./safetensors_writer.ts";
-import { Tensor } from "../core/mod.ts";
 
 /** Options of {@linkcode quantizeCheckpoint}. */
 export interface QuantizeCheckpointOptions {

@@ -14,6 +14,7 @@
  */
 
 import { SafetensorsError } from "../base/mod.ts";
+import { bf16ToF32, type DType, f16ToF32 } from "../core/mod.ts";
 
 /** Element types this module reads and writes. */
 export type SafetensorsDtype = "F32" | "F16" | "BF16" | "U8" | "I32" | "I64";
@@ -62,6 +63,53 @@ export function bytesPerElement(dtype: SafetensorsDtype): number {
     );
   }
   return BYTES_PER_ELEMENT[dtype];
+}
+
+/** The safetensors dtype of each tensor dtype (the one map between the two names). */
+const SAFETENSORS_OF: Readonly<Record<DType, SafetensorsDtype>> = {
+  f32: "F32",
+  bf16: "BF16",
+  f16: "F16",
+  u8: "U8",
+  i32: "I32",
+};
+
+/**
+ * The safetensors dtype a tensor of `dtype` is stored as.
+ *
+ * @example
+ * ```ts
+ * import { safetensorsDtypeOf } from "./safetensors_header.ts";
+ * import { assertEquals } from "@std/assert";
+ * assertEquals([safetensorsDtypeOf("bf16"), safetensorsDtypeOf("u8")], ["BF16", "U8"]);
+ * ```
+ */
+export function safetensorsDtypeOf(dtype: DType): SafetensorsDtype {
+  return SAFETENSORS_OF[dtype];
+}
+
+/**
+ * The f32 values of a float tensor's raw little-endian bytes (F32, BF16 or F16; a view of `bytes` where
+ * its offset allows, else a copy), or null for another dtype: the one decoder of float weights read from
+ * safetensors files.
+ *
+ * @example
+ * ```ts
+ * import { floatValues } from "./safetensors_header.ts";
+ * import { assertEquals } from "@std/assert";
+ * const bf16 = new Uint8Array(new Uint16Array([0x3f80, 0xc000]).buffer); // 1, -2
+ * assertEquals([...floatValues("BF16", bf16)!], [1, -2]);
+ * assertEquals(floatValues("I32", new Uint8Array(4)), null);
+ * ```
+ */
+export function floatValues(dtype: SafetensorsDtype, bytes: Uint8Array): Float32Array | null {
+  const width = dtype === "F32" ? 4 : dtype === "BF16" || dtype === "F16" ? 2 : 0;
+  if (width === 0) return null;
+  const aligned = bytes.byteOffset % width === 0 ? bytes : bytes.slice();
+  const n = aligned.byteLength / width;
+  if (dtype === "F32") return new Float32Array(aligned.buffer, aligned.byteOffset, n);
+  const half = new Uint16Array(aligned.buffer, aligned.byteOffset, n);
+  return dtype === "BF16" ? bf16ToF32(half) : f16ToF32(half);
 }
 
 /** Where one tensor lies in a safetensors file. */

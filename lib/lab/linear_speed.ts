@@ -11,11 +11,8 @@
  * @module
  */
 
-import type { Device } from "../core/mod.ts";
+import { type Device, matmul, matmul4bit, quantize, type QuantType, Tensor } from "../core/mod.ts";
 import { InvalidArgumentError } from "../base/mod.ts";
-import { matmul, matmul4bit } from "../core/mod.ts";
-import { quantize, type QuantType } from "../core/mod.ts";
-import { Tensor } from "../core/mod.ts";
 
 /** What {@linkcode measureLinearSpeed} measures and how long it may take. */
 export interface LinearSpeedOptions {

@@ -14,14 +14,16 @@
  * @module
  */
 
-import { datasetSource } from "../data/mod.ts";
-import type { TextDataset } from "../data/mod.ts";
-import { type LlamaConfig, MODULE_PATHS, TARGET_MODULES, type WeightSource } from "../llama/mod.ts";
-import { LlamaModel } from "../llama/mod.ts";
-import { quantize, type QuantType } from "../core/mod.ts";
-import type { Batch } from "../data/mod.ts";
+import { type Batch, datasetSource, type TextDataset } from "../data/mod.ts";
+import {
+  type LlamaConfig,
+  LlamaModel,
+  MODULE_PATHS,
+  TARGET_MODULES,
+  type WeightSource,
+} from "../llama/mod.ts";
+import { quantize, type QuantType, Tensor } from "../core/mod.ts";
 import { compare, type Difference, type Spread, spread } from "./stats.ts";
-import { Tensor } from "../core/mod.ts";
 import { Trainer } from "../train/mod.ts";
 
 /** The adapters of every run: rank 8, alpha 16, on all seven linear layers (the table's LoRA and QLoRA). */

@@ -7,16 +7,18 @@
  * @module
  */
 
-import { datasetSource } from "../data/mod.ts";
-import { ByteTokenizer } from "../data/mod.ts";
-import { loadDocuments } from "../data/mod.ts";
-import { TextDataset } from "../data/mod.ts";
+import { ByteTokenizer, datasetSource, loadDocuments, TextDataset } from "../data/mod.ts";
 import { InvalidArgumentError } from "../base/mod.ts";
-import { LLAMA_CONFIGS, type LlamaConfig, type WeightSource } from "../llama/mod.ts";
-import { LlamaModel } from "../llama/mod.ts";
-import { Trainer } from "../train/mod.ts";
-import type { StepInfo } from "../train/mod.ts";
-import { loadWeights, ROPE_LAYOUT, saveWeights } from "../llama/mod.ts";
+import {
+  LLAMA_CONFIGS,
+  type LlamaConfig,
+  LlamaModel,
+  loadWeights,
+  ROPE_LAYOUT,
+  saveWeights,
+  type WeightSource,
+} from "../llama/mod.ts";
+import { type StepInfo, Trainer } from "../train/mod.ts";
 
 /** Where `deno task table` and the notebooks cache the tiny base, relative to the repository root. */
 export const TINY_BASE_FILE = "build/tiny-base.safetensors";

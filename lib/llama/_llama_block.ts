@@ -16,13 +16,12 @@ import {
   type TargetModule,
   type WeightSource,
 } from "./llama_config.ts";
-import { LoRALinear, type Trainable } from "../nn/mod.ts";
-import type { KVCache } from "./kv_cache.ts";
 import {
   attentionBackward,
   attentionCached,
   attentionForward,
   type AttentionResult,
+  LoRALinear,
   rmsnormBackward,
   rmsnormForward,
   type RmsnormResult,
@@ -30,10 +29,11 @@ import {
   ropeAt,
   swigluBackward,
   swigluForward,
+  type Trainable,
   zero,
 } from "../nn/mod.ts";
-import { axpby } from "../core/mod.ts";
-import { fillOrDispose, Tensor } from "../core/mod.ts";
+import type { KVCache } from "./kv_cache.ts";
+import { axpby, fillOrDispose, Tensor } from "../core/mod.ts";
 
 /** One generation step as a block sees it: the new tokens per sequence and their positions (i32, on the device). */
 export interface InferStep {

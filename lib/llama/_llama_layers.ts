@@ -6,11 +6,10 @@
  * @module
  */
 
-import type { Device } from "../core/mod.ts";
+import { type Device, Tensor } from "../core/mod.ts";
 import { InvalidArgumentError } from "../base/mod.ts";
 import type { LlamaConfig, TrainMode, WeightSource } from "./llama_config.ts";
 import { Linear, LoRALinear } from "../nn/mod.ts";
-import { Tensor } from "../core/mod.ts";
 
 /** What a block reads from the model it belongs to (a {@linkcode LlamaModel}). */
 export interface BlockHost {

@@ -21,14 +21,16 @@
 
 import { InvalidArgumentError } from "../base/mod.ts";
 import {
+  encodeTensor,
+  GGML_TYPES,
+  type GGMLType,
   GGUF_DEFAULT_ALIGNMENT,
   type GGUFMetadata,
   type GGUFTensorEntry,
   type GGUFTensorInfo,
   ggufValue,
+  GGUFWriter,
 } from "../io/mod.ts";
-import { encodeTensor, GGML_TYPES, type GGMLType } from "../io/mod.ts";
-import { GGUFWriter } from "../io/mod.ts";
 import type { LlamaConfig } from "./llama_config.ts";
 import { LoRALinear } from "../nn/mod.ts";
 import type { LlamaModel } from "./model.ts";

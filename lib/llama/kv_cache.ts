@@ -12,12 +12,10 @@
  * @module
  */
 
-import type { Device } from "../core/mod.ts";
-import { getDevice } from "../core/mod.ts";
+import { type Device, getDevice, Tensor } from "../core/mod.ts";
 import { InvalidArgumentError } from "../base/mod.ts";
 import * as ffi from "../native/mod.ts";
 import type { LlamaConfig } from "./llama_config.ts";
-import { Tensor } from "../core/mod.ts";
 
 /** Options of {@linkcode KVCache}. */
 export interface KVCacheOptions {

@@ -15,8 +15,7 @@
  * @module
  */
 
-import type { Device } from "../core/mod.ts";
-import { getDevice } from "../core/mod.ts";
+import { type Device, getDevice, HostTensor, Tensor } from "../core/mod.ts";
 import { InvalidArgumentError } from "../base/mod.ts";
 import { Block, disposeSaved } from "./_llama_block.ts";
 import { initial } from "./_llama_layers.ts";
@@ -30,20 +29,20 @@ import {
   type TargetModule,
   type TrainMode,
 } from "./llama_config.ts";
-import { Linear, LoRALinear, type Trainable } from "../nn/mod.ts";
 import {
   crossEntropy,
   embeddingBackward,
   embeddingForward,
+  Linear,
+  LoRALinear,
   rmsnormBackward,
   rmsnormForward,
   type RmsnormResult,
+  type Trainable,
   zero,
 } from "../nn/mod.ts";
 import { type GenerateOptions, Generation, type Prompt } from "./generation.ts";
 import type { KVCache } from "./kv_cache.ts";
-import { Tensor } from "../core/mod.ts";
-import { HostTensor } from "../core/mod.ts";
 
 /** What a forward keeps for backward. */
 interface Pending {

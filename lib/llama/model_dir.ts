@@ -15,16 +15,22 @@
  * @module
  */
 
-import { writeFileAtomic } from "../io/mod.ts";
-import { loadQuantGroup, parseGroup, type QuantGroup, STATE_KEY } from "../io/mod.ts";
+import {
+  floatValues,
+  loadQuantGroup,
+  parseGroup,
+  type QuantGroup,
+  safetensorsDtypeOf,
+  SafetensorsReader,
+  SafetensorsWriter,
+  STATE_KEY,
+  type TensorInfo,
+  writeFileAtomic,
+} from "../io/mod.ts";
 import { getDevice } from "../core/mod.ts";
-import { bf16ToF32, f16ToF32 } from "../core/mod.ts";
 import { InvalidArgumentError } from "../base/mod.ts";
 import type { LlamaConfig, WeightSource } from "./llama_config.ts";
 import type { LlamaModel } from "./model.ts";
-import type { TensorInfo } from "../io/mod.ts";
-import { SafetensorsReader } from "../io/mod.ts";
-import { SafetensorsWriter } from "../io/mod.ts";
 
 /** The float type of the stored weights (`torch_dtype`). */
 export type StoredDtype = "f32" | "bf16" | "f16";
@@ -343,15 +349,7 @@ export async function openModelDir(path: string): Promise<ModelDir> {
       using restored = quantized.dequantize({ dtype: "f32", category: "workspace" });
       return restored.toFloat32();
     }
-    const raw = found.reader.readSync(key);
-    switch (found.info.dtype) {
-      case "F32":
-        return new Float32Array(raw.buffer, raw.byteOffset, raw.byteLength / 4);
-      case "BF16":
-        return bf16ToF32(new Uint16Array(raw.buffer, raw.byteOffset, raw.byteLength / 2));
-      default:
-        return f16ToF32(new Uint16Array(raw.buffer, raw.byteOffset, raw.byteLength / 2));
-    }
+    return floatValues(found.info.dtype, found.reader.readSync(key))!; // F32, BF16 or F16: checked above
   };
   const dispose = () => readers.forEach((r) => r.close());
   return { path, hf, files, bytes, weights, dispose, [Symbol.dispose]: dispose };
@@ -436,7 +434,7 @@ export async function saveModelDir(
   const shapes = expectedWeights(c, tie);
   const entries = [...shapes].map(([name, shape]) => ({
     name,
-    dtype: dtype === "bf16" ? "BF16" as const : "F32" as const,
+    dtype: safetensorsDtypeOf(dtype),
     shape,
   }));
   const weightsPath = `${dir}/model.safetensors`;

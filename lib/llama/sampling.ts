@@ -6,8 +6,7 @@
  * @module
  */
 
-import { InvalidArgumentError } from "../base/mod.ts";
-import { Xorshift128 } from "../base/mod.ts";
+import { InvalidArgumentError, Xorshift128 } from "../base/mod.ts";
 
 /** How {@linkcode Sampler} picks tokens. The defaults pick greedily. */
 export interface SamplingOptions {

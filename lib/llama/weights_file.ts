@@ -6,12 +6,10 @@
  * @module
  */
 
-import { bf16ToF32, f16ToF32 } from "../core/mod.ts";
 import { InvalidArgumentError } from "../base/mod.ts";
 import type { LlamaConfig, WeightSource } from "./llama_config.ts";
 import type { LlamaModel } from "./model.ts";
-import { readSafetensors, SafetensorsReader } from "../io/mod.ts";
-import { writeSafetensors } from "../io/mod.ts";
+import { floatValues, readSafetensors, SafetensorsReader, writeSafetensors } from "../io/mod.ts";
 
 /**
  * Saves a model's base weights (f32, Hugging Face names) to a safetensors file, with its config in the
@@ -95,17 +93,11 @@ export async function loadWeights(
         `Cannot load ${name}: shape [${t.info.shape.join(", ")}], expected [${shape.join(", ")}]`,
       );
     }
-    const bytes = t.data.slice();
-    switch (t.info.dtype) {
-      case "F32":
-        return new Float32Array(bytes.buffer);
-      case "BF16":
-        return bf16ToF32(new Uint16Array(bytes.buffer));
-      case "F16":
-        return f16ToF32(new Uint16Array(bytes.buffer));
-      default:
-        throw new InvalidArgumentError(`Cannot load ${name}: dtype ${t.info.dtype} is not a float type`);
+    const values = floatValues(t.info.dtype, t.data.slice());
+    if (!values) {
+      throw new InvalidArgumentError(`Cannot load ${name}: dtype ${t.info.dtype} is not a float type`);
     }
+    return values;
   };
   return { weights, config, ropeLayout };
 }

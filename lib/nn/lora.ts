@@ -14,12 +14,20 @@
  * @module
  */
 
-import type { Device } from "../core/mod.ts";
-import { getDevice } from "../core/mod.ts";
+import {
+  axpby,
+  type Device,
+  dropout,
+  fillOrDispose,
+  fillUniform,
+  getDevice,
+  matmul,
+  matmul4bit,
+  quantize,
+  type QuantizedTensor,
+  Tensor,
+} from "../core/mod.ts";
 import { InvalidArgumentError } from "../base/mod.ts";
-import { axpby, dropout, fillUniform, matmul, matmul4bit } from "../core/mod.ts";
-import { quantize, type QuantizedTensor } from "../core/mod.ts";
-import { fillOrDispose, Tensor } from "../core/mod.ts";
 
 /** Compute dtypes of the layers. */
 export type ComputeDType = "f32" | "bf16";

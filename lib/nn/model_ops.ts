@@ -8,8 +8,7 @@
 
 import { InvalidArgumentError } from "../base/mod.ts";
 import * as ffi from "../native/mod.ts";
-import type { Category } from "../core/mod.ts";
-import { Tensor } from "../core/mod.ts";
+import { type Category, Tensor } from "../core/mod.ts";
 
 type Act = "f32" | "bf16";
 

@@ -12,12 +12,10 @@
  * @module
  */
 
-import type { Device } from "../core/mod.ts";
-import { hostArray } from "../core/mod.ts";
+import { type Device, hostArray, type Tensor } from "../core/mod.ts";
 import { InvalidArgumentError } from "../base/mod.ts";
 import * as ffi from "../native/mod.ts";
 import type { Trainable } from "../nn/mod.ts";
-import type { Tensor } from "../core/mod.ts";
 
 /** Options of {@linkcode AdamW}, {@linkcode PagedAdamW} and {@linkcode AdamW8bit}. */
 export interface AdamWOptions {

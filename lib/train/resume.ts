@@ -15,17 +15,20 @@
  * @module
  */
 
-import { pauseForTest } from "../base/mod.ts";
-import { MODULE_PATHS, type TargetModule } from "../llama/mod.ts";
-import type { LlamaModel } from "../llama/mod.ts";
+import { InvalidArgumentError, pauseForTest } from "../base/mod.ts";
+import { type LlamaModel, MODULE_PATHS, type TargetModule } from "../llama/mod.ts";
 import { LoRALinear } from "../nn/mod.ts";
 import type { StateTensor } from "../optim/mod.ts";
-import { readSafetensors, SafetensorsReader } from "../io/mod.ts";
-import { SafetensorsWriter, writeSafetensors } from "../io/mod.ts";
-import { bf16ToF32, hostArray } from "../core/mod.ts";
-import { writeFileAtomic } from "../io/mod.ts";
-import { Tensor } from "../core/mod.ts";
-import { InvalidArgumentError } from "../base/mod.ts";
+import {
+  floatValues,
+  readSafetensors,
+  safetensorsDtypeOf,
+  SafetensorsReader,
+  SafetensorsWriter,
+  writeFileAtomic,
+  writeSafetensors,
+} from "../io/mod.ts";
+import { hostArray, Tensor } from "../core/mod.ts";
 import type { StepInfo } from "./training_progress.ts";
 
 /** A LoRA layer of a model with its PEFT key prefix (`base_model.model.model.layers.N.self_attn.q_proj`). */
@@ -121,7 +124,7 @@ export async function saveCheckpoint(
   const written: string[] = [];
   const tensors = trainableEntries(model).map(({ key, tensor }) => ({
     name: key,
-    dtype: (tensor.dtype === "f32" ? "F32" : "BF16") as "F32" | "BF16",
+    dtype: safetensorsDtypeOf(tensor.dtype),
     shape: [...tensor.shape],
     data: bytesOf(tensor),
   }));
@@ -213,12 +216,7 @@ export async function loadAdapter(model: LlamaModel, dir: string): Promise<void>
           `${key} has shape [${found.info.shape.join(", ")}], the model's is [${t.shape.join(", ")}]`,
         );
       }
-      const bytes = found.data.slice();
-      const values = found.info.dtype === "F32"
-        ? new Float32Array(bytes.buffer)
-        : found.info.dtype === "BF16"
-        ? bf16ToF32(new Uint16Array(bytes.buffer))
-        : null;
+      const values = found.info.dtype === "F16" ? null : floatValues(found.info.dtype, found.data.slice());
       if (!values) throw fail(`${key} is ${found.info.dtype}, not F32 or BF16`);
       using v = Tensor.from(values, { shape: [...t.shape], device: t.device, category: "workspace" });
       using cast = v.cast(t.dtype as "f32" | "bf16");
@@ -503,14 +501,6 @@ function putBytes(t: Tensor, bytes: Uint8Array): void {
   t.copyFrom(values);
 }
 
-const SAFETENSORS_DTYPE: Record<string, string> = {
-  f32: "F32",
-  bf16: "BF16",
-  f16: "F16",
-  u8: "U8",
-  i32: "I32",
-};
-
 /**
  * Checks that a safetensors file holds exactly the expected tensors (names, dtypes, shapes), then copies
  * each one's bytes where `put` says. Nothing is written unless all match.
@@ -595,7 +585,7 @@ export async function readTrainingCheckpoint(
   const weights = `${path}/${model.mode === "full" ? "model.safetensors" : "adapter_model.safetensors"}`;
   const weightEntries = trainableEntries(model).map(({ key, tensor }) => ({
     name: key,
-    dtype: SAFETENSORS_DTYPE[tensor.dtype],
+    dtype: safetensorsDtypeOf(tensor.dtype),
     shape: tensor.shape,
     put: (bytes: Uint8Array) => putBytes(tensor, bytes),
   }));

@@ -9,14 +9,12 @@
  * @module
  */
 
-import { AdamW } from "../optim/mod.ts";
-import { AdamW8bit } from "../optim/mod.ts";
+import { AdamW, AdamW8bit, PagedAdamW } from "../optim/mod.ts";
 import type { BatchSource, TokenBatch } from "../data/mod.ts";
-import { InvalidArgumentError } from "../base/mod.ts";
+import { InvalidArgumentError, pauseForTest } from "../base/mod.ts";
 import { LoRALinear } from "../nn/mod.ts";
 import type { LlamaModel } from "../llama/mod.ts";
-import { axpby } from "../core/mod.ts";
-import { PagedAdamW } from "../optim/mod.ts";
+import { axpby, Tensor } from "../core/mod.ts";
 import {
   type CheckpointEntry,
   dropoutSteps,
@@ -27,9 +25,7 @@ import {
   type TrainingState,
   writeTrainingCheckpoint,
 } from "./resume.ts";
-import { pauseForTest } from "../base/mod.ts";
 import { learningRate } from "./schedule.ts";
-import { Tensor } from "../core/mod.ts";
 import type { StepInfo } from "./training_progress.ts";
 
 /** Options of {@linkcode Trainer}. */
