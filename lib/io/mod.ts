@@ -9,7 +9,7 @@ export * from "./atomic_file.ts";
 export * from "./safetensors_header.ts";
 export * from "./safetensors_reader.ts";
 export * from "./safetensors_writer.ts";
-export * from "./checkpoint.ts";
+export * from "./bnb4bit_file.ts";
 export * from "./gguf_format.ts";
 export * from "./gguf_quant.ts";
 export * from "./gguf_reader.ts";

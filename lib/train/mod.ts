@@ -6,5 +6,6 @@
 
 export * from "./schedule.ts";
 export * from "./training_progress.ts";
-export * from "./resume.ts";
+export * from "./adapters.ts";
+export * from "./training_checkpoint.ts";
 export * from "./trainer.ts";

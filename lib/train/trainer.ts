@@ -2,7 +2,7 @@
  * Training loop for {@linkcode LlamaModel}: the learning-rate schedule of `schedule.ts`, clipping by
  * global norm, gradient accumulation, evaluation loss and perplexity, tokens per second, a ledger
  * snapshot per step ({@linkcode StepInfo}, shown by `training_progress.ts`), and resumable checkpoints
- * (lib/train/resume.ts): every N steps and at the end, the last K kept; `resume` continues from the latest
+ * (lib/train/training_checkpoint.ts): every N steps and at the end, the last K kept; `resume` continues from the latest
  * complete one and ends bit for bit where an uninterrupted run ends. Batches come from a
  * {@linkcode BatchSource} (`batches.ts`).
  *
@@ -21,10 +21,10 @@ import {
   listCheckpoints,
   pruneCheckpoints,
   readTrainingCheckpoint,
-  saveCheckpoint,
   type TrainingState,
   writeTrainingCheckpoint,
-} from "./resume.ts";
+} from "./training_checkpoint.ts";
+import { saveCheckpoint } from "./adapters.ts";
 import { learningRate } from "./schedule.ts";
 import type { StepInfo } from "./training_progress.ts";
 
