@@ -1,7 +1,8 @@
 /**
- * The process holds what the ledger says: on the CPU backend device memory is host memory, so the growth of
- * the process's peak resident set over a training step is the ledger's peak plus what the runtime itself
- * takes, and freeing the model gives the memory back to the system.
+ * The process holds what the ledger says, with QLORA_CPU_RETURN_MEMORY=1: on the CPU backend device memory is
+ * host memory, so the growth of the process's peak resident set over a training step is the ledger's peak
+ * plus what the runtime itself takes, and freeing the model gives the memory back to the system. (By default
+ * the backend allocates from malloc, faster, and glibc keeps freed chunks: see cuda/src/cpu/memory.cpp.)
  */
 import { assert } from "@std/assert";
 import { getDevice, type TrainMode } from "../mod.ts";
@@ -12,12 +13,13 @@ if (!cpu) console.log("ledger_rss_test: skipped, the suite runs on another backe
 
 for (const mode of ["full", "lora", "qlora"] as TrainMode[]) {
   Deno.test({
-    name: `ledger = RSS (${mode}): a 0.5B model's two steps grow the peak RSS by the ledger's peak, >= 95%`,
+    name:
+      `ledger = RSS (${mode}, QLORA_CPU_RETURN_MEMORY=1): a 0.5B model's two steps, >= 95%, memory given back`,
     ignore: !cpu,
     async fn() {
       const out = await new Deno.Command(Deno.execPath(), {
         args: ["run", "-A", CHILD, mode],
-        env: { QLORA_BACKEND: "cpu" },
+        env: { QLORA_BACKEND: "cpu", QLORA_CPU_RETURN_MEMORY: "1" },
         stdout: "piped",
         stderr: "piped",
       }).output();
