@@ -11,7 +11,7 @@ const status = (key: string) =>
   Number(Deno.readTextFileSync("/proc/self/status").match(new RegExp(`${key}:\\s+(\\d+) kB`))![1]) * 1024;
 const device = getDevice();
 {
-  using warm = Tensor.zeros([1]); // the library loaded and initialised before the baseline
+  using _warm = Tensor.zeros([1]); // the library loaded and initialised before the baseline
 }
 const base = status("VmRSS");
 device.resetPeak();
