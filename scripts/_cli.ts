@@ -128,6 +128,12 @@ export function budgetFlags(flags: Record<string, string | boolean>): BudgetFlag
   return { budget, reserve, ledger: budget - reserve };
 }
 
+/** The help lines of {@linkcode budgetFlags}'s flags, for the commands that take them. */
+export const BUDGET_HELP: readonly HelpOption[] = [
+  ["--budget SIZE", "cap the ledger, such as 6GiB (an OutOfMemoryError past it); default none"],
+  ["--reserve SIZE", "the device's overhead (CUDA context, workspaces), out of --budget; default 0"],
+];
+
 /** A training step's memory savers from the command line, as `LlamaOptions` takes them. */
 export interface StepMemoryFlags {
   /** `--checkpointing`: recompute each block in backward. */
@@ -172,6 +178,13 @@ export function stepMemoryFlags(flags: Record<string, string | boolean>): StepMe
   }
   return { checkpointing, offloadCheckpoints, lossChunk };
 }
+
+/** The help lines of {@linkcode stepMemoryFlags}'s flags, for the commands that take them. */
+export const STEP_MEMORY_HELP: readonly HelpOption[] = [
+  ["--checkpointing", "recompute each block in backward from its saved input; default off"],
+  ["--offload-checkpoints", "keep those inputs in the host pool (needs --checkpointing); default off"],
+  ["--loss-chunk N", "LM head and loss rows at a time (0: all); default those whose logits fit 32 MiB"],
+];
 
 /**
  * Parses `--name value`, `--name=value` and boolean `--name`; unknown flags are an error.

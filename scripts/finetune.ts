@@ -47,11 +47,13 @@ import {
   Trainer,
 } from "../mod.ts";
 import {
+  BUDGET_HELP,
   budgetFlags,
   helpText,
   intFlags,
   parseArgs,
   runMain,
+  STEP_MEMORY_HELP,
   stepMemoryFlags,
   takeOptionalFlag,
   targetsFlag,
@@ -85,20 +87,8 @@ const USAGE = helpText(
     ],
     ["--dtype bf16|f32", "weights and activations; default bf16"],
     ["--seed N", "seed of the adapters and the data's split and order (>= 1); default 0"],
-    ["--checkpointing", "recompute each block in backward from its saved input; default off"],
-    [
-      "--offload-checkpoints",
-      "keep those inputs in the host pool (needs --checkpointing); default off",
-    ],
-    [
-      "--loss-chunk N",
-      "LM head and loss rows at a time (0: all); default those whose logits fit 32 MiB",
-    ],
-    ["--budget SIZE", "cap the ledger, such as 6GiB (an OutOfMemoryError past it); default none"],
-    [
-      "--reserve SIZE",
-      "the device's overhead (CUDA context, workspaces), out of --budget; default 0",
-    ],
+    ...STEP_MEMORY_HELP,
+    ...BUDGET_HELP,
     [
       "--out DIR",
       "the adapter and checkpoints; default build/finetune/NAME-MODE (NAME: --model's)",

@@ -54,6 +54,7 @@ import {
   intFlags,
   parseArgs,
   runMain,
+  STEP_MEMORY_HELP,
   stepMemoryFlags,
   targetsFlag,
   UsageError,
@@ -76,12 +77,7 @@ const USAGE = helpText([
     "the linears that get adapters (with or without _proj); default all seven",
   ],
   ["--dtype bf16|f32", "weights and activations; default bf16"],
-  ["--checkpointing", "recompute each block in backward from its saved input (training); default off"],
-  ["--offload-checkpoints", "keep those inputs in the host pool (needs --checkpointing); default off"],
-  [
-    "--loss-chunk N",
-    "LM head and loss rows at a time (0: all); default those whose logits fit 32 MiB",
-  ],
+  ...STEP_MEMORY_HELP,
   [
     "--optimizer adamw|paged|8bit",
     "AdamW, PagedAdamW or AdamW8bit (training); default paged for qlora, else adamw",

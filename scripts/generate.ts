@@ -23,7 +23,7 @@ import {
   type TargetModule,
   TextStream,
 } from "../mod.ts";
-import { budgetFlags, helpText, parseArgs, runMain, UsageError } from "./_cli.ts";
+import { BUDGET_HELP, budgetFlags, helpText, parseArgs, runMain, UsageError } from "./_cli.ts";
 
 const USAGE = helpText(
   "./deno task generate --model DIR --prompt TEXT [--adapter DIR] [--mode full|lora|qlora] [options]",
@@ -51,11 +51,7 @@ const USAGE = helpText(
     ["--repetition-penalty R", "divide (multiply) the positive (negative) logits of tokens seen; default 1"],
     ["--seed N", "seed of the draws; default 0"],
     ["--dtype bf16|f32", "weights and activations; default bf16"],
-    ["--budget SIZE", "a memory budget such as 6GiB (an OutOfMemoryError past it); default none"],
-    [
-      "--reserve SIZE",
-      "the device's overhead (CUDA context, workspaces), out of --budget; default 0",
-    ],
+    ...BUDGET_HELP,
     ["--grow-by N", "grow the KV cache in chunks of N rows; default 0 (allocated whole at the start)"],
     [
       "--no-bos",

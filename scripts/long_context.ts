@@ -28,7 +28,7 @@ import {
   PagedAdamW,
   Tensor,
 } from "../mod.ts";
-import { budgetFlags, helpText, intFlags, parseArgs, runMain, UsageError } from "./_cli.ts";
+import { budgetFlags, helpText, intFlags, parseArgs, runMain, stepMemoryFlags, UsageError } from "./_cli.ts";
 
 const USAGE = helpText("./deno task long-context [--model 7b|8b] [--seq N] [--budget SIZE] [options]", [
   ["--model 7b|8b", "LLaMA-2-7B or LLaMA-3.1-8B shapes, synthetic weights; default 7b"],
@@ -118,12 +118,9 @@ await runMain(() => {
   const seq = int("seq", 4096);
   if (seq > whole.maxSeq) throw new UsageError(`--seq ${seq} exceeds ${NAMES[name]}'s ${whole.maxSeq}`);
   const config = { ...whole, layers };
-  const budget = budgetFlags({ budget: "6GiB", reserve: "0.31GiB", ...flags });
+  const budget = budgetFlags({ budget: "6GiB", reserve: "0.31GiB", ...flags })!; // never null: a default
   const offload = !flags["no-offload"];
-  const lossChunk = flags["loss-chunk"] === undefined ? undefined : Number(flags["loss-chunk"]);
-  if (lossChunk !== undefined && (!Number.isSafeInteger(lossChunk) || lossChunk < 0)) {
-    throw new UsageError("--loss-chunk must be an integer >= 0 (0: all rows at once)");
-  }
+  const { lossChunk } = stepMemoryFlags({ ...flags, checkpointing: true });
   const device = getDevice();
   const options: EstimateOptions = {
     mode: "qlora",
@@ -141,12 +138,13 @@ await runMain(() => {
   log(
     `${NAMES[name]}${layers < whole.layers ? `, ${layers} of its ${whole.layers} blocks` : ""}: QLoRA, ` +
       `1 x ${seq} tokens, checkpointing${offload ? " offloaded to the host pool" : ""}, loss in chunks of ` +
-      `${lossChunk ?? "the default"} rows; ledger budget ${formatBytes(budget!.ledger)} ` +
-      `(${formatBytes(budget!.budget)} less a reserve of ${formatBytes(budget!.reserve)})`,
+      `${lossChunk ?? "the default"} rows; ledger budget ${formatBytes(budget.ledger)} ` +
+      `(${formatBytes(budget.budget)} less a reserve of ${formatBytes(budget.reserve)})`,
   );
-  device.setMemoryBudget(budget!.ledger);
+  device.setMemoryBudget(budget.ledger);
   const t0 = performance.now();
-  let step: StepResult, compared: StepResult | null = null, offloadSeconds = NaN;
+  let step: StepResult;
+  let compared: { offloaded: number; kept: StepResult } | null = null;
   {
     using model = new LlamaModel(config, {
       mode: "qlora",
@@ -166,17 +164,15 @@ await runMain(() => {
       // plans): the two kinds of step in turn, the faster of two each.
       device.setMemoryBudget(0);
       log("again, twice each with and without offloading (no budget)...");
-      const times = { true: Infinity, false: Infinity };
-      let last: StepResult | null = null;
+      let offloaded = Infinity, kept: StepResult | null = null;
       for (let i = 0; i < 4; i++) {
         model.offloadCheckpoints = i % 2 === 0;
         const r = trainStep(model, opt, seq);
         if (r.outOfMemory) throw new Error(r.outOfMemory);
-        times[`${model.offloadCheckpoints}`] = Math.min(times[`${model.offloadCheckpoints}`], r.seconds);
-        if (!model.offloadCheckpoints) last = r;
+        if (model.offloadCheckpoints) offloaded = Math.min(offloaded, r.seconds);
+        else if (!kept || r.seconds < kept.seconds) kept = r;
       }
-      compared = { ...last!, seconds: times.false };
-      offloadSeconds = times.true;
+      compared = { offloaded, kept: kept! };
     }
   }
   device.setMemoryBudget(0);
@@ -218,15 +214,14 @@ await runMain(() => {
       step.outOfMemory
         ? `out of memory: ${step.outOfMemory}`
         : `trained one step in ${step.seconds.toFixed(1)} s with ${
-          formatBytes(budget!.ledger - step.totalPeak)
+          formatBytes(budget.ledger - step.totalPeak)
         } of the ledger's budget to spare`,
       ...(compared
         ? [
-          `warm steps: offloaded ${offloadSeconds.toFixed(2)} s, kept on the device ${
-            compared.seconds.toFixed(2)
-          } s ` +
-          `(peak ${formatBytes(compared.totalPeak)}): the offload costs ${
-            (offloadSeconds / compared.seconds).toFixed(3)
+          `warm steps: offloaded ${compared.offloaded.toFixed(2)} s, kept on the device ${
+            compared.kept.seconds.toFixed(2)
+          } s (peak ${formatBytes(compared.kept.totalPeak)}): the offload costs ${
+            (compared.offloaded / compared.kept.seconds).toFixed(3)
           }x the step time`,
         ]
         : []),

@@ -39,11 +39,13 @@ import {
   type TrainMode,
 } from "../mod.ts";
 import {
+  BUDGET_HELP,
   budgetFlags,
   helpText,
   intFlags,
   parseArgs,
   runMain,
+  STEP_MEMORY_HELP,
   stepMemoryFlags,
   takeOptionalFlag,
   UsageError,
@@ -65,20 +67,8 @@ const USAGE = helpText(
     ["--rank R", "rank of the LoRA adapters (lora, qlora); default 8"],
     ["--alpha A", "LoRA alpha: the adapters' update is scaled by alpha / rank; default 16"],
     ["--seed N", "seed of the model's initialization; default 0"],
-    ["--checkpointing", "recompute each block in backward from its saved input; default off"],
-    [
-      "--offload-checkpoints",
-      "keep those inputs in the host pool (needs --checkpointing); default off",
-    ],
-    [
-      "--loss-chunk N",
-      "LM head and loss rows at a time (0: all); default those whose logits fit 32 MiB",
-    ],
-    ["--budget SIZE", "cap the ledger, such as 6GiB (an OutOfMemoryError past it); default none"],
-    [
-      "--reserve SIZE",
-      "the device's overhead (CUDA context, workspaces), out of --budget; default 0",
-    ],
+    ...STEP_MEMORY_HELP,
+    ...BUDGET_HELP,
     [
       "--base WEIGHTS",
       "start from weights that --save wrote; default a fresh tiny LLaMA",

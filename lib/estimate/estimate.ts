@@ -276,9 +276,14 @@ function gemm4bitWorkspace(
   // CPU: one tile of W as f32, 2^22 values of rows (transW) or of columns, widths a multiple of 16; none
   // for a few rows (the fused products).
   if (m <= CPU_FUSED_ROWS) return 0;
+  return cpuTileColumns(n, k) * k * 4;
+}
+
+/** Columns of op(W) in one of the CPU's dequantization tiles (`tile_width` in cuda/src/cpu/gemm.cpp). */
+function cpuTileColumns(n: number, k: number): number {
   let width = Math.max(Math.floor(2 ** 22 / k), 1);
   if (width >= 16) width = Math.floor(width / 16) * 16;
-  return Math.min(width, n) * k * 4;
+  return Math.min(width, n);
 }
 
 /** Query rows a CPU attention task scores at a time (`kQueryBlock` in cuda/src/cpu/model.cpp). */
@@ -346,8 +351,8 @@ export function nativeScratchBytes(
  * constants where it reads them), and on the CPU's fused path for a few rows X widened to f32 (bf16 X),
  * forward also the rows' f32 dot products with every row of W and, for a LoRA bypass of `rank`, its h and
  * Bᵀ in f32; past 64 rows of bf16 X and an inner dimension of 3,072, oneDNN's f32 accumulators for each
- * tile's product (per thread, rows x the tile's columns, in its scratchpad). `transW` true is forward (`x Wᵀ`), false the input gradient
- * (`dy W`).
+ * tile's product (per thread, rows x the tile's columns, in its scratchpad). `transW` true is forward
+ * (`x Wᵀ`), false the input gradient (`dy W`).
  *
  * @example
  * ```ts
@@ -384,8 +389,7 @@ export function matmul4bitWorkspace(
     // set per thread: rows x the tile's columns (measured with Debian's oneDNN: exactly that at k = 4,096
     // and 11,008 from 128 rows on, e.g. 32 MiB for 7B's q_proj at 4,096 tokens on 2 threads, 16 MiB on
     // 1; none at k <= 3,072).
-    const columns = own / (4 * k);
-    return own + 4 * cpuThreads(options.threads) * tokens * columns;
+    return own + 4 * cpuThreads(options.threads) * tokens * cpuTileColumns(n, k);
   }
   if (tokens > CPU_FUSED_ROWS) return own;
   // The fused products' scratch (gemv4_scratch_bytes in cuda/src/cpu/gemv4.cpp): bf16 X widened to f32
@@ -473,8 +477,9 @@ function trainableTensors(
  *   or, if larger, one chunk of the LM head in forward: its rows of the final norm's output, their logits
  *   and their input gradient.
  *
- * Workspace: the cross-entropy's f32 losses (in chunks, a chunk's losses and targets), a LoRA layer's dh (r-wide) in backward, and for QLoRA each
- * 4-bit product's workspace ({@linkcode matmul4bitWorkspace}), whichever is largest at one time.
+ * Workspace: the cross-entropy's f32 losses (in chunks, a chunk's losses and targets), a LoRA layer's dh
+ * (r-wide) in backward, and for QLoRA each 4-bit product's workspace ({@linkcode matmul4bitWorkspace}),
+ * whichever is largest at one time.
  *
  * @example
  * ```ts
@@ -582,7 +587,7 @@ export function estimateMemory(config: LlamaConfig, options: EstimateOptions): M
       const dh = tokens * rank * e;
       let w = dh;
       if (mode === "qlora") {
-        const q = { ...options, backend, dtype, rank, threads: options.threads };
+        const q = { ...options, backend, dtype, rank };
         const forward = matmul4bitWorkspace(shapes[m], tokens, true, q);
         const noInput = !inputGrad && ["q_proj", "k_proj", "v_proj"].includes(m);
         w = Math.max(forward, noInput ? dh : dh + matmul4bitWorkspace(shapes[m], tokens, false, q));

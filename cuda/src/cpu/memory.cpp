@@ -27,8 +27,8 @@ void backend_device_memory(uint64_t* free_bytes, uint64_t* total_bytes) {
 // With QLORA_CPU_RETURN_MEMORY=1, buffers of kMapMin bytes or more get pages of their own (mmap), returned
 // to the system when freed, so the process's resident memory follows the ledger (measured: a 0.5B-parameter
 // model's two steps grow the peak RSS by 1.00-1.02x the ledger's peak, against 1.08-1.18x from malloc, and
-// give back all but 13-26 MiB after freeing, where malloc keeps 96%). It is off by default because fresh
-// pages cost: 1.36x the step time for LoRA and 1.65x for QLoRA (two 7B blocks at 1x512), where glibc reuses
+// give back all but 12-26 MiB after freeing, where malloc keeps 96%). It is off by default because fresh
+// pages cost about 1.6x the step time for LoRA and QLoRA (two 7B blocks at 1x512), where glibc reuses
 // the chunks it keeps in its arenas (below its dynamic mmap threshold, which grows to 32 MiB) without a
 // page fault. Under AddressSanitizer every buffer comes from its malloc, which guards each.
 constexpr uint64_t kMapMin = 64 * 1024;
@@ -56,7 +56,7 @@ MappedBuffers& mapped() {
   return *m;
 }
 
-// bytes of zeroed memory, 256-byte aligned (pages of its own from kMapMin on); nullptr if refused.
+// bytes of memory, 256-byte aligned, zeroed with `zero` (mapped pages are zero anyway); nullptr if refused.
 void* buffer_alloc(uint64_t bytes, bool zero) {
   if (bytes < kMapMin || !return_memory()) {
     void* p = nullptr;
@@ -75,6 +75,7 @@ void* buffer_alloc(uint64_t bytes, bool zero) {
 
 // Frees a pointer of buffer_alloc: its pages go back to the system, or the chunk back to malloc.
 void buffer_free(void* p) {
+  if (!return_memory()) return free(p);  // nothing was mapped: no table to look in
   uint64_t bytes = 0;
   {
     MappedBuffers& m = mapped();
