@@ -1,8 +1,9 @@
 /**
  * The process holds what the ledger says, with QLORA_CPU_RETURN_MEMORY=1: on the CPU backend device memory is
  * host memory, so the growth of the process's peak resident set over a training step is the ledger's peak
- * plus what the runtime itself takes, and freeing the model gives the memory back to the system. (By default
- * the backend allocates from malloc, faster, and glibc keeps freed chunks: see cuda/src/cpu/memory.cpp.)
+ * plus what the runtime itself takes, and freeing the model gives the memory back to the system: the
+ * process's anonymous memory returns to within 5% of the ledger's peak of where it was. (By default the
+ * backend allocates from malloc, faster, and glibc keeps freed chunks: see cuda/src/cpu/memory.cpp.)
  */
 import { assert } from "@std/assert";
 import { getDevice, type TrainMode } from "../mod.ts";

@@ -27,7 +27,7 @@ void backend_device_memory(uint64_t* free_bytes, uint64_t* total_bytes) {
 // With QLORA_CPU_RETURN_MEMORY=1, buffers of kMapMin bytes or more get pages of their own (mmap), returned
 // to the system when freed, so the process's resident memory follows the ledger (measured: a 0.5B-parameter
 // model's two steps grow the peak RSS by 1.00-1.02x the ledger's peak, against 1.08-1.18x from malloc, and
-// give back all but 12-26 MiB after freeing, where malloc keeps 96%). It is off by default because fresh
+// give back all their anonymous memory after freeing, where malloc keeps 96%). It is off by default because fresh
 // pages cost about 1.6x the step time for LoRA and QLoRA (two 7B blocks at 1x512), where glibc reuses
 // the chunks it keeps in its arenas (below its dynamic mmap threshold, which grows to 32 MiB) without a
 // page fault. Under AddressSanitizer every buffer comes from its malloc, which guards each.
@@ -77,6 +77,7 @@ void* buffer_alloc(uint64_t bytes, bool zero) {
 void buffer_free(void* p) {
   if (!return_memory()) return free(p);  // nothing was mapped: no table to look in
   uint64_t bytes = 0;
+  bool last = false;
   {
     MappedBuffers& m = mapped();
     std::lock_guard<std::mutex> lock(m.mutex);
@@ -85,10 +86,15 @@ void buffer_free(void* p) {
       bytes = it->second;
       m.bytes -= bytes;
       m.sizes.erase(it);
+      last = m.bytes == 0;
     }
   }
-  if (bytes) munmap(p, bytes);
-  else free(p);
+  if (bytes == 0) return free(p);
+  munmap(p, bytes);
+  // The last mapped buffer gone (a model freed): give back malloc's free pages too, which its arenas keep
+  // from the smaller allocations of this library and of the libraries it calls (measured: 15-22 MiB after
+  // a 0.5B model's two steps). Rare, so the cost of walking the arenas does not matter.
+  if (last) malloc_trim(0);
 }
 
 uint64_t backend_process_used() {
