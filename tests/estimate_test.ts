@@ -135,21 +135,28 @@ Deno.test("estimate: optimizers, paging and the 4-bit workspace of each backend"
   assertEquals([paged.pageable, paged.masterWeights], [8 * ADAPTERS_7B, 4 * ADAPTERS_7B]);
   assertEquals(paged.minimum, paged.peak - 8 * ADAPTERS_7B + 4 * 2 ** 20);
   assertEquals([plain.pageable, plain.minimum], [0, plain.peak]);
-  // Workspace: the CPU dequantizes a tile of W (down_proj backward: the tile, oneDNN's f32 accumulators
-  // for its 512 rows and dh); CUDA decodes W where
-  // it reads it (no 4-bit workspace), so its largest is a kernel's own scratch: RMSNorm's partial column
-  // sums, 4 · ceil(tokens / 32) · dim.
-  const cuda = at({ backend: "cuda" }), cpu = at({});
+  // Workspace: the CPU's largest is down_proj's backward, a tile of W's size (its panel GEMM's scratch is
+  // smaller on 2 threads) and dh; CUDA decodes W where it reads it (no 4-bit workspace), so its largest
+  // is a kernel's own scratch: RMSNorm's partial column sums, 4 · ceil(tokens / 32) · dim.
+  const cuda = at({ backend: "cuda" }), cpu = at({ threads: 2 });
   assertEquals(cuda.bytes.workspace, 4 * 16 * 4096);
   const tile = matmul4bitWorkspace([4096, 11008], 512, false);
   assertEquals(tile, 1024 * 4096 * 4);
   assertEquals(
     cpu.bytes.workspace,
-    matmul4bitWorkspace([4096, 11008], 512, false, { dtype: "bf16" }) + 512 * 8 * 2,
+    matmul4bitWorkspace([4096, 11008], 512, false, { dtype: "bf16", threads: 2 }) + 512 * 8 * 2,
   );
+  assertEquals(matmul4bitWorkspace([4096, 11008], 512, false, { dtype: "bf16", threads: 2 }), tile);
+  // On 64 threads the panels' scratch is larger: per thread 256 x 128 bf16 and 512 x 128 f32.
   assertEquals(
-    matmul4bitWorkspace([4096, 11008], 512, false, { dtype: "bf16", threads: 2 }),
-    tile + 2 * 512 * 1024 * 4,
+    matmul4bitWorkspace([4096, 11008], 512, false, { dtype: "bf16", threads: 64 }),
+    64 * (256 * 128 * 2 + 512 * 128 * 4),
+  );
+  // Past 512 rows forward, oneDNN multiplies dequantized tiles (368 rows of W) and keeps f32 accumulators
+  // per thread (rows x the tile's columns).
+  assertEquals(
+    matmul4bitWorkspace([4096, 11008], 1024, true, { dtype: "bf16", threads: 2 }),
+    368 * 11008 * 4 + 2 * 1024 * 368 * 4,
   );
   assertEquals(at({ backend: "cuda", seq: 4 }).bytes.workspace, 4 * 1 * 4096); // the GEMV: none either
 });

@@ -1004,14 +1004,34 @@ void test_gemm_4bit(Rng& rng) {
         for (int32_t xd : kActDtypes) gemm4_case(rng, w, 1, m, xd, xd, 1.0f, m == 3 ? 1.0f : 0.0f, 8);
   }
   // Many rows of bf16 X over whole blocks (the CPU's panel-decoding GEMM where the CPU has AVX512_BF16):
-  // every type, plain and double-quantized constants, rows past a block of X (64) and a panel of W (4)
-  // that do not divide evenly, beta, C in both dtypes, and a bypass.
+  // every type, plain and double-quantized constants, rows past a block of X (64) and a chunk of W (96
+  // rows, 6 per micro-kernel call) that do not divide evenly, beta, C in both dtypes, and a bypass; k past
+  // one panel (4096 values).
   for (int32_t qt : {QLORA_NF4, QLORA_FP4, QLORA_INT4}) {
     const bool dq = qt != QLORA_FP4;
     const Weight4 w(rng, 163, 256, qt, qt == QLORA_INT4 ? 128 : 64, dq);
     for (uint64_t m : {(uint64_t)9, (uint64_t)30, pick(67, 131)})
       gemm4_case(rng, w, 1, m, QLORA_BF16, m == 30 ? QLORA_F32 : QLORA_BF16, 0.5f, m == 9 ? 1.0f : 0.0f,
                  qt == QLORA_NF4 ? 8 : 0);
+  }
+  gemm4_case(rng, Weight4(rng, 100, 4160, QLORA_NF4, 64, true), 1, pick(13, 70), QLORA_BF16, QLORA_BF16, 1.0f, 0.0f);
+  // Input gradients of many bf16 rows (trans_w = 0) over whole blocks along n (the CPU's column-chunk GEMM
+  // where the CPU has AVX512_BF16): n a multiple of 64 but not of its 128-column chunks, k past two panels
+  // of 256 rows of W and not a multiple of them, rows leaving every remainder of its 6-row micro-kernel,
+  // each type, plain and double-quantized constants, block sizes 64 to 512 (a row of W), beta, both C
+  // dtypes.
+  {
+    struct Grad {
+      int32_t qt;
+      uint64_t bs, n;
+      bool dq;
+    };
+    for (const Grad& g : {Grad{QLORA_NF4, 64, 320, true}, Grad{QLORA_FP4, 64, 384, false},
+                          Grad{QLORA_INT4, 128, 384, true}, Grad{QLORA_NF4, 512, 512, false}}) {
+      const Weight4 w(rng, g.n, 530, g.qt, g.bs, g.dq);
+      for (uint64_t m : {(uint64_t)9, (uint64_t)11, (uint64_t)16, (uint64_t)20, (uint64_t)31, pick(13, 131)})
+        gemm4_case(rng, w, 0, m, QLORA_BF16, m % 2 ? QLORA_BF16 : QLORA_F32, 0.5f, m == 11 ? 1.0f : 0.0f);
+    }
   }
   // The kernels' fast paths: rows of W in whole words (k % 32 == 0; k = 2080 is two and a bit warp steps of
   // 1024 values of CUDA's GEMV), n % 8 == 0 but not a multiple of the tiles, each quant type, block sizes

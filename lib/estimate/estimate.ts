@@ -246,8 +246,11 @@ export interface MemoryEstimate {
 /** Rows of X the CPU's fused 4-bit products take (`kGemvMaxRows` in cuda/src/cpu/dequant4.h). */
 const CPU_FUSED_ROWS = 8;
 
-/** Rows of bf16 X the CPU's fused 4-bit panel GEMM takes (`kGemm4MaxRows` in cuda/src/cpu/dequant4.h). */
-const CPU_GEMM4_ROWS = 64;
+/**
+ * Rows of bf16 X the CPU's fused 4-bit panel GEMM takes forward (`kGemm4MaxRows` in
+ * cuda/src/cpu/dequant4.h); for an input gradient it takes any number.
+ */
+const CPU_GEMM4_ROWS = 512;
 
 /** The longest inner dimension oneDNN's bf16 products were measured to run without f32 accumulators. */
 const ONEDNN_UNSPLIT_K = 3072;
@@ -263,20 +266,38 @@ function cpuThreads(threads = navigator.hardwareConcurrency): number {
 }
 
 /**
- * Bytes of the 4-bit GEMM workspace for `x [m, k] · op(W)` (either direction: the same tile size), as each
- * backend's `qlora_gemm_4bit_workspace`.
+ * Bytes of the 4-bit GEMM workspace for `x [m, k] · op(W)`, as each backend's `qlora_gemm_4bit_workspace`.
  */
 function gemm4bitWorkspace(
   backend: "cpu" | "cuda",
+  transW: boolean,
   m: number,
   n: number,
   k: number,
+  threads: number,
 ): number {
   if (backend === "cuda") return 0; // W decoded in registers (GEMV) or in shared memory (tiles)
-  // CPU: one tile of W as f32, 2^22 values of rows (transW) or of columns, widths a multiple of 16; none
-  // for a few rows (the fused products).
+  // CPU: none for a few rows (the fused products); else one tile of W as f32, 2^22 values of rows (transW)
+  // or of columns, widths a multiple of 16, or the panel GEMMs' scratch where that is larger.
   if (m <= CPU_FUSED_ROWS) return 0;
-  return cpuTileColumns(n, k) * k * 4;
+  const tile = cpuTileColumns(n, k) * k * 4;
+  const panels = !transW || m <= CPU_GEMM4_ROWS;
+  return Math.max(tile, panels ? cpuPanelScratch(transW, m, n, k, threads) : 0);
+}
+
+/**
+ * Scratch of the CPU's panel GEMMs (`gemm4_bf16_scratch_bytes` in cuda/src/cpu/gemm4.cpp): forward, X
+ * arranged (rows rounded up to 64) and per thread a panel of up to 96 rows of W over up to 4,096 values in
+ * bf16 and its f32 tile (those rows x X's rows); input gradients, per thread a panel of up to 256 rows x
+ * 128 columns of W in bf16 and an f32 tile of m x those columns.
+ */
+function cpuPanelScratch(transW: boolean, m: number, n: number, k: number, threads: number): number {
+  if (!transW) {
+    const width = Math.min(128, Math.ceil(n / 64) * 64);
+    return threads * (Math.min(256, k) * width * 2 + m * width * 4);
+  }
+  const mp = Math.ceil(m / 64) * 64, rows = Math.min(96, n);
+  return mp * k * 2 + threads * (rows * Math.min(4096, k) * 2 + rows * mp * 4);
 }
 
 /** Columns of op(W) in one of the CPU's dequantization tiles (`tile_width` in cuda/src/cpu/gemm.cpp). */
@@ -350,9 +371,10 @@ export function nativeScratchBytes(
  * CPU's dequantization tile, none for a few rows; none on CUDA, which decodes W and its double-quantized
  * constants where it reads them), and on the CPU's fused path for a few rows X widened to f32 (bf16 X),
  * forward also the rows' f32 dot products with every row of W and, for a LoRA bypass of `rank`, its h and
- * Bᵀ in f32; past 64 rows of bf16 X and an inner dimension of 3,072, oneDNN's f32 accumulators for each
- * tile's product (per thread, rows x the tile's columns, in its scratchpad). `transW` true is forward
- * (`x Wᵀ`), false the input gradient (`dy W`).
+ * Bᵀ in f32; for more rows of bf16 X the panel GEMMs' scratch where it is larger than the tile, or
+ * where they do not apply (forward past 512 rows) with an inner dimension past 3,072, oneDNN's f32
+ * accumulators for each tile's product (per thread, rows x the tile's columns, in its scratchpad).
+ * `transW` true is forward (`x Wᵀ`), false the input gradient (`dy W`).
  *
  * @example
  * ```ts
@@ -381,15 +403,20 @@ export function matmul4bitWorkspace(
   const [out, inp] = shape;
   const backend = options.backend ?? "cpu";
   const [n, k] = transW ? [out, inp] : [inp, out];
-  const own = gemm4bitWorkspace(backend, tokens, n, k);
-  if (backend === "cuda") return own;
-  if (tokens > CPU_GEMM4_ROWS && options.dtype === "bf16" && k > ONEDNN_UNSPLIT_K) {
-    // Past the fused panel kernel's rows, oneDNN multiplies each bf16 tile of W into bf16 C, and where the
+  if (backend === "cuda") return 0;
+  const threads = cpuThreads(options.threads);
+  const own = gemm4bitWorkspace(backend, transW, tokens, n, k, threads);
+  const blocksize = options.blocksize ?? 64;
+  const panels = transW
+    ? tokens <= CPU_GEMM4_ROWS && k % blocksize === 0
+    : n % blocksize === 0 && k % 2 === 0;
+  if (tokens > CPU_FUSED_ROWS && !panels && options.dtype === "bf16" && k > ONEDNN_UNSPLIT_K) {
+    // Where the panel GEMMs do not apply, oneDNN multiplies each bf16 tile of W into bf16 C, and where the
     // inner dimension is long it splits it and sums the parts in f32 accumulators in its scratchpad, one
     // set per thread: rows x the tile's columns (measured with Debian's oneDNN: exactly that at k = 4,096
     // and 11,008 from 128 rows on, e.g. 32 MiB for 7B's q_proj at 4,096 tokens on 2 threads, 16 MiB on
     // 1; none at k <= 3,072).
-    return own + 4 * cpuThreads(options.threads) * tokens * cpuTileColumns(n, k);
+    return own + 4 * threads * tokens * cpuTileColumns(n, k);
   }
   if (tokens > CPU_FUSED_ROWS) return own;
   // The fused products' scratch (gemv4_scratch_bytes in cuda/src/cpu/gemv4.cpp): bf16 X widened to f32

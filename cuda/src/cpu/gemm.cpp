@@ -1,7 +1,8 @@
 // cpu/gemm.cpp: matrix products on the CPU through oneDNN's matmul primitive (a decode step's few bf16 rows
 // against W stored n x k through gemv16.cpp instead), and the product with a 4-bit matrix: up to 8 rows of
-// X fused (gemv4.cpp), up to 64 rows of bf16 X through panels decoded into cache (gemm4.cpp), more rows
-// dequantized tile by tile into the caller's workspace for oneDNN.
+// X fused (gemv4.cpp), more rows of bf16 X through panels decoded into cache (gemm4.cpp: up to 512 rows of
+// the forward product, any number of an input gradient's), other rows dequantized tile by tile into the
+// caller's workspace for oneDNN.
 // gpu/gemm.cu mirrors this file.
 //
 // oneDNN was chosen by measurement (2 threads, AMD EPYC Zen 4): bf16 about 800-930 GFLOP/s, the same
@@ -437,11 +438,14 @@ uint64_t tile_width(int32_t trans_w, uint64_t n, uint64_t k) {
   return std::min(width, n);
 }
 
-// The workspace: one tile as f32 (X's dtype is not known when it is sized; a bf16 tile uses half); none
-// for at most kGemvMaxRows rows, which the fused products compute.
+// The workspace: one tile as f32 (X's dtype is not known when it is sized; a bf16 tile uses half), or the
+// panel GEMMs' scratch where that is larger (many threads); none for at most kGemvMaxRows rows, which the
+// fused products compute in registers.
 uint64_t workspace_bytes_for(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k) {
-  if (m <= kGemvMaxRows) return 0;  // the fused products decode in registers
-  return tile_width(trans_w, n, k) * k * sizeof(float);
+  if (m <= kGemvMaxRows) return 0;
+  const uint64_t tile = tile_width(trans_w, n, k) * k * sizeof(float);
+  const bool panels = !trans_w || m <= kGemm4MaxRows;
+  return std::max(tile, panels ? gemm4_bf16_scratch_bytes(trans_w, m, n, k) : 0);
 }
 
 // Values of the stored W per task when a contiguous range is dequantized in parallel.
@@ -548,9 +552,9 @@ QLORA_API qlora_status qlora_gemm_4bit(int32_t trans_w, uint64_t m, uint64_t n, 
       gemv4(w, trans_w, m, n, k, alpha, x, x_dtype, lora, beta, c, c_dtype);
       return QLORA_OK;
     }
-    // A prompt's rows, bf16: panels of W decoded into cache and multiplied there (gemm4.cpp), the bypass
-    // as two small products around it.
-    if (m <= kGemm4MaxRows && gemm4_bf16_applies(w, trans_w, k, x_dtype)) {
+    // bf16 rows: panels of W decoded into cache and multiplied there (gemm4.cpp), the bypass as two small
+    // products around it.
+    if (gemm4_bf16_applies(w, trans_w, m, n, k, x_dtype)) {
       Operands down{}, up{};
       ReservedPad pad;
       if (lora) {
@@ -560,7 +564,7 @@ QLORA_API qlora_status qlora_gemm_4bit(int32_t trans_w, uint64_t m, uint64_t n, 
         if ((s = pad.reserve({down, up}, fn)) != QLORA_OK) return s;
         gemm_2d(down, x, lora->a, lora->h);
       }
-      gemm4_bf16(w, m, n, k, alpha, x, beta, c, c_dtype, workspace, workspace_bytes);
+      gemm4_bf16(w, trans_w, m, n, k, alpha, x, beta, c, c_dtype, workspace, workspace_bytes);
       if (lora) gemm_2d(up, lora->h, lora->b, c);
       return QLORA_OK;
     }
