@@ -1015,6 +1015,21 @@ void test_gemm_4bit(Rng& rng) {
                  qt == QLORA_NF4 ? 8 : 0);
   }
   gemm4_case(rng, Weight4(rng, 100, 4160, QLORA_NF4, 64, true), 1, pick(13, 70), QLORA_BF16, QLORA_BF16, 1.0f, 0.0f);
+  // The bf16 GEMV's steps of 128 values: k an odd multiple of 64 (a last step of half the bytes), past a
+  // tile of 16,384 values, blocks of 64 (two tables a step) and of 128 or more (one), with a bypass.
+  {
+    struct Gemv {
+      uint64_t n, k, bs;
+      bool dq;
+    };
+    for (const Gemv& g : {Gemv{40, 192, 64, true}, Gemv{24, 16448, 64, true}, Gemv{40, 384, 128, false},
+                          Gemv{24, 16512, 128, true}}) {
+      const Weight4 w(rng, g.n, g.k, QLORA_NF4, g.bs, g.dq);
+      for (uint64_t m : {(uint64_t)1, (uint64_t)3, (uint64_t)8})
+        gemm4_case(rng, w, 1, m, QLORA_BF16, m == 3 ? QLORA_F32 : QLORA_BF16, 1.0f, m == 8 ? 0.5f : 0.0f,
+                   m == 1 ? 8 : 0);
+    }
+  }
   // Input gradients of many bf16 rows (trans_w = 0) over whole blocks along n (the CPU's column-chunk GEMM
   // where the CPU has AVX512_BF16): n a multiple of 64 but not of its 128-column chunks, k past two panels
   // of 256 rows of W and not a multiple of them, rows leaving every remainder of its 6-row micro-kernel,

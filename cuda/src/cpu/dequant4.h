@@ -65,11 +65,6 @@ void gemv4(const Quant4& w, int32_t trans_w, uint64_t m, uint64_t n, uint64_t k,
            int32_t x_dtype, const qlora_lora4* lora, float beta, void* c, int32_t c_dtype);
 uint64_t gemv4_scratch_bytes(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k, int32_t x_dtype, uint64_t rank);
 
-// Rows of bf16 X (row stride k, k a multiple of 64; AVX-512 BW) as gemv4's bf16 kernels read them, into xb
-// with row stride ldb: per 64 values, the 32 at even positions, then the 32 at odd ones (a 4-bit byte holds
-// one of each).
-void arrange_pairs(const uint16_t* x, uint64_t rows, uint64_t k, uint16_t* xb, uint64_t ldb);
-
 // The fused 4-bit GEMMs of many rows of bf16 X (gemm4.cpp): C = alpha * X op(W) + beta * C, panels of W
 // decoded into the thread's cache once per call and multiplied there by vdpbf16ps. They apply on CPUs with
 // AVX512_BF16 and blocks of at least 64 values: trans_w = 1 (W stored n x k) up to kGemm4MaxRows rows and k

@@ -87,8 +87,8 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) inline void decode64(cons
                                                                             __m512i& odd) {
   const __m512i table = bf16_table(codes, w.scale(at >> w.block_shift));
   const __m512i bytes = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(w.d.packed + at / 2)));
-  even = _mm512_permutexvar_epi16(_mm512_srli_epi16(bytes, 4), table);
-  odd = _mm512_permutexvar_epi16(_mm512_and_si512(bytes, _mm512_set1_epi16(0x0f)), table);
+  even = lookup_high4(bytes, table);
+  odd = lookup_low4(bytes, table);
 }
 
 // tile (MR rows, ldt floats apart; V * 16 columns) += the broadcast rows' pairs (ldb words apart) times the

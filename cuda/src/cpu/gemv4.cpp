@@ -179,6 +179,11 @@ inline float as_x_dtype(float v, bool bf16) { return bf16 ? bf16_to_float(float_
 // values, arranged, is 32 KiB: still in L1.
 constexpr uint64_t kTileValues = 16384;
 constexpr int kMaxGroup = 8;  // rows of W per kernel call, at most
+
+// dots_bf16's X, arranged by arrange_quads: per 128 values (rows padded with zeros to a multiple of 128),
+// four vectors of 32 holding the values 4i + kQuadOffset[t], the order in which the kernel decodes them.
+constexpr int kQuadOffset[4] = {1, 0, 3, 2};
+constexpr uint64_t quads_ld(uint64_t k) { return (k + 127) / 128 * 128; }
 // The scales of a tile's blocks for one row of W, decoded before the kernel runs (blocks of at least 32
 // values); a kernel over R rows reads R of them.
 using TileScales = float[kTileValues / 32];
@@ -197,54 +202,61 @@ inline void prefetch_next_group(const uint8_t* p, int rows, uint64_t row_bytes) 
 
 // bf16 X, AVX-512 BF16: W decoded to bf16 by one 16-bit lookup per value (vpermw) from the block's
 // scaled table rounded to bf16 (the values dequantize_range gives as bf16, bit for bit), then vdpbf16ps
-// (exact products of bf16 values, f32 sums). The decode needs no shuffle: the high nibbles of 32 bytes are
-// W's even values, the low nibbles its odd ones, and X comes rearranged to match (xb: per 64 values, the
-// 32 even ones then the 32 odd ones; see arrange_pairs). Blocks of at least 64 values.
+// (exact products of bf16 values, f32 sums). Blocks of at least 64 values; k a multiple of 64.
 //
-// Per 64 values, the R rows of W are decoded first, then each row of X loads its two vectors once for
-// all R. vdpbf16ps shares the two multiply pipes with the decode's lookups and conversions, so the
-// larger M * R, the closer to their two products a cycle (measured on Zen 5: 37 of 64 MACs a cycle at
-// M = 8, R = 2, against 10 at M = 1, where the memory bounds it anyway).
+// 128 values a step, the 64 bytes of their codes loaded as they are: 16-bit lane i holds bytes 2i and
+// 2i + 1, that is values 4i .. 4i + 3 (high nibble first), and shifts by 0, 4, 8 and 12 bring each of the
+// four nibbles to the lane's low bits, where vpermw reads an index (its low 5 bits). The index's bit 4
+// picks the table's half: with blocks of 64, lanes 16-31 are the second block's, whose table fills the
+// upper half (one vcvtne2ps2bf16 rounds both blocks' tables), so one vpternlogd per index keeps the
+// nibble and sets that bit. X comes rearranged to match (arrange_quads). Per 128 values: 4 lookups and one
+// conversion on the shuffle pipes, against 8 by a byte widening (vpmovzxbw) per 64 values and a table per
+// block (measured on Zen 5, qlora_bench's 8192 x 8192 GEMV at one token, three rounds alternating the two
+// libraries on a busy machine: 1,290-1,325 us against 1,361-1,456).
+//
+// Per step, the R rows of W are decoded first, then each row of X loads its four vectors once for all R.
+// A last step of 64 values (k an odd multiple of 64) loads half the bytes; the other half's lanes look up
+// zero codes, multiplied by X's zero padding.
 template <int M, int R>
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) void dots_bf16(const Quant4& w, uint64_t k, uint64_t j0,
                                                                       uint64_t b0, uint64_t b1, const TileScales* sc,
-                                                                      const uint16_t* xb, float (&out)[M][R]) {
+                                                                      const uint16_t* xb, uint64_t ldb,
+                                                                      float (&out)[M][R]) {
   const __m512 codes = _mm512_loadu_ps(w.table);
   const __m512i low4 = _mm512_set1_epi16(0x0f);
-  const uint64_t bs = w.d.blocksize, blocks = k / bs;
+  const uint64_t bs = w.d.blocksize, v0 = b0 * bs, v1 = b1 * bs;
+  // Bit 4 of lanes 16-31: the second block's half of the table (blocks of 64; else both halves are equal).
+  const __m512i upper = _mm512_maskz_set1_epi16(0xffff0000u, 0x10);
   __m512 acc[M][R];
 #pragma GCC unroll 16
   for (int r = 0; r < M; r++)
 #pragma GCC unroll 16
     for (int q = 0; q < R; q++) acc[r][q] = _mm512_setzero_ps();
-  for (uint64_t blk = b0; blk < b1; blk++) {
-    __m512i table[R];
-    const uint8_t* p[R];
+  for (uint64_t v = v0; v < v1; v += 128) {
+    const bool half = v + 64 == v1;
+    const uint64_t ba = (v - v0) / bs, bb = half ? ba : (v + 64 - v0) / bs;
+    __m512i idx[R][4], table[R];
 #pragma GCC unroll 16
     for (int q = 0; q < R; q++) {
-      table[q] = bf16_table(codes, sc[q][blk - b0]);
-      p[q] = w.d.packed + ((j0 + q) * blocks + blk) * (bs / 2);
-      prefetch_next_group(p[q], R, blocks * (bs / 2));
+      table[q] = bf16_table2(codes, sc[q][ba], sc[q][bb]);
+      const uint8_t* p = w.d.packed + ((j0 + q) * k + v) / 2;
+      prefetch_next_group(p, R, k / 2);
+      const __m512i bytes = half ? _mm512_maskz_loadu_epi8(0xffffffffull, p) : _mm512_loadu_si512((const void*)p);
+      idx[q][0] = _mm512_ternarylogic_epi32(bytes, low4, upper, 0xea);  // (a & b) | c: value 4i + 1
+      idx[q][1] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(bytes, 4), low4, upper, 0xea);   // 4i
+      idx[q][2] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(bytes, 8), low4, upper, 0xea);   // 4i + 3
+      idx[q][3] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(bytes, 12), low4, upper, 0xea);  // 4i + 2
     }
-    const uint16_t* xg = xb + blk * bs;
-    for (uint64_t i = 0; i < bs / 2; i += 32) {  // 32 bytes: 64 values
-      __m512bh even[R], odd[R];
+#pragma GCC unroll 4
+    for (int t = 0; t < 4; t++) {
+      __m512bh wv[R];
 #pragma GCC unroll 16
-      for (int q = 0; q < R; q++) {
-        const __m512i bytes = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(p[q] + i)));
-        even[q] = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi16(bytes, 4), table[q]);
-        odd[q] = (__m512bh)_mm512_permutexvar_epi16(_mm512_and_si512(bytes, low4), table[q]);
-      }
+      for (int q = 0; q < R; q++) wv[q] = (__m512bh)_mm512_permutexvar_epi16(idx[q][t], table[q]);
 #pragma GCC unroll 16
       for (int r = 0; r < M; r++) {
-        const uint16_t* xr = xg + (uint64_t)r * k + 2 * i;
-        const __m512bh x0 = (__m512bh)_mm512_loadu_si512((const void*)xr);
-        const __m512bh x1 = (__m512bh)_mm512_loadu_si512((const void*)(xr + 32));
+        const __m512bh xv = (__m512bh)_mm512_loadu_si512((const void*)(xb + (uint64_t)r * ldb + v + 32 * t));
 #pragma GCC unroll 16
-        for (int q = 0; q < R; q++) {
-          acc[r][q] = _mm512_dpbf16_ps(acc[r][q], even[q], x0);
-          acc[r][q] = _mm512_dpbf16_ps(acc[r][q], odd[q], x1);
-        }
+        for (int q = 0; q < R; q++) acc[r][q] = _mm512_dpbf16_ps(acc[r][q], wv[q], xv);
       }
     }
   }
@@ -379,7 +391,7 @@ enum class Kernel { kBf16, kF32Avx512, kAvx2, kGeneral };
 template <int M, int G>
 void dots_group(Kernel kernel, const Quant4& w, uint64_t k, uint64_t j0, uint64_t b0, uint64_t b1,
                 const TileScales* sc, bool bf16, const float* x, const uint16_t* xb, float (&part)[M][G]) {
-  if (kernel == Kernel::kBf16) dots_bf16<M, G>(w, k, j0, b0, b1, sc, xb, part);
+  if (kernel == Kernel::kBf16) dots_bf16<M, G>(w, k, j0, b0, b1, sc, xb, quads_ld(k), part);
   else if (kernel == Kernel::kF32Avx512) dots_f32_avx512<M, G>(w, k, j0, b0, b1, sc, x, part);
   else dots_avx2<M, G>(w, k, j0, b0, b1, sc, bf16, x, part);
 }
@@ -500,22 +512,24 @@ void backward_columns(const Quant4& w, uint64_t m, uint64_t n, uint64_t k, float
   }
 }
 
-}  // namespace
-
-__attribute__((target("avx512f,avx512bw"))) void arrange_pairs(const uint16_t* x, uint64_t rows, uint64_t k,
-                                                                uint16_t* xb, uint64_t ldb) {
-  alignas(64) uint16_t even[32], odd[32];
-  for (int i = 0; i < 32; i++) even[i] = (uint16_t)(2 * i), odd[i] = (uint16_t)(2 * i + 1);
-  const __m512i ie = _mm512_load_si512(even), io = _mm512_load_si512(odd);
+// X's rows (bf16, k values each) into xq as dots_bf16 reads them (kQuadOffset), rows quads_ld(k) apart.
+__attribute__((target("avx512f,avx512bw"))) void arrange_quads(const uint16_t* x, uint64_t rows, uint64_t k,
+                                                                uint16_t* xq) {
+  const uint64_t ld = quads_ld(k);
 #pragma omp parallel for schedule(static) if (rows * k >= kParallelMin)
-  for (int64_t r = 0; r < (int64_t)rows; r++)
-    for (uint64_t g = 0; g < k; g += 64) {  // two vpermt2w per 64 values
-      const __m512i a = _mm512_loadu_si512((const void*)(x + r * k + g));
-      const __m512i b = _mm512_loadu_si512((const void*)(x + r * k + g + 32));
-      _mm512_storeu_si512((void*)(xb + r * ldb + g), _mm512_permutex2var_epi16(a, ie, b));
-      _mm512_storeu_si512((void*)(xb + r * ldb + g + 32), _mm512_permutex2var_epi16(a, io, b));
-    }
+  for (int64_t r = 0; r < (int64_t)rows; r++) {
+    const uint16_t* xr = x + (uint64_t)r * k;
+    uint16_t* out = xq + (uint64_t)r * ld;
+    for (uint64_t g = 0; g < ld; g += 128)
+      for (int t = 0; t < 4; t++)
+        for (int i = 0; i < 32; i++) {
+          const uint64_t c = g + 4 * i + (uint64_t)kQuadOffset[t];
+          out[g + 32 * t + i] = c < k ? xr[c] : 0;
+        }
+  }
 }
+
+}  // namespace
 
 uint64_t gemv4_scratch_bytes(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k, int32_t x_dtype, uint64_t rank) {
   const uint64_t x = x_dtype == QLORA_BF16 ? 4 : 0;  // per value of X: widened to f32 (or rearranged bf16)
@@ -563,7 +577,7 @@ void gemv4(const Quant4& w, int32_t trans_w, uint64_t m, uint64_t n, uint64_t k,
     const float* xf = (const float*)xc;
     const uint16_t* xb = nullptr;
     if (kernel == Kernel::kBf16) {
-      arrange_pairs((const uint16_t*)xc, mc, k, xs.as<uint16_t>(), k);
+      arrange_quads((const uint16_t*)xc, mc, k, xs.as<uint16_t>());
       xb = xs.as<uint16_t>();
     } else if (bf16) {
       float* f = xs.as<float>();
