@@ -281,7 +281,7 @@ function inferenceClaim(r: TableInput, add: Add): void {
       }) and a prompt ${verdicts[1]} (${
         prefill >= 1
           ? "the 4-bit product beats the bf16 GEMM"
-          : "compute-bound: each tile of W is decoded before the bf16 multiply, and the decode is not free"
+          : "compute-bound: the same bf16 multiply, plus decoding every weight once per prompt"
       })`,
   );
 }
