@@ -135,25 +135,22 @@ Deno.test("estimate: optimizers, paging and the 4-bit workspace of each backend"
   assertEquals([paged.pageable, paged.masterWeights], [8 * ADAPTERS_7B, 4 * ADAPTERS_7B]);
   assertEquals(paged.minimum, paged.peak - 8 * ADAPTERS_7B + 4 * 2 ** 20);
   assertEquals([plain.pageable, plain.minimum], [0, plain.peak]);
-  // Workspace: the CPU's largest is down_proj's backward, a tile of W's size (its panel GEMM's scratch is
-  // smaller on 2 threads) and dh; CUDA decodes W where it reads it (no 4-bit workspace), so its largest
-  // is a kernel's own scratch: RMSNorm's partial column sums, 4 · ceil(tokens / 32) · dim.
+  // Workspace: the CPU's largest is down_proj's forward at 512 rows, its panel GEMM's scratch (X arranged,
+  // 512 x 11,008 bf16, and per thread a panel of 96 rows x 4,096 values of W in bf16 and a 96 x 512 f32
+  // tile); CUDA decodes W where it reads it (no 4-bit workspace), so its largest is a kernel's own
+  // scratch: RMSNorm's partial column sums, 4 · ceil(tokens / 32) · dim.
   const cuda = at({ backend: "cuda" }), cpu = at({ threads: 2 });
   assertEquals(cuda.bytes.workspace, 4 * 16 * 4096);
-  const tile = matmul4bitWorkspace([4096, 11008], 512, false);
-  assertEquals(tile, 1024 * 4096 * 4);
-  assertEquals(
-    cpu.bytes.workspace,
-    matmul4bitWorkspace([4096, 11008], 512, false, { dtype: "bf16", threads: 2 }) + 512 * 8 * 2,
-  );
-  assertEquals(matmul4bitWorkspace([4096, 11008], 512, false, { dtype: "bf16", threads: 2 }), tile);
-  // On 64 threads the panels' scratch is larger: per thread 256 x 128 bf16 and 512 x 128 f32.
-  assertEquals(
-    matmul4bitWorkspace([4096, 11008], 512, false, { dtype: "bf16", threads: 64 }),
-    64 * (256 * 128 * 2 + 512 * 128 * 4),
-  );
-  // Past 512 rows forward, oneDNN multiplies dequantized tiles (368 rows of W) and keeps f32 accumulators
-  // per thread (rows x the tile's columns).
+  const forward = matmul4bitWorkspace([4096, 11008], 512, true, { dtype: "bf16", threads: 2 });
+  assertEquals(forward, 512 * 11008 * 2 + 2 * (96 * 4096 * 2 + 96 * 512 * 4));
+  assertEquals(cpu.bytes.workspace, forward);
+  // The input gradient's panels: per thread 256 x 128 bf16 and 512 x 128 f32; f32 X takes no panels, and
+  // its tile (1,024 columns of W as f32) comes through the ledger beside the workspace.
+  const grad = 2 * (256 * 128 * 2 + 512 * 128 * 4);
+  assertEquals(matmul4bitWorkspace([4096, 11008], 512, false, { dtype: "bf16", threads: 2 }), grad);
+  assertEquals(matmul4bitWorkspace([4096, 11008], 512, false, { threads: 2 }), grad + 1024 * 4096 * 4);
+  // Past 512 rows forward, oneDNN multiplies dequantized tiles (368 rows of W) in the workspace and keeps
+  // f32 accumulators per thread (rows x the tile's columns).
   assertEquals(
     matmul4bitWorkspace([4096, 11008], 1024, true, { dtype: "bf16", threads: 2 }),
     368 * 11008 * 4 + 2 * 1024 * 368 * 4,
@@ -182,9 +179,16 @@ Deno.test("estimate: the 4-bit workspace formulas mirror qlora_gemm_4bit_workspa
           );
           // The CPU's fused forward for up to 8 rows of f32 X: the rows' f32 dot products, its own scratch.
           const dots = backend === "cpu" && transW && tokens <= 8 ? 4 * tokens * n : 0;
+          // f32 X takes no panel GEMM: where the workspace was sized for the panels (past 8 rows; forward
+          // up to 512) and holds less than a tile of W as f32 (2^22 values, widths a multiple of 16), the
+          // tile comes through the ledger beside it.
+          const panelRows = backend === "cpu" && tokens > 8 && (!transW || tokens <= 512);
+          const width = Math.floor(2 ** 22 / k),
+            tile = Math.min(width >= 16 ? width - width % 16 : width, n) * k * 4;
+          const extra = panelRows && Number(bytes[0]) < tile ? tile : 0;
           assertEquals(
             matmul4bitWorkspace([out, inp], tokens, transW, { backend }),
-            Number(bytes[0]) + dots,
+            Number(bytes[0]) + dots + extra,
             `${device.backend} [${out}, ${inp}] x ${tokens} transW ${transW}`,
           );
         }

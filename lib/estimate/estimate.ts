@@ -277,12 +277,12 @@ function gemm4bitWorkspace(
   threads: number,
 ): number {
   if (backend === "cuda") return 0; // W decoded in registers (GEMV) or in shared memory (tiles)
-  // CPU: none for a few rows (the fused products); else one tile of W as f32, 2^22 values of rows (transW)
-  // or of columns, widths a multiple of 16, or the panel GEMMs' scratch where that is larger.
+  // CPU: none for a few rows (the fused products); the panel GEMMs' scratch for the rows they take (any of
+  // an input gradient's, up to 512 forward); else one tile of W as f32, 2^22 values of rows, widths a
+  // multiple of 16.
   if (m <= CPU_FUSED_ROWS) return 0;
-  const tile = cpuTileColumns(n, k) * k * 4;
-  const panels = !transW || m <= CPU_GEMM4_ROWS;
-  return Math.max(tile, panels ? cpuPanelScratch(transW, m, n, k, threads) : 0);
+  if (!transW || m <= CPU_GEMM4_ROWS) return cpuPanelScratch(transW, m, n, k, threads);
+  return cpuTileColumns(n, k) * k * 4;
 }
 
 /**
@@ -368,12 +368,12 @@ export function nativeScratchBytes(
 /**
  * Bytes of workspace a 4-bit product holds for `x [tokens, ·]` times a 4-bit weight `[out, in]`, its own
  * and the native library's through the ledger: the backend's workspace (`qlora_gemm_4bit_workspace`: the
- * CPU's dequantization tile, none for a few rows; none on CUDA, which decodes W and its double-quantized
+ * CPU's panel scratch or dequantization tile, none for a few rows; none on CUDA, which decodes W and its double-quantized
  * constants where it reads them), and on the CPU's fused path for a few rows X widened to f32 (bf16 X),
  * forward also the rows' f32 dot products with every row of W and, for a LoRA bypass of `rank`, its h and
- * Bᵀ in f32; for more rows of bf16 X the panel GEMMs' scratch where it is larger than the tile, or
- * where they do not apply (forward past 512 rows) with an inner dimension past 3,072, oneDNN's f32
- * accumulators for each tile's product (per thread, rows x the tile's columns, in its scratchpad).
+ * Bᵀ in f32; for more rows of bf16 X the panel GEMMs' scratch, and where they do not apply (forward past
+ * 512 rows, f32 X) a tile of W dequantized for oneDNN and, with an inner dimension past 3,072, oneDNN's
+ * f32 accumulators for each tile's product (per thread, rows x the tile's columns, in its scratchpad).
  * `transW` true is forward (`x Wᵀ`), false the input gradient (`dy W`).
  *
  * @example
@@ -406,17 +406,19 @@ export function matmul4bitWorkspace(
   if (backend === "cuda") return 0;
   const threads = cpuThreads(options.threads);
   const own = gemm4bitWorkspace(backend, transW, tokens, n, k, threads);
-  const blocksize = options.blocksize ?? 64;
-  const panels = transW
-    ? tokens <= CPU_GEMM4_ROWS && k % blocksize === 0
-    : n % blocksize === 0 && k % 2 === 0;
-  if (tokens > CPU_FUSED_ROWS && !panels && options.dtype === "bf16" && k > ONEDNN_UNSPLIT_K) {
-    // Where the panel GEMMs do not apply, oneDNN multiplies each bf16 tile of W into bf16 C, and where the
-    // inner dimension is long it splits it and sums the parts in f32 accumulators in its scratchpad, one
-    // set per thread: rows x the tile's columns (measured with Debian's oneDNN: exactly that at k = 4,096
-    // and 11,008 from 128 rows on, e.g. 32 MiB for 7B's q_proj at 4,096 tokens on 2 threads, 16 MiB on
-    // 1; none at k <= 3,072).
-    return own + 4 * threads * tokens * cpuTileColumns(n, k);
+  const blocksize = options.blocksize ?? 64, bf16 = options.dtype === "bf16";
+  const panels = bf16 &&
+    (transW ? tokens <= CPU_GEMM4_ROWS && k % blocksize === 0 : n % blocksize === 0 && k % 2 === 0);
+  if (tokens > CPU_FUSED_ROWS && !panels) {
+    // Where the panel GEMMs do not apply, W is dequantized tile by tile (in X's dtype) for oneDNN: in the
+    // workspace when it holds a tile, else through the ledger beside it for the call. Where the inner
+    // dimension of a bf16 product is long, oneDNN splits it and sums the parts in f32 accumulators in its
+    // scratchpad, one set per thread: rows x the tile's columns (measured with Debian's oneDNN: exactly
+    // that at k = 4,096 and 11,008 from 128 rows on, e.g. 32 MiB for 7B's q_proj at 4,096 tokens on 2
+    // threads, 16 MiB on 1; none at k <= 3,072).
+    const tile = cpuTileColumns(n, k) * k * (bf16 ? 2 : 4);
+    const accumulators = bf16 && k > ONEDNN_UNSPLIT_K ? 4 * threads * tokens * cpuTileColumns(n, k) : 0;
+    return (own >= tile ? own : own + tile) + accumulators;
   }
   if (tokens > CPU_FUSED_ROWS) return own;
   // The fused products' scratch (gemv4_scratch_bytes in cuda/src/cpu/gemv4.cpp): bf16 X widened to f32

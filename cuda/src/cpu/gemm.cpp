@@ -438,14 +438,15 @@ uint64_t tile_width(int32_t trans_w, uint64_t n, uint64_t k) {
   return std::min(width, n);
 }
 
-// The workspace: one tile as f32 (X's dtype is not known when it is sized; a bf16 tile uses half), or the
-// panel GEMMs' scratch where that is larger (many threads); none for at most kGemvMaxRows rows, which the
-// fused products compute in registers.
+// The workspace: none for at most kGemvMaxRows rows, which the fused products compute in registers; the
+// panel GEMMs' scratch for the rows they take (an input gradient's, a forward product's up to
+// kGemm4MaxRows); else one tile as f32 (X's dtype is not known when it is sized; a bf16 tile uses half).
+// Where the panels do not apply after all (f32 X, no AVX512_BF16, blocks across rows), the tiles come
+// through the ledger for the call: the caller's workspace is only ever what the call touches.
 uint64_t workspace_bytes_for(int32_t trans_w, uint64_t m, uint64_t n, uint64_t k) {
   if (m <= kGemvMaxRows) return 0;
-  const uint64_t tile = tile_width(trans_w, n, k) * k * sizeof(float);
-  const bool panels = !trans_w || m <= kGemm4MaxRows;
-  return std::max(tile, panels ? gemm4_bf16_scratch_bytes(trans_w, m, n, k) : 0);
+  if (!trans_w || m <= kGemm4MaxRows) return gemm4_bf16_scratch_bytes(trans_w, m, n, k);
+  return tile_width(trans_w, n, k) * k * sizeof(float);
 }
 
 // Values of the stored W per task when a contiguous range is dequantized in parallel.
@@ -585,13 +586,19 @@ QLORA_API qlora_status qlora_gemm_4bit(int32_t trans_w, uint64_t m, uint64_t n, 
     }
     ReservedPad pad;  // the first and the last (narrower) tile's products, and the bypass's
     if ((s = pad.reserve(products, fn)) != QLORA_OK) return s;
+    Workspace own;  // the tile, where the caller's workspace was sized for the panels
+    void* ws = workspace;
+    if (workspace_bytes < width * k * dtype_size(x_dtype)) {
+      if ((s = own.alloc(width * k * dtype_size(x_dtype), fn)) != QLORA_OK) return s;
+      ws = own.as<void>();
+    }
     if (lora) gemm_2d(down, x, lora->a, lora->h);
     for (uint64_t j0 = 0; j0 < n; j0 += width) {
       const uint64_t cols = std::min(width, n - j0);
       const Operands o = tile(cols);
-      if (trans_w) dequantize_rows(w, k, j0, cols, workspace, x_dtype);
-      else dequantize_columns(w, n, k, j0, cols, workspace, x_dtype);
-      gemm_2d(o, x, workspace, (char*)c + j0 * c_size);
+      if (trans_w) dequantize_rows(w, k, j0, cols, ws, x_dtype);
+      else dequantize_columns(w, n, k, j0, cols, ws, x_dtype);
+      gemm_2d(o, x, ws, (char*)c + j0 * c_size);
     }
     if (lora) gemm_2d(up, lora->h, lora->b, c);
   } catch (...) {
