@@ -156,15 +156,27 @@ inline T atomicCAS(T* p, T expected, T desired) {
   return expected;
 }
 
-// Intrinsics with explicit rounding: the host's IEEE operations (built with -ffp-contract=off, so a * b
-// + c is never fused), which is what the _rn variants promise.
-inline float __fmul_rn(float a, float b) { return a * b; }
-inline float __fadd_rn(float a, float b) { return a + b; }
-inline float __fsub_rn(float a, float b) { return a - b; }
+// Intrinsics with explicit rounding: the host's IEEE operations, each rounded on its own as the _rn
+// variants promise, even where the emulator is built with contraction on (-ffp-contract=fast, the
+// contraction build of emu-check): an empty asm makes each operand and result opaque, so the compiler
+// can never fuse a product into a neighbouring sum.
+template <typename T>
+inline T opaque(T v) {
+#if defined(__x86_64__)
+  asm("" : "+x"(v));
+#else
+  asm("" : "+r"(v));
+#endif
+  return v;
+}
+inline float __fmul_rn(float a, float b) { return opaque(opaque(a) * opaque(b)); }
+inline float __fadd_rn(float a, float b) { return opaque(opaque(a) + opaque(b)); }
+inline float __fsub_rn(float a, float b) { return opaque(opaque(a) - opaque(b)); }
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }  // one rounding, as on a GPU
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fsqrt_rn(float a) { return std::sqrt(a); }
-inline double __dadd_rn(double a, double b) { return a + b; }
-inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __dadd_rn(double a, double b) { return opaque(opaque(a) + opaque(b)); }
+inline double __dmul_rn(double a, double b) { return opaque(opaque(a) * opaque(b)); }
 inline double __ddiv_rn(double a, double b) { return a / b; }
 inline float __double2float_rn(double a) { return (float)a; }
 inline float __int_as_float(int v) { return emu::from_bits<float>((uint32_t)v); }
