@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # emu-check.sh: every CUDA kernel of the backend, run without a GPU (part of `./deno task test`).
 #
-#   1. the emulator's self-test: barriers, warp collectives, WMMA, atomics, launch and copy errors, and the
-#      bugs it must expose (a missing __syncthreads, a deadlock, an out-of-bounds read under ASan);
+#   1. the emulator's self-test: barriers, warp collectives, WMMA, atomics, streams and events, shared
+#      memory limits, launch and copy errors, and the bugs it must expose: a missing __syncthreads, a
+#      deadlock, a missing stream synchronization (QLORA_EMU_STREAMS=deferred), code that assumes the WMMA
+#      fragment layout, and, each in a process of its own, an out-of-bounds read under ASan, a kernel given
+#      a host pointer or a freed buffer, a misaligned WMMA load and one with a bad leading dimension;
 #   2. the native parity harness, CPU against the emulated CUDA build under AddressSanitizer and UBSan,
-#      with poisoned shared memory, in three thread orders (forward, reverse, seeded random), then the
+#      with poisoned shared memory, in three thread orders (forward, reverse, seeded random; the order of
+#      WMMA fragment elements too), streams deferred in two of them and asynchronous in the third, then the
 #      built-in GEMM kernels (QLORA_GEMM=builtin), then the no-GPU path (exit 77 = skipped).
 #
 # Run from anywhere; builds what it needs (make -C cuda all emu-sanitize). Exits non-zero on any failure.
@@ -19,10 +23,27 @@ export ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=print_stacktra
 started=$SECONDS
 step() { echo "emu-check: $*"; }
 
-for order in forward reverse random:1; do
-  step "self-test, thread order $order, shared memory poisoned"
-  QLORA_EMU_POISON=1 QLORA_EMU_ORDER=$order "$build/emu_selftest" | tail -n 1
+for run in forward:async reverse:deferred random:1:async random:1:deferred; do
+  order=${run%:*} streams=${run##*:}
+  step "self-test, thread order $order, streams $streams, shared memory poisoned"
+  QLORA_EMU_POISON=1 QLORA_EMU_ORDER=$order QLORA_EMU_STREAMS=$streams "$build/emu_selftest" | tail -n 1
 done
+
+# Each planted bug in a process of its own (the error is sticky): the run must fail and say why.
+expect_caught() {  # name, text the report must contain
+  if "$build/emu_selftest" "$1" >"$build/emu-$1.log" 2>&1 && grep -q "$2" "$build/emu-$1.log"; then
+    echo "  $1: caught: $(grep -m1 "qlora-emu:" "$build/emu-$1.log" | cut -c1-160)"
+  else
+    echo "emu-check: FAILED: the planted bug '$1' was not caught:"
+    tail -n 5 "$build/emu-$1.log"
+    exit 1
+  fi
+}
+step "self-test: planted bugs, each must be caught"
+expect_caught host-pointer "argument 0 is the pointer"
+expect_caught freed-pointer "argument 0 is the pointer"
+expect_caught wmma-misaligned "not 256-bit (32-byte) aligned"
+expect_caught wmma-ldm "not a multiple of 16 bytes"
 
 step "self-test: an out-of-bounds read must stop the sanitizer build, naming the kernel"
 if "$build/sanitize/emu_selftest" oob >"$build/emu-oob.log" 2>&1; then
@@ -37,10 +58,11 @@ grep -q "heap-buffer-overflow" "$build/emu-oob.log" && grep -q "in kernel oob_ke
 grep "qlora-emu:" "$build/emu-oob.log"
 
 harness=("$build/sanitize/qlora_parity" "$build/libqlora_cpu.so" "$build/sanitize/libqlora_cuda_emu.so" --quick)
-for order in forward reverse random:7; do
-  step "parity harness (ASan + UBSan), thread order $order"
+for run in forward:deferred reverse:async random:7:deferred; do
+  order=${run%:*} streams=${run##*:}
+  step "parity harness (ASan + UBSan), thread order $order, streams $streams"
   t0=$SECONDS
-  QLORA_EMU_ORDER=$order "${harness[@]}" >"$build/emu-parity-$order.log" 2>&1 || {
+  QLORA_EMU_ORDER=$order QLORA_EMU_STREAMS=$streams "${harness[@]}" >"$build/emu-parity-$order.log" 2>&1 || {
     grep -E "FAIL|ERROR|runtime error|qlora-emu" "$build/emu-parity-$order.log" | head -n 40
     exit 1
   }

@@ -101,6 +101,39 @@ __global__ void wmma_kernel(const __nv_bfloat16* a, const __nv_bfloat16* b, floa
   wmma::store_matrix_sync(c, acc, 16, wmma::mem_row_major);
 }
 
+// The same product, stored by indexing the accumulator's elements as if lane l held row-major elements
+// [8 l, 8 l + 8): right only for one fragment layout, which a GPU does not promise.
+__global__ void wmma_layout_kernel(const __nv_bfloat16* a, const __nv_bfloat16* b, float* c) {
+  using namespace nvcuda;
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+  wmma::fill_fragment(acc, 1.0f);
+  wmma::load_matrix_sync(fa, a, 16);
+  wmma::load_matrix_sync(fb, b, 16);
+  wmma::mma_sync(acc, fa, fb, acc);
+  for (int e = 0; e < acc.num_elements; e++) c[threadIdx.x * acc.num_elements + e] = acc.x[e];
+}
+
+// A WMMA load from a pointer off its 32-byte alignment (offset elements in), or with a leading dimension
+// that is not a multiple of 16 bytes.
+__global__ void wmma_bad_kernel(const __nv_bfloat16* a, float* c, int offset, int ldm) {
+  using namespace nvcuda;
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+  wmma::load_matrix_sync(fa, a + offset, ldm);
+  c[threadIdx.x] = __bfloat162float(fa.x[0]);
+}
+
+// 40 KB of static shared memory, plus what the launch gives dynamically.
+__global__ void static_shared_kernel(float* out) {
+  __shared__ float big[10240];
+  QLORA_EXTERN_SHARED(float, extra);
+  big[threadIdx.x] = (float)threadIdx.x;
+  extra[threadIdx.x] = 1.0f;
+  __syncthreads();
+  if (threadIdx.x == 0) out[0] = big[blockDim.x - 1] + extra[0];
+}
+
 __global__ void dynamic_shared_kernel(float* out, int n) {
   QLORA_EXTERN_SHARED(float, smem);
   for (int i = threadIdx.x; i < n; i += blockDim.x) smem[i] = (float)i;
@@ -128,13 +161,59 @@ __global__ void oob_kernel(const float* x, float* out, int n) {
   for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = x[i + 1];  // reads x[n]
 }
 
+// Writes out[i] = i + 1 slowly (one block after another does not matter: the host must wait for it).
+__global__ void fill_kernel(float* out, int n) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) out[i] = (float)(i + 1);
+}
+
 __nv_bfloat16 bf16(float v) { return __float2bfloat16(v); }
+
+// A kernel given a pointer it may not dereference: host memory ("host-pointer") or a device buffer freed
+// before the launch ("freed-pointer"). The launch must fail with cudaErrorIllegalAddress (sticky), the
+// kernel and the argument named on stderr; in the sanitizer build the process stops there.
+int run_bad_pointer(bool freed) {
+  const int n = 64;
+  std::vector<float> host(n, 0.0f);
+  float* out = device_array<float>(n);
+  float* target = host.data();
+  if (freed) {
+    target = device_array<float>(n);
+    cudaFree(target);
+  }
+  QLORA_LAUNCH(fill_kernel, 1, 64, 0, nullptr)(target, n);
+  const cudaError_t launched = cudaGetLastError(), synced = cudaDeviceSynchronize();
+  if (launched == cudaErrorIllegalAddress && synced == cudaErrorIllegalAddress) {
+    printf("%s: the launch failed with cudaErrorIllegalAddress, sticky\n", freed ? "freed-pointer" : "host-pointer");
+    return 0;
+  }
+  printf("%s: the kernel ran (%s, %s)\n", freed ? "freed-pointer" : "host-pointer", cudaGetErrorName(launched),
+         cudaGetErrorName(synced));
+  (void)out;
+  return 1;
+}
+
+// A WMMA load that breaks the alignment rule ("wmma-misaligned": 8 bf16 = 16 bytes in) or the ldm rule
+// ("wmma-ldm": 20 bf16 = 40 bytes): the kernel must fail (cudaErrorLaunchFailure, the rule on stderr).
+int run_bad_wmma(bool misaligned) {
+  __nv_bfloat16* a = device_array<__nv_bfloat16>(1024);
+  float* c = device_array<float>(32);
+  QLORA_LAUNCH(wmma_bad_kernel, 1, 32, 0, nullptr)(a, c, misaligned ? 8 : 0, misaligned ? 16 : 20);
+  const cudaError_t e = cudaDeviceSynchronize();
+  const char* what = misaligned ? "wmma-misaligned" : "wmma-ldm";
+  if (e == cudaErrorLaunchFailure) {
+    printf("%s: the kernel failed with cudaErrorLaunchFailure\n", what);
+    return 0;
+  }
+  printf("%s: the load was accepted (%s)\n", what, cudaGetErrorName(e));
+  return 1;
+}
 
 int run_oob() {
   const int n = 100;
   float* x = device_array<float>(n);
   float* out = device_array<float>(n);
   QLORA_LAUNCH(oob_kernel, 1, 64, 0, nullptr)(x, out, n);
+  cudaDeviceSynchronize();
   printf("oob: the kernel ran to the end: no sanitizer caught the read of x[%d]\n", n);
   return 1;
 }
@@ -143,6 +222,12 @@ int run_oob() {
 
 int main(int argc, char** argv) {
   if (argc > 1 && strcmp(argv[1], "oob") == 0) return run_oob();
+  if (argc > 1 && strcmp(argv[1], "host-pointer") == 0) return run_bad_pointer(false);
+  if (argc > 1 && strcmp(argv[1], "freed-pointer") == 0) return run_bad_pointer(true);
+  if (argc > 1 && strcmp(argv[1], "wmma-misaligned") == 0) return run_bad_wmma(true);
+  if (argc > 1 && strcmp(argv[1], "wmma-ldm") == 0) return run_bad_wmma(false);
+  const char* streams = getenv("QLORA_EMU_STREAMS");
+  const bool deferred = streams && strcmp(streams, "deferred") == 0;
 
   {  // barriers: a block sum over 4 blocks of 256
     const int blocks = 4, n = blocks * 256;
@@ -241,6 +326,13 @@ int main(int argc, char** argv) {
         ok = ok && c[i * 16 + j] == s;
       }
     check(ok, "wmma::mma_sync: a 16x16x16 bf16 product across the warp's fragments");
+    // Code that assumes which elements a lane holds: right in the forward order only.
+    QLORA_LAUNCH(wmma_layout_kernel, 1, 32, 0, nullptr)(da, db, dc);
+    auto assumed = to_host(dc, 256);
+    const char* order = getenv("QLORA_EMU_ORDER");
+    const bool forward = !order || strcmp(order, "forward") == 0;
+    check((assumed == c) == forward, forward ? "frag.x[] in the forward order: lane l holds elements [8 l, 8 l + 8)"
+                                             : "frag.x[] indexed as if the layout were known: wrong in this order");
   }
   {  // dynamic shared memory: the launch's size, and the opt-in above 48 KB
     float* out = device_array<float>(2);
@@ -257,6 +349,18 @@ int main(int argc, char** argv) {
               cudaErrorInvalidValue,
           "an opt-in above the RTX 3060's 99 KB per block is refused");
     cudaGetLastError();
+    // Static + dynamic shared memory per block: 40 KB static leaves 8 KB of the 48 KB without the opt-in.
+    QLORA_LAUNCH(static_shared_kernel, 1, 128, 8 << 10, nullptr)(out);
+    check(cudaGetLastError() == cudaSuccess && to_host(out, 1)[0] == 128.0f, "40 KB static + 8 KB dynamic shared memory");
+    QLORA_LAUNCH(static_shared_kernel, 1, 128, 9 << 10, nullptr)(out);
+    check(cudaGetLastError() == cudaErrorInvalidValue, "40 KB static + 9 KB dynamic: over 48 KB, refused");
+    check(cudaFuncSetAttribute(static_shared_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 60 << 10) ==
+              cudaErrorInvalidValue,
+          "an opt-in of 60 KB dynamic beside 40 KB static (over 99 KB) is refused");
+    cudaGetLastError();
+    cudaFuncSetAttribute(static_shared_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 16 << 10);
+    QLORA_LAUNCH(static_shared_kernel, 1, 128, 16 << 10, nullptr)(out);
+    check(cudaGetLastError() == cudaSuccess, "... 16 KB dynamic after the opt-in");
     QLORA_LAUNCH(dynamic_shared_kernel, 1, 2048, 0, nullptr)(out, 0);
     check(cudaGetLastError() == cudaErrorInvalidConfiguration, "2048 threads per block: invalid configuration");
   }
@@ -277,10 +381,83 @@ int main(int argc, char** argv) {
     check(cudaFree(host_a) == cudaErrorInvalidValue, "cudaFree of a host pointer: invalid argument");
     cudaGetLastError();
   }
+  {  // streams: asynchronous, in order, waited for by the calls that wait
+    const int n = 4096;
+    cudaStream_t s1 = nullptr, s2 = nullptr;
+    cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking);
+    cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking);
+    float* d = device_array<float>(n);
+    float* d2 = device_array<float>(n);
+    cudaDeviceSynchronize();
+    std::vector<float> h(n, -1.0f);
+    QLORA_LAUNCH(fill_kernel, 8, 128, 0, s1)(d, n);
+    cudaMemcpyAsync(h.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost, s1);
+    // The planted bug: the host reads h before it waits for s1. In deferred mode the copy has not run.
+    int early = 0;
+    for (int i = 0; i < n; i++) early += h[i] == (float)(i + 1);
+    if (deferred)
+      check(early == 0 && cudaStreamQuery(s1) == cudaErrorNotReady,
+            "a missing cudaStreamSynchronize shows: the host reads what the copy has not written");
+    check(cudaStreamSynchronize(s1) == cudaSuccess, "cudaStreamSynchronize waits for the stream's work");
+    int right = 0;
+    for (int i = 0; i < n; i++) right += h[i] == (float)(i + 1);
+    check(right == n && cudaStreamQuery(s1) == cudaSuccess, "... after which the copy has written every value");
+
+    // One stream waits for another through an event: s2 copies what s1's kernel writes.
+    cudaEvent_t written = nullptr, start = nullptr, end = nullptr;
+    cudaEventCreate(&written);
+    cudaEventCreate(&start);
+    cudaEventCreate(&end);
+    cudaMemsetAsync(d, 0, n * sizeof(float), s1);
+    cudaEventRecord(start, s1);
+    QLORA_LAUNCH(fill_kernel, 8, 128, 0, s1)(d, n);
+    cudaEventRecord(written, s1);
+    cudaEventRecord(end, s1);
+    cudaStreamWaitEvent(s2, written, 0);
+    cudaMemcpyAsync(d2, d, n * sizeof(float), cudaMemcpyDeviceToDevice, s2);
+    std::vector<float> h2(n, -1.0f);
+    cudaMemcpyAsync(h2.data(), d2, n * sizeof(float), cudaMemcpyDeviceToHost, s2);
+    if (deferred) {
+      float ms = 0.0f;
+      check(cudaEventQuery(end) == cudaErrorNotReady && cudaEventElapsedTime(&ms, start, end) == cudaErrorNotReady,
+            "an event not yet reached: cudaEventQuery and cudaEventElapsedTime say not ready");
+      cudaGetLastError();
+    }
+    cudaStreamSynchronize(s2);
+    right = 0;
+    for (int i = 0; i < n; i++) right += h2[i] == (float)(i + 1);
+    float ms = -1.0f;
+    check(right == n && cudaEventQuery(written) == cudaSuccess, "cudaStreamWaitEvent orders one stream after another");
+    // s2 waited for s1 only up to `written`; `end` completes when the host waits for it.
+    check(cudaEventSynchronize(end) == cudaSuccess && cudaEventElapsedTime(&ms, start, end) == cudaSuccess && ms >= 0.0f,
+          "cudaEventSynchronize, then cudaEventElapsedTime between reached events");
+    // A pinned source is read when the copy runs: the host must not change it before the stream is done.
+    float* pinned = nullptr;
+    cudaMallocHost((void**)&pinned, n * sizeof(float));
+    for (int i = 0; i < n; i++) pinned[i] = 7.0f;
+    cudaMemcpyAsync(d, pinned, n * sizeof(float), cudaMemcpyHostToDevice, s1);
+    for (int i = 0; i < n; i++) pinned[i] = 8.0f;  // the planted bug: the copy may not have read it yet
+    cudaStreamSynchronize(s1);
+    if (deferred) check(to_host(d, 1)[0] == 8.0f, "a pinned source changed before the stream ran: the copy sees the change");
+    // A pageable source is staged at the call: the host may reuse it at once.
+    std::vector<float> pageable(n, 5.0f);
+    cudaMemcpyAsync(d, pageable.data(), n * sizeof(float), cudaMemcpyHostToDevice, s1);
+    std::fill(pageable.begin(), pageable.end(), 6.0f);
+    cudaStreamSynchronize(s1);
+    check(to_host(d, 1)[0] == 5.0f, "a pageable source is read at the call, as the driver stages it");
+    cudaFreeHost(pinned);
+    cudaEventDestroy(written);
+    cudaEventDestroy(start);
+    cudaEventDestroy(end);
+    cudaFreeAsync(d2, s2);
+    check(cudaStreamDestroy(s1) == cudaSuccess && cudaStreamDestroy(s2) == cudaSuccess, "streams destroyed after their work");
+    cudaFree(d);
+    cudaGetLastError();
+  }
   {  // last: a deadlock leaves the sticky error of a faulting kernel, as on a GPU
     float* out = device_array<float>(64);
     QLORA_LAUNCH(deadlock_kernel, 1, 64, 0, nullptr)(out);
-    check(cudaGetLastError() == cudaErrorLaunchFailure && cudaDeviceSynchronize() == cudaErrorLaunchFailure,
+    check(cudaDeviceSynchronize() == cudaErrorLaunchFailure && cudaGetLastError() == cudaErrorLaunchFailure,
           "a barrier that cannot complete is reported (cudaErrorLaunchFailure, sticky)");
   }
   printf("%d passed, %d failed\n", g_passed, g_failed);

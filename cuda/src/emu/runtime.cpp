@@ -7,7 +7,10 @@
 // Environment:
 //   QLORA_EMU_DEVICE_MEMORY  emulated device size (default 6GiB: the RTX 3060 this project is about)
 //   QLORA_EMU_ORDER          order of the threads between two barriers: forward (default), reverse, or
-//                            random[:SEED] (a fresh permutation at every barrier, seeded)
+//                            random[:SEED] (a fresh permutation at every barrier, seeded); also the order
+//                            of the elements in WMMA fragments (mma.h)
+//   QLORA_EMU_STREAMS        async (default: a worker thread per stream), deferred (a stream's work runs
+//                            only when the host waits for it), or sync (before each call returns)
 //   QLORA_EMU_POISON         1: fill shared memory with 0xff at the start of every block (default in the
 //                            sanitizer build), so a read before a write shows as NaN
 //   QLORA_EMU_THREADS        host threads that run blocks (default: OpenMP's)
@@ -16,19 +19,28 @@
 // the kernel, the block and the thread; they abort the process in the sanitizer build, and otherwise
 // become the sticky cudaErrorLaunchFailure that a faulting kernel leaves on a GPU.
 #include <dlfcn.h>
+#include <elf.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <omp.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "include/cuda_runtime.h"
@@ -178,24 +190,178 @@ cudaError_t device_alloc(void** out, size_t bytes) {
   return cudaSuccess;
 }
 
-cudaError_t device_free(void* p) {
+// Frees a device allocation: at once (stream null), or taken out of the device's memory now and given back
+// to the heap when `stream` reaches the free.
+struct Stream;
+void enqueue_free(Stream* stream, void* p);
+
+cudaError_t device_free(void* p, Stream* stream) {
   if (sticky()) return sticky();
   if (p == nullptr) return cudaSuccess;
-  std::lock_guard<std::mutex> lock(g_mem_mutex);
-  auto it = g_regions.find((uintptr_t)p);
-  if (it == g_regions.end() || it->second.kind != Kind::kDevice) return record(cudaErrorInvalidValue);
-  g_device_used -= it->second.size;
-  g_regions.erase(it);
-  free(p);
+  {
+    std::lock_guard<std::mutex> lock(g_mem_mutex);
+    auto it = g_regions.find((uintptr_t)p);
+    if (it == g_regions.end() || it->second.kind != Kind::kDevice) return record(cudaErrorInvalidValue);
+    g_device_used -= it->second.size;
+    g_regions.erase(it);
+  }
+  if (stream) enqueue_free(stream, p);
+  else free(p);
   return cudaSuccess;
 }
 
 // ---- streams and events -----------------------------------------------------------------------------
+//
+// A stream is a queue of operations (kernels, copies, sets, host functions, waits on other streams) and a
+// worker thread that runs them in order. Each operation gets the next sequence number of its stream;
+// waiting for a stream up to number n waits until its worker has finished n operations. In deferred mode
+// the worker runs nothing the host has not waited for (released), so work the host reads without waiting
+// has never run. The legacy default stream (null) is a stream too, created on first use.
+
+enum class StreamMode { kAsync, kDeferred, kSync };
+
+StreamMode stream_mode() {
+  static const StreamMode mode = [] {
+    const char* m = getenv("QLORA_EMU_STREAMS");
+    if (m && strcmp(m, "deferred") == 0) return StreamMode::kDeferred;
+    if (m && strcmp(m, "sync") == 0) return StreamMode::kSync;
+    return StreamMode::kAsync;
+  }();
+  return mode;
+}
+
+using Op = std::function<void()>;
+
+cudaError_t launch_host_func_entry(cudaStream_t stream, cudaHostFn_t fn, void* user_data);
+
+struct Stream : CUstream_st {
+  bool blocking = true;  // synchronizes with the legacy default stream (cudaStreamDefault)
+  std::mutex m;
+  std::condition_variable cv;
+  std::deque<Op> queue;
+  uint64_t submitted = 0, done = 0, released = 0;
+  bool stopping = false;
+  std::thread worker;
+
+  explicit Stream(bool is_blocking) : CUstream_st{&launch_host_func_entry}, blocking(is_blocking) {
+    if (stream_mode() != StreamMode::kSync) worker = std::thread([this] { work(); });
+  }
+
+  void work() {
+    std::unique_lock<std::mutex> lock(m);
+    for (;;) {
+      cv.wait(lock, [&] {
+        return stopping || (!queue.empty() && (stream_mode() != StreamMode::kDeferred || done < released));
+      });
+      if (queue.empty()) return;  // stopping, and nothing left
+      Op op = std::move(queue.front());
+      queue.pop_front();
+      lock.unlock();
+      op();
+      lock.lock();
+      done++;
+      cv.notify_all();
+    }
+  }
+
+  // Queues op; returns its sequence number. In sync mode, runs it first.
+  uint64_t submit(Op op) {
+    if (stream_mode() == StreamMode::kSync) {
+      op();
+      std::lock_guard<std::mutex> lock(m);
+      return done = ++submitted;
+    }
+    std::lock_guard<std::mutex> lock(m);
+    queue.push_back(std::move(op));
+    cv.notify_all();
+    return ++submitted;
+  }
+
+  // Blocks until the first n operations have run.
+  void wait_for(uint64_t n) {
+    std::unique_lock<std::mutex> lock(m);
+    released = std::max(released, n);
+    cv.notify_all();
+    cv.wait(lock, [&] { return done >= n; });
+  }
+  void wait_all() { wait_for(last()); }
+  uint64_t last() {
+    std::lock_guard<std::mutex> lock(m);
+    return submitted;
+  }
+  bool finished(uint64_t n) {
+    std::lock_guard<std::mutex> lock(m);
+    return done >= n;
+  }
+
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lock(m);
+      released = submitted;
+      stopping = true;
+      cv.notify_all();
+    }
+    if (worker.joinable()) worker.join();
+  }
+};
 
 std::mutex g_handles_mutex;
 std::set<const void*> g_streams, g_events;
+
+// The legacy default stream: never destroyed (its worker waits for work until the process ends).
+Stream* default_stream() {
+  static Stream* s = new Stream(true);
+  return s;
+}
+
+// The stream a handle names (null: the legacy default stream), or nullptr for an unknown handle.
+Stream* find_stream(cudaStream_t stream) {
+  if (stream == nullptr) return default_stream();
+  std::lock_guard<std::mutex> lock(g_handles_mutex);
+  return g_streams.count(stream) ? (Stream*)stream : nullptr;
+}
+
+std::vector<Stream*> all_streams() {
+  std::vector<Stream*> all{default_stream()};
+  std::lock_guard<std::mutex> lock(g_handles_mutex);
+  for (const void* s : g_streams) all.push_back((Stream*)s);
+  return all;
+}
+
+// Queues op on s, in the legacy default stream's order: work on the default stream waits for the work
+// already queued on every blocking stream, and work on a blocking stream waits for the default stream's.
+void enqueue(Stream* s, Op op) {
+  if (s == default_stream()) {
+    for (Stream* other : all_streams())
+      if (other != s && other->blocking) {
+        const uint64_t n = other->last();
+        if (n > 0) s->submit([other, n] { other->wait_for(n); });
+      }
+  } else if (s->blocking) {
+    Stream* d = default_stream();
+    const uint64_t n = d->last();
+    if (n > 0) s->submit([d, n] { d->wait_for(n); });
+  }
+  s->submit(std::move(op));
+}
+
+void enqueue_free(Stream* stream, void* p) {
+  enqueue(stream, [p] { free(p); });
+}
+
+void synchronize_device() {
+  for (Stream* s : all_streams()) s->wait_all();
+}
+
+cudaError_t launch_host_func_entry(cudaStream_t stream, cudaHostFn_t fn, void* user_data) {
+  return cudaLaunchHostFunc(stream, fn, user_data);
+}
+
 struct EventState {
   std::chrono::steady_clock::time_point at;
+  Stream* stream = nullptr;  // where it was last recorded, and as which operation
+  uint64_t seq = 0;
+  std::atomic<bool> complete{false};
   bool recorded = false;
 };
 
@@ -639,22 +805,63 @@ void kernel_error(const char* fmt, ...) {
 
 std::mutex g_attr_mutex;
 std::map<const void*, int> g_max_dynamic_shared;  // cudaFuncAttributeMaxDynamicSharedMemorySize per kernel
+std::map<const void*, long> g_static_shared;      // static __shared__ bytes per kernel (-1: unknown)
 
-cudaError_t launch(const Launch& l) {
-  if (sticky()) return record(sticky());
-  cudaError_t e = check_stream(l.stream);
-  if (e != cudaSuccess) return record(e);
-  const uint64_t threads = (uint64_t)l.block.x * l.block.y * l.block.z;
-  if (threads == 0 || threads > 1024 || l.block.x > 1024 || l.block.y > 1024 || l.block.z > 64 || l.grid.x == 0 ||
-      l.grid.y == 0 || l.grid.z == 0 || l.grid.x > 0x7fffffffu || l.grid.y > 65535 || l.grid.z > 65535)
-    return record(cudaErrorInvalidConfiguration);
-  int max_dynamic = (int)kSharedPerBlock;
-  {
-    std::lock_guard<std::mutex> lock(g_attr_mutex);
-    auto it = g_max_dynamic_shared.find(l.func);
-    if (it != g_max_dynamic_shared.end()) max_dynamic = it->second;
+namespace {
+
+// The static shared memory of a kernel: its __shared__ variables are function-local thread_locals here,
+// whose symbols ("_ZZ" + the kernel's mangled name without "_Z" + "E" + the variable) the symbol table of
+// the library (or executable) holding the kernel lists with their sizes. -1 where the symbol table cannot
+// be read (a stripped build).
+long static_shared_bytes(const void* func) {
+  Dl_info info{};
+  if (dladdr(func, &info) == 0 || !info.dli_fname) return -1;
+  const char* path = info.dli_fname[0] ? info.dli_fname : "/proc/self/exe";
+  const int fd = open(path, O_RDONLY);
+  if (fd < 0) return -1;
+  struct stat st{};
+  void* map = fstat(fd, &st) == 0 ? mmap(nullptr, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
+  close(fd);
+  if (map == MAP_FAILED) return -1;
+  const char* base = (const char*)map;
+  const size_t size = (size_t)st.st_size;
+  long total = -1;
+  const Elf64_Ehdr* eh = (const Elf64_Ehdr*)base;
+  if (size >= sizeof *eh && memcmp(eh->e_ident, ELFMAG, SELFMAG) == 0 && eh->e_ident[EI_CLASS] == ELFCLASS64 &&
+      eh->e_shoff + (uint64_t)eh->e_shnum * sizeof(Elf64_Shdr) <= size) {
+    const Elf64_Shdr* sh = (const Elf64_Shdr*)(base + eh->e_shoff);
+    for (unsigned i = 0; i < eh->e_shnum && total < 0; i++) {
+      if (sh[i].sh_type != SHT_SYMTAB || sh[i].sh_link >= eh->e_shnum) continue;
+      const Elf64_Sym* syms = (const Elf64_Sym*)(base + sh[i].sh_offset);
+      const size_t count = sh[i].sh_size / sizeof(Elf64_Sym);
+      const char* names = base + sh[sh[i].sh_link].sh_offset;
+      if (sh[i].sh_offset + sh[i].sh_size > size) break;
+      // The kernel: a function at the address dladdr resolved, relative to the object's base.
+      const uint64_t at = (uint64_t)((uintptr_t)func - (uintptr_t)info.dli_fbase);
+      const uint64_t at_abs = (uint64_t)(uintptr_t)func;  // a non-PIE executable lists absolute addresses
+      std::string prefix;
+      for (size_t k = 0; k < count && prefix.empty(); k++)
+        if (ELF64_ST_TYPE(syms[k].st_info) == STT_FUNC && (syms[k].st_value == at || syms[k].st_value == at_abs) &&
+            strncmp(names + syms[k].st_name, "_Z", 2) == 0)
+          prefix = std::string("_ZZ") + (names + syms[k].st_name + 2) + "E";
+      if (prefix.empty()) break;
+      total = 0;
+      for (size_t k = 0; k < count; k++)
+        if (ELF64_ST_TYPE(syms[k].st_info) == STT_TLS && strncmp(names + syms[k].st_name, prefix.c_str(), prefix.size()) == 0)
+          total += (long)syms[k].st_size;
+    }
   }
-  if (l.dynamic_shared > (size_t)max_dynamic) return record(cudaErrorInvalidValue);
+  munmap(map, size);
+  return total;
+}
+
+}  // namespace
+
+namespace {
+
+// Runs every block of a launch (on its stream's worker, or the caller in sync mode).
+void run_grid(const Launch& l) {
+  if (sticky()) return;  // a kernel has faulted: the context is lost, as on a GPU
   const uint64_t blocks = (uint64_t)l.grid.x * l.grid.y * l.grid.z;
   const int threads_wanted = config().threads > 0 ? config().threads : omp_get_max_threads();
   const int host_threads = (int)std::min<uint64_t>(blocks, (uint64_t)std::max(threads_wanted, 1));
@@ -665,6 +872,68 @@ cudaError_t launch(const Launch& l) {
                     (unsigned)(i / ((uint64_t)l.grid.x * l.grid.y))};
     run_block(l, idx);
   }
+}
+
+// A fault found at the launch (a pointer the kernel may not dereference): reported like a fault inside
+// the kernel, and sticky.
+void launch_fault(const Launch& l, cudaError_t e, const char* message) {
+  {
+    std::lock_guard<std::mutex> lock(g_report_mutex);
+    fprintf(stderr, "qlora-emu: error in kernel %s, at its launch: %s\n", l.name, message);
+  }
+  if (config().abort_on_error) abort();
+  int expected = cudaSuccess;
+  g_sticky.compare_exchange_strong(expected, e);
+}
+
+}  // namespace
+
+// Checks the launch as the driver does (errors returned at once), then queues the grid on its stream.
+cudaError_t launch(const Launch& l) {
+  std::unique_ptr<const void, void (*)(const void*)> call(l.call, l.destroy);
+  if (sticky()) return record(sticky());
+  Stream* stream = find_stream(l.stream);
+  if (!stream) return record(cudaErrorInvalidResourceHandle);
+  const uint64_t threads = (uint64_t)l.block.x * l.block.y * l.block.z;
+  if (threads == 0 || threads > 1024 || l.block.x > 1024 || l.block.y > 1024 || l.block.z > 64 || l.grid.x == 0 ||
+      l.grid.y == 0 || l.grid.z == 0 || l.grid.x > 0x7fffffffu || l.grid.y > 65535 || l.grid.z > 65535)
+    return record(cudaErrorInvalidConfiguration);
+  // Shared memory per block, as a GPU counts it: static + dynamic within 48 KB, or, once the kernel's
+  // cudaFuncAttributeMaxDynamicSharedMemorySize is set, dynamic within it and static + dynamic within the
+  // opt-in limit.
+  long static_bytes = 0;
+  int max_dynamic = -1;
+  {
+    std::lock_guard<std::mutex> lock(g_attr_mutex);
+    auto it = g_max_dynamic_shared.find(l.func);
+    if (it != g_max_dynamic_shared.end()) max_dynamic = it->second;
+    auto st = g_static_shared.find(l.func);
+    if (st == g_static_shared.end()) st = g_static_shared.emplace(l.func, static_shared_bytes(l.func)).first;
+    static_bytes = std::max(st->second, 0L);
+  }
+  const size_t shared_total = (size_t)static_bytes + l.dynamic_shared;
+  if (max_dynamic < 0 ? shared_total > kSharedPerBlock
+                      : (l.dynamic_shared > (size_t)max_dynamic || shared_total > kSharedOptin)) {
+    std::lock_guard<std::mutex> lock(g_report_mutex);
+    fprintf(stderr, "qlora-emu: kernel %s asks for %ld B of static and %zu B of dynamic shared memory per block: over "
+            "the limit (%zu B%s)\n", l.name, static_bytes, l.dynamic_shared, max_dynamic < 0 ? kSharedPerBlock :
+            kSharedOptin, max_dynamic < 0 ? " without cudaFuncAttributeMaxDynamicSharedMemorySize" : " with the opt-in");
+    return record(cudaErrorInvalidValue);
+  }
+  const void* bad_value = nullptr;
+  const int bad = l.bad_pointer ? l.bad_pointer(l.call, &bad_value) : -1;
+  if (bad >= 0) {
+    char msg[320];
+    snprintf(msg, sizeof msg, "argument %d is the pointer %p, which is not device memory (a host pointer, or a "
+             "device buffer already freed): the kernel would fault with cudaErrorIllegalAddress on a GPU",
+             bad, bad_value);
+    launch_fault(l, cudaErrorIllegalAddress, msg);
+    return record(sticky());
+  }
+  // The queued grid owns a copy of the launch and the arguments.
+  auto shared_call = std::shared_ptr<const void>(call.release(), l.destroy);
+  Launch copy = l;
+  enqueue(stream, [copy, shared_call] { run_grid(copy); });
   return sticky() ? record(sticky()) : cudaSuccess;
 }
 
@@ -672,10 +941,17 @@ cudaError_t func_set_attribute(const void* func, cudaFuncAttribute attr, int val
   if (sticky()) return record(sticky());
   if (func == nullptr) return record(cudaErrorInvalidValue);  // cudaErrorInvalidDeviceFunction on a GPU
   if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return record(cudaErrorInvalidValue);
-  if (value < 0 || (size_t)value > kSharedOptin) return record(cudaErrorInvalidValue);
   std::lock_guard<std::mutex> lock(g_attr_mutex);
+  auto st = g_static_shared.find(func);
+  if (st == g_static_shared.end()) st = g_static_shared.emplace(func, static_shared_bytes(func)).first;
+  if (value < 0 || (size_t)value + (size_t)std::max(st->second, 0L) > kSharedOptin) return record(cudaErrorInvalidValue);
   g_max_dynamic_shared[func] = value;
   return cudaSuccess;
+}
+
+int fragment_order(uint64_t* seed) {
+  *seed = config().seed;
+  return (int)config().order;
 }
 
 cudaError_t get_symbol_address(void** p, const void* symbol, size_t bytes) {
@@ -688,15 +964,22 @@ cudaError_t get_symbol_address(void** p, const void* symbol, size_t bytes) {
   return cudaSuccess;
 }
 
+bool is_kernel_pointer(const void* p) {
+  std::lock_guard<std::mutex> lock(g_mem_mutex);
+  const uintptr_t a = (uintptr_t)p;
+  auto it = g_regions.upper_bound(a);
+  if (it == g_regions.begin()) return false;
+  --it;
+  return a <= it->first + it->second.size;  // one past the end too: an empty range a kernel never reads
+}
+
 bool is_device_range(const void* p, size_t bytes) {
   std::lock_guard<std::mutex> lock(g_mem_mutex);
   return device_range_locked(p, bytes);
 }
 
 cudaError_t check_stream(cudaStream_t stream) {
-  if (stream == nullptr) return cudaSuccess;
-  std::lock_guard<std::mutex> lock(g_handles_mutex);
-  return g_streams.count(stream) ? cudaSuccess : cudaErrorInvalidResourceHandle;
+  return find_stream(stream) ? cudaSuccess : cudaErrorInvalidResourceHandle;
 }
 
 const char* cublas_library_path() {
@@ -761,7 +1044,10 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   return cudaSuccess;
 }
 
-cudaError_t cudaDeviceSynchronize() { return sticky() ? record(sticky()) : cudaSuccess; }
+cudaError_t cudaDeviceSynchronize() {
+  synchronize_device();
+  return sticky() ? record(sticky()) : cudaSuccess;
+}
 
 const char* cudaGetErrorName(cudaError_t e) {
   switch (e) {
@@ -816,7 +1102,14 @@ cudaError_t cudaGetLastError() {
 cudaError_t cudaPeekAtLastError() { return sticky() ? sticky() : t_last_error; }
 
 cudaError_t cudaMalloc(void** p, size_t bytes) { return device_alloc(p, bytes); }
-cudaError_t cudaFree(void* p) { return device_free(p); }
+
+// cudaFree waits for the device (a kernel may still be using the buffer); cudaFreeAsync takes the buffer
+// out of the device's memory at once (later work may not use it: kernels given it fault at their launch)
+// and gives its bytes back in stream order.
+cudaError_t cudaFree(void* p) {
+  if (p != nullptr) synchronize_device();
+  return device_free(p, nullptr);
+}
 
 cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t stream) {
   cudaError_t e = check_stream(stream);
@@ -825,9 +1118,9 @@ cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t stream) {
 }
 
 cudaError_t cudaFreeAsync(void* p, cudaStream_t stream) {
-  cudaError_t e = check_stream(stream);
-  if (e != cudaSuccess) return record(e);
-  return device_free(p);
+  Stream* s = find_stream(stream);
+  if (!s) return record(cudaErrorInvalidResourceHandle);
+  return device_free(p, s);
 }
 
 cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned flags) {
@@ -848,6 +1141,7 @@ cudaError_t cudaMallocHost(void** p, size_t bytes) { return cudaHostAlloc(p, byt
 cudaError_t cudaFreeHost(void* p) {
   if (sticky()) return record(sticky());
   if (!p) return cudaSuccess;
+  synchronize_device();  // cudaFreeHost waits for the device, which may still be copying from it
   std::lock_guard<std::mutex> lock(g_mem_mutex);
   auto it = g_regions.find((uintptr_t)p);
   if (it == g_regions.end() || it->second.kind != Kind::kPinned) return record(cudaErrorInvalidValue);
@@ -867,47 +1161,70 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
 
 // A driver checks a copy against the memory each pointer names: with an explicit kind, a host pointer
 // where device memory is expected (or the reverse), or a range past the end of an allocation, is
-// cudaErrorInvalidValue; cudaMemcpyDefault infers each side.
+// cudaErrorInvalidValue; cudaMemcpyDefault infers each side. The checks are made at the call; the copy
+// runs in stream order. A source in pageable host memory is read at the call (staged, as the driver
+// stages it), so the host may reuse it at once; everything else is read and written when the stream
+// reaches the copy, so the host must wait for the stream before it reads a destination in host memory or
+// changes a pinned source.
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream) {
   if (sticky()) return record(sticky());
-  cudaError_t e = check_stream(stream);
-  if (e != cudaSuccess) return record(e);
+  Stream* s = find_stream(stream);
+  if (!s) return record(cudaErrorInvalidResourceHandle);
   if ((unsigned)kind > cudaMemcpyDefault) return record(cudaErrorInvalidMemcpyDirection);
   if (bytes == 0) return cudaSuccess;
   if (!dst || !src) return record(cudaErrorInvalidValue);
+  bool pageable_src = false;
   {
     std::lock_guard<std::mutex> lock(g_mem_mutex);
-    const int d = side_of(dst, bytes), s = side_of(src, bytes);
-    if (d < 0 || s < 0) return record(cudaErrorInvalidValue);
+    const int d = side_of(dst, bytes), src_side = side_of(src, bytes);
+    if (d < 0 || src_side < 0) return record(cudaErrorInvalidValue);
     const bool want_dst_device = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
     const bool want_src_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
-    if (kind != cudaMemcpyDefault && (d != (int)want_dst_device || s != (int)want_src_device))
+    if (kind != cudaMemcpyDefault && (d != (int)want_dst_device || src_side != (int)want_src_device))
       return record(cudaErrorInvalidValue);
+    pageable_src = src_side == 0 && find_region(src) == nullptr;
   }
-  memcpy(dst, src, bytes);  // overlapping ranges are an error for cudaMemcpy too: AddressSanitizer reports them
+  if (pageable_src) {
+    auto staged = std::make_shared<std::vector<char>>((const char*)src, (const char*)src + bytes);
+    enqueue(s, [dst, staged] {
+      if (!sticky()) memcpy(dst, staged->data(), staged->size());
+    });
+  } else {
+    // Overlapping ranges are an error for cudaMemcpy too: AddressSanitizer reports them.
+    enqueue(s, [dst, src, bytes] {
+      if (!sticky()) memcpy(dst, src, bytes);
+    });
+  }
   return cudaSuccess;
 }
 
+// cudaMemcpy returns when the copy is done: it runs on the legacy default stream and waits for it.
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
-  return cudaMemcpyAsync(dst, src, bytes, kind, nullptr);
+  cudaError_t e = cudaMemcpyAsync(dst, src, bytes, kind, nullptr);
+  if (e != cudaSuccess) return e;
+  default_stream()->wait_all();
+  return sticky() ? record(sticky()) : cudaSuccess;
 }
 
 cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t stream) {
   if (sticky()) return record(sticky());
-  cudaError_t e = check_stream(stream);
-  if (e != cudaSuccess) return record(e);
+  Stream* s = find_stream(stream);
+  if (!s) return record(cudaErrorInvalidResourceHandle);
   if (bytes == 0) return cudaSuccess;
   if (!is_device_range(p, bytes)) return record(cudaErrorInvalidValue);
-  memset(p, value, bytes);
+  enqueue(s, [p, value, bytes] {
+    if (!sticky()) memset(p, value, bytes);
+  });
   return cudaSuccess;
 }
 
+// Asynchronous with respect to the host for device memory, as on a GPU: on the legacy default stream.
 cudaError_t cudaMemset(void* p, int value, size_t bytes) { return cudaMemsetAsync(p, value, bytes, nullptr); }
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags) {
   if (!stream || flags > cudaStreamNonBlocking) return record(cudaErrorInvalidValue);
   if (sticky()) return record(sticky());
-  auto* s = (cudaStream_t)new char(0);
+  Stream* s = new Stream(flags == cudaStreamDefault);
   std::lock_guard<std::mutex> lock(g_handles_mutex);
   g_streams.insert(s);
   *stream = s;
@@ -916,17 +1233,41 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags) {
 
 cudaError_t cudaStreamCreate(cudaStream_t* stream) { return cudaStreamCreateWithFlags(stream, cudaStreamDefault); }
 
+// Waits for the stream's work, then stops its worker (a GPU lets the work finish after the call returns).
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
-  std::lock_guard<std::mutex> lock(g_handles_mutex);
-  if (!stream || !g_streams.erase(stream)) return record(cudaErrorInvalidResourceHandle);
-  delete (char*)stream;
+  {
+    std::lock_guard<std::mutex> lock(g_handles_mutex);
+    if (!stream || !g_streams.erase(stream)) return record(cudaErrorInvalidResourceHandle);
+  }
+  Stream* s = (Stream*)stream;
+  s->stop();
+  delete s;
   return cudaSuccess;
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
-  cudaError_t e = check_stream(stream);
-  if (e != cudaSuccess) return record(e);
-  return sticky() ? record(sticky()) : cudaSuccess;  // the work is already done: the stream is synchronous
+  Stream* s = find_stream(stream);
+  if (!s) return record(cudaErrorInvalidResourceHandle);
+  s->wait_all();
+  return sticky() ? record(sticky()) : cudaSuccess;
+}
+
+cudaError_t cudaStreamQuery(cudaStream_t stream) {
+  Stream* s = find_stream(stream);
+  if (!s) return record(cudaErrorInvalidResourceHandle);
+  if (sticky()) return record(sticky());
+  return s->finished(s->last()) ? cudaSuccess : cudaErrorNotReady;
+}
+
+cudaError_t cudaLaunchHostFunc(cudaStream_t stream, cudaHostFn_t fn, void* user_data) {
+  if (sticky()) return record(sticky());
+  Stream* s = find_stream(stream);
+  if (!s) return record(cudaErrorInvalidResourceHandle);
+  if (!fn) return record(cudaErrorInvalidValue);
+  enqueue(s, [fn, user_data] {
+    if (!sticky()) fn(user_data);
+  });
+  return cudaSuccess;
 }
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned flags) {
@@ -945,29 +1286,65 @@ static EventState* find_event(cudaEvent_t event) {
   return g_events.count(event) ? (EventState*)event : nullptr;
 }
 
+// The event completes when its stream reaches it; the time is taken then.
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   EventState* ev = find_event(event);
-  if (!ev || check_stream(stream) != cudaSuccess) return record(cudaErrorInvalidResourceHandle);
-  ev->at = std::chrono::steady_clock::now();
+  Stream* s = find_stream(stream);
+  if (!ev || !s) return record(cudaErrorInvalidResourceHandle);
+  ev->complete = false;
   ev->recorded = true;
+  ev->stream = s;
+  enqueue(s, [ev] {
+    ev->at = std::chrono::steady_clock::now();
+    ev->complete = true;
+  });
+  ev->seq = s->last();
   return cudaSuccess;
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
-  return find_event(event) ? cudaSuccess : record(cudaErrorInvalidResourceHandle);
+  EventState* ev = find_event(event);
+  if (!ev) return record(cudaErrorInvalidResourceHandle);
+  if (ev->recorded) ev->stream->wait_for(ev->seq);
+  return sticky() ? record(sticky()) : cudaSuccess;
+}
+
+cudaError_t cudaEventQuery(cudaEvent_t event) {
+  EventState* ev = find_event(event);
+  if (!ev) return record(cudaErrorInvalidResourceHandle);
+  return !ev->recorded || ev->complete ? cudaSuccess : cudaErrorNotReady;
+}
+
+// Later work on stream waits until the event's stream has reached it.
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned flags) {
+  EventState* ev = find_event(event);
+  Stream* s = find_stream(stream);
+  if (!ev || !s) return record(cudaErrorInvalidResourceHandle);
+  if (flags != 0) return record(cudaErrorInvalidValue);
+  if (!ev->recorded) return cudaSuccess;
+  Stream* other = ev->stream;
+  const uint64_t n = ev->seq;
+  if (other != s) enqueue(s, [other, n] { other->wait_for(n); });
+  return cudaSuccess;
 }
 
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
   EventState *a = find_event(start), *b = find_event(end);
   if (!ms || !a || !b) return record(cudaErrorInvalidResourceHandle);
   if (!a->recorded || !b->recorded) return record(cudaErrorInvalidResourceHandle);
+  if (!a->complete || !b->complete) return record(cudaErrorNotReady);
   *ms = std::chrono::duration<float, std::milli>(b->at - a->at).count();
   return cudaSuccess;
 }
 
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
-  std::lock_guard<std::mutex> lock(g_handles_mutex);
-  if (!event || !g_events.erase(event)) return record(cudaErrorInvalidResourceHandle);
-  delete (EventState*)event;
+  EventState* ev = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(g_handles_mutex);
+    if (!event || !g_events.erase(event)) return record(cudaErrorInvalidResourceHandle);
+    ev = (EventState*)event;
+  }
+  if (ev->recorded) ev->stream->wait_for(ev->seq);  // its stream may still complete it
+  delete ev;
   return cudaSuccess;
 }

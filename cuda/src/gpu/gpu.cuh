@@ -56,8 +56,10 @@ struct KernelLauncher {
   template <typename... Args>
   void operator()(Args&&... args) const {
 #if defined(QLORA_EMU)
-    const emu::KernelCall<Params...> call{kernel, std::tuple<Params...>(std::forward<Args>(args)...)};
-    emu::launch({name, (const void*)kernel, grid, block, shared, stream, &emu::KernelCall<Params...>::invoke, &call});
+    using Call = emu::KernelCall<Params...>;
+    const Call* call = new Call{kernel, std::tuple<Params...>(std::forward<Args>(args)...)};
+    emu::launch({name, (const void*)kernel, grid, block, shared, stream, &Call::invoke, call, &Call::destroy,
+                 &Call::bad_pointer});
 #else
     kernel<<<grid, block, shared, stream>>>(std::forward<Args>(args)...);
 #endif

@@ -9,7 +9,15 @@
 //     Dynamic shared memory (QLORA_EXTERN_SHARED in gpu.cuh) is allocated per block at the launch's size.
 //   - Device memory is host heap registered with the runtime, so copies check the kind and the bounds of
 //     each pointer as a driver does, and AddressSanitizer sees out-of-bounds kernel accesses.
-//   - Streams are in order and synchronous: every call completes before it returns.
+//   - Streams are asynchronous, as on a GPU: each stream has a worker thread that runs its kernels, copies
+//     and host functions in order, concurrently with the host and with other streams, and the calls that
+//     wait (cudaStreamSynchronize, cudaEventSynchronize, cudaDeviceSynchronize, cudaMemcpy, cudaFree)
+//     wait for real. QLORA_EMU_STREAMS=deferred holds each stream's work until the host waits for it, so
+//     a missing synchronization always shows (the host reads what the copy has not written yet);
+//     QLORA_EMU_STREAMS=sync runs everything before the call returns.
+//   - Kernel arguments that are pointers must point into device memory (or pinned host memory, which a
+//     GPU maps): a host pointer or a freed device buffer passed to a kernel stops the launch with the
+//     kernel and the argument named, where a GPU would fault with cudaErrorIllegalAddress.
 // What it cannot check: timing, bandwidth, occupancy, register limits, and driver-specific behaviour.
 #pragma once
 #include <cmath>
@@ -17,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 
 // ---- the device language -------------------------------------------------------------------------
@@ -237,6 +246,12 @@ enum cudaFuncAttribute {
 
 struct CUstream_st;
 typedef CUstream_st* cudaStream_t;
+typedef void (*cudaHostFn_t)(void* user_data);
+// The first member of every emulated stream (runtime.cpp): the reference cuBLAS (emu/cublas.cpp), a
+// library of its own that does not link the runtime, queues its work on the stream it is given through it.
+struct CUstream_st {
+  cudaError_t (*launch_host_func)(cudaStream_t stream, cudaHostFn_t fn, void* user_data);
+};
 struct CUevent_st;
 typedef CUevent_st* cudaEvent_t;
 constexpr unsigned cudaStreamDefault = 0, cudaStreamNonBlocking = 1;
@@ -281,10 +296,14 @@ cudaError_t cudaStreamCreate(cudaStream_t* stream);
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags);
 cudaError_t cudaStreamDestroy(cudaStream_t stream);
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
+cudaError_t cudaStreamQuery(cudaStream_t stream);
+cudaError_t cudaLaunchHostFunc(cudaStream_t stream, cudaHostFn_t fn, void* user_data);
 cudaError_t cudaEventCreate(cudaEvent_t* event);
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned flags);
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream = nullptr);
 cudaError_t cudaEventSynchronize(cudaEvent_t event);
+cudaError_t cudaEventQuery(cudaEvent_t event);
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned flags = 0);
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end);
 cudaError_t cudaEventDestroy(cudaEvent_t event);
 
@@ -293,10 +312,16 @@ cudaError_t get_symbol_address(void** p, const void* symbol, size_t bytes);
 cudaError_t func_set_attribute(const void* func, cudaFuncAttribute attr, int value);
 // True when [p, p + bytes) lies inside one live device allocation (kernels and libraries check pointers).
 bool is_device_range(const void* p, size_t bytes);
+// True when a kernel may dereference p: inside (or one past the end of) a live device allocation, a
+// __device__ variable or pinned host memory.
+bool is_kernel_pointer(const void* p);
 // A stream handle the runtime made (or null, the default stream).
 cudaError_t check_stream(cudaStream_t stream);
 
-// One kernel launch, type-erased: run(invoke, call) runs invoke(call) once per thread of the grid.
+// One kernel launch, type-erased: run(invoke, call) runs invoke(call) once per thread of the grid. The
+// launch owns `call` (the kernel's arguments, copied as a GPU copies them at the launch) and frees it with
+// destroy once the kernel has run on its stream; bad_pointer gives the index of the first pointer argument
+// a kernel may not dereference (is_kernel_pointer), or -1.
 struct Launch {
   const char* name;
   const void* func;
@@ -305,6 +330,8 @@ struct Launch {
   cudaStream_t stream;
   void (*invoke)(const void* call);
   const void* call;
+  void (*destroy)(const void* call);
+  int (*bad_pointer)(const void* call, const void** value);
 };
 cudaError_t launch(const Launch& l);
 
@@ -316,7 +343,32 @@ struct KernelCall {
     const KernelCall* c = (const KernelCall*)p;
     std::apply(c->kernel, c->args);  // each thread gets its own copy of the parameters, as on a GPU
   }
+  static void destroy(const void* p) { delete (const KernelCall*)p; }
+  template <typename T>
+  static const void* as_pointer(const T& v) {
+    if constexpr (std::is_pointer<T>::value) return (const void*)v;
+    return nullptr;
+  }
+  template <size_t... I>
+  static int first_bad(const KernelCall* c, const void** value, std::index_sequence<I...>) {
+    int bad = -1;
+    auto check = [&](int i, const void* p) {
+      if (bad < 0 && p != nullptr && !is_kernel_pointer(p)) {
+        bad = i;
+        *value = p;
+      }
+    };
+    (check((int)I, as_pointer(std::get<I>(c->args))), ...);
+    return bad;
+  }
+  static int bad_pointer(const void* p, const void** value) {
+    return first_bad((const KernelCall*)p, value, std::index_sequence_for<Params...>{});
+  }
 };
+
+// The order of the elements in WMMA fragments for this run (QLORA_EMU_ORDER): 0 forward, 1 reverse,
+// 2 random with *seed.
+int fragment_order(uint64_t* seed);
 
 // The path of the reference cuBLAS built beside this library (libqlora_cublas_emu.so).
 const char* cublas_library_path();

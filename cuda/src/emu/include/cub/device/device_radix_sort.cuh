@@ -1,6 +1,7 @@
 // cub/device/device_radix_sort.cuh of the CUDA emulator: DeviceRadixSort::SortPairs with CUB's contract
 // (a size query with a null temp_storage, then the sort; stable; keys compared on bits [begin_bit,
-// end_bit)). The sort runs on the host after the stream's work, using the caller's temporary storage.
+// end_bit)). Checked at the call; the sort is queued on the stream (cudaLaunchHostFunc), so it runs after
+// the stream's earlier work and before its later work, using the caller's temporary storage.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -30,17 +31,33 @@ struct DeviceRadixSort {
         !emu::is_device_range(values_out, n * sizeof(Value)))
       return cudaErrorInvalidValue;
     const uint64_t mask = (end_bit - begin_bit >= 64 ? ~0ull : ((1ull << (end_bit - begin_bit)) - 1)) << begin_bit;
-    uint32_t* order = (uint32_t*)temp_storage;
-    for (size_t i = 0; i < n; i++) order[i] = (uint32_t)i;
-    std::stable_sort(order, order + n, [&](uint32_t a, uint32_t b) {
-      return ((uint64_t)keys_in[a] & mask) < ((uint64_t)keys_in[b] & mask);
-    });
-    for (size_t i = 0; i < n; i++) {
-      keys_out[i] = keys_in[order[i]];
-      values_out[i] = values_in[order[i]];
-    }
-    return cudaSuccess;
+    auto* job = new Job<Key, Value>{(uint32_t*)temp_storage, keys_in, keys_out, values_in, values_out, n, mask};
+    return cudaLaunchHostFunc(stream, &Job<Key, Value>::run, job);
   }
+
+ private:
+  template <typename Key, typename Value>
+  struct Job {
+    uint32_t* order;
+    const Key* keys_in;
+    Key* keys_out;
+    const Value* values_in;
+    Value* values_out;
+    size_t n;
+    uint64_t mask;
+    static void run(void* p) {
+      const Job* j = (const Job*)p;
+      for (size_t i = 0; i < j->n; i++) j->order[i] = (uint32_t)i;
+      std::stable_sort(j->order, j->order + j->n, [&](uint32_t a, uint32_t b) {
+        return ((uint64_t)j->keys_in[a] & j->mask) < ((uint64_t)j->keys_in[b] & j->mask);
+      });
+      for (size_t i = 0; i < j->n; i++) {
+        j->keys_out[i] = j->keys_in[j->order[i]];
+        j->values_out[i] = j->values_in[j->order[i]];
+      }
+      delete j;
+    }
+  };
 };
 
 }  // namespace cub
