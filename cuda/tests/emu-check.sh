@@ -9,15 +9,20 @@
 #   2. the native parity harness, CPU against the emulated CUDA build under AddressSanitizer and UBSan,
 #      with poisoned shared memory, in three thread orders (forward, reverse, seeded random; the order of
 #      WMMA fragment elements too), streams deferred in two of them and asynchronous in the third, then the
-#      built-in GEMM kernels (QLORA_GEMM=builtin), then the no-GPU path (exit 77 = skipped).
+#      built-in GEMM kernels (QLORA_GEMM=builtin), then the no-GPU path (exit 77 = skipped);
+#   3. the harness against the contraction build (build/contract: the kernels compiled with -mfma
+#      -ffp-contract=fast, fusing a * b + c as nvcc does by default; everything above is built with
+#      -ffp-contract=off): what the harness calls bit-exact must stay so, which holds only where the
+#      kernels spell their rounding (__fmul_rn, __fadd_rn, __fmaf_rn) as the CPU rounds. About 30 s.
 #
-# Run from anywhere; builds what it needs (make -C cuda all emu-sanitize). Exits non-zero on any failure.
+# Run from anywhere; builds what it needs (make -C cuda all emu-sanitize emu-contract). Exits non-zero on
+# any failure.
 # LeakSanitizer is off: it crashes scanning the fibers' stacks and the library's thread-local shared
 # memory; the harness checks leaks itself, through both libraries' ledgers.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 build=build
-make -s -C cuda -j"$(nproc)" all emu-sanitize
+make -s -C cuda -j"$(nproc)" all emu-sanitize emu-contract
 
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1
 started=$SECONDS
@@ -84,4 +89,24 @@ if [ "$rc" -ne 77 ] || ! grep -q "No usable CUDA device" "$build/emu-parity-node
   tail -n 5 "$build/emu-parity-nodevice.log"
   exit 1
 fi
+
+step "parity harness, contraction build (a * b + c fused into FMAs, as nvcc does)"
+# A guard that the contraction flags reached the compiler: FMA instructions in the kernels' objects. The plain
+# build has none (without -mfma g++ has no FMA instruction on x86-64: it calls fmaf in libm and contracts
+# nothing); the count includes the kernels' own fmaf calls, so it shows the flags, not each contraction.
+fmas=
+if [ "$(uname -m)" = x86_64 ]; then
+  fmas=$(objdump -d --no-show-raw-insn "$build"/obj/emu-contract/gpu/*.o | grep -cE '\svfn?m(add|sub)[0-9]+[ps][sd]\s' || true)
+  if [ "$fmas" -eq 0 ]; then
+    echo "emu-check: FAILED: no FMA instruction in $build/obj/emu-contract: the contraction build did not contract"
+    exit 1
+  fi
+fi
+t0=$SECONDS
+"$build/qlora_parity" "$build/libqlora_cpu.so" "$build/contract/libqlora_cuda_emu.so" --quick \
+  >"$build/emu-parity-contract.log" 2>&1 || {
+  grep -E "FAIL|ERROR|qlora-emu" "$build/emu-parity-contract.log" | head -n 40
+  exit 1
+}
+echo "  $(tail -n 1 "$build/emu-parity-contract.log") in $((SECONDS - t0)) s${fmas:+ ($fmas FMA instructions in the kernels)}"
 echo "emu-check: all passed in $((SECONDS - started)) s"
