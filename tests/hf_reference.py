@@ -10,11 +10,25 @@ on every run without PyTorch. Run it again (where python3-torch is installed) on
 
     /usr/bin/python3 tests/hf_reference.py   (Debian's python3 with python3-torch)
 
+The reference itself is checked against transformers' own LlamaForCausalLM, where transformers can be
+imported (not in CI; e.g. a virtual environment with torch and transformers), without writing anything:
+
+    python tests/hf_reference.py --check-transformers
+
+It loads each directory with LlamaForCausalLM in float64 (eager attention) and compares logits, loss and
+the four gradients with forward() below. transformers computes RMSNorm, the RoPE frequencies and the
+softmax in float32 on purpose; for the check those float32 steps are made float64 (in this process only),
+so the two must agree to float64 rounding (1e-12), and the stored float32 vectors to float32 rounding (1e-7).
+Measured with transformers 5.18.0 and torch 2.13.0+cpu: 1.4e-15 and 4.3e-8 (with transformers' float32
+steps left as they are: 6.7e-7).
+
 Nothing here is imported by the library: PyTorch is a reference, never a dependency.
 """
+import contextlib
 import json
 import os
 import struct
+import sys
 
 import torch
 
@@ -176,5 +190,90 @@ def main():
         print(f"{name}: loss {loss.item():.6f}, logits {tuple(logits.shape)}, {len(names)} weights")
 
 
+@contextlib.contextmanager
+def float32_as_float64(module):
+    """In `module` (transformers' modeling_llama), torch.float32, torch.float and Tensor.float() mean float64."""
+    class Torch:
+        def __getattr__(self, name):
+            return torch.float64 if name in ("float32", "float") else getattr(torch, name)
+
+    saved_torch, saved_float = module.torch, torch.Tensor.float
+    module.torch = Torch()
+    torch.Tensor.float = lambda self, *args, **kwargs: self.to(torch.float64)
+    try:
+        yield
+    finally:
+        module.torch, torch.Tensor.float = saved_torch, saved_float
+
+
+def check_transformers():
+    """Each case's directory through transformers' LlamaForCausalLM in float64 against forward(); exits 1 if apart."""
+    import transformers
+    import transformers.models.llama.modeling_llama as modeling_llama
+
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}")
+    failed = False
+    for name in CASES:
+        folder = os.path.join(OUT, name)
+        with open(os.path.join(folder, "config.json")) as f:
+            cfg = json.load(f)
+        ref = read_safetensors(os.path.join(folder, "reference.safetensors"))
+        tokens, targets = ref["tokens"].long(), ref["targets"].long()
+        for pure in (False, True):
+            with float32_as_float64(modeling_llama) if pure else contextlib.nullcontext():
+                model = transformers.LlamaForCausalLM.from_pretrained(folder, dtype=torch.float64,
+                                                                      attn_implementation="eager")
+                logits = model(input_ids=tokens).logits
+                assert logits.dtype == torch.float64
+                vocab = logits.shape[-1]
+                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1),
+                                                         ignore_index=-1)
+                loss.backward()
+            params = dict(model.named_parameters())
+            w = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()
+                 if not (cfg["tie_word_embeddings"] and k == "lm_head.weight")}
+            own = forward(cfg, w, tokens)
+            own_loss = torch.nn.functional.cross_entropy(own.reshape(-1, vocab), targets.reshape(-1), ignore_index=-1)
+            own_loss.backward()
+
+            def rel(a, b):
+                return ((a - b).abs().max() / b.abs().max()).item()
+
+            apart = {"logits": rel(logits.detach(), own.detach()),
+                     "loss": abs(loss.item() - own_loss.item()) / abs(own_loss.item())}
+            stored = {"logits": rel(logits.detach(), ref["logits"].to(torch.float64)),
+                      "loss": abs(loss.item() - ref["loss"].item()) / abs(ref["loss"].item())}
+            for key in (k for k in ref if k.startswith("grad.")):
+                apart[key] = rel(params[key[5:]].grad, w[key[5:]].grad)
+                stored[key] = rel(params[key[5:]].grad, ref[key].to(torch.float64))
+            worst, worst_stored = max(apart.values()), max(stored.values())
+            how = "float64 throughout" if pure else "with transformers' float32 steps"
+            print(f"{name}, {how}: forward() within {worst:.1e}, the stored vectors within {worst_stored:.1e} "
+                  f"(logits, loss and {len(apart) - 2} gradients; relative to each one's largest value)")
+            if pure and (worst > 1e-12 or worst_stored > 1e-7):
+                failed = True
+                print(f"  apart: {apart}\n  stored: {stored}")
+    sys.exit(1 if failed else 0)
+
+
+def read_safetensors(path):
+    """The safetensors written by write_safetensors, read back as tensors (F32 and I32 only)."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    dtypes = {"F32": torch.float32, "I32": torch.int32}
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        out[name] = torch.frombuffer(bytearray(data[start:end]), dtype=dtypes[info["dtype"]]).reshape(info["shape"])
+    return out
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--check-transformers"]:
+        check_transformers()
+    else:
+        main()
