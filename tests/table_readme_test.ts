@@ -1,6 +1,9 @@
 import { assertEquals, assertStringIncludes } from "@std/assert";
+import { memoryChartSvg } from "../scripts/table/chart_svg.ts";
 import {
+  figuresOf,
   README_BEGIN,
+  README_CHART,
   README_END,
   README_RESULT,
   readmeSection,
@@ -21,4 +24,30 @@ Deno.test("README: the table section is exactly what the formatters make of the 
   // deno fmt would realign the tables and rewrap the notes: the section is fenced off from it.
   assertStringIncludes(readme, `<!-- deno-fmt-ignore-start -->\n${README_BEGIN}`);
   assertStringIncludes(readme, `${README_END}\n<!-- deno-fmt-ignore-end -->`);
+});
+
+Deno.test("README: every figure its prose quotes from the table's run is that run's", async () => {
+  const readme = await Deno.readTextFile(new URL("README.md", ROOT));
+  const saved = JSON.parse(await Deno.readTextFile(new URL(README_RESULT, ROOT))) as ReadmeSource;
+  const figures = figuresOf(readme, saved);
+  // When this fails: `./deno task table --readme-from tests/data/readme_table.json` rewrites them.
+  for (const f of figures) assertEquals(f.shown, f.expected, `the README's figure "${f.name}"`);
+  const names = figures.map((f) => f.name);
+  for (const name of ["ledger-coverage-7b", "table-seconds", "table-machine"]) {
+    assertEquals(names.includes(name), true, `the README quotes ${name}`);
+  }
+});
+
+Deno.test("README: it opens with the chart drawn from the table's run, committed as drawn", async () => {
+  const readme = await Deno.readTextFile(new URL("README.md", ROOT));
+  const saved = JSON.parse(await Deno.readTextFile(new URL(README_RESULT, ROOT))) as ReadmeSource;
+  const committed = await Deno.readTextFile(new URL(README_CHART, ROOT));
+  // When this fails: `./deno task table --readme-from tests/data/readme_table.json` redraws it.
+  assertEquals(committed, memoryChartSvg(saved.result));
+  const image = readme.indexOf(`](${README_CHART})`);
+  assertEquals(
+    image > 0 && image < readme.indexOf("## Quick start"),
+    true,
+    "the chart is shown before the quick start",
+  );
 });

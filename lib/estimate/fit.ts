@@ -55,22 +55,26 @@ export const GPU_GENERATIONS: Readonly<
   "ampere-consumer": {
     name: "Ampere, consumer (sm_86)",
     context: 320 * MiB,
-    note: "CUDA 12 context with lazy loading + cuBLAS (4 MiB workspace); a display adds more",
+    note:
+      "CUDA 12 context with lazy loading + cuBLAS's handle and kernels (the backend sets its workspace to 0); a display adds more",
   },
   ada: {
     name: "Ada Lovelace (sm_89)",
     context: 384 * MiB,
-    note: "CUDA 12 context with lazy loading + cuBLAS (4 MiB workspace); a display adds more",
+    note:
+      "CUDA 12 context with lazy loading + cuBLAS's handle and kernels (the backend sets its workspace to 0); a display adds more",
   },
   ampere: {
     name: "Ampere, data center (sm_80)",
     context: 448 * MiB,
-    note: "CUDA 12 context with lazy loading (108 SMs) + cuBLAS (4 MiB workspace)",
+    note:
+      "CUDA 12 context with lazy loading (108 SMs) + cuBLAS's handle and kernels (the backend sets its workspace to 0)",
   },
   hopper: {
     name: "Hopper (sm_90)",
     context: 576 * MiB,
-    note: "CUDA 12 context with lazy loading (132 SMs) + cuBLAS (32 MiB workspace on Hopper)",
+    note:
+      "CUDA 12 context with lazy loading (132 SMs) + cuBLAS's handle and kernels (the backend sets its workspace to 0)",
   },
 };
 
