@@ -29,12 +29,11 @@ Deno.test("README: the table section is exactly what the formatters make of the 
 Deno.test("README: every figure its prose quotes from the table's run is that run's", async () => {
   const readme = await Deno.readTextFile(new URL("README.md", ROOT));
   const saved = JSON.parse(await Deno.readTextFile(new URL(README_RESULT, ROOT))) as ReadmeSource;
-  const figures = figuresOf(readme, saved);
-  // When this fails: `./deno task table --readme-from tests/data/readme_table.json` rewrites them.
-  for (const f of figures) assertEquals(f.shown, f.expected, `the README's figure "${f.name}"`);
-  const names = figures.map((f) => f.name);
-  for (const name of ["ledger-coverage-7b", "table-seconds", "table-machine"]) {
-    assertEquals(names.includes(name), true, `the README quotes ${name}`);
+  // When this fails: `./deno task table --readme-from tests/data/readme_table.json` rewrites them (or the
+  // sentence around a figure changed: README_FIGURES in scripts/table/readme.ts says where each stands).
+  for (const f of figuresOf(readme, saved)) {
+    assertEquals(f.shown !== null, true, `the README has the sentence of the figure "${f.name}"`);
+    assertEquals(f.shown, f.expected, `the README's figure "${f.name}"`);
   }
 });
 

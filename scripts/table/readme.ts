@@ -2,8 +2,8 @@
  * README.md's table section is the command's own output: `./deno task table --readme` replaces the text
  * between two marker comments with the tables built from the run's result, and saves that result (with
  * the machine it ran on) to `tests/data/readme_table.json`, so a test can rebuild the section and check
- * that nobody retyped it. Figures the prose quotes from the same run are marked too
- * ({@linkcode README_FIGURES}) and rewritten with it. The markers sit inside `<!-- deno-fmt-ignore-start -->` /
+ * that nobody retyped it. Figures the prose quotes from the same run ({@linkcode README_FIGURES}) and the
+ * chart at the top ({@linkcode README_CHART}) are rewritten with it. The markers sit inside `<!-- deno-fmt-ignore-start -->` /
  * `<!-- deno-fmt-ignore-end -->`, so `deno fmt` leaves the generated text as the formatters made it.
  *
  * @module
@@ -93,75 +93,92 @@ export function sectionOf(readme: string): string {
   return readme.slice(i + README_BEGIN.length + 1, j - 1);
 }
 
+/** A figure the README's prose quotes from the saved run: where it stands, and what it must say. */
+export interface ReadmeFigure {
+  /**
+   * The sentence around the figure, the figure itself the one capture group (words separated by `\s+`,
+   * as `deno fmt` may wrap the prose anywhere).
+   */
+  where: RegExp;
+  /** The figure's text, from the saved run. */
+  value: (source: ReadmeSource) => string;
+}
+
 /**
- * Figures quoted in the README's prose outside the section, each computed from the saved run: the README
- * writes `<!-- fig:NAME -->TEXT<!-- /fig -->`, the rewrite puts the figure's text there, and
- * `tests/table_readme_test.ts` fails where TEXT differs from it.
+ * Figures quoted in the README's prose outside the section, each computed from the saved run: the rewrite
+ * puts the figure's text in its place, and `tests/table_readme_test.ts` fails where the README differs from
+ * it, or no longer has the sentence.
  */
-export const README_FIGURES: Readonly<Record<string, (source: ReadmeSource) => string>> = {
+export const README_FIGURES: Readonly<Record<string, ReadmeFigure>> = {
   /** The ledger's coverage of the process's growth at 7B, lowest to highest over the modes. */
-  "ledger-coverage-7b": (source) => {
-    const values = Object.values(source.result.shape?.cells ?? {})
-      .map((c) => c.value?.coverage)
-      .filter((v): v is number => typeof v === "number" && Number.isFinite(v));
-    if (values.length === 0) return "not measured";
-    const pct = (v: number) => (v * 100).toFixed(2);
-    return `${pct(Math.min(...values))}-${pct(Math.max(...values))}%`;
+  "ledger-coverage-7b": {
+    where: /the table's run below measured,\s+over\s+the\s+modes\s+at\s+7B\s+on\s+the\s+CPU,\s+(\S+)\)/,
+    value: (source) => {
+      const values = Object.values(source.result.shape?.cells ?? {})
+        .map((c) => c.value?.coverage)
+        .filter((v): v is number => typeof v === "number" && Number.isFinite(v));
+      if (values.length === 0) return "not-measured";
+      const pct = (v: number) => (v * 100).toFixed(2);
+      return `${pct(Math.min(...values))}-${pct(Math.max(...values))}%`;
+    },
   },
   /** How long the saved run took. */
-  "table-seconds": (source) => `${source.result.seconds.toFixed(0)} s`,
+  "table-seconds": {
+    where: /The\s+run\s+the\s+table\s+section\s+shows\s+took\s+(\d+\s+s)\s/,
+    value: (source) => `${source.result.seconds.toFixed(0)} s`,
+  },
   /** The machine of the saved run. */
-  "table-machine": (source) => source.machine,
+  "table-machine": {
+    where: /shows\s+took\s+\d+\s+s\s+on\s+an?\s+([^;]+?);\s+the\s+quality\s+study/,
+    value: (source) => source.machine,
+  },
 };
 
-const FIGURE = /<!-- fig:([a-z0-9-]+) -->([\s\S]*?)<!-- \/fig -->/g;
-
 /**
- * The figures `readme` quotes: name, the text it shows and the text the saved run gives (whitespace
- * folded, as `deno fmt` may wrap a figure's text).
+ * The figures `readme` quotes: name, the text it shows (whitespace folded) and the text the saved run
+ * gives; `shown` is null where the README no longer has the figure's sentence.
  *
  * @example
  * ```ts
  * import { figuresOf } from "./readme.ts";
  * import { assertEquals } from "@std/assert";
- * const source = { machine: "M", result: { seconds: 12.4 } } as never;
- * assertEquals(figuresOf("took <!-- fig:table-seconds -->9 s<!-- /fig -->", source), [
- *   { name: "table-seconds", shown: "9 s", expected: "12 s" },
- * ]);
+ * const source = { machine: "M", result: { seconds: 12.4, shape: null } } as never;
+ * const readme = "The run the table section shows took 9 s on an M; the quality study";
+ * assertEquals(figuresOf(readme, source)[1], { name: "table-seconds", shown: "9 s", expected: "12 s" });
  * ```
  */
 export function figuresOf(
   readme: string,
   source: ReadmeSource,
-): { name: string; shown: string; expected: string }[] {
-  return [...readme.matchAll(FIGURE)].map(([, name, shown]) => {
-    const figure = README_FIGURES[name];
-    if (!figure) {
-      throw new Error(
-        `The README quotes an unknown figure "${name}" (known: ${Object.keys(README_FIGURES)})`,
-      );
-    }
-    return { name, shown: shown.replace(/\s+/g, " ").trim(), expected: figure(source) };
+): { name: string; shown: string | null; expected: string }[] {
+  return Object.entries(README_FIGURES).map(([name, figure]) => {
+    const m = readme.match(figure.where);
+    return { name, shown: m ? m[1].replace(/\s+/g, " ") : null, expected: figure.value(source) };
   });
 }
 
 /**
- * `readme` with every quoted figure's text replaced by the saved run's.
+ * `readme` with every quoted figure's text replaced by the saved run's (sentences it no longer has are
+ * left to the test to report).
  *
  * @example
  * ```ts
  * import { fillFigures } from "./readme.ts";
  * import { assertEquals } from "@std/assert";
- * const source = { machine: "M", result: { seconds: 12.4 } } as never;
- * assertEquals(fillFigures("on <!-- fig:table-machine -->?<!-- /fig -->", source), "on <!-- fig:table-machine -->M<!-- /fig -->");
+ * const source = { machine: "M", result: { seconds: 12.4, shape: null } } as never;
+ * const readme = "The run the table section shows took 9 s on an X; the quality study";
+ * assertEquals(fillFigures(readme, source), "The run the table section shows took 12 s on an M; the quality study");
  * ```
  */
 export function fillFigures(readme: string, source: ReadmeSource): string {
-  figuresOf(readme, source); // unknown names are an error
-  return readme.replace(
-    FIGURE,
-    (_, name: string) => `<!-- fig:${name} -->${README_FIGURES[name](source)}<!-- /fig -->`,
-  );
+  let out = readme;
+  for (const figure of Object.values(README_FIGURES)) {
+    out = out.replace(
+      figure.where,
+      (whole: string, shown: string) => whole.replace(shown, figure.value(source)),
+    );
+  }
+  return out;
 }
 
 /**
