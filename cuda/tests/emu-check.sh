@@ -5,7 +5,8 @@
 #      memory limits, launch and copy errors, and the bugs it must expose: a missing __syncthreads, a
 #      deadlock, a missing stream synchronization (QLORA_EMU_STREAMS=deferred), code that assumes the WMMA
 #      fragment layout, and, each in a process of its own, an out-of-bounds read under ASan, a kernel given
-#      a host pointer or a freed buffer, a misaligned WMMA load and one with a bad leading dimension;
+#      a host pointer or a freed buffer, a misaligned WMMA load and one with a bad leading dimension, and
+#      the host dereferencing device memory (deferred streams keep device memory shut outside waits);
 #   2. the native parity harness, CPU against the emulated CUDA build under AddressSanitizer and UBSan,
 #      with poisoned shared memory, in three thread orders (forward, reverse, seeded random; the order of
 #      WMMA fragment elements too), streams deferred in two of them and asynchronous in the third, then the
@@ -49,6 +50,14 @@ expect_caught host-pointer "argument 0 is the pointer"
 expect_caught freed-pointer "argument 0 is the pointer"
 expect_caught wmma-misaligned "not 256-bit (32-byte) aligned"
 expect_caught wmma-ldm "not a multiple of 16 bytes"
+# The host dereferencing device memory (deferred streams shut device memory outside waits): it must die.
+if QLORA_EMU_STREAMS=deferred "$build/emu_selftest" host-read >"$build/emu-host-read.log" 2>&1 ||
+  ! grep -q "the host touched device memory" "$build/emu-host-read.log"; then
+  echo "emu-check: FAILED: the planted bug 'host-read' was not caught:"
+  tail -n 5 "$build/emu-host-read.log"
+  exit 1
+fi
+echo "  host-read: caught: $(grep -m1 "qlora-emu:" "$build/emu-host-read.log" | cut -c1-160)"
 
 step "self-test: an out-of-bounds read must stop the sanitizer build, naming the kernel"
 if "$build/sanitize/emu_selftest" oob >"$build/emu-oob.log" 2>&1; then

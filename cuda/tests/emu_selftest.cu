@@ -9,6 +9,11 @@
 //                           check holds, with "N passed, M failed" at the end.
 //   emu_selftest oob        a kernel that reads one element past its buffer: under the sanitizer build the
 //                           process must die with AddressSanitizer's report naming the kernel.
+//   emu_selftest BUG        the other planted bugs, each in a process of its own (the errors are sticky):
+//                           host-pointer, freed-pointer (a kernel given memory it may not dereference),
+//                           wmma-misaligned, wmma-ldm (WMMA's pointer and ldm rules): exit 0 when caught;
+//                           host-read (QLORA_EMU_STREAMS=deferred: the host dereferences device memory): the
+//                           process must die, naming the access.
 #include <cuda_bf16.h>
 #include <mma.h>
 
@@ -192,6 +197,16 @@ int run_bad_pointer(bool freed) {
   return 1;
 }
 
+// The host reads device memory directly, without a copy ("host-read", with QLORA_EMU_STREAMS=deferred):
+// the process must stop, naming the access.
+int run_host_read() {
+  float* d = device_array<float>(64);
+  cudaDeviceSynchronize();
+  const volatile float v = d[3];  // the planted bug: a device pointer dereferenced on the host
+  printf("host-read: the host read device memory (%g) and went on\n", (double)v);
+  return 1;
+}
+
 // A WMMA load that breaks the alignment rule ("wmma-misaligned": 8 bf16 = 16 bytes in) or the ldm rule
 // ("wmma-ldm": 20 bf16 = 40 bytes): the kernel must fail (cudaErrorLaunchFailure, the rule on stderr).
 int run_bad_wmma(bool misaligned) {
@@ -224,6 +239,7 @@ int main(int argc, char** argv) {
   if (argc > 1 && strcmp(argv[1], "oob") == 0) return run_oob();
   if (argc > 1 && strcmp(argv[1], "host-pointer") == 0) return run_bad_pointer(false);
   if (argc > 1 && strcmp(argv[1], "freed-pointer") == 0) return run_bad_pointer(true);
+  if (argc > 1 && strcmp(argv[1], "host-read") == 0) return run_host_read();
   if (argc > 1 && strcmp(argv[1], "wmma-misaligned") == 0) return run_bad_wmma(true);
   if (argc > 1 && strcmp(argv[1], "wmma-ldm") == 0) return run_bad_wmma(false);
   const char* streams = getenv("QLORA_EMU_STREAMS");

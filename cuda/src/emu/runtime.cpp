@@ -1,8 +1,9 @@
 // emu/runtime.cpp: the CUDA emulator's runtime. Kernels run block by block (blocks in parallel on the
 // host's cores, OpenMP); the threads of a block run as fibers on one host thread and switch only at
 // barriers, so a thread runs from one barrier to the next without interruption and every barrier waits
-// for exactly the threads that must reach it. Device memory is host heap registered here, so copies and
-// frees are checked as a driver checks them.
+// for exactly the threads that must reach it. Device memory is host memory registered here (heap, or the
+// arena of deferred streams, shut to the host outside waits), so copies and frees are checked as a driver
+// checks them. Each stream is a queue run by a worker thread (see "streams and events").
 //
 // Environment:
 //   QLORA_EMU_DEVICE_MEMORY  emulated device size (default 6GiB: the RTX 3060 this project is about)
@@ -24,6 +25,7 @@
 #include <unistd.h>
 #include <omp.h>
 #include <sys/mman.h>
+#include <signal.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -123,6 +125,18 @@ const Config& config() {
 constexpr int kMajor = 8, kMinor = 6, kSms = 28;
 constexpr size_t kSharedPerBlock = 48 << 10, kSharedOptin = 99 << 10;
 
+enum class StreamMode { kAsync, kDeferred, kSync };
+
+StreamMode stream_mode() {
+  static const StreamMode mode = [] {
+    const char* m = getenv("QLORA_EMU_STREAMS");
+    if (m && strcmp(m, "deferred") == 0) return StreamMode::kDeferred;
+    if (m && strcmp(m, "sync") == 0) return StreamMode::kSync;
+    return StreamMode::kAsync;
+  }();
+  return mode;
+}
+
 // ---- errors -----------------------------------------------------------------------------------------
 
 thread_local cudaError_t t_last_error = cudaSuccess;
@@ -173,40 +187,170 @@ int side_of(const void* p, size_t bytes) {
   return (uintptr_t)p + bytes <= r->first + r->second.size ? 1 : -1;
 }
 
+// ---- the device arena (deferred streams) -------------------------------------------------------------
+//
+// With QLORA_EMU_STREAMS=deferred, device work runs only while the host waits for it, so device memory can be
+// shut to the host the rest of the time, as a GPU's memory is: allocations are carved from one reserved
+// mapping, readable and writable only while some wait is in progress (open), PROT_NONE otherwise, and a
+// host access outside a wait stops the process naming the allocation (the SIGSEGV handler below). Each
+// allocation is followed by a 256-byte red zone; under AddressSanitizer the red zones and freed ranges are
+// poisoned, so an access one past the end or after a free is still reported.
+
+struct Arena {
+  char* base = nullptr;
+  size_t size = 0;
+  std::map<size_t, size_t> free_ranges;  // offset -> bytes, coalesced
+  int open = 0;                          // waits in progress
+  std::mutex m;
+};
+constexpr size_t kRedZone = 256;
+
+void poison(void* p, size_t bytes) {
+#if EMU_ASAN
+  __asan_poison_memory_region(p, bytes);
+#else
+  (void)p, (void)bytes;
+#endif
+}
+void unpoison(void* p, size_t bytes) {
+#if EMU_ASAN
+  __asan_unpoison_memory_region(p, bytes);
+#else
+  (void)p, (void)bytes;
+#endif
+}
+
+struct sigaction g_previous_segv;
+void on_segv(int sig, siginfo_t* info, void* context);
+
+// The arena, or null where streams are not deferred (device memory is then host heap).
+Arena* arena() {
+  static Arena* a = []() -> Arena* {
+    if (stream_mode() != StreamMode::kDeferred) return nullptr;
+    const size_t size = ((config().device_bytes * 2 + (1ull << 30)) + 4095) & ~(size_t)4095;
+    void* p = mmap(nullptr, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return nullptr;
+    Arena* r = new Arena();
+    r->base = (char*)p;
+    r->size = size;
+    r->free_ranges[0] = size;
+    struct sigaction sa{};
+    sa.sa_sigaction = on_segv;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &g_previous_segv);
+    return r;
+  }();
+  return a;
+}
+
+// A wait begins (open) or ends (close): the arena is readable while any wait is in progress.
+void arena_open() {
+  Arena* a = arena();
+  if (!a) return;
+  std::lock_guard<std::mutex> lock(a->m);
+  if (a->open++ == 0) mprotect(a->base, a->size, PROT_READ | PROT_WRITE);
+}
+void arena_close() {
+  Arena* a = arena();
+  if (!a) return;
+  std::lock_guard<std::mutex> lock(a->m);
+  if (--a->open == 0) mprotect(a->base, a->size, PROT_NONE);
+}
+
+void* arena_alloc(Arena& a, size_t bytes) {
+  const size_t need = ((bytes + 255) & ~(size_t)255) + kRedZone;
+  std::lock_guard<std::mutex> lock(a.m);
+  for (auto it = a.free_ranges.begin(); it != a.free_ranges.end(); ++it) {
+    if (it->second < need) continue;
+    const size_t at = it->first, left = it->second - need;
+    a.free_ranges.erase(it);
+    if (left) a.free_ranges[at + need] = left;
+    char* p = a.base + at;
+    unpoison(p, bytes);
+    poison(p + bytes, need - bytes);  // the tail of the last 256 bytes and the red zone
+    return p;
+  }
+  return nullptr;
+}
+
+void arena_free(Arena& a, void* p, size_t bytes) {
+  const size_t need = ((bytes + 255) & ~(size_t)255) + kRedZone;
+  size_t at = (size_t)((char*)p - a.base), len = need;
+  std::lock_guard<std::mutex> lock(a.m);
+  poison(p, bytes);
+  auto next = a.free_ranges.lower_bound(at);
+  if (next != a.free_ranges.end() && at + len == next->first) {
+    len += next->second;
+    next = a.free_ranges.erase(next);
+  }
+  if (next != a.free_ranges.begin()) {
+    auto prev = std::prev(next);
+    if (prev->first + prev->second == at) {
+      at = prev->first;
+      len += prev->second;
+      a.free_ranges.erase(prev);
+    }
+  }
+  a.free_ranges[at] = len;
+  // Large freed ranges give their pages back (their contents are undefined, as on a GPU).
+  const size_t first = (at + 4095) & ~(size_t)4095, last = (at + len) & ~(size_t)4095;
+  if (last > first && last - first >= (1u << 20)) madvise(a.base + first, last - first, MADV_DONTNEED);
+}
+
+bool in_arena(const void* p) {
+  Arena* a = arena();
+  return a && (const char*)p >= a->base && (const char*)p < a->base + a->size;
+}
+
 cudaError_t device_alloc(void** out, size_t bytes) {
   if (out == nullptr) return record(cudaErrorInvalidValue);
   *out = nullptr;
   if (sticky()) return sticky();
   if (bytes == 0) return cudaSuccess;
+  Arena* a = arena();
   std::lock_guard<std::mutex> lock(g_mem_mutex);
   if (bytes > config().device_bytes - std::min(g_device_used, config().device_bytes))
     return record(cudaErrorMemoryAllocation);
   void* p = nullptr;
-  // Exactly `bytes`: AddressSanitizer reports an access one past the end. 256-byte aligned, as cudaMalloc.
-  if (posix_memalign(&p, 256, bytes) != 0) return record(cudaErrorMemoryAllocation);
+  if (a) {
+    p = arena_alloc(*a, bytes);
+    if (!p) return record(cudaErrorMemoryAllocation);
+  } else if (posix_memalign(&p, 256, bytes) != 0) {
+    // Exactly `bytes`: AddressSanitizer reports an access one past the end. 256-byte aligned, as cudaMalloc.
+    return record(cudaErrorMemoryAllocation);
+  }
   g_regions[(uintptr_t)p] = Region{bytes, Kind::kDevice};
   g_device_used += bytes;
   *out = p;
   return cudaSuccess;
 }
 
+// Gives an allocation's memory back (to the arena or the heap).
+void release_device(void* p, size_t bytes) {
+  if (in_arena(p)) arena_free(*arena(), p, bytes);
+  else free(p);
+}
+
 // Frees a device allocation: at once (stream null), or taken out of the device's memory now and given back
-// to the heap when `stream` reaches the free.
+// when `stream` reaches the free.
 struct Stream;
-void enqueue_free(Stream* stream, void* p);
+void enqueue_free(Stream* stream, void* p, size_t bytes);
 
 cudaError_t device_free(void* p, Stream* stream) {
   if (sticky()) return sticky();
   if (p == nullptr) return cudaSuccess;
+  size_t bytes = 0;
   {
     std::lock_guard<std::mutex> lock(g_mem_mutex);
     auto it = g_regions.find((uintptr_t)p);
     if (it == g_regions.end() || it->second.kind != Kind::kDevice) return record(cudaErrorInvalidValue);
-    g_device_used -= it->second.size;
+    bytes = it->second.size;
+    g_device_used -= bytes;
     g_regions.erase(it);
   }
-  if (stream) enqueue_free(stream, p);
-  else free(p);
+  if (stream) enqueue_free(stream, p, bytes);
+  else release_device(p, bytes);
   return cudaSuccess;
 }
 
@@ -217,18 +361,6 @@ cudaError_t device_free(void* p, Stream* stream) {
 // waiting for a stream up to number n waits until its worker has finished n operations. In deferred mode
 // the worker runs nothing the host has not waited for (released), so work the host reads without waiting
 // has never run. The legacy default stream (null) is a stream too, created on first use.
-
-enum class StreamMode { kAsync, kDeferred, kSync };
-
-StreamMode stream_mode() {
-  static const StreamMode mode = [] {
-    const char* m = getenv("QLORA_EMU_STREAMS");
-    if (m && strcmp(m, "deferred") == 0) return StreamMode::kDeferred;
-    if (m && strcmp(m, "sync") == 0) return StreamMode::kSync;
-    return StreamMode::kAsync;
-  }();
-  return mode;
-}
 
 using Op = std::function<void()>;
 
@@ -278,11 +410,16 @@ struct Stream : CUstream_st {
   }
 
   // Blocks until the first n operations have run.
+  // The device memory arena is open (readable) while any wait is in progress (deferred streams).
   void wait_for(uint64_t n) {
-    std::unique_lock<std::mutex> lock(m);
-    released = std::max(released, n);
-    cv.notify_all();
-    cv.wait(lock, [&] { return done >= n; });
+    arena_open();
+    {
+      std::unique_lock<std::mutex> lock(m);
+      released = std::max(released, n);
+      cv.notify_all();
+      cv.wait(lock, [&] { return done >= n; });
+    }
+    arena_close();
   }
   void wait_all() { wait_for(last()); }
   uint64_t last() {
@@ -295,6 +432,7 @@ struct Stream : CUstream_st {
   }
 
   void stop() {
+    arena_open();
     {
       std::lock_guard<std::mutex> lock(m);
       released = submitted;
@@ -302,6 +440,7 @@ struct Stream : CUstream_st {
       cv.notify_all();
     }
     if (worker.joinable()) worker.join();
+    arena_close();
   }
 };
 
@@ -345,8 +484,8 @@ void enqueue(Stream* s, Op op) {
   s->submit(std::move(op));
 }
 
-void enqueue_free(Stream* stream, void* p) {
-  enqueue(stream, [p] { free(p); });
+void enqueue_free(Stream* stream, void* p, size_t bytes) {
+  enqueue(stream, [p, bytes] { release_device(p, bytes); });
 }
 
 void synchronize_device() {
@@ -574,6 +713,30 @@ void block_error(Worker& w, const Fiber* f, const char* message) {
   int expected = cudaSuccess;
   g_sticky.compare_exchange_strong(expected, cudaErrorLaunchFailure);
   w.block->failed = true;
+}
+
+// A fault in the device arena while it is shut: the host touched device memory outside a copy. Any other
+// fault goes to the handler that was there before (the sanitizer's, or the runtime's own).
+void on_segv(int sig, siginfo_t* info, void* context) {
+  if (in_arena(info->si_addr)) {
+    char msg[256];
+    const int len = snprintf(msg, sizeof msg, "qlora-emu: the host touched device memory at %p (%s) outside any "
+                             "stream's work: device memory is read through cudaMemcpy, after the stream is waited "
+                             "for\n", info->si_addr, t_worker && t_worker->block ? "in a kernel" : "no copy, no wait");
+    if (len > 0) (void)!write(2, msg, (size_t)std::min<int>(len, (int)sizeof msg - 1));
+    signal(SIGABRT, SIG_DFL);
+    abort();
+  }
+  if (g_previous_segv.sa_flags & SA_SIGINFO) {
+    if (g_previous_segv.sa_sigaction) g_previous_segv.sa_sigaction(sig, info, context);
+    return;
+  }
+  if (g_previous_segv.sa_handler == SIG_IGN) return;
+  if (g_previous_segv.sa_handler == SIG_DFL) {
+    signal(SIGSEGV, SIG_DFL);  // the fault happens again on return, with the default action
+    return;
+  }
+  g_previous_segv.sa_handler(sig);
 }
 
 #if EMU_ASAN

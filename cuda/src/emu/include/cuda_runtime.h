@@ -7,14 +7,16 @@
 //     must arrive has arrived, and a barrier that can never complete is reported as the deadlock it is.
 //   - __shared__ variables are thread_local: one copy per host thread, which runs one block at a time.
 //     Dynamic shared memory (QLORA_EXTERN_SHARED in gpu.cuh) is allocated per block at the launch's size.
-//   - Device memory is host heap registered with the runtime, so copies check the kind and the bounds of
-//     each pointer as a driver does, and AddressSanitizer sees out-of-bounds kernel accesses.
+//   - Device memory is host memory registered with the runtime (heap, or with deferred streams one reserved
+//     arena), so copies check the kind and the bounds of each pointer as a driver does, and
+//     AddressSanitizer sees out-of-bounds kernel accesses.
 //   - Streams are asynchronous, as on a GPU: each stream has a worker thread that runs its kernels, copies
 //     and host functions in order, concurrently with the host and with other streams, and the calls that
 //     wait (cudaStreamSynchronize, cudaEventSynchronize, cudaDeviceSynchronize, cudaMemcpy, cudaFree)
 //     wait for real. QLORA_EMU_STREAMS=deferred holds each stream's work until the host waits for it, so
-//     a missing synchronization always shows (the host reads what the copy has not written yet);
-//     QLORA_EMU_STREAMS=sync runs everything before the call returns.
+//     a missing synchronization always shows (the host reads what the copy has not written yet), and keeps
+//     device memory shut (PROT_NONE) whenever no wait is in progress, so a host that dereferences a device
+//     pointer stops there; QLORA_EMU_STREAMS=sync runs everything before the call returns.
 //   - Kernel arguments that are pointers must point into device memory (or pinned host memory, which a
 //     GPU maps): a host pointer or a freed device buffer passed to a kernel stops the launch with the
 //     kernel and the argument named, where a GPU would fault with cudaErrorIllegalAddress.
