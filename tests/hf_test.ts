@@ -3,7 +3,7 @@
 // query and multi-head attention) and the outputs of an independent float64 PyTorch LLaMA written from
 // transformers' modeling_llama definitions (tests/hf_reference.py, run where python3-torch exists; its
 // --check-transformers compares it with transformers' own LlamaForCausalLM in float64: 1.4e-15 apart).
-import { assert, assertEquals, assertRejects, assertThrows } from "@std/assert";
+import { assert, assertEquals, assertRejects, assertStringIncludes, assertThrows } from "@std/assert";
 import {
   getDevice,
   LlamaModel,
@@ -249,5 +249,19 @@ Deno.test("hf: a weight missing from a weights file is an error naming it, not a
     );
   } finally {
     await Deno.remove(path);
+  }
+});
+
+Deno.test("hf: the reference was checked against transformers' LlamaForCausalLM for every case (recorded)", async () => {
+  // tests/data/hf_transformers_check.txt is the output of `python tests/hf_reference.py --check-transformers`
+  // (transformers is not installable in CI): a case added without that check, or a check that found the
+  // float64 reference apart from transformers in float64, fails here.
+  const record = await Deno.readTextFile(new URL("./data/hf_transformers_check.txt", import.meta.url));
+  assertStringIncludes(record, "transformers ");
+  for (const name of CASES) {
+    const line = record.split("\n").find((l) => l.startsWith(`${name}, float64 throughout:`));
+    assert(line, `no transformers check recorded for ${name}`);
+    const apart = Number(line.match(/forward\(\) within ([0-9.e+-]+)/)?.[1]);
+    assert(apart <= 1e-12, `${name}: the float64 reference was ${apart} apart from transformers`);
   }
 });
