@@ -1,11 +1,12 @@
 import { assertEquals, assertStringIncludes } from "@std/assert";
-import { memoryChartSvg } from "../scripts/table/chart_svg.ts";
+import { memoryChartSvg, speedChartSvg } from "../scripts/table/chart_svg.ts";
 import {
   figuresOf,
   README_BEGIN,
   README_CHART,
   README_END,
   README_RESULT,
+  README_SPEED_CHART,
   readmeSection,
   type ReadmeSource,
   sectionOf,
@@ -49,4 +50,12 @@ Deno.test("README: it opens with the chart drawn from the table's run, committed
     true,
     "the chart is shown before the quick start",
   );
+});
+
+Deno.test("README: the speed chart is drawn from the table's run, committed as drawn", async () => {
+  const readme = await Deno.readTextFile(new URL("README.md", ROOT));
+  const saved = JSON.parse(await Deno.readTextFile(new URL(README_RESULT, ROOT))) as ReadmeSource;
+  const committed = await Deno.readTextFile(new URL(README_SPEED_CHART, ROOT));
+  assertEquals(committed, speedChartSvg(saved.result));
+  assertStringIncludes(readme, `](${README_SPEED_CHART})`);
 });

@@ -1,8 +1,8 @@
 /**
- * The README's key chart as a plain SVG file: the ledger's peak bytes by category of one training step of
- * LLaMA-2-7B in full fine-tuning, LoRA and QLoRA, one stacked bar per mode on one linear scale, drawn from
- * a saved table run (`tests/data/readme_table.json`). Written by `./deno task table --readme` (and
- * `--readme-from`) beside the README's table section; `tests/table_readme_test.ts` fails when the
+ * The README's charts as plain SVG files, drawn from a saved table run (`tests/data/readme_table.json`): the
+ * key chart, the ledger's peak bytes by category of one training step of LLaMA-2-7B in full fine-tuning,
+ * LoRA and QLoRA, one stacked bar per mode on one linear scale; and the speed chart, QLoRA against LoRA. Written by `./deno task table --readme` (and
+ * `--readme-from`) beside the README's table section; `tests/table_readme_test.ts` fails when a
  * committed file differs from what this module draws from the saved run. No browser and no plotting
  * library: the same bytes on every machine.
  *
@@ -120,6 +120,78 @@ export function memoryChartSvg(result: TableResult): string {
     const lx = left + (i % 5) * 130, ly = legendTop + Math.floor(i / 5) * 22;
     out.push(`<rect x="${lx}" y="${ly - 11}" width="12" height="12" fill="${COLORS[c]}"/>`);
     out.push(`<text x="${lx + 17}" y="${ly}">${c.replace(/_/g, " ")}</text>`);
+  });
+  out.push("</svg>");
+  return out.join("\n") + "\n";
+}
+
+/** Tokens per second of a cell's training step and generation, or null where not measured. */
+function speedsOf(cell: ShapeCell | undefined): number[] | null {
+  const v = cell?.value;
+  if (!v?.inference || v.stepSeconds <= 0) return null;
+  const prefill = v.inference.prefill.map((p) => p.tokens / p.seconds);
+  return [v.tokens / v.stepSeconds, ...prefill, 1 / v.inference.decodeSeconds];
+}
+
+/**
+ * The README's speed chart as SVG: QLoRA's tokens per second against LoRA's (merged adapters for
+ * generation) for the training step and for generation at batch 1 (each prompt length's prefill, then the
+ * decode), as ratios around 1x with both figures on each bar, from a table run's 7B shapes.
+ *
+ * @example
+ * ```ts
+ * import { speedChartSvg } from "./chart_svg.ts";
+ * import { assertStringIncludes } from "@std/assert";
+ * const saved = JSON.parse(Deno.readTextFileSync("tests/data/readme_table.json"));
+ * assertStringIncludes(speedChartSvg(saved.result), "decode");
+ * ```
+ */
+export function speedChartSvg(result: TableResult): string {
+  const cells = result.shape?.cells;
+  const q = speedsOf(cells?.qlora), l = speedsOf(cells?.lora);
+  const v = cells?.qlora?.value;
+  const labels = [
+    `training step (${v?.tokens ?? "?"} tokens)`,
+    ...(v?.inference?.prefill ?? []).map((p) => `prompt of ${p.tokens} tokens`),
+    "decode, 1 token",
+  ];
+  const width = 880, left = 190, right = 250, top = 52, barHeight = 26, gap = 12;
+  const rows = q && l && q.length === l.length ? q.map((s, i) => ({ label: labels[i], q: s, l: l[i] })) : [];
+  const maxRatio = Math.max(2, ...rows.map((r) => Math.ceil(r.q / r.l)));
+  const plotWidth = width - left - right;
+  const x = (ratio: number) => left + (ratio / maxRatio) * plotWidth;
+  const axisY = top + Math.max(rows.length, 1) * (barHeight + gap) + 4;
+  const height = axisY + 30;
+  const out: string[] = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" ` +
+    `font-family="Helvetica, Arial, sans-serif" font-size="13">`,
+    `<rect width="${width}" height="${height}" fill="#ffffff"/>`,
+    `<text x="${left}" y="22" font-size="15" font-weight="bold">QLoRA (NF4 base) against LoRA (bf16 base, ` +
+    `merged to generate), LLaMA-2-7B</text>`,
+    `<text x="${left}" y="40" fill="#555555">tokens per second, as a ratio: right of 1x, the 4-bit model is ` +
+    `faster</text>`,
+  ];
+  for (let g = 0; g <= maxRatio; g += 0.5) {
+    const gx = x(g).toFixed(1);
+    out.push(
+      `<line x1="${gx}" y1="${top - 4}" x2="${gx}" y2="${axisY - 4}" stroke="${
+        g === 1 ? "#333333" : "#dddddd"
+      }"` +
+        `${g === 1 ? ' stroke-dasharray="4 3"' : ""}/>`,
+      `<text x="${gx}" y="${axisY + 10}" text-anchor="middle" fill="#555555">${g}x</text>`,
+    );
+  }
+  if (rows.length === 0) out.push(`<text x="${left + 6}" y="${top + 18}" fill="#555555">not measured</text>`);
+  rows.forEach((r, i) => {
+    const y = top + i * (barHeight + gap), ratio = r.q / r.l;
+    const labelX = x(ratio) + 6 < x(1) + 6 && x(ratio) + 50 > x(1) ? x(1) + 6 : x(ratio) + 6; // clear of the 1x line
+    out.push(
+      `<text x="${left - 8}" y="${y + barHeight / 2 + 5}" text-anchor="end">${escape(r.label)}</text>`,
+      `<rect x="${left}" y="${y}" width="${(x(ratio) - left).toFixed(2)}" height="${barHeight}" ` +
+        `fill="${ratio >= 1 ? "#72b7b2" : "#e45756"}"/>`,
+      `<text x="${labelX.toFixed(1)}" y="${y + barHeight / 2 + 5}">${ratio.toFixed(2)}x ` +
+        `<tspan fill="#555555">(${r.q.toFixed(1)} against ${r.l.toFixed(1)} tok/s)</tspan></text>`,
+    );
   });
   out.push("</svg>");
   return out.join("\n") + "\n";

@@ -10,7 +10,7 @@
  */
 
 import { CATEGORIES, writeFileAtomic } from "../../mod.ts";
-import { memoryChartSvg } from "./chart_svg.ts";
+import { memoryChartSvg, speedChartSvg } from "./chart_svg.ts";
 import { claimsTable } from "./claims.ts";
 import { comparisonTable } from "./comparison.ts";
 import { toMarkdown } from "./format.ts";
@@ -25,6 +25,8 @@ export const README_END = "<!-- table:end -->";
 export const README_RESULT = "tests/data/readme_table.json";
 /** The README's key chart (memory by category at 7B), drawn from the same run, relative to the README. */
 export const README_CHART = "docs/memory_7b.svg";
+/** The README's speed chart (QLoRA against LoRA at 7B), drawn from the same run, relative to the README. */
+export const README_SPEED_CHART = "docs/speed_7b.svg";
 
 /** What `--readme` saves: the run's result and the machine it ran on. */
 export interface ReadmeSource {
@@ -243,7 +245,8 @@ export async function writeReadme(
 }
 
 /**
- * Rewrites the README's section, its quoted figures and its chart ({@linkcode README_CHART}) from a result
+ * Rewrites the README's section, its quoted figures and its charts ({@linkcode README_CHART},
+ * {@linkcode README_SPEED_CHART}) from a result
  * saved by {@linkcode writeReadme}, with the current formatters (`./deno task table --readme-from FILE`: after a formatter changes, no new run needed).
  *
  * @example
@@ -254,8 +257,11 @@ export async function writeReadme(
 export async function rewriteReadme(readmePath: string, resultPath: string): Promise<void> {
   const source = JSON.parse(await Deno.readTextFile(resultPath)) as ReadmeSource;
   const readme = await Deno.readTextFile(readmePath);
-  const chart = new URL(README_CHART, new URL(readmePath, `file://${Deno.cwd()}/`));
-  await Deno.mkdir(new URL(".", chart), { recursive: true });
-  await writeFileAtomic(chart.pathname, memoryChartSvg(source.result));
+  const base = new URL(readmePath, `file://${Deno.cwd()}/`);
+  for (const [path, draw] of [[README_CHART, memoryChartSvg], [README_SPEED_CHART, speedChartSvg]] as const) {
+    const chart = new URL(path, base);
+    await Deno.mkdir(new URL(".", chart), { recursive: true });
+    await writeFileAtomic(chart.pathname, draw(source.result));
+  }
   await writeFileAtomic(readmePath, fillFigures(replaceSection(readme, readmeSection(source)), source));
 }
