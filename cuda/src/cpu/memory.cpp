@@ -29,9 +29,12 @@ void backend_device_memory(uint64_t* free_bytes, uint64_t* total_bytes) {
 // model's two steps grow the peak RSS by 1.00-1.02x the ledger's peak, against 1.08-1.18x from malloc, and
 // give back all their anonymous memory after freeing, where malloc keeps 96%). It is off by default because fresh
 // pages cost time, where glibc reuses the chunks it keeps in its arenas (below its dynamic mmap threshold,
-// which grows to 32 MiB) without a page fault: buffers of 2 MiB or more are mapped for transparent huge
-// pages, which took LoRA's step (two 7B blocks at 1x512) from 1.19-1.42x malloc's time to 1.05-1.23x on a
-// busy machine. Under AddressSanitizer every buffer comes from its malloc, which guards each.
+// which grows to 32 MiB) without a page fault. Buffers of 2 MiB or more are mapped for transparent huge
+// pages: two 7B blocks' step at 1x512 then takes 0.90-1.02x malloc's time in LoRA and 1.06-1.18x in QLoRA
+// (1.26-1.41x with 4 KiB pages), but QLoRA at 1x64 still 1.5x, its many buffers between 64 KiB and 2 MiB
+// faulting 4 KiB at a time; leaving those to malloc instead gives back the speed (1.03-1.19x) and loses
+// the truth (the ledger 92% of the RSS growth, under ledger_rss_test's 95%). Under AddressSanitizer every
+// buffer comes from its malloc, which guards each.
 constexpr uint64_t kMapMin = 64 * 1024;
 
 bool return_memory() {
