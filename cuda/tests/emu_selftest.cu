@@ -93,8 +93,10 @@ __global__ void atomic_kernel(unsigned long long* lowest, int* count) {
   atomicAdd(count, 1);
 }
 
-// One 16 x 16 x 16 bf16 product on tensor cores (one warp).
-__global__ void wmma_kernel(const __nv_bfloat16* a, const __nv_bfloat16* b, float* c) {
+// One 16 x 16 x 16 bf16 product on tensor cores (one warp), plus 1. Stored by store_matrix_sync, or, with
+// assume_layout, by indexing the accumulator's elements as if lane l held row-major elements [8 l, 8 l + 8):
+// right only for one fragment layout, which a GPU does not promise.
+__global__ void wmma_kernel(const __nv_bfloat16* a, const __nv_bfloat16* b, float* c, bool assume_layout) {
   using namespace nvcuda;
   wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
   wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb;
@@ -103,20 +105,10 @@ __global__ void wmma_kernel(const __nv_bfloat16* a, const __nv_bfloat16* b, floa
   wmma::load_matrix_sync(fa, a, 16);
   wmma::load_matrix_sync(fb, b, 16);
   wmma::mma_sync(acc, fa, fb, acc);
-  wmma::store_matrix_sync(c, acc, 16, wmma::mem_row_major);
-}
-
-// The same product, stored by indexing the accumulator's elements as if lane l held row-major elements
-// [8 l, 8 l + 8): right only for one fragment layout, which a GPU does not promise.
-__global__ void wmma_layout_kernel(const __nv_bfloat16* a, const __nv_bfloat16* b, float* c) {
-  using namespace nvcuda;
-  wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
-  wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb;
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-  wmma::fill_fragment(acc, 1.0f);
-  wmma::load_matrix_sync(fa, a, 16);
-  wmma::load_matrix_sync(fb, b, 16);
-  wmma::mma_sync(acc, fa, fb, acc);
+  if (!assume_layout) {
+    wmma::store_matrix_sync(c, acc, 16, wmma::mem_row_major);
+    return;
+  }
   for (int e = 0; e < acc.num_elements; e++) c[threadIdx.x * acc.num_elements + e] = acc.x[e];
 }
 
@@ -332,7 +324,7 @@ int main(int argc, char** argv) {
     float* dc = device_array<float>(256);
     cudaMemcpy(da, a.data(), 512, cudaMemcpyHostToDevice);
     cudaMemcpy(db, b.data(), 512, cudaMemcpyHostToDevice);
-    QLORA_LAUNCH(wmma_kernel, 1, 32, 0, nullptr)(da, db, dc);
+    QLORA_LAUNCH(wmma_kernel, 1, 32, 0, nullptr)(da, db, dc, false);
     auto c = to_host(dc, 256);
     bool ok = true;
     for (int i = 0; i < 16; i++)
@@ -343,7 +335,7 @@ int main(int argc, char** argv) {
       }
     check(ok, "wmma::mma_sync: a 16x16x16 bf16 product across the warp's fragments");
     // Code that assumes which elements a lane holds: right in the forward order only.
-    QLORA_LAUNCH(wmma_layout_kernel, 1, 32, 0, nullptr)(da, db, dc);
+    QLORA_LAUNCH(wmma_kernel, 1, 32, 0, nullptr)(da, db, dc, true);
     auto assumed = to_host(dc, 256);
     const char* order = getenv("QLORA_EMU_ORDER");
     const bool forward = !order || strcmp(order, "forward") == 0;

@@ -38,6 +38,16 @@ function escape(text: string): string {
   return text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 }
 
+/** The opening lines of a chart: the element, a white background and the bold title. */
+function svgOpen(width: number, height: number, titleX: number, title: string): string[] {
+  return [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" ` +
+    `font-family="Helvetica, Arial, sans-serif" font-size="13">`,
+    `<rect width="${width}" height="${height}" fill="#ffffff"/>`,
+    `<text x="${titleX}" y="22" font-size="15" font-weight="bold">${escape(title)}</text>`,
+  ];
+}
+
 /** The cell's peak bytes per category, and whether it was measured whole or extrapolated. */
 function barOf(cell: ShapeCell | undefined): { bytes: Record<Category, number>; how: string } | null {
   if (!cell?.value) return null;
@@ -68,13 +78,12 @@ export function memoryChartSvg(result: TableResult): string {
   const axisY = top + bars.length * (barHeight + gap) + 8;
   const legendTop = axisY + 34;
   const height = legendTop + Math.ceil(used.length / 5) * 22 + 4;
-  const out: string[] = [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" ` +
-    `font-family="Helvetica, Arial, sans-serif" font-size="13">`,
-    `<rect width="${width}" height="${height}" fill="#ffffff"/>`,
-    `<text x="${left}" y="22" font-size="15" font-weight="bold">One training step of LLaMA-2-7B ` +
-    `(${tokens} tokens): the ledger's peak bytes by category</text>`,
-  ];
+  const out = svgOpen(
+    width,
+    height,
+    left,
+    `One training step of LLaMA-2-7B (${tokens} tokens): the ledger's peak bytes by category`,
+  );
   // Grid lines every 10 GiB (or 2 GiB on a small scale), and the 6 GB card of the seed document.
   const step = maxGiB > 20 ? 10 : 2;
   for (let g = 0; g <= maxGiB; g += step) {
@@ -162,12 +171,13 @@ export function speedChartSvg(result: TableResult): string {
   const x = (ratio: number) => left + (ratio / maxRatio) * plotWidth;
   const axisY = top + Math.max(rows.length, 1) * (barHeight + gap) + 4;
   const height = axisY + 30;
-  const out: string[] = [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" ` +
-    `font-family="Helvetica, Arial, sans-serif" font-size="13">`,
-    `<rect width="${width}" height="${height}" fill="#ffffff"/>`,
-    `<text x="${left}" y="22" font-size="15" font-weight="bold">QLoRA (NF4 base) against LoRA (bf16 base, ` +
-    `merged to generate), LLaMA-2-7B</text>`,
+  const out = [
+    ...svgOpen(
+      width,
+      height,
+      left,
+      "QLoRA (NF4 base) against LoRA (bf16 base, merged to generate), LLaMA-2-7B",
+    ),
     `<text x="${left}" y="40" fill="#555555">tokens per second, as a ratio: right of 1x, the 4-bit model is ` +
     `faster</text>`,
   ];

@@ -197,10 +197,11 @@ export function figuresOf(
 export function fillFigures(readme: string, source: ReadmeSource): string {
   let out = readme;
   for (const figure of Object.values(README_FIGURES)) {
-    out = out.replace(
-      figure.where,
-      (whole: string, shown: string) => whole.replace(shown, figure.value(source)),
-    );
+    // A figure that already says the value stays as it is, wrapped as `deno fmt` wrapped it.
+    out = out.replace(figure.where, (whole: string, shown: string) => {
+      const value = figure.value(source);
+      return shown.replace(/\s+/g, " ") === value ? whole : whole.replace(shown, value);
+    });
   }
   return out;
 }
@@ -263,5 +264,9 @@ export async function rewriteReadme(readmePath: string, resultPath: string): Pro
     await Deno.mkdir(new URL(".", chart), { recursive: true });
     await writeFileAtomic(chart.pathname, draw(source.result));
   }
-  await writeFileAtomic(readmePath, fillFigures(replaceSection(readme, readmeSection(source)), source));
+  const rewritten = fillFigures(replaceSection(readme, readmeSection(source)), source);
+  if (rewritten === readme) return;
+  await writeFileAtomic(readmePath, rewritten);
+  // A new figure is written on one line: deno fmt wraps the prose again (the section is fenced off from it).
+  await new Deno.Command(Deno.execPath(), { args: ["fmt", "--quiet", readmePath] }).output();
 }

@@ -47,8 +47,9 @@
 
 #include "include/cuda_runtime.h"
 
-#if defined(__SANITIZE_ADDRESS__)
+// ASAN_(UN)POISON_MEMORY_REGION are no-ops in a build without AddressSanitizer.
 #include <sanitizer/asan_interface.h>
+#if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/common_interface_defs.h>
 #define EMU_ASAN 1
 #else
@@ -205,21 +206,6 @@ struct Arena {
 };
 constexpr size_t kRedZone = 256;
 
-void poison(void* p, size_t bytes) {
-#if EMU_ASAN
-  __asan_poison_memory_region(p, bytes);
-#else
-  (void)p, (void)bytes;
-#endif
-}
-void unpoison(void* p, size_t bytes) {
-#if EMU_ASAN
-  __asan_unpoison_memory_region(p, bytes);
-#else
-  (void)p, (void)bytes;
-#endif
-}
-
 struct sigaction g_previous_segv;
 void on_segv(int sig, siginfo_t* info, void* context);
 
@@ -267,8 +253,8 @@ void* arena_alloc(Arena& a, size_t bytes) {
     a.free_ranges.erase(it);
     if (left) a.free_ranges[at + need] = left;
     char* p = a.base + at;
-    unpoison(p, bytes);
-    poison(p + bytes, need - bytes);  // the tail of the last 256 bytes and the red zone
+    ASAN_UNPOISON_MEMORY_REGION(p, bytes);
+    ASAN_POISON_MEMORY_REGION(p + bytes, need - bytes);  // the tail of the last 256 bytes and the red zone
     return p;
   }
   return nullptr;
@@ -278,7 +264,7 @@ void arena_free(Arena& a, void* p, size_t bytes) {
   const size_t need = ((bytes + 255) & ~(size_t)255) + kRedZone;
   size_t at = (size_t)((char*)p - a.base), len = need;
   std::lock_guard<std::mutex> lock(a.m);
-  poison(p, bytes);
+  ASAN_POISON_MEMORY_REGION(p, bytes);
   auto next = a.free_ranges.lower_bound(at);
   if (next != a.free_ranges.end() && at + len == next->first) {
     len += next->second;
@@ -364,8 +350,6 @@ cudaError_t device_free(void* p, Stream* stream) {
 
 using Op = std::function<void()>;
 
-cudaError_t launch_host_func_entry(cudaStream_t stream, cudaHostFn_t fn, void* user_data);
-
 struct Stream : CUstream_st {
   bool blocking = true;  // synchronizes with the legacy default stream (cudaStreamDefault)
   std::mutex m;
@@ -375,7 +359,7 @@ struct Stream : CUstream_st {
   bool stopping = false;
   std::thread worker;
 
-  explicit Stream(bool is_blocking) : CUstream_st{&launch_host_func_entry}, blocking(is_blocking) {
+  explicit Stream(bool is_blocking) : CUstream_st{&::cudaLaunchHostFunc}, blocking(is_blocking) {
     if (stream_mode() != StreamMode::kSync) worker = std::thread([this] { work(); });
   }
 
@@ -490,10 +474,6 @@ void enqueue_free(Stream* stream, void* p, size_t bytes) {
 
 void synchronize_device() {
   for (Stream* s : all_streams()) s->wait_all();
-}
-
-cudaError_t launch_host_func_entry(cudaStream_t stream, cudaHostFn_t fn, void* user_data) {
-  return cudaLaunchHostFunc(stream, fn, user_data);
 }
 
 struct EventState {
@@ -1018,9 +998,12 @@ long static_shared_bytes(const void* func) {
   return total;
 }
 
-}  // namespace
-
-namespace {
+// A kernel's static shared memory, read once per kernel (0 where unknown). Caller holds g_attr_mutex.
+size_t static_shared_locked(const void* func) {
+  auto st = g_static_shared.find(func);
+  if (st == g_static_shared.end()) st = g_static_shared.emplace(func, static_shared_bytes(func)).first;
+  return (size_t)std::max(st->second, 0L);
+}
 
 // Runs every block of a launch (on its stream's worker, or the caller in sync mode).
 void run_grid(const Launch& l) {
@@ -1070,9 +1053,7 @@ cudaError_t launch(const Launch& l) {
     std::lock_guard<std::mutex> lock(g_attr_mutex);
     auto it = g_max_dynamic_shared.find(l.func);
     if (it != g_max_dynamic_shared.end()) max_dynamic = it->second;
-    auto st = g_static_shared.find(l.func);
-    if (st == g_static_shared.end()) st = g_static_shared.emplace(l.func, static_shared_bytes(l.func)).first;
-    static_bytes = std::max(st->second, 0L);
+    static_bytes = (long)static_shared_locked(l.func);
   }
   const size_t shared_total = (size_t)static_bytes + l.dynamic_shared;
   if (max_dynamic < 0 ? shared_total > kSharedPerBlock
@@ -1105,9 +1086,7 @@ cudaError_t func_set_attribute(const void* func, cudaFuncAttribute attr, int val
   if (func == nullptr) return record(cudaErrorInvalidValue);  // cudaErrorInvalidDeviceFunction on a GPU
   if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return record(cudaErrorInvalidValue);
   std::lock_guard<std::mutex> lock(g_attr_mutex);
-  auto st = g_static_shared.find(func);
-  if (st == g_static_shared.end()) st = g_static_shared.emplace(func, static_shared_bytes(func)).first;
-  if (value < 0 || (size_t)value + (size_t)std::max(st->second, 0L) > kSharedOptin) return record(cudaErrorInvalidValue);
+  if (value < 0 || (size_t)value + static_shared_locked(func) > kSharedOptin) return record(cudaErrorInvalidValue);
   g_max_dynamic_shared[func] = value;
   return cudaSuccess;
 }
@@ -1129,11 +1108,10 @@ cudaError_t get_symbol_address(void** p, const void* symbol, size_t bytes) {
 
 bool is_kernel_pointer(const void* p) {
   std::lock_guard<std::mutex> lock(g_mem_mutex);
-  const uintptr_t a = (uintptr_t)p;
-  auto it = g_regions.upper_bound(a);
-  if (it == g_regions.begin()) return false;
-  --it;
-  return a <= it->first + it->second.size;  // one past the end too: an empty range a kernel never reads
+  if (find_region(p)) return true;
+  // One past the end too: an empty range a kernel never reads.
+  const auto* r = find_region((const char*)p - 1);
+  return r && (uintptr_t)p == r->first + r->second.size;
 }
 
 bool is_device_range(const void* p, size_t bytes) {
